@@ -1,0 +1,39 @@
+# The one entry point for people and CI. `make run` and `make test` set up on their own.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA_DIR ?= data
+DEMO_CUSTOMERS ?= 10000
+DEMO_DAYS ?= 90
+SEED ?= 7
+
+.PHONY: setup run test lint bench bench-data bench-features bench-training bench-serving clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/recsys data generate --customers $(DEMO_CUSTOMERS) --days $(DEMO_DAYS) --seed $(SEED) --out $(DATA_DIR)/demo
+	$(BIN)/recsys data load $(DATA_DIR)/demo --db $(DATA_DIR)/warehouse.duckdb
+	$(BIN)/recsys data summary --db $(DATA_DIR)/warehouse.duckdb
+
+test: setup lint
+	$(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+bench: bench-data
+
+bench-data: setup
+	$(BIN)/python bench/bench_data.py
+
+clean:
+	rm -rf $(VENV) $(DATA_DIR) mlruns mlflow.db .pytest_cache

@@ -1,0 +1,1 @@
+"""A/B assignment, analysis, reports and run comparison."""

@@ -1,0 +1,28 @@
+"""The ``recsys`` command line. Stage packages are imported lazily, inside commands."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from recsys.cli import data
+
+app = typer.Typer(
+    help="recsys: next-best-offer engine for every customer touchpoint.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(data.app, name="data", help="Generate, validate, load and summarise data.")
+
+
+@app.callback()
+def _configure(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")):
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,44 @@
+"""The embedded warehouse: one DuckDB file holding the seven contract tables.
+
+Table and column names are the contract's (``recsys.contract``); timestamps are naive UTC,
+``offers.touchpoints`` is ``VARCHAR[]``, JSON columns are canonical JSON text. Columns not
+named by the contract (customer attributes, ...) are added as they arrive.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+from recsys.contract import DUCKDB_TYPES, TABLES, TableSpec
+
+
+def connect(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open (and create if needed) the warehouse at ``path``; ``":memory:"`` for tests."""
+    if str(path) != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(path), read_only=read_only)
+    if not read_only:
+        create_tables(con)
+    return con
+
+
+def table_ddl(spec: TableSpec) -> str:
+    cols = ", ".join(f'"{c.name}" {DUCKDB_TYPES[c.type]}' for c in spec.columns)
+    return f'CREATE TABLE IF NOT EXISTS "{spec.name}" ({cols})'
+
+
+def create_tables(con: duckdb.DuckDBPyConnection) -> None:
+    """Create any missing contract table (idempotent)."""
+    for spec in TABLES.values():
+        con.execute(table_ddl(spec))
+
+
+def existing_columns(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
+    rows = con.execute(
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_name = ? ORDER BY ordinal_position",
+        [table],
+    ).fetchall()
+    return {name: dtype for name, dtype in rows}

@@ -1,0 +1,1 @@
+"""Training sets, models, evaluation (offline and off-policy), MLflow tracking and registry."""
