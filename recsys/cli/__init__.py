@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-from recsys.cli import data
+from recsys.cli import data, features, models, serve, train
 
 app = typer.Typer(
     help="recsys: next-best-offer engine for every customer touchpoint.",
@@ -14,6 +14,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data.app, name="data", help="Generate, validate, load and summarise data.")
+app.add_typer(features.app, name="features", help="Build, materialise and inspect features.")
+app.add_typer(models.app, name="models", help="List and promote registered models.")
+train.register(app)
+serve.register(app)
 
 
 @app.callback()
