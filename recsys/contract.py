@@ -36,7 +36,16 @@ DUCKDB_TYPES: dict[ColumnType, str] = {
 
 OFFER_TYPES = ("discount", "cross_sell", "upsell", "loyalty_reward", "service", "content")
 CHANNELS = (
-    "web", "email", "app", "sms", "messenger", "chat", "call_center", "store", "social", "ads",
+    "web",
+    "email",
+    "app",
+    "sms",
+    "messenger",
+    "chat",
+    "call_center",
+    "store",
+    "social",
+    "ads",
     "events",
 )
 STAGES = ("awareness", "consideration", "decision", "post_purchase", "service")
@@ -98,7 +107,11 @@ class TableSpec:
 
 
 _S, _I, _F, _B, _T = (
-    ColumnType.STRING, ColumnType.INT, ColumnType.FLOAT, ColumnType.BOOL, ColumnType.TIMESTAMP,
+    ColumnType.STRING,
+    ColumnType.INT,
+    ColumnType.FLOAT,
+    ColumnType.BOOL,
+    ColumnType.TIMESTAMP,
 )
 
 CUSTOMERS = TableSpec(
@@ -132,8 +145,12 @@ OFFERS = TableSpec(
         Column("end_at", _T),
         Column("cap_per_customer", _I, ge=1),
         Column("cap_window_days", _I, ge=1),
-        Column("eligibility", ColumnType.JSON_LIST, default=(),
-               description="list of {feature, op, value}"),
+        Column(
+            "eligibility",
+            ColumnType.JSON_LIST,
+            default=(),
+            description="list of {feature, op, value}",
+        ),
         Column("weight", _F, gt=0, default=1.0, nullable=False),
         Column("fallback", _B, default=False, nullable=False),
     ),
@@ -215,9 +232,7 @@ DECISIONS = TableSpec(
 OUTCOMES_TABLE = TableSpec(
     name="outcomes",
     key=("decision_id", "offer_id", "outcome", "ts"),
-    references=(
-        Reference(("decision_id", "offer_id"), "decisions", ("decision_id", "offer_id")),
-    ),
+    references=(Reference(("decision_id", "offer_id"), "decisions", ("decision_id", "offer_id")),),
     description="What happened after an offer was shown.",
     columns=(
         Column("decision_id", _S, required=True, nullable=False),
@@ -231,8 +246,15 @@ OUTCOMES_TABLE = TableSpec(
 # Load order: referenced tables first.
 TABLES: dict[str, TableSpec] = {
     spec.name: spec
-    for spec in (CUSTOMERS, OFFERS, TOUCHPOINTS, TRANSACTIONS, INTERACTIONS, DECISIONS,
-                 OUTCOMES_TABLE)
+    for spec in (
+        CUSTOMERS,
+        OFFERS,
+        TOUCHPOINTS,
+        TRANSACTIONS,
+        INTERACTIONS,
+        DECISIONS,
+        OUTCOMES_TABLE,
+    )
 }
 
 
@@ -256,13 +278,16 @@ class Problem:
 
 @dataclass
 class Report:
-    """The problems found in one load; printed first N, with a count of the rest."""
+    """The problems found in one load: the first ``limit`` printed, the rest counted."""
 
     problems: list[Problem] = field(default_factory=list)
+    total: int | None = None  # problems found, when more were found than kept
 
     def format(self, limit: int = 20) -> str:
-        lines = [str(p) for p in self.problems[:limit]]
-        rest = len(self.problems) - limit
+        total = self.total if self.total is not None else len(self.problems)
+        shown = self.problems[:limit]
+        lines = [str(p) for p in shown]
+        rest = total - len(shown)
         if rest > 0:
-            lines.append(f"... and {rest} more problems")
+            lines.append(f"... and {rest} more problem{'s' if rest > 1 else ''}")
         return "\n".join(lines)

@@ -17,13 +17,15 @@ class Settings(BaseSettings):
 
     environment: Literal["development", "test", "production"] = "development"
     data_dir: Path = Path("data")
-    warehouse_path: Path = Field(default=Path("data/warehouse.duckdb"),
-                                 description="DuckDB file of the embedded warehouse")
+    warehouse_path: Path = Field(
+        default=Path("data/warehouse.duckdb"), description="DuckDB file of the embedded warehouse"
+    )
     online_store: Literal["sqlite", "redis"] = "sqlite"
     online_sqlite_path: Path = Path("data/online_features.sqlite")
     redis_url: str = "redis://127.0.0.1:6379/0"
-    event_log_url: str = Field(default="sqlite:///data/events.sqlite",
-                               description="sqlite:///PATH or postgresql://...")
+    event_log_url: str = Field(
+        default="sqlite:///data/events.sqlite", description="sqlite:///PATH or postgresql://..."
+    )
     mlflow_tracking_uri: str = "sqlite:///mlflow.db"
     mlflow_experiment: str = "offer-ranker"
     model_name: str = "offer-ranker"

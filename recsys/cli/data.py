@@ -38,3 +38,75 @@ def import_obd(
 
     summary = run_import(path, out_dir)
     typer.echo(summary.format())
+
+
+def _warehouse_path(db: Path | None) -> Path:
+    return db if db is not None else load_settings().warehouse_path
+
+
+@app.command()
+def load(
+    directory: Path = typer.Argument(..., help="Folder with contract files (CSV/Parquet/YAML)."),
+    db: Path | None = typer.Option(
+        None, help="DuckDB warehouse file [default: data/warehouse.duckdb]."
+    ),
+) -> None:
+    """Validate every contract table in DIRECTORY and load it into the warehouse, atomically.
+
+    Loading the same files again adds nothing; a newer batch adds only its new rows.
+    """
+    from recsys import warehouse
+    from recsys.errors import ContractError
+    from recsys.loading import load_directory
+
+    con = warehouse.connect(_warehouse_path(db))
+    try:
+        summary = load_directory(directory, con)
+    except ContractError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(code=1) from err
+    finally:
+        con.close()
+    typer.echo(summary.format())
+
+
+@app.command()
+def validate(
+    directory: Path = typer.Argument(..., help="Folder with contract files (CSV/Parquet/YAML)."),
+) -> None:
+    """Validate the contract files in DIRECTORY without keeping anything (dry-run load)."""
+    from recsys import warehouse
+    from recsys.errors import ContractError
+    from recsys.loading import load_directory
+
+    con = warehouse.connect(":memory:")
+    try:
+        summary = load_directory(directory, con)
+    except ContractError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(code=1) from err
+    typer.echo(summary.format())
+    typer.echo("valid")
+
+
+@app.command()
+def summary(
+    db: Path | None = typer.Option(
+        None, help="DuckDB warehouse file [default: data/warehouse.duckdb]."
+    ),
+) -> None:
+    """Print row counts, date ranges and basic health of the warehouse."""
+    from recsys import warehouse
+    from recsys.summary import summarize
+
+    path = _warehouse_path(db)
+    if not path.exists():
+        typer.echo(
+            f"no warehouse at {path}; run `recsys data load DIR --db {path}` first", err=True
+        )
+        raise typer.Exit(code=1)
+    con = warehouse.connect(path, read_only=True)
+    try:
+        typer.echo(summarize(con).format())
+    finally:
+        con.close()

@@ -1,0 +1,491 @@
+"""Validated, atomic, idempotent loading of contract files into the DuckDB warehouse.
+
+``load_directory`` reads every contract table found in a folder (CSV, Parquet, and YAML for
+offers and touchpoints), validates it chunk by chunk (:mod:`recsys.validation`), stages the
+rows in temporary tables, checks keys and references across all rows (the new batch plus
+what the warehouse holds), and merges in ONE transaction:
+
+- dimension tables (customers, offers, touchpoints) are upserted by key;
+- event tables append only rows whose key is not yet stored, so loading the same files
+  twice adds nothing and a newer batch adds only its new rows.
+
+Any problem rolls the whole load back: a refused load keeps nothing of itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from recsys import warehouse
+from recsys.contract import TABLES, ColumnType, Problem, Report, TableSpec
+from recsys.errors import ContractError
+from recsys.validation import validate_frame
+
+log = logging.getLogger(__name__)
+
+CHUNK_ROWS = 500_000
+MAX_PROBLEMS = 1_000  # problems kept in detail; the rest are only counted
+SUFFIXES = (".parquet", ".csv", ".yaml", ".yml")
+
+ARROW_TYPES: dict[ColumnType, pa.DataType] = {
+    ColumnType.STRING: pa.string(),
+    ColumnType.INT: pa.int64(),
+    ColumnType.FLOAT: pa.float64(),
+    ColumnType.BOOL: pa.bool_(),
+    ColumnType.TIMESTAMP: pa.timestamp("us"),
+    ColumnType.STRING_LIST: pa.list_(pa.string()),
+    ColumnType.JSON_OBJECT: pa.string(),
+    ColumnType.JSON_LIST: pa.string(),
+}
+
+
+@dataclass
+class TableLoad:
+    table: str
+    file: str
+    rows_read: int = 0
+    rows_new: int = 0
+
+    @property
+    def rows_skipped(self) -> int:
+        return self.rows_read - self.rows_new
+
+
+@dataclass
+class LoadSummary:
+    tables: list[TableLoad] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def format(self) -> str:
+        lines = [f"{'table':<14}{'read':>12}{'new':>12}{'already stored':>16}  file"]
+        for t in self.tables:
+            lines.append(
+                f"{t.table:<14}{t.rows_read:>12,}{t.rows_new:>12,}{t.rows_skipped:>16,}  {t.file}"
+            )
+        lines.append(f"loaded in {self.seconds:.1f} s")
+        return "\n".join(lines)
+
+
+class _Problems:
+    """Collects problems; keeps the first MAX_PROBLEMS and counts the rest."""
+
+    def __init__(self) -> None:
+        self.items: list[Problem] = []
+        self.total = 0
+
+    def extend(self, problems: list[Problem]) -> None:
+        self.total += len(problems)
+        room = MAX_PROBLEMS - len(self.items)
+        if room > 0:
+            self.items.extend(problems[:room])
+
+    def raise_if_any(self, what: str) -> None:
+        if self.total:
+            text = Report(self.items, total=self.total).format(limit=20)
+            raise ContractError(
+                f"{what} refused, {self.total} problem(s):\n{text}",
+                problems=self.items,
+                total=self.total,
+            )
+
+
+# ---------------------------------------------------------------- reading files
+
+
+def find_table_files(directory: Path) -> dict[str, Path]:
+    """The contract files present in ``directory`` (one per table)."""
+    if not directory.is_dir():
+        raise ContractError(f"{directory}: expected a folder of contract files, got no such folder")
+    found: dict[str, Path] = {}
+    for name, spec in TABLES.items():
+        candidates = [
+            directory / f"{name}{suffix}"
+            for suffix in SUFFIXES
+            if suffix in (".parquet", ".csv") or spec.yaml_allowed
+        ]
+        present = [p for p in candidates if p.is_file()]
+        if len(present) > 1:
+            raise ContractError(
+                f"{directory}: table '{name}' given twice ({', '.join(p.name for p in present)}); "
+                "expected one file per table"
+            )
+        if present:
+            found[name] = present[0]
+    if not found:
+        expected = ", ".join(f"{n}.csv|parquet" for n in TABLES)
+        raise ContractError(
+            f"{directory}: no contract table found; expected files named {expected}"
+        )
+    return found
+
+
+def _utf8_problem(path: Path) -> Problem:
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        byte = data[err.start : err.start + 1].hex()
+        return Problem(
+            str(path),
+            max(line - 1, 1),
+            None,
+            f"not UTF-8 text: invalid byte 0x{byte} on line {line}; "
+            "expected UTF-8 (save the file as UTF-8)",
+        )
+    return Problem(str(path), None, None, "expected UTF-8 text")
+
+
+def read_chunks(path: Path, spec: TableSpec) -> Iterator[pd.DataFrame]:
+    """Raw chunks of a contract file (CSV as text, Parquet/YAML with native types).
+
+    Raises ContractError for a file that cannot be read at all (empty, wrong encoding,
+    not a table).
+    """
+    if path.stat().st_size == 0:
+        raise ContractError(
+            f"{path}: file is empty; expected a header row with columns "
+            f"{', '.join(spec.required_columns)}",
+            problems=[Problem(str(path), None, None, "file is empty")],
+        )
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        try:
+            parquet = pq.ParquetFile(path)
+        except (pa.ArrowInvalid, OSError) as err:
+            raise ContractError(
+                f"{path}: not a Parquet file ({err})",
+                problems=[Problem(str(path), None, None, "not a Parquet file")],
+            ) from err
+        for batch in parquet.iter_batches(batch_size=CHUNK_ROWS):
+            yield batch.to_pandas(types_mapper=None).reset_index(drop=True)
+    elif suffix == ".csv":
+        try:
+            reader = pd.read_csv(
+                path,
+                dtype=str,
+                keep_default_na=False,
+                na_values=[""],
+                encoding="utf-8-sig",
+                chunksize=CHUNK_ROWS,
+            )
+            yield from (chunk.reset_index(drop=True) for chunk in reader)
+        except UnicodeDecodeError as err:
+            problem = _utf8_problem(path)
+            raise ContractError(str(problem), problems=[problem]) from err
+        except pd.errors.EmptyDataError as err:
+            raise ContractError(
+                f"{path}: file is empty; expected a header row with columns "
+                f"{', '.join(spec.required_columns)}",
+                problems=[Problem(str(path), None, None, "file is empty")],
+            ) from err
+        except pd.errors.ParserError as err:
+            raise ContractError(
+                f"{path}: not a well-formed CSV file ({err})",
+                problems=[Problem(str(path), None, None, str(err))],
+            ) from err
+    else:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            problem = _utf8_problem(path)
+            raise ContractError(str(problem), problems=[problem]) from err
+        try:
+            records = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ContractError(
+                f"{path}: not valid YAML ({err})",
+                problems=[Problem(str(path), None, None, "not valid YAML")],
+            ) from err
+        if isinstance(records, dict) and spec.name in records:
+            records = records[spec.name]
+        if records is None:
+            raise ContractError(
+                f"{path}: file is empty; expected a list of {spec.name}",
+                problems=[Problem(str(path), None, None, "file is empty")],
+            )
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            raise ContractError(
+                f"{path}: expected a YAML list of mappings (one per row), "
+                f"got {type(records).__name__}",
+                problems=[Problem(str(path), None, None, "expected a YAML list of mappings")],
+            )
+        yield pd.DataFrame.from_records(records).reset_index(drop=True)
+
+
+def to_arrow(frame: pd.DataFrame, spec: TableSpec) -> pa.Table:
+    """Typed frame -> Arrow table with the contract's types (extra columns inferred)."""
+    arrays, names = [], []
+    for col in spec.columns:
+        values = frame[col.name]
+        if col.type == ColumnType.TIMESTAMP:
+            values = values.astype("datetime64[us]")
+        elif col.type in (ColumnType.INT, ColumnType.BOOL, ColumnType.FLOAT):
+            values = values.astype(object).where(values.notna(), None)
+        arrays.append(pa.array(values, type=ARROW_TYPES[col.type], from_pandas=True))
+        names.append(col.name)
+    for name in frame.columns:
+        if name not in spec.column_names:
+            arrays.append(pa.array(frame[name], from_pandas=True))
+            names.append(name)
+    return pa.Table.from_arrays(arrays, names=names)
+
+
+# ---------------------------------------------------------------- staging and checks
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _stage_name(table: str) -> str:
+    return f"_stage_{table}"
+
+
+def _stage_file(
+    con: duckdb.DuckDBPyConnection, spec: TableSpec, path: Path, problems: _Problems
+) -> int:
+    """Validate ``path`` and copy its rows into a temp staging table; returns rows read."""
+    stage = _stage_name(spec.name)
+    rows = 0
+    created = False
+    for chunk in read_chunks(path, spec):
+        typed, found = validate_frame(
+            chunk, spec, str(path), first_row=rows + 1, check_unique=False
+        )
+        if found:
+            problems.extend(found)
+        elif problems.total == 0:
+            table = to_arrow(typed, spec)
+            row_numbers = pa.array(range(rows + 1, rows + 1 + len(typed)), type=pa.int64())
+            table = table.append_column("_row", row_numbers)
+            con.register("_chunk", table)
+            if not created:
+                con.execute(f"CREATE OR REPLACE TEMP TABLE {stage} AS SELECT * FROM _chunk")
+                created = True
+            else:
+                con.execute(f"INSERT INTO {stage} BY NAME SELECT * FROM _chunk")
+            con.unregister("_chunk")
+        rows += len(chunk)
+    if not created and problems.total == 0:
+        # A header-only file: an empty batch of this table.
+        cols = ", ".join(f"{_quote(c.name)} {warehouse.DUCKDB_TYPES[c.type]}" for c in spec.columns)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {stage} ({cols}, _row BIGINT)")
+    return rows
+
+
+def _key_condition(spec: TableSpec, left: str, right: str) -> str:
+    return " AND ".join(
+        f"{left}.{_quote(k)} IS NOT DISTINCT FROM {right}.{_quote(k)}" for k in spec.key
+    )
+
+
+def _check_duplicates(
+    con: duckdb.DuckDBPyConnection, spec: TableSpec, file: str, problems: _Problems
+) -> None:
+    if not (spec.key and spec.unique_key):
+        return
+    stage = _stage_name(spec.name)
+    keys = ", ".join(_quote(k) for k in spec.key)
+    nonnull = " AND ".join(f"{_quote(k)} IS NOT NULL" for k in spec.key)
+    rows = con.execute(
+        f"SELECT _row, {keys} FROM (SELECT *, count(*) OVER (PARTITION BY {keys}) AS n, "
+        f"row_number() OVER (PARTITION BY {keys} ORDER BY _row) AS k FROM {stage} "
+        f"WHERE {nonnull}) WHERE n > 1 AND k > 1 ORDER BY _row LIMIT {MAX_PROBLEMS}"
+    ).fetchall()
+    total = con.execute(
+        f"SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM {stage} "
+        f"WHERE {nonnull} GROUP BY {keys} HAVING count(*) > 1)"
+    ).fetchone()[0]
+    found = []
+    for row, *key in rows:
+        shown = key[0] if len(key) == 1 else tuple(key)
+        found.append(
+            Problem(
+                file, int(row), ", ".join(spec.key), f"duplicate key {shown!r}; each must be unique"
+            )
+        )
+    problems.extend(found)
+    problems.total += int(total) - len(found)
+
+
+def _check_references(
+    con: duckdb.DuckDBPyConnection,
+    spec: TableSpec,
+    file: str,
+    staged: set[str],
+    problems: _Problems,
+) -> None:
+    stage = _stage_name(spec.name)
+    for ref in spec.references:
+        target_cols = ", ".join(_quote(c) for c in ref.target_columns)
+        sources = [f"SELECT {target_cols} FROM {_quote(ref.target)}"]
+        if ref.target in staged:
+            sources.append(f"SELECT {target_cols} FROM {_stage_name(ref.target)}")
+        known = " UNION ALL ".join(sources)
+        join = " AND ".join(
+            f"s.{_quote(a)} = k.{_quote(b)}"
+            for a, b in zip(ref.columns, ref.target_columns, strict=True)
+        )
+        nonnull = " AND ".join(f"s.{_quote(c)} IS NOT NULL" for c in ref.columns)
+        cols = ", ".join(f"s.{_quote(c)}" for c in ref.columns)
+        query = (
+            f"SELECT s._row, {cols} FROM {stage} s WHERE {nonnull} AND NOT EXISTS "
+            f"(SELECT 1 FROM ({known}) k WHERE {join})"
+        )
+        total = con.execute(f"SELECT count(*) FROM ({query})").fetchone()[0]
+        if not total:
+            continue
+        rows = con.execute(f"{query} ORDER BY s._row LIMIT {MAX_PROBLEMS}").fetchall()
+        target = f"{ref.target}.{', '.join(ref.target_columns)}"
+        found = []
+        for row, *values in rows:
+            shown = values[0] if len(values) == 1 else tuple(values)
+            found.append(
+                Problem(
+                    file,
+                    int(row),
+                    ", ".join(ref.columns),
+                    f"unknown {shown!r}: not found in {target}",
+                )
+            )
+        problems.extend(found)
+        problems.total += int(total) - len(found)
+    if spec.name == "offers":
+        _check_offer_touchpoints(con, file, staged, problems)
+
+
+def _check_offer_touchpoints(
+    con: duckdb.DuckDBPyConnection, file: str, staged: set[str], problems: _Problems
+) -> None:
+    known = "SELECT touchpoint_id FROM touchpoints"
+    if "touchpoints" in staged:
+        known += f" UNION ALL SELECT touchpoint_id FROM {_stage_name('touchpoints')}"
+    rows = con.execute(
+        f"SELECT _row, tp FROM (SELECT _row, unnest(touchpoints) AS tp FROM {_stage_name('offers')}) "
+        f"WHERE tp NOT IN ({known}) ORDER BY _row LIMIT {MAX_PROBLEMS}"
+    ).fetchall()
+    problems.extend(
+        [
+            Problem(
+                file,
+                int(row),
+                "touchpoints",
+                f"unknown touchpoint {tp!r}: not found in touchpoints.touchpoint_id",
+            )
+            for row, tp in rows
+        ]
+    )
+
+
+# ---------------------------------------------------------------- merge
+
+
+def _add_extra_columns(con: duckdb.DuckDBPyConnection, spec: TableSpec) -> None:
+    stage = _stage_name(spec.name)
+    have = warehouse.existing_columns(con, spec.name)
+    staged = con.execute(
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_name = ? AND column_name <> '_row' ORDER BY ordinal_position",
+        [stage],
+    ).fetchall()
+    for name, dtype in staged:
+        if name not in have:
+            con.execute(f"ALTER TABLE {_quote(spec.name)} ADD COLUMN {_quote(name)} {dtype}")
+
+
+def _merge(con: duckdb.DuckDBPyConnection, spec: TableSpec) -> int:
+    stage = _stage_name(spec.name)
+    target = _quote(spec.name)
+    _add_extra_columns(con, spec)
+    before = con.execute(f"SELECT count(*) FROM {target}").fetchone()[0]
+    if spec.kind == "dimension":
+        # Upsert: a newer catalogue replaces the rows it names (last row of a key wins).
+        keys = ", ".join(map(_quote, spec.key))
+        new = con.execute(
+            f"SELECT count(DISTINCT ({keys})) FROM {stage} s WHERE NOT EXISTS "
+            f"(SELECT 1 FROM {target} t WHERE {_key_condition(spec, 't', 's')})"
+        ).fetchone()[0]
+        con.execute(
+            f"DELETE FROM {target} t WHERE EXISTS "
+            f"(SELECT 1 FROM {stage} s WHERE {_key_condition(spec, 't', 's')})"
+        )
+        con.execute(
+            f"INSERT INTO {target} BY NAME SELECT * EXCLUDE (_row, _k) FROM "
+            f"(SELECT *, row_number() OVER (PARTITION BY {keys} ORDER BY _row DESC) AS _k "
+            f"FROM {stage}) WHERE _k = 1 ORDER BY _row"
+        )
+        return int(new)
+    # Events: append rows whose key is not stored yet (and once per key within the batch).
+    key = _dedup_key(spec)
+    partition = ", ".join(_quote(k) for k in key)
+    condition = " AND ".join(f"t.{_quote(k)} IS NOT DISTINCT FROM s.{_quote(k)}" for k in key)
+    con.execute(
+        f"INSERT INTO {target} BY NAME SELECT * EXCLUDE (_row, _k) FROM "
+        f"(SELECT *, row_number() OVER (PARTITION BY {partition} ORDER BY _row) AS _k "
+        f"FROM {stage}) s WHERE _k = 1 AND NOT EXISTS "
+        f"(SELECT 1 FROM {target} t WHERE {condition}) ORDER BY _row"
+    )
+    return con.execute(f"SELECT count(*) FROM {target}").fetchone()[0] - before
+
+
+def _dedup_key(spec: TableSpec) -> tuple[str, ...]:
+    if spec.name == "transactions":
+        # Without a transaction_id, a purchase is identified by all its contract columns.
+        return spec.column_names
+    return spec.key
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def load_directory(directory: str | Path, con: duckdb.DuckDBPyConnection) -> LoadSummary:
+    """Validate and load every contract table in ``directory`` in one transaction.
+
+    Raises
+    ------
+    ContractError
+        If any file breaks the contract; the warehouse is left exactly as it was.
+    """
+    started = time.perf_counter()
+    directory = Path(directory)
+    files = find_table_files(directory)
+    warehouse.create_tables(con)
+    problems = _Problems()
+    summary = LoadSummary()
+    con.execute("BEGIN TRANSACTION")
+    try:
+        rows_read: dict[str, int] = {}
+        for name, path in files.items():
+            rows_read[name] = _stage_file(con, TABLES[name], path, problems)
+        problems.raise_if_any(f"load of {directory}")
+        staged = set(files)
+        for name, path in files.items():
+            _check_duplicates(con, TABLES[name], str(path), problems)
+        for name, path in files.items():
+            _check_references(con, TABLES[name], str(path), staged, problems)
+        problems.raise_if_any(f"load of {directory}")
+        for name, path in files.items():
+            new = _merge(con, TABLES[name])
+            summary.tables.append(TableLoad(name, path.name, rows_read[name], new))
+        for name in files:
+            con.execute(f"DROP TABLE IF EXISTS {_stage_name(name)}")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        for name in files:
+            con.execute(f"DROP TABLE IF EXISTS {_stage_name(name)}")
+        raise
+    summary.seconds = time.perf_counter() - started
+    log.info("loaded %s tables from %s in %.1f s", len(files), directory, summary.seconds)
+    return summary
