@@ -121,6 +121,8 @@ def to_bool(raw: pd.Series) -> pd.Series:
 
 
 def to_string(raw: pd.Series) -> pd.Series:
+    if pd.api.types.is_string_dtype(raw) and raw.dtype != object:
+        return raw.astype("string")  # already text (CSV read as str, Parquet strings)
     def one(value: object) -> object:
         if isinstance(value, (list, dict, tuple, np.ndarray)):
             return pd.NA
@@ -193,7 +195,9 @@ CONVERTERS: dict[ColumnType, Callable[[pd.Series], pd.Series]] = {
 
 def _present(raw: pd.Series) -> pd.Series:
     """True where a raw value is given (not null, not blank)."""
-    if raw.dtype == object or pd.api.types.is_string_dtype(raw):
+    if pd.api.types.is_string_dtype(raw) and raw.dtype != object:
+        return (raw.notna() & (raw.str.strip() != "")).fillna(False).astype(bool)
+    if raw.dtype == object:
         return raw.map(lambda v: not _is_missing(v)).astype(bool)
     return raw.notna()
 
