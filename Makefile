@@ -30,10 +30,19 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
-bench: bench-data
+bench: bench-data bench-features bench-training bench-serving
 
 bench-data: setup
 	$(BIN)/python bench/bench_data.py
+
+bench-features: setup
+	$(BIN)/python bench/bench_features.py
+
+bench-training: setup
+	$(BIN)/python bench/bench_training.py
+
+bench-serving: setup
+	$(BIN)/python bench/bench_serving.py
 
 clean:
 	rm -rf $(VENV) $(DATA_DIR) mlruns mlflow.db .pytest_cache

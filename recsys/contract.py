@@ -192,6 +192,7 @@ TRANSACTIONS = TableSpec(
 INTERACTIONS = TableSpec(
     name="interactions",
     key=("customer_id", "ts", "touchpoint_id", "event_type"),
+    unique_key=False,  # the same event twice is plausible in raw logs; stored once
     references=(
         Reference(("customer_id",), "customers", ("customer_id",)),
         Reference(("touchpoint_id",), "touchpoints", ("touchpoint_id",)),
@@ -232,6 +233,7 @@ DECISIONS = TableSpec(
 OUTCOMES_TABLE = TableSpec(
     name="outcomes",
     key=("decision_id", "offer_id", "outcome", "ts"),
+    unique_key=False,  # a repeated feedback event is stored once, not refused
     references=(Reference(("decision_id", "offer_id"), "decisions", ("decision_id", "offer_id")),),
     description="What happened after an offer was shown.",
     columns=(
