@@ -52,6 +52,22 @@ def _is_missing(value: object) -> bool:
     )
 
 
+def _map_distinct(raw: pd.Series, one: Callable[[object], object]) -> pd.Series:
+    """``raw.map(one)`` for missing-aware values, computed once per distinct value.
+
+    Event logs repeat the same JSON contexts and flags millions of times; parsing each distinct
+    value once keeps validation linear in the number of distinct values, not rows.
+    """
+    try:
+        codes, uniques = pd.factorize(raw, use_na_sentinel=True)
+    except TypeError:  # unhashable native values (lists/dicts from YAML or Parquet)
+        return raw.map(one, na_action="ignore")
+    converted = np.empty(len(uniques) + 1, dtype=object)
+    converted[:-1] = [one(value) for value in uniques]
+    converted[-1] = None  # code -1 = missing
+    return pd.Series(converted[codes], index=raw.index, dtype=object)
+
+
 # ---------------------------------------------------------------- converters (raw -> typed)
 # Each takes a raw series and returns the typed series; unparseable values become missing.
 
@@ -117,7 +133,7 @@ def to_bool(raw: pd.Series) -> pd.Series:
             return False
         return pd.NA
 
-    return raw.map(one, na_action="ignore").astype("boolean")
+    return _map_distinct(raw, one).astype("boolean")
 
 
 def to_string(raw: pd.Series) -> pd.Series:
@@ -128,7 +144,7 @@ def to_string(raw: pd.Series) -> pd.Series:
             return pd.NA
         return str(value)
 
-    return raw.map(one, na_action="ignore").astype("string")
+    return _map_distinct(raw, one).astype("string")
 
 
 def _parse_json(value: object) -> object:
@@ -165,7 +181,7 @@ def to_string_list(raw: pd.Series) -> pd.Series:
             return None
         return items
 
-    return raw.map(one, na_action="ignore")
+    return _map_distinct(raw, one)
 
 
 def _json_of(kind: type) -> Callable[[pd.Series], pd.Series]:
@@ -176,7 +192,7 @@ def _json_of(kind: type) -> Callable[[pd.Series], pd.Series]:
                 return None
             return json.dumps(parsed, sort_keys=True, separators=(",", ":"))
 
-        return raw.map(one, na_action="ignore")
+        return _map_distinct(raw, one)
 
     return convert
 
