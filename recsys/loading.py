@@ -298,15 +298,17 @@ def _check_duplicates(
     stage = _stage_name(spec.name)
     keys = ", ".join(_quote(k) for k in spec.key)
     nonnull = " AND ".join(f"{_quote(k)} IS NOT NULL" for k in spec.key)
+    total = con.execute(
+        f"SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM {stage} "
+        f"WHERE {nonnull} GROUP BY {keys} HAVING count(*) > 1)"
+    ).fetchone()[0]
+    if not total:
+        return
     rows = con.execute(
         f"SELECT _row, {keys} FROM (SELECT *, count(*) OVER (PARTITION BY {keys}) AS n, "
         f"row_number() OVER (PARTITION BY {keys} ORDER BY _row) AS k FROM {stage} "
         f"WHERE {nonnull}) WHERE n > 1 AND k > 1 ORDER BY _row LIMIT {MAX_PROBLEMS}"
     ).fetchall()
-    total = con.execute(
-        f"SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM {stage} "
-        f"WHERE {nonnull} GROUP BY {keys} HAVING count(*) > 1)"
-    ).fetchone()[0]
     found = []
     for row, *key in rows:
         shown = key[0] if len(key) == 1 else tuple(key)
@@ -427,23 +429,36 @@ def _merge(con: duckdb.DuckDBPyConnection, spec: TableSpec) -> int:
         )
         return int(new)
     # Events: append rows whose key is not stored yet (and once per key within the batch).
-    key = _dedup_key(spec)
-    partition = ", ".join(_quote(k) for k in key)
-    condition = " AND ".join(f"t.{_quote(k)} IS NOT DISTINCT FROM s.{_quote(k)}" for k in key)
-    con.execute(
-        f"INSERT INTO {target} BY NAME SELECT * EXCLUDE (_row, _k) FROM "
-        f"(SELECT *, row_number() OVER (PARTITION BY {partition} ORDER BY _row) AS _k "
-        f"FROM {stage}) s WHERE _k = 1 AND NOT EXISTS "
-        f"(SELECT 1 FROM {target} t WHERE {condition}) ORDER BY _row"
-    )
+    if spec.name == "transactions":
+        # With a transaction_id, that id is the key (already unique in the batch); without
+        # one, a purchase is identified by all its contract columns.
+        _append_new(con, spec, ("transaction_id",), "transaction_id IS NOT NULL", False)
+        _append_new(con, spec, spec.column_names, "transaction_id IS NULL", True)
+    else:
+        _append_new(con, spec, spec.key, "TRUE", not spec.unique_key)
     return con.execute(f"SELECT count(*) FROM {target}").fetchone()[0] - before
 
 
-def _dedup_key(spec: TableSpec) -> tuple[str, ...]:
-    if spec.name == "transactions":
-        # Without a transaction_id, a purchase is identified by all its contract columns.
-        return spec.column_names
-    return spec.key
+def _append_new(
+    con: duckdb.DuckDBPyConnection,
+    spec: TableSpec,
+    key: tuple[str, ...],
+    where: str,
+    dedup_batch: bool,
+) -> None:
+    stage, target = _stage_name(spec.name), _quote(spec.name)
+    source = f"(SELECT * FROM {stage} WHERE {where})"
+    if dedup_batch:
+        partition = ", ".join(_quote(k) for k in key)
+        source = (
+            f"(SELECT * FROM {stage} WHERE {where} "
+            f"QUALIFY row_number() OVER (PARTITION BY {partition} ORDER BY _row) = 1)"
+        )
+    condition = " AND ".join(f"t.{_quote(k)} IS NOT DISTINCT FROM s.{_quote(k)}" for k in key)
+    con.execute(
+        f"INSERT INTO {target} BY NAME SELECT * EXCLUDE (_row) FROM {source} s "
+        f"WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE {condition})"
+    )
 
 
 # ---------------------------------------------------------------- entry point

@@ -14,11 +14,25 @@ import duckdb
 from recsys.contract import DUCKDB_TYPES, TABLES, TableSpec
 
 
-def connect(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """Open (and create if needed) the warehouse at ``path``; ``":memory:"`` for tests."""
+DEFAULT_MEMORY_LIMIT = "4GB"
+
+
+def connect(
+    path: str | Path, read_only: bool = False, memory_limit: str | None = DEFAULT_MEMORY_LIMIT
+) -> duckdb.DuckDBPyConnection:
+    """Open (and create if needed) the warehouse at ``path``; ``":memory:"`` for tests.
+
+    ``memory_limit`` bounds DuckDB's memory; beyond it, large loads and joins spill to a
+    temporary folder next to the file instead of taking the machine's memory (DuckDB's own
+    default is 80% of RAM).
+    """
+    config: dict[str, str] = {}
+    if memory_limit:
+        config["memory_limit"] = memory_limit
     if str(path) != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(path), read_only=read_only)
+        config["temp_directory"] = str(Path(path).with_suffix(".tmp"))
+    con = duckdb.connect(str(path), read_only=read_only, config=config)
     if not read_only:
         create_tables(con)
     return con

@@ -294,3 +294,19 @@ def test_cli_load_then_summary(tmp_path, valid_folder):
 def test_missing_folder_is_a_clear_error(tmp_path: Path):
     with pytest.raises(ContractError, match="expected a folder of contract files"):
         load_directory(tmp_path / "nope", warehouse.connect(":memory:"))
+
+
+def test_transactions_without_an_id_are_deduplicated_by_their_columns(tmp_path, valid_folder):
+    con = warehouse.connect(":memory:")
+    load_directory(valid_folder, con)
+    rows = "customer_id,ts,amount,category\nC1,2025-03-01T10:00:00Z,5.0,books\n"
+    load_directory(write_folder(tmp_path / "b1", {"transactions.csv": rows}), con)
+    again = load_directory(
+        write_folder(
+            tmp_path / "b2", {"transactions.csv": rows + "C1,2025-03-01T11:00:00Z,5.0,books\n"}
+        ),
+        con,
+    )
+
+    assert again.tables[0].rows_new == 1
+    assert con.execute("SELECT count(*) FROM transactions").fetchone()[0] == 4
