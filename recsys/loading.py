@@ -15,6 +15,7 @@ Any problem rolls the whole load back: a refused load keeps nothing of itself.
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -248,8 +249,12 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+STAGING = "_recsys_staging"
+
+
 def _stage_name(table: str) -> str:
-    return f"_stage_{table}"
+    """Staging table of ``table``, in the separate staging database of the load."""
+    return f"{STAGING}._stage_{table}"
 
 
 def _stage_file(
@@ -271,7 +276,7 @@ def _stage_file(
             table = table.append_column("_row", row_numbers)
             con.register("_chunk", table)
             if not created:
-                con.execute(f"CREATE OR REPLACE TEMP TABLE {stage} AS SELECT * FROM _chunk")
+                con.execute(f"CREATE OR REPLACE TABLE {stage} AS SELECT * FROM _chunk")
                 created = True
             else:
                 con.execute(f"INSERT INTO {stage} BY NAME SELECT * FROM _chunk")
@@ -280,7 +285,7 @@ def _stage_file(
     if not created and problems.total == 0:
         # A header-only file: an empty batch of this table.
         cols = ", ".join(f"{_quote(c.name)} {warehouse.DUCKDB_TYPES[c.type]}" for c in spec.columns)
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {stage} ({cols}, _row BIGINT)")
+        con.execute(f"CREATE OR REPLACE TABLE {stage} ({cols}, _row BIGINT)")
     return rows
 
 
@@ -394,12 +399,12 @@ def _check_offer_touchpoints(
 
 
 def _add_extra_columns(con: duckdb.DuckDBPyConnection, spec: TableSpec) -> None:
-    stage = _stage_name(spec.name)
     have = warehouse.existing_columns(con, spec.name)
     staged = con.execute(
         "SELECT column_name, data_type FROM information_schema.columns "
-        "WHERE table_name = ? AND column_name <> '_row' ORDER BY ordinal_position",
-        [stage],
+        "WHERE table_catalog = ? AND table_name = ? AND column_name <> '_row' "
+        "ORDER BY ordinal_position",
+        [STAGING, f"_stage_{spec.name}"],
     ).fetchall()
     for name, dtype in staged:
         if name not in have:
@@ -478,29 +483,36 @@ def load_directory(directory: str | Path, con: duckdb.DuckDBPyConnection) -> Loa
     warehouse.create_tables(con)
     problems = _Problems()
     summary = LoadSummary()
-    con.execute("BEGIN TRANSACTION")
-    try:
-        rows_read: dict[str, int] = {}
-        for name, path in files.items():
-            rows_read[name] = _stage_file(con, TABLES[name], path, problems)
-        problems.raise_if_any(f"load of {directory}")
-        staged = set(files)
-        for name, path in files.items():
-            _check_duplicates(con, TABLES[name], str(path), problems)
-        for name, path in files.items():
-            _check_references(con, TABLES[name], str(path), staged, problems)
-        problems.raise_if_any(f"load of {directory}")
-        for name, path in files.items():
-            new = _merge(con, TABLES[name])
-            summary.tables.append(TableLoad(name, path.name, rows_read[name], new))
-        for name in files:
-            con.execute(f"DROP TABLE IF EXISTS {_stage_name(name)}")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        for name in files:
-            con.execute(f"DROP TABLE IF EXISTS {_stage_name(name)}")
-        raise
+    # Rows are validated and staged in a separate, throw-away database; the warehouse itself
+    # changes only in the final merge transaction, so a refused load keeps nothing, and the
+    # staging can spill to disk instead of living in one huge open transaction.
+    with tempfile.TemporaryDirectory(prefix="recsys-load-") as scratch:
+        database = con.execute("SELECT current_database()").fetchone()[0]
+        staging_file = Path(scratch) / "staging.duckdb"
+        con.execute(f"ATTACH '{staging_file}' AS {STAGING}")
+        try:
+            rows_read: dict[str, int] = {}
+            for name, path in files.items():
+                rows_read[name] = _stage_file(con, TABLES[name], path, problems)
+            problems.raise_if_any(f"load of {directory}")
+            staged = set(files)
+            for name, path in files.items():
+                _check_duplicates(con, TABLES[name], str(path), problems)
+            for name, path in files.items():
+                _check_references(con, TABLES[name], str(path), staged, problems)
+            problems.raise_if_any(f"load of {directory}")
+            con.execute("BEGIN TRANSACTION")
+            try:
+                for name, path in files.items():
+                    new = _merge(con, TABLES[name])
+                    summary.tables.append(TableLoad(name, path.name, rows_read[name], new))
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        finally:
+            con.execute(f"USE {_quote(database)}")
+            con.execute(f"DETACH {STAGING}")
     summary.seconds = time.perf_counter() - started
     log.info("loaded %s tables from %s in %.1f s", len(files), directory, summary.seconds)
     return summary
