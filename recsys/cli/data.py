@@ -18,12 +18,33 @@ def generate(
     seed: int = typer.Option(7, help="Random seed; same seed, same files."),
     out: Path = typer.Option(Path("data/demo"), help="Output directory."),
     file_format: str = typer.Option("parquet", "--format", help="parquet or csv (event tables)."),
+    start: str | None = typer.Option(
+        None,
+        help="First simulated day, ISO date (default 2026-01-01, so the same seed gives the "
+        "same files); `make run` starts DAYS before today so the demo is current.",
+    ),
 ) -> None:
     """Write the seven contract tables of a believable omnichannel business, plus ground truth."""
+    from datetime import datetime
+
     from recsys.datagen import generate_dataset
 
+    start_at = None
+    if start is not None:
+        try:
+            start_at = datetime.fromisoformat(start)
+        except ValueError as err:
+            raise typer.BadParameter(
+                f"expected an ISO date like 2026-01-01, got {start!r}"
+            ) from err
     summary = generate_dataset(
-        customers=customers, days=days, seed=seed, out=out, file_format=file_format, progress=True
+        customers=customers,
+        days=days,
+        seed=seed,
+        out=out,
+        file_format=file_format,
+        progress=True,
+        start=start_at,
     )
     typer.echo(summary.format())
 
