@@ -13,7 +13,6 @@ import duckdb
 
 from recsys.contract import DUCKDB_TYPES, TABLES, TableSpec
 
-
 DEFAULT_MEMORY_LIMIT = "4GB"
 
 
