@@ -1,7 +1,232 @@
-"""``recsys features ...`` commands."""
+"""``recsys features ...``: build, materialise, look up and describe features."""
 
 from __future__ import annotations
 
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
 import typer
 
+from recsys.settings import load_settings
+
 app = typer.Typer(no_args_is_help=True)
+
+DB_HELP = "Warehouse DuckDB file (default: settings warehouse_path)."
+AS_OF_HELP = (
+    "Point in time, ISO 8601 (naive = UTC), or 'latest' (just after the warehouse's last "
+    "event, e.g. for generated data); default now."
+)
+
+
+def _latest(con) -> datetime:
+    """Just after the last event of the warehouse."""
+    row = con.execute(
+        "SELECT max(ts) FROM (SELECT max(ts) AS ts FROM transactions UNION ALL "
+        "SELECT max(ts) FROM interactions UNION ALL SELECT max(ts) FROM decisions UNION ALL "
+        "SELECT max(ts) FROM outcomes)"
+    ).fetchone()
+    if row is None or row[0] is None:
+        raise typer.BadParameter("`--as-of latest` needs events in the warehouse, found none")
+    return row[0] + timedelta(seconds=1)
+
+
+def _as_of(value: str | None, con=None) -> datetime:
+    if value is None:
+        return datetime.now(UTC).replace(tzinfo=None)
+    if value == "latest" and con is not None:
+        return _latest(con)
+    try:
+        ts = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(
+            f"`--as-of` must be an ISO 8601 timestamp, got {value!r}"
+        ) from None
+    return ts.astimezone(UTC).replace(tzinfo=None) if ts.tzinfo else ts
+
+
+def _open_warehouse(db: Path | None):
+    from recsys import warehouse
+
+    path = db or load_settings().warehouse_path
+    if not Path(path).exists():
+        raise typer.BadParameter(
+            f"`--db` must be an existing warehouse file, got {path} (run `recsys data load` first)"
+        )
+    return warehouse.connect(path, read_only=True)
+
+
+def _write(frame, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".csv":
+        frame.to_csv(out, index=False)
+    elif out.suffix == ".parquet":
+        frame.to_parquet(out, index=False)
+    else:
+        raise typer.BadParameter(f"`--out` must end in .parquet or .csv, got {out.name}")
+
+
+@app.command()
+def build(
+    as_of: str | None = typer.Option(None, "--as-of", help=AS_OF_HELP),
+    db: Path | None = typer.Option(None, "--db", help=DB_HELP),
+    out: Path = typer.Option(
+        Path("data/features/customer_features.parquet"),
+        "--out",
+        help="Output file (.parquet or .csv).",
+    ),
+    engine: str = typer.Option("duckdb", help="duckdb or spark."),
+) -> None:
+    """Compute every customer's features as of a point in time and write them to a file."""
+    from features.pipeline import customer_features
+
+    con = _open_warehouse(db)
+    ts = _as_of(as_of, con)
+    started = time.perf_counter()
+    frame = customer_features(con, ts, engine=engine)
+    _write(frame, out)
+    typer.echo(
+        f"{len(frame):,} customers x {frame.shape[1] - 1} features as of "
+        f"{ts.isoformat()} -> {out} ({time.perf_counter() - started:.1f} s)"
+    )
+
+
+@app.command("training-set")
+def training_set(
+    out: Path = typer.Option(
+        Path("data/features/training_set.parquet"), "--out", help="Output file (.parquet or .csv)."
+    ),
+    db: Path | None = typer.Option(None, "--db", help=DB_HELP),
+    start: str | None = typer.Option(None, help="First decision time (inclusive)."),
+    end: str | None = typer.Option(None, help="Last decision time (exclusive)."),
+    attribution_days: float = typer.Option(7.0, help="Attribution window in days."),
+    engine: str = typer.Option("duckdb", help="duckdb or spark."),
+) -> None:
+    """One row per logged decision: label, revenue and every model input."""
+    from features.training_set import build_training_set, write_training_set
+
+    con = _open_warehouse(db)
+    started = time.perf_counter()
+    window = {
+        "start": _as_of(start) if start else None,
+        "end": _as_of(end) if end else None,
+        "attribution_days": attribution_days,
+        "engine": engine,
+    }
+    if out.suffix == ".parquet":  # streamed to the file, never held in memory
+        rows = write_training_set(con, out, **window)
+    else:
+        frame = build_training_set(con, **window)
+        _write(frame, out)
+        rows = len(frame)
+    typer.echo(f"{rows:,} decision rows -> {out} ({time.perf_counter() - started:.1f} s)")
+
+
+def _store(store: str | None):
+    from features.online import open_online_store
+
+    overrides = {"online_store": store} if store else {}
+    return open_online_store(load_settings(**overrides))
+
+
+@app.command()
+def materialize(
+    store: str | None = typer.Option(None, help="sqlite or redis (default: settings)."),
+    db: Path | None = typer.Option(None, "--db", help=DB_HELP),
+    as_of: str | None = typer.Option(None, "--as-of", help=AS_OF_HELP),
+    incremental: bool = typer.Option(False, help="Only customers changed since the last run."),
+) -> None:
+    """Write every customer's latest feature vector to the online store."""
+    from features.online import materialize as run_materialize
+    from features.online import refresh
+
+    con = _open_warehouse(db)
+    online = _store(store)
+    started = time.perf_counter()
+    try:
+        ts = _as_of(as_of, con)
+        count = (
+            refresh(con, online, as_of=ts)
+            if incremental
+            else run_materialize(con, online, as_of=ts)
+        )
+    finally:
+        online.close()
+    typer.echo(
+        f"{count:,} vectors written as of {ts.isoformat()} ({time.perf_counter() - started:.1f} s)"
+    )
+
+
+@app.command()
+def get(
+    customer_id: str = typer.Argument(..., help="Customer id."),
+    store: str | None = typer.Option(None, help="sqlite or redis (default: settings)."),
+) -> None:
+    """Print a customer's vector from the online store as JSON (unknown: the cold start)."""
+    online = _store(store)
+    try:
+        vector = online.get_many([customer_id])[customer_id]
+    finally:
+        online.close()
+    typer.echo(json.dumps(vector, indent=2, sort_keys=False, default=str))
+
+
+@app.command()
+def describe(
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    db: Path | None = typer.Option(None, "--db", help="Also list this warehouse's attributes."),
+) -> None:
+    """Each feature: name, kind, source and meaning."""
+    from features.spec import feature_spec
+
+    spec = feature_spec()
+    rows = [(f.name, f.kind, f.group, f.source, f.description) for f in spec.features]
+    if db is not None:
+        con = _open_warehouse(db)
+        from features.definitions import ATTRIBUTE_PREFIX
+        from recsys.contract import CUSTOMERS
+
+        cols = con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE "
+            "table_name = 'customers' ORDER BY ordinal_position"
+        ).fetchall()
+        for (col,) in cols:
+            if col not in CUSTOMERS.column_names:
+                rows.append(
+                    (
+                        f"{ATTRIBUTE_PREFIX}{col}",
+                        "from data",
+                        "customer",
+                        "customers",
+                        f"Customer attribute '{col}' (categorical if text).",
+                    )
+                )
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "version": spec.version,
+                    "features": [
+                        dict(
+                            zip(("name", "kind", "group", "source", "description"), r, strict=True)
+                        )
+                        for r in rows
+                    ],
+                },
+                indent=2,
+            )
+        )
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=f"feature spec {spec.version} ({len(rows)} features; ctx_<key> "
+        "columns come from decisions.context)"
+    )
+    for header in ("name", "kind", "group", "source", "description"):
+        table.add_column(header, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    Console(width=160).print(table)

@@ -1,7 +1,211 @@
-"""``recsys serve`` and ``recsys score`` commands."""
+"""``recsys serve`` (the HTTP decision service) and ``recsys score`` (batch touchpoints)."""
 
 from __future__ import annotations
 
+import logging
+import os
+import time
+from pathlib import Path
 
-def register(app) -> None:
-    """Add the top-level ``serve`` and ``score`` commands to ``app`` (filled in by serving work)."""
+import typer
+
+logger = logging.getLogger(__name__)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the top-level ``serve`` and ``score`` commands to ``app``."""
+    app.command("serve")(serve)
+    app.command("score")(score)
+    app.command("export-events")(export_events)
+
+
+def export_events(
+    out_dir: Path = typer.Argument(..., help="Folder for decisions.parquet and outcomes.parquet."),
+    db: Path = typer.Option(None, help="Warehouse (for the known customer ids); default settings."),
+) -> None:
+    """Write the event log as contract files; then `recsys data load OUT_DIR` (closed loop)."""
+    import duckdb
+
+    from recsys.eventlog import export_contract, open_event_log
+    from recsys.settings import load_settings
+
+    settings = load_settings()
+    warehouse_path = db or settings.warehouse_path
+    known = None
+    if Path(warehouse_path).exists():
+        con = duckdb.connect(str(warehouse_path), read_only=True)
+        known = {r[0] for r in con.execute("SELECT customer_id FROM customers").fetchall()}
+        con.close()
+    log = open_event_log(settings.event_log_url)
+    try:
+        summary = export_contract(log, out_dir, known_customers=known)
+    finally:
+        log.close()
+    typer.echo(
+        f"{summary.decision_rows:,} decision rows -> {summary.decisions_path}\n"
+        f"{summary.outcome_rows:,} outcomes -> {summary.outcomes_path}\n"
+        f"{summary.anonymised_customers:,} customers unknown to the warehouse exported as "
+        f"anonymous\nnext: recsys data load {out_dir}"
+    )
+
+
+def serve(
+    host: str = typer.Option(None, help="Bind address (default 127.0.0.1)."),
+    port: int = typer.Option(None, min=1, max=65535, help="Port (default 8000)."),
+    workers: int = typer.Option(None, min=1, help="uvicorn worker processes (default 1)."),
+    epsilon: float = typer.Option(
+        None, min=0.0, max=1.0, help="Exploration share (default 0.05); 0 = greedy."
+    ),
+    model_dir: Path = typer.Option(
+        None, help="Serve this local model folder instead of the registry's champion."
+    ),
+    catalog: Path = typer.Option(
+        None, help="Warehouse file or folder of offers/touchpoints (default: the warehouse)."
+    ),
+) -> None:
+    """Start the decision service (FastAPI on uvicorn) on the champion model."""
+    from serving.config import load_serving_settings
+    from serving.main import run_server
+
+    # Worker processes build the app from the environment: pass the flags through it.
+    for name, value in (
+        ("HOST", host),
+        ("PORT", port),
+        ("WORKERS", workers),
+        ("EPSILON", epsilon),
+        ("MODEL_DIR", model_dir),
+        ("CATALOG_SOURCE", catalog),
+    ):
+        if value is not None:
+            os.environ[f"RECSYS_SERVING_{name}"] = str(value)
+    settings = load_serving_settings()
+    base = f"http://{settings.host}:{settings.port}"
+    typer.echo(
+        f"recsys decision service on {base}  (docs: {base}/docs)\n"
+        "try:\n"
+        f"  curl -s -X POST {base}/v1/decisions -H 'content-type: application/json' "
+        '-d \'{"customer_id": "C000001", "touchpoint": "web_home", "limit": 3}\'\n'
+        f"  curl -s '{base}/v1/offers?touchpoint=web_home'"
+    )
+    run_server(settings)
+
+
+def score(
+    touchpoint: str = typer.Option(
+        ..., help="Touchpoint id (or a channel with one touchpoint, e.g. email)."
+    ),
+    out: Path = typer.Option(..., help="Output file: .parquet or .csv."),
+    limit: int = typer.Option(None, min=1, help="Offers per customer (default: the slots)."),
+    chunk: int = typer.Option(
+        2_000, min=1, help="Customers decided per model call (memory: chunk x candidates rows)."
+    ),
+    record: bool = typer.Option(
+        True, "--record/--dry-run", help="Log the decisions (contacts count toward caps)."
+    ),
+    max_customers: int = typer.Option(None, min=1, help="Only the first N customers."),
+) -> None:
+    """Top-k offers for every eligible customer of a batch touchpoint (e.g. an email).
+
+    Uses the same decision path as the HTTP service and logs decisions the same way.
+    """
+    import duckdb
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+    from tqdm import tqdm
+
+    from recsys.decision import DecisionRequest
+    from recsys.settings import load_settings
+    from serving.components import build_components
+    from serving.config import load_serving_settings
+
+    suffix = out.suffix.lower()
+    if suffix not in (".parquet", ".csv"):
+        raise typer.BadParameter(
+            f"must end in .parquet or .csv, got {out.name!r}", param_hint="--out"
+        )
+    settings = load_settings()
+    components = build_components(settings, load_serving_settings())
+    try:
+        tp_id = _resolve_touchpoint(components.catalog, touchpoint)
+        engine = components.engine
+        scorer = engine.scorer
+        if hasattr(scorer, "num_threads"):
+            scorer.num_threads = os.cpu_count() or 1  # batch: use every core for predict
+        con = duckdb.connect(str(settings.warehouse_path), read_only=True)
+        query = "SELECT customer_id FROM customers ORDER BY customer_id"
+        if max_customers:
+            query += f" LIMIT {int(max_customers)}"
+        customer_ids = [r[0] for r in con.execute(query).fetchall()]
+        con.close()
+        schema = pa.schema(
+            [
+                ("customer_id", pa.string()),
+                ("decision_id", pa.string()),
+                ("touchpoint_id", pa.string()),
+                ("ts", pa.timestamp("us", tz="UTC")),
+                ("rank", pa.int32()),
+                ("offer_id", pa.string()),
+                ("offer_name", pa.string()),
+                ("score", pa.float64()),
+                ("priority", pa.float64()),
+                ("propensity", pa.float64()),
+                ("explored", pa.bool_()),
+                ("fallback", pa.bool_()),
+            ]
+        )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        writer = (
+            pq.ParquetWriter(out, schema) if suffix == ".parquet" else pacsv.CSVWriter(out, schema)
+        )
+        started = time.perf_counter()
+        n_customers = n_rows = 0
+        try:
+            for start in tqdm(range(0, len(customer_ids), chunk), desc="scoring", unit="chunk"):
+                batch = customer_ids[start : start + chunk]
+                decisions = engine.decide_many(
+                    [DecisionRequest(c, tp_id, limit=limit) for c in batch], record=record
+                )
+                cols: dict[str, list] = {name: [] for name in schema.names}
+                for d in decisions:
+                    if d.offers:
+                        n_customers += 1
+                    for o in d.offers:
+                        cols["customer_id"].append(d.customer_id)
+                        cols["decision_id"].append(d.decision_id)
+                        cols["touchpoint_id"].append(d.touchpoint_id)
+                        cols["ts"].append(d.ts)
+                        cols["rank"].append(o.rank)
+                        cols["offer_id"].append(o.offer_id)
+                        cols["offer_name"].append(o.name)
+                        cols["score"].append(o.score)
+                        cols["priority"].append(o.priority)
+                        cols["propensity"].append(o.propensity)
+                        cols["explored"].append(o.explored)
+                        cols["fallback"].append(d.fallback)
+                n_rows += len(cols["customer_id"])
+                writer.write_table(pa.table(cols, schema=schema))
+        finally:
+            writer.close()
+        seconds = time.perf_counter() - started
+        typer.echo(
+            f"{n_customers:,} of {len(customer_ids):,} customers got offers at {tp_id} "
+            f"({n_rows:,} rows) in {seconds:.1f} s -> {out}"
+            + ("" if record else "  (dry run: decisions not logged)")
+        )
+    finally:
+        components.close()
+
+
+def _resolve_touchpoint(catalog, name: str) -> str:
+    if name in catalog.touchpoints:
+        return name
+    by_channel = [t for t in catalog.touchpoints.values() if t.channel == name]
+    batch = [t for t in by_channel if t.mode == "batch"] or by_channel
+    if len(batch) == 1:
+        return batch[0].touchpoint_id
+    known = ", ".join(sorted(catalog.touchpoints))
+    hint = f" (channel {name!r} has {', '.join(t.touchpoint_id for t in batch)})" if batch else ""
+    raise typer.BadParameter(
+        f"must be a touchpoint id, one of {known}; got {name!r}{hint}", param_hint="--touchpoint"
+    )

@@ -1,0 +1,211 @@
+"""Benchmark: feature build, training-set join and materialisation (DuckDB), and Spark.
+
+For each size: generate demo data (``recsys.datagen``), load it into a DuckDB warehouse, then
+run each step in its own Python process so its peak RSS is its own:
+
+- build: every customer's features as of the end of the data (``customer_features``);
+- training: ``build_training_set`` over all logged decisions;
+- materialize: all customers into a SQLite online store;
+- spark: the same build and training set on local Spark (``--spark-customers``, smaller).
+
+Prints one JSON line per step (seconds, peak MB, rows, events, events/s) and a summary table.
+Usage: python bench/bench_features.py [--sizes 10000,100000] [--days 90] [--workdir DIR]
+       [--spark-customers 5000] [--no-spark] [--training-decisions N] [--fast-load]
+The issue's scale: --sizes 1000000 --days 70 --training-decisions 5000000 --fast-load
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+STEP = r"""
+import json, resource, sys, time
+from datetime import timedelta
+from pathlib import Path
+kind, arg = sys.argv[1], json.loads(sys.argv[2])
+from recsys import warehouse
+if kind == "prepare":
+    import shutil
+    from recsys.datagen import generate_dataset
+    from recsys.loading import load_directory
+    started = time.perf_counter()
+    data = Path(arg["data"])
+    if not (data / "decisions.parquet").exists():
+        generate_dataset(customers=arg["customers"], days=arg["days"], seed=7, out=data,
+                         progress=False)
+    generated = time.perf_counter() - started
+    con = warehouse.connect(arg["db"])
+    if arg["fast_load"]:
+        # Generated data is valid by construction: validate and load the dimensions, copy
+        # the event tables straight in (the loader's own benchmark is bench_data.py).
+        dims = data / "dimensions"
+        dims.mkdir(exist_ok=True)
+        for name in ("customers.parquet", "offers.yaml", "touchpoints.yaml"):
+            shutil.copy(data / name, dims / name)
+        load_directory(dims, con)
+        from recsys.contract import TABLES
+        for table in ("transactions", "interactions", "decisions", "outcomes"):
+            cols = ", ".join(f'"{c.name}"' for c in TABLES[table].columns)
+            con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM "
+                        f"read_parquet('{data / (table + '.parquet')}')")
+    else:
+        load_directory(data, con)
+    con.close()
+    print(json.dumps({"seconds": time.perf_counter() - started, "generate_seconds": generated}))
+    sys.exit(0)
+con = warehouse.connect(arg["db"], read_only=True)
+if arg.get("memory_limit"):
+    # DuckDB spills to disk beyond this (Python-side Arrow/pandas memory is not limited).
+    con.execute(f"SET memory_limit = '{arg['memory_limit']}'")
+    con.execute(f"SET temp_directory = '{arg['temp_directory']}'")
+counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+          for t in ("customers", "transactions", "interactions", "decisions", "outcomes")}
+events = sum(v for k, v in counts.items() if k != "customers")
+as_of = con.execute("SELECT max(ts) FROM decisions").fetchone()[0] + timedelta(seconds=1)
+started = time.perf_counter()
+if kind == "build":
+    from features.pipeline import customer_features
+    rows = len(customer_features(con, as_of))
+elif kind in ("training", "training_file"):
+    from features.training_set import build_training_set, write_training_set
+    start = None
+    if arg.get("training_decisions"):
+        # the last N decisions rows (by time): the training-set size the goal names
+        start = con.execute("SELECT ts FROM decisions ORDER BY ts DESC LIMIT 1 OFFSET ?",
+                            [arg["training_decisions"] - 1]).fetchone()
+        start = start[0] if start else None
+    if kind == "training":  # a pandas frame in memory
+        rows = len(build_training_set(con, start=start))
+    else:  # streamed to Parquet by DuckDB
+        rows = write_training_set(con, arg["training_file"], start=start)
+elif kind == "materialize":
+    from features.online import SQLiteOnlineStore, materialize
+    store = SQLiteOnlineStore(arg["store"])
+    rows = materialize(con, store, as_of=as_of)
+    store.close()
+elif kind == "spark":
+    from features.engines import ibis_backend, spark_session
+    from features.pipeline import customer_features
+    from features.training_set import build_training_set
+    session = spark_session()
+    session.sparkContext.setLogLevel("ERROR")
+    backend = ibis_backend(con, "spark", spark=session)
+    t0 = time.perf_counter()
+    rows = len(customer_features(backend, as_of, engine="spark"))
+    build_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    decision_rows = len(build_training_set(backend, engine="spark"))
+    training_seconds = time.perf_counter() - t0
+seconds = time.perf_counter() - started
+peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# Spark's JVM is a child process: report the larger of the two peaks.
+peak_mb = max(peak_mb, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+out = {"step": kind, "seconds": round(seconds, 2), "peak_mb": round(peak_mb), "rows": rows,
+       "customers": counts["customers"], "decisions": counts["decisions"], "events": events,
+       "events_per_s": round(events / seconds), "rows_per_s": round(rows / seconds)}
+if kind == "spark":
+    out.update(build_seconds=round(build_seconds, 2), training_seconds=round(training_seconds, 2),
+               training_rows=decision_rows)
+print(json.dumps(out))
+"""
+
+
+def run_step(kind: str, arg: dict) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-c", STEP, kind, json.dumps(arg)], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(f"step {kind} failed with exit code {proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def prepare(workdir: Path, customers: int, days: int, fast_load: bool) -> Path:
+    db = workdir / f"warehouse_{customers}_{days}d.duckdb"
+    if not db.exists():
+        data = workdir / f"data_{customers}_{days}d"
+        result = run_step(
+            "prepare",
+            {
+                "customers": customers,
+                "days": days,
+                "data": str(data),
+                "db": str(db),
+                "fast_load": fast_load,
+            },
+        )
+        print(
+            f"# prepared {customers:,} customers x {days} days in {result['seconds']:.0f} s",
+            flush=True,
+        )
+    return db
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", default="10000,100000", help="customers per run")
+    parser.add_argument("--days", type=int, default=90)
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--spark-customers", type=int, default=5000)
+    parser.add_argument("--no-spark", action="store_true")
+    parser.add_argument(
+        "--steps",
+        default="build,training,materialize",
+        help="of build, training (pandas), training_file (Parquet, streamed), materialize",
+    )
+    parser.add_argument(
+        "--training-decisions",
+        type=int,
+        default=0,
+        help="build the training set on the last N decisions rows (0 = all)",
+    )
+    parser.add_argument(
+        "--memory-limit", default="", help="DuckDB memory_limit for the steps, e.g. 6GB"
+    )
+    parser.add_argument(
+        "--fast-load",
+        action="store_true",
+        help="copy generated event tables straight into the warehouse (no validation)",
+    )
+    args = parser.parse_args()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-features-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for size in [int(s) for s in args.sizes.split(",") if s]:
+        db = prepare(workdir, size, args.days, args.fast_load)
+        for step in args.steps.split(","):
+            arg = {
+                "db": str(db),
+                "store": str(workdir / f"online_{size}.db"),
+                "training_decisions": args.training_decisions,
+                "training_file": str(workdir / f"training_{size}.parquet"),
+                "memory_limit": args.memory_limit,
+                "temp_directory": str(workdir / "duckdb_tmp"),
+            }
+            result = run_step(step, arg)
+            print(json.dumps(result), flush=True)
+            results.append(result)
+    if not args.no_spark:
+        db = prepare(workdir, args.spark_customers, args.days, args.fast_load)
+        result = run_step("spark", {"db": str(db)})
+        print(json.dumps(result), flush=True)
+        results.append(result)
+    print(
+        f"\n{'step':<12}{'customers':>11}{'events':>13}{'decisions':>12}{'seconds':>9}"
+        f"{'peak MB':>9}{'events/s':>12}{'rows':>11}{'rows/s':>10}  (workdir {workdir})"
+    )
+    for r in results:
+        print(
+            f"{r['step']:<12}{r['customers']:>11,}{r['events']:>13,}{r['decisions']:>12,}"
+            f"{r['seconds']:>9.1f}{r['peak_mb']:>9,}{r['events_per_s']:>12,}{r['rows']:>11,}"
+            f"{r['rows_per_s']:>10,}"
+        )
+
+
+if __name__ == "__main__":
+    main()

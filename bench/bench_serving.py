@@ -1,0 +1,428 @@
+"""Serving benchmark: the decision service vs `mlflow models serve` of the same model.
+
+Steps (all under ``data/bench_serving/``, rebuilt with ``--fresh``):
+
+1. demo data (``--customers``, default 5,000) with the catalogue extended to ``--offers``
+   (default 200) offers, loaded into a warehouse, features materialised (SQLite online store),
+   the demo model trained with ``recsys train`` and promoted to champion (MLflow, sqlite);
+2. ``recsys serve`` (uvicorn, ``--workers``) driven by **wrk** (Debian package ``wrk``; a Lua
+   script posts decisions for random customers — 5% unknown — over the realtime touchpoints)
+   for ``--duration`` seconds: decisions/s, p50/p95/p99 latency, errors;
+3. ``mlflow models serve`` of the same registered model, driven by wrk with the candidate rows
+   of one real decision (the same matrix the service scores), for the same duration;
+4. ``recsys score`` of a batch touchpoint for every customer (customers x candidates per s).
+
+Run: ``make bench-serving`` (``python bench/bench_serving.py --help``). Needs ``wrk`` on the
+PATH (``apt-get install wrk``). Prints one table; numbers also go to ``results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+REALTIME = (
+    "web_home",
+    "web_product",
+    "web_cart",
+    "web_checkout",
+    "app_home",
+    "chat_widget",
+    "call_center",
+    "store_pos",
+    "web_help",
+    "app_order_status",
+)
+
+WRK_DECISIONS = r"""
+math.randomseed(%(seed)d)
+local touchpoints = {%(touchpoints)s}
+local n_customers = %(customers)d
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  local c
+  if math.random() < 0.05 then
+    c = string.format("NEW%%07d", math.random(1, 1000000))
+  else
+    c = string.format("C%%07d", math.random(1, n_customers))
+  end
+  local tp = touchpoints[math.random(1, #touchpoints)]
+  local body = string.format('{"customer_id": "%%s", "touchpoint": "%%s"}', c, tp)
+  return wrk.format(nil, "/v1/decisions", nil, body)
+end
+"""
+
+WRK_DONE = r"""
+done = function(summary, latency, requests)
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write
+                 + summary.errors.status + summary.errors.timeout
+  io.write(string.format(
+    'WRKJSON {"requests": %d, "duration_us": %d, "errors": %d, "non_2xx": %d, '
+    .. '"timeouts": %d, "p50_us": %d, "p95_us": %d, "p99_us": %d, "max_us": %d}\n',
+    summary.requests, summary.duration, errors, summary.errors.status,
+    summary.errors.timeout, latency:percentile(50), latency:percentile(95),
+    latency:percentile(99), latency.max))
+end
+"""
+
+WRK_FIXED = r"""
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local f = io.open("%(body)s", "r")
+wrk.body = f:read("*all")
+f:close()
+"""
+
+
+def run(cmd: list[str], env: dict[str, str], **kwargs) -> subprocess.CompletedProcess:
+    print("$", " ".join(cmd), flush=True)
+    return subprocess.run(cmd, env=env, check=True, **kwargs)
+
+
+def prepare(
+    work: Path, customers: int, offers: int, days: int, seed: int, env: dict[str, str]
+) -> None:
+    demo = work / "demo"
+    run(
+        [
+            str(BIN / "recsys"),
+            "data",
+            "generate",
+            "--customers",
+            str(customers),
+            "--days",
+            str(days),
+            "--seed",
+            str(seed),
+            "--out",
+            str(demo),
+        ],
+        env,
+    )
+    extend_catalogue(demo / "offers.yaml", offers, seed)
+    run(
+        [str(BIN / "recsys"), "data", "load", str(demo), "--db", str(work / "warehouse.duckdb")],
+        env,
+    )
+    run([str(BIN / "recsys"), "features", "materialize"], env)
+    run([str(BIN / "recsys"), "train", "--promote-if-no-champion"], env)
+
+
+def extend_catalogue(path: Path, total: int, seed: int) -> None:
+    """Clone the generated offers (new ids, jittered values) up to ``total`` offers."""
+    offers = yaml.safe_load(path.read_text())
+    base = [o for o in offers if not o.get("fallback")]
+    rng = random.Random(seed)
+    k = 0
+    while len(offers) < total:
+        source = base[k % len(base)]
+        clone = dict(source)
+        clone["offer_id"] = f"{source['offer_id']}-X{k // len(base) + 1}"
+        clone["name"] = f"{source['name']} (variant {k // len(base) + 1})"
+        clone["value"] = round(float(source.get("value") or 1.0) * rng.uniform(0.5, 1.5), 2)
+        offers.append(clone)
+        k += 1
+    path.write_text(yaml.safe_dump(offers, sort_keys=False))
+
+
+def start(cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """Start a server in its own process group, output to ``log_path``."""
+    with open(log_path, "w") as log_file:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            cmd, env=env, start_new_session=True, stdout=log_file, stderr=subprocess.STDOUT
+        )
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> None:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before it was ready")
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} not ready after {timeout} s")
+
+
+def wrk(script: Path, url: str, duration: int, connections: int, threads: int) -> dict:
+    out = subprocess.run(
+        [
+            "nice",
+            "wrk",
+            "-t",
+            str(threads),
+            "-c",
+            str(connections),
+            "-d",
+            f"{duration}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    match = re.search(r"WRKJSON (\{.*\})", out)
+    if match is None:
+        raise RuntimeError(f"wrk printed no summary:\n{out}")
+    stats = json.loads(match.group(1))
+    seconds = stats["duration_us"] / 1e6
+    return {
+        "requests": stats["requests"],
+        "per_second": stats["requests"] / seconds,
+        "p50_ms": stats["p50_us"] / 1000,
+        "p95_ms": stats["p95_us"] / 1000,
+        "p99_ms": stats["p99_us"] / 1000,
+        "max_ms": stats["max_us"] / 1000,
+        "errors": stats["errors"],
+        "non_2xx": stats["non_2xx"],
+        "seconds": seconds,
+    }
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def candidate_rows_body(work: Path, env: dict[str, str], touchpoint: str) -> tuple[Path, int]:
+    """The candidate matrix of one real decision, as an MLflow ``dataframe_split`` body."""
+    code = f"""
+import json, math, sys
+from recsys.settings import load_settings
+from serving.config import load_serving_settings
+from serving.components import build_components
+c = build_components(load_settings(), load_serving_settings())
+e = c.engine
+tp = c.catalog.for_touchpoint({touchpoint!r})
+vector = e.features.get_many(["C0000001"])["C0000001"]
+from recsys.catalog import now_utc
+x = e.build_matrix(vector, tp.offers, tp.touchpoint, {{}}, now_utc())
+cols = list(e.scorer.columns)
+rows = [[None if (isinstance(v, float) and math.isnan(v)) else float(v) for v in row]
+        for row in x.tolist()]
+json.dump({{"dataframe_split": {{"columns": cols, "data": rows}}}}, open(sys.argv[1], "w"))
+print(len(rows))
+c.close()
+"""
+    path = work / "mlflow_body.json"
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path)], env=env, check=True, capture_output=True, text=True
+    ).stdout
+    return path, int(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--customers", type=int, default=5_000)
+    parser.add_argument("--offers", type=int, default=200)
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--duration", type=int, default=60, help="seconds of load per server")
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn workers of the service")
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads")
+    parser.add_argument("--epsilon", type=float, default=0.05)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--skip-mlflow", action="store_true")
+    parser.add_argument("--skip-score", action="store_true")
+    parser.add_argument("--fresh", action="store_true", help="rebuild data, features and model")
+    parser.add_argument("--prepare-only", action="store_true", help="build the data and stop")
+    parser.add_argument("--work", type=Path, default=ROOT / "data" / "bench_serving")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get install wrk")
+
+    work: Path = args.work
+    if args.fresh and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        # `mlflow models serve` runs `uvicorn` from the PATH: use this environment's.
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "RECSYS_WAREHOUSE_PATH": str(work / "warehouse.duckdb"),
+        "RECSYS_ONLINE_SQLITE_PATH": str(work / "online.sqlite"),
+        "RECSYS_MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
+        "RECSYS_EVENT_LOG_URL": f"sqlite:///{work / 'events.sqlite'}",
+        "RECSYS_SERVING_EPSILON": str(args.epsilon),
+        "RECSYS_SERVING_WORKERS": str(args.workers),
+        "RECSYS_SERVING_PORT": "8701",
+        "PYTHONUNBUFFERED": "1",
+    }
+    if not (work / "mlflow.db").exists():
+        prepare(work, args.customers, args.offers, args.days, args.seed, env)
+    if args.prepare_only:
+        return
+    for suffix in ("", "-wal", "-shm"):  # a fresh event log for every run
+        (work / f"events.sqlite{suffix}").unlink(missing_ok=True)
+
+    results: dict[str, dict] = {}
+    script = work / "decisions.lua"
+    script.write_text(
+        WRK_DECISIONS
+        % {
+            "seed": args.seed,
+            "customers": args.customers,
+            "touchpoints": ", ".join(f'"{t}"' for t in REALTIME),
+        }
+        + WRK_DONE
+    )
+    server = start([str(BIN / "recsys"), "serve"], env, work / "serve.log")
+    try:
+        wait_ready("http://127.0.0.1:8701/readyz", server)
+        ready = httpx.get("http://127.0.0.1:8701/readyz").json()
+        wrk(script, "http://127.0.0.1:8701", 5, args.connections, args.threads)  # warm up
+        results["recsys"] = wrk(
+            script, "http://127.0.0.1:8701", args.duration, args.connections, args.threads
+        )
+        results["recsys"]["decisions_logged"] = _count_rows(work / "events.sqlite")
+    finally:
+        stop(server)
+
+    if not args.skip_mlflow:
+        body, rows = candidate_rows_body(work, env, "web_product")
+        fixed = work / "mlflow.lua"
+        fixed.write_text(WRK_FIXED % {"body": body} + WRK_DONE)
+        mlflow_server = start(
+            [
+                str(BIN / "mlflow"),
+                "models",
+                "serve",
+                "-m",
+                "models:/offer-ranker@champion",
+                "--env-manager",
+                "local",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "8702",
+                "--workers",
+                str(args.workers),
+            ],
+            env,
+            work / "mlflow_serve.log",
+        )
+        try:
+            wait_ready("http://127.0.0.1:8702/ping", mlflow_server)
+            check = httpx.post(
+                "http://127.0.0.1:8702/invocations",
+                content=body.read_bytes(),
+                headers={"content-type": "application/json"},
+                timeout=30,
+            )
+            if check.status_code != 200:
+                raise RuntimeError(f"mlflow refused the rows: {check.text[:500]}")
+            wrk(fixed, "http://127.0.0.1:8702/invocations", 5, args.connections, args.threads)
+            results["mlflow"] = wrk(
+                fixed,
+                "http://127.0.0.1:8702/invocations",
+                args.duration,
+                args.connections,
+                args.threads,
+            )
+            results["mlflow"]["rows_per_request"] = rows
+        finally:
+            stop(mlflow_server)
+
+    if not args.skip_score:
+        started = time.perf_counter()
+        out = subprocess.run(
+            [
+                "nice",
+                str(BIN / "recsys"),
+                "score",
+                "--touchpoint",
+                "email_newsletter",
+                "--out",
+                str(work / "email.parquet"),
+                "--dry-run",
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        results["score"] = {"seconds": time.perf_counter() - started, "summary": out.strip()}
+
+    print_table(results, ready, args)
+    (work / "results.json").write_text(json.dumps({"results": results, "model": ready}, indent=2))
+
+
+def _count_rows(path: Path) -> int:
+    import sqlite3
+
+    con = sqlite3.connect(path)
+    try:
+        return con.execute("SELECT count(DISTINCT decision_id) FROM decisions").fetchone()[0]
+    finally:
+        con.close()
+
+
+def print_table(results: dict, ready: dict, args: argparse.Namespace) -> None:
+    print()
+    print(
+        f"model {ready['model']['name']} v{ready['model']['version']}, "
+        f"catalogue {ready['catalogue']['offers']} offers / "
+        f"{ready['catalogue']['touchpoints']} touchpoints, {args.customers:,} customers, "
+        f"policy {ready['policy']}"
+    )
+    print(
+        f"load: wrk, {args.connections} connections, {args.threads} thread(s), "
+        f"{args.duration} s per server; service with {args.workers} uvicorn worker(s)"
+    )
+    print(f"{'server':<34}{'req/s':>10}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'errors':>9}")
+    labels = {
+        "recsys": "recsys /v1/decisions (full path)",
+        "mlflow": "mlflow models serve (score only)",
+    }
+    for name, r in results.items():
+        if name == "score":
+            continue
+        print(
+            f"{labels[name]:<34}{r['per_second']:>10.1f}{r['p50_ms']:>10.2f}"
+            f"{r['p95_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['errors']:>9}"
+        )
+    if "mlflow" in results:
+        print(
+            f"mlflow rows per request: {results['mlflow']['rows_per_request']}; throughput "
+            f"ratio recsys/mlflow: "
+            f"{results['recsys']['per_second'] / results['mlflow']['per_second']:.1f}x"
+        )
+    print(f"decisions logged during the run: {results['recsys']['decisions_logged']:,}")
+    if "score" in results:
+        print(
+            f"recsys score: {results['score']['summary']} "
+            f"(wall incl. start-up {results['score']['seconds']:.1f} s)"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,485 @@
+"""Model matrices: the training frame and the serving request encoded the same way.
+
+An :class:`Encoding` fixes the model's input columns (order, kind, vocabularies), including the
+data-dependent ones: customer attributes (``attr_*``) and request-context keys (``ctx_*``) seen
+in the training set. It is a small JSON-able object the model artifact carries; serving builds
+its matrix from it, so a request can never reorder or invent columns. Context keys the encoding
+does not know are ignored; known keys missing from a request are missing values.
+
+Encoding rules (the same in :func:`encode` and :func:`decision_matrix`):
+
+- numeric: float32; missing -> NaN (customer features are never missing, see the cold start);
+- categorical: the index of the value in the sorted vocabulary seen at fit time, as float32;
+  missing or unknown -> ``UNKNOWN_CODE`` (-1; LightGBM reads negative categories as missing).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cached_property
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from features import definitions as d
+from features.pipeline import STAT_TABLES
+from features.spec import FEATURE_SPEC_VERSION, feature_spec
+from features.training_set import ID_COLUMNS, LABEL_COLUMNS, cold_start_vector
+from recsys.errors import ConfigError, SpecMismatchError
+
+UNKNOWN_CODE = -1.0
+MAX_VOCABULARY = 10_000  # larger vocabularies keep their most frequent values
+NOT_INPUTS = frozenset(ID_COLUMNS) - {"offer_id", "touchpoint_id"} | frozenset(LABEL_COLUMNS)
+STATS_KEY = "__stats"
+AS_OF_KEY = "__as_of"
+SPEC_KEY = "__spec_version"
+
+
+@dataclass(frozen=True)
+class ColumnEncoding:
+    """One model column: name, kind and (categorical) sorted vocabulary."""
+
+    name: str
+    kind: Literal["numeric", "categorical"]
+    vocabulary: tuple[str, ...] = ()
+
+    @cached_property
+    def _sorted(self) -> np.ndarray:
+        return np.asarray(self.vocabulary, dtype=object).astype(str)
+
+    @cached_property
+    def _index(self) -> dict[str, int]:
+        return {v: i for i, v in enumerate(self.vocabulary)}
+
+    def code(self, value: Any) -> float:
+        """Code of one value."""
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            return UNKNOWN_CODE
+        return float(self._index.get(_as_text(value), UNKNOWN_CODE))
+
+    def codes(self, values: np.ndarray) -> np.ndarray:
+        """Codes of an array of values, shape (n,) -> (n,) float32, without a Python loop."""
+        text = np.asarray(values, dtype=object)
+        missing = pd.isna(text) if text.size else np.zeros(0, bool)
+        text = np.where(missing, "", text).astype(str)
+        if not len(self._sorted):
+            return np.full(len(text), UNKNOWN_CODE, np.float32)
+        pos = np.searchsorted(self._sorted, text)
+        pos = np.clip(pos, 0, len(self._sorted) - 1)
+        hit = (self._sorted[pos] == text) & ~missing
+        return np.where(hit, pos, UNKNOWN_CODE).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Which encoding columns are shared by all offers, per offer, or crosses."""
+
+    shared: list[tuple[ColumnEncoding, str]]
+    shared_index: np.ndarray
+    offer_columns: list[tuple[int, ColumnEncoding]]
+    cross_columns: list[tuple[int, str]]
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """The model's input columns, in order; JSON-able with :meth:`to_dict` / :meth:`from_dict`."""
+
+    spec_version: str
+    columns: tuple[ColumnEncoding, ...]
+    unknown_code: float = UNKNOWN_CODE
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @property
+    def categorical_indexes(self) -> list[int]:
+        return [i for i, c in enumerate(self.columns) if c.kind == "categorical"]
+
+    @property
+    def context_keys(self) -> list[str]:
+        """Request-context keys the model reads (``ctx_<key>`` columns)."""
+        n = len(d.CONTEXT_PREFIX)
+        return [c.name[n:] for c in self.columns if c.name.startswith(d.CONTEXT_PREFIX)]
+
+    @cached_property
+    def _plan(self) -> _Plan:
+        offer_names = {"offer_id", "offer_type", "offer_category", "offer_value"}
+        cross_names = {x.feature.name for x in d.CROSSES}
+        shared = [(c, c.name) for c in self.columns if c.name not in offer_names | cross_names]
+        return _Plan(
+            shared=shared,
+            shared_index=np.array(
+                [i for i, c in enumerate(self.columns) if c.name not in offer_names | cross_names],
+                dtype=np.intp,
+            ),
+            offer_columns=[(i, c) for i, c in enumerate(self.columns) if c.name in offer_names],
+            cross_columns=[
+                (i, c.name) for i, c in enumerate(self.columns) if c.name in cross_names
+            ],
+        )
+
+    @cached_property
+    def _by_name(self) -> dict[str, ColumnEncoding]:
+        return {c.name: c for c in self.columns}
+
+    def column(self, name: str) -> ColumnEncoding:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise KeyError(f"the encoding has no column {name!r}") from None
+
+    def to_dict(self) -> dict:
+        return {
+            "spec_version": self.spec_version,
+            "unknown_code": self.unknown_code,
+            "columns": [
+                {"name": c.name, "kind": c.kind, "vocabulary": list(c.vocabulary)}
+                for c in self.columns
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Encoding:
+        try:
+            columns = tuple(
+                ColumnEncoding(c["name"], c["kind"], tuple(c.get("vocabulary", ())))
+                for c in data["columns"]
+            )
+            return cls(
+                spec_version=data["spec_version"],
+                columns=columns,
+                unknown_code=float(data.get("unknown_code", UNKNOWN_CODE)),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(
+                f"`encoding` must be a dict from Encoding.to_dict(), got {exc!r}"
+            ) from exc
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str) -> Encoding:
+        return cls.from_dict(json.loads(text))
+
+
+def _as_text(value: Any) -> str:
+    """Categorical values as text, JSON-style for non-strings (as the context is flattened)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool | int | float):
+        return json.dumps(value)
+    return str(value)
+
+
+def model_columns(frame: pd.DataFrame) -> list[str]:
+    """The model input columns of a training frame, in model order.
+
+    ``offer_id`` and ``touchpoint_id`` first, then every column after ``revenue`` (customer
+    features, ``attr_*``, offer and touchpoint attributes, crosses, ``req_*``, ``ctx_*``).
+    """
+    missing = [c for c in ("offer_id", "touchpoint_id") if c not in frame.columns]
+    if missing:
+        raise ConfigError(
+            f"`frame` must have columns {missing} (a training set), got "
+            f"{list(frame.columns)[:10]}..."
+        )
+    rest = [
+        c for c in frame.columns if c not in NOT_INPUTS and c not in ("offer_id", "touchpoint_id")
+    ]
+    return ["offer_id", "touchpoint_id", *rest]
+
+
+def _kind(name: str, series: pd.Series) -> Literal["numeric", "categorical"]:
+    spec = feature_spec()
+    if name in spec.names:
+        return spec.get(name).kind
+    if pd.api.types.is_bool_dtype(series) or pd.api.types.is_numeric_dtype(series):
+        return "numeric"
+    return "categorical"
+
+
+def fit_encoding(frame: pd.DataFrame, columns: Sequence[str] | None = None) -> Encoding:
+    """Fix the columns and vocabularies of a model from its training frame.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame, a training set (``build_training_set``)
+    columns : optional subset of :func:`model_columns` (kept in model order)
+    """
+    names = model_columns(frame)
+    if columns is not None:
+        unknown = [c for c in columns if c not in names]
+        if unknown:
+            raise ConfigError(f"`columns` must be model columns of the frame, got {unknown}")
+        names = [c for c in names if c in set(columns)]
+    out = []
+    for name in names:
+        kind = _kind(name, frame[name])
+        vocab: tuple[str, ...] = ()
+        if kind == "categorical":
+            counts = frame[name].dropna().map(_as_text).value_counts()
+            vocab = tuple(sorted(counts.index[:MAX_VOCABULARY]))
+        out.append(ColumnEncoding(name, kind, vocab))
+    return Encoding(spec_version=FEATURE_SPEC_VERSION, columns=tuple(out))
+
+
+def encode(
+    frame: pd.DataFrame, encoding: Encoding | None = None
+) -> tuple[np.ndarray, list[str], list[int]]:
+    """Encode a training frame.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame, shape (n_rows, ...)
+    encoding : the model's encoding; fitted on ``frame`` when None (keep it with
+        ``fit_encoding`` instead if you need to serve the model).
+
+    Returns
+    -------
+    X : numpy.ndarray, shape (n_rows, n_columns), float32
+    names : list of str, the column names (length n_columns)
+    categorical : list of int, indexes of the categorical columns
+    """
+    enc = encoding if encoding is not None else fit_encoding(frame)
+    if enc.spec_version != FEATURE_SPEC_VERSION:
+        raise SpecMismatchError(
+            f"the encoding was fitted for feature spec {enc.spec_version}, this code computes "
+            f"spec {FEATURE_SPEC_VERSION}; rebuild the training set and retrain"
+        )
+    X = np.empty((len(frame), len(enc.columns)), dtype=np.float32)
+    for j, col in enumerate(enc.columns):
+        if col.name not in frame.columns:
+            X[:, j] = UNKNOWN_CODE if col.kind == "categorical" else np.nan
+            continue
+        series = frame[col.name]
+        if col.kind == "categorical":
+            values = series.map(_as_text, na_action="ignore")
+            X[:, j] = pd.Categorical(values, categories=list(col.vocabulary)).codes
+        else:
+            X[:, j] = pd.to_numeric(series, errors="coerce").to_numpy(np.float64, na_value=np.nan)
+    return X, enc.names, enc.categorical_indexes
+
+
+# --- serving -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OfferArrays:
+    """Candidate offers as column arrays, shape (n_offers,) each; build once per catalogue."""
+
+    offer_id: np.ndarray
+    offer_type: np.ndarray
+    category: np.ndarray
+    value: np.ndarray  # float64, missing -> 1.0
+
+    def __len__(self) -> int:
+        return len(self.offer_id)
+
+
+_OFFER_COLUMNS = ("offer_id", "offer_type", "category", "value")
+
+
+def offer_arrays(offers: Any) -> OfferArrays:
+    """Offers (pandas / Arrow table, list of dicts with contract columns) as column arrays."""
+    if isinstance(offers, OfferArrays):
+        return offers
+    if isinstance(offers, pd.DataFrame):
+        table = pa.Table.from_pandas(
+            offers[[c for c in _OFFER_COLUMNS if c in offers.columns]], preserve_index=False
+        )
+    elif isinstance(offers, pa.Table):
+        table = offers
+    elif isinstance(offers, Sequence):
+        # Input conversion only (serving should build OfferArrays once per catalogue load).
+        present = [c for c in _OFFER_COLUMNS if any(c in o for o in offers[:1])]
+        table = pa.table({c: [o.get(c) for o in offers] for c in present})
+    else:
+        raise ConfigError(
+            "`offers` must be a pandas DataFrame, a pyarrow Table or a list of "
+            f"offer dicts, got {type(offers).__name__}"
+        )
+    n = table.num_rows
+    if n and "offer_id" not in table.column_names:
+        raise ConfigError(f"`offers` must have an 'offer_id' column, got {table.column_names}")
+
+    def col(name: str, default: Any) -> np.ndarray:
+        if name not in table.column_names:
+            return np.full(n, default, dtype=object)
+        return np.asarray(table.column(name).to_pylist(), dtype=object)
+
+    value = col("value", 1.0)
+    value = np.where(pd.isna(value), 1.0, value).astype(np.float64) if n else np.zeros(0)
+    return OfferArrays(col("offer_id", None), col("offer_type", None), col("category", None), value)
+
+
+def _lookup(
+    table: Mapping[str, Any] | None, keys: np.ndarray, stats: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """Per-key statistics for ``keys`` (shape (n,)) from a key map; defaults when absent.
+
+    ``table``: ``{"keys": [k, ...], "values": [[stat, ...], ...]}`` (keys in any order).
+    """
+    n = len(keys)
+    out = {s: np.full(n, d.STAT_DEFAULTS[s], np.float64) for s in stats}
+    if not table or not table.get("keys") or not n:
+        return out
+    map_keys = np.asarray(table["keys"], dtype=str)
+    order = np.argsort(map_keys, kind="stable")
+    sorted_keys = map_keys[order]
+    values = np.asarray(table["values"], dtype=np.float64).reshape(len(map_keys), -1)[order]
+    text = np.asarray(keys, dtype=object)
+    missing = pd.isna(text)
+    text = np.where(missing, "", text).astype(str)
+    pos = np.clip(np.searchsorted(sorted_keys, text), 0, len(sorted_keys) - 1)
+    hit = (sorted_keys[pos] == text) & ~missing
+    for i, s in enumerate(stats):
+        out[s] = np.where(hit, values[pos, i], out[s])
+    return out
+
+
+def _aged(name: str, value: Any, elapsed_days: float) -> Any:
+    """Days-since features grow with the time elapsed since the vector was computed."""
+    feature = _AGING.get(name)
+    if feature is None or elapsed_days <= 0 or value is None or value == feature.default:
+        return value
+    aged = float(value) + elapsed_days
+    return min(aged, float(d.HORIZON_DAYS)) if feature.default == d.HORIZON_DAYS else aged
+
+
+_AGING = {f.name: f for f in d.customer_feature_defs() if f.ages}
+
+
+def decision_matrix(
+    customer_vector: Mapping[str, Any] | None,
+    offers: Any,
+    touchpoint: Mapping[str, Any],
+    context: Mapping[str, Any] | None,
+    now: datetime,
+    *,
+    encoding: Encoding,
+) -> np.ndarray:
+    """The model matrix of one customer x N candidate offers at one touchpoint.
+
+    Parameters
+    ----------
+    customer_vector : dict from the online store (``get_many``), or None (cold start)
+    offers : N candidate offers (pandas / Arrow / list of dicts with contract columns, or
+        :class:`OfferArrays`)
+    touchpoint : dict with ``touchpoint_id``, ``channel``, ``stage``
+    context : request context (the decisions.context object), may be None
+    now : decision time (naive = UTC)
+    encoding : the model's :class:`Encoding`
+
+    Returns
+    -------
+    numpy.ndarray, shape (n_offers, len(encoding.columns)), float32 - equal to ``encode`` of
+    the training-set rows of the same (customer, offers, touchpoint, context, time).
+
+    Raises
+    ------
+    SpecMismatchError
+        If the vector or the encoding was built for another feature spec.
+    """
+    if encoding.spec_version != FEATURE_SPEC_VERSION:
+        raise SpecMismatchError(
+            f"the model's encoding is for feature spec {encoding.spec_version}, this code "
+            f"computes spec {FEATURE_SPEC_VERSION}; retrain the model"
+        )
+    vector = dict(customer_vector) if customer_vector else {}
+    vector_spec = vector.get(SPEC_KEY, FEATURE_SPEC_VERSION)
+    if vector_spec != encoding.spec_version:
+        raise SpecMismatchError(
+            f"the customer vector was materialised with feature spec {vector_spec}, the model "
+            f"expects {encoding.spec_version}; run `recsys features materialize`"
+        )
+    if now.tzinfo is not None:
+        now = now.astimezone(UTC).replace(tzinfo=None)
+    base = cold_start_vector()
+    base.update({k: v for k, v in vector.items() if not k.startswith("__")})
+    as_of = vector.get(AS_OF_KEY)
+    elapsed = 0.0
+    if as_of is not None:
+        as_of_ts = datetime.fromisoformat(as_of) if isinstance(as_of, str) else as_of
+        elapsed = max(0.0, (now - as_of_ts).total_seconds() / d.DAY_SECONDS)
+        # Stats hold "seconds ago" at as_of; crosses age them by the same amount below.
+
+    arrays = offer_arrays(offers)
+    n = len(arrays)
+    tables = vector.get(STATS_KEY) or {}
+    offer_side = {
+        "offer_category": arrays.category,
+        "offer_id": arrays.offer_id,
+        "offer_type": arrays.offer_type,
+        "touchpoint_id": np.full(n, touchpoint.get("touchpoint_id"), dtype=object),
+    }
+    stats: dict[str, Any] = {}
+    for name, spec in STAT_TABLES.items():
+        stats.update(_lookup(tables.get(name), offer_side[spec.offer_key], spec.stats))
+    if elapsed:
+        for s in ("offer_last_shown_secs_ago", "type_last_shown_secs_ago"):
+            shown = stats[s] < d.STAT_DEFAULTS[s]
+            stats[s] = np.where(shown, stats[s] + elapsed * d.DAY_SECONDS, stats[s])
+    stats["purch_amount_365d"] = np.float64(base.get("purch_amount_365d") or 0.0)
+    crosses = {x.feature.name: x.build(stats, d.NUMPY_OPS) for x in d.CROSSES}
+
+    scalars: dict[str, Any] = {
+        "touchpoint_id": touchpoint.get("touchpoint_id"),
+        "tp_channel": touchpoint.get("channel"),
+        "tp_stage": touchpoint.get("stage"),
+        "req_hour": float(now.hour),
+        "req_dow": float(now.weekday()),
+    }
+    columns_arrays: dict[str, np.ndarray] = {
+        "offer_id": arrays.offer_id,
+        "offer_type": arrays.offer_type,
+        "offer_category": arrays.category,
+        "offer_value": arrays.value,
+    }
+    ctx = context or {}
+    plan = encoding._plan
+    # One row of the columns every offer shares, then the offer-dependent columns.
+    row = np.array(
+        [_scalar(col, name, scalars, ctx, base, elapsed) for col, name in plan.shared],
+        dtype=np.float32,
+    )
+    X = np.empty((n, len(encoding.columns)), dtype=np.float32)
+    X[:, plan.shared_index] = row
+    for j, col in plan.offer_columns:
+        values = columns_arrays[col.name]
+        X[:, j] = col.codes(values) if col.kind == "categorical" else values
+    for j, name in plan.cross_columns:
+        X[:, j] = crosses[name]
+    return X
+
+
+def _scalar(
+    col: ColumnEncoding,
+    name: str,
+    scalars: Mapping[str, Any],
+    ctx: Mapping[str, Any],
+    base: Mapping[str, Any],
+    elapsed: float,
+) -> float:
+    if name in scalars:
+        value = scalars[name]
+    elif name.startswith(d.CONTEXT_PREFIX):
+        value = ctx.get(name[len(d.CONTEXT_PREFIX) :])
+    else:
+        value = _aged(name, base.get(name), elapsed)
+    return col.code(value) if col.kind == "categorical" else _number(value)
+
+
+def _number(value: Any) -> float:
+    if value is None or isinstance(value, str | dict | list):
+        try:
+            return float(value) if isinstance(value, str) else np.nan
+        except ValueError:
+            return np.nan
+    return float(value)

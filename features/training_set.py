@@ -1,0 +1,357 @@
+"""Training sets: one row per logged decision row, with its label and every model input.
+
+Set-based from end to end: the decisions become points ``(customer_id, ts)``, the point-in-time
+features of ``features.pipeline`` are joined back on them, the per-key statistics give the
+crosses, outcomes in the attribution window give the label, and the request context is
+flattened into ``ctx_<key>`` columns by one SQL pass over the result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import ibis
+import pandas as pd
+import pyarrow as pa
+
+from features import definitions as d
+from features.engines import ibis_backend
+from features.pipeline import STAT_TABLES, naive_utc, point_tables, sources
+from recsys.contract import OUTCOMES
+from recsys.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+ID_COLUMNS = (
+    "decision_id",
+    "ts",
+    "customer_id",
+    "touchpoint_id",
+    "offer_id",
+    "position",
+    "propensity",
+    "policy",
+)
+LABEL_COLUMNS = ("label", "revenue")
+CONTEXT_COLUMN = "context"
+
+
+def cold_start_vector() -> dict[str, Any]:
+    """Customer features of a customer without any history (unknown or anonymous)."""
+    return {f.name: f.default for f in d.customer_feature_defs()}
+
+
+def _check_args(
+    attribution_days: float,
+    positive_outcomes: Sequence[str],
+    start: datetime | None,
+    end: datetime | None,
+) -> None:
+    if not attribution_days > 0:
+        raise ConfigError(f"`attribution_days` must be > 0, got {attribution_days}")
+    bad = [o for o in positive_outcomes if o not in OUTCOMES]
+    if not positive_outcomes or bad:
+        raise ConfigError(
+            f"`positive_outcomes` must be a non-empty subset of {list(OUTCOMES)}, "
+            f"got {list(positive_outcomes)}"
+        )
+    start = naive_utc(start, "start") if start is not None else None
+    end = naive_utc(end, "end") if end is not None else None
+    if start is not None and end is not None and start >= end:
+        raise ConfigError(f"`start` must be before `end`, got start={start} end={end}")
+
+
+def training_set_expr(
+    backend: Any,
+    *,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    attribution_days: float = 7,
+    positive_outcomes: Sequence[str] = ("accept", "convert"),
+) -> ibis.expr.types.Table:
+    """The training set as one Ibis expression (context still as JSON text)."""
+    src = sources(backend)
+    dec = src.decisions
+    if start is not None:
+        dec = dec.filter(dec.ts >= naive_utc(start, "start"))
+    if end is not None:
+        dec = dec.filter(dec.ts < naive_utc(end, "end"))
+
+    known = dec.filter(dec.customer_id.notnull())
+    points = known.select(customer_id=known.customer_id, as_of=known.ts).distinct()
+    offer_keys = src.offers.select(
+        w_offer_id=src.offers.offer_id,
+        w_type=src.offers.offer_type,
+        w_category=src.offers.category,
+    )
+    with_offer = known.left_join(offer_keys, known.offer_id == offer_keys.w_offer_id)
+    wanted = with_offer.select(
+        customer_id=with_offer.customer_id,
+        as_of=with_offer.ts,
+        offer_id=with_offer.offer_id,
+        touchpoint_id=with_offer.touchpoint_id,
+        offer_type=with_offer.w_type,
+        offer_category=with_offer.w_category,
+    )
+    pt = point_tables(src, points, wanted=wanted)
+
+    # Label: a positive outcome with ts <= outcome ts <= ts + attribution window.
+    out = src.outcomes
+    dk = dec.select(l_decision_id=dec.decision_id, l_offer_id=dec.offer_id, l_ts=dec.ts)
+    window = ibis.interval(seconds=round(attribution_days * d.DAY_SECONDS))
+    attributed = out.join(
+        dk,
+        [
+            out.decision_id == dk.l_decision_id,
+            out.offer_id == dk.l_offer_id,
+            out.ts >= dk.l_ts,
+            out.ts <= dk.l_ts + window,
+        ],
+    )
+    labels = attributed.group_by(["l_decision_id", "l_offer_id"]).aggregate(
+        label=attributed.outcome.isin(list(positive_outcomes)).ifelse(1, 0).max(),
+        revenue=attributed.revenue.cast("float64").fill_null(0.0).sum(),
+    )
+
+    offers = src.offers.select(
+        o_offer_id=src.offers.offer_id,
+        offer_type=src.offers.offer_type,
+        offer_category=src.offers.category,
+        offer_value=src.offers.value.cast("float64").fill_null(1.0),
+    )
+    tps = src.touchpoints.select(
+        t_touchpoint_id=src.touchpoints.touchpoint_id,
+        tp_channel=src.touchpoints.channel,
+        tp_stage=src.touchpoints.stage,
+    )
+    t = dec.left_join(offers, dec.offer_id == offers.o_offer_id)
+    t = t.left_join(tps, t.touchpoint_id == tps.t_touchpoint_id)
+    t = t.left_join(
+        labels, [t.decision_id == labels.l_decision_id, t.offer_id == labels.l_offer_id]
+    )
+    cust = pt.customer
+    t = t.left_join(cust, [t.customer_id == cust.customer_id, t.ts == cust.as_of])
+    t = t.drop(*[c for c in t.columns if c.endswith("_right")])
+    for name, spec in STAT_TABLES.items():
+        stats = pt.stats[name].rename(
+            {f"s_{name}_key": spec.key, f"s_{name}_cid": "customer_id", f"s_{name}_as_of": "as_of"}
+        )
+        t = t.left_join(
+            stats,
+            [
+                t.customer_id == stats[f"s_{name}_cid"],
+                t.ts == stats[f"s_{name}_as_of"],
+                t[spec.offer_key] == stats[f"s_{name}_key"],
+            ],
+        )
+
+    s = {
+        stat: t[stat].cast("float64").fill_null(default)
+        for stat, default in d.STAT_DEFAULTS.items()
+    }
+    s["purch_amount_365d"] = t.purch_amount_365d.fill_null(0.0)
+    crosses = {x.feature.name: x.build(s, d.IBIS_OPS) for x in d.CROSSES}
+    request = {
+        "req_hour": t.ts.hour().cast("float64"),
+        "req_dow": t.ts.day_of_week.index().cast("float64"),
+    }
+    # Anonymous decisions (no point) get the cold-start customer vector.
+    cold = {
+        f.name: t[f.name].fill_null(f.default)
+        for f in d.customer_feature_defs()
+        if f.default is not None
+    }
+    t = t.mutate(
+        label=t.label.fill_null(0).cast("int8"),
+        revenue=t.revenue.fill_null(0.0),
+        **cold,
+        **crosses,
+        **request,
+    )
+
+    customer_cols = [c for c in cust.columns if c not in ("customer_id", "as_of")]
+    feature_cols = [
+        *customer_cols,
+        *(f.name for f in d.OFFER_FEATURES if f.name != "offer_id"),
+        *(f.name for f in d.TOUCHPOINT_FEATURES if f.name != "touchpoint_id"),
+        *crosses,
+        *request,
+    ]
+    return t.select(*ID_COLUMNS, *LABEL_COLUMNS, *feature_cols, CONTEXT_COLUMN)
+
+
+def build_training_set(
+    con: Any,
+    *,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    attribution_days: float = 7,
+    positive_outcomes: Sequence[str] = ("accept", "convert"),
+    engine: str = "duckdb",
+) -> pd.DataFrame:
+    """One row per decisions row in ``[start, end)`` with label, revenue and all model inputs.
+
+    Parameters
+    ----------
+    con : DuckDB connection (the warehouse), SparkSession or Ibis backend
+    start, end : datetime, optional
+        Decision time range, ``start <= ts < end`` (naive = UTC).
+    attribution_days : float
+        An outcome counts if ``ts <= outcome.ts <= ts + attribution_days``.
+    positive_outcomes : outcomes that make ``label = 1``.
+    engine : {"duckdb", "spark"}
+
+    Returns
+    -------
+    pandas.DataFrame, shape (n_decision_rows, ...), sorted by ``ts, decision_id, offer_id``:
+    ``decision_id, ts, customer_id, touchpoint_id, offer_id, position, propensity, policy,
+    label (int8), revenue``, customer features as of ``ts`` (events strictly before), ``attr_*``,
+    offer and touchpoint attributes, crosses, ``req_*`` and ``ctx_*`` request context.
+    Anonymous decisions (``customer_id`` null) get the cold-start customer vector.
+    """
+    _check_args(attribution_days, positive_outcomes, start, end)
+    started = time.perf_counter()
+    expr = training_set_expr(
+        ibis_backend(con, engine),
+        start=start,
+        end=end,
+        attribution_days=attribution_days,
+        positive_outcomes=positive_outcomes,
+    )
+    table = expr.to_pyarrow()
+    frame = _finish(table)
+    log.info(
+        "training set: %d rows, %d columns in %.1f s",
+        len(frame),
+        frame.shape[1],
+        time.perf_counter() - started,
+    )
+    return frame
+
+
+def _context_keys(con: duckdb.DuckDBPyConnection, source: str) -> list[tuple[str, bool]]:
+    """(key, is_numeric) of every context key in ``source`` (a table or a subquery).
+
+    A key is numeric when all its non-null values are JSON numbers or booleans.
+    """
+    rows = con.execute(
+        f"""
+        WITH kv AS (
+            SELECT unnest(json_keys(c)) AS k, c FROM (SELECT CAST(context AS JSON) AS c
+            FROM {source} WHERE context IS NOT NULL AND json_type(CAST(context AS JSON))
+            = 'OBJECT')
+        )
+        SELECT k, bool_and(json_type(c, '$."' || replace(k, '"', '\\"') || '"') IN
+                           ('BIGINT', 'UBIGINT', 'DOUBLE', 'BOOLEAN', 'NULL'))
+        FROM kv GROUP BY k ORDER BY k
+        """
+    ).fetchall()
+    return [(k, bool(numeric)) for k, numeric in rows]
+
+
+def _json_path(key: str) -> str:
+    return '$."' + key.replace('"', '\\"') + '"'
+
+
+def context_sql(keys: Sequence[tuple[str, bool]], column: str = "context") -> list[str]:
+    """SQL select expressions turning JSON ``column`` into ``ctx_<key>`` columns."""
+    out = []
+    for key, numeric in keys:
+        path = _json_path(key).replace("'", "''")
+        alias = (d.CONTEXT_PREFIX + key).replace('"', '""')
+        if numeric:
+            expr = f"TRY_CAST(json_extract_string(CAST({column} AS JSON), '{path}') AS DOUBLE)"
+            # JSON booleans -> 1.0 / 0.0
+            expr = (
+                f"COALESCE({expr}, CASE json_extract_string(CAST({column} AS JSON), "
+                f"'{path}') WHEN 'true' THEN 1.0 WHEN 'false' THEN 0.0 END)"
+            )
+        else:
+            expr = f"json_extract_string(CAST({column} AS JSON), '{path}')"
+        out.append(f'{expr} AS "{alias}"')
+    return out
+
+
+def _final_sql(source: str, keys: Sequence[tuple[str, bool]]) -> str:
+    """Flatten the context of ``source`` (table or subquery) and sort the rows."""
+    select = ", ".join(["* EXCLUDE (context)", *context_sql(keys)])
+    return f"SELECT {select} FROM {source} ORDER BY ts, decision_id, offer_id"
+
+
+def _finish(table: pa.Table) -> pd.DataFrame:
+    """Flatten the context and sort; runs on the collected result of any engine."""
+    local = duckdb.connect()
+    try:
+        local.register("ts_result", table)
+        keys = _context_keys(local, "ts_result")
+        result = local.sql(_final_sql("ts_result", keys)).to_arrow_table()
+    finally:
+        local.close()
+    frame = result.to_pandas()
+    frame.attrs["context_keys"] = json.dumps(keys)
+    return frame
+
+
+def write_training_set(
+    con: Any,
+    path: str | Path,
+    *,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    attribution_days: float = 7,
+    positive_outcomes: Sequence[str] = ("accept", "convert"),
+    engine: str = "duckdb",
+) -> int:
+    """Like :func:`build_training_set`, written to a Parquet file; returns the row count.
+
+    On DuckDB the rows stream from the warehouse to the file (one SQL statement, spilling to
+    disk as needed), so the training set never has to fit in memory as a pandas frame.
+    """
+    _check_args(attribution_days, positive_outcomes, start, end)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if engine != "duckdb" or not isinstance(con, duckdb.DuckDBPyConnection):
+        frame = build_training_set(
+            con,
+            start=start,
+            end=end,
+            attribution_days=attribution_days,
+            positive_outcomes=positive_outcomes,
+            engine=engine,
+        )
+        frame.to_parquet(path, index=False)
+        return len(frame)
+    started = time.perf_counter()
+    expr = training_set_expr(
+        ibis_backend(con, engine),
+        start=start,
+        end=end,
+        attribution_days=attribution_days,
+        positive_outcomes=positive_outcomes,
+    )
+    where = []
+    if start is not None:
+        where.append(f"ts >= TIMESTAMP '{naive_utc(start, 'start').isoformat(sep=' ')}'")
+    if end is not None:
+        where.append(f"ts < TIMESTAMP '{naive_utc(end, 'end').isoformat(sep=' ')}'")
+    decisions = "SELECT context FROM decisions"
+    if where:
+        decisions += f" WHERE {' AND '.join(where)}"
+    keys = _context_keys(con, f"({decisions})")
+    sql = _final_sql(f"({ibis.to_sql(expr, dialect='duckdb')})", keys)
+    target = str(path).replace("'", "''")
+    rows = con.execute(f"COPY ({sql}) TO '{target}' (FORMAT parquet)").fetchone()[0]
+    log.info(
+        "training set: %d rows written to %s in %.1f s",
+        rows,
+        path.name,
+        time.perf_counter() - started,
+    )
+    return int(rows)

@@ -1,0 +1,233 @@
+"""Eligibility and contact policy: which candidate offers may be shown to a customer now.
+
+Checks, each vectorised over the candidate offers of one touchpoint:
+
+- ``date_window``: ``start_at <= now <= end_at``;
+- ``consent``: the touchpoint's ``consent_column`` (e.g. ``email_opt_in``) is true for the
+  customer — without consent no offer of the touchpoint is shown, not even the fallback;
+- ``excluded``: the caller asked not to show the offer (``exclude_offers``);
+- ``rule``: the offer's eligibility rules on customer features;
+- ``already_accepted``: the customer already accepted or converted on the offer;
+- ``cap``: the offer was served ``cap_per_customer`` times in the last ``cap_window_days``,
+  counted across ALL touchpoints and channels from the customer's contact history.
+
+Every check reports the offers it removed, so a decision trace can explain each absence.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+from recsys.catalog import TouchpointOffers
+
+US_PER_DAY = 86_400 * 1_000_000
+
+
+class Check(StrEnum):
+    DATE_WINDOW = "date_window"
+    CONSENT = "consent"
+    EXCLUDED = "excluded"
+    RULE = "rule"
+    ALREADY_ACCEPTED = "already_accepted"
+    CAP = "cap"
+
+
+@dataclass(frozen=True)
+class ContactHistory:
+    """What a customer was shown and accepted, across every touchpoint and channel.
+
+    Attributes
+    ----------
+    contacts : mapping of offer_id -> ndarray of int64, shape (n_contacts,)
+        Times (microseconds since the epoch, UTC) the offer was served to the customer.
+    accepted : frozenset of str
+        Offers the customer accepted or converted on.
+    """
+
+    contacts: Mapping[str, np.ndarray] = field(default_factory=lambda: MappingProxyType({}))
+    accepted: frozenset[str] = frozenset()
+
+    def count_since(self, offer_id: str, since_us: int) -> int:
+        times = self.contacts.get(offer_id)
+        if times is None:
+            return 0
+        return int(np.count_nonzero(times >= since_us))
+
+
+EMPTY_HISTORY = ContactHistory()
+
+
+@dataclass(frozen=True)
+class Removal:
+    """Offers one check removed; ``detail`` says why (the rule, the cap, ...)."""
+
+    check: Check
+    offer_ids: tuple[str, ...]
+    detail: str
+
+
+@dataclass(frozen=True)
+class CapHit:
+    offer_id: str
+    cap_per_customer: int
+    cap_window_days: int
+    contacts: int
+
+
+@dataclass(frozen=True)
+class Eligibility:
+    """The outcome of the checks for one customer at one touchpoint.
+
+    Attributes
+    ----------
+    mask : ndarray of bool, shape (n_candidates,)
+        True for offers that passed every check.
+    consent : bool
+        The customer consented to the touchpoint's channel (True without a consent column).
+    removals : tuple of Removal
+        For each check that removed something: which offers and why. An offer failing
+        several checks appears under each of them.
+    caps_hit : tuple of CapHit
+    """
+
+    mask: np.ndarray
+    consent: bool
+    removals: tuple[Removal, ...]
+    caps_hit: tuple[CapHit, ...]
+
+    @property
+    def n_eligible(self) -> int:
+        return int(np.count_nonzero(self.mask))
+
+    def removed_by(self, offer_id: str) -> list[Removal]:
+        """The removals that name ``offer_id`` (empty when it is eligible)."""
+        return [r for r in self.removals if offer_id in r.offer_ids]
+
+
+def has_consent(customer: Mapping[str, Any], consent_column: str | None) -> bool:
+    """Whether ``customer`` consented to a channel; unknown consent is no consent."""
+    if consent_column is None:
+        return True
+    flag = customer.get(consent_column)
+    if flag is None or (isinstance(flag, float) and math.isnan(flag)):
+        return False
+    if isinstance(flag, str):
+        return flag.strip().lower() in ("true", "1", "yes", "t", "y")
+    return bool(flag)
+
+
+def in_date_window(start_us: np.ndarray, end_us: np.ndarray, now_us: int) -> np.ndarray:
+    """Mask of offers whose window contains ``now_us``; shapes (n,) -> (n,)."""
+    return (start_us <= now_us) & (now_us <= end_us)
+
+
+def check_eligibility(
+    offers: TouchpointOffers,
+    customer: Mapping[str, Any],
+    history: ContactHistory,
+    now_us: int,
+    exclude: Collection[str] = (),
+) -> Eligibility:
+    """Run every check on the candidates of one touchpoint for one customer.
+
+    Parameters
+    ----------
+    offers : TouchpointOffers
+        The touchpoint's candidates, shape (n,).
+    customer : mapping
+        The customer's feature vector (consent flags and the features rules read).
+    history : ContactHistory
+        Contacts across all channels and accepted offers.
+    now_us : int
+        Decision time, microseconds since the epoch (UTC).
+    exclude : collection of str
+        Offer ids the caller does not want.
+
+    Returns
+    -------
+    Eligibility
+    """
+    n = len(offers.offers)
+    ids = offers.offer_ids
+    removals: list[Removal] = []
+    mask = np.ones(n, dtype=bool)
+
+    in_window = in_date_window(offers.start_us, offers.end_us, now_us)
+    if not in_window.all():
+        removals.append(
+            Removal(Check.DATE_WINDOW, tuple(ids[~in_window]), "outside start_at..end_at")
+        )
+        mask &= in_window
+
+    consent = has_consent(customer, offers.touchpoint.consent_column)
+    if not consent:
+        if n:
+            removals.append(
+                Removal(
+                    Check.CONSENT,
+                    tuple(ids),
+                    f"{offers.touchpoint.consent_column} is not true for this customer",
+                )
+            )
+        mask[:] = False
+
+    if exclude:
+        positions = [offers.index[o] for o in exclude if o in offers.index]
+        if positions:
+            removals.append(
+                Removal(Check.EXCLUDED, tuple(ids[positions]), "in the request's exclude_offers")
+            )
+            mask[positions] = False
+
+    if offers.rules:
+        failed = np.fromiter(
+            (not rule.holds(customer) for rule in offers.rules), dtype=bool, count=len(offers.rules)
+        )
+        if failed.any():
+            for i in np.flatnonzero(failed):
+                hit = offers.rule_offers[i]
+                removals.append(Removal(Check.RULE, tuple(ids[hit]), offers.rules[i].describe()))
+            mask &= ~offers.rule_offers[failed].any(axis=0)
+
+    if history.accepted:
+        positions = [offers.index[o] for o in history.accepted if o in offers.index]
+        if positions:
+            positions.sort()
+            removals.append(
+                Removal(
+                    Check.ALREADY_ACCEPTED, tuple(ids[positions]), "customer already accepted it"
+                )
+            )
+            mask[positions] = False
+
+    caps_hit: list[CapHit] = []
+    # Loop over the customer's own contacts (a handful), not over the catalogue.
+    for offer_id in history.contacts:
+        j = offers.index.get(offer_id)
+        if j is None or not offers.capped[j]:
+            continue
+        offer = offers.offers[j]
+        since = now_us - offer.cap_window_days * US_PER_DAY
+        count = history.count_since(offer_id, since)
+        if count >= offer.cap_per_customer:
+            caps_hit.append(CapHit(offer_id, offer.cap_per_customer, offer.cap_window_days, count))
+            removals.append(
+                Removal(
+                    Check.CAP,
+                    (offer_id,),
+                    f"served {count} times in {offer.cap_window_days} days "
+                    f"(cap {offer.cap_per_customer})",
+                )
+            )
+            mask[j] = False
+
+    return Eligibility(
+        mask=mask, consent=consent, removals=tuple(removals), caps_hit=tuple(caps_hit)
+    )

@@ -1,0 +1,424 @@
+"""The event log in PostgreSQL (psycopg 3): the same contract as the SQLite log, for replicas.
+
+URL: ``postgresql://USER@HOST:PORT/DB?schema=NAME`` (``schema`` optional, default
+``public``; ``postgresql+psycopg://`` accepted). Tables ``decisions`` and ``events`` are
+created if missing (under an advisory lock, so replicas starting together do not race).
+
+Same guarantees as :class:`recsys.eventlog.SQLiteEventLog`:
+
+- ``record_events`` runs in one transaction: the served offers are read, each event is
+  checked, the valid ones are inserted with ``INSERT ... ON CONFLICT (event_id) DO NOTHING``
+  and the call returns only after ``COMMIT`` (``synchronous_commit = on``), so an
+  acknowledged event survives a crash and a batch is stored whole or not at all;
+- the same ``event_id`` twice is stored once, also when two replicas receive it at the same
+  time (the second insert waits for the first transaction and then does nothing);
+- decisions are committed before the decision is returned (contacts count toward caps on
+  every replica from then on).
+
+PostgreSQL text cannot hold NUL characters: ids containing one are refused with a
+:class:`~recsys.errors.DataError` naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from collections import defaultdict
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import numpy as np
+import psycopg
+from psycopg import sql
+
+from recsys.eligibility import ContactHistory
+from recsys.errors import ConfigError, DataError
+from recsys.eventlog import (
+    OUTCOME_TYPES,
+    Event,
+    EventLog,
+    EventRejection,
+    EventWriteResult,
+    _check_event,
+    _from_us,
+    _us,
+)
+
+if TYPE_CHECKING:
+    from recsys.decision import Decision
+
+logger = logging.getLogger(__name__)
+
+_SCHEMA_LOCK = 0x7265637379730001  # pg_advisory_xact_lock key while creating tables
+
+
+def _ddl(schema: str) -> list[sql.Composed]:
+    s = sql.Identifier(schema)
+    return [
+        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(s),
+        sql.SQL(
+            """CREATE TABLE IF NOT EXISTS {}.decisions (
+                decision_id TEXT NOT NULL,
+                offer_id TEXT NOT NULL,
+                ts_us BIGINT NOT NULL,
+                touchpoint_id TEXT NOT NULL,
+                channel TEXT,
+                customer_id TEXT,
+                position INTEGER NOT NULL,
+                propensity DOUBLE PRECISION NOT NULL,
+                policy TEXT,
+                score DOUBLE PRECISION,
+                explored BOOLEAN NOT NULL,
+                fallback BOOLEAN NOT NULL,
+                model_name TEXT,
+                model_version TEXT,
+                context TEXT,
+                PRIMARY KEY (decision_id, offer_id))"""
+        ).format(s),
+        sql.SQL(
+            "CREATE INDEX IF NOT EXISTS decisions_customer_ts ON {}.decisions (customer_id, ts_us)"
+        ).format(s),
+        sql.SQL(
+            """CREATE TABLE IF NOT EXISTS {}.events (
+                event_id TEXT PRIMARY KEY,
+                decision_id TEXT NOT NULL,
+                offer_id TEXT NOT NULL,
+                customer_id TEXT,
+                type TEXT NOT NULL,
+                ts_us BIGINT NOT NULL,
+                revenue DOUBLE PRECISION,
+                received_us BIGINT NOT NULL)"""
+        ).format(s),
+        sql.SQL(
+            "CREATE INDEX IF NOT EXISTS events_customer_type ON {}.events (customer_id, type)"
+        ).format(s),
+        sql.SQL("CREATE INDEX IF NOT EXISTS events_decision ON {}.events (decision_id)").format(s),
+    ]
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """``postgresql[+psycopg]://...?schema=NAME`` -> (libpq connection URL, schema)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.split("+", 1)[0]
+    if scheme not in ("postgresql", "postgres"):
+        raise ConfigError(f"`event_log_url` must start with postgresql://, got {parts.scheme!r}")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schema = "public"
+    kept = []
+    for key, value in query:
+        if key == "schema":
+            schema = value
+        else:
+            kept.append((key, value))
+    if not schema or not schema.replace("_", "").isalnum() or len(schema) > 63:
+        raise ConfigError(
+            f"`event_log_url` schema must be letters, digits and _ (at most 63), got {schema!r}"
+        )
+    conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(kept), ""))
+    return conninfo, schema
+
+
+def _no_nul(field: str, values: Collection[str | None]) -> None:
+    for value in values:
+        if value is not None and "\x00" in value:
+            raise DataError(f"`{field}` must not contain NUL characters, got {value[:40]!r}")
+
+
+class PostgresEventLog(EventLog):
+    """The event log in PostgreSQL; safe across threads (a small connection pool).
+
+    Parameters
+    ----------
+    conninfo : str
+        libpq URL or key=value string.
+    schema : str
+        Schema of the tables (created if missing).
+    pool_size : int
+        Connections kept open (each thread uses one at a time).
+    connect_timeout : int
+        Seconds to wait for a connection.
+    clock : callable returning an aware datetime (receive time of events)
+    """
+
+    def __init__(
+        self,
+        conninfo: str,
+        schema: str = "public",
+        pool_size: int = 4,
+        connect_timeout: int = 5,
+        clock: Any = None,
+    ):
+        if pool_size < 1:
+            raise ConfigError(f"`pool_size` must be >= 1, got {pool_size}")
+        from datetime import UTC
+
+        self.conninfo = conninfo
+        self.schema = schema
+        self.connect_timeout = connect_timeout
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._pool: queue.LifoQueue[psycopg.Connection] = queue.LifoQueue()
+        self._slots = threading.BoundedSemaphore(pool_size)
+        self._closed = False
+        self._t_decisions = sql.SQL("{}.decisions").format(sql.Identifier(schema))
+        self._t_events = sql.SQL("{}.events").format(sql.Identifier(schema))
+        with self._connection() as con, con.transaction():
+            con.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            for statement in _ddl(schema):
+                con.execute(statement)
+        logger.info("event log opened: postgresql schema %s", schema)
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> PostgresEventLog:
+        conninfo, schema = parse_url(url)
+        return cls(conninfo, schema=schema, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"PostgresEventLog(schema={self.schema!r})"
+
+    # ------------------------------------------------------------ connections
+
+    def _connect(self) -> psycopg.Connection:
+        con = psycopg.connect(self.conninfo, autocommit=True, connect_timeout=self.connect_timeout)
+        # Acknowledged means on disk, whatever the server's default is.
+        con.execute("SET synchronous_commit = on")
+        return con
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection]:
+        if self._closed:
+            raise psycopg.OperationalError("the event log is closed")
+        self._slots.acquire()
+        con = None
+        try:
+            try:
+                con = self._pool.get_nowait()
+            except queue.Empty:
+                con = self._connect()
+            if con.closed:
+                con = self._connect()
+            yield con
+        except psycopg.OperationalError:
+            if con is not None:
+                con.close()  # a broken connection is not reused
+            con = None
+            raise
+        finally:
+            if con is not None and not con.closed:
+                self._pool.put(con)
+            self._slots.release()
+
+    # ----------------------------------------------------------------- writes
+
+    def record_decisions(self, decisions: Sequence[Decision]) -> None:
+        rows = [
+            (
+                d.decision_id,
+                o.offer_id,
+                _us(d.ts),
+                d.touchpoint_id,
+                d.channel,
+                d.customer_id,
+                o.rank,
+                o.propensity,
+                d.policy,
+                o.score,
+                bool(o.explored),
+                bool(d.fallback),
+                d.model.name,
+                d.model.version,
+                json.dumps(dict(d.context), sort_keys=True, default=str) if d.context else None,
+            )
+            for d in decisions
+            for o in d.offers
+        ]
+        if not rows:
+            return
+        _no_nul("customer_id", [r[5] for r in rows])
+        _no_nul("decision_id", [r[0] for r in rows])
+        query = sql.SQL(
+            "INSERT INTO {} VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        ).format(self._t_decisions)
+        with self._connection() as con, con.transaction(), con.cursor() as cur:
+            cur.executemany(query, rows)
+
+    def record_events(self, events: Sequence[Event]) -> EventWriteResult:
+        for field in ("event_id", "decision_id", "offer_id"):
+            _no_nul(field, [getattr(e, field) for e in events])
+        rejected: list[EventRejection] = []
+        received_us = _us(self._clock())
+        with self._connection() as con, con.transaction():
+            served = self._served_offers(con, {e.decision_id for e in events})
+            valid: list[Event] = []
+            columns: list[list[Any]] = [[] for _ in range(8)]
+            for index, event in enumerate(events):
+                problem = _check_event(index, event, served)
+                if problem is not None:
+                    rejected.append(problem)
+                    continue
+                valid.append(event)
+                customer_id, _ = served[event.decision_id][event.offer_id]
+                for column, value in zip(
+                    columns,
+                    (
+                        event.event_id,
+                        event.decision_id,
+                        event.offer_id,
+                        customer_id,
+                        str(event.type),
+                        _us(event.ts),
+                        event.revenue,
+                        received_us,
+                    ),
+                    strict=True,
+                ):
+                    column.append(value)
+            inserted: set[str] = set()
+            if valid:
+                rows = con.execute(
+                    sql.SQL(
+                        "INSERT INTO {} SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], "
+                        "%s::text[], %s::text[], %s::bigint[], %s::float8[], %s::bigint[]) "
+                        "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+                    ).format(self._t_events),
+                    columns,
+                ).fetchall()
+                inserted = {r[0] for r in rows}
+        # Committed: classify in the batch's order (a repeated id is new once).
+        new: list[str] = []
+        duplicates: list[str] = []
+        for event in valid:
+            if event.event_id in inserted:
+                inserted.discard(event.event_id)
+                new.append(event.event_id)
+            else:
+                duplicates.append(event.event_id)
+        return EventWriteResult(tuple(new), tuple(duplicates), tuple(rejected))
+
+    def _served_offers(
+        self, con: psycopg.Connection, decision_ids: Collection[str]
+    ) -> dict[str, dict[str, tuple]]:
+        served: dict[str, dict[str, tuple]] = defaultdict(dict)
+        if not decision_ids:
+            return served
+        rows = con.execute(
+            sql.SQL(
+                "SELECT decision_id, offer_id, customer_id, ts_us FROM {} "
+                "WHERE decision_id = ANY(%s)"
+            ).format(self._t_decisions),
+            (list(decision_ids),),
+        ).fetchall()
+        for decision_id, offer_id, customer_id, ts_us in rows:
+            served[decision_id][offer_id] = (customer_id, ts_us)
+        return served
+
+    # ------------------------------------------------------------------ reads
+
+    def contact_history(
+        self, customer_ids: Sequence[str], since: datetime
+    ) -> dict[str, ContactHistory]:
+        ids = [c for c in dict.fromkeys(customer_ids) if c]
+        if not ids:
+            return {}
+        _no_nul("customer_id", ids)
+        contacts: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+        accepted: dict[str, set[str]] = defaultdict(set)
+        with self._connection() as con:
+            for customer_id, offer_id, ts_us in con.execute(
+                sql.SQL(
+                    "SELECT customer_id, offer_id, ts_us FROM {} "
+                    "WHERE customer_id = ANY(%s) AND ts_us >= %s"
+                ).format(self._t_decisions),
+                (ids, _us(since)),
+            ):
+                contacts[customer_id][offer_id].append(ts_us)
+            for customer_id, offer_id in con.execute(
+                sql.SQL(
+                    "SELECT customer_id, offer_id FROM {} "
+                    "WHERE customer_id = ANY(%s) AND type IN ('accept', 'convert')"
+                ).format(self._t_events),
+                (ids,),
+            ):
+                accepted[customer_id].add(offer_id)
+        return {
+            c: ContactHistory(
+                contacts=MappingProxyType(
+                    {o: np.asarray(t, dtype=np.int64) for o, t in contacts.get(c, {}).items()}
+                ),
+                accepted=frozenset(accepted.get(c, ())),
+            )
+            for c in ids
+            if c in contacts or c in accepted
+        }
+
+    def decision_rows(self) -> list[dict[str, Any]]:
+        with self._connection() as con, con.cursor() as cur:
+            cur.execute(
+                sql.SQL(
+                    "SELECT decision_id, ts_us, touchpoint_id, offer_id, customer_id, position, "
+                    "propensity, policy, context, channel, score, explored, fallback, "
+                    "model_name, model_version FROM {} ORDER BY ts_us, decision_id, position"
+                ).format(self._t_decisions)
+            )
+            names = [d.name for d in cur.description]
+            rows = cur.fetchall()
+        out = []
+        for row in rows:
+            record = dict(zip(names, row, strict=True))
+            record["ts"] = _from_us(record.pop("ts_us"))
+            out.append(record)
+        return out
+
+    def outcome_rows(self) -> list[dict[str, Any]]:
+        with self._connection() as con:
+            rows = con.execute(
+                sql.SQL(
+                    "SELECT decision_id, offer_id, ts_us, type, revenue, event_id FROM {} "
+                    "WHERE type = ANY(%s) ORDER BY ts_us, event_id"
+                ).format(self._t_events),
+                ([str(t) for t in OUTCOME_TYPES],),
+            ).fetchall()
+        return [
+            {
+                "decision_id": d,
+                "offer_id": o,
+                "ts": _from_us(ts),
+                "outcome": t,
+                "revenue": r,
+                "event_id": e,
+            }
+            for d, o, ts, t, r, e in rows
+        ]
+
+    def event_ids(self) -> set[str]:
+        with self._connection() as con:
+            return {
+                r[0] for r in con.execute(sql.SQL("SELECT event_id FROM {}").format(self._t_events))
+            }
+
+    def counts(self) -> dict[str, int]:
+        with self._connection() as con:
+            decisions = con.execute(
+                sql.SQL("SELECT count(*) FROM {}").format(self._t_decisions)
+            ).fetchone()[0]
+            events = con.execute(
+                sql.SQL("SELECT count(*) FROM {}").format(self._t_events)
+            ).fetchone()[0]
+        return {"decision_rows": int(decisions), "events": int(events)}
+
+    def ping(self) -> None:
+        with self._connection() as con:
+            con.execute("SELECT 1").fetchone()
+
+    def close(self) -> None:
+        self._closed = True
+        while True:
+            try:
+                self._pool.get_nowait().close()
+            except queue.Empty:
+                break

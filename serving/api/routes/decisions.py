@@ -1,0 +1,179 @@
+"""POST /v1/decisions and POST /v1/decisions/batch — one decision path for both."""
+
+from __future__ import annotations
+
+import dataclasses
+from types import MappingProxyType
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Query, Response
+
+from recsys.decision import Decision, DecisionRequest
+from serving.deps import CatalogDep, EngineDep, ServingSettingsDep, require_touchpoint
+from serving.errors import ApiError
+from serving.schemas import (
+    BatchDecisionOut,
+    BatchDecisionRequestBody,
+    DecisionOut,
+    DecisionRequestBody,
+    ErrorOut,
+)
+
+router = APIRouter(prefix="/v1/decisions", tags=["decisions"])
+
+_ERRORS = {
+    400: {"model": ErrorOut, "description": "Malformed JSON"},
+    404: {"model": ErrorOut, "description": "Unknown touchpoint"},
+    422: {"model": ErrorOut, "description": "Invalid field (named, with expected and received)"},
+}
+
+
+def decision_dict(decision: Decision) -> dict[str, Any]:
+    """The JSON body of a decision (the shape of :class:`DecisionOut`), built directly.
+
+    The hot path skips pydantic serialisation: the values come from typed domain objects,
+    and the response schema test keeps this function and ``DecisionOut`` in agreement.
+    """
+    body: dict[str, Any] = {
+        "decision_id": decision.decision_id,
+        "customer_id": decision.customer_id,
+        "touchpoint": decision.touchpoint_id,
+        "ts": decision.ts,
+        "offers": [
+            {
+                "offer_id": o.offer_id,
+                "name": o.name,
+                "rank": o.rank,
+                "score": o.score,
+                "priority": o.priority,
+                "propensity": o.propensity,
+                "explored": o.explored,
+                "reasons": list(o.reasons),
+            }
+            for o in decision.offers
+        ],
+        "model": {"name": decision.model.name, "version": decision.model.version},
+        "experiment": None,
+        "fallback": decision.fallback,
+        "cold_start": decision.cold_start,
+        "policy": decision.policy,
+        "trace": None,
+    }
+    t = decision.trace
+    if t is not None:
+        body["trace"] = {
+            "candidates": t.candidates,
+            "eligible": t.eligible,
+            "consent": t.consent,
+            "removed": [
+                {"check": str(r.check), "offer_ids": list(r.offer_ids), "detail": r.detail}
+                for r in t.removals
+            ],
+            "caps_hit": [dataclasses.asdict(c) for c in t.caps_hit],
+            "scores": [dataclasses.asdict(s) for s in t.scores],
+            "slate": [dataclasses.asdict(s) for s in t.slate],
+            "policy": t.policy,
+            "epsilon": t.epsilon,
+            "cold_start": t.cold_start,
+            "feature_spec_version": t.feature_spec_version,
+            "notes": list(t.notes),
+        }
+    return body
+
+
+def json_response(body: dict[str, Any]) -> Response:
+    return Response(
+        content=orjson.dumps(body, option=orjson.OPT_UTC_Z | orjson.OPT_SERIALIZE_NUMPY),
+        media_type="application/json",
+    )
+
+
+def _check_limit(limit: int | None, max_limit: int, field: str = "limit") -> None:
+    if limit is not None and limit > max_limit:
+        raise ApiError(
+            422, field, f"<= {max_limit}", limit, f"`{field}` must be <= {max_limit}, got {limit}"
+        )
+
+
+@router.post(
+    "", response_model=DecisionOut, responses=_ERRORS, summary="Decide offers for one customer"
+)
+def decide(
+    body: DecisionRequestBody,
+    engine: EngineDep,
+    catalog: CatalogDep,
+    settings: ServingSettingsDep,
+    trace: bool = Query(
+        False, description="Include the decision trace (why each offer is in or out)."
+    ),
+) -> Response:
+    """The offers to show one customer at one touchpoint now, best first.
+
+    Unknown customers get cold-start offers; when nothing is eligible the touchpoint's
+    fallback offer comes back with ``fallback: true``. The decision is logged before the
+    response is sent (its offers count toward contact caps on every channel from then on).
+    """
+    require_touchpoint(catalog, body.touchpoint)
+    _check_limit(body.limit, settings.max_limit)
+    request = DecisionRequest(
+        customer_id=body.customer_id,
+        touchpoint_id=body.touchpoint,
+        context=MappingProxyType(dict(body.context or {})),
+        limit=body.limit,
+        exclude_offers=tuple(body.exclude_offers),
+    )
+    return json_response(decision_dict(engine.decide(request, trace=trace)))
+
+
+@router.post(
+    "/batch",
+    response_model=BatchDecisionOut,
+    responses=_ERRORS,
+    summary="Decide offers for many customers at one touchpoint (email and other batches)",
+)
+def decide_batch(
+    body: BatchDecisionRequestBody,
+    engine: EngineDep,
+    catalog: CatalogDep,
+    settings: ServingSettingsDep,
+    trace: bool = Query(False, description="Include each decision's trace."),
+) -> Response:
+    """The same decision path as ``POST /v1/decisions``, scored in one model call."""
+    require_touchpoint(catalog, body.touchpoint)
+    _check_limit(body.limit, settings.max_limit)
+    n = len(body.customer_ids)
+    if n > settings.max_batch_customers:
+        raise ApiError(
+            422,
+            "customer_ids",
+            f"at most {settings.max_batch_customers} items",
+            f"{n} items",
+            f"`customer_ids` must have at most {settings.max_batch_customers} items, got {n}",
+        )
+    seen: dict[str, int] = {}
+    for i, cid in enumerate(body.customer_ids):
+        if cid in seen:
+            raise ApiError(
+                422,
+                f"customer_ids[{i}]",
+                "each customer id once per batch",
+                cid,
+                f"`customer_ids[{i}]` repeats customer_ids[{seen[cid]}]",
+            )
+        seen[cid] = i
+    context = MappingProxyType(dict(body.context or {}))
+    requests = [
+        DecisionRequest(
+            customer_id=cid,
+            touchpoint_id=body.touchpoint,
+            context=context,
+            limit=body.limit,
+            exclude_offers=tuple(body.exclude_offers),
+        )
+        for cid in body.customer_ids
+    ]
+    decisions = engine.decide_many(requests, trace=trace)
+    return json_response(
+        {"touchpoint": body.touchpoint, "decisions": [decision_dict(d) for d in decisions]}
+    )

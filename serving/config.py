@@ -1,0 +1,41 @@
+"""Settings of the HTTP service (``RECSYS_SERVING_*``), next to the core ``Settings``.
+
+Built on demand (never at import) and injected into :func:`serving.main.create_app`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServingSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RECSYS_SERVING_", env_file=".env", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, description="uvicorn worker processes")
+    epsilon: float = Field(
+        default=0.05, ge=0.0, le=1.0, description="epsilon-greedy exploration share; 0 = greedy"
+    )
+    max_limit: int = Field(default=50, ge=1, description="largest `limit` a request may ask for")
+    max_batch_customers: int = Field(default=1_000, ge=1, description="customers per batch call")
+    max_events: int = Field(default=1_000, ge=1, description="events per POST /v1/events")
+    catalog_source: Path | None = Field(
+        default=None,
+        description="warehouse DuckDB file or folder of offers/touchpoints files; "
+        "default: the core setting warehouse_path",
+    )
+    model_dir: Path | None = Field(
+        default=None,
+        description="load this local model folder instead of the registry alias (offline use)",
+    )
+    event_time_skew_seconds: int = Field(
+        default=300, ge=0, description="how far in the future an event ts may be (clock skew)"
+    )
+
+
+def load_serving_settings(**overrides) -> ServingSettings:
+    return ServingSettings(**{k: v for k, v in overrides.items() if v is not None})

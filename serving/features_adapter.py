@@ -1,0 +1,153 @@
+"""Glue between the online feature store / model encoding and the decision core.
+
+- :class:`StoreFeatureSource` wraps the online store: it marks cold-start vectors and makes
+  the names the catalogue uses (eligibility rule features, touchpoint consent columns —
+  contract column names such as ``loyalty_tier`` or ``email_opt_in``) readable on the
+  feature vector, whose keys are the feature spec's (``attr_loyalty_tier``,
+  ``consent_email``).
+- :class:`EncodedMatrixBuilder` adapts ``features.matrix.decision_matrix`` to the core's
+  ``MatrixBuilder`` protocol, with the candidate offers' column arrays built once per
+  touchpoint (a decision only slices them).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+from features.definitions import ATTRIBUTE_PREFIX, CONSENT_COLUMNS
+from features.matrix import AS_OF_KEY, Encoding, OfferArrays, decision_matrix, offer_arrays
+from features.spec import FEATURE_SPEC_VERSION
+from recsys.catalog import Catalog, Offer, Touchpoint
+from recsys.decision import COLD_START_KEYS
+from recsys.errors import SpecMismatchError
+
+logger = logging.getLogger(__name__)
+
+#: Catalogue names with no feature of the same name -> the feature that measures them.
+#: The feature vector has no all-time purchase count/spend; 365 days is the longest window.
+DEFAULT_ALIASES: dict[str, str] = {
+    **{column: feature for feature, column in CONSENT_COLUMNS.items()},
+    "order_count": "purch_count_365d",
+    "total_spend": "purch_amount_365d",
+}
+
+
+class StoreFeatureSource:
+    """The online store as the decision core's ``FeatureSource``.
+
+    Parameters
+    ----------
+    store : features.online store (``get_many``, ``spec_version``)
+    catalog : Catalog
+        Its rule features and consent columns are resolved on every vector.
+    aliases : mapping of catalogue name -> feature name
+    """
+
+    def __init__(self, store: Any, catalog: Catalog, aliases: Mapping[str, str] = DEFAULT_ALIASES):
+        self.store = store
+        needed = {r.feature for o in catalog.offers.values() for r in o.eligibility}
+        needed |= {t.consent_column for t in catalog.touchpoints.values() if t.consent_column}
+        self._sources: dict[str, tuple[str, ...]] = {
+            name: tuple(
+                s for s in (aliases.get(name), f"{ATTRIBUTE_PREFIX}{name}") if s is not None
+            )
+            for name in sorted(needed)
+        }
+
+    def get_many(self, customer_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        vectors = self.store.get_many(list(customer_ids))
+        for vector in vectors.values():
+            # The store's cold-start vector has no as-of time: nothing is known yet.
+            vector[COLD_START_KEYS[0]] = vector.get(AS_OF_KEY) is None
+            for name, sources in self._sources.items():
+                if name in vector:
+                    continue
+                for source in sources:
+                    if source in vector:
+                        vector[name] = vector[source]
+                        break
+        return vectors
+
+    def spec_version(self) -> str:
+        """The store's feature-spec version; refuses a store this code cannot read."""
+        version = self.store.spec_version()
+        if version is not None and version != FEATURE_SPEC_VERSION:
+            raise SpecMismatchError(
+                f"the online store holds vectors of feature spec {version}, this code computes "
+                f"spec {FEATURE_SPEC_VERSION}; run `recsys features materialize`"
+            )
+        if version is None:
+            logger.warning(
+                "the online store is empty: every customer gets the cold start; "
+                "run `recsys features materialize`"
+            )
+            return FEATURE_SPEC_VERSION
+        return version
+
+    def close(self) -> None:
+        self.store.close()
+
+
+class EncodedMatrixBuilder:
+    """``features.matrix.decision_matrix`` with offer arrays cached per touchpoint.
+
+    Parameters
+    ----------
+    catalog : Catalog
+    encoding : features.matrix.Encoding
+        The model's encoding (logged with the model in ``feature_spec.json``).
+    """
+
+    def __init__(self, catalog: Catalog, encoding: Encoding):
+        self.encoding = encoding
+        self._touchpoints: dict[str, tuple[OfferArrays, Mapping[str, int], dict[str, Any]]] = {}
+        for tp_id, tp in catalog.touchpoints.items():
+            candidates = catalog.for_touchpoint(tp_id)
+            arrays = (
+                offer_arrays(
+                    [
+                        {
+                            "offer_id": o.offer_id,
+                            "offer_type": o.offer_type,
+                            "category": o.category,
+                            "value": o.value,
+                        }
+                        for o in candidates.offers
+                    ]
+                )
+                if candidates.offers
+                else None
+            )
+            tp_dict = {"touchpoint_id": tp.touchpoint_id, "channel": tp.channel, "stage": tp.stage}
+            self._touchpoints[tp_id] = (arrays, candidates.index, tp_dict)
+
+    def __call__(
+        self,
+        customer_vector: Mapping[str, Any],
+        offers: Sequence[Offer],
+        touchpoint: Touchpoint,
+        context: Mapping[str, Any],
+        now: datetime,
+    ) -> np.ndarray:
+        """Model rows of ``offers`` (a subset of the touchpoint's candidates); (n, n_cols)."""
+        arrays, index, tp_dict = self._touchpoints[touchpoint.touchpoint_id]
+        if len(offers) != len(arrays):
+            idx = getattr(offers, "positions", None)  # an OfferSlice from the engine
+            if idx is None:
+                idx = np.fromiter(
+                    (index[o.offer_id] for o in offers), dtype=np.int64, count=len(offers)
+                )
+            arrays = OfferArrays(
+                arrays.offer_id[idx],
+                arrays.offer_type[idx],
+                arrays.category[idx],
+                arrays.value[idx],
+            )
+        return decision_matrix(
+            customer_vector, arrays, tp_dict, context, now, encoding=self.encoding
+        )

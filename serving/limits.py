@@ -1,0 +1,300 @@
+"""Limits that keep one client from hurting the others.
+
+- request body size: 413, checked on ``Content-Length`` and on the bytes actually received
+  (a chunked or lying client is cut off at the limit, never buffered whole);
+- slow uploads: 408 when the body does not arrive within the request timeout;
+- request timeout: 503 with ``Retry-After`` when the response is not ready in time (the
+  work already started finishes in the background; a decision it logged still counts);
+- rate limit per API key (token bucket, per process): 429 with ``Retry-After``;
+- batch sizes (``max_batch_customers``, ``max_events``: 422) are checked by the routes.
+
+All limits come from :class:`LimitSettings` (``RECSYS_SERVING_*``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serving.security import KeyScope, Principal, send_error
+
+logger = logging.getLogger(__name__)
+
+
+class LimitSettings(BaseSettings):
+    """Body size, timeouts and per-key rates (``RECSYS_SERVING_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="RECSYS_SERVING_", env_file=".env", extra="ignore")
+
+    max_body_bytes: int = Field(default=1_048_576, ge=1_024, description="413 above this")
+    request_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="503 when no response is ready in time"
+    )
+    rate_limit_enabled: bool = True
+    rate_publishable_per_second: float = Field(default=20.0, gt=0)
+    rate_publishable_burst: int = Field(default=40, ge=1)
+    rate_secret_per_second: float = Field(default=2_000.0, gt=0)
+    rate_secret_burst: int = Field(default=4_000, ge=1)
+    rate_admin_per_second: float = Field(default=5.0, gt=0)
+    rate_admin_burst: int = Field(default=20, ge=1)
+    rate_anonymous_per_second: float = Field(
+        default=2_000.0, gt=0, description="per client address when keys are off (development)"
+    )
+    rate_anonymous_burst: int = Field(default=4_000, ge=1)
+
+
+def load_limit_settings(**overrides) -> LimitSettings:
+    return LimitSettings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+# ------------------------------------------------------------------ rate limits
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+class TokenBucketLimiter:
+    """Token buckets per key: ``rate`` tokens per second, at most ``burst`` saved up.
+
+    Parameters
+    ----------
+    settings : LimitSettings
+        Default rate and burst per scope; a key record may set its own.
+    clock : callable returning monotonic seconds
+    max_buckets : int
+        Buckets kept (least recently used dropped); bounds memory for anonymous callers.
+    """
+
+    def __init__(
+        self,
+        settings: LimitSettings,
+        clock: Callable[[], float] = time.monotonic,
+        max_buckets: int = 10_000,
+    ):
+        self.settings = settings
+        self.clock = clock
+        self.max_buckets = max_buckets
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _rate(self, principal: Principal) -> tuple[float, int]:
+        s = self.settings
+        if principal.key_id == "anonymous":
+            default = (s.rate_anonymous_per_second, s.rate_anonymous_burst)
+        else:
+            default = {
+                KeyScope.publishable: (s.rate_publishable_per_second, s.rate_publishable_burst),
+                KeyScope.secret: (s.rate_secret_per_second, s.rate_secret_burst),
+                KeyScope.admin: (s.rate_admin_per_second, s.rate_admin_burst),
+            }[principal.scope]
+        return (principal.rate_per_second or default[0], principal.burst or default[1])
+
+    def acquire(self, principal: Principal, client: str = "") -> float | None:
+        """Take one token; None if allowed, else the seconds until a token is available."""
+        rate, burst = self._rate(principal)
+        name = principal.key_id if principal.key_id != "anonymous" else f"anonymous:{client}"
+        now = self.clock()
+        with self._lock:
+            bucket = self._buckets.get(name)
+            if bucket is None:
+                bucket = _Bucket(float(burst), now)
+                self._buckets[name] = bucket
+                if len(self._buckets) > self.max_buckets:
+                    self._buckets.popitem(last=False)
+            else:
+                self._buckets.move_to_end(name)
+                bucket.tokens = min(float(burst), bucket.tokens + (now - bucket.updated) * rate)
+                bucket.updated = now
+            if bucket.tokens >= 1.0:
+                bucket.tokens -= 1.0
+                return None
+            return (1.0 - bucket.tokens) / rate
+
+    async def __call__(self, principal: Principal, scope: Scope) -> float | None:
+        client = scope.get("client") or ("", 0)
+        return self.acquire(principal, str(client[0]))
+
+
+# ------------------------------------------------------------ body and timeouts
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class LimitsMiddleware:
+    """Reads the body up to ``max_body_bytes`` (413 beyond), then runs the app with a deadline.
+
+    The body is read before the app runs, so the app never sees a partial body and a slow
+    upload cannot hold a worker thread. The app runs as its own task: when the deadline
+    passes before the response has started, the client gets a 503 JSON at once and
+    whatever the task sends later is dropped.
+    """
+
+    def __init__(self, app: ASGIApp, settings: LimitSettings):
+        self.app = app
+        self.max_body = settings.max_body_bytes
+        self.timeout = settings.request_timeout_seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_body:
+            await _too_large(send, self.max_body, declared)
+            return
+        if scope["method"] in ("POST", "PUT", "PATCH") or declared:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    messages = await self._read(receive)
+            except BodyTooLarge:
+                await _too_large(send, self.max_body, None)
+                return
+            except TimeoutError:
+                await send_error(
+                    send,
+                    408,
+                    "body",
+                    f"the whole body within {self.timeout:g} s",
+                    f"the request body did not arrive within {self.timeout:g} s",
+                )
+                return
+            pending = list(messages)
+
+            async def receive_buffered() -> Message:
+                if pending:
+                    return pending.pop(0)
+                return await receive()
+
+            downstream_receive: Receive = receive_buffered
+        else:
+            downstream_receive = receive
+        await self._run(scope, downstream_receive, send, deadline)
+
+    async def _read(self, receive: Receive) -> list[Message]:
+        messages: list[Message] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                messages.append(message)
+                return messages
+            size += len(message.get("body", b""))
+            if size > self.max_body:
+                raise BodyTooLarge
+            messages.append(message)
+            if not message.get("more_body", False):
+                # One message with the whole body: what the app reads in one go.
+                if len(messages) > 1:
+                    body = b"".join(m.get("body", b"") for m in messages)
+                    messages = [{"type": "http.request", "body": body, "more_body": False}]
+                return messages
+
+    async def _run(self, scope: Scope, receive: Receive, send: Send, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        state = {"started": False, "abandoned": False}
+        pending_error: list[asyncio.Task] = []
+
+        async def guarded_send(message: Message) -> None:
+            if state["abandoned"]:
+                return  # the client already got the 503
+            if message["type"] == "http.response.start":
+                state["started"] = True
+            await send(message)
+
+        def on_deadline() -> None:
+            if state["started"]:
+                return  # streaming already began: let it finish
+            state["abandoned"] = True
+            logger.warning(
+                "request timed out after %.3g s: %s %s",
+                self.timeout,
+                scope["method"],
+                scope["path"],
+            )
+            pending_error.append(
+                loop.create_task(
+                    send_error(
+                        send,
+                        503,
+                        "",
+                        f"a response within {self.timeout:g} s",
+                        f"the service did not answer within {self.timeout:g} s; retry later",
+                        [(b"retry-after", b"1")],
+                    )
+                )
+            )
+
+        # A timer, not a task per request: the app runs inline (cheap); when the deadline
+        # passes first, the 503 goes out at once and the app's late response is dropped
+        # (it still finishes, like a background task).
+        timer = loop.call_at(deadline, on_deadline)
+        try:
+            await self.app(scope, receive, guarded_send)
+        except Exception:
+            if not state["abandoned"]:
+                raise
+            logger.warning(
+                "a timed-out request failed later: %s %s", scope["method"], scope["path"]
+            )
+        finally:
+            timer.cancel()
+            if pending_error:
+                await pending_error[0]
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _too_large(send: Send, limit: int, declared: int | None) -> None:
+    got = f"{declared} bytes" if declared is not None else f"more than {limit} bytes"
+    await send_error(
+        send,
+        413,
+        "body",
+        f"at most {limit} bytes",
+        f"request body must be at most {limit} bytes, got {got}",
+    )
+
+
+def install_limits(app: FastAPI, settings: LimitSettings) -> None:
+    """Add the body-size and timeout layer (after ``install_security``, see there)."""
+    app.add_middleware(LimitsMiddleware, settings=settings)
+    app.state.limit_settings = settings
+
+
+def rate_limiter(settings: LimitSettings) -> TokenBucketLimiter | None:
+    """The per-key limiter to pass to ``install_security`` (None when disabled)."""
+    return TokenBucketLimiter(settings) if settings.rate_limit_enabled else None
+
+
+__all__ = [
+    "LimitSettings",
+    "LimitsMiddleware",
+    "TokenBucketLimiter",
+    "install_limits",
+    "load_limit_settings",
+    "rate_limiter",
+]

@@ -1,0 +1,66 @@
+"""``recsys features ...`` end to end on a small warehouse file."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from recsys.cli import app
+from tests.features.conftest import T0, Warehouse, build_story
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    db = tmp_path / "warehouse.duckdb"
+    w = build_story(Warehouse(str(db)))
+    w.con.close()
+    monkeypatch.setenv("RECSYS_ONLINE_SQLITE_PATH", str(tmp_path / "online.sqlite"))
+    monkeypatch.setenv("RECSYS_ONLINE_STORE", "sqlite")
+    return tmp_path, db
+
+
+def test_build_materialize_get(env):
+    tmp_path, db = env
+    out = tmp_path / "cf.parquet"
+    result = runner.invoke(
+        app, ["features", "build", "--db", str(db), "--as-of", T0.isoformat(), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "3 customers" in result.output
+    assert list(pd.read_parquet(out).customer_id) == ["c1", "c2", "c3"]
+
+    result = runner.invoke(
+        app, ["features", "materialize", "--db", str(db), "--as-of", T0.isoformat()]
+    )
+    assert result.exit_code == 0, result.output
+    assert "3 vectors written" in result.output
+
+    vector = json.loads(runner.invoke(app, ["features", "get", "c1"]).output)
+    assert vector["purch_amount_30d"] == 50.0 and vector["__as_of"] == T0.isoformat()
+    unknown = json.loads(runner.invoke(app, ["features", "get", "nobody"]).output)
+    assert unknown["__as_of"] is None and unknown["journey_stage"] == "awareness"
+
+
+def test_describe_lists_every_feature_with_its_source(env):
+    _, db = env
+    result = runner.invoke(app, ["features", "describe", "--json", "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    described = {f["name"]: f for f in json.loads(result.output)["features"]}
+    assert described["purch_count_30d"]["source"] == "transactions"
+    assert described["x_offer_response_rate"]["group"] == "cross"
+    assert described["attr_region"]["source"] == "customers"
+
+
+def test_bad_as_of_and_missing_warehouse_are_refused(env, tmp_path):
+    _, db = env
+    result = runner.invoke(app, ["features", "build", "--db", str(db), "--as-of", "yesterday"])
+    assert result.exit_code != 0
+    assert "`--as-of` must be an ISO 8601 timestamp, got 'yesterday'" in result.output
+    result = runner.invoke(app, ["features", "build", "--db", str(tmp_path / "none.duckdb")])
+    assert result.exit_code != 0
+    assert "must be an existing warehouse file" in result.output

@@ -1,0 +1,138 @@
+"""Training sets: labels in the attribution window, point-in-time joins, context, anonymous."""
+
+from __future__ import annotations
+
+from datetime import timedelta as td
+
+import pandas as pd
+import pytest
+
+from features.pipeline import customer_features
+from features.training_set import (
+    ID_COLUMNS,
+    build_training_set,
+    cold_start_vector,
+    write_training_set,
+)
+from recsys.errors import ConfigError
+from tests.features.conftest import T0
+
+
+def _by_key(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.set_index(["decision_id", "offer_id"])
+
+
+def test_one_row_per_decision_row_with_ids_first(training_frame):
+    frame = training_frame
+    assert len(frame) == 5
+    assert list(frame.columns[:10]) == [*ID_COLUMNS, "label", "revenue"]
+    assert list(zip(frame.decision_id, frame.offer_id, strict=True)) == [
+        ("d1", "o1"),
+        ("d2", "o1"),
+        ("d2", "o2"),
+        ("d3", "o1"),
+        ("d4", "o2"),
+    ]
+
+
+def test_labels_and_revenue_follow_the_attribution_window(logged, training_frame):
+    rows = _by_key(training_frame)
+    assert rows.loc[("d1", "o1"), "label"] == 1 and rows.loc[("d1", "o1"), "revenue"] == 10.0
+    assert rows.loc[("d2", "o2"), "label"] == 1 and rows.loc[("d2", "o2"), "revenue"] == 20.0
+    assert rows.loc[("d2", "o1"), "label"] == 1  # 7 days after is still inside
+    assert rows.loc[("d3", "o1"), "label"] == 0 and rows.loc[("d3", "o1"), "revenue"] == 0.0
+    assert rows.loc[("d4", "o2"), "label"] == 0
+    short = _by_key(build_training_set(logged.con, attribution_days=1.5))
+    assert short.loc[("d2", "o2"), "label"] == 0  # the convert came after 2 days
+    clicks = _by_key(build_training_set(logged.con, positive_outcomes=("click",)))
+    assert clicks.loc[("d2", "o2"), "label"] == 1 and clicks.loc[("d1", "o1"), "label"] == 0
+
+
+def test_customer_features_are_those_as_of_each_decision(logged, training_frame):
+    customer_cols = [c for c in customer_features(logged.con, T0).columns if c != "customer_id"]
+    for (decision_id, offer_id), row in _by_key(training_frame).iterrows():
+        if pd.isna(row["customer_id"]):
+            continue
+        expected = customer_features(logged.con, row["ts"], customer_ids=[row["customer_id"]])
+        got = row[customer_cols].to_dict()
+        want = expected.iloc[0][customer_cols].to_dict()
+        assert got == pytest.approx(want, nan_ok=True) or got == want, (decision_id, offer_id)
+
+
+def test_decision_history_counts_only_earlier_decisions(training_frame):
+    rows = _by_key(training_frame)
+    # d2 at T0: c1 saw o1 once before (d1); the d2 slate itself is not history.
+    assert rows.loc[("d2", "o1"), "hist_impressions_30d"] == 1.0
+    assert rows.loc[("d2", "o1"), "x_offer_impressions_30d"] == 1.0
+    assert rows.loc[("d2", "o1"), "x_offer_days_since_shown"] == 10.0
+    assert rows.loc[("d2", "o1"), "x_offer_response_rate"] == pytest.approx(1.5 / 6)
+    assert rows.loc[("d2", "o2"), "x_offer_impressions_30d"] == 0.0
+    assert rows.loc[("d2", "o2"), "x_category_spend_share_365d"] == pytest.approx(30 / 80)
+    assert rows.loc[("d2", "o1"), "x_category_spend_share_365d"] == pytest.approx(50 / 80)
+    assert rows.loc[("d2", "o1"), "x_touchpoint_interactions_90d"] == 1.0
+    # d1's own accept (9 days before T0) is history for d2, but not for d1.
+    assert rows.loc[("d1", "o1"), "hist_accepts_365d"] == 0.0
+    assert rows.loc[("d2", "o1"), "hist_accepts_365d"] == 1.0
+
+
+def test_anonymous_decisions_get_the_cold_start_vector(training_frame):
+    row = _by_key(training_frame).loc[("d3", "o1")]
+    for name, value in cold_start_vector().items():
+        if value is None:
+            assert pd.isna(row[name]), name
+        else:
+            assert row[name] == pytest.approx(value), name
+
+
+def test_context_keys_become_typed_ctx_columns(training_frame):
+    rows = _by_key(training_frame)
+    assert rows["ctx_basket"].dtype == "float64"
+    assert rows.loc[("d3", "o1"), "ctx_basket"] == 1.5
+    assert rows.loc[("d2", "o2"), "ctx_member"] == 1.0  # JSON true
+    assert pd.isna(rows.loc[("d2", "o1"), "ctx_member"])
+    assert rows.loc[("d2", "o1"), "ctx_device"] == "mobile"
+    # seg has a number and a string: categorical, numbers as their JSON text
+    assert rows.loc[("d3", "o1"), "ctx_seg"] == "7"
+    assert rows.loc[("d4", "o2"), "ctx_seg"] == "gold"
+
+
+def test_offer_touchpoint_and_request_attributes(training_frame):
+    row = _by_key(training_frame).loc[("d4", "o2")]
+    assert (row["offer_type"], row["offer_category"], row["offer_value"]) == ("upsell", "bags", 3.0)
+    assert (row["tp_channel"], row["tp_stage"]) == ("call_center", "service")
+    assert (row["req_hour"], row["req_dow"]) == (0.0, float((T0 + td(days=3)).weekday()))
+
+
+def test_time_range_filters_decisions(logged):
+    frame = build_training_set(logged.con, start=T0, end=T0 + td(days=1))
+    assert sorted(set(frame.decision_id)) == ["d2", "d3"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"attribution_days": 0}, "`attribution_days` must be > 0, got 0"),
+        ({"positive_outcomes": ("buy",)}, r"`positive_outcomes` must be a non-empty subset"),
+        ({"positive_outcomes": ()}, r"`positive_outcomes` must be a non-empty subset"),
+        ({"start": T0, "end": T0}, "`start` must be before `end`"),
+    ],
+)
+def test_bad_arguments_are_refused(logged, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        build_training_set(logged.con, **kwargs)
+
+
+def test_empty_warehouse_gives_an_empty_frame(wh):
+    frame = build_training_set(wh.con)
+    assert len(frame) == 0 and "label" in frame.columns
+
+
+def test_written_training_set_equals_the_frame(logged, training_frame, tmp_path):
+    path = tmp_path / "ts.parquet"
+    assert write_training_set(logged.con, path) == len(training_frame)
+    written = pd.read_parquet(path)
+    pd.testing.assert_frame_equal(written, training_frame, check_dtype=False)
+    ranged = tmp_path / "ranged.parquet"
+    assert write_training_set(logged.con, ranged, start=T0, end=T0 + td(days=1)) == 3
+    assert "ctx_seg" in pd.read_parquet(ranged).columns  # keys of the range only
+    assert "ctx_member" in pd.read_parquet(ranged).columns

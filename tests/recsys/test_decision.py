@@ -1,0 +1,166 @@
+"""The one decision path: scores, slate, exploration, fallback, cold start, trace, logging."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recsys.decision import DecisionEngine, DecisionRequest, ModelInfo
+from recsys.eligibility import Check
+from recsys.errors import NotFoundError, SpecMismatchError
+from recsys.eventlog import SQLiteEventLog
+from tests.serving.factories import (
+    OFFERS,
+    DictFeatureSource,
+    build_matrix,
+    make_catalog,
+    make_engine,
+    tiny_scorer,
+)
+
+
+@pytest.fixture
+def log(tmp_path):
+    log = SQLiteEventLog(tmp_path / "events.sqlite")
+    yield log
+    log.close()
+
+
+def ids(decision):
+    return [o.offer_id for o in decision.offers]
+
+
+def test_offers_are_ranked_by_priority_from_real_model_scores(log):
+    engine = make_engine(log)
+    decision = engine.decide(DecisionRequest("c3", "web_home", limit=4), trace=True)
+    priorities = [o.priority for o in decision.offers]
+    assert priorities == sorted(priorities, reverse=True)
+    for offer in decision.offers:
+        part = next(s for s in decision.trace.scores if s.offer_id == offer.offer_id)
+        assert offer.priority == pytest.approx(part.p_accept * part.value * part.weight)
+        assert 0.0 < offer.score < 1.0
+    # the trace scores every eligible offer, and the slate is its top
+    assert decision.trace.eligible == len(decision.trace.scores)
+    assert ids(decision) == [s.offer_id for s in decision.trace.scores[:4]]
+
+
+def test_exploration_off_gives_the_same_slate_every_time(tmp_path):
+    slates = []
+    for i in range(3):
+        log = SQLiteEventLog(tmp_path / f"e{i}.sqlite")
+        engine = make_engine(log, epsilon=0.0)
+        d = engine.decide(DecisionRequest("c1", "web_home", limit=3))
+        slates.append((ids(d), [o.propensity for o in d.offers], [o.explored for o in d.offers]))
+    assert slates[0] == slates[1] == slates[2]
+    assert slates[0][1] == [1.0, 1.0, 1.0] and not any(slates[0][2])
+
+
+def test_served_propensities_match_the_policy_over_eligible_offers(log):
+    engine = make_engine(log, epsilon=0.2)
+    served = {}
+    for customer in ("c1", "c2", "c3", "someone-new"):
+        d = engine.decide(DecisionRequest(customer, "web_home", limit=2), trace=True)
+        m = d.trace.eligible
+        for k, (offer, pos) in enumerate(zip(d.offers, d.trace.slate, strict=True)):
+            remaining = m - k
+            greedy = (1 - 0.2) if pos.offer_id == pos.greedy_offer_id else 0.0
+            assert offer.propensity == pytest.approx(greedy + 0.2 / remaining)
+            assert offer.explored == (pos.offer_id != pos.greedy_offer_id)
+            served[(d.decision_id, offer.offer_id)] = offer.propensity
+    logged = {(r["decision_id"], r["offer_id"]): r["propensity"] for r in log.decision_rows()}
+    assert logged == served
+
+
+def test_exploration_is_seeded_per_customer_touchpoint_and_time(tmp_path):
+    def explored_slates(seed):
+        log = SQLiteEventLog(tmp_path / f"s{seed}.sqlite")
+        engine = make_engine(log, epsilon=0.9, seed=seed)
+        return [
+            ids(engine.decide(DecisionRequest(c, "web_home", limit=2)))
+            for c in ("c1", "c2", "c3", "c4", "c5", "c6")
+        ]
+
+    assert explored_slates(1) == explored_slates(1)
+    assert explored_slates(1) != explored_slates(2)
+
+
+def test_trace_explains_a_removed_offer(log):
+    engine = make_engine(log)
+    d = engine.decide(DecisionRequest("c2", "web_home", limit=5), trace=True)
+    assert "o_gold" not in ids(d)
+    (why,) = d.trace.why_not("o_gold")
+    assert why.check is Check.RULE and "loyalty_tier" in why.detail
+    assert [r.check for r in d.trace.why_not("o_expired")] == [Check.DATE_WINDOW]
+    assert d.trace.why_not(ids(d)[0]) == []
+
+
+def test_unknown_customer_gets_cold_start_offers(log):
+    engine = make_engine(log)
+    d = engine.decide(DecisionRequest("never-seen", "web_home"))
+    assert d.cold_start and not d.fallback
+    assert len(d.offers) == 2  # web_home has 2 slots
+    assert any("cold start" in reason for reason in d.offers[0].reasons)
+
+
+def test_nothing_eligible_serves_the_fallback_offer(log):
+    engine = make_engine(log)
+    everything = [o["offer_id"] for o in OFFERS if not o.get("fallback")]
+    d = engine.decide(DecisionRequest("c1", "web_home", exclude_offers=tuple(everything)))
+    assert d.fallback
+    assert ids(d) == ["o_newsletter"]
+    assert d.offers[0].propensity == 1.0 and d.offers[0].score is None
+
+
+def test_no_consent_shows_nothing_not_even_the_fallback(log):
+    engine = make_engine(log)
+    d = engine.decide(DecisionRequest("c2", "email_weekly"), trace=True)
+    assert d.offers == () and not d.fallback
+    assert "no consent" in d.trace.notes[0]
+
+
+def test_every_decision_is_logged_with_its_slate(log):
+    engine = make_engine(log, epsilon=0.1)
+    d = engine.decide(DecisionRequest("c1", "web_home", limit=2, context={"device": "mobile"}))
+    rows = [r for r in log.decision_rows() if r["decision_id"] == d.decision_id]
+    assert [(r["offer_id"], r["position"]) for r in rows] == [
+        (o.offer_id, o.rank) for o in d.offers
+    ]
+    assert rows[0]["customer_id"] == "c1" and rows[0]["touchpoint_id"] == "web_home"
+    assert rows[0]["context"] == '{"device": "mobile"}'
+    assert rows[0]["policy"] == "epsilon_greedy(epsilon=0.1)"
+
+
+def test_batch_and_single_give_the_same_offers_for_the_same_customer_and_time(tmp_path):
+    customers = ["c1", "c2", "c3", "new-1"]
+    single_engine = make_engine(SQLiteEventLog(tmp_path / "a.sqlite"), epsilon=0.3)
+    batch_engine = make_engine(SQLiteEventLog(tmp_path / "b.sqlite"), epsilon=0.3)
+    singles = [single_engine.decide(DecisionRequest(c, "web_home", limit=3)) for c in customers]
+    batch = batch_engine.decide_many([DecisionRequest(c, "web_home", limit=3) for c in customers])
+    assert [ids(d) for d in singles] == [ids(d) for d in batch]
+    assert [[o.propensity for o in d.offers] for d in singles] == [
+        [o.propensity for o in d.offers] for d in batch
+    ]
+    np.testing.assert_allclose(
+        [o.score for d in singles for o in d.offers], [o.score for d in batch for o in d.offers]
+    )
+
+
+def test_model_of_another_feature_spec_is_refused(log):
+    with pytest.raises(SpecMismatchError, match="trained on feature spec 'old-spec'"):
+        DecisionEngine(
+            make_catalog(),
+            DictFeatureSource(),
+            build_matrix,
+            tiny_scorer(),
+            ModelInfo("offer-ranker", "1", "old-spec"),
+            log,
+            log,
+        )
+
+
+def test_bad_requests_are_refused_naming_the_field(log):
+    engine = make_engine(log)
+    with pytest.raises(NotFoundError, match=r"`touchpoint` must be one of .* got 'nowhere'"):
+        engine.decide(DecisionRequest("c1", "nowhere"))
+    with pytest.raises(ValueError, match=r"`limit` must be in 1..50, got 0"):
+        engine.decide(DecisionRequest("c1", "web_home", limit=0))

@@ -1,0 +1,176 @@
+"""The event log: durable, idempotent events; contact history; export to the contract."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import timedelta
+
+import pandas as pd
+import pytest
+
+from recsys.decision import DecisionRequest
+from recsys.errors import ConfigError
+from recsys.eventlog import Event, EventType, SQLiteEventLog, export_contract, open_event_log
+from tests.serving.factories import NOW, make_engine
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A log with two decisions served; returns (path, log, decisions)."""
+    path = tmp_path / "events.sqlite"
+    log = SQLiteEventLog(path)
+    engine = make_engine(log)
+    decisions = [
+        engine.decide(DecisionRequest("c1", "web_home", limit=2)),
+        engine.decide(DecisionRequest("unknown-7", "app_home")),
+    ]
+    yield path, log, decisions
+    log.close()
+
+
+def event(event_id, decision, kind=EventType.CLICK, offer=None, minutes=1, revenue=None):
+    return Event(
+        event_id,
+        decision.decision_id,
+        offer or decision.offers[0].offer_id,
+        kind,
+        NOW + timedelta(minutes=minutes),
+        revenue,
+    )
+
+
+def test_same_event_id_is_stored_once(served):
+    _, log, (d1, _) = served
+    first = log.record_events([event("e1", d1), event("e2", d1, EventType.ACCEPT)])
+    again = log.record_events([event("e1", d1), event("e3", d1, EventType.CONVERT, revenue=9.5)])
+    assert (first.new, first.duplicates) == (("e1", "e2"), ())
+    assert (again.new, again.duplicates) == (("e3",), ("e1",))
+    assert log.counts()["events"] == 3
+
+
+def test_events_survive_a_new_connection_on_the_same_file(served):
+    path, log, (d1, _) = served
+    log.record_events([event("e1", d1)])
+    log.close()
+    reopened = SQLiteEventLog(path)
+    assert reopened.event_ids() == {"e1"}
+    # and a raw reader (another process) sees the committed row
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT count(*) FROM events").fetchone()[0] == 1
+    con.close()
+    reopened.close()
+
+
+def test_unknown_decision_is_rejected_per_event_and_the_rest_stored(served):
+    _, log, (d1, _) = served
+    bad = Event("e2", "no-such-decision", "o_tv", EventType.CLICK, NOW)
+    wrong_offer = event("e3", d1, offer="o_not_served")
+    early = event("e4", d1, minutes=-60)
+    result = log.record_events([event("e1", d1), bad, wrong_offer, early])
+    assert result.new == ("e1",)
+    assert [(r.index, r.field) for r in result.rejected] == [
+        (1, "decision_id"),
+        (2, "offer_id"),
+        (3, "ts"),
+    ]
+    assert result.rejected[0].received == "no-such-decision"
+    assert log.event_ids() == {"e1"}
+
+
+def test_contact_history_counts_every_channel_and_acceptances(served):
+    _, log, (d1, _) = served
+    log.record_events([event("e1", d1, EventType.ACCEPT)])
+    history = log.contact_history(["c1", "nobody"], NOW - timedelta(days=7))
+    assert set(history) == {"c1"}
+    assert set(history["c1"].contacts) == {o.offer_id for o in d1.offers}
+    assert history["c1"].accepted == {d1.offers[0].offer_id}
+    assert log.contact_history(["c1"], NOW + timedelta(seconds=1))["c1"].contacts == {}
+
+
+def test_export_writes_contract_files_that_the_loader_reads(served, tmp_path):
+    _, log, (d1, d2) = served
+    log.record_events(
+        [event("e1", d1, EventType.ACCEPT, revenue=12.0), event("e2", d1, EventType.IMPRESSION)]
+    )
+    summary = export_contract(log, tmp_path / "out", known_customers={"c1"})
+    decisions = pd.read_parquet(summary.decisions_path)
+    outcomes = pd.read_parquet(summary.outcomes_path)
+    assert len(decisions) == len(d1.offers) + len(d2.offers)
+    assert list(decisions.columns) == [
+        "decision_id",
+        "ts",
+        "touchpoint_id",
+        "offer_id",
+        "customer_id",
+        "position",
+        "propensity",
+        "policy",
+        "context",
+    ]
+    # the unknown customer's decision is exported as anonymous (the warehouse lacks it)
+    assert decisions.loc[decisions.decision_id == d2.decision_id, "customer_id"].isna().all()
+    assert summary.anonymised_customers == 1
+    # impressions are the decisions themselves; outcomes hold the rest
+    assert outcomes[["outcome", "revenue"]].values.tolist() == [["accept", 12.0]]
+
+
+def test_wal_mode_and_url_registry(tmp_path):
+    log = open_event_log(f"sqlite:///{tmp_path}/x.sqlite")
+    assert isinstance(log, SQLiteEventLog)
+    con = sqlite3.connect(tmp_path / "x.sqlite")
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    con.close()
+    log.close()
+    with pytest.raises(ConfigError, match="scheme must be one of sqlite, got 'mysql://x'"):
+        open_event_log("mysql://x")
+
+
+def test_exported_log_loads_into_the_warehouse_idempotently(served, tmp_path):
+    """Closed loop, data half: what was served and its outcomes reach the warehouse."""
+    import yaml
+
+    from recsys import warehouse
+    from recsys.loading import load_directory
+    from tests.serving.factories import OFFERS, TOUCHPOINTS
+
+    _, log, (d1, _) = served
+    log.record_events([event("e1", d1, EventType.ACCEPT)])
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "offers.yaml").write_text(yaml.safe_dump(OFFERS))
+    (base / "touchpoints.yaml").write_text(yaml.safe_dump(TOUCHPOINTS))
+    (base / "customers.csv").write_text("customer_id,email_opt_in\nc1,true\nc2,false\nc3,true\n")
+    con = warehouse.connect(":memory:")
+    load_directory(base, con)
+    known = {r[0] for r in con.execute("SELECT customer_id FROM customers").fetchall()}
+    export_contract(log, tmp_path / "loop", known_customers=known)
+    load_directory(tmp_path / "loop", con)
+    load_directory(tmp_path / "loop", con)  # loading again adds nothing
+    n_decisions = con.execute("SELECT count(*) FROM decisions").fetchone()[0]
+    outcomes = con.execute("SELECT decision_id, outcome FROM outcomes").fetchall()
+    assert n_decisions == log.counts()["decision_rows"]
+    assert outcomes == [(d1.decision_id, "accept")]
+
+
+def test_concurrent_writers_on_one_file_store_each_event_once(served):
+    """Two connections (as two service workers) racing on the same event ids."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    path, log, (d1, _) = served
+    other = SQLiteEventLog(path)
+    ids = [f"e{i}" for i in range(200)]
+
+    def post(target, chunk):
+        return target.record_events([event(i, d1) for i in chunk])
+
+    jobs = [
+        (log if k % 2 else other, ids[start : start + 50])
+        for k, start in enumerate([0, 25, 50, 75, 100, 125, 150, 0, 100, 150])
+    ]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda job: post(*job), jobs))
+    other.close()
+    new = [e for r in results for e in r.new]
+    assert sorted(new) == sorted(set(ids))  # every id acknowledged as new exactly once
+    assert log.event_ids() == set(ids)
+    assert sum(len(r.new) + len(r.duplicates) for r in results) == sum(len(c) for _, c in jobs)

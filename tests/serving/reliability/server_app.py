@@ -1,0 +1,75 @@
+"""A hardened service for the process-level tests (uvicorn ``--factory``), configured by env.
+
+``RECSYS_EVENT_LOG_URL`` (sqlite:/// or postgresql://), ``RECSYS_TEST_MODEL_DIR`` (a model
+folder), keys and token secret as in production (``RECSYS_SERVING_API_KEYS`` ...). Logs are
+JSON lines on stderr. The catalogue and features are the factories' small real ones.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from recsys.eventlog import BACKENDS, open_event_log
+from recsys.settings import Settings
+from serving.components import Components
+from serving.config import ServingSettings
+from serving.lifecycle import GuardedFeatures, LifecycleSettings, LocalDirSource, build_model_holder
+from serving.limits import LimitSettings
+from serving.main import create_app
+from serving.observability import (
+    MeteredEventLog,
+    ObservabilitySettings,
+    ServiceMetrics,
+    configure_logging,
+)
+from serving.security import SecuritySettings
+from tests.serving.factories import DictFeatureSource, make_catalog
+from tests.serving.reliability.wiring import engine_factory, harden
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def open_log(url: str):
+    if url.startswith("postgresql") and "postgresql" not in BACKENDS:
+        from recsys.eventlog_postgres import PostgresEventLog
+
+        return PostgresEventLog.from_url(url)
+    return open_event_log(url)
+
+
+def create() -> FastAPI:
+    observability = ObservabilitySettings(log_format="json")
+    configure_logging(observability, "production")
+    core = Settings(environment="production")
+    metrics = ServiceMetrics()
+    log = MeteredEventLog(open_log(os.environ["RECSYS_EVENT_LOG_URL"]), metrics)
+    catalog = make_catalog()
+    features = GuardedFeatures(DictFeatureSource())
+    lifecycle = LifecycleSettings(
+        model_cache_dir=Path(os.environ["RECSYS_TEST_MODEL_DIR"]).parent / "cache",
+        model_poll_seconds=0,
+    )
+    holder = build_model_holder(
+        catalog,
+        features,
+        log,
+        engine_factory(catalog, features, log, clock=_now),
+        LocalDirSource(Path(os.environ["RECSYS_TEST_MODEL_DIR"])),
+        lifecycle,
+        epsilon=0.0,
+        seed=7,
+        max_limit=50,
+        observer=metrics,
+        clock=_now,
+    )
+    holder.start()
+    components = Components(engine=holder.engine, event_log=log, serving=ServingSettings())
+    app = create_app(components=components)
+    harden(app, core, SecuritySettings(), LimitSettings(), observability, metrics, holder)
+    return app

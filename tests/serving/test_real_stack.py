@@ -1,0 +1,206 @@
+"""The service on the real stack: warehouse catalogue, SQLite online store, a LightGBM on
+the features' decision matrix, the SQLite event log; and `recsys score` on the same path."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from recsys.errors import SpecMismatchError
+from serving.components import build_components
+from serving.config import ServingSettings
+from serving.main import create_app
+
+
+@pytest.fixture
+def real_client(demo_env, tmp_path):
+    settings = demo_env["settings"].model_copy(
+        update={"event_log_url": f"sqlite:///{tmp_path / 'events.sqlite'}"}
+    )
+    serving = ServingSettings(model_dir=demo_env["model_dir"], epsilon=0.05)
+    with TestClient(create_app(settings, serving), raise_server_exceptions=False) as client:
+        yield client
+
+
+def test_decisions_on_the_real_stack(real_client, demo_env):
+    customer = sorted(demo_env["customers"])[0]
+    response = real_client.post(
+        "/v1/decisions?trace=true",
+        json={
+            "customer_id": customer,
+            "touchpoint": "web_home",
+            "limit": 3,
+            "context": {"device": "mobile"},
+        },
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["cold_start"] is False and len(body["offers"]) == 3
+    assert all(0 < o["score"] < 1 for o in body["offers"])
+    assert body["trace"]["eligible"] == len(body["trace"]["scores"])
+    unknown = real_client.post(
+        "/v1/decisions", json={"customer_id": "nobody-knows-me", "touchpoint": "web_home"}
+    )
+    assert unknown.status_code == 200 and unknown.json()["cold_start"] is True
+    assert unknown.json()["offers"]
+
+
+def test_email_consent_on_the_real_stack(real_client, demo_env):
+    opted_out = [c for c, ok in demo_env["customers"].items() if ok is False][:5]
+    opted_in = [c for c, ok in demo_env["customers"].items() if ok is True][:5]
+    response = real_client.post(
+        "/v1/decisions/batch",
+        json={"touchpoint": "email_newsletter", "customer_ids": opted_out + opted_in},
+    )
+    assert response.status_code == 200, response.text
+    by_customer = {d["customer_id"]: d["offers"] for d in response.json()["decisions"]}
+    assert all(by_customer[c] == [] for c in opted_out)
+    assert any(by_customer[c] for c in opted_in)
+
+
+def test_a_model_of_another_feature_spec_is_refused_with_a_clear_log(demo_env, tmp_path, caplog):
+    bad = tmp_path / "model"
+    bad.mkdir()
+    spec = json.loads((demo_env["model_dir"] / "feature_spec.json").read_text())
+    spec["feature_spec_version"] = "an-old-spec"
+    (bad / "feature_spec.json").write_text(json.dumps(spec))
+    (bad / "model.txt").write_bytes((demo_env["model_dir"] / "model.txt").read_bytes())
+    settings = demo_env["settings"].model_copy(
+        update={"event_log_url": f"sqlite:///{tmp_path / 'e.sqlite'}"}
+    )
+    with caplog.at_level(logging.ERROR), pytest.raises(SpecMismatchError, match="an-old-spec"):
+        build_components(settings, ServingSettings(model_dir=bad))
+    assert any("refusing model" in r.message for r in caplog.records)
+
+
+def test_score_command_writes_top_k_per_eligible_customer(demo_env, tmp_path, monkeypatch):
+    from recsys.cli import app
+
+    settings = demo_env["settings"]
+    monkeypatch.setenv("RECSYS_WAREHOUSE_PATH", str(settings.warehouse_path))
+    monkeypatch.setenv("RECSYS_ONLINE_SQLITE_PATH", str(settings.online_sqlite_path))
+    monkeypatch.setenv("RECSYS_EVENT_LOG_URL", f"sqlite:///{tmp_path / 'events.sqlite'}")
+    monkeypatch.setenv("RECSYS_SERVING_MODEL_DIR", str(demo_env["model_dir"]))
+    out = tmp_path / "email.parquet"
+    ambiguous = CliRunner().invoke(app, ["score", "--touchpoint", "email", "--out", str(out)])
+    assert ambiguous.exit_code == 2 and "email_newsletter" in ambiguous.output
+    result = CliRunner().invoke(
+        app, ["score", "--touchpoint", "email_newsletter", "--out", str(out), "--limit", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    rows = pd.read_parquet(out)
+    consented = {c for c, ok in demo_env["customers"].items() if ok}
+    assert set(rows.customer_id) <= consented  # no email offers without consent
+    assert rows.groupby("customer_id").size().max() <= 2
+    assert (rows.touchpoint_id == "email_newsletter").all()
+    # the same decisions were logged like HTTP decisions
+    from recsys.eventlog import SQLiteEventLog
+
+    log = SQLiteEventLog(tmp_path / "events.sqlite")
+    assert log.counts()["decision_rows"] == len(rows)
+    log.close()
+    # and the CLI exports them as contract files for `recsys data load`
+    exported = CliRunner().invoke(app, ["export-events", str(tmp_path / "feedback")])
+    assert exported.exit_code == 0, exported.output
+    decisions = pd.read_parquet(tmp_path / "feedback" / "decisions.parquet")
+    both = decisions.merge(rows, on=["decision_id", "offer_id"], suffixes=("", "_scored"))
+    assert len(both) == len(rows) == len(decisions)
+    assert (both.propensity == both.propensity_scored).all()
+    assert (both.position == both["rank"]).all()
+
+
+def test_an_online_store_of_another_feature_spec_is_refused(demo_env, tmp_path, caplog):
+    from features.online import SQLiteOnlineStore
+
+    store = SQLiteOnlineStore(tmp_path / "online.sqlite")
+    store.write([("C0000001", {"tenure_days": 3.0})], "yesterdays-spec", replace=True)
+    store.close()
+    settings = demo_env["settings"].model_copy(
+        update={
+            "online_sqlite_path": tmp_path / "online.sqlite",
+            "event_log_url": f"sqlite:///{tmp_path / 'e.sqlite'}",
+        }
+    )
+    with caplog.at_level(logging.ERROR), pytest.raises(SpecMismatchError, match="yesterdays-spec"):
+        build_components(settings, ServingSettings(model_dir=demo_env["model_dir"]))
+    assert any("recsys features materialize" in r.getMessage() for r in caplog.records)
+
+
+def test_no_champion_in_the_registry_stops_the_start_with_a_clear_line(demo_env, tmp_path, caplog):
+    from recsys.errors import NotFoundError
+
+    settings = demo_env["settings"].model_copy(
+        update={
+            "mlflow_tracking_uri": f"sqlite:///{tmp_path / 'empty-mlflow.db'}",
+            "event_log_url": f"sqlite:///{tmp_path / 'e.sqlite'}",
+        }
+    )
+    app = create_app(settings, ServingSettings())
+    with (
+        caplog.at_level(logging.ERROR),
+        pytest.raises(NotFoundError, match="champion"),
+        TestClient(app),
+    ):
+        pass
+    assert any("cannot start" in r.getMessage() for r in caplog.records)
+
+
+def test_served_scores_equal_the_feature_pipelines_matrix_scored_directly(demo_env, tmp_path):
+    """No skew: the adapter's sliced, cached offer arrays give the features' own matrix."""
+    import lightgbm as lgb
+    import numpy as np
+
+    from features.matrix import Encoding, decision_matrix
+    from recsys.decision import DecisionRequest
+
+    settings = demo_env["settings"].model_copy(
+        update={"event_log_url": f"sqlite:///{tmp_path / 'e.sqlite'}"}
+    )
+    components = build_components(
+        settings, ServingSettings(model_dir=demo_env["model_dir"], epsilon=0.0)
+    )
+    try:
+        spec = json.loads((demo_env["model_dir"] / "feature_spec.json").read_text())
+        encoding = Encoding.from_dict(spec["encoding"])
+        booster = lgb.Booster(model_file=str(demo_env["model_dir"] / "model.txt"))
+        checked = 0
+        for customer in sorted(demo_env["customers"])[:6]:
+            d = components.engine.decide(
+                DecisionRequest(customer, "web_product", context={"device": "app"}), trace=True
+            )
+            if not d.trace.scores:
+                continue
+            offers = [components.catalog.offer(s.offer_id) for s in d.trace.scores]
+            vector = components.features.get_many([customer])[customer]
+            x = decision_matrix(
+                vector,
+                [
+                    {
+                        "offer_id": o.offer_id,
+                        "offer_type": o.offer_type,
+                        "category": o.category,
+                        "value": o.value,
+                    }
+                    for o in offers
+                ],
+                {
+                    "touchpoint_id": "web_product",
+                    "channel": "web",
+                    "stage": components.catalog.touchpoint("web_product").stage,
+                },
+                {"device": "app"},
+                d.ts,
+                encoding=encoding,
+            )
+            np.testing.assert_allclose(
+                booster.predict(x), [s.p_accept for s in d.trace.scores], rtol=1e-6
+            )
+            checked += 1
+        assert checked >= 3
+    finally:
+        components.close()

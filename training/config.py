@@ -1,0 +1,198 @@
+"""Training configuration: typed, validated, loaded from YAML over the packaged defaults.
+
+Every key is declared; an unknown key or a bad value raises :class:`recsys.errors.ConfigError`
+naming the key (``model.objective``), what is accepted and what came.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from recsys.contract import OUTCOMES
+from recsys.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    start: datetime | None = None
+    end: datetime | None = None
+    attribution_days: int = Field(7, ge=0)
+    positive_outcomes: tuple[str, ...] = ("accept", "convert")
+    truth_dir: Path | None = None
+    min_examples: int = Field(200, ge=1)
+    min_positives: int = Field(10, ge=1)
+    engine: Literal["duckdb", "spark"] = "duckdb"
+
+    @field_validator("positive_outcomes")
+    @classmethod
+    def _known_outcomes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value or any(o not in OUTCOMES for o in value):
+            raise ValueError(f"must be a non-empty subset of {list(OUTCOMES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.start and self.end and self.start >= self.end:
+            raise ValueError(f"start must be before end, got {self.start} >= {self.end}")
+        return self
+
+
+class SplitConfig(_Strict):
+    valid_fraction: float = Field(0.15, gt=0, lt=1)
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> SplitConfig:
+        if self.valid_fraction + self.test_fraction >= 0.9:
+            raise ValueError(
+                "valid_fraction + test_fraction must leave at least 10% for training, got "
+                f"{self.valid_fraction} + {self.test_fraction}"
+            )
+        return self
+
+
+class ModelConfig(_Strict):
+    kind: Literal["lightgbm"] = "lightgbm"
+    objective: Literal["binary", "lambdarank"] = "binary"
+    num_boost_round: int = Field(500, ge=1)
+    early_stopping_rounds: int = Field(30, ge=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class EvaluationConfig(_Strict):
+    k: tuple[int, ...] = (1, 3, 5)
+    calibration_bins: int = Field(10, ge=2)
+    bootstrap_samples: int = Field(300, ge=10)
+    confidence: float = Field(0.95, gt=0, lt=1)
+    max_ope_rounds: int = Field(10_000, ge=10)
+    logging_policy: str | None = None
+
+    @field_validator("k")
+    @classmethod
+    def _positive_k(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or min(value) < 1:
+            raise ValueError("must be a non-empty list of integers >= 1")
+        return value
+
+
+class MlflowConfig(_Strict):
+    register_model: bool = True
+    log_plots: bool = True
+
+
+BASELINE_NAMES = ("random", "popularity", "logistic_regression")
+
+
+class TrainingConfig(_Strict):
+    seed: int = 7
+    data: DataConfig = DataConfig()
+    split: SplitConfig = SplitConfig()
+    model: ModelConfig = ModelConfig()
+    baselines: tuple[Literal["random", "popularity", "logistic_regression"], ...] = BASELINE_NAMES
+    evaluation: EvaluationConfig = EvaluationConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+
+    def flat(self) -> dict[str, str]:
+        """The whole config as ``{"model.params.learning_rate": "0.05", ...}`` (MLflow params)."""
+        return flatten(self.model_dump(mode="json"))
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, prefix=f"{name}."))
+        elif isinstance(value, list | tuple):
+            flat[name] = ",".join(str(v) for v in value)
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def default_config_dict() -> dict[str, Any]:
+    text = resources.files("training").joinpath("default_config.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        # model.params is replaced as a whole only where the user gives it; keys merge.
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def build_config(overrides: dict[str, Any] | None = None) -> TrainingConfig:
+    """The defaults with ``overrides`` merged in (nested dicts merge key by key).
+
+    Raises
+    ------
+    ConfigError
+        If a key is unknown or a value is invalid; the message names the key.
+    """
+    if overrides is not None and not isinstance(overrides, dict):
+        raise ConfigError(
+            f"the training config must be a mapping of keys, got {type(overrides).__name__}"
+        )
+    tree = _merge(default_config_dict(), overrides or {})
+    try:
+        return TrainingConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def load_config(path: str | Path | None = None) -> TrainingConfig:
+    """Load a YAML config file over the packaged defaults (``training/default_config.yaml``)."""
+    if path is None:
+        return build_config()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+    try:
+        return build_config(tree)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown config key `{key}`")
+        elif err["type"] == "value_error" and not isinstance(err.get("input"), dict):
+            lines.append(
+                f"`{key}` {err['msg'].removeprefix('Value error, ')}, got {err['input']!r}"
+            )
+        elif err["type"] == "value_error":
+            lines.append(f"`{key}`: {err['msg'].removeprefix('Value error, ')}")
+        else:
+            lines.append(f"`{key}`: {err['msg']}, got {err.get('input')!r}")
+    return "; ".join(lines)

@@ -1,0 +1,56 @@
+"""The scorer interface every model implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+
+from recsys.errors import RecsysError
+from training.examples import Examples
+
+
+class NotFittedError(RecsysError, RuntimeError):
+    """``predict`` was called before ``fit``."""
+
+
+class Scorer(ABC):
+    """Scores (customer, offer, touchpoint) rows; higher = more likely to be accepted.
+
+    Like scikit-learn estimators: ``__init__`` only stores parameters, ``fit`` returns self,
+    fitted attributes end in ``_``, ``predict`` checks it is fitted.
+    """
+
+    name: ClassVar[str]
+    #: True if ``predict`` returns calibrated-ish probabilities (log loss and ECE make sense).
+    probabilistic: ClassVar[bool] = True
+
+    @abstractmethod
+    def fit(self, train: Examples, valid: Examples | None = None) -> Scorer:
+        """Learn from ``train``; ``valid`` may drive early stopping."""
+
+    @abstractmethod
+    def _predict(self, X: np.ndarray, meta: pd.DataFrame) -> np.ndarray: ...
+
+    def predict(self, X: np.ndarray, meta: pd.DataFrame) -> np.ndarray:
+        """Scores of the rows.
+
+        Parameters
+        ----------
+        X : ndarray, shape (n_rows, n_columns)
+        meta : DataFrame with at least ``decision_id``, ``touchpoint_id``, ``offer_id``
+
+        Returns
+        -------
+        ndarray, shape (n_rows,), float64
+        """
+        if not self._is_fitted():
+            raise NotFittedError(f"{type(self).__name__} must be fitted before predict")
+        if len(meta) != X.shape[0]:
+            raise ValueError(f"`meta` must have {X.shape[0]} rows, got {len(meta)}")
+        return np.asarray(self._predict(X, meta), dtype=np.float64)
+
+    def _is_fitted(self) -> bool:
+        return any(k.endswith("_") and not k.startswith("_") for k in vars(self))

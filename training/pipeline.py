@@ -1,0 +1,327 @@
+"""Train LightGBM and the baselines on a time split and evaluate them; no I/O, no MLflow.
+
+:func:`train_and_evaluate` takes an already built training set (:class:`TrainingInputs`) so
+it runs the same on the warehouse, on the Open Bandit Dataset and on test factories.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from recsys.errors import DataError
+from training.config import TrainingConfig
+from training.encoding import Encoder
+from training.evaluation import offline_metrics
+from training.examples import META_COLUMNS, Examples
+from training.metrics import Reliability, reliability
+from training.models import LightGBMScorer, Scorer, make_scorer
+from training.policy_eval import PolicyEvaluation, evaluate_policies, first_shown
+from training.split import TimeSplit, time_split
+
+logger = logging.getLogger(__name__)
+
+MAIN_MODEL = "lightgbm"
+
+#: Candidate rows of the given rounds (first shown row of each test decision): a frame with one
+#: row per (decision, candidate offer) and at least ``decision_id, offer_id, touchpoint_id``,
+#: and their model matrix, shape (n_candidates, n_columns), encoded by the given encoder.
+CandidateBuilder = Callable[[pd.DataFrame, Encoder], tuple[pd.DataFrame, np.ndarray]]
+#: Fixes the model columns and vocabularies from the training periods' rows.
+EncoderFactory = Callable[[pd.DataFrame], Encoder]
+
+
+@dataclass(frozen=True)
+class TrainingInputs:
+    """A built training set and what evaluation needs beside it.
+
+    Attributes
+    ----------
+    frame : DataFrame
+        ``META_COLUMNS`` plus model input columns, one row per shown offer.
+    encoder_factory : EncoderFactory
+        Fitted on the train + validation rows; encodes every split and the candidates.
+    candidates : CandidateBuilder, optional
+        Without it, no off-policy evaluation.
+    truth : DataFrame, optional
+        ``decision_id, offer_id, p_accept`` of every candidate (generated data).
+    offers : DataFrame, optional
+        The offer catalogue at training time (logged as a snapshot).
+    source : str
+        Where the data came from (logged as a param).
+    """
+
+    frame: pd.DataFrame
+    encoder_factory: EncoderFactory
+    candidates: CandidateBuilder | None = None
+    truth: pd.DataFrame | None = None
+    offers: pd.DataFrame | None = None
+    source: str = ""
+
+
+@dataclass
+class TrainingResult:
+    config: TrainingConfig
+    split: TimeSplit
+    scorers: dict[str, Scorer]
+    metrics: dict[str, float]
+    offline: dict[str, dict[str, float]]
+    policy: PolicyEvaluation | None
+    policy_by_touchpoint: dict[str, PolicyEvaluation]
+    test: Examples
+    test_scores: dict[str, np.ndarray]
+    calibration: dict[str, Reliability]
+    fingerprint: str
+    encoder: Encoder
+    offers: pd.DataFrame | None = None
+    source: str = ""
+    sizes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def model(self) -> LightGBMScorer:
+        return self.scorers[MAIN_MODEL]  # type: ignore[return-value]
+
+
+def fingerprint(frame: pd.DataFrame) -> str:
+    """A stable hash of the training set's rows and columns (order-independent of columns)."""
+    frame = frame[sorted(frame.columns)]
+    row_hashes = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    digest = hashlib.sha256(row_hashes.tobytes())
+    digest.update(",".join(frame.columns).encode())
+    return digest.hexdigest()[:16]
+
+
+def check_training_set(frame: pd.DataFrame, config: TrainingConfig) -> None:
+    """Refuse a training set that cannot give a meaningful model, with the reason."""
+    missing = [c for c in META_COLUMNS if c not in frame.columns]
+    if missing:
+        raise DataError(f"the training set lacks the columns {missing}")
+    n, positives = len(frame), int(frame["label"].sum())
+    if n < config.data.min_examples:
+        raise DataError(
+            f"too little data: {n} labelled examples, `data.min_examples` is "
+            f"{config.data.min_examples}; load more decisions or widen `data.start`/`data.end`"
+        )
+    if positives == 0 or positives == n:
+        only = "positive" if positives else "negative"
+        raise DataError(
+            f"every one of the {n} examples is {only}: the label needs both classes; check "
+            f"`data.positive_outcomes` (got {list(config.data.positive_outcomes)}) against the "
+            "outcomes loaded"
+        )
+    if positives < config.data.min_positives:
+        raise DataError(
+            f"too few positives: {positives} of {n} examples, `data.min_positives` is "
+            f"{config.data.min_positives}"
+        )
+
+
+def _examples(frame: pd.DataFrame, encoder: Encoder) -> Examples:
+    return Examples(
+        X=encoder.transform(frame),
+        y=frame["label"].to_numpy(dtype=np.int8),
+        meta=frame[list(META_COLUMNS)].reset_index(drop=True),
+        columns=encoder.columns,
+        categorical=encoder.categorical,
+    )
+
+
+def build_scorers(config: TrainingConfig) -> dict[str, Scorer]:
+    scorers: dict[str, Scorer] = {
+        MAIN_MODEL: make_scorer(
+            MAIN_MODEL,
+            objective=config.model.objective,
+            params=dict(config.model.params),
+            num_boost_round=config.model.num_boost_round,
+            early_stopping_rounds=config.model.early_stopping_rounds,
+            seed=config.seed,
+        )
+    }
+    for name in config.baselines:
+        scorers[name] = make_scorer(name, seed=config.seed)
+    return scorers
+
+
+def train_and_evaluate(inputs: TrainingInputs, config: TrainingConfig) -> TrainingResult:
+    """Split by time, fit every scorer on train (+ valid for early stopping), evaluate on test.
+
+    Raises
+    ------
+    DataError
+        Too little data, a single-class label, or an empty split period.
+    """
+    frame = inputs.frame
+    check_training_set(frame, config)
+    frame = frame.sort_values(["ts", "decision_id", "position"], kind="mergesort")
+    frame = frame.reset_index(drop=True)
+    split = time_split(frame["ts"], config.split.valid_fraction, config.split.test_fraction)
+    period = split.assign(frame["ts"])
+    parts = {
+        name: frame[period == name].reset_index(drop=True) for name in ("train", "valid", "test")
+    }
+    train_part = parts["train"]
+    if train_part["label"].nunique() < 2:
+        raise DataError(
+            f"the training period ({len(train_part)} examples before {split.valid_start}) has "
+            "a single-class label; load more data or change `split`"
+        )
+    encoder = inputs.encoder_factory(frame[period != "test"])
+    examples = {name: _examples(part, encoder) for name, part in parts.items()}
+    sizes = {name: len(part) for name, part in parts.items()}
+    logger.info("time split: %s", sizes)
+
+    scorers = build_scorers(config)
+    test = examples["test"]
+    offline: dict[str, dict[str, float]] = {}
+    test_scores: dict[str, np.ndarray] = {}
+    calibration: dict[str, Reliability] = {}
+    for name, scorer in scorers.items():
+        logger.info("fitting %s", name)
+        scorer.fit(examples["train"], examples["valid"])
+        scores = scorer.predict(test.X, test.meta)
+        test_scores[name] = scores
+        offline[name] = offline_metrics(
+            test,
+            scores,
+            probabilistic=scorer.probabilistic,
+            ks=config.evaluation.k,
+            bins=config.evaluation.calibration_bins,
+        )
+        if scorer.probabilistic:
+            calibration[name] = reliability(test.y, scores, config.evaluation.calibration_bins)
+
+    policy, by_touchpoint = None, {}
+    if inputs.candidates is not None:
+        policy, by_touchpoint = _policy_evaluation(inputs, encoder, config, parts["test"], scorers)
+
+    metrics = _flat_metrics(offline, policy, by_touchpoint)
+    metrics["best_iteration"] = float(scorers[MAIN_MODEL].best_iteration_)  # type: ignore[attr-defined]
+    for name, size in sizes.items():
+        metrics[f"examples_{name}"] = float(size)
+    return TrainingResult(
+        config=config,
+        split=split,
+        scorers=scorers,
+        metrics=metrics,
+        offline=offline,
+        policy=policy,
+        policy_by_touchpoint=by_touchpoint,
+        test=test,
+        test_scores=test_scores,
+        calibration=calibration,
+        fingerprint=fingerprint(inputs.frame),
+        encoder=encoder,
+        offers=inputs.offers,
+        source=inputs.source,
+        sizes=sizes,
+    )
+
+
+def _policy_evaluation(
+    inputs: TrainingInputs,
+    encoder: Encoder,
+    config: TrainingConfig,
+    test_frame: pd.DataFrame,
+    scorers: dict[str, Scorer],
+) -> tuple[PolicyEvaluation, dict[str, PolicyEvaluation]]:
+    assert inputs.candidates is not None
+    logged = test_frame[first_shown(test_frame)].reset_index(drop=True)
+    wanted = config.evaluation.logging_policy
+    if wanted is not None:
+        logged = logged[logged["policy"] == wanted].reset_index(drop=True)
+        if logged.empty:
+            raise DataError(
+                f"`evaluation.logging_policy` is {wanted!r} but no test decision was logged by "
+                f"it; policies in the test period: {sorted(test_frame['policy'].dropna().unique())}"
+            )
+    limit = config.evaluation.max_ope_rounds
+    if len(logged) > limit:
+        # A seeded sample of rounds bounds the cost of scoring every candidate.
+        keep = np.sort(np.random.default_rng(config.seed).choice(len(logged), limit, replace=False))
+        logged = logged.iloc[keep].reset_index(drop=True)
+    candidates, cand_X = inputs.candidates(logged, encoder)
+    candidates = candidates.reset_index(drop=True)
+    logged_ex = _examples(logged, encoder)
+    cand_meta = candidates.reindex(columns=list(META_COLUMNS))
+    reward_model = scorers[MAIN_MODEL]
+    if not reward_model.probabilistic:
+        # A ranking score is no reward estimate: DR falls back to IPS (q = 0).
+        q_logged, q_cand = np.zeros(len(logged)), np.zeros(len(candidates))
+    else:
+        q_logged = reward_model.predict(logged_ex.X, logged_ex.meta)
+        q_cand = reward_model.predict(cand_X, cand_meta)
+    policy_scores: dict[str, np.ndarray | None] = {}
+    for name, scorer in scorers.items():
+        policy_scores[name] = None if name == "random" else scorer.predict(cand_X, cand_meta)
+    kwargs = {
+        "bootstrap_samples": config.evaluation.bootstrap_samples,
+        "confidence": config.evaluation.confidence,
+        "seed": config.seed,
+    }
+    overall = evaluate_policies(
+        logged, q_logged, candidates, q_cand, policy_scores, truth=inputs.truth, **kwargs
+    )
+    by_touchpoint = {}
+    cand_tp = (
+        candidates["decision_id"].map(logged.set_index("decision_id")["touchpoint_id"]).to_numpy()
+    )
+    for tp in sorted(logged["touchpoint_id"].unique()):
+        mask, cmask = (logged["touchpoint_id"] == tp).to_numpy(), cand_tp == tp
+        if mask.sum() < 2:
+            continue
+        by_touchpoint[tp] = evaluate_policies(
+            logged[mask].reset_index(drop=True),
+            q_logged[mask],
+            candidates[cmask].reset_index(drop=True),
+            q_cand[cmask],
+            {k: (None if v is None else v[cmask]) for k, v in policy_scores.items()},
+            truth=inputs.truth,
+            **kwargs,
+        )
+    return overall, by_touchpoint
+
+
+def _flat_metrics(
+    offline: dict[str, dict[str, float]],
+    policy: PolicyEvaluation | None,
+    by_touchpoint: dict[str, PolicyEvaluation],
+) -> dict[str, float]:
+    """MLflow metric names: the main model's unprefixed (``auc``, ``auc.web_cart``), baselines
+    prefixed (``popularity.auc``); policy values ``snips_value``, ``popularity.dr_value.lower``,
+    ``logging_value``, ``true_value``, ``oracle_value`` (per touchpoint with ``.<touchpoint>``)."""
+    metrics: dict[str, float] = {}
+    for name, values in offline.items():
+        prefix = "" if name == MAIN_MODEL else f"{name}."
+        for key, value in values.items():
+            metrics[f"{prefix}{key}"] = value
+    for suffix, evaluation in [("", policy), *((f".{tp}", e) for tp, e in by_touchpoint.items())]:
+        if evaluation is None:
+            continue
+        metrics[f"ope_rounds{suffix}"] = float(evaluation.rounds)
+        metrics[f"logging_value{suffix}"] = evaluation.logging.value
+        metrics[f"logging_value.lower{suffix}"] = evaluation.logging.lower
+        metrics[f"logging_value.upper{suffix}"] = evaluation.logging.upper
+        metrics[f"logging_revenue{suffix}"] = evaluation.logging_revenue.value
+        if evaluation.logging_true_value is not None:
+            metrics[f"logging_true_value{suffix}"] = evaluation.logging_true_value
+        if evaluation.oracle_value is not None:
+            metrics[f"oracle_value{suffix}"] = evaluation.oracle_value
+        for name, value in evaluation.policies.items():
+            prefix = "" if name == MAIN_MODEL else f"{name}."
+            for key, estimate in value.estimates.items():
+                stem = f"{prefix}{key}" if key.endswith("revenue") else f"{prefix}{key}_value"
+                metrics[f"{stem}{suffix}"] = estimate.value
+                metrics[f"{stem}.lower{suffix}"] = estimate.lower
+                metrics[f"{stem}.upper{suffix}"] = estimate.upper
+            for key, lift in value.lifts.items():
+                metrics[f"{prefix}{key}_lift{suffix}"] = lift.value
+                metrics[f"{prefix}{key}_lift.lower{suffix}"] = lift.lower
+                metrics[f"{prefix}{key}_lift.upper{suffix}"] = lift.upper
+            if value.true_value is not None:
+                metrics[f"{prefix}true_value{suffix}"] = value.true_value
+    return {k: float(v) for k, v in metrics.items()}

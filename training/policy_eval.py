@@ -1,0 +1,224 @@
+"""Value of each model's greedy top-1 policy: off-policy estimates and, on generated data, truth.
+
+Rounds are the first shown offer of each test decision. A policy picks, per decision, one of
+the decision's candidate offers: greedy policies the candidate with the highest score (ties go
+to the first candidate in the given order), the random policy any candidate uniformly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+
+from training.ope import ESTIMATORS, Estimate, Rounds, bootstrap
+
+
+@dataclass(frozen=True)
+class PolicyValue:
+    """One policy's estimates (``ips``, ``snips``, ``dr`` on the label, ``snips_revenue``)."""
+
+    policy: str
+    estimates: dict[str, Estimate]
+    true_value: float | None = None
+    #: ``ips``, ``snips``, ``dr`` divided by the logging policy's observed value, with a
+    #: paired bootstrap interval (the same resamples in numerator and denominator).
+    lifts: dict[str, Estimate] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PolicyEvaluation:
+    """Every policy's value on the same rounds, next to the logging policy and the oracle."""
+
+    rounds: int
+    logging: Estimate
+    logging_revenue: Estimate
+    policies: dict[str, PolicyValue] = field(default_factory=dict)
+    logging_true_value: float | None = None
+    oracle_value: float | None = None
+
+
+def first_shown(meta: pd.DataFrame) -> np.ndarray:
+    """Bool mask (n_rows,) of each decision's lowest-position row: its propensity is marginal."""
+    position = meta["position"].fillna(1).to_numpy()
+    order = pd.DataFrame({"d": meta["decision_id"].to_numpy(), "p": position})
+    lowest = order.groupby("d")["p"].transform("min").to_numpy()
+    mask = position == lowest
+    # Two rows at the same lowest position would both pass; keep the first.
+    dup = pd.Series(meta["decision_id"].to_numpy()).where(mask).duplicated(keep="first").to_numpy()
+    return mask & ~(dup & mask)
+
+
+def greedy_probabilities(decision_id: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """1.0 on the first highest-scoring candidate of each decision, else 0.0, shape (n_cand,)."""
+    frame = pd.DataFrame({"d": decision_id, "s": score, "i": np.arange(len(score))})
+    best = frame.sort_values(["d", "s", "i"], ascending=[True, False, True], kind="mergesort")
+    chosen = best.drop_duplicates("d", keep="first")["i"].to_numpy()
+    prob = np.zeros(len(score))
+    prob[chosen] = 1.0
+    return prob
+
+
+def uniform_probabilities(decision_id: np.ndarray) -> np.ndarray:
+    """1 / (number of candidates) for each candidate of each decision, shape (n_cand,)."""
+    sizes = pd.Series(decision_id).groupby(decision_id).transform("size").to_numpy()
+    return 1.0 / sizes
+
+
+def _target(
+    logged: pd.DataFrame, candidates: pd.DataFrame, prob: np.ndarray, q_candidates: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(pi(logged action | x), sum_a pi(a|x) q(x, a)) per round, each shape (n_rounds,)."""
+    cand = pd.DataFrame(
+        {
+            "decision_id": candidates["decision_id"].to_numpy(),
+            "offer_id": candidates["offer_id"].to_numpy(),
+            "prob": prob,
+            "pq": prob * q_candidates,
+        }
+    )
+    expected_q = cand.groupby("decision_id")["pq"].sum()
+    keyed = cand.set_index(["decision_id", "offer_id"])["prob"]
+    keys = pd.MultiIndex.from_arrays(
+        [logged["decision_id"].to_numpy(), logged["offer_id"].to_numpy()]
+    )
+    target_prob = keyed.reindex(keys).fillna(0.0).to_numpy()
+    q_target = expected_q.reindex(logged["decision_id"].to_numpy()).fillna(0.0).to_numpy()
+    return target_prob, q_target
+
+
+def true_policy_value(candidates: pd.DataFrame, prob: np.ndarray, truth: pd.DataFrame) -> float:
+    """Mean over decisions of sum_a pi(a|x) p_accept(x, a) from the ground truth."""
+    merged = pd.DataFrame(
+        {
+            "decision_id": candidates["decision_id"].to_numpy(),
+            "offer_id": candidates["offer_id"].to_numpy(),
+            "prob": prob,
+        }
+    ).merge(
+        truth[["decision_id", "offer_id", "p_accept"]], on=["decision_id", "offer_id"], how="left"
+    )
+    if merged["p_accept"].isna().any():
+        missing = int(merged["p_accept"].isna().sum())
+        raise ValueError(f"ground truth lacks p_accept for {missing} candidate rows")
+    per_decision = (merged["prob"] * merged["p_accept"]).groupby(merged["decision_id"]).sum()
+    return float(per_decision.mean())
+
+
+def evaluate_policies(
+    logged: pd.DataFrame,
+    q_logged: np.ndarray,
+    candidates: pd.DataFrame,
+    q_candidates: np.ndarray,
+    policy_scores: dict[str, np.ndarray | None],
+    *,
+    truth: pd.DataFrame | None = None,
+    bootstrap_samples: int = 300,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> PolicyEvaluation:
+    """Estimate each policy's value on the logged rounds.
+
+    Parameters
+    ----------
+    logged : DataFrame, n_rounds rows
+        ``decision_id, offer_id, propensity, label, revenue`` of each round (first shown offer).
+    q_logged : ndarray, shape (n_rounds,)
+        Reward model's prediction for the logged offer.
+    candidates : DataFrame, n_cand rows
+        ``decision_id, offer_id`` of every candidate offer of every round's decision.
+    q_candidates : ndarray, shape (n_cand,)
+        Reward model's prediction for each candidate (DR's direct-method part).
+    policy_scores : dict
+        Policy name -> candidate scores (n_cand,) for a greedy policy, or None for the
+        uniform random policy.
+    truth : DataFrame, optional
+        ``decision_id, offer_id, p_accept`` for every candidate (generated data only).
+    """
+    if logged.empty:
+        raise ValueError("`logged` must hold at least one round, got 0")
+    if not 0 < confidence < 1:
+        raise ValueError(f"`confidence` must be in (0, 1), got {confidence}")
+    missing = set(logged["decision_id"]) - set(candidates["decision_id"])
+    if missing:
+        raise ValueError(f"{len(missing)} logged decisions have no candidates")
+    reward = logged["label"].to_numpy(dtype=np.float64)
+    revenue = logged["revenue"].fillna(0.0).to_numpy(dtype=np.float64)
+    propensity = logged["propensity"].to_numpy(dtype=np.float64)
+    decision_ids = candidates["decision_id"].to_numpy()
+    zeros = np.zeros(len(logged))
+
+    jobs = []
+    probs: dict[str, np.ndarray] = {}
+    for name, scores in policy_scores.items():
+        prob = (
+            uniform_probabilities(decision_ids)
+            if scores is None
+            else greedy_probabilities(decision_ids, scores)
+        )
+        probs[name] = prob
+        target_prob, q_target = _target(logged, candidates, prob, q_candidates)
+        label_rounds = Rounds(reward, propensity, target_prob, q_logged, q_target)
+        for estimator in ESTIMATORS.values():
+            jobs.append((name, estimator.name, estimator, label_rounds))
+        revenue_rounds = Rounds(revenue, propensity, target_prob, zeros, zeros)
+        jobs.append((name, "snips_revenue", ESTIMATORS["snips"], revenue_rounds))
+    ones = np.ones(len(logged))
+    jobs.append(
+        ("__logging__", "observed", ESTIMATORS["ips"], Rounds(reward, ones, ones, zeros, zeros))
+    )
+    jobs.append(
+        (
+            "__logging__",
+            "observed_revenue",
+            ESTIMATORS["ips"],
+            Rounds(revenue, ones, ones, zeros, zeros),
+        )
+    )
+    boot = bootstrap(
+        [(est, rounds) for _, _, est, rounds in jobs],
+        bootstrap_samples=bootstrap_samples,
+        seed=seed,
+    )
+    logging_index = len(jobs) - 2
+    per_policy: dict[str, dict[str, Estimate]] = {name: {} for name in policy_scores}
+    lifts: dict[str, dict[str, Estimate]] = {name: {} for name in policy_scores}
+    for j, (name, key, _, _) in enumerate(jobs[:logging_index]):
+        per_policy[name][key] = replace(boot.estimate(j, confidence), estimator=key)
+        if key in ESTIMATORS:
+            lifts[name][key] = replace(
+                boot.ratio(j, logging_index, confidence), estimator=f"{key}_lift"
+            )
+    logging = replace(boot.estimate(logging_index, confidence), estimator="observed")
+    logging_revenue = replace(
+        boot.estimate(logging_index + 1, confidence), estimator="observed_revenue"
+    )
+
+    truth_in = None
+    if truth is not None:
+        truth_in = truth[truth["decision_id"].isin(set(logged["decision_id"]))]
+    policies = {
+        name: PolicyValue(
+            name,
+            per_policy[name],
+            true_policy_value(candidates, probs[name], truth_in) if truth_in is not None else None,
+            lifts[name],
+        )
+        for name in policy_scores
+    }
+    logging_true = oracle = None
+    if truth_in is not None:
+        # The logging policy's expected value of its first shown offer, from the truth.
+        logging_true = true_policy_value(
+            logged[["decision_id", "offer_id"]], np.ones(len(logged)), truth_in
+        )
+        oracle = float(truth_in.groupby("decision_id")["p_accept"].max().mean())
+    return PolicyEvaluation(
+        rounds=len(logged),
+        logging=logging,
+        logging_revenue=logging_revenue,
+        policies=policies,
+        logging_true_value=logging_true,
+        oracle_value=oracle,
+    )

@@ -1,0 +1,87 @@
+"""``recsys train`` end to end: warehouse -> training set -> models -> evaluation -> MLflow."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from recsys.errors import NotFoundError
+from recsys.settings import Settings
+from recsys.warehouse import connect
+from training.config import TrainingConfig
+from training.pipeline import MAIN_MODEL, TrainingResult, train_and_evaluate
+from training.tracking import LoggedRun, format_policy_table, log_training
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    result: TrainingResult
+    logged: LoggedRun
+
+    def format(self) -> str:
+        """The run's headline numbers, for the terminal."""
+        r = self.result
+        lines = [
+            f"trained on {r.sizes.get('train', 0):,} examples (valid {r.sizes.get('valid', 0):,},"
+            f" test {r.sizes.get('test', 0):,}); LightGBM stopped at "
+            f"{int(r.metrics['best_iteration'])} trees",
+            "",
+            f"{'model':<20} {'auc':>7} {'logloss':>8} {'ece':>7} {'hit@1':>7} {'ndcg@3':>7}",
+        ]
+        for name, values in r.offline.items():
+
+            def fmt(key: str, values=values) -> str:
+                value = values.get(key, math.nan)
+                return "-" if math.isnan(value) else f"{value:.4f}"
+
+            lines.append(
+                f"{name:<20} {fmt('auc'):>7} {fmt('logloss'):>8} {fmt('ece'):>7} "
+                f"{fmt('hit_at_1'):>7} {fmt('ndcg_at_3'):>7}"
+            )
+        if r.policy is not None:
+            lines += ["", format_policy_table(r).rstrip()]
+            wanted = r.config.evaluation.logging_policy
+            who = f"the logged {wanted} policy" if wanted else "the logging policy"
+            lifts = r.policy.policies[MAIN_MODEL].lifts
+            snips, dr = lifts["snips"], lifts["dr"]
+            lines.append(
+                f"\nLightGBM policy vs {who} (paired bootstrap): SNIPS {snips.value:.2f}x "
+                f"[{snips.lower:.2f}, {snips.upper:.2f}], DR {dr.value:.2f}x "
+                f"[{dr.lower:.2f}, {dr.upper:.2f}]"
+            )
+        lines += [
+            "",
+            f"MLflow run {self.logged.run_id}"
+            + (
+                f", registered model version {self.logged.model_version}"
+                if self.logged.model_version
+                else ""
+            ),
+        ]
+        return "\n".join(lines)
+
+
+def run_training(
+    config: TrainingConfig, settings: Settings, artifact_location: str | None = None
+) -> RunOutcome:
+    """Train on the warehouse at ``settings.warehouse_path`` and log the run to MLflow."""
+    from training.warehouse_data import build_inputs
+
+    path = Path(settings.warehouse_path)
+    if not path.is_file():
+        raise NotFoundError(
+            f"warehouse {str(path)!r} does not exist; load data first with "
+            f"`recsys data load DIR --db {path}`"
+        )
+    con = connect(path, read_only=True)
+    try:
+        inputs = build_inputs(con, config, warehouse_path=path)
+        result = train_and_evaluate(inputs, config)
+    finally:
+        con.close()
+    logged = log_training(result, settings, artifact_location=artifact_location)
+    return RunOutcome(result, logged)

@@ -1,0 +1,308 @@
+"""MLflow: one run per training (params, metrics, artifacts, model) and the model registry.
+
+The registered model (``settings.model_name``, default ``offer-ranker``) is a pyfunc whose
+directory holds::
+
+    artifacts/model.txt           LightGBM native model (best iteration), for lightgbm.Booster
+    artifacts/feature_spec.json   spec version, column order, categorical indexes, encoding
+
+``mlflow.artifacts.download_artifacts("models:/offer-ranker@champion")`` returns that
+directory; serving loads the booster from it directly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+
+from recsys.errors import ConfigError, NotFoundError
+from recsys.settings import Settings
+from training import plots
+from training.encoding import feature_spec
+from training.pipeline import MAIN_MODEL, TrainingResult
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.txt"
+SPEC_FILE = "feature_spec.json"
+#: Paths inside the registered model's directory (what serving reads).
+MODEL_PATH_IN_ARTIFACT = f"artifacts/{MODEL_FILE}"
+SPEC_PATH_IN_ARTIFACT = f"artifacts/{SPEC_FILE}"
+ALIASES = ("champion", "challenger")
+_PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+
+
+@dataclass(frozen=True)
+class LoggedRun:
+    run_id: str
+    experiment_id: str
+    model_uri: str
+    model_version: str | None
+
+
+@dataclass(frozen=True)
+class ModelVersionInfo:
+    version: str
+    aliases: tuple[str, ...]
+    run_id: str
+    created_at: pd.Timestamp
+    auc: float | None
+    snips_value: float | None
+
+
+def default_artifact_location(tracking_uri: str) -> str | None:
+    """``mlruns/`` next to a SQLite tracking database (``sqlite:///mlflow.db`` -> ``./mlruns``,
+    as MLflow's own default); None (the server decides) for other stores."""
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix):
+        return None
+    database = Path(tracking_uri.removeprefix(prefix))
+    return str((database.parent / "mlruns").resolve())
+
+
+def setup(settings: Settings, artifact_location: str | None = None) -> str:
+    """Point MLflow at ``settings.mlflow_tracking_uri``; create the experiment if needed.
+
+    Returns the experiment id. ``artifact_location`` (default: ``mlruns/`` next to a SQLite
+    tracking database) applies only when the experiment is new.
+    """
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(settings.mlflow_experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = artifact_location or default_artifact_location(settings.mlflow_tracking_uri)
+    return client.create_experiment(settings.mlflow_experiment, artifact_location=location)
+
+
+def code_version() -> str:
+    """The git commit of the working tree, or ``unknown`` outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def log_training(
+    result: TrainingResult,
+    settings: Settings,
+    *,
+    artifact_location: str | None = None,
+    run_name: str | None = None,
+) -> LoggedRun:
+    """Log ``result`` as one MLflow run and (if configured) register the LightGBM model."""
+    experiment_id = setup(settings, artifact_location)
+    config = result.config
+    params = {
+        **config.flat(),
+        "data.fingerprint": result.fingerprint,
+        "data.source": result.source or "unknown",
+        "feature_spec_version": result.encoder.spec_version,
+        "code_version": code_version(),
+        "split.valid_start": str(result.split.valid_start),
+        "split.test_start": str(result.split.test_start),
+        "columns": str(len(result.encoder.columns)),
+    }
+    model = result.model
+    with (
+        mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        mlflow.log_params(params)
+        mlflow.log_metrics({k: v for k, v in result.metrics.items() if np.isfinite(v)})
+        tmpdir = Path(tmp)
+        model_file = model.save_native(tmpdir / MODEL_FILE)
+        spec_file = tmpdir / SPEC_FILE
+        spec_file.write_text(
+            json.dumps(feature_spec(result.encoder, model_file=MODEL_FILE), indent=2, default=str)
+        )
+        mlflow.log_artifact(str(model_file), artifact_path="model_native")
+        mlflow.log_artifact(str(spec_file), artifact_path="model_native")
+        if result.offers is not None:
+            catalogue = tmpdir / "offers.json"
+            result.offers.to_json(catalogue, orient="records", date_format="iso", indent=1)
+            mlflow.log_artifact(str(catalogue), artifact_path="catalogue")
+        mlflow.log_text(_policy_table(result), "evaluation/policy_values.md")
+        mlflow.log_text(
+            json.dumps(result.offline, indent=1, default=float), "evaluation/offline_metrics.json"
+        )
+        if config.mlflow.log_plots:
+            _log_plots(result, tmpdir)
+        input_frame = pd.DataFrame(result.test.X[:5], columns=list(result.encoder.columns))
+        signature = infer_signature(input_frame, result.test_scores[MAIN_MODEL][:5])
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(_PYFUNC_CODE),
+            artifacts={"booster": str(model_file), "feature_spec": str(spec_file)},
+            signature=signature,
+            input_example=input_frame,
+            pip_requirements=[
+                f"mlflow=={mlflow.__version__}",
+                _requirement("lightgbm"),
+                _requirement("pandas"),
+                _requirement("numpy"),
+            ],
+            registered_model_name=settings.model_name if config.mlflow.register_model else None,
+        )
+        version = info.registered_model_version
+        logger.info("logged run %s (model version %s)", run.info.run_id, version)
+        return LoggedRun(
+            run.info.run_id,
+            experiment_id,
+            info.model_uri,
+            None if version is None else str(version),
+        )
+
+
+def _requirement(package: str) -> str:
+    from importlib.metadata import version
+
+    return f"{package}=={version(package)}"
+
+
+def _log_plots(result: TrainingResult, tmpdir: Path) -> None:
+    paths = [
+        plots.feature_importance(
+            result.model.feature_importance(), tmpdir / "feature_importance.png"
+        ),
+        plots.lift(
+            result.test.meta["touchpoint_id"].to_numpy(),
+            result.test.y,
+            result.test_scores[MAIN_MODEL],
+            tmpdir / "lift_per_touchpoint.png",
+        ),
+    ]
+    if result.calibration:
+        paths.append(plots.calibration(result.calibration, tmpdir / "calibration.png"))
+    for path in paths:
+        mlflow.log_artifact(str(path), artifact_path="plots")
+
+
+def _policy_table(result: TrainingResult) -> str:
+    """Markdown table of every policy's value (estimates with intervals, truth if known)."""
+    return (
+        format_policy_table(result) if result.policy is not None else "no off-policy evaluation\n"
+    )
+
+
+def format_policy_table(result: TrainingResult) -> str:
+    evaluation = result.policy
+    if evaluation is None:
+        return ""
+    has_truth = evaluation.oracle_value is not None
+    head = "| policy | IPS | SNIPS | DR |" + (" true value |" if has_truth else "")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+
+    def cell(e) -> str:
+        return f"{e.value:.4f} [{e.lower:.4f}, {e.upper:.4f}]"
+
+    for name, value in evaluation.policies.items():
+        row = (
+            f"| {name} | {cell(value.estimates['ips'])} | {cell(value.estimates['snips'])} | "
+            f"{cell(value.estimates['dr'])} |"
+        )
+        if has_truth:
+            row += f" {value.true_value:.4f} |"
+        lines.append(row)
+    log = f"| logging (observed) | {cell(evaluation.logging)} | | |"
+    if has_truth:
+        log += f" {evaluation.logging_true_value:.4f} |"
+        lines.append(log)
+        lines.append(f"| oracle | | | | {evaluation.oracle_value:.4f} |")
+    else:
+        lines.append(log)
+    return (
+        f"Policy value per decision on {evaluation.rounds} test rounds "
+        f"(95% bootstrap intervals)\n\n" + "\n".join(lines) + "\n"
+    )
+
+
+# ---------------------------------------------------------------- registry
+
+
+def list_versions(settings: Settings) -> list[ModelVersionInfo]:
+    """Every registered version of ``settings.model_name``, newest first."""
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    client = MlflowClient()
+    try:
+        versions = client.search_model_versions(f"name = '{settings.model_name}'")
+    except MlflowException as exc:
+        raise NotFoundError(f"cannot list model {settings.model_name!r}: {exc}") from None
+    aliases: dict[str, list[str]] = {}
+    if versions:
+        registered = client.get_registered_model(settings.model_name)
+        for alias, version in (registered.aliases or {}).items():
+            aliases.setdefault(str(version), []).append(alias)
+    infos = []
+    for mv in versions:
+        metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
+        infos.append(
+            ModelVersionInfo(
+                version=str(mv.version),
+                aliases=tuple(sorted(aliases.get(str(mv.version), []))),
+                run_id=mv.run_id or "",
+                created_at=pd.Timestamp(mv.creation_timestamp, unit="ms", tz="UTC"),
+                auc=metrics.get("auc"),
+                snips_value=metrics.get("snips_value"),
+            )
+        )
+    return sorted(infos, key=lambda i: int(i.version), reverse=True)
+
+
+def promote(settings: Settings, version: str | int, alias: str) -> None:
+    """Point ``alias`` (champion or challenger) at ``version`` of the registered model."""
+    if alias not in ALIASES:
+        raise ConfigError(f"`alias` must be one of {list(ALIASES)}, got {alias!r}")
+    known = {info.version for info in list_versions(settings)}
+    if str(version) not in known:
+        raise NotFoundError(
+            f"model {settings.model_name!r} has no version {version!r}; known versions: "
+            f"{sorted(known, key=int) or 'none'}"
+        )
+    MlflowClient().set_registered_model_alias(settings.model_name, alias, str(version))
+    logger.info("model %s version %s is now %s", settings.model_name, version, alias)
+
+
+def champion_version(settings: Settings) -> str | None:
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    try:
+        mv = MlflowClient().get_model_version_by_alias(settings.model_name, "champion")
+    except MlflowException:
+        return None
+    return str(mv.version)
+
+
+def ensure_champion(settings: Settings) -> str | None:
+    """Promote the newest version to champion if no version is champion yet.
+
+    Returns the champion's version (None if the model has no version at all).
+    """
+    current = champion_version(settings)
+    if current is not None:
+        return current
+    try:
+        versions = list_versions(settings)
+    except NotFoundError:
+        return None
+    if not versions:
+        return None
+    promote(settings, versions[0].version, "champion")
+    return versions[0].version
