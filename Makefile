@@ -18,10 +18,18 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+WAREHOUSE := $(DATA_DIR)/warehouse.duckdb
+# The demo business ends today, so the service's "now" follows its history.
+DEMO_START := $(shell date -u -d "-$(DEMO_DAYS) days" +%F)
+
 run: setup
-	$(BIN)/recsys data generate --customers $(DEMO_CUSTOMERS) --days $(DEMO_DAYS) --seed $(SEED) --out $(DATA_DIR)/demo
-	$(BIN)/recsys data load $(DATA_DIR)/demo --db $(DATA_DIR)/warehouse.duckdb
-	$(BIN)/recsys data summary --db $(DATA_DIR)/warehouse.duckdb
+	$(BIN)/recsys data generate --customers $(DEMO_CUSTOMERS) --days $(DEMO_DAYS) --seed $(SEED) \
+		--start $(DEMO_START) --out $(DATA_DIR)/demo
+	$(BIN)/recsys data load $(DATA_DIR)/demo --db $(WAREHOUSE)
+	$(BIN)/recsys data summary --db $(WAREHOUSE)
+	$(BIN)/recsys features materialize --db $(WAREHOUSE) --store sqlite
+	$(BIN)/recsys train --db $(WAREHOUSE) --promote-if-no-champion
+	$(BIN)/recsys serve --host 127.0.0.1 --port 8000
 
 test: setup lint
 	$(BIN)/pytest -q
