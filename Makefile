@@ -19,8 +19,8 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 WAREHOUSE := $(DATA_DIR)/warehouse.duckdb
-# The demo business ends today, so the service's "now" follows its history.
-DEMO_START := $(shell date -u -d "-$(DEMO_DAYS) days" +%F)
+# The demo history ends a week before today (late outcomes included), so "now" follows it.
+DEMO_START := $(shell date -u -d "-$$(( $(DEMO_DAYS) + 8 )) days" +%F)
 
 run: setup
 	$(BIN)/recsys data generate --customers $(DEMO_CUSTOMERS) --days $(DEMO_DAYS) --seed $(SEED) \
