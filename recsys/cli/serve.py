@@ -84,7 +84,7 @@ def serve(
         f"recsys decision service on {base}  (docs: {base}/docs)\n"
         "try:\n"
         f"  curl -s -X POST {base}/v1/decisions -H 'content-type: application/json' "
-        '-d \'{"customer_id": "C000001", "touchpoint": "web_home", "limit": 3}\'\n'
+        '-d \'{"customer_id": "C0000001", "touchpoint": "web_home", "limit": 3}\'\n'
         f"  curl -s '{base}/v1/offers?touchpoint=web_home'"
     )
     run_server(settings)
