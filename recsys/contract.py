@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+import pyarrow as pa
+
 
 class ColumnType(StrEnum):
     STRING = "string"
@@ -32,6 +34,17 @@ DUCKDB_TYPES: dict[ColumnType, str] = {
     ColumnType.STRING_LIST: "VARCHAR[]",
     ColumnType.JSON_OBJECT: "VARCHAR",  # canonical JSON text
     ColumnType.JSON_LIST: "VARCHAR",  # canonical JSON text
+}
+
+ARROW_TYPES: dict[ColumnType, pa.DataType] = {
+    ColumnType.STRING: pa.string(),
+    ColumnType.INT: pa.int64(),
+    ColumnType.FLOAT: pa.float64(),
+    ColumnType.BOOL: pa.bool_(),
+    ColumnType.TIMESTAMP: pa.timestamp("us"),
+    ColumnType.STRING_LIST: pa.list_(pa.string()),
+    ColumnType.JSON_OBJECT: pa.string(),
+    ColumnType.JSON_LIST: pa.string(),
 }
 
 OFFER_TYPES = ("discount", "cross_sell", "upsell", "loyalty_reward", "service", "content")
@@ -258,6 +271,11 @@ TABLES: dict[str, TableSpec] = {
         OUTCOMES_TABLE,
     )
 }
+
+
+def arrow_schema(spec: TableSpec, extra: tuple[tuple[str, pa.DataType], ...] = ()) -> pa.Schema:
+    """The Arrow schema of a contract table (contract columns first, then ``extra``)."""
+    return pa.schema([(c.name, ARROW_TYPES[c.type]) for c in spec.columns] + list(extra))
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from recsys import warehouse
-from recsys.contract import TABLES, ColumnType, Problem, Report, TableSpec
+from recsys.contract import ARROW_TYPES, TABLES, ColumnType, Problem, Report, TableSpec
 from recsys.errors import ContractError
 from recsys.validation import validate_frame
 
@@ -37,17 +37,6 @@ log = logging.getLogger(__name__)
 CHUNK_ROWS = 500_000
 MAX_PROBLEMS = 1_000  # problems kept in detail; the rest are only counted
 SUFFIXES = (".parquet", ".csv", ".yaml", ".yml")
-
-ARROW_TYPES: dict[ColumnType, pa.DataType] = {
-    ColumnType.STRING: pa.string(),
-    ColumnType.INT: pa.int64(),
-    ColumnType.FLOAT: pa.float64(),
-    ColumnType.BOOL: pa.bool_(),
-    ColumnType.TIMESTAMP: pa.timestamp("us"),
-    ColumnType.STRING_LIST: pa.list_(pa.string()),
-    ColumnType.JSON_OBJECT: pa.string(),
-    ColumnType.JSON_LIST: pa.string(),
-}
 
 
 @dataclass

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 import yaml
 from tqdm.auto import tqdm
 
+from recsys.contract import TABLES, arrow_schema
 from recsys.datagen.catalog import (
     AGE_BANDS,
     CATEGORIES,
@@ -47,63 +48,16 @@ BLOCK_SIZE = 25_000
 TRUTH_DIR = "ground_truth"
 TS = pa.timestamp("us")
 
+# The contract's own column types; customers also carry the demo's attribute columns.
 SCHEMAS: dict[str, pa.Schema] = {
-    "customers": pa.schema(
-        [
-            ("customer_id", pa.string()),
-            ("created_at", TS),
-            ("email_opt_in", pa.bool_()),
-            ("sms_opt_in", pa.bool_()),
-            ("push_opt_in", pa.bool_()),
-            ("region", pa.string()),
-            ("age_band", pa.string()),
-            ("loyalty_tier", pa.string()),
-        ]
+    "customers": arrow_schema(
+        TABLES["customers"],
+        extra=(("region", pa.string()), ("age_band", pa.string()), ("loyalty_tier", pa.string())),
     ),
-    "transactions": pa.schema(
-        [
-            ("transaction_id", pa.string()),
-            ("customer_id", pa.string()),
-            ("ts", TS),
-            ("amount", pa.float64()),
-            ("category", pa.string()),
-            ("product_id", pa.string()),
-            ("quantity", pa.int64()),
-            ("channel", pa.string()),
-        ]
-    ),
-    "interactions": pa.schema(
-        [
-            ("customer_id", pa.string()),
-            ("ts", TS),
-            ("touchpoint_id", pa.string()),
-            ("event_type", pa.string()),
-            ("value", pa.float64()),
-            ("category", pa.string()),
-        ]
-    ),
-    "decisions": pa.schema(
-        [
-            ("decision_id", pa.string()),
-            ("ts", TS),
-            ("touchpoint_id", pa.string()),
-            ("offer_id", pa.string()),
-            ("customer_id", pa.string()),
-            ("position", pa.int64()),
-            ("propensity", pa.float64()),
-            ("policy", pa.string()),
-            ("context", pa.string()),
-        ]
-    ),
-    "outcomes": pa.schema(
-        [
-            ("decision_id", pa.string()),
-            ("offer_id", pa.string()),
-            ("ts", TS),
-            ("outcome", pa.string()),
-            ("revenue", pa.float64()),
-        ]
-    ),
+    **{
+        name: arrow_schema(TABLES[name])
+        for name in ("transactions", "interactions", "decisions", "outcomes")
+    },
 }
 TRUTH_SCHEMA = pa.schema(
     [("decision_id", pa.string()), ("offer_id", pa.string()), ("p_accept", pa.float64())]
