@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
+from itertools import pairwise
 from typing import Any, Literal
 
 import numpy as np
@@ -62,6 +63,32 @@ class ColumnEncoding:
             return UNKNOWN_CODE
         return float(self._index.get(_as_text(value), UNKNOWN_CODE))
 
+    @cached_property
+    def _text_index(self) -> dict[str, int] | None:
+        """``_index`` when it agrees with :meth:`codes` (text, strictly sorted), else None."""
+        vocab = self.vocabulary
+        text = all(type(v) is str for v in vocab)
+        if text and all(a < b for a, b in pairwise(vocab)):
+            return self._index
+        return None
+
+    def _text_codes(self, values: np.ndarray) -> np.ndarray:
+        """:meth:`codes` of a short sequence, by dict look-ups when every value is text or None.
+
+        ``values`` shape (n,) -> (n,) float32; equal to ``codes(values)``.
+        """
+        index = self._text_index
+        if index is not None:
+            codes = [
+                index.get(v, UNKNOWN_CODE)
+                if type(v) is str
+                else (UNKNOWN_CODE if v is None else None)
+                for v in values.tolist()
+            ]
+            if None not in codes:
+                return np.array(codes, dtype=np.float32)
+        return self.codes(values)
+
     def codes(self, values: np.ndarray) -> np.ndarray:
         """Codes of an array of values, shape (n,) -> (n,) float32, without a Python loop."""
         text = np.asarray(values, dtype=object)
@@ -77,12 +104,77 @@ class ColumnEncoding:
 
 @dataclass(frozen=True)
 class _Plan:
-    """Which encoding columns are shared by all offers, per offer, or crosses."""
+    """How :func:`decision_matrix` fills each encoding column, fixed once per encoding.
 
-    shared: list[tuple[ColumnEncoding, str]]
-    shared_index: np.ndarray
-    offer_columns: list[tuple[int, ColumnEncoding]]
-    cross_columns: list[tuple[int, str]]
+    Column positions are indexes into the encoding's columns. ``template`` holds the value of
+    every column that does not depend on the request (the shared columns no vector, touchpoint
+    or context can set), so a call only writes the rest.
+    """
+
+    template: np.ndarray  # (n_columns,) float32
+    # numeric customer features: positions, names, cold-start defaults
+    numeric_index: np.ndarray
+    numeric_names: tuple[str, ...]
+    numeric_defaults: tuple[Any, ...]
+    # days-since customer features among them: positions in ``numeric_names``, defaults, capped
+    aging_positions: np.ndarray
+    aging_defaults: np.ndarray
+    aging_capped: np.ndarray
+    # the other shared columns, one Python step each: (position, column, source, key);
+    # source is "customer" (key = feature, default), "scalar" or "context"
+    other_shared: tuple[tuple[int, ColumnEncoding, str, str, Any], ...]
+    offer_columns: tuple[tuple[int, ColumnEncoding], ...]
+    cross_index: np.ndarray
+    cross_names: tuple[str, ...]
+
+
+_SCALAR_NAMES = frozenset({"touchpoint_id", "tp_channel", "tp_stage", "req_hour", "req_dow"})
+_OFFER_NAMES = frozenset({"offer_id", "offer_type", "offer_category", "offer_value"})
+# Value types whose float64 conversion by numpy equals ``_number`` (None -> NaN).
+_PLAIN_NUMBERS = frozenset(
+    {float, int, bool, type(None), np.float64, np.float32, np.int64, np.int32, np.bool_}
+)
+
+
+def _build_plan(columns: tuple[ColumnEncoding, ...]) -> _Plan:
+    cold = cold_start_vector()
+    cross_names = {x.feature.name for x in d.CROSSES}
+    template = np.full(len(columns), np.nan, dtype=np.float32)
+    numeric: list[tuple[int, str, Any]] = []
+    other: list[tuple[int, ColumnEncoding, str, str, Any]] = []
+    offer_columns, crosses = [], []
+    for j, col in enumerate(columns):
+        name = col.name
+        if name in _OFFER_NAMES:
+            offer_columns.append((j, col))
+        elif name in cross_names:
+            crosses.append((j, name))
+        elif name in _SCALAR_NAMES:
+            other.append((j, col, "scalar", name, None))
+        elif name.startswith(d.CONTEXT_PREFIX):
+            other.append((j, col, "context", name[len(d.CONTEXT_PREFIX) :], None))
+        elif name.startswith("__"):
+            # never read from a vector (its "__" keys are metadata): always missing
+            template[j] = col.code(None) if col.kind == "categorical" else np.nan
+        elif col.kind == "numeric":
+            numeric.append((j, name, cold.get(name)))
+        else:
+            other.append((j, col, "customer", name, cold.get(name)))
+    names = tuple(name for _, name, _ in numeric)
+    aging = [(i, _AGING[name]) for i, name in enumerate(names) if name in _AGING]
+    return _Plan(
+        template=template,
+        numeric_index=np.array([j for j, _, _ in numeric], dtype=np.intp),
+        numeric_names=names,
+        numeric_defaults=tuple(default for _, _, default in numeric),
+        aging_positions=np.array([i for i, _ in aging], dtype=np.intp),
+        aging_defaults=np.array([f.default for _, f in aging], dtype=np.float64),
+        aging_capped=np.array([f.default == d.HORIZON_DAYS for _, f in aging], dtype=bool),
+        other_shared=tuple(other),
+        offer_columns=tuple(offer_columns),
+        cross_index=np.array([j for j, _ in crosses], dtype=np.intp),
+        cross_names=tuple(name for _, name in crosses),
+    )
 
 
 @dataclass(frozen=True)
@@ -109,20 +201,7 @@ class Encoding:
 
     @cached_property
     def _plan(self) -> _Plan:
-        offer_names = {"offer_id", "offer_type", "offer_category", "offer_value"}
-        cross_names = {x.feature.name for x in d.CROSSES}
-        shared = [(c, c.name) for c in self.columns if c.name not in offer_names | cross_names]
-        return _Plan(
-            shared=shared,
-            shared_index=np.array(
-                [i for i, c in enumerate(self.columns) if c.name not in offer_names | cross_names],
-                dtype=np.intp,
-            ),
-            offer_columns=[(i, c) for i, c in enumerate(self.columns) if c.name in offer_names],
-            cross_columns=[
-                (i, c.name) for i, c in enumerate(self.columns) if c.name in cross_names
-            ],
-        )
+        return _build_plan(self.columns)
 
     @cached_property
     def _by_name(self) -> dict[str, ColumnEncoding]:
@@ -344,6 +423,35 @@ def _lookup(
     return out
 
 
+_TEXT_OR_NONE = frozenset({str, type(None)})
+
+
+def _key_lookup(
+    table: Mapping[str, Any] | None, key_array: np.ndarray, stats: Sequence[str]
+) -> np.ndarray:
+    """:func:`_lookup` as one float64 array, shape (n, len(stats)), for short key lists.
+
+    Dict look-ups instead of sorting when every key is text or None; the first row of a
+    repeated map key wins, as in :func:`_lookup`.
+    """
+    keys = key_array.tolist()
+    n = len(keys)
+    defaults = [d.STAT_DEFAULTS[s] for s in stats]
+    if not table or not table.get("keys") or not n:
+        return np.full((n, len(stats)), defaults, dtype=np.float64)
+    if not set(map(type, keys)) <= _TEXT_OR_NONE:
+        found = _lookup(table, key_array, stats)
+        return np.column_stack([found[s] for s in stats])
+    map_keys = list(map(str, table["keys"]))
+    values = np.asarray(table["values"], dtype=np.float64).reshape(len(map_keys), -1)
+    rows = values[:, : len(stats)].tolist()
+    # reversed, so that the first row of a repeated key is the one left in the dict
+    by_key = dict(zip(reversed(map_keys), reversed(rows), strict=True))
+    return np.array(
+        [by_key.get(k, defaults) if k is not None else defaults for k in keys], dtype=np.float64
+    ).reshape(n, len(stats))
+
+
 def _aged(name: str, value: Any, elapsed_days: float) -> Any:
     """Days-since features grow with the time elapsed since the vector was computed."""
     feature = _AGING.get(name)
@@ -386,13 +494,19 @@ def decision_matrix(
     ------
     SpecMismatchError
         If the vector or the encoding was built for another feature spec.
+
+    Notes
+    -----
+    Which column comes from where (customer feature, touchpoint, context, offer, cross) is
+    worked out once per encoding and cached on it, so a call is a few dict look-ups and
+    numpy operations on arrays of n_offers rows.
     """
     if encoding.spec_version != FEATURE_SPEC_VERSION:
         raise SpecMismatchError(
             f"the model's encoding is for feature spec {encoding.spec_version}, this code "
             f"computes spec {FEATURE_SPEC_VERSION}; retrain the model"
         )
-    vector = dict(customer_vector) if customer_vector else {}
+    vector: Mapping[str, Any] = customer_vector or {}
     vector_spec = vector.get(SPEC_KEY, FEATURE_SPEC_VERSION)
     if vector_spec != encoding.spec_version:
         raise SpecMismatchError(
@@ -401,8 +515,6 @@ def decision_matrix(
         )
     if now.tzinfo is not None:
         now = now.astimezone(UTC).replace(tzinfo=None)
-    base = cold_start_vector()
-    base.update({k: v for k, v in vector.items() if not k.startswith("__")})
     as_of = vector.get(AS_OF_KEY)
     elapsed = 0.0
     if as_of is not None:
@@ -410,70 +522,103 @@ def decision_matrix(
         elapsed = max(0.0, (now - as_of_ts).total_seconds() / d.DAY_SECONDS)
         # Stats hold "seconds ago" at as_of; crosses age them by the same amount below.
 
+    plan = encoding._plan
     arrays = offer_arrays(offers)
     n = len(arrays)
+    X = np.empty((n, len(encoding.columns)), dtype=np.float32)
+    # One row of the columns every offer shares, then the offer-dependent columns.
+    X[:] = _shared_row(plan, vector, touchpoint, context or {}, now, elapsed)
+
+    for j, col in plan.offer_columns:
+        values = _OFFER_ARRAY[col.name](arrays)
+        X[:, j] = col._text_codes(values) if col.kind == "categorical" else values
+    if not len(plan.cross_index):
+        return X
+
     tables = vector.get(STATS_KEY) or {}
     offer_side = {
         "offer_category": arrays.category,
         "offer_id": arrays.offer_id,
         "offer_type": arrays.offer_type,
-        "touchpoint_id": np.full(n, touchpoint.get("touchpoint_id"), dtype=object),
+        # one touchpoint: looked up once, repeated for every offer
+        "touchpoint_id": np.full(min(n, 1), touchpoint.get("touchpoint_id"), dtype=object),
     }
     stats: dict[str, Any] = {}
     for name, spec in STAT_TABLES.items():
-        stats.update(_lookup(tables.get(name), offer_side[spec.offer_key], spec.stats))
+        found = _key_lookup(tables.get(name), offer_side[spec.offer_key], spec.stats)
+        if len(found) != n:
+            found = np.repeat(found, n, axis=0)
+        stats.update({s: found[:, i] for i, s in enumerate(spec.stats)})
     if elapsed:
         for s in ("offer_last_shown_secs_ago", "type_last_shown_secs_ago"):
             shown = stats[s] < d.STAT_DEFAULTS[s]
             stats[s] = np.where(shown, stats[s] + elapsed * d.DAY_SECONDS, stats[s])
-    stats["purch_amount_365d"] = np.float64(base.get("purch_amount_365d") or 0.0)
-    crosses = {x.feature.name: x.build(stats, d.NUMPY_OPS) for x in d.CROSSES}
+    spend = vector.get("purch_amount_365d", _COLD_SPEND)
+    stats["purch_amount_365d"] = np.float64(spend or 0.0)
+    crosses = {x.feature.name: x for x in d.CROSSES}
+    X[:, plan.cross_index] = np.column_stack(
+        [crosses[name].build(stats, d.NUMPY_OPS) for name in plan.cross_names]
+    )
+    return X
 
-    scalars: dict[str, Any] = {
+
+_OFFER_ARRAY = {
+    "offer_id": lambda a: a.offer_id,
+    "offer_type": lambda a: a.offer_type,
+    "offer_category": lambda a: a.category,
+    "offer_value": lambda a: a.value,
+}
+_COLD_SPEND = cold_start_vector().get("purch_amount_365d")
+
+
+def _shared_row(
+    plan: _Plan,
+    vector: Mapping[str, Any],
+    touchpoint: Mapping[str, Any],
+    ctx: Mapping[str, Any],
+    now: datetime,
+    elapsed: float,
+) -> np.ndarray:
+    """The columns every offer shares, shape (n_columns,) float32 (offer columns: NaN)."""
+    row = plan.template.copy()
+    get = vector.get
+    values = [
+        get(name, default)
+        for name, default in zip(plan.numeric_names, plan.numeric_defaults, strict=True)
+    ]
+    if set(map(type, values)) <= _PLAIN_NUMBERS:
+        numbers = np.array(values, dtype=np.float64)
+        if elapsed > 0 and len(plan.aging_positions):
+            aged = numbers[plan.aging_positions]
+            grow = aged != plan.aging_defaults
+            grown = aged + elapsed
+            grown = np.where(plan.aging_capped, np.minimum(grown, float(d.HORIZON_DAYS)), grown)
+            numbers[plan.aging_positions] = np.where(grow, grown, aged)
+    else:
+        numbers = np.array(
+            [
+                _number(_aged(name, value, elapsed))
+                for name, value in zip(plan.numeric_names, values, strict=True)
+            ],
+            dtype=np.float64,
+        )
+    row[plan.numeric_index] = numbers
+    scalars = {
         "touchpoint_id": touchpoint.get("touchpoint_id"),
         "tp_channel": touchpoint.get("channel"),
         "tp_stage": touchpoint.get("stage"),
         "req_hour": float(now.hour),
         "req_dow": float(now.weekday()),
     }
-    columns_arrays: dict[str, np.ndarray] = {
-        "offer_id": arrays.offer_id,
-        "offer_type": arrays.offer_type,
-        "offer_category": arrays.category,
-        "offer_value": arrays.value,
-    }
-    ctx = context or {}
-    plan = encoding._plan
-    # One row of the columns every offer shares, then the offer-dependent columns.
-    row = np.array(
-        [_scalar(col, name, scalars, ctx, base, elapsed) for col, name in plan.shared],
-        dtype=np.float32,
-    )
-    X = np.empty((n, len(encoding.columns)), dtype=np.float32)
-    X[:, plan.shared_index] = row
-    for j, col in plan.offer_columns:
-        values = columns_arrays[col.name]
-        X[:, j] = col.codes(values) if col.kind == "categorical" else values
-    for j, name in plan.cross_columns:
-        X[:, j] = crosses[name]
-    return X
-
-
-def _scalar(
-    col: ColumnEncoding,
-    name: str,
-    scalars: Mapping[str, Any],
-    ctx: Mapping[str, Any],
-    base: Mapping[str, Any],
-    elapsed: float,
-) -> float:
-    if name in scalars:
-        value = scalars[name]
-    elif name.startswith(d.CONTEXT_PREFIX):
-        value = ctx.get(name[len(d.CONTEXT_PREFIX) :])
-    else:
-        value = _aged(name, base.get(name), elapsed)
-    return col.code(value) if col.kind == "categorical" else _number(value)
+    for j, col, source, key, default in plan.other_shared:
+        if source == "scalar":
+            value = scalars[key]
+        elif source == "context":
+            value = ctx.get(key)
+        else:
+            value = _aged(key, get(key, default), elapsed)
+        row[j] = col.code(value) if col.kind == "categorical" else _number(value)
+    return row
 
 
 def _number(value: Any) -> float:
