@@ -5,9 +5,10 @@ first use, under ``data/bench_hardening/``; ``--fresh`` rebuilds). In one run:
 
 1. **off**: the service's components in ``create_app(components=...)`` — no keys, no
    limits, no metrics, no access log, no model holder;
-2. **on**: the production service — API key checked on every call (secret key), rate
-   limit, body limit and timeout, Prometheus metrics, one JSON access log line per request
-   (written to a file), model holder with circuit breaker;
+2. **on**: the production service as ``recsys serve`` runs it (``RECSYS_ENVIRONMENT=
+   production``) — API key checked on every call (secret key), rate limit, body limit and
+   timeout, Prometheus metrics (multiprocess), one JSON access log line per request (to a
+   file), model holder following the registry alias, circuit breaker;
 
 each driven by wrk (same Lua script, many customers and realtime touchpoints) for
 ``--duration`` seconds after a 5 s warm-up: decisions/s, p50/p95/p99, errors. Then
@@ -86,56 +87,19 @@ def unhardened_app():
     from serving.config import load_serving_settings
     from serving.main import create_app
 
-    return create_app(components=build_components(load_settings(), load_serving_settings()))
+    components = build_components(load_settings(), load_serving_settings())
+    return create_app(components=components, hardened=False)
 
 
-def hardened_app():
-    """uvicorn factory of "on": keys, limits, CORS, metrics, JSON logs, model holder."""
-    from recsys.settings import load_settings
-    from serving.api.routes import admin
-    from serving.config import load_serving_settings
-    from serving.lifecycle import (
-        build_served_components,
-        install_lifecycle,
-        load_lifecycle_settings,
-    )
-    from serving.limits import install_limits, load_limit_settings, rate_limiter
-    from serving.main import create_app
-    from serving.observability import (
-        MeteredEventLog,
-        ServiceMetrics,
-        configure_logging,
-        install_observability,
-        load_observability_settings,
-    )
-    from serving.security import install_cors, install_security, load_security_settings
-
-    core, service = load_settings(), load_serving_settings()
-    observability = load_observability_settings()
-    configure_logging(observability, core.environment)
-    metrics = ServiceMetrics()
-    components, holder = build_served_components(
-        core,
-        service,
-        load_lifecycle_settings(),
-        observer=metrics,
-        wrap_event_log=lambda log: MeteredEventLog(log, metrics),
-    )
-    holder.start_polling()
-    app = create_app(components=components)
-    security, limits = load_security_settings(), load_limit_settings()
-    install_security(app, security, core, rate_check=rate_limiter(limits))
-    install_limits(app, limits)
-    install_cors(app, security)
-    install_observability(app, observability, metrics)
-    install_lifecycle(app, holder)
-    app.include_router(admin.router)
-    return app
+def server_for(name: str, args) -> list[str]:
+    """ "on" runs exactly as in production (``recsys serve``: log config, workers, metrics)."""
+    if name == "off":
+        return server_command(args.off_factory, args.workers)
+    return [str(base.BIN / "recsys"), "serve"]
 
 
 def measure(name: str, env: dict, script: Path, args, work: Path) -> dict:
-    factory = args.off_factory if name == "off" else args.on_factory
-    server = base.start(server_command(factory, args.workers), env, work / f"hardening_{name}.log")
+    server = base.start(server_for(name, args), env, work / f"hardening_{name}.log")
     try:
         base.wait_ready(f"{URL}/readyz", server)
         base.wrk(script, URL, 5, args.connections, args.threads)  # warm up
@@ -152,9 +116,7 @@ def median_run(runs: list[dict]) -> dict:
 
 
 def memory_run(env: dict, script: Path, args, work: Path) -> dict:
-    server = base.start(
-        server_command(args.on_factory, args.workers), env, work / "hardening_memory.log"
-    )
+    server = base.start(server_for("on", args), env, work / "hardening_memory.log")
     samples: list[tuple[float, float]] = []
     try:
         base.wait_ready(f"{URL}/readyz", server)
@@ -205,7 +167,6 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--work", type=Path, default=ROOT / "data" / "bench_hardening")
     parser.add_argument("--fresh", action="store_true", help="rebuild data, features and model")
-    parser.add_argument("--on-factory", default="bench_hardening:hardened_app")
     parser.add_argument("--off-factory", default="bench_hardening:unhardened_app")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -228,6 +189,8 @@ def main() -> None:
         "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
         "RECSYS_SERVING_EPSILON": "0.05",
         "PYTHONUNBUFFERED": "1",
+        "RECSYS_SERVING_PORT": str(PORT),
+        "RECSYS_SERVING_WORKERS": str(args.workers),
     }
     if not (work / "mlflow.db").exists():
         common["RECSYS_EVENT_LOG_URL"] = f"sqlite:///{work / 'events.sqlite'}"

@@ -517,8 +517,19 @@ def _check_event(
     return None
 
 
-#: URL scheme -> constructor. A PostgreSQL backend registers itself here.
-BACKENDS: dict[str, Callable[..., EventLog]] = {"sqlite": SQLiteEventLog.from_url}
+def _postgres(url: str, **kwargs: Any) -> EventLog:
+    # Imported on use: psycopg is only needed when the log is in PostgreSQL.
+    from recsys.eventlog_postgres import PostgresEventLog
+
+    return PostgresEventLog.from_url(url, **kwargs)
+
+
+#: URL scheme -> constructor.
+BACKENDS: dict[str, Callable[..., EventLog]] = {
+    "sqlite": SQLiteEventLog.from_url,
+    "postgresql": _postgres,
+    "postgres": _postgres,
+}
 
 
 def open_event_log(url: str, **kwargs: Any) -> EventLog:

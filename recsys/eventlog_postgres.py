@@ -26,7 +26,7 @@ import logging
 import queue
 import threading
 from collections import defaultdict
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from types import MappingProxyType
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _SCHEMA_LOCK = 0x7265637379730001  # pg_advisory_xact_lock key while creating tables
+_CAP_LOCK = 0x72637031  # first key of the per-customer contact-cap locks
 
 
 def _ddl(schema: str) -> list[sql.Composed]:
@@ -215,7 +216,7 @@ class PostgresEventLog(EventLog):
 
     # ----------------------------------------------------------------- writes
 
-    def record_decisions(self, decisions: Sequence[Decision]) -> None:
+    def _decision_rows(self, decisions: Sequence[Decision]) -> list[tuple]:
         rows = [
             (
                 d.decision_id,
@@ -237,15 +238,82 @@ class PostgresEventLog(EventLog):
             for d in decisions
             for o in d.offers
         ]
-        if not rows:
-            return
         _no_nul("customer_id", [r[5] for r in rows])
         _no_nul("decision_id", [r[0] for r in rows])
-        query = sql.SQL(
-            "INSERT INTO {} VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-        ).format(self._t_decisions)
+        return rows
+
+    def _insert_decisions(self, cur: psycopg.Cursor, rows: list[tuple]) -> None:
+        cur.executemany(
+            sql.SQL(
+                "INSERT INTO {} VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            ).format(self._t_decisions),
+            rows,
+        )
+
+    def record_decisions(self, decisions: Sequence[Decision]) -> None:
+        rows = self._decision_rows(decisions)
+        if not rows:
+            return
         with self._connection() as con, con.transaction(), con.cursor() as cur:
-            cur.executemany(query, rows)
+            self._insert_decisions(cur, rows)
+
+    def record_decisions_within_caps(
+        self, decisions: Sequence[Decision], caps: Mapping[str, tuple[int, int]]
+    ) -> set[str]:
+        """Store the decisions that keep every contact cap; return the ids of the others.
+
+        A transaction-scoped advisory lock per customer (taken in a fixed order) makes the
+        count and the insert atomic across replicas: two decisions for one customer on two
+        replicas cannot both take the last contact of a cap.
+        """
+        refused: set[str] = set()
+        if not decisions:
+            return refused
+        self._decision_rows(decisions)  # NUL check before any lock is taken
+        customers = sorted({d.customer_id for d in decisions if d.customer_id})
+        with self._connection() as con, con.transaction(), con.cursor() as cur:
+            for customer_id in customers:
+                cur.execute(
+                    "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_CAP_LOCK, customer_id)
+                )
+            added: dict[tuple[str, str], int] = defaultdict(int)
+            keep = []
+            for d in decisions:
+                if d.customer_id and self._breaks_cap(cur, d, caps, added):
+                    refused.add(d.decision_id)
+                    continue
+                keep.append(d)
+                for o in d.offers:
+                    added[(d.customer_id, o.offer_id)] += 1
+            rows = self._decision_rows(keep)
+            if rows:
+                self._insert_decisions(cur, rows)
+        return refused
+
+    def _breaks_cap(
+        self,
+        cur: psycopg.Cursor,
+        decision: Decision,
+        caps: Mapping[str, tuple[int, int]],
+        added: Mapping[tuple[str, str], int],
+    ) -> bool:
+        for offer in decision.offers:
+            cap = caps.get(offer.offer_id)
+            if cap is None:
+                continue
+            per_customer, window_days = cap
+            since = _us(decision.ts) - window_days * 86_400 * 1_000_000
+            cur.execute(
+                sql.SQL(
+                    "SELECT count(*) FROM {} WHERE customer_id = %s AND offer_id = %s "
+                    "AND ts_us >= %s"
+                ).format(self._t_decisions),
+                (decision.customer_id, offer.offer_id, since),
+            )
+            (count,) = cur.fetchone()
+            if count + added.get((decision.customer_id, offer.offer_id), 0) >= per_customer:
+                return True
+        return False
 
     def record_events(self, events: Sequence[Event]) -> EventWriteResult:
         for field in ("event_id", "decision_id", "offer_id"):

@@ -315,21 +315,14 @@ def popularity_rates(warehouse_path: Path | None) -> dict[tuple[str, str] | str,
 
 
 class FallbackEngine(DecisionEngine):
-    """The decision path without the model; every decision says ``fallback: true``."""
+    """The decision path without the model; every decision says ``fallback: true``.
 
-    def decide_many(
-        self,
-        requests: Sequence[DecisionRequest],
-        *,
-        trace: bool = False,
-        now: datetime | None = None,
-        record: bool = True,
-    ) -> list[Decision]:
-        decisions = super().decide_many(requests, trace=trace, now=now, record=False)
-        decisions = [replace(d, fallback=True) for d in decisions]
-        if record and self.sink is not None:
-            self.sink.record_decisions(decisions)
-        return decisions
+    Marked where each decision is made, so the engine's recording (contact caps checked at
+    commit, re-decisions) handles fallback decisions like any other.
+    """
+
+    def _arbitrate(self, *args: Any, **kwargs: Any) -> Decision:
+        return replace(super()._arbitrate(*args, **kwargs), fallback=True)
 
 
 def fallback_engine(

@@ -7,6 +7,8 @@ settings (catalogue, online store, champion model, event log) and closes them at
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -14,10 +16,29 @@ from fastapi import FastAPI
 
 from recsys.errors import RecsysError
 from recsys.settings import Settings, load_settings
-from serving.api.routes import decisions, events, health, offers, touchpoints
+from serving.api.routes import admin, decisions, events, health, offers, touchpoints
 from serving.components import Components, build_components
 from serving.config import ServingSettings, load_serving_settings
 from serving.errors import install_error_handlers
+from serving.lifecycle import (
+    build_served_components,
+    install_fault_handlers,
+    load_lifecycle_settings,
+)
+from serving.limits import LimitSettings, install_limits, load_limit_settings, rate_limiter
+from serving.observability import (
+    MeteredEventLog,
+    ObservabilitySettings,
+    ServiceMetrics,
+    install_observability,
+    load_observability_settings,
+)
+from serving.security import (
+    SecuritySettings,
+    install_cors,
+    install_security,
+    load_security_settings,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +58,8 @@ def create_app(
     settings: Settings | None = None,
     serving: ServingSettings | None = None,
     components: Components | None = None,
+    *,
+    hardened: bool = True,
 ) -> FastAPI:
     """The decision service.
 
@@ -46,7 +69,13 @@ def create_app(
         Core and service settings; default from the environment, read when called.
     components : optional
         Ready-made components (tests, embedding); they are not closed by the app.
+    hardened : bool
+        Keys and customer tokens, limits, CORS, metrics and JSON logs
+        (:func:`install_hardening`), and, without components, the model lifecycle (registry
+        alias followed, last good copy, popularity/rules fallback, circuit breaker).
+        False only for benchmarks and embedding behind another gateway.
     """
+    metrics = ServiceMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -56,16 +85,31 @@ def create_app(
             return
         core = settings or load_settings()
         service = serving or load_serving_settings()
+        holder = None
         try:
-            built = build_components(core, service)
+            if hardened:
+                built, holder = build_served_components(
+                    core,
+                    service,
+                    load_lifecycle_settings(),
+                    observer=metrics,
+                    wrap_event_log=lambda log: MeteredEventLog(log, metrics),
+                )
+            else:
+                built = build_components(core, service)
         except RecsysError as exc:
             # One clear line for the operator; uvicorn then exits ("startup failed").
             logger.error("the decision service cannot start: %s", exc)
             raise
         app.state.components = built
+        if holder is not None:
+            app.state.model_holder = holder
+            holder.start_polling()
         try:
             yield
         finally:
+            if holder is not None:
+                holder.stop()
             built.close()
 
     app = FastAPI(
@@ -81,7 +125,40 @@ def create_app(
     app.include_router(offers.router)
     app.include_router(touchpoints.router)
     app.include_router(health.router)
+    app.include_router(admin.router)
+    if hardened:
+        install_hardening(app, settings or load_settings(), metrics=metrics)
     return app
+
+
+def install_hardening(
+    app: FastAPI,
+    core: Settings,
+    *,
+    security: SecuritySettings | None = None,
+    limits: LimitSettings | None = None,
+    observability: ObservabilitySettings | None = None,
+    metrics: ServiceMetrics | None = None,
+) -> ServiceMetrics:
+    """Keys and tokens, rate/body/time limits, CORS, metrics and access logs, in order.
+
+    The last layer added runs first: request id and metrics see every response (also
+    401/413/429), CORS headers are on refusals too, the body is read (and limited) before
+    a browser call's customer is checked. Settings default to the environment.
+
+    Raises
+    ------
+    ConfigError
+        An unsafe setup (production without keys, ``*`` origins with credentials, ...).
+    """
+    security = security or load_security_settings()
+    limits = limits or load_limit_settings()
+    install_security(app, security, core, rate_check=rate_limiter(limits))
+    install_limits(app, limits)
+    install_cors(app, security)
+    metrics = install_observability(app, observability or load_observability_settings(), metrics)
+    install_fault_handlers(app)
+    return metrics
 
 
 def run_server(serving: ServingSettings) -> None:
@@ -102,8 +179,20 @@ def run_server(serving: ServingSettings) -> None:
         "class": "logging.StreamHandler",
         "stream": "ext://sys.stderr",
     }
+    observability = load_observability_settings()
+    log_format = observability.log_format
+    if log_format == "auto":
+        log_format = "json" if load_settings().environment == "production" else "text"
+    if log_format == "json":
+        # One JSON object per line (request id, no secrets), uvicorn's own lines too.
+        for formatter in ("app", "default", "access"):
+            log_config["formatters"][formatter] = {"()": "serving.observability.JsonLogFormatter"}
+    level = observability.log_level.upper()
     for name in ("recsys", "serving", "features"):
-        log_config["loggers"][name] = {"handlers": ["app"], "level": "INFO", "propagate": False}
+        log_config["loggers"][name] = {"handlers": ["app"], "level": level, "propagate": False}
+    if serving.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # /metrics sums over the worker processes (prometheus-client multiprocess mode).
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="recsys-metrics-")
     uvicorn.run(
         "serving.main:create_app",
         factory=True,

@@ -18,14 +18,13 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import hmac
-import json
 import logging
 import os
 import re
 import secrets
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -142,7 +141,7 @@ class JsonLogFormatter(logging.Formatter):
                 entry[key] = redact(value) if isinstance(value, str) else value
         if record.exc_info:
             entry["exc"] = redact(self.formatException(record.exc_info))
-        return json.dumps(entry, default=str)
+        return orjson.dumps(entry, default=str).decode()
 
 
 class RedactingFormatter(logging.Formatter):
@@ -306,6 +305,15 @@ class MeteredEventLog(EventLog):
     def record_decisions(self, decisions: Sequence[Decision]) -> None:
         try:
             self.inner.record_decisions(decisions)
+        except Exception as exc:
+            self._failed("record_decisions", exc)
+            raise
+
+    def record_decisions_within_caps(
+        self, decisions: Sequence[Decision], caps: Mapping[str, tuple[int, int]]
+    ) -> set[str]:
+        try:
+            return self.inner.record_decisions_within_caps(decisions, caps)
         except Exception as exc:
             self._failed("record_decisions", exc)
             raise

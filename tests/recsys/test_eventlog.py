@@ -121,7 +121,9 @@ def test_wal_mode_and_url_registry(tmp_path):
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     con.close()
     log.close()
-    with pytest.raises(ConfigError, match="scheme must be one of sqlite, got 'mysql://x'"):
+    with pytest.raises(
+        ConfigError, match="scheme must be one of postgres, postgresql, sqlite, got 'mysql://x'"
+    ):
         open_event_log("mysql://x")
 
 

@@ -143,3 +143,28 @@ def test_bad_urls_are_refused(url, message):
 def test_url_schema_and_driver_suffix():
     conninfo, schema = parse_url("postgresql+psycopg://u@h:5432/db?schema=s1&sslmode=disable")
     assert schema == "s1" and conninfo == "postgresql://u@h:5432/db?sslmode=disable"
+
+
+def test_contact_caps_hold_across_replicas_racing(served, schema):
+    """Decisions made on stale history by four 'replicas' at once: the cap still holds."""
+    log, _ = served
+    engine = make_engine(log)
+    decisions = [
+        engine.decide_many([DecisionRequest("c3", "web_home", limit=2)], record=False)[0]
+        for _ in range(4)
+    ]
+    assert all("o_capped" in {o.offer_id for o in d.offers} for d in decisions)
+    caps = {"o_capped": (2, 7)}
+    logs = [PostgresEventLog.from_url(f"{PG}?schema={schema}") for _ in range(4)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        refused = list(
+            pool.map(
+                lambda pair: pair[0].record_decisions_within_caps([pair[1]], caps),
+                zip(logs, decisions, strict=True),
+            )
+        )
+    for other in logs:
+        other.close()
+    assert sum(len(r) for r in refused) == 2  # two of the four lost the race
+    history = log.contact_history(["c3"], NOW - timedelta(days=7))
+    assert len(history["c3"].contacts["o_capped"]) == 2

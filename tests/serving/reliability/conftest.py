@@ -182,7 +182,7 @@ def build_stack(
     components = Components(
         engine=holder.engine, event_log=event_log, serving=serving or ServingSettings()
     )
-    app = create_app(components=components)
+    app = create_app(components=components, hardened=False)
     core = Settings(environment=environment)
     harden(
         app,

@@ -70,6 +70,6 @@ def create() -> FastAPI:
     )
     holder.start()
     components = Components(engine=holder.engine, event_log=log, serving=ServingSettings())
-    app = create_app(components=components)
+    app = create_app(components=components, hardened=False)
     harden(app, core, SecuritySettings(), LimitSettings(), observability, metrics, holder)
     return app

@@ -370,7 +370,7 @@ def test_the_popularity_fallback_ranks_by_observed_acceptance(stack_factory, tmp
     shown = [(f"d{i}", "web_home", offer) for i in range(100) for offer in ("o_tv", "o_dress")]
     con.executemany("INSERT INTO decisions VALUES (?, ?, ?)", shown)
     accepted = [(f"d{i}", "o_dress", "accept") for i in range(40)]
-    con.executemany("INSERT INTO outcomes VALUES (?, ?, ?)", accepted + [("d0", "o_tv", "click")])
+    con.executemany("INSERT INTO outcomes VALUES (?, ?, ?)", [*accepted, ("d0", "o_tv", "click")])
     con.close()
     rates = popularity_rates(warehouse)
     assert rates[("web_home", "o_dress")] == pytest.approx(41 / 120)

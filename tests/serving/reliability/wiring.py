@@ -10,12 +10,12 @@ from recsys.arbitration import EpsilonGreedy
 from recsys.decision import DecisionEngine
 from recsys.eventlog import EventLog
 from recsys.settings import Settings
-from serving.api.routes import admin
 from serving.lifecycle import ModelHolder, install_lifecycle
-from serving.limits import LimitSettings, install_limits, rate_limiter
+from serving.limits import LimitSettings
+from serving.main import install_hardening
 from serving.model import LoadedModel
-from serving.observability import ObservabilitySettings, ServiceMetrics, install_observability
-from serving.security import SecuritySettings, install_cors, install_security
+from serving.observability import ObservabilitySettings, ServiceMetrics
+from serving.security import SecuritySettings
 from tests.serving.factories import FixedClock, build_matrix
 
 
@@ -51,11 +51,9 @@ def harden(
     metrics: ServiceMetrics,
     holder: ModelHolder | None,
 ) -> None:
-    """The production layers, in their order (as serving.main wires them)."""
-    install_security(app, security, core, rate_check=rate_limiter(limits))
-    install_limits(app, limits)
-    install_cors(app, security)
-    install_observability(app, observability, metrics)
+    """The production layers (serving.main.install_hardening) and the model holder."""
+    install_hardening(
+        app, core, security=security, limits=limits, observability=observability, metrics=metrics
+    )
     if holder is not None:
         install_lifecycle(app, holder)
-    app.include_router(admin.router)
