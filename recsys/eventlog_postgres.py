@@ -21,7 +21,6 @@ PostgreSQL text cannot hold NUL characters: ids containing one are refused with 
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -46,6 +45,7 @@ from recsys.eventlog import (
     EventRejection,
     EventWriteResult,
     _check_event,
+    _decision_rows,
     _from_us,
     _us,
 )
@@ -217,26 +217,10 @@ class PostgresEventLog(EventLog):
     # ----------------------------------------------------------------- writes
 
     def _decision_rows(self, decisions: Sequence[Decision]) -> list[tuple]:
+        # The SQLite layout, with PostgreSQL booleans for `explored` and `fallback`.
         rows = [
-            (
-                d.decision_id,
-                o.offer_id,
-                _us(d.ts),
-                d.touchpoint_id,
-                d.channel,
-                d.customer_id,
-                o.rank,
-                o.propensity,
-                d.policy,
-                o.score,
-                bool(o.explored),
-                bool(d.fallback),
-                d.model.name,
-                d.model.version,
-                json.dumps(dict(d.context), sort_keys=True, default=str) if d.context else None,
-            )
-            for d in decisions
-            for o in d.offers
+            (*row[:10], bool(row[10]), bool(row[11]), *row[12:])
+            for row in _decision_rows(decisions)
         ]
         _no_nul("customer_id", [r[5] for r in rows])
         _no_nul("decision_id", [r[0] for r in rows])
