@@ -421,17 +421,7 @@ class SQLiteEventLog(EventLog):
                 "SELECT decision_id, offer_id, ts_us, type, revenue, event_id FROM events "
                 f"WHERE type IN ({types}) ORDER BY ts_us, event_id"
             ).fetchall()
-        return [
-            {
-                "decision_id": d,
-                "offer_id": o,
-                "ts": _from_us(ts),
-                "outcome": t,
-                "revenue": r,
-                "event_id": e,
-            }
-            for d, o, ts, t, r, e in rows
-        ]
+        return _outcome_dicts(rows)
 
     def event_ids(self) -> set[str]:
         with self._lock:
@@ -477,6 +467,21 @@ def _decision_rows(decisions: Sequence[Decision]) -> list[tuple]:
         )
         for d in decisions
         for o in d.offers
+    ]
+
+
+def _outcome_dicts(rows: Sequence[tuple]) -> list[dict[str, Any]]:
+    """Rows of (decision_id, offer_id, ts_us, type, revenue, event_id) as outcome records."""
+    return [
+        {
+            "decision_id": d,
+            "offer_id": o,
+            "ts": _from_us(ts),
+            "outcome": t,
+            "revenue": r,
+            "event_id": e,
+        }
+        for d, o, ts, t, r, e in rows
     ]
 
 

@@ -47,6 +47,7 @@ from recsys.eventlog import (
     _check_event,
     _decision_rows,
     _from_us,
+    _outcome_dicts,
     _us,
 )
 
@@ -435,17 +436,7 @@ class PostgresEventLog(EventLog):
                 ).format(self._t_events),
                 ([str(t) for t in OUTCOME_TYPES],),
             ).fetchall()
-        return [
-            {
-                "decision_id": d,
-                "offer_id": o,
-                "ts": _from_us(ts),
-                "outcome": t,
-                "revenue": r,
-                "event_id": e,
-            }
-            for d, o, ts, t, r, e in rows
-        ]
+        return _outcome_dicts(rows)
 
     def event_ids(self) -> set[str]:
         with self._connection() as con:
