@@ -7,7 +7,10 @@ Steps (all under ``data/bench_serving/``, rebuilt with ``--fresh``):
    the demo model trained with ``recsys train`` and promoted to champion (MLflow, sqlite);
 2. ``recsys serve`` (uvicorn, ``--workers``) driven by **wrk** (Debian package ``wrk``; a Lua
    script posts decisions for random customers — 5% unknown — over the realtime touchpoints)
-   for ``--duration`` seconds: decisions/s, p50/p95/p99 latency, errors;
+   for ``--duration`` seconds, twice: closed loop with ``--connections`` (the most
+   decisions/s it sustains; latency there is mostly queueing, Little's law), then paced at
+   ``--rate`` decisions/s (exponential gaps per connection, calibrated in a 5 s pass): the
+   latency a site sees at that load. Decisions/s, p50/p95/p99 latency, errors;
 3. ``mlflow models serve`` of the same registered model, driven by wrk with the candidate rows
    of one real decision (the same matrix the service scores), for the same duration;
 4. ``recsys score`` of a batch touchpoint for every customer (customers x candidates per s).
@@ -64,6 +67,15 @@ request = function()
   local tp = touchpoints[math.random(1, #touchpoints)]
   local body = string.format('{"customer_id": "%%s", "touchpoint": "%%s"}', c, tp)
   return wrk.format(nil, "/v1/decisions", nil, body)
+end
+"""
+
+# Paced load: each connection waits an exponential gap (mean GAP ms) before every request,
+# so the offered rate is about connections x 1000 / (GAP + latency) — Poisson-like arrivals
+# instead of a closed loop that only measures queueing at saturation.
+WRK_PACED = r"""
+delay = function()
+  return -math.log(1 - math.random()) * %(gap_ms)f
 end
 """
 
@@ -200,6 +212,23 @@ def wrk(script: Path, url: str, duration: int, connections: int, threads: int) -
     }
 
 
+def paced(
+    script: Path, work: Path, rate: int, connections: int, duration: int, threads: int
+) -> dict:
+    """wrk at about ``rate`` requests/s: calibrate the gap for 5 s, then measure."""
+    paced_script = work / "decisions_paced.lua"
+    gap_ms = connections * 1000.0 / rate
+    for seconds in (5, 5, duration):
+        paced_script.write_text(script.read_text() + WRK_PACED % {"gap_ms": gap_ms})
+        result = wrk(paced_script, "http://127.0.0.1:8701", seconds, connections, threads)
+        # per connection: 1 / rate_c = gap + latency  ->  gap = connections / rate - latency
+        latency_ms = 1000.0 * connections / result["per_second"] - gap_ms
+        gap_ms = max(0.0, connections * 1000.0 / rate - latency_ms)
+    result["target_per_second"] = rate
+    result["connections"] = connections
+    return result
+
+
 def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -248,6 +277,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="uvicorn workers of the service")
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
+    parser.add_argument(
+        "--rate", type=int, default=1000, help="decisions/s of the paced run (0 = skip it)"
+    )
+    parser.add_argument("--rate-connections", type=int, default=16)
     parser.add_argument("--epsilon", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--skip-mlflow", action="store_true")
@@ -303,6 +336,10 @@ def main() -> None:
         results["recsys"] = wrk(
             script, "http://127.0.0.1:8701", args.duration, args.connections, args.threads
         )
+        if args.rate:
+            results["recsys_paced"] = paced(
+                script, work, args.rate, args.rate_connections, args.duration, args.threads
+            )
         results["recsys"]["decisions_logged"] = _count_rows(work / "events.sqlite")
     finally:
         stop(server)
@@ -401,6 +438,7 @@ def print_table(results: dict, ready: dict, args: argparse.Namespace) -> None:
     print(f"{'server':<34}{'req/s':>10}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'errors':>9}")
     labels = {
         "recsys": "recsys /v1/decisions (full path)",
+        "recsys_paced": f"recsys paced (target {args.rate}/s)",
         "mlflow": "mlflow models serve (score only)",
     }
     for name, r in results.items():

@@ -19,13 +19,15 @@ backend be added for several service replicas (settings ``event_log_url``).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -209,7 +211,8 @@ class SQLiteEventLog(EventLog):
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._clock = clock or (lambda: datetime.now(UTC))
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the connection: one statement at a time
+        self._write_lock = threading.Lock()  # one writer of this process at a time
         # isolation_level=None: explicit BEGIN/COMMIT, no implicit transactions.
         self._con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._con.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
@@ -218,16 +221,44 @@ class SQLiteEventLog(EventLog):
             raise ConfigError(f"event log {self.path!r} must support WAL mode, got {mode!r}")
         # Decisions: NORMAL (durable against a process crash, fast). Events: FULL per commit.
         self._con.execute("PRAGMA synchronous = NORMAL")
-        with self._lock:
-            self._con.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in _SCHEMA:
-                    self._con.execute(statement)
-                self._con.execute("COMMIT")
-            except BaseException:
-                self._con.execute("ROLLBACK")
-                raise
+        # Writers of all processes queue on an flock of a side file before BEGIN IMMEDIATE:
+        # a blocked writer wakes the moment the lock is free, where SQLite's own busy
+        # handler would sleep in steps of up to 100 ms (the latency tail under load).
+        self._lock_file = None if self.path == ":memory:" else open(f"{self.path}.lock", "a+b")  # noqa: SIM115
+        with self._write():
+            for statement in _SCHEMA:
+                self._con.execute(statement)
         logger.info("event log opened: sqlite %s (WAL)", self.path)
+
+    @contextlib.contextmanager
+    def _write(self, durable: bool = False) -> Iterator[None]:
+        """One write transaction, serialised within the process and across processes.
+
+        ``durable``: synced to disk at commit (acknowledged events); decisions are not
+        (NORMAL in WAL mode survives a process crash, which is what they need). Waiting for
+        another process's write holds only the writers' lock: reads go on meanwhile.
+        """
+        with self._write_lock:
+            if self._lock_file is not None:
+                fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX)
+            try:
+                with self._lock:
+                    if durable:
+                        self._con.execute("PRAGMA synchronous = FULL")
+                    try:
+                        self._con.execute("BEGIN IMMEDIATE")
+                        try:
+                            yield
+                            self._con.execute("COMMIT")
+                        except BaseException:
+                            self._con.execute("ROLLBACK")
+                            raise
+                    finally:
+                        if durable:
+                            self._con.execute("PRAGMA synchronous = NORMAL")
+            finally:
+                if self._lock_file is not None:
+                    fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> SQLiteEventLog:
@@ -245,14 +276,8 @@ class SQLiteEventLog(EventLog):
         rows = _decision_rows(decisions)
         if not rows:
             return
-        with self._lock:
-            self._con.execute("BEGIN IMMEDIATE")
-            try:
-                self._con.executemany(_INSERT_DECISION, rows)
-                self._con.execute("COMMIT")
-            except BaseException:
-                self._con.execute("ROLLBACK")
-                raise
+        with self._write():
+            self._con.executemany(_INSERT_DECISION, rows)
 
     def record_decisions_within_caps(
         self, decisions: Sequence[Decision], caps: Mapping[str, tuple[int, int]]
@@ -260,27 +285,21 @@ class SQLiteEventLog(EventLog):
         refused: set[str] = set()
         if not decisions:
             return refused
-        with self._lock:
-            # BEGIN IMMEDIATE takes the file's write lock: no other process can add a
-            # contact between this count and this insert.
-            self._con.execute("BEGIN IMMEDIATE")
-            try:
-                added: dict[tuple[str, str], int] = defaultdict(int)
-                keep = []
-                for d in decisions:
-                    if d.customer_id and self._breaks_cap(d, caps, added):
-                        refused.add(d.decision_id)
-                        continue
-                    keep.append(d)
-                    for o in d.offers:
-                        added[(d.customer_id, o.offer_id)] += 1
-                rows = _decision_rows(keep)
-                if rows:
-                    self._con.executemany(_INSERT_DECISION, rows)
-                self._con.execute("COMMIT")
-            except BaseException:
-                self._con.execute("ROLLBACK")
-                raise
+        # The write lock is held from the count to the insert: no other process can add a
+        # contact in between.
+        with self._write():
+            added: dict[tuple[str, str], int] = defaultdict(int)
+            keep = []
+            for d in decisions:
+                if d.customer_id and self._breaks_cap(d, caps, added):
+                    refused.add(d.decision_id)
+                    continue
+                keep.append(d)
+                for o in d.offers:
+                    added[(d.customer_id, o.offer_id)] += 1
+            rows = _decision_rows(keep)
+            if rows:
+                self._con.executemany(_INSERT_DECISION, rows)
         return refused
 
     def _breaks_cap(
@@ -309,38 +328,29 @@ class SQLiteEventLog(EventLog):
         duplicates: list[str] = []
         rejected: list[EventRejection] = []
         received_us = _us(self._clock())
-        with self._lock:
-            self._con.execute("PRAGMA synchronous = FULL")
-            self._con.execute("BEGIN IMMEDIATE")
-            try:
-                served = self._served_offers({e.decision_id for e in events})
-                for index, event in enumerate(events):
-                    problem = _check_event(index, event, served)
-                    if problem is not None:
-                        rejected.append(problem)
-                        continue
-                    customer_id, _ = served[event.decision_id][event.offer_id]
-                    cursor = self._con.execute(
-                        "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                        "ON CONFLICT (event_id) DO NOTHING",
-                        (
-                            event.event_id,
-                            event.decision_id,
-                            event.offer_id,
-                            customer_id,
-                            str(event.type),
-                            _us(event.ts),
-                            event.revenue,
-                            received_us,
-                        ),
-                    )
-                    (new if cursor.rowcount == 1 else duplicates).append(event.event_id)
-                self._con.execute("COMMIT")
-            except BaseException:
-                self._con.execute("ROLLBACK")
-                raise
-            finally:
-                self._con.execute("PRAGMA synchronous = NORMAL")
+        with self._write(durable=True):
+            served = self._served_offers({e.decision_id for e in events})
+            for index, event in enumerate(events):
+                problem = _check_event(index, event, served)
+                if problem is not None:
+                    rejected.append(problem)
+                    continue
+                customer_id, _ = served[event.decision_id][event.offer_id]
+                cursor = self._con.execute(
+                    "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (event_id) DO NOTHING",
+                    (
+                        event.event_id,
+                        event.decision_id,
+                        event.offer_id,
+                        customer_id,
+                        str(event.type),
+                        _us(event.ts),
+                        event.revenue,
+                        received_us,
+                    ),
+                )
+                (new if cursor.rowcount == 1 else duplicates).append(event.event_id)
         return EventWriteResult(tuple(new), tuple(duplicates), tuple(rejected))
 
     def _served_offers(self, decision_ids: Collection[str]) -> dict[str, dict[str, tuple]]:
@@ -440,6 +450,8 @@ class SQLiteEventLog(EventLog):
     def close(self) -> None:
         with self._lock:
             self._con.close()
+            if self._lock_file is not None:
+                self._lock_file.close()
 
 
 _INSERT_DECISION = "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"

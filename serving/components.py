@@ -16,6 +16,7 @@ from recsys.decision import DecisionEngine, FeatureSource, ModelInfo
 from recsys.errors import SpecMismatchError
 from recsys.eventlog import EventLog, open_event_log
 from recsys.settings import Settings
+from serving.batching import DecisionBatcher
 from serving.config import ServingSettings
 
 logger = logging.getLogger(__name__)
@@ -29,6 +30,16 @@ class Components:
     event_log: EventLog
     serving: ServingSettings = field(default_factory=ServingSettings)
     extras: dict[str, Any] = field(default_factory=dict)
+    _batcher: DecisionBatcher | None = field(default=None, init=False, repr=False)
+
+    @property
+    def batcher(self) -> DecisionBatcher:
+        """The decision thread of this process (started on first use, from the event loop)."""
+        if self._batcher is None:
+            self._batcher = DecisionBatcher(
+                lambda: self.engine, max_batch=self.serving.decision_batch_max
+            )
+        return self._batcher
 
     @property
     def catalog(self) -> Catalog:
@@ -43,6 +54,8 @@ class Components:
         return self.engine.model
 
     def close(self) -> None:
+        if self._batcher is not None:
+            self._batcher.close()  # queued decisions are finished and logged first
         self.event_log.close()
         closer = getattr(self.engine.features, "close", None)
         if callable(closer):
@@ -61,14 +74,21 @@ def build_components(settings: Settings, serving: ServingSettings) -> Components
     from features.matrix import Encoding
     from features.online import open_online_store
     from serving.features_adapter import EncodedMatrixBuilder, StoreFeatureSource
+    from serving.lifecycle import compiled_model_dir, load_lifecycle_settings
     from serving.model import load_model_dir, load_registered_model
 
     catalog = load_catalog(serving.catalog_source or settings.warehouse_path)
+    compiled_dir = compiled_model_dir(load_lifecycle_settings())
     if serving.model_dir is not None:
-        loaded = load_model_dir(serving.model_dir, name=settings.model_name)
+        loaded = load_model_dir(
+            serving.model_dir, name=settings.model_name, compiled_dir=compiled_dir
+        )
     else:
         loaded = load_registered_model(
-            settings.mlflow_tracking_uri, settings.model_name, settings.model_alias
+            settings.mlflow_tracking_uri,
+            settings.model_name,
+            settings.model_alias,
+            compiled_dir=compiled_dir,
         )
     if "encoding" not in loaded.spec:
         raise SpecMismatchError(

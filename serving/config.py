@@ -21,6 +21,12 @@ class ServingSettings(BaseSettings):
         default=0.05, ge=0.0, le=1.0, description="epsilon-greedy exploration share; 0 = greedy"
     )
     max_limit: int = Field(default=50, ge=1, description="largest `limit` a request may ask for")
+    decision_batch_max: int = Field(
+        default=32,
+        ge=1,
+        description="most concurrent POST /v1/decisions decided in one engine call "
+        "(dynamic batching; 1 = one at a time)",
+    )
     max_batch_customers: int = Field(default=1_000, ge=1, description="customers per batch call")
     max_events: int = Field(default=1_000, ge=1, description="events per POST /v1/events")
     catalog_source: Path | None = Field(

@@ -67,6 +67,11 @@ class LifecycleSettings(BaseSettings):
     model_cache_dir: Path = Field(
         default=Path("data/model_cache"), description="last good copies of registry models"
     )
+    compiled_scorer: bool = Field(
+        default=True,
+        description="score with the model compiled to native code (lleaves), checked against "
+        "LightGBM at load; binaries cached under model_cache_dir/compiled",
+    )
     model_poll_seconds: float = Field(
         default=30.0, ge=0, description="how often to check the registry alias; 0 = never"
     )
@@ -82,6 +87,11 @@ class LifecycleSettings(BaseSettings):
 
 def load_lifecycle_settings(**overrides: Any) -> LifecycleSettings:
     return LifecycleSettings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def compiled_model_dir(settings: LifecycleSettings) -> Path | None:
+    """Where compiled models are cached, or None when compiled scoring is off."""
+    return Path(settings.model_cache_dir) / "compiled" if settings.compiled_scorer else None
 
 
 class ModelUnavailable(Exception):
@@ -670,7 +680,12 @@ class ModelHolder:
     def _candidate(self, path: Path, version: str) -> DecisionEngine:
         """Load ``path``, build its engine, and try one decision per touchpoint (no logging)."""
         try:
-            loaded = load_model_dir(path, name=self.model_name, version=version)
+            loaded = load_model_dir(
+                path,
+                name=self.model_name,
+                version=version,
+                compiled_dir=compiled_model_dir(self.settings),
+            )
         except Exception as exc:
             raise ModelRefused(f"cannot load the model files: {type(exc).__name__}: {exc}") from exc
         try:

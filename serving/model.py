@@ -1,15 +1,21 @@
-"""The champion model: loaded from the MLflow registry, scored with LightGBM directly.
+"""The champion model: loaded from the MLflow registry, scored as native code.
 
 ``models:/offer-ranker@champion`` is a folder with ``feature_spec.json`` (columns,
 feature-spec version, ``model_file``) and the LightGBM model in its native text format.
-Serving reads them with mlflow (download) + lightgbm (predict): no training code, no
-pyfunc wrapper and no pandas on the hot path.
+Serving reads them with mlflow (download) + lightgbm: no training code, no pyfunc wrapper
+and no pandas on the hot path. By default the booster is compiled to machine code with
+lleaves (LLVM): the same predictions (checked at load against LightGBM on rows that cross
+every split threshold of the model) about 3-5x faster, which matters most for the 20-200
+row matrices of one decision. Compiled binaries are cached by model hash and CPU.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,18 +63,118 @@ class LightGBMScorer:
         return self.booster.predict(matrix, num_threads=self.num_threads)
 
 
+#: Largest |compiled - LightGBM| accepted on the check rows (the two agree to ~1e-15).
+COMPILED_TOLERANCE = 1e-9
+CHECK_ROWS = 512
+
+
+class CompiledScorer:
+    """The booster compiled to native code by lleaves; same interface as LightGBMScorer.
+
+    Parameters
+    ----------
+    model_file : path of the LightGBM text model
+    reference : LightGBMScorer
+        The booster the compiled code must agree with (checked here; ValueError if not).
+    cache_dir : folder for compiled binaries (one per model hash and CPU), shared by processes
+    """
+
+    def __init__(self, model_file: Path, reference: LightGBMScorer, cache_dir: Path):
+        from importlib.metadata import version
+
+        import lleaves
+        import llvmlite.binding as llvm
+
+        self.columns = reference.columns
+        self.num_threads = 1
+        digest = hashlib.sha256(model_file.read_bytes()).hexdigest()[:24]
+        cpu = llvm.get_host_cpu_name()
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        cached = cache_dir / f"{digest}-{cpu}-lleaves{version('lleaves')}.so"
+        self.model = lleaves.Model(model_file=str(model_file))
+        if cached.is_file():
+            self.model.compile(cache=str(cached))
+        else:
+            # Compile to a private name, then publish atomically: workers starting together
+            # never load a half-written binary.
+            fd, tmp = tempfile.mkstemp(prefix=f".{digest}-", suffix=".so", dir=cache_dir)
+            os.close(fd)
+            os.unlink(tmp)  # lleaves writes the cache file only when it does not exist
+            try:
+                self.model.compile(cache=tmp)
+                os.replace(tmp, cached)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        rows = check_rows(reference.booster, CHECK_ROWS)
+        diff = float(np.max(np.abs(self.predict(rows) - reference.score(rows))))
+        if not diff <= COMPILED_TOLERANCE:
+            raise ValueError(
+                f"compiled model disagrees with LightGBM by {diff:.3g} "
+                f"(expected <= {COMPILED_TOLERANCE:g})"
+            )
+
+    def predict(self, matrix: np.ndarray) -> np.ndarray:
+        return self.model.predict(matrix, n_jobs=self.num_threads)
+
+    def score(self, matrix: np.ndarray) -> np.ndarray:
+        """matrix shape (n, n_features) -> P(accept), shape (n,)."""
+        if matrix.ndim != 2 or matrix.shape[1] != len(self.columns):
+            raise SpecMismatchError(
+                f"decision matrix must have {len(self.columns)} columns, got shape {matrix.shape}"
+            )
+        return self.model.predict(matrix, n_jobs=self.num_threads)
+
+
+def check_rows(booster: lgb.Booster, n: int, seed: int = 0) -> np.ndarray:
+    """Rows that exercise the model: every cell is a split value of its feature (just
+    below, at or above a numeric threshold; in or out of a category set) or missing."""
+    values: list[set[float]] = [set() for _ in range(booster.num_feature())]
+
+    def walk(node: dict[str, Any]) -> None:
+        if "split_feature" not in node:
+            return
+        feature = node["split_feature"]
+        threshold = node["threshold"]
+        if isinstance(threshold, str):  # categorical: "1||4||7"
+            cats = [float(c) for c in threshold.split("||") if c]
+            values[feature].update(cats)
+            values[feature].update(c + 1 for c in cats)
+        else:
+            values[feature].update((threshold, np.nextafter(threshold, np.inf), threshold - 1))
+        walk(node["left_child"])
+        walk(node["right_child"])
+
+    for tree in booster.dump_model()["tree_info"]:
+        walk(tree["tree_structure"])
+    rng = np.random.default_rng(seed)
+    rows = np.empty((n, len(values)))
+    for j, seen in enumerate(values):
+        pool = np.array(sorted(seen) or [0.0])
+        rows[:, j] = rng.choice(pool, size=n)
+    rows[rng.random(rows.shape) < 0.05] = np.nan
+    return rows
+
+
 @dataclass(frozen=True)
 class LoadedModel:
-    scorer: LightGBMScorer
+    scorer: LightGBMScorer | CompiledScorer
     info: ModelInfo
     spec: dict[str, Any]
     path: Path
 
 
 def load_model_dir(
-    path: str | Path, name: str = "offer-ranker", version: str = "local"
+    path: str | Path,
+    name: str = "offer-ranker",
+    version: str = "local",
+    compiled_dir: Path | None = None,
 ) -> LoadedModel:
-    """Load a downloaded model folder (``feature_spec.json`` + the LightGBM model file)."""
+    """Load a downloaded model folder (``feature_spec.json`` + the LightGBM model file).
+
+    With ``compiled_dir`` the scorer is the lleaves-compiled model (binaries cached there);
+    if compiling fails or disagrees with LightGBM, LightGBM scores (one warning line).
+    """
     root = Path(path)
     spec_files = sorted(root.rglob(SPEC_FILE))
     if not spec_files:
@@ -81,8 +187,27 @@ def load_model_dir(
     info = ModelInfo(
         name=name, version=str(version), feature_spec_version=spec.get("feature_spec_version")
     )
-    logger.info("model %s v%s loaded from %s (%d columns)", name, version, model_file, len(columns))
-    return LoadedModel(LightGBMScorer(booster, columns), info, spec, root)
+    scorer: LightGBMScorer | CompiledScorer = LightGBMScorer(booster, columns)
+    if compiled_dir is not None:
+        try:
+            scorer = CompiledScorer(model_file, scorer, Path(compiled_dir))
+        except Exception as exc:  # any compiler failure: LightGBM still scores correctly
+            logger.warning(
+                "model %s v%s: compiled scoring unavailable, using LightGBM: %s: %s",
+                name,
+                version,
+                type(exc).__name__,
+                exc,
+            )
+    logger.info(
+        "model %s v%s loaded from %s (%d columns, %s)",
+        name,
+        version,
+        model_file,
+        len(columns),
+        type(scorer).__name__,
+    )
+    return LoadedModel(scorer, info, spec, root)
 
 
 def _model_file(folder: Path, named: str | None) -> Path:
@@ -101,7 +226,11 @@ def _model_file(folder: Path, named: str | None) -> Path:
 
 
 def load_registered_model(
-    tracking_uri: str, model_name: str, alias: str, dst: str | Path | None = None
+    tracking_uri: str,
+    model_name: str,
+    alias: str,
+    dst: str | Path | None = None,
+    compiled_dir: Path | None = None,
 ) -> LoadedModel:
     """Download ``models:/NAME@ALIAS`` from the MLflow registry and load it."""
     import mlflow
@@ -119,4 +248,6 @@ def load_registered_model(
     local = mlflow.artifacts.download_artifacts(
         artifact_uri=f"models:/{model_name}@{alias}", dst_path=None if dst is None else str(dst)
     )
-    return load_model_dir(local, name=model_name, version=str(version.version))
+    return load_model_dir(
+        local, name=model_name, version=str(version.version), compiled_dir=compiled_dir
+    )

@@ -176,3 +176,25 @@ def test_concurrent_writers_on_one_file_store_each_event_once(served):
     assert sorted(new) == sorted(set(ids))  # every id acknowledged as new exactly once
     assert log.event_ids() == set(ids)
     assert sum(len(r.new) + len(r.duplicates) for r in results) == sum(len(c) for _, c in jobs)
+
+
+def test_writers_wait_for_the_write_lock_of_another_process_and_then_commit(tmp_path):
+    """Another process holding the log's write lock delays a write; it never fails it."""
+    import fcntl
+    import threading
+
+    log = SQLiteEventLog(tmp_path / "events.sqlite")
+    engine = make_engine(log)
+    decision = engine.decide_many([DecisionRequest("C1", "web_home")], record=False)[0]
+    with open(tmp_path / "events.sqlite.lock", "a+b") as other:  # another open = another owner
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX)
+        writer = threading.Thread(target=log.record_decisions, args=([decision],))
+        writer.start()
+        writer.join(0.3)
+        assert writer.is_alive(), "the write went ahead while another writer held the lock"
+        assert log.counts()["decision_rows"] == 0  # readers are not blocked meanwhile
+        fcntl.flock(other.fileno(), fcntl.LOCK_UN)
+    writer.join(10)
+    assert not writer.is_alive()
+    assert log.counts()["decision_rows"] == len(decision.offers)
+    log.close()

@@ -10,7 +10,13 @@ import orjson
 from fastapi import APIRouter, Query, Response
 
 from recsys.decision import Decision, DecisionRequest
-from serving.deps import CatalogDep, EngineDep, ServingSettingsDep, require_touchpoint
+from serving.deps import (
+    CatalogDep,
+    ComponentsDep,
+    EngineDep,
+    ServingSettingsDep,
+    require_touchpoint,
+)
 from serving.errors import ApiError
 from serving.schemas import (
     BatchDecisionOut,
@@ -99,9 +105,9 @@ def _check_limit(limit: int | None, max_limit: int, field: str = "limit") -> Non
 @router.post(
     "", response_model=DecisionOut, responses=_ERRORS, summary="Decide offers for one customer"
 )
-def decide(
+async def decide(
     body: DecisionRequestBody,
-    engine: EngineDep,
+    components: ComponentsDep,
     catalog: CatalogDep,
     settings: ServingSettingsDep,
     trace: bool = Query(
@@ -113,6 +119,7 @@ def decide(
     Unknown customers get cold-start offers; when nothing is eligible the touchpoint's
     fallback offer comes back with ``fallback: true``. The decision is logged before the
     response is sent (its offers count toward contact caps on every channel from then on).
+    Concurrent requests are decided together (one engine call, see ``serving.batching``).
     """
     require_touchpoint(catalog, body.touchpoint)
     _check_limit(body.limit, settings.max_limit)
@@ -123,7 +130,8 @@ def decide(
         limit=body.limit,
         exclude_offers=tuple(body.exclude_offers),
     )
-    return json_response(decision_dict(engine.decide(request, trace=trace)))
+    decision = await components.batcher.decide(request, trace=trace)
+    return json_response(decision_dict(decision))
 
 
 @router.post(
