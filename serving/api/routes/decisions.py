@@ -108,8 +108,6 @@ def _check_limit(limit: int | None, max_limit: int, field: str = "limit") -> Non
 async def decide(
     body: DecisionRequestBody,
     components: ComponentsDep,
-    catalog: CatalogDep,
-    settings: ServingSettingsDep,
     trace: bool = Query(
         False, description="Include the decision trace (why each offer is in or out)."
     ),
@@ -121,8 +119,9 @@ async def decide(
     response is sent (its offers count toward contact caps on every channel from then on).
     Concurrent requests are decided together (one engine call, see ``serving.batching``).
     """
-    require_touchpoint(catalog, body.touchpoint)
-    _check_limit(body.limit, settings.max_limit)
+    # One dependency on the hot path: catalogue and settings come from the components.
+    require_touchpoint(components.catalog, body.touchpoint)
+    _check_limit(body.limit, components.serving.max_limit)
     request = DecisionRequest(
         customer_id=body.customer_id,
         touchpoint_id=body.touchpoint,
