@@ -20,7 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
-from itertools import pairwise
+from itertools import pairwise, repeat
+from operator import itemgetter
 from typing import Any, Literal
 
 import numpy as np
@@ -628,3 +629,371 @@ def _number(value: Any) -> float:
         except ValueError:
             return np.nan
     return float(value)
+
+
+# --- many customers at once ----------------------------------------------------------------------
+
+
+def decision_matrix_many(
+    customer_vectors: Sequence[Mapping[str, Any] | None],
+    offers: Any,
+    touchpoint: Mapping[str, Any],
+    contexts: Sequence[Mapping[str, Any] | None] | None,
+    now: datetime,
+    *,
+    encoding: Encoding,
+    customer_index: np.ndarray | None = None,
+    offer_index: np.ndarray | None = None,
+    dtype: Any = np.float32,
+) -> np.ndarray:
+    """Model rows of many (customer, offer) pairs at one touchpoint, in one pass.
+
+    Parameters
+    ----------
+    customer_vectors : n vectors from the online store (None = cold start)
+    offers : the touchpoint's M candidate offers (as for :func:`decision_matrix`)
+    touchpoint : dict with ``touchpoint_id``, ``channel``, ``stage``
+    contexts : n request contexts (or None: no context for anyone)
+    now : decision time (naive = UTC)
+    encoding : the model's :class:`Encoding`
+    customer_index, offer_index : ndarray of int, shape (p,), optional
+        The pairs to build: row ``r`` is customer ``customer_index[r]`` x offer
+        ``offer_index[r]``. Default: every customer x every offer, customer-major.
+    dtype : numpy.float32 (default) or numpy.float64
+        float64 holds the same (float32) values, for scorers that read float64 (LightGBM,
+        lleaves): it saves them a conversion of the whole matrix.
+
+    Returns
+    -------
+    numpy.ndarray, shape (p, len(encoding.columns)), ``dtype`` - row ``r`` equal, bit for bit
+    (as float32), to the row of offer ``offer_index[r]`` in
+    ``decision_matrix(customer_vectors[i], ...)`` for ``i = customer_index[r]``.
+
+    Raises
+    ------
+    SpecMismatchError
+        If a vector or the encoding was built for another feature spec.
+
+    Notes
+    -----
+    The columns every offer of a customer shares are built once per customer, as an (n, c)
+    block with one numpy conversion for all numeric features; offer columns once per offer;
+    the crosses from every customer's key maps gathered into one (customer, key, stat) array.
+    Python work is a few dict reads per customer.
+    """
+    if encoding.spec_version != FEATURE_SPEC_VERSION:
+        raise SpecMismatchError(
+            f"the model's encoding is for feature spec {encoding.spec_version}, this code "
+            f"computes spec {FEATURE_SPEC_VERSION}; retrain the model"
+        )
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise ValueError(f"`dtype` must be float32 or float64, got {dtype}")
+    vectors = [v or {} for v in customer_vectors]
+    n = len(vectors)
+    for vector_spec in {v.get(SPEC_KEY, FEATURE_SPEC_VERSION) for v in vectors}:
+        if vector_spec != encoding.spec_version:
+            raise SpecMismatchError(
+                f"the customer vector was materialised with feature spec {vector_spec}, the "
+                f"model expects {encoding.spec_version}; run `recsys features materialize`"
+            )
+    if contexts is not None and len(contexts) != n:
+        raise ValueError(f"`contexts` must have one entry per vector ({n}), got {len(contexts)}")
+    if now.tzinfo is not None:
+        now = now.astimezone(UTC).replace(tzinfo=None)
+    arrays = offer_arrays(offers)
+    m = len(arrays)
+    if (customer_index is None) != (offer_index is None):
+        raise ValueError("`customer_index` and `offer_index` must be given together")
+    if customer_index is None:
+        customer_index = np.repeat(np.arange(n), m)
+        offer_index = np.tile(np.arange(m), n)
+    customer_index = np.asarray(customer_index, dtype=np.intp)
+    offer_index = np.asarray(offer_index, dtype=np.intp)
+    if customer_index.shape != offer_index.shape:
+        raise ValueError(
+            f"`customer_index` and `offer_index` must have one shape, got "
+            f"{customer_index.shape} and {offer_index.shape}"
+        )
+
+    if n <= SMALL_BATCH:
+        return _matrix_by_customer(
+            vectors, arrays, touchpoint, contexts, now, encoding, customer_index, offer_index, dtype
+        )
+    used = (
+        np.bincount(customer_index, minlength=n) > 0 if customer_index.size else np.zeros(n, bool)
+    )
+    if not used.all():  # customers without a pair (nothing eligible) need no rows
+        keep = np.flatnonzero(used)
+        vectors = [vectors[i] for i in keep.tolist()]
+        if contexts is not None:
+            contexts = [contexts[i] for i in keep.tolist()]
+        renumber = np.cumsum(used) - 1
+        customer_index = renumber[customer_index]
+    plan = encoding._plan
+    elapsed = _elapsed_days(vectors, now)
+    shared = _shared_rows(plan, vectors, touchpoint, contexts, now, elapsed)
+    X = shared.astype(dtype, copy=False)[customer_index]
+    # Every value goes through float32 (the model's input precision) whatever ``dtype`` is.
+    for j, col in plan.offer_columns:
+        values = _OFFER_ARRAY[col.name](arrays)
+        column = col._text_codes(values) if col.kind == "categorical" else values
+        X[:, j] = np.asarray(column, dtype=np.float32)[offer_index]
+    if not len(plan.cross_index) or not len(X):
+        return X
+
+    maps = [v.get(STATS_KEY) or {} for v in vectors]
+    offer_side = {
+        "offer_category": arrays.category,
+        "offer_id": arrays.offer_id,
+        "offer_type": arrays.offer_type,
+        "touchpoint_id": np.array([touchpoint.get("touchpoint_id")], dtype=object),
+    }
+    stats: dict[str, Any] = {}
+    for name, spec in STAT_TABLES.items():
+        side = offer_side[spec.offer_key]
+        table, key_of = _key_lookup_many([t.get(name) for t in maps], side, spec.stats)
+        keys = key_of[offer_index] if len(side) == m else np.full(len(X), key_of[0])
+        found = table[customer_index, keys]
+        stats.update({s: found[:, i] for i, s in enumerate(spec.stats)})
+    pair_elapsed = elapsed[customer_index]
+    aging = pair_elapsed != 0
+    if aging.any():
+        for s in ("offer_last_shown_secs_ago", "type_last_shown_secs_ago"):
+            shown = (stats[s] < d.STAT_DEFAULTS[s]) & aging
+            stats[s] = np.where(shown, stats[s] + pair_elapsed * d.DAY_SECONDS, stats[s])
+    spend = [v.get("purch_amount_365d", _COLD_SPEND) or 0.0 for v in vectors]
+    try:
+        spend_array = np.array(spend, dtype=np.float64)
+    except (TypeError, ValueError):
+        spend_array = np.array([np.float64(s) for s in spend], dtype=np.float64)
+    stats["purch_amount_365d"] = spend_array[customer_index]
+    crosses = {x.feature.name: x for x in d.CROSSES}
+    X[:, plan.cross_index] = np.column_stack(
+        [crosses[name].build(stats, d.NUMPY_OPS) for name in plan.cross_names]
+    ).astype(np.float32)
+    return X
+
+
+#: Up to this many customers, :func:`decision_matrix_many` builds customer by customer (the
+#: columnar build's fixed numpy overhead is larger than the work).
+SMALL_BATCH = 4
+
+
+def _matrix_by_customer(
+    vectors: Sequence[Mapping[str, Any]],
+    arrays: OfferArrays,
+    touchpoint: Mapping[str, Any],
+    contexts: Sequence[Mapping[str, Any] | None] | None,
+    now: datetime,
+    encoding: Encoding,
+    customer_index: np.ndarray,
+    offer_index: np.ndarray,
+    dtype: np.dtype,
+) -> np.ndarray:
+    """:func:`decision_matrix_many` of a few customers, by :func:`decision_matrix` calls."""
+    X = np.empty((customer_index.shape[0], len(encoding.columns)), dtype=dtype)
+    for i in np.unique(customer_index).tolist():
+        rows = np.flatnonzero(customer_index == i)
+        idx = offer_index[rows]
+        offers = OfferArrays(
+            arrays.offer_id[idx], arrays.offer_type[idx], arrays.category[idx], arrays.value[idx]
+        )
+        context = contexts[i] if contexts is not None else None
+        X[rows] = decision_matrix(vectors[i], offers, touchpoint, context, now, encoding=encoding)
+    return X
+
+
+def _elapsed_days(vectors: Sequence[Mapping[str, Any]], now: datetime) -> np.ndarray:
+    """Days between each vector's ``__as_of`` and ``now`` (0 without as-of), shape (n,)."""
+    cache: dict[Any, float] = {None: 0.0}
+    out = []
+    for vector in vectors:
+        as_of = vector.get(AS_OF_KEY)
+        days = cache.get(as_of)
+        if days is None:
+            as_of_ts = datetime.fromisoformat(as_of) if isinstance(as_of, str) else as_of
+            days = max(0.0, (now - as_of_ts).total_seconds() / d.DAY_SECONDS)
+            cache[as_of] = days
+        out.append(days)
+    return np.array(out, dtype=np.float64)
+
+
+def _shared_rows(
+    plan: _Plan,
+    vectors: Sequence[Mapping[str, Any]],
+    touchpoint: Mapping[str, Any],
+    contexts: Sequence[Mapping[str, Any] | None] | None,
+    now: datetime,
+    elapsed: np.ndarray,
+) -> np.ndarray:
+    """:func:`_shared_row` of every vector, shape (n, n_columns) float32."""
+    n = len(vectors)
+    rows = np.empty((n, len(plan.template)), dtype=np.float32)
+    rows[:] = plan.template
+    if not n:
+        return rows
+    if len(plan.numeric_names):
+        rows[:, plan.numeric_index] = _numeric_block(plan, vectors, elapsed)
+    scalars = {
+        "touchpoint_id": touchpoint.get("touchpoint_id"),
+        "tp_channel": touchpoint.get("channel"),
+        "tp_stage": touchpoint.get("stage"),
+        "req_hour": float(now.hour),
+        "req_dow": float(now.weekday()),
+    }
+    for j, col, source, key, default in plan.other_shared:
+        if source == "scalar":
+            value = scalars[key]
+            rows[:, j] = col.code(value) if col.kind == "categorical" else _number(value)
+            continue
+        if source == "context":
+            no_context: list[Any] = [None] * n
+            values = no_context if contexts is None else [(c or {}).get(key) for c in contexts]
+        else:
+            values = [v.get(key, default) for v in vectors]
+            if key in _AGING:
+                values = [_aged(key, x, e) for x, e in zip(values, elapsed.tolist(), strict=True)]
+        rows[:, j] = _column_values(col, values)
+    return rows
+
+
+_STR_OR_NONE = frozenset({str, type(None)})
+
+
+def _column_values(col: ColumnEncoding, values: list[Any]) -> np.ndarray:
+    """``col.code`` (categorical) or ``_number`` of each value, shape (n,) float64."""
+    if col.kind != "categorical":
+        return np.array([_number(v) for v in values], dtype=np.float64)
+    if set(map(type, values)) <= _STR_OR_NONE:  # one code per distinct text
+        codes = {v: col.code(v) for v in set(values)}
+        return np.array([codes[v] for v in values], dtype=np.float64)
+    return np.array([col.code(v) for v in values], dtype=np.float64)
+
+
+def _numeric_block(
+    plan: _Plan, vectors: Sequence[Mapping[str, Any]], elapsed: np.ndarray
+) -> np.ndarray:
+    """The numeric customer features of every vector, aged; shape (n, k) float64.
+
+    Row ``i`` equals the numbers :func:`_shared_row` computes for vector ``i``: plain
+    numbers go through one numpy conversion and vectorised ageing, anything else (text,
+    nested values) through the per-value path.
+    """
+    names, defaults = plan.numeric_names, plan.numeric_defaults
+    getter = itemgetter(*names)
+    single = len(names) == 1
+
+    def values_of(vector: Mapping[str, Any]) -> tuple:
+        try:
+            got = getter(vector)
+        except KeyError:
+            return tuple(vector.get(nm, df) for nm, df in zip(names, defaults, strict=True))
+        return (got,) if single else got
+
+    tuples = [values_of(v) for v in vectors]
+    block = np.array(tuples)  # float64 (or int64) exactly when every value is a plain number
+    slow: list[int] = []
+    if block.dtype.kind in "fib" and block.shape == (len(tuples), len(names)):
+        numbers = block.astype(np.float64)
+    else:
+        numbers = np.zeros((len(tuples), len(names)), dtype=np.float64)
+        for i, values in enumerate(tuples):
+            if set(map(type, values)) <= _PLAIN_NUMBERS:
+                numbers[i] = np.array(values, dtype=np.float64)
+            else:
+                slow.append(i)
+    if len(plan.aging_positions):
+        aged = numbers[:, plan.aging_positions]
+        step = elapsed[:, None]
+        grow = (aged != plan.aging_defaults) & (step > 0)
+        grown = aged + step
+        grown = np.where(plan.aging_capped, np.minimum(grown, float(d.HORIZON_DAYS)), grown)
+        numbers[:, plan.aging_positions] = np.where(grow, grown, aged)
+    for i in slow:
+        e = float(elapsed[i])
+        numbers[i] = [
+            _number(_aged(name, value, e)) for name, value in zip(names, tuples[i], strict=True)
+        ]
+    return numbers
+
+
+def _key_lookup_many(
+    maps: Sequence[Mapping[str, Any] | None], keys: np.ndarray, stats: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_key_lookup` of every customer's key map at once.
+
+    Parameters
+    ----------
+    maps : n key maps (``{"keys": [...], "values": [[...], ...]}``) or None
+    keys : ndarray of object, shape (k,), the offer-side keys (text or None)
+    stats : the statistics to read (the first ``len(stats)`` values of a row)
+
+    Returns
+    -------
+    table : ndarray of float64, shape (n, d + 2, len(stats))
+        Statistics per customer and distinct key; defaults where the map lacks the key.
+    key_of : ndarray of int, shape (k,)
+        Position in ``table``'s second axis of each of ``keys``.
+    """
+    n, n_stats = len(maps), len(stats)
+    defaults = np.array([d.STAT_DEFAULTS[s] for s in stats], dtype=np.float64)
+    key_list = keys.tolist()
+    if not set(map(type, key_list)) <= _TEXT_OR_NONE:
+        per_customer = np.stack([_key_lookup(t, keys, stats) for t in maps]) if n else None
+        table = np.empty((n, len(key_list), n_stats)) if per_customer is None else per_customer
+        return table, np.arange(len(key_list))
+    distinct = {k: i for i, k in enumerate(dict.fromkeys(k for k in key_list if k is not None))}
+    none_slot, trash = len(distinct), len(distinct) + 1
+    key_of = np.array([none_slot if k is None else distinct[k] for k in key_list], dtype=np.intp)
+    width = len(distinct) + 2
+    table = np.empty((n, width, n_stats), dtype=np.float64)
+    table[:] = defaults
+    owners: list[int] = []
+    counts: list[int] = []
+    flat_keys: list[Any] = []
+    flat_values: list[Any] = []
+    odd: list[int] = []  # maps whose values are not one row per key: looked up alone
+    for i, t in enumerate(maps):
+        if not t:
+            continue
+        map_keys = t.get("keys")
+        if not map_keys:
+            continue
+        map_values = t["values"]
+        if len(map_values) != len(map_keys):
+            odd.append(i)
+            continue
+        owners.append(i)
+        counts.append(len(map_keys))
+        flat_keys.extend(map_keys)
+        flat_values.extend(map_values)
+    if not distinct:
+        return table, key_of
+    values = None
+    if flat_keys:
+        try:
+            values = np.asarray(flat_values, dtype=np.float64)
+        except (TypeError, ValueError):
+            values = None
+        if values is None or values.ndim != 2 or values.shape[1] < n_stats:
+            odd.extend(owners)  # ragged or short rows
+            values = None
+    for i in odd:
+        table[i, key_of] = _key_lookup(maps[i], keys, stats)
+    if values is None:
+        return table, key_of
+    if not set(map(type, flat_keys)) <= {str}:
+        flat_keys = list(map(str, flat_keys))
+    position = np.fromiter(
+        map(distinct.get, flat_keys, repeat(trash)), dtype=np.intp, count=len(flat_keys)
+    )
+    flat = np.repeat(np.asarray(owners, dtype=np.intp), counts) * width + position
+    wanted = position != trash
+    flat, rows = flat[wanted], values[wanted, :n_stats]
+    if np.bincount(flat, minlength=n * width).max(initial=0) > 1:
+        # a key repeated in one customer's map: its first row wins, as in _key_lookup
+        flat, first = np.unique(flat, return_index=True)
+        rows = rows[first]
+    table.reshape(n * width, n_stats)[flat] = rows
+    return table, key_of

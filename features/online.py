@@ -14,9 +14,11 @@ last run (new events, or events leaving a window).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,20 +26,14 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import duckdb
+import ibis
 import orjson
 import pyarrow as pa
 
 from features import definitions as d
 from features.engines import ibis_backend
 from features.matrix import AS_OF_KEY, SPEC_KEY, STATS_KEY
-from features.pipeline import (
-    POINT_KEYS,
-    STAT_TABLES,
-    customer_points,
-    naive_utc,
-    point_tables,
-    sources,
-)
+from features.pipeline import POINT_KEYS, STAT_TABLES, customer_tables, naive_utc, sources
 from features.spec import FEATURE_SPEC_VERSION
 from features.training_set import cold_start_vector
 from recsys.errors import ConfigError, SpecMismatchError
@@ -46,6 +42,11 @@ log = logging.getLogger(__name__)
 
 Vector = dict[str, Any]
 BATCH = 20_000
+PAGE_SIZE = 16_384  # bytes, for new SQLite stores
+VECTORS_TABLE = (
+    "CREATE TABLE vectors (customer_id TEXT PRIMARY KEY, spec_version TEXT NOT NULL, "
+    "vector BLOB NOT NULL)"
+)
 
 
 def cold_start(spec_version: str = FEATURE_SPEC_VERSION) -> Vector:
@@ -137,12 +138,11 @@ class SQLiteOnlineStore:
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._con = sqlite3.connect(str(path), check_same_thread=False)
+        # Larger pages for a new file: a vector is ~2 KB, a 4 KB page holds only one or two.
+        self._con.execute(f"PRAGMA page_size = {PAGE_SIZE}")
         self._con.execute("PRAGMA journal_mode=WAL")
         self._con.execute("PRAGMA synchronous=NORMAL")
-        self._con.execute(
-            "CREATE TABLE IF NOT EXISTS vectors (customer_id TEXT PRIMARY KEY, "
-            "spec_version TEXT NOT NULL, vector BLOB NOT NULL) WITHOUT ROWID"
-        )
+        self._con.execute(VECTORS_TABLE.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS"))
         self._con.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
         self._con.commit()
         self._layout: Layout | None = None
@@ -158,17 +158,22 @@ class SQLiteOnlineStore:
     ) -> int:
         """Store ``(customer_id, vector)`` pairs; ``replace`` drops every other entry.
 
-        ``vectors`` are dicts, or compact JSON bytes described by ``layout``.
+        ``vectors`` are dicts, or compact JSON bytes described by ``layout``. One transaction:
+        readers see the old or the new entries, never a mix.
         """
         count = 0
-        with self._con:  # one transaction: readers see the old or the new store
+        if not replace:
+            _check_append(self, spec_version, layout)
+        with self._con:
+            if not self._con.in_transaction:
+                self._con.execute("BEGIN")
             if replace:
-                self._con.execute("DELETE FROM vectors")
-            else:
-                _check_append(self, spec_version, layout)
+                # A new table is much cheaper than deleting every row (and upgrades an old
+                # WITHOUT ROWID table, slow to fill with ~2 KB rows).
+                self._con.execute("DROP TABLE IF EXISTS vectors")
+                self._con.execute(VECTORS_TABLE)
             if layout is not None:
                 self._set_meta("layout", layout.to_json())
-                self._layout = layout
             for chunk in _chunks(vectors, BATCH):
                 self._con.executemany(
                     "INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
@@ -178,6 +183,8 @@ class SQLiteOnlineStore:
             self._set_meta("spec_version", spec_version)
             if as_of is not None:
                 self._set_meta("as_of", as_of.isoformat())
+        if layout is not None:
+            self._layout = layout
         return count
 
     def get_many(self, customer_ids: Iterable[str]) -> dict[str, Vector]:
@@ -342,70 +349,146 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 # --- materialisation ---------------------------------------------------------------------------
 
+EMPTY_STATS = '{"keys":[],"values":[]}'
+
 
 def vectors_as_of(
     con: Any, as_of: datetime, customer_ids: Iterable[str] | None = None, engine: str = "duckdb"
 ) -> tuple[Layout, Iterator[tuple[str, bytes]]]:
-    """The layout and ``(customer_id, compact vector JSON)`` of customers as of ``as_of``."""
+    """The layout and ``(customer_id, compact vector JSON)`` of customers as of ``as_of``.
+
+    The vectors are computed lazily, when the iterator is first read, and come sorted by
+    customer id. On DuckDB everything runs in the warehouse connection (temporary tables,
+    dropped at the end) and streams out; on Spark the features are collected and the vectors
+    assembled in a local DuckDB.
+    """
     as_of = naive_utc(as_of)
-    src = sources(ibis_backend(con, engine))
-    tables = point_tables(src, customer_points(src, as_of, customer_ids), cache_joins=True)
-    customer = tables.customer.to_pyarrow()
-    stats = {name: t.to_pyarrow() for name, t in tables.stats.items()}
-    feature_cols = [c for c in customer.column_names if c not in POINT_KEYS]
+    backend = ibis_backend(con, engine)
+    ids = list(customer_ids) if customer_ids is not None else None
+    schema = customer_tables(sources(backend), as_of, ids).customer.schema()
+    feature_cols = [c for c in schema.names if c not in POINT_KEYS]
     numeric = tuple(
         c
         for c in feature_cols
-        if pa.types.is_floating(customer.schema.field(c).type)
-        or pa.types.is_integer(customer.schema.field(c).type)
-        or pa.types.is_boolean(customer.schema.field(c).type)
+        if schema[c].is_floating() or schema[c].is_integer() or schema[c].is_boolean()
     )
     layout = Layout(numeric=numeric, text=tuple(c for c in feature_cols if c not in numeric))
-    return layout, _assemble(customer, stats, as_of, layout)
+    if engine == "duckdb" and isinstance(con, duckdb.DuckDBPyConnection):
+        return layout, _duckdb_vectors(con, backend, as_of, ids, layout)
+    return layout, _collected_vectors(backend, as_of, ids, layout)
 
 
-def _assemble(
-    customer: pa.Table, stats: Mapping[str, pa.Table], as_of: datetime, layout: Layout
+def _duckdb_vectors(
+    con: duckdb.DuckDBPyConnection,
+    backend: Any,
+    as_of: datetime,
+    customer_ids: list[str] | None,
+    layout: Layout,
 ) -> Iterator[tuple[str, bytes]]:
-    """Join customer rows with their per-key stats into compact JSON vectors, in DuckDB."""
+    """Vectors computed in the warehouse's DuckDB: features and per-key statistics go to
+    temporary tables, then one query joins them into JSON, streamed in batches."""
+    tag = uuid.uuid4().hex[:12]
+    names = {"customer": f"recsys_mat_{tag}_customer"}
+    names.update({name: f"recsys_mat_{tag}_{name}" for name in STAT_TABLES})
+    tables = customer_tables(sources(backend), as_of, customer_ids, cache=True)
+    try:
+        started = time.perf_counter()
+        con.execute(
+            f'CREATE TEMP TABLE "{names["customer"]}" AS '
+            f"{ibis.to_sql(tables.customer, dialect='duckdb')}"
+        )
+        for name, table in tables.stats.items():
+            con.execute(
+                f'CREATE TEMP TABLE "{names[name]}" AS '
+                f"{_stats_json_sql(name, ibis.to_sql(table, dialect='duckdb'))}"
+            )
+        log.debug("features and statistics computed in %.1f s", time.perf_counter() - started)
+        for table in tables.cached:
+            table.release()
+        yield from _stream(con, _vector_sql(names, as_of, layout))
+    finally:
+        for table in tables.cached:
+            with contextlib.suppress(Exception):
+                table.release()
+        for name in names.values():
+            con.execute(f'DROP TABLE IF EXISTS temp."{name}"')
+
+
+def _collected_vectors(
+    backend: Any, as_of: datetime, customer_ids: list[str] | None, layout: Layout
+) -> Iterator[tuple[str, bytes]]:
+    """Vectors of any engine: features and statistics collected as Arrow, joined locally."""
+    tables = customer_tables(sources(backend), as_of, customer_ids, cache=True)
     local = duckdb.connect()
     try:
-        local.register("cust", customer)
-        parts, joins = [], []
-        for name, spec in STAT_TABLES.items():
-            local.register(f"s_{name}", stats[name])
-            vals = ", ".join(f'CAST("{s}" AS DOUBLE)' for s in spec.stats)
-            key = f'CAST("{spec.key}" AS VARCHAR)'
-            joins.append(
-                # keys and values are aggregated side by side (same row order); readers
-                # sort the keys, so no ORDER BY is needed here.
-                f"LEFT JOIN (SELECT customer_id, list({key}) AS k, "
-                f"list([{vals}]) AS v FROM s_{name} "
-                f'WHERE "{spec.key}" IS NOT NULL GROUP BY customer_id) AS j_{name} '
-                "USING (customer_id)"
+        names = {"customer": "customer"}
+        local.register("customer_arrow", tables.customer.to_pyarrow())
+        local.execute('CREATE TABLE "customer" AS SELECT * FROM customer_arrow')
+        for name, table in tables.stats.items():
+            names[name] = f"stats_{name}"
+            local.register(f"{name}_arrow", table.to_pyarrow())
+            local.execute(
+                f'CREATE TABLE "{names[name]}" AS '
+                f"{_stats_json_sql(name, f'SELECT * FROM {name}_arrow')}"
             )
-            parts.append(
-                f"\"{name}\" := {{'keys': coalesce(j_{name}.k, []), "
-                f"'values': coalesce(j_{name}.v, [])}}"
-            )
-        numbers = ", ".join(f'CAST(cust."{c}" AS DOUBLE)' for c in layout.numeric)
-        texts = ", ".join(f'CAST(cust."{c}" AS VARCHAR)' for c in layout.text)
-        sql = (
-            f'SELECT cust.customer_id, to_json(struct_pack("__n" := [{numbers}], '
-            f'"__s" := [{texts}]::VARCHAR[], '
-            f'"{AS_OF_KEY}" := \'{as_of.isoformat()}\', "{SPEC_KEY}" := '
-            f"'{FEATURE_SPEC_VERSION}', "
-            f'"{STATS_KEY}" := struct_pack({", ".join(parts)}))) AS vector '
-            f"FROM cust {' '.join(joins)}"
-        )
-        reader = local.sql(sql).to_arrow_reader(BATCH)
-        for batch in reader:
-            ids = batch.column(0).to_pylist()
-            vectors = batch.column(1).to_pylist()
-            for cid, vector in zip(ids, vectors, strict=True):
-                yield cid, vector.encode()
+            local.unregister(f"{name}_arrow")
+        local.unregister("customer_arrow")
+        for table in tables.cached:
+            table.release()
+        yield from _stream(local, _vector_sql(names, as_of, layout))
     finally:
         local.close()
+
+
+def _stats_json_sql(name: str, source: str) -> str:
+    """One row per customer: its statistics of table ``name`` as ``{"keys": [..],
+    "values": [[..], ..]}`` JSON text (keys and values aggregated side by side, so they stay
+    aligned; readers sort the keys)."""
+    spec = STAT_TABLES[name]
+    values = ", ".join(f'CAST("{s}" AS DOUBLE)' for s in spec.stats)
+    return (
+        "SELECT customer_id, concat('{\"keys\":[', "
+        f"string_agg(to_json(CAST(\"{spec.key}\" AS VARCHAR)), ','), "
+        f"'],\"values\":[', string_agg(to_json([{values}]), ','), ']}}') AS stats "
+        f'FROM ({source}) WHERE "{spec.key}" IS NOT NULL GROUP BY customer_id'
+    )
+
+
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _vector_sql(names: Mapping[str, str], as_of: datetime, layout: Layout) -> str:
+    """The compact JSON vector of each customer (sorted by id), from the customer features
+    table and the per-table statistics JSON (``names``: role -> table)."""
+    numbers = ", ".join(f'CAST(c."{col}" AS DOUBLE)' for col in layout.numeric)
+    texts = ", ".join(f'CAST(c."{col}" AS VARCHAR)' for col in layout.text)
+    meta = orjson.dumps({AS_OF_KEY: as_of.isoformat(), SPEC_KEY: FEATURE_SPEC_VERSION})
+    parts = [
+        _sql_text('{"__n":'),
+        f"to_json([{numbers}]::DOUBLE[])",
+        _sql_text(',"__s":'),
+        f"to_json([{texts}]::VARCHAR[])",
+        _sql_text("," + meta.decode()[1:-1] + f',"{STATS_KEY}":{{'),
+    ]
+    joins = []
+    for i, name in enumerate(STAT_TABLES):
+        parts.append(_sql_text(("," if i else "") + orjson.dumps(name).decode() + ":"))
+        parts.append(f"coalesce(s{i}.stats, {_sql_text(EMPTY_STATS)})")
+        joins.append(f'LEFT JOIN "{names[name]}" AS s{i} ON s{i}.customer_id = c.customer_id')
+    parts.append(_sql_text("}}"))
+    return (
+        f"SELECT c.customer_id, concat({', '.join(parts)}) AS vector "
+        f'FROM "{names["customer"]}" AS c {" ".join(joins)} ORDER BY c.customer_id'
+    )
+
+
+def _stream(con: duckdb.DuckDBPyConnection, sql: str) -> Iterator[tuple[str, bytes]]:
+    reader = con.sql(sql).to_arrow_reader(BATCH)
+    for batch in reader:
+        ids = batch.column(0).to_pylist()
+        vectors = batch.column(1).cast(pa.binary()).to_pylist()
+        yield from zip(ids, vectors, strict=True)
 
 
 def materialize(

@@ -136,8 +136,31 @@ def _join_points(
     return joined.mutate(secs_ago=_epoch(joined.as_of) - _epoch(joined.ts))
 
 
-def _aggregate(joined: ir.Table, aggregates: Sequence[d.AggregateDef]) -> ir.Table:
-    return joined.group_by(list(POINT_KEYS)).aggregate(
+def _window_events(
+    events: ir.Table, as_of: datetime, customers: ir.Table | None = None
+) -> ir.Table:
+    """The events of ``[as_of - horizon, as_of)`` as if joined to one point per customer.
+
+    All points share ``as_of`` (serving, materialisation), so a time filter replaces the
+    range join: same rows and columns as :func:`_join_points` for points at ``as_of``.
+    ``customers`` (optional, column ``customer_id``) keeps only those customers' events.
+    """
+    at = ibis.literal(as_of, type="timestamp")
+    horizon = ibis.interval(days=d.HORIZON_DAYS)
+    rows = events.filter(
+        events.ev_customer_id.notnull(), events.ts < at, events.ts >= at - horizon
+    )
+    if customers is not None:
+        rows = rows.semi_join(customers, rows.ev_customer_id == customers.customer_id)
+    return rows.mutate(
+        customer_id=rows.ev_customer_id, as_of=at, secs_ago=_epoch(at) - _epoch(rows.ts)
+    )
+
+
+def _aggregate(
+    joined: ir.Table, aggregates: Sequence[d.AggregateDef], keys: Sequence[str] = POINT_KEYS
+) -> ir.Table:
+    return joined.group_by(list(keys)).aggregate(
         **{a.feature.name: a.build(joined) for a in aggregates}
     )
 
@@ -152,6 +175,7 @@ class PointTables:
 
     customer: ir.Table
     stats: dict[str, ir.Table]
+    cached: tuple[ir.Table, ...] = ()  # cached intermediate tables (``.release()`` them)
 
 
 @dataclass(frozen=True)
@@ -220,10 +244,10 @@ def _stat_aggregates(name: str, e: ir.Table) -> dict[str, ir.Value]:
     raise KeyError(f"no statistics table named {name!r}")
 
 
-def _stat_table(name: str, joined: ir.Table) -> ir.Table:
+def _stat_table(name: str, joined: ir.Table, keys: Sequence[str] = POINT_KEYS) -> ir.Table:
     key = STAT_TABLES[name].key
     rows = joined.filter(joined[key].notnull())
-    return rows.group_by([*POINT_KEYS, key]).aggregate(**_stat_aggregates(name, rows))
+    return rows.group_by([*keys, key]).aggregate(**_stat_aggregates(name, rows))
 
 
 def point_tables(
@@ -239,18 +263,79 @@ def point_tables(
     several of the returned expressions.
     """
     points = points.select(customer_id=points.customer_id, as_of=points.as_of.cast("timestamp"))
-    purchases = _join_points(points, src.purchases)
-    touches = _join_points(points, src.touches)
-    offer_log = _join_points(points, src.offer_log)
+    joined = {
+        "purchases": _join_points(points, src.purchases),
+        "touches": _join_points(points, src.touches),
+        "offer_log": _join_points(points, src.offer_log),
+    }
     if cache_joins:  # several queries will read them (materialisation): join once
-        purchases, touches, offer_log = purchases.cache(), touches.cache(), offer_log.cache()
+        joined = {name: table.cache() for name, table in joined.items()}
+    positives = None
+    if not cache_joins:
+        # Accepted offers from their own (small) range join, so that the big joined offer log
+        # is read once (the engine then streams it instead of materialising it).
+        positives = _join_points(points, _positive_responses(src.offer_log))
+    return _point_tables(src, points, joined, list(POINT_KEYS), wanted, positives)
 
-    purchase_aggs = _aggregate(purchases, d.PURCHASE_AGGREGATES)
-    touch_aggs = _aggregate(touches, d.INTERACTION_AGGREGATES)
-    offer_aggs = _aggregate(offer_log, d.OFFER_HISTORY_AGGREGATES)
 
-    keys = list(POINT_KEYS)
-    cat_stats = _stat_table("category", purchases)
+def customer_tables(
+    src: Sources,
+    as_of: datetime,
+    customer_ids: Iterable[str] | None = None,
+    cache: bool = False,
+) -> PointTables:
+    """:func:`point_tables` of one point per customer at ``as_of`` (serving, materialisation).
+
+    The same values as ``point_tables(src, customer_points(src, as_of, customer_ids))``, but
+    as every point is at ``as_of`` the events are filtered by time instead of range-joined to
+    the points and grouped by customer only, which is much cheaper. ``cache`` materialises the
+    filtered events once (temporary tables) for callers that execute several of the returned
+    expressions.
+    """
+    as_of = naive_utc(as_of)
+    points = customer_points(src, as_of, customer_ids)
+    subset = points if customer_ids is not None else None
+    joined = {
+        "purchases": _window_events(src.purchases, as_of, subset),
+        "touches": _window_events(src.touches, as_of, subset),
+        "offer_log": _window_events(src.offer_log, as_of, subset),
+    }
+    if cache:
+        joined = {name: table.cache() for name, table in joined.items()}
+    tables = _point_tables(src, points, joined, ["customer_id"], None, None)
+    at = ibis.literal(as_of, type="timestamp")
+    stats = {
+        name: table.mutate(as_of=at).select("customer_id", "as_of", *table.columns[1:])
+        for name, table in tables.stats.items()
+    }
+    cached = tuple(joined.values()) if cache else ()
+    return PointTables(customer=tables.customer, stats=stats, cached=cached)
+
+
+def _positive_responses(offer_log: ir.Table) -> ir.Table:
+    return offer_log.filter(offer_log.kind.isin(list(d.POSITIVE_RESPONSES)))
+
+
+def _point_tables(
+    src: Sources,
+    points: ir.Table,
+    joined: dict[str, ir.Table],
+    keys: list[str],
+    wanted: ir.Table | None,
+    positives: ir.Table | None,
+) -> PointTables:
+    """The feature expressions from the points' events (``joined`` by source name).
+
+    ``keys``: the group keys of a point in ``joined`` (``customer_id``, ``as_of``; or only
+    ``customer_id`` when every point has the same ``as_of``). ``positives``: the positive
+    responses joined to the points (default: filtered from ``joined["offer_log"]``).
+    """
+    purchases, touches, offer_log = joined["purchases"], joined["touches"], joined["offer_log"]
+    purchase_aggs = _aggregate(purchases, d.PURCHASE_AGGREGATES, keys)
+    touch_aggs = _aggregate(touches, d.INTERACTION_AGGREGATES, keys)
+    offer_aggs = _aggregate(offer_log, d.OFFER_HISTORY_AGGREGATES, keys)
+
+    cat_stats = _stat_table("category", purchases, keys)
     # Top category: highest spend, ties broken alphabetically (same on every engine).
     ranked = cat_stats.mutate(
         _rank=ibis.row_number().over(
@@ -262,19 +347,18 @@ def point_tables(
         purch_top_category_365d=ranked.category,
         _top_amount=ranked.cat_amount_365d,
     )
-    positive = offer_log.filter(offer_log.kind.isin(list(d.POSITIVE_RESPONSES)))
+    positive = positives if positives is not None else _positive_responses(offer_log)
     rollup_sources = {
         "category": cat_stats,
         "accepted_offers": positive.group_by([*keys, "offer_id"]).aggregate(n=positive.count()),
     }
 
-    joined_by_source = {"purchases": purchases, "touches": touches, "offer_log": offer_log}
     stats = {}
     for name, spec in STAT_TABLES.items():
         if name == "category":
             stats[name] = cat_stats  # needed in full for the top category anyway
         elif wanted is None:
-            stats[name] = _stat_table(name, joined_by_source[spec.source])
+            stats[name] = _stat_table(name, joined[spec.source], keys)
         else:
             asked = wanted.select(
                 customer_id=wanted.customer_id,
@@ -282,8 +366,7 @@ def point_tables(
                 _key=wanted[spec.offer_key],
             ).distinct()
             events = getattr(src, spec.source)
-            joined = _join_points(asked, events, key=("_key", spec.key))
-            stats[name] = _stat_table(name, joined)
+            stats[name] = _stat_table(name, _join_points(asked, events, key=("_key", spec.key)))
 
     rollups = []
     for name in dict.fromkeys(r.table for r in d.ROLLUPS):
@@ -308,9 +391,7 @@ def point_tables(
 
     table = points
     for aggs in (purchase_aggs, touch_aggs, offer_aggs, top, *rollups):
-        table = table.left_join(
-            aggs, [table.customer_id == aggs.customer_id, table.as_of == aggs.as_of]
-        )
+        table = table.left_join(aggs, [table[k] == aggs[k] for k in keys])
         table = table.drop(*[c for c in table.columns if c.endswith("_right")])
     table = table.left_join(static, table.customer_id == static.c_customer_id)
 
@@ -340,7 +421,9 @@ def point_tables(
     table = table.mutate(**{x.feature.name: x.build(table) for x in d.DERIVED})
 
     order = [f.name for f in d.customer_feature_defs()]
-    customer = table.select(*keys, *order, *[f"{d.ATTRIBUTE_PREFIX}{a}" for a in attrs])
+    customer = table.select(
+        *POINT_KEYS, *order, *[f"{d.ATTRIBUTE_PREFIX}{a}" for a in attrs]
+    )
     return PointTables(customer=customer, stats=stats)
 
 
@@ -393,6 +476,6 @@ def customer_features(
     """
     as_of = naive_utc(as_of)
     src = sources(ibis_backend(con, engine))
-    tables = point_tables(src, customer_points(src, as_of, customer_ids))
+    tables = customer_tables(src, as_of, customer_ids)
     frame = to_pandas(tables.customer.drop("as_of"))
     return frame.sort_values("customer_id", kind="stable").reset_index(drop=True)

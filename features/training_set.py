@@ -8,10 +8,12 @@ flattened into ``ctx_<key>`` columns by one SQL pass over the result.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import duckdb
 import ibis
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from features import definitions as d
 from features.engines import ibis_backend
@@ -41,6 +44,8 @@ ID_COLUMNS = (
 )
 LABEL_COLUMNS = ("label", "revenue")
 CONTEXT_COLUMN = "context"
+CHUNK_ROWS = 1_000_000  # decisions rows per DuckDB query (bounds the engine's memory)
+BATCH_ROWS = 122_880  # rows per Arrow batch streamed out of DuckDB
 
 
 def cold_start_vector() -> dict[str, Any]:
@@ -195,6 +200,7 @@ def build_training_set(
     attribution_days: float = 7,
     positive_outcomes: Sequence[str] = ("accept", "convert"),
     engine: str = "duckdb",
+    chunk_rows: int = CHUNK_ROWS,
 ) -> pd.DataFrame:
     """One row per decisions row in ``[start, end)`` with label, revenue and all model inputs.
 
@@ -207,6 +213,9 @@ def build_training_set(
         An outcome counts if ``ts <= outcome.ts <= ts + attribution_days``.
     positive_outcomes : outcomes that make ``label = 1``.
     engine : {"duckdb", "spark"}
+    chunk_rows : int
+        On DuckDB, the decisions are processed in time slices of about this many rows (the
+        engine's memory grows with a slice, not with the whole range).
 
     Returns
     -------
@@ -217,16 +226,28 @@ def build_training_set(
     Anonymous decisions (``customer_id`` null) get the cold-start customer vector.
     """
     _check_args(attribution_days, positive_outcomes, start, end)
+    _check_chunk_rows(chunk_rows)
     started = time.perf_counter()
-    expr = training_set_expr(
-        ibis_backend(con, engine),
-        start=start,
-        end=end,
-        attribution_days=attribution_days,
-        positive_outcomes=positive_outcomes,
-    )
-    table = expr.to_pyarrow()
-    frame = _finish(table)
+    if engine == "duckdb" and isinstance(con, duckdb.DuckDBPyConnection):
+        window = {
+            "start": start,
+            "end": end,
+            "attribution_days": attribution_days,
+            "positive_outcomes": positive_outcomes,
+        }
+        keys = _range_context_keys(con, start, end)
+        schema, batches = _duckdb_batches(con, keys, chunk_rows, **window)
+        frame = pa.Table.from_batches(list(batches), schema=schema).to_pandas()
+        frame.attrs["context_keys"] = json.dumps(keys)
+    else:
+        expr = training_set_expr(
+            ibis_backend(con, engine),
+            start=start,
+            end=end,
+            attribution_days=attribution_days,
+            positive_outcomes=positive_outcomes,
+        )
+        frame = _finish(expr.to_pyarrow())
     log.info(
         "training set: %d rows, %d columns in %.1f s",
         len(frame),
@@ -234,6 +255,81 @@ def build_training_set(
         time.perf_counter() - started,
     )
     return frame
+
+
+def _check_chunk_rows(chunk_rows: int) -> None:
+    if not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise ConfigError(f"`chunk_rows` must be an integer >= 1, got {chunk_rows!r}")
+
+
+def _range_filter(start: datetime | None, end: datetime | None) -> str:
+    where = ["TRUE"]
+    if start is not None:
+        where.append(f"ts >= TIMESTAMP '{naive_utc(start, 'start').isoformat(sep=' ')}'")
+    if end is not None:
+        where.append(f"ts < TIMESTAMP '{naive_utc(end, 'end').isoformat(sep=' ')}'")
+    return " AND ".join(where)
+
+
+def _range_context_keys(
+    con: duckdb.DuckDBPyConnection, start: datetime | None, end: datetime | None
+) -> list[tuple[str, bool]]:
+    """Context keys of the decisions in ``[start, end)``."""
+    return _context_keys(con, f"(SELECT context FROM decisions WHERE {_range_filter(start, end)})")
+
+
+def time_slices(
+    con: duckdb.DuckDBPyConnection,
+    start: datetime | None,
+    end: datetime | None,
+    chunk_rows: int = CHUNK_ROWS,
+) -> list[tuple[datetime | None, datetime | None]]:
+    """Consecutive ``[lo, hi)`` decision-time ranges covering ``[start, end)``, each of about
+    ``chunk_rows`` decisions rows (approximate quantiles of ``ts``; a time is never split)."""
+    where = _range_filter(start, end)
+    rows = con.execute(f"SELECT count(*) FROM decisions WHERE {where}").fetchall()[0][0]
+    slices = math.ceil(rows / chunk_rows)
+    if slices <= 1:
+        return [(start, end)]
+    cuts = con.execute(
+        f"SELECT approx_quantile(ts, ?::FLOAT[]) FROM decisions WHERE {where}",
+        [[i / slices for i in range(1, slices)]],
+    ).fetchall()[0][0]
+    lower = naive_utc(start, "start") if start is not None else None
+    bounds = sorted({c for c in cuts if c is not None and (lower is None or c > lower)})
+    edges = [start, *bounds, end]
+    return list(itertools.pairwise(edges))
+
+
+def _duckdb_batches(
+    con: duckdb.DuckDBPyConnection,
+    keys: Sequence[tuple[str, bool]],
+    chunk_rows: int,
+    **window: Any,
+) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """The training set's Arrow schema and record batches, computed one time slice at a time
+    (context flattened, rows sorted), so the engine holds one slice's joins at a time."""
+    backend = ibis_backend(con, "duckdb")
+    slices = time_slices(con, window["start"], window["end"], chunk_rows)
+
+    def query(lo: datetime | None, hi: datetime | None) -> duckdb.DuckDBPyRelation:
+        expr = training_set_expr(backend, **{**window, "start": lo, "end": hi})
+        return con.sql(_final_sql(f"({ibis.to_sql(expr, dialect='duckdb')})", keys))
+
+    first = query(*slices[0])
+    schema = first.limit(0).to_arrow_table().schema
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for i, (lo, hi) in enumerate(slices):
+            relation = first if i == 0 else query(lo, hi)
+            reader = relation.to_arrow_reader(BATCH_ROWS)
+            for batch in reader:
+                if batch.schema != schema:  # the same columns, possibly other nullability
+                    batch = pa.RecordBatch.from_arrays(batch.columns, schema=schema)
+                yield batch
+            log.debug("training set: time slice %d/%d done", i + 1, len(slices))
+
+    return schema, batches()
 
 
 def _context_keys(con: duckdb.DuckDBPyConnection, source: str) -> list[tuple[str, bool]]:
@@ -308,13 +404,16 @@ def write_training_set(
     attribution_days: float = 7,
     positive_outcomes: Sequence[str] = ("accept", "convert"),
     engine: str = "duckdb",
+    chunk_rows: int = CHUNK_ROWS,
 ) -> int:
     """Like :func:`build_training_set`, written to a Parquet file; returns the row count.
 
-    On DuckDB the rows stream from the warehouse to the file (one SQL statement, spilling to
-    disk as needed), so the training set never has to fit in memory as a pandas frame.
+    On DuckDB the rows stream from the warehouse to the file one time slice at a time (about
+    ``chunk_rows`` decisions rows each), so neither the engine nor Python ever holds the whole
+    training set; the file appears only once complete.
     """
     _check_args(attribution_days, positive_outcomes, start, end)
+    _check_chunk_rows(chunk_rows)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if engine != "duckdb" or not isinstance(con, duckdb.DuckDBPyConnection):
@@ -329,29 +428,30 @@ def write_training_set(
         frame.to_parquet(path, index=False)
         return len(frame)
     started = time.perf_counter()
-    expr = training_set_expr(
-        ibis_backend(con, engine),
+    keys = _range_context_keys(con, start, end)
+    schema, batches = _duckdb_batches(
+        con,
+        keys,
+        chunk_rows,
         start=start,
         end=end,
         attribution_days=attribution_days,
         positive_outcomes=positive_outcomes,
     )
-    where = []
-    if start is not None:
-        where.append(f"ts >= TIMESTAMP '{naive_utc(start, 'start').isoformat(sep=' ')}'")
-    if end is not None:
-        where.append(f"ts < TIMESTAMP '{naive_utc(end, 'end').isoformat(sep=' ')}'")
-    decisions = "SELECT context FROM decisions"
-    if where:
-        decisions += f" WHERE {' AND '.join(where)}"
-    keys = _context_keys(con, f"({decisions})")
-    sql = _final_sql(f"({ibis.to_sql(expr, dialect='duckdb')})", keys)
-    target = str(path).replace("'", "''")
-    rows = con.execute(f"COPY ({sql}) TO '{target}' (FORMAT parquet)").fetchone()[0]
+    partial = path.with_name(f".{path.name}.partial")
+    rows = 0
+    try:
+        with pq.ParquetWriter(partial, schema) as writer:
+            for batch in batches:
+                writer.write_batch(batch)
+                rows += batch.num_rows
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
     log.info(
         "training set: %d rows written to %s in %.1f s",
         rows,
         path.name,
         time.perf_counter() - started,
     )
-    return int(rows)
+    return rows

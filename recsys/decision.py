@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -23,15 +24,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from recsys.arbitration import EpsilonGreedy, priorities
-from recsys.catalog import Catalog, Offer, Touchpoint, now_utc, to_utc
+from recsys.arbitration import EpsilonGreedy, SlateBatch, greedy_order, priorities, select_many
+from recsys.catalog import Catalog, Offer, Touchpoint, TouchpointOffers, now_utc, to_utc
 from recsys.eligibility import (
     EMPTY_HISTORY,
     CapHit,
     ContactHistory,
-    Eligibility,
     Removal,
     check_eligibility,
+    check_eligibility_many,
     has_consent,
     in_date_window,
 )
@@ -44,6 +45,9 @@ DEFAULT_MAX_LIMIT = 50
 MAX_CAP_RETRIES = 2
 #: Keys a feature vector may carry to say it is the cold-start vector of an unknown customer.
 COLD_START_KEYS = ("is_cold_start", "cold_start", "_cold_start")
+#: Up to this many requests of one touchpoint, the matrix and the slates are built request by
+#: request (as one decision alone): numpy's per-call overhead exceeds the columnar gain.
+SMALL_BATCH = 4
 KNOWN_KEYS = ("is_known", "known_customer", "_known")
 
 
@@ -79,6 +83,27 @@ class MatrixBuilder(Protocol):
         context: Mapping[str, Any],
         now: datetime,
     ) -> np.ndarray: ...
+
+
+class BatchMatrixBuilder(MatrixBuilder, Protocol):
+    """A matrix builder that also builds the rows of many customers in one call."""
+
+    def build_many(
+        self,
+        customer_vectors: Sequence[Mapping[str, Any]],
+        touchpoint: Touchpoint,
+        contexts: Sequence[Mapping[str, Any]],
+        now: datetime,
+        customer_index: np.ndarray,
+        offer_index: np.ndarray,
+    ) -> np.ndarray:
+        """Rows of (customer_vectors[customer_index[r]], candidate offer_index[r]) pairs.
+
+        ``offer_index`` indexes the touchpoint's candidates (``Catalog.for_touchpoint``);
+        row ``r`` must equal row ``offer_index[r]``'s of the per-customer call. Shapes
+        (p,) -> (p, n_features).
+        """
+        ...
 
 
 class ContactHistorySource(Protocol):
@@ -214,30 +239,131 @@ def new_decision_id() -> str:
     return uuid.uuid4().hex
 
 
-@dataclass
-class _Pending:
-    """Work of one request between eligibility and arbitration."""
+def new_decision_ids(n: int) -> list[str]:
+    """``n`` random (version 4) UUIDs as 32 hex digits, like :func:`new_decision_id`."""
+    if n <= 0:
+        return []
+    if n < 8:
+        return [uuid.uuid4().hex for _ in range(n)]
+    raw = np.frombuffer(os.urandom(16 * n), dtype=np.uint8).reshape(n, 16).copy()
+    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40  # version 4
+    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
+    text = raw.tobytes().hex()
+    return [text[i : i + 32] for i in range(0, 32 * n, 32)]
 
-    request: DecisionRequest
-    touchpoint: Touchpoint
-    limit: int
-    vector: Mapping[str, Any]
-    eligibility: Eligibility
-    eligible: tuple[Offer, ...]
-    eligible_idx: np.ndarray
-    cold_start: bool
-    row_start: int = 0
-    row_end: int = 0
+
+@dataclass
+class _Group:
+    """The requests of one touchpoint, decided together (columns over its m candidates).
+
+    Pairs are the (request, eligible offer) cells of ``mask`` in row-major order: the
+    model rows, customer by customer, offers in catalogue order.
+    """
+
+    offers: TouchpointOffers
+    rows: np.ndarray  # (n,) positions in the request list
+    requests: list[DecisionRequest]
+    vectors: list[Mapping[str, Any]]
+    histories: list[ContactHistory]
+    cold_start: np.ndarray  # (n,) bool
+    limits: np.ndarray  # (n,) int
+    mask: np.ndarray  # (n, m) bool
+    consent: np.ndarray  # (n,) bool
+    pair_request: np.ndarray  # (p,) row of each pair
+    pair_offer: np.ndarray  # (p,) candidate of each pair
+    row_start: np.ndarray  # (n + 1,) first pair of each row
+    p_accept: np.ndarray = field(default_factory=lambda: np.empty(0))  # (p,)
+    priority: np.ndarray = field(default_factory=lambda: np.empty(0))  # (p,)
+    slates: SlateBatch | None = None
+
+
+@dataclass(frozen=True)
+class DecisionTable:
+    """Decisions of many requests as columns, for batch output (e.g. Arrow / Parquet).
+
+    One entry per decision (in request order) and one row per served offer (decisions in
+    request order, ranks ascending). Same content as the :class:`Decision` objects
+    ``decide_many`` returns for the same requests and time, without traces and reasons.
+
+    Attributes
+    ----------
+    customer_id, touchpoint_id, decision_id, channel : lists of str, length n
+    ts : datetime, the decision time
+    fallback, cold_start : ndarray of bool, shape (n,)
+    row_decision : ndarray of int64, shape (r,)
+        Decision (position in the request list) of each served-offer row.
+    rank : ndarray of int32, shape (r,), 1-based
+    offer_id, offer_name : ndarray of object (str), shape (r,)
+    score : ndarray of float64, shape (r,), NaN for fallback offers
+    priority, propensity : ndarray of float64, shape (r,)
+    explored : ndarray of bool, shape (r,)
+    """
+
+    customer_id: list[str]
+    touchpoint_id: list[str]
+    decision_id: list[str]
+    channel: list[str]
+    ts: datetime
+    fallback: np.ndarray
+    cold_start: np.ndarray
+    row_decision: np.ndarray
+    rank: np.ndarray
+    offer_id: np.ndarray
+    offer_name: np.ndarray
+    score: np.ndarray
+    priority: np.ndarray
+    propensity: np.ndarray
+    explored: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.decision_id)
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.row_decision.shape[0])
+
+    @classmethod
+    def from_decisions(
+        cls, decisions: Sequence[Decision], ts: datetime | None = None
+    ) -> DecisionTable:
+        """The table of some :class:`Decision` objects (``ts``: their time, if none)."""
+        rows = [(i, d, o) for i, d in enumerate(decisions) for o in d.offers]
+        return cls(
+            customer_id=[d.customer_id for d in decisions],
+            touchpoint_id=[d.touchpoint_id for d in decisions],
+            decision_id=[d.decision_id for d in decisions],
+            channel=[d.channel for d in decisions],
+            ts=decisions[0].ts if decisions else (ts or now_utc()),
+            fallback=np.array([d.fallback for d in decisions], dtype=bool),
+            cold_start=np.array([d.cold_start for d in decisions], dtype=bool),
+            row_decision=np.array([i for i, _, _ in rows], dtype=np.int64),
+            rank=np.array([o.rank for _, _, o in rows], dtype=np.int32),
+            offer_id=np.array([o.offer_id for _, _, o in rows], dtype=object),
+            offer_name=np.array([o.name for _, _, o in rows], dtype=object),
+            score=np.array(
+                [np.nan if o.score is None else o.score for _, _, o in rows], dtype=np.float64
+            ),
+            priority=np.array([o.priority for _, _, o in rows], dtype=np.float64),
+            propensity=np.array([o.propensity for _, _, o in rows], dtype=np.float64),
+            explored=np.array([o.explored for _, _, o in rows], dtype=bool),
+        )
 
 
 class DecisionEngine:
     """Decides which offers to show; the only decision code HTTP and batch use.
+
+    Many requests are decided as columns: one eligibility pass (customer x candidate
+    masks), one decision matrix for every (customer, eligible offer) pair, one model call,
+    and vectorised priorities, slates and exploration draws. Each decision is the one its
+    request would get alone at the same time.
 
     Parameters
     ----------
     catalog : Catalog
     features : FeatureSource
     build_matrix : MatrixBuilder
+        With a ``build_many`` method (:class:`BatchMatrixBuilder`) the matrix of a batch is
+        built in one call; otherwise customer by customer.
     scorer : Scorer
     model : ModelInfo
         Name, version and feature-spec version of the scorer's model.
@@ -251,8 +377,6 @@ class DecisionEngine:
     clock : callable returning an aware datetime
     max_limit : int
         Largest ``limit`` a request may ask for.
-    cap_lookback_days : int
-        How far back contact history is read (>= the longest cap window).
 
     Raises
     ------
@@ -300,6 +424,8 @@ class DecisionEngine:
             if o.cap_per_customer is not None and o.cap_window_days is not None
         }
         self.cap_lookback_days = max((w for _, w in self._caps.values()), default=0)
+        self._names: dict[str, np.ndarray] = {}
+        self._fallbacks: dict[tuple[str, int, int], list[ServedOffer]] = {}
 
     # ------------------------------------------------------------------ public
 
@@ -337,12 +463,56 @@ class DecisionEngine:
         """
         if not requests:
             return []
+        now, now_us = self._now(now)
+        groups = self._decide(requests, now, now_us)
+        decisions = self._decisions(requests, groups, now, now_us, trace)
+        if record and self.sink is not None:
+            decisions = self._record(requests, decisions, trace, now, _attempt)
+        return decisions
+
+    def decide_table(
+        self,
+        requests: Sequence[DecisionRequest],
+        *,
+        now: datetime | None = None,
+        record: bool = True,
+    ) -> DecisionTable:
+        """:meth:`decide_many` as a :class:`DecisionTable` (batch scoring, no Python objects
+        per decision unless they are recorded).
+
+        The same decisions as ``decide_many(requests, now=now, record=record)``; when
+        recorded, decisions that lost a race for a contact cap are decided again as there.
+        """
+        now, now_us = self._now(now)
+        if not requests:
+            return DecisionTable.from_decisions([], now)
+        groups = self._decide(requests, now, now_us)
+        if type(self)._arbitrate is not DecisionEngine._arbitrate or (
+            record and self.sink is not None
+        ):
+            # A subclass reshapes each decision, or the sink needs the objects anyway.
+            decisions = self._decisions(requests, groups, now, now_us, trace=False)
+            if record and self.sink is not None:
+                decisions = self._record(requests, decisions, False, now, 0)
+            return DecisionTable.from_decisions(decisions, now)
+        return self._table(requests, groups, now, now_us)
+
+    # ------------------------------------------------------------------ steps
+
+    def _now(self, now: datetime | None) -> tuple[datetime, int]:
         now = to_utc(now) if now is not None else to_utc(self.clock())
-        now_us = int(now.timestamp() * 1_000_000)
-        for req in requests:
+        return now, int(now.timestamp() * 1_000_000)
+
+    def _decide(
+        self, requests: Sequence[DecisionRequest], now: datetime, now_us: int
+    ) -> list[_Group]:
+        """Eligibility, matrix, scores and slates of every request, touchpoint by touchpoint."""
+        by_touchpoint: dict[str, list[int]] = {}
+        for i, req in enumerate(requests):
             self.catalog.touchpoint(req.touchpoint_id)
             if req.limit is not None and not (1 <= req.limit <= self.max_limit):
                 raise ValueError(f"`limit` must be in 1..{self.max_limit}, got {req.limit}")
+            by_touchpoint.setdefault(req.touchpoint_id, []).append(i)
 
         customer_ids = list(dict.fromkeys(r.customer_id for r in requests))
         vectors = self.features.get_many(customer_ids)
@@ -350,42 +520,429 @@ class DecisionEngine:
         since = now - timedelta(days=max(self.cap_lookback_days, 1))
         histories = self.history.contact_history(customer_ids, since)
 
-        pending: list[_Pending] = []
-        blocks: list[np.ndarray] = []
-        rows = 0
-        for req in requests:
-            item = self._eligible(req, vectors, histories, now_us)
-            if item.eligible:
-                matrix = self.build_matrix(
-                    item.vector, item.eligible, item.touchpoint, req.context, now
-                )
-                if matrix.shape[0] != len(item.eligible):
-                    raise DataError(
-                        f"decision matrix must have one row per offer ({len(item.eligible)}), "
-                        f"got {matrix.shape[0]}"
-                    )
-                item.row_start, item.row_end = rows, rows + matrix.shape[0]
-                rows += matrix.shape[0]
-                blocks.append(matrix)
-            pending.append(item)
-
-        scores = np.empty(0)
-        if blocks:
-            matrix = blocks[0] if len(blocks) == 1 else np.vstack(blocks)
+        groups = [
+            self._group(
+                tp_id, [requests[i] for i in rows], np.array(rows), vectors, histories, now_us
+            )
+            for tp_id, rows in by_touchpoint.items()
+        ]
+        blocks = [self._matrix(g, now) for g in groups]
+        filled = [b for b in blocks if b is not None and b.shape[0]]
+        if filled:
+            matrix = filled[0] if len(filled) == 1 else np.vstack(filled)
             scores = np.asarray(self.scorer.score(matrix), dtype=np.float64).reshape(-1)
             if scores.shape[0] != matrix.shape[0]:
                 raise DataError(
                     f"scorer must return one score per row ({matrix.shape[0]}), "
                     f"got {scores.shape[0]}"
                 )
+            start = 0
+            for g in groups:
+                n_pairs = g.pair_request.shape[0]
+                g.p_accept = scores[start : start + n_pairs]
+                start += n_pairs
+        for g in groups:
+            self._arbitrate_group(g, now_us)
+        return groups
 
-        decisions = [
-            self._arbitrate(item, scores[item.row_start : item.row_end], now, now_us, trace)
-            for item in pending
-        ]
-        if record and self.sink is not None:
-            decisions = self._record(requests, decisions, trace, now, _attempt)
-        return decisions
+    def _group(
+        self,
+        tp_id: str,
+        requests: list[DecisionRequest],
+        rows: np.ndarray,
+        vectors: Mapping[str, Mapping[str, Any]],
+        histories: Mapping[str, ContactHistory],
+        now_us: int,
+    ) -> _Group:
+        offers = self.catalog.for_touchpoint(tp_id)
+        group_vectors = [vectors.get(r.customer_id) or {} for r in requests]
+        group_histories = [histories.get(r.customer_id, EMPTY_HISTORY) for r in requests]
+        elig = check_eligibility_many(
+            offers, group_vectors, group_histories, now_us, [r.exclude_offers for r in requests]
+        )
+        pair_request, pair_offer = np.nonzero(elig.mask)
+        row_start = np.zeros(len(requests) + 1, dtype=np.int64)
+        np.cumsum(np.count_nonzero(elig.mask, axis=1), out=row_start[1:])
+        slots = offers.touchpoint.slots
+        return _Group(
+            offers=offers,
+            rows=rows,
+            requests=requests,
+            vectors=group_vectors,
+            histories=group_histories,
+            cold_start=np.array([is_cold_start(v) or not v for v in group_vectors], dtype=bool),
+            limits=np.array(
+                [min(r.limit if r.limit is not None else slots, self.max_limit) for r in requests],
+                dtype=np.int64,
+            ),
+            mask=elig.mask,
+            consent=elig.consent,
+            pair_request=pair_request,
+            pair_offer=pair_offer,
+            row_start=row_start,
+        )
+
+    def _matrix(self, g: _Group, now: datetime) -> np.ndarray | None:
+        """Model rows of every (request, eligible offer) pair of a group, pair order."""
+        n_pairs = g.pair_request.shape[0]
+        if not n_pairs:
+            return None
+        touchpoint = g.offers.touchpoint
+        build_many = getattr(self.build_matrix, "build_many", None)
+        if build_many is not None and len(g.requests) > SMALL_BATCH:
+            matrix = build_many(
+                g.vectors,
+                touchpoint,
+                [r.context for r in g.requests],
+                now,
+                g.pair_request,
+                g.pair_offer,
+            )
+            if matrix.shape[0] != n_pairs:
+                raise DataError(
+                    f"decision matrix must have one row per offer ({n_pairs}), "
+                    f"got {matrix.shape[0]}"
+                )
+            return matrix
+        blocks = []
+        m = len(g.offers.offers)
+        for i in np.flatnonzero(g.row_start[1:] > g.row_start[:-1]).tolist():
+            idx = g.pair_offer[g.row_start[i] : g.row_start[i + 1]]
+            # the same tuple object when all are eligible: builders may cache on it
+            eligible = g.offers.offers if idx.shape[0] == m else g.offers.take(idx)
+            block = self.build_matrix(
+                g.vectors[i], eligible, touchpoint, g.requests[i].context, now
+            )
+            if block.shape[0] != len(eligible):
+                raise DataError(
+                    f"decision matrix must have one row per offer ({len(eligible)}), "
+                    f"got {block.shape[0]}"
+                )
+            blocks.append(block)
+        return blocks[0] if len(blocks) == 1 else np.vstack(blocks)
+
+    def _arbitrate_group(self, g: _Group, now_us: int) -> None:
+        """Priorities and slates (with exploration) of every request of a group."""
+        n, m = g.mask.shape
+        value = g.offers.value[g.pair_offer]
+        weight = g.offers.weight[g.pair_offer]
+        g.priority = priorities(g.p_accept, value, weight)
+        if n <= SMALL_BATCH:
+            g.slates = self._select_each(g, now_us)
+            return
+        matrix = np.zeros((n, m), dtype=np.float64)
+        matrix[g.pair_request, g.pair_offer] = g.priority
+        seeds = None
+        if self.policy.explores:
+            tp_id = g.offers.touchpoint.touchpoint_id
+            has = g.row_start[1:] > g.row_start[:-1]
+            seeds = np.zeros(n, dtype=np.uint64)
+            for i in np.flatnonzero(has).tolist():
+                seeds[i] = exploration_seed(self.seed, g.requests[i].customer_id, tp_id, now_us)
+        g.slates = select_many(self.policy, matrix, g.mask, g.limits, seeds)
+
+    def _select_each(self, g: _Group, now_us: int) -> SlateBatch:
+        """The slates of a few requests, one ``policy.select`` each (no batch arrays)."""
+        n = len(g.requests)
+        tp_id = g.offers.touchpoint.touchpoint_id
+        chosen = []
+        for i in range(n):
+            start, end = int(g.row_start[i]), int(g.row_start[i + 1])
+            if start == end:
+                chosen.append(None)
+                continue
+            rng = None
+            if self.policy.explores:
+                rng = np.random.default_rng(
+                    exploration_seed(self.seed, g.requests[i].customer_id, tp_id, now_us)
+                )
+            slate = self.policy.select(g.priority[start:end], int(g.limits[i]), rng)
+            chosen.append((g.pair_offer[start:end][slate.positions], slate))
+        k = np.array([0 if c is None else c[0].shape[0] for c in chosen], dtype=np.int64)
+        k_max = int(k.max()) if n else 0
+        positions = np.full((n, k_max), -1, dtype=np.int64)
+        propensity = np.full((n, k_max), np.nan)
+        explored = np.zeros((n, k_max), dtype=bool)
+        for i, c in enumerate(chosen):
+            if c is not None:
+                columns, slate = c
+                positions[i, : k[i]] = columns
+                propensity[i, : k[i]] = slate.propensity
+                explored[i, : k[i]] = slate.explored
+        return SlateBatch(positions, propensity, explored, k)
+
+    def _fallback_offers(self, g: _Group, limit: int, now_us: int) -> list[ServedOffer]:
+        key = (g.offers.touchpoint.touchpoint_id, limit, now_us)
+        served = self._fallbacks.get(key)
+        if served is None:
+            if len(self._fallbacks) > 256:
+                self._fallbacks.clear()
+            served = self._fallback(g.offers.fallback, limit, now_us)
+            self._fallbacks[key] = served
+        return served
+
+    def _decisions(
+        self,
+        requests: Sequence[DecisionRequest],
+        groups: list[_Group],
+        now: datetime,
+        now_us: int,
+        trace: bool,
+    ) -> list[Decision]:
+        ids = iter(new_decision_ids(len(requests)))
+        out: list[Decision | None] = [None] * len(requests)
+        for g in groups:
+            for i, row in enumerate(g.rows.tolist()):
+                out[row] = self._arbitrate(g, i, next(ids), now, now_us, trace)
+        return out  # type: ignore[return-value]
+
+    def _arbitrate(
+        self, g: _Group, i: int, decision_id: str, now: datetime, now_us: int, trace: bool
+    ) -> Decision:
+        """The :class:`Decision` of request ``i`` of group ``g`` (a hook for subclasses)."""
+        req = g.requests[i]
+        tp_offers = g.offers
+        notes: list[str] = []
+        served: list[ServedOffer] = []
+        slate_trace: list[SlatePosition] = []
+        score_parts: tuple[ScorePart, ...] = ()
+        fallback = False
+        cold_start = bool(g.cold_start[i])
+        start, end = int(g.row_start[i]), int(g.row_start[i + 1])
+        n_eligible = end - start
+        consent = bool(g.consent[i])
+
+        if n_eligible:
+            slates = g.slates
+            assert slates is not None
+            k = int(slates.k[i])
+            columns = slates.positions[i, :k].tolist()
+            eligible_cols = g.pair_offer[start:end]
+            # pair of (request i, column j): its rank among the row's eligible columns
+            pairs = (start + np.searchsorted(eligible_cols, columns)).tolist()
+            p_accept = g.p_accept[pairs].tolist()
+            priority = g.priority[pairs].tolist()
+            propensity = slates.propensity[i, :k].tolist()
+            explored = slates.explored[i, :k].tolist()
+            value = tp_offers.value
+            weight = tp_offers.weight
+            eligible_note = f"{n_eligible} of {len(tp_offers.offers)} candidates eligible"
+            for rank, (j, p, prio, prop, expl) in enumerate(
+                zip(columns, p_accept, priority, propensity, explored, strict=True), start=1
+            ):
+                offer = tp_offers.offers[j]
+                reasons = [
+                    f"P(accept) {p:.4f} x value {value[j]:g} x weight {weight[j]:g} "
+                    f"= priority {prio:.4f}",
+                    eligible_note,
+                ]
+                if expl:
+                    reasons.append(f"explored ({self.policy.name})")
+                if cold_start:
+                    reasons.append("cold start: customer unknown to the feature store")
+                served.append(
+                    ServedOffer(
+                        offer_id=offer.offer_id,
+                        name=offer.name,
+                        rank=rank,
+                        score=p,
+                        priority=prio,
+                        propensity=prop,
+                        explored=expl,
+                        reasons=tuple(reasons),
+                    )
+                )
+            if trace:
+                score_parts, slate_trace = self._score_trace(g, i, served, columns)
+        elif consent:
+            served = self._fallback_offers(g, int(g.limits[i]), now_us)
+            fallback = bool(served)
+            notes.append(
+                "no eligible offer: served the touchpoint's fallback"
+                if served
+                else "no eligible offer and the touchpoint has no fallback offer"
+            )
+            slate_trace = [
+                SlatePosition(s.rank, s.offer_id, False, 1.0, s.offer_id) for s in served
+            ]
+        else:
+            notes.append("no consent for this channel: nothing is shown")
+
+        decision_trace = None
+        if trace:
+            elig = check_eligibility(
+                tp_offers, g.vectors[i], g.histories[i], now_us, req.exclude_offers
+            )
+            decision_trace = DecisionTrace(
+                candidates=len(tp_offers.offers),
+                eligible=n_eligible,
+                consent=consent,
+                removals=elig.removals,
+                caps_hit=elig.caps_hit,
+                scores=score_parts,
+                slate=tuple(slate_trace),
+                policy=self.policy.name,
+                epsilon=self.policy.epsilon,
+                cold_start=cold_start,
+                feature_spec_version=self.model.feature_spec_version,
+                notes=tuple(notes),
+            )
+        return Decision(
+            decision_id=decision_id,
+            ts=now,
+            customer_id=req.customer_id,
+            touchpoint_id=req.touchpoint_id,
+            channel=tp_offers.touchpoint.channel,
+            offers=tuple(served),
+            fallback=fallback,
+            cold_start=cold_start,
+            model=self.model,
+            policy=self.policy.name,
+            context=req.context,
+            trace=decision_trace,
+        )
+
+    def _score_trace(
+        self, g: _Group, i: int, served: list[ServedOffer], columns: list[int]
+    ) -> tuple[tuple[ScorePart, ...], list[SlatePosition]]:
+        """Every eligible offer's score parts (best first) and the greedy choice per position."""
+        start, end = int(g.row_start[i]), int(g.row_start[i + 1])
+        cols = g.pair_offer[start:end]
+        p_accept = g.p_accept[start:end]
+        priority = g.priority[start:end]
+        value = g.offers.value[cols]
+        weight = g.offers.weight[cols]
+        greedy = greedy_order(priority)
+        offers = g.offers.offers
+        parts = tuple(
+            ScorePart(
+                offers[cols[k]].offer_id,
+                float(p_accept[k]),
+                float(value[k]),
+                float(weight[k]),
+                float(priority[k]),
+            )
+            for k in greedy
+        )
+        position = {int(c): k for k, c in enumerate(cols.tolist())}
+        remaining = greedy.tolist()
+        slate = []
+        for s_offer, col in zip(served, columns, strict=True):
+            greedy_id = offers[cols[remaining[0]]].offer_id
+            slate.append(
+                SlatePosition(
+                    s_offer.rank, s_offer.offer_id, s_offer.explored, s_offer.propensity, greedy_id
+                )
+            )
+            remaining.remove(position[col])
+        return parts, slate
+
+    def _table(
+        self,
+        requests: Sequence[DecisionRequest],
+        groups: list[_Group],
+        now: datetime,
+        now_us: int,
+    ) -> DecisionTable:
+        """The decisions of ``_decide`` as columns (no per-decision Python objects)."""
+        n = len(requests)
+        fallback = np.zeros(n, dtype=bool)
+        cold_start = np.zeros(n, dtype=bool)
+        channel = [""] * n
+        parts: list[tuple[np.ndarray, ...]] = []
+        for g in groups:
+            slates = g.slates
+            assert slates is not None
+            tp_offers = g.offers
+            cold_start[g.rows] = g.cold_start
+            tp_channel = tp_offers.touchpoint.channel
+            for row in g.rows.tolist():
+                channel[row] = tp_channel
+            # model slates
+            k_max = slates.positions.shape[1]
+            if k_max:
+                filled = slates.positions >= 0
+                row_i, pos = np.nonzero(filled)
+                cols = slates.positions[row_i, pos]
+                pairs = _pair_index(g, row_i, cols)
+                names = self._offer_names(tp_offers)
+                parts.append(
+                    (
+                        g.rows[row_i],
+                        (pos + 1).astype(np.int32),
+                        tp_offers.offer_ids[cols],
+                        names[cols],
+                        g.p_accept[pairs],
+                        g.priority[pairs],
+                        slates.propensity[row_i, pos],
+                        slates.explored[row_i, pos],
+                    )
+                )
+            # fallbacks: consent, nothing eligible
+            empty = np.flatnonzero((g.row_start[1:] == g.row_start[:-1]) & g.consent)
+            if empty.size and tp_offers.fallback:
+                for limit in np.unique(g.limits[empty]).tolist():
+                    served = self._fallback_offers(g, limit, now_us)
+                    if not served:
+                        continue
+                    rows = g.rows[empty[g.limits[empty] == limit]]
+                    fallback[rows] = True
+                    k = len(served)
+                    parts.append(
+                        (
+                            np.repeat(rows, k),
+                            np.tile(np.array([s.rank for s in served], dtype=np.int32), len(rows)),
+                            np.tile(
+                                np.array([s.offer_id for s in served], dtype=object), len(rows)
+                            ),
+                            np.tile(np.array([s.name for s in served], dtype=object), len(rows)),
+                            np.full(k * len(rows), np.nan),
+                            np.tile(np.array([s.priority for s in served]), len(rows)),
+                            np.ones(k * len(rows)),
+                            np.zeros(k * len(rows), dtype=bool),
+                        )
+                    )
+        if parts:
+            columns = [np.concatenate(c) for c in zip(*parts, strict=True)]
+            order = np.lexsort((columns[1], columns[0]))  # request order, then rank
+            columns = [c[order] for c in columns]
+        else:
+            columns = [
+                np.zeros(0, np.int64),
+                np.zeros(0, np.int32),
+                np.zeros(0, object),
+                np.zeros(0, object),
+                np.zeros(0),
+                np.zeros(0),
+                np.zeros(0),
+                np.zeros(0, bool),
+            ]
+        row_decision, rank, offer_id, offer_name, score, priority, propensity, explored = columns
+        return DecisionTable(
+            customer_id=[r.customer_id for r in requests],
+            touchpoint_id=[r.touchpoint_id for r in requests],
+            decision_id=new_decision_ids(n),
+            channel=channel,
+            ts=now,
+            fallback=fallback,
+            cold_start=cold_start,
+            row_decision=row_decision.astype(np.int64),
+            rank=rank.astype(np.int32),
+            offer_id=offer_id,
+            offer_name=offer_name,
+            score=score.astype(np.float64),
+            priority=priority.astype(np.float64),
+            propensity=propensity.astype(np.float64),
+            explored=explored.astype(bool),
+        )
+
+    def _offer_names(self, tp_offers: TouchpointOffers) -> np.ndarray:
+        tp_id = tp_offers.touchpoint.touchpoint_id
+        names = self._names.get(tp_id)
+        if names is None:
+            names = np.array([o.name for o in tp_offers.offers], dtype=object)
+            self._names[tp_id] = names
+        return names
 
     def _record(
         self,
@@ -424,154 +981,6 @@ class DecisionEngine:
             out[i] = decision
         return out
 
-    # ------------------------------------------------------------------ steps
-
-    def _eligible(
-        self,
-        req: DecisionRequest,
-        vectors: Mapping[str, Mapping[str, Any]],
-        histories: Mapping[str, ContactHistory],
-        now_us: int,
-    ) -> _Pending:
-        tp_offers = self.catalog.for_touchpoint(req.touchpoint_id)
-        vector = vectors.get(req.customer_id) or {}
-        history = histories.get(req.customer_id, EMPTY_HISTORY)
-        elig = check_eligibility(tp_offers, vector, history, now_us, req.exclude_offers)
-        idx = np.flatnonzero(elig.mask)
-        if idx.shape[0] == len(tp_offers.offers):
-            eligible = tp_offers.offers  # same tuple object: builders may cache on it
-        else:
-            eligible = tp_offers.take(idx)
-        limit = req.limit if req.limit is not None else tp_offers.touchpoint.slots
-        return _Pending(
-            request=req,
-            touchpoint=tp_offers.touchpoint,
-            limit=min(limit, self.max_limit),
-            vector=vector,
-            eligibility=elig,
-            eligible=eligible,
-            eligible_idx=idx,
-            cold_start=is_cold_start(vector) or not vector,
-        )
-
-    def _arbitrate(
-        self, item: _Pending, p_accept: np.ndarray, now: datetime, now_us: int, trace: bool
-    ) -> Decision:
-        req = item.request
-        tp_offers = self.catalog.for_touchpoint(req.touchpoint_id)
-        notes: list[str] = []
-        served: list[ServedOffer] = []
-        slate_trace: list[SlatePosition] = []
-        score_parts: tuple[ScorePart, ...] = ()
-        fallback = False
-
-        if item.eligible:
-            value = tp_offers.value[item.eligible_idx]
-            weight = tp_offers.weight[item.eligible_idx]
-            priority = priorities(p_accept, value, weight)
-            rng = None
-            if self.policy.explores:
-                rng = np.random.default_rng(
-                    exploration_seed(self.seed, req.customer_id, req.touchpoint_id, now_us)
-                )
-            slate = self.policy.select(priority, item.limit, rng)
-            greedy = np.argsort(-priority, kind="stable") if trace else None
-            n_eligible = len(item.eligible)
-            for rank, (pos, prop, explored) in enumerate(
-                zip(slate.positions, slate.propensity, slate.explored, strict=True), start=1
-            ):
-                offer = item.eligible[pos]
-                p = float(p_accept[pos])
-                reasons = [
-                    f"P(accept) {p:.4f} x value {value[pos]:g} x weight {weight[pos]:g} "
-                    f"= priority {priority[pos]:.4f}",
-                    f"{n_eligible} of {len(tp_offers.offers)} candidates eligible",
-                ]
-                if explored:
-                    reasons.append(f"explored ({self.policy.name})")
-                if item.cold_start:
-                    reasons.append("cold start: customer unknown to the feature store")
-                served.append(
-                    ServedOffer(
-                        offer_id=offer.offer_id,
-                        name=offer.name,
-                        rank=rank,
-                        score=p,
-                        priority=float(priority[pos]),
-                        propensity=float(prop),
-                        explored=bool(explored),
-                        reasons=tuple(reasons),
-                    )
-                )
-            if trace:
-                score_parts = tuple(
-                    ScorePart(
-                        item.eligible[i].offer_id,
-                        float(p_accept[i]),
-                        float(value[i]),
-                        float(weight[i]),
-                        float(priority[i]),
-                    )
-                    for i in greedy
-                )
-                remaining = list(greedy)
-                for s_offer, pos in zip(served, slate.positions, strict=True):
-                    greedy_id = item.eligible[remaining[0]].offer_id
-                    slate_trace.append(
-                        SlatePosition(
-                            s_offer.rank,
-                            s_offer.offer_id,
-                            s_offer.explored,
-                            s_offer.propensity,
-                            greedy_id,
-                        )
-                    )
-                    remaining.remove(pos)
-        elif item.eligibility.consent:
-            served = self._fallback(tp_offers.fallback, item.limit, now_us)
-            fallback = bool(served)
-            notes.append(
-                "no eligible offer: served the touchpoint's fallback"
-                if served
-                else "no eligible offer and the touchpoint has no fallback offer"
-            )
-            slate_trace = [
-                SlatePosition(s.rank, s.offer_id, False, 1.0, s.offer_id) for s in served
-            ]
-        else:
-            notes.append("no consent for this channel: nothing is shown")
-
-        decision_trace = None
-        if trace:
-            decision_trace = DecisionTrace(
-                candidates=len(tp_offers.offers),
-                eligible=len(item.eligible),
-                consent=item.eligibility.consent,
-                removals=item.eligibility.removals,
-                caps_hit=item.eligibility.caps_hit,
-                scores=score_parts,
-                slate=tuple(slate_trace),
-                policy=self.policy.name,
-                epsilon=self.policy.epsilon,
-                cold_start=item.cold_start,
-                feature_spec_version=self.model.feature_spec_version,
-                notes=tuple(notes),
-            )
-        return Decision(
-            decision_id=new_decision_id(),
-            ts=now,
-            customer_id=req.customer_id,
-            touchpoint_id=req.touchpoint_id,
-            channel=item.touchpoint.channel,
-            offers=tuple(served),
-            fallback=fallback,
-            cold_start=item.cold_start,
-            model=self.model,
-            policy=self.policy.name,
-            context=req.context,
-            trace=decision_trace,
-        )
-
     def _fallback(self, offers: tuple[Offer, ...], limit: int, now_us: int) -> list[ServedOffer]:
         if not offers:
             return []
@@ -594,16 +1003,24 @@ class DecisionEngine:
         ]
 
 
+def _pair_index(g: _Group, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """Pair positions of (row, column) cells of a group's eligible mask, shape (k,) -> (k,)."""
+    before = np.cumsum(g.mask, axis=1) - 1  # rank of each cell among its row's eligible ones
+    return g.row_start[rows] + before[rows, columns]
+
+
 def _us(ts: datetime | None, default: int) -> int:
     return default if ts is None else int(ts.timestamp() * 1_000_000)
 
 
 __all__ = [
+    "BatchMatrixBuilder",
     "ContactHistorySource",
     "Decision",
     "DecisionEngine",
     "DecisionRequest",
     "DecisionSink",
+    "DecisionTable",
     "DecisionTrace",
     "FeatureSource",
     "MatrixBuilder",

@@ -17,7 +17,7 @@ Every check reports the offers it removed, so a decision trace can explain each 
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
@@ -231,3 +231,189 @@ def check_eligibility(
     return Eligibility(
         mask=mask, consent=consent, removals=tuple(removals), caps_hit=tuple(caps_hit)
     )
+
+
+# --------------------------------------------------------------------------- many customers
+
+
+@dataclass(frozen=True)
+class EligibilityBatch:
+    """The outcome of the checks for many customers at one touchpoint.
+
+    Row ``i`` of ``mask`` equals ``check_eligibility(...)`` of customer ``i`` alone; the
+    removals and cap hits that explain it are only built on demand (a decision trace), with
+    :func:`check_eligibility`.
+
+    Attributes
+    ----------
+    mask : ndarray of bool, shape (n_customers, n_candidates)
+    consent : ndarray of bool, shape (n_customers,)
+    """
+
+    mask: np.ndarray
+    consent: np.ndarray
+
+
+_NUMBER_TYPES = frozenset({int, float, bool})
+#: Up to this many customers, rules and consent are checked customer by customer (numpy's
+#: per-call overhead is larger than the work).
+SMALL_BATCH = 8
+_EXACT_FLOAT = 2.0**53  # beyond it, float64 comparisons may differ from Python's int ones
+
+
+def check_eligibility_many(
+    offers: TouchpointOffers,
+    customers: Sequence[Mapping[str, Any]],
+    histories: Sequence[ContactHistory],
+    now_us: int,
+    excludes: Sequence[Collection[str]],
+) -> EligibilityBatch:
+    """:func:`check_eligibility` for many customers at once, as (customer x offer) masks.
+
+    Parameters
+    ----------
+    offers : TouchpointOffers
+        The touchpoint's candidates, shape (m,).
+    customers : sequence of mapping, shape (n,)
+        Feature vectors (consent flags and the features rules read).
+    histories : sequence of ContactHistory, shape (n,)
+    now_us : int
+        Decision time, microseconds since the epoch (UTC).
+    excludes : sequence of collections of offer ids, shape (n,)
+
+    Returns
+    -------
+    EligibilityBatch
+        Its mask row ``i`` equals ``check_eligibility(offers, customers[i], histories[i],
+        now_us, excludes[i]).mask``. Rules are evaluated once per distinct feature value
+        (or as one numpy comparison for numeric features), not once per customer.
+    """
+    n, m = len(customers), len(offers.offers)
+    if len(histories) != n or len(excludes) != n:
+        raise ValueError(
+            f"`histories` and `excludes` must have one entry per customer ({n}), got "
+            f"{len(histories)} and {len(excludes)}"
+        )
+    mask = np.empty((n, m), dtype=bool)
+    mask[:] = in_date_window(offers.start_us, offers.end_us, now_us)
+
+    small = n <= SMALL_BATCH
+    column = offers.touchpoint.consent_column
+    if column is None:
+        consent = np.ones(n, dtype=bool)
+    else:
+        if small:
+            consent = np.array([has_consent(c, column) for c in customers], dtype=bool)
+        else:
+            values = [c.get(column) for c in customers]
+            consent = _by_distinct_value(values, lambda v: has_consent({column: v}, column))
+        mask[~consent] = False
+
+    for i, exclude in enumerate(excludes):
+        if exclude:
+            positions = [offers.index[o] for o in exclude if o in offers.index]
+            mask[i, positions] = False
+
+    if offers.rules and small:
+        failed = np.array(
+            [[not rule.holds(c) for rule in offers.rules] for c in customers], dtype=bool
+        ).reshape(n, len(offers.rules))
+        if failed.any():
+            blocked = failed.astype(np.int32) @ offers.rule_offers.astype(np.int32)
+            mask &= blocked == 0
+    elif offers.rules and n:
+        failed = np.zeros((n, len(offers.rules)), dtype=bool)
+        by_feature: dict[str, list[int]] = {}
+        for r, rule in enumerate(offers.rules):
+            by_feature.setdefault(rule.feature, []).append(r)
+        for feature, rule_ids in by_feature.items():
+            values = [c.get(feature) for c in customers]
+            numbers = _as_numbers(values)
+            for r in rule_ids:
+                rule = offers.rules[r]
+                held = _numeric_rule(rule, numbers) if numbers is not None else None
+                if held is None:
+                    held = _by_distinct_value(
+                        values, lambda v, rule=rule: rule.holds({rule.feature: v})
+                    )
+                failed[:, r] = ~held
+        if failed.any():
+            blocked = failed.astype(np.int32) @ offers.rule_offers.astype(np.int32)
+            mask &= blocked == 0
+
+    for i, history in enumerate(histories):
+        if history.accepted or history.contacts:
+            mask[i] &= _history_mask(offers, history, now_us)
+    return EligibilityBatch(mask=mask, consent=consent)
+
+
+def _history_mask(offers: TouchpointOffers, history: ContactHistory, now_us: int) -> np.ndarray:
+    """Offers left after "already accepted" and contact caps, shape (m,) (see check_eligibility)."""
+    keep = np.ones(len(offers.offers), dtype=bool)
+    for offer_id in history.accepted:
+        j = offers.index.get(offer_id)
+        if j is not None:
+            keep[j] = False
+    for offer_id in history.contacts:
+        j = offers.index.get(offer_id)
+        if j is None or not offers.capped[j]:
+            continue
+        offer = offers.offers[j]
+        since = now_us - offer.cap_window_days * US_PER_DAY
+        if history.count_since(offer_id, since) >= offer.cap_per_customer:
+            keep[j] = False
+    return keep
+
+
+def _by_distinct_value(values: list[Any], fn: Callable[[Any], bool]) -> np.ndarray:
+    """``[fn(v) for v in values]`` as a bool array, calling ``fn`` once per distinct value.
+
+    Values of one hash class (``True``, ``1``, ``1.0``) compare alike in every rule and
+    consent check, so sharing their result is exact; unhashable values are checked one by one.
+    """
+    codes: dict[Any, int] = {}
+    try:
+        index = [codes.setdefault(v, len(codes)) for v in values]
+    except TypeError:
+        return np.fromiter((fn(v) for v in values), dtype=bool, count=len(values))
+    table = np.fromiter((fn(v) for v in codes), dtype=bool, count=len(codes))
+    return table[np.asarray(index, dtype=np.intp)] if values else np.zeros(0, dtype=bool)
+
+
+def _as_numbers(values: list[Any]) -> np.ndarray | None:
+    """``values`` as float64 when all are int/float/bool that float64 holds exactly, else None."""
+    if not values or not set(map(type, values)) <= _NUMBER_TYPES:
+        return None
+    numbers = np.asarray(values, dtype=np.float64)
+    finite = numbers[np.isfinite(numbers)]
+    if finite.size and np.abs(finite).max() > _EXACT_FLOAT:
+        return None
+    return numbers
+
+
+def _numeric_rule(rule: Any, numbers: np.ndarray) -> np.ndarray | None:
+    """``rule.holds`` of every value as one numpy comparison, or None if it cannot be exact."""
+    targets = rule.value if rule.op in ("in", "not_in") else (rule.value,)
+    if not all(type(t) in _NUMBER_TYPES and abs(t) <= _EXACT_FLOAT for t in targets):
+        return None
+    known = ~np.isnan(numbers)  # a missing value never satisfies a rule
+    match rule.op:
+        case "==":
+            held = numbers == rule.value
+        case "!=":
+            held = numbers != rule.value
+        case "<":
+            held = numbers < rule.value
+        case "<=":
+            held = numbers <= rule.value
+        case ">":
+            held = numbers > rule.value
+        case ">=":
+            held = numbers >= rule.value
+        case "in":
+            held = np.isin(numbers, np.asarray(targets, dtype=np.float64))
+        case "not_in":
+            held = ~np.isin(numbers, np.asarray(targets, dtype=np.float64))
+        case _:
+            return None
+    return held & known

@@ -139,6 +139,7 @@ def to_bool(raw: pd.Series) -> pd.Series:
 def to_string(raw: pd.Series) -> pd.Series:
     if pd.api.types.is_string_dtype(raw) and raw.dtype != object:
         return raw.astype("string")  # already text (CSV read as str, Parquet strings)
+
     def one(value: object) -> object:
         if isinstance(value, (list, dict, tuple, np.ndarray)):
             return pd.NA

@@ -20,7 +20,14 @@ from typing import Any
 import numpy as np
 
 from features.definitions import ATTRIBUTE_PREFIX, CONSENT_COLUMNS
-from features.matrix import AS_OF_KEY, Encoding, OfferArrays, decision_matrix, offer_arrays
+from features.matrix import (
+    AS_OF_KEY,
+    Encoding,
+    OfferArrays,
+    decision_matrix,
+    decision_matrix_many,
+    offer_arrays,
+)
 from features.spec import FEATURE_SPEC_VERSION
 from recsys.catalog import Catalog, Offer, Touchpoint
 from recsys.decision import COLD_START_KEYS
@@ -96,15 +103,22 @@ class StoreFeatureSource:
 class EncodedMatrixBuilder:
     """``features.matrix.decision_matrix`` with offer arrays cached per touchpoint.
 
+    ``build_many`` (``decision_matrix_many``) builds the rows of a whole batch in one call;
+    the decision engine uses it for every ``decide_many``.
+
     Parameters
     ----------
     catalog : Catalog
     encoding : features.matrix.Encoding
         The model's encoding (logged with the model in ``feature_spec.json``).
+    dtype : numpy.float64 (default) or numpy.float32
+        dtype of the matrices; the values are float32 either way. float64 because LightGBM
+        and lleaves read float64: a float32 matrix would be converted whole on every call.
     """
 
-    def __init__(self, catalog: Catalog, encoding: Encoding):
+    def __init__(self, catalog: Catalog, encoding: Encoding, dtype: Any = np.float64):
         self.encoding = encoding
+        self.dtype = np.dtype(dtype)
         self._touchpoints: dict[str, tuple[OfferArrays, Mapping[str, int], dict[str, Any]]] = {}
         for tp_id, tp in catalog.touchpoints.items():
             candidates = catalog.for_touchpoint(tp_id)
@@ -150,4 +164,33 @@ class EncodedMatrixBuilder:
             )
         return decision_matrix(
             customer_vector, arrays, tp_dict, context, now, encoding=self.encoding
+        )
+
+    def build_many(
+        self,
+        customer_vectors: Sequence[Mapping[str, Any]],
+        touchpoint: Touchpoint,
+        contexts: Sequence[Mapping[str, Any]],
+        now: datetime,
+        customer_index: np.ndarray,
+        offer_index: np.ndarray,
+    ) -> np.ndarray:
+        """Rows of (customer, candidate) pairs of one touchpoint; shapes (p,) -> (p, n_cols).
+
+        ``offer_index`` indexes the touchpoint's candidates; row ``r`` equals the row of
+        that offer in ``self(customer_vectors[customer_index[r]], ...)``.
+        """
+        arrays, _, tp_dict = self._touchpoints[touchpoint.touchpoint_id]
+        if arrays is None:
+            arrays = offer_arrays([])
+        return decision_matrix_many(
+            customer_vectors,
+            arrays,
+            tp_dict,
+            contexts,
+            now,
+            encoding=self.encoding,
+            customer_index=customer_index,
+            offer_index=offer_index,
+            dtype=self.dtype,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
@@ -90,6 +91,10 @@ def serve(
     run_server(settings)
 
 
+#: Customers per ``decide_table`` call of ``recsys score``.
+SCORE_CHUNK = 5_000
+
+
 def score(
     touchpoint: str = typer.Option(
         ..., help="Touchpoint id (or a channel with one touchpoint, e.g. email)."
@@ -97,7 +102,9 @@ def score(
     out: Path = typer.Option(..., help="Output file: .parquet or .csv."),
     limit: int = typer.Option(None, min=1, help="Offers per customer (default: the slots)."),
     chunk: int = typer.Option(
-        2_000, min=1, help="Customers decided per model call (memory: chunk x candidates rows)."
+        SCORE_CHUNK,
+        min=1,
+        help="Customers decided per engine call (memory: ~chunk x candidates x 1 KB).",
     ),
     record: bool = typer.Option(
         True, "--record/--dry-run", help="Log the decisions (contacts count toward caps)."
@@ -106,15 +113,11 @@ def score(
 ) -> None:
     """Top-k offers for every eligible customer of a batch touchpoint (e.g. an email).
 
-    Uses the same decision path as the HTTP service and logs decisions the same way.
+    Uses the same decision path as the HTTP service (``DecisionEngine``, in its columnar
+    form ``decide_table``) and logs decisions the same way.
     """
     import duckdb
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-    from tqdm import tqdm
 
-    from recsys.decision import DecisionRequest
     from recsys.settings import load_settings
     from serving.components import build_components
     from serving.config import load_serving_settings
@@ -138,63 +141,137 @@ def score(
             query += f" LIMIT {int(max_customers)}"
         customer_ids = [r[0] for r in con.execute(query).fetchall()]
         con.close()
-        schema = pa.schema(
-            [
-                ("customer_id", pa.string()),
-                ("decision_id", pa.string()),
-                ("touchpoint_id", pa.string()),
-                ("ts", pa.timestamp("us", tz="UTC")),
-                ("rank", pa.int32()),
-                ("offer_id", pa.string()),
-                ("offer_name", pa.string()),
-                ("score", pa.float64()),
-                ("priority", pa.float64()),
-                ("propensity", pa.float64()),
-                ("explored", pa.bool_()),
-                ("fallback", pa.bool_()),
-            ]
+        summary = score_customers(
+            engine, customer_ids, tp_id, out, chunk=chunk, record=record, limit=limit
         )
-        out.parent.mkdir(parents=True, exist_ok=True)
-        writer = (
-            pq.ParquetWriter(out, schema) if suffix == ".parquet" else pacsv.CSVWriter(out, schema)
-        )
-        started = time.perf_counter()
-        n_customers = n_rows = 0
-        try:
-            for start in tqdm(range(0, len(customer_ids), chunk), desc="scoring", unit="chunk"):
-                batch = customer_ids[start : start + chunk]
-                decisions = engine.decide_many(
-                    [DecisionRequest(c, tp_id, limit=limit) for c in batch], record=record
-                )
-                cols: dict[str, list] = {name: [] for name in schema.names}
-                for d in decisions:
-                    if d.offers:
-                        n_customers += 1
-                    for o in d.offers:
-                        cols["customer_id"].append(d.customer_id)
-                        cols["decision_id"].append(d.decision_id)
-                        cols["touchpoint_id"].append(d.touchpoint_id)
-                        cols["ts"].append(d.ts)
-                        cols["rank"].append(o.rank)
-                        cols["offer_id"].append(o.offer_id)
-                        cols["offer_name"].append(o.name)
-                        cols["score"].append(o.score)
-                        cols["priority"].append(o.priority)
-                        cols["propensity"].append(o.propensity)
-                        cols["explored"].append(o.explored)
-                        cols["fallback"].append(d.fallback)
-                n_rows += len(cols["customer_id"])
-                writer.write_table(pa.table(cols, schema=schema))
-        finally:
-            writer.close()
-        seconds = time.perf_counter() - started
         typer.echo(
-            f"{n_customers:,} of {len(customer_ids):,} customers got offers at {tp_id} "
-            f"({n_rows:,} rows) in {seconds:.1f} s -> {out}"
+            f"{summary.customers_with_offers:,} of {summary.customers:,} customers got offers "
+            f"at {tp_id} ({summary.rows:,} rows) in {summary.seconds:.1f} s -> {out}"
             + ("" if record else "  (dry run: decisions not logged)")
         )
     finally:
         components.close()
+
+
+@dataclass(frozen=True)
+class ScoreSummary:
+    customers: int
+    customers_with_offers: int
+    rows: int
+    seconds: float
+
+
+def score_schema():
+    """Columns of the ``recsys score`` output (one row per served offer)."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("customer_id", pa.string()),
+            ("decision_id", pa.string()),
+            ("touchpoint_id", pa.string()),
+            ("ts", pa.timestamp("us", tz="UTC")),
+            ("rank", pa.int32()),
+            ("offer_id", pa.string()),
+            ("offer_name", pa.string()),
+            ("score", pa.float64()),
+            ("priority", pa.float64()),
+            ("propensity", pa.float64()),
+            ("explored", pa.bool_()),
+            ("fallback", pa.bool_()),
+        ]
+    )
+
+
+def score_customers(
+    engine,
+    customer_ids: list[str],
+    touchpoint_id: str,
+    out: Path,
+    *,
+    chunk: int = SCORE_CHUNK,
+    record: bool = True,
+    limit: int | None = None,
+    progress: bool = True,
+) -> ScoreSummary:
+    """Decide ``touchpoint_id`` for every customer, ``chunk`` at a time; write ``out``.
+
+    Every chunk is one ``engine.decide_table`` call at the time the run started (the same
+    decisions ``decide_many`` / the HTTP service give those customers at that time), written
+    straight to Arrow: no Python object per decision unless the decisions are recorded.
+    """
+    import numpy as np
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+    from tqdm import tqdm
+
+    from recsys.decision import DecisionRequest
+
+    schema = score_schema()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    parquet = out.suffix.lower() == ".parquet"
+    writer = pq.ParquetWriter(out, schema) if parquet else pacsv.CSVWriter(out, schema)
+    started = time.perf_counter()
+    now = engine.clock()
+    n_customers = n_rows = 0
+    try:
+        for start in tqdm(
+            range(0, len(customer_ids), chunk),
+            desc="scoring",
+            unit="chunk",
+            disable=not progress,
+        ):
+            batch = customer_ids[start : start + chunk]
+            table = engine.decide_table(
+                [DecisionRequest(c, touchpoint_id, limit=limit) for c in batch],
+                now=now,
+                record=record,
+            )
+            n_customers += int(
+                np.count_nonzero(np.bincount(table.row_decision, minlength=len(batch)))
+            )
+            n_rows += table.n_rows
+            writer.write_table(decision_table_to_arrow(table, schema))
+    finally:
+        writer.close()
+    return ScoreSummary(
+        customers=len(customer_ids),
+        customers_with_offers=n_customers,
+        rows=n_rows,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def decision_table_to_arrow(table, schema=None):
+    """A :class:`recsys.decision.DecisionTable` as an Arrow table of ``score_schema()``."""
+    import numpy as np
+    import pyarrow as pa
+
+    schema = schema or score_schema()
+    rows = pa.array(table.row_decision, type=pa.int64())
+    fallback = table.fallback[table.row_decision]
+    ts = pa.array(
+        np.full(table.n_rows, np.datetime64(table.ts.replace(tzinfo=None), "us")),
+        type=pa.timestamp("us"),
+    ).cast(pa.timestamp("us", tz="UTC"))
+    return pa.table(
+        [
+            pa.array(table.customer_id, type=pa.string()).take(rows),
+            pa.array(table.decision_id, type=pa.string()).take(rows),
+            pa.array(table.touchpoint_id, type=pa.string()).take(rows),
+            ts,
+            pa.array(table.rank, type=pa.int32()),
+            pa.array(table.offer_id, type=pa.string()),
+            pa.array(table.offer_name, type=pa.string()),
+            # fallback offers have no model score: null, as in the decision log
+            pa.array(table.score, type=pa.float64(), mask=fallback & np.isnan(table.score)),
+            pa.array(table.priority, type=pa.float64()),
+            pa.array(table.propensity, type=pa.float64()),
+            pa.array(table.explored, type=pa.bool_()),
+            pa.array(fallback, type=pa.bool_()),
+        ],
+        schema=schema,
+    )
 
 
 def _resolve_touchpoint(catalog, name: str) -> str:

@@ -13,6 +13,7 @@ from features.matrix import (
     ColumnEncoding,
     Encoding,
     decision_matrix,
+    decision_matrix_many,
     encode,
     fit_encoding,
     model_columns,
@@ -176,3 +177,94 @@ def test_crosses_read_key_maps_in_any_order(trained):
     count = X[:, encoding.names.index("x_category_purchases_365d")]
     np.testing.assert_allclose(share, [0.4, 0.6])
     np.testing.assert_allclose(count, [1.0, 2.0])
+
+
+# --- many customers at once -------------------------------------------------------------------
+
+
+def _odd_vectors(vector: dict) -> list[dict]:
+    """Real vectors bent the ways a store entry can be: text numbers, nested values, gaps."""
+    numeric = [c.name for c in vector_columns(vector) if isinstance(vector[c.name], float)]
+    text = dict(vector, **{numeric[0]: "3.5", "purch_days_since_last": "1.5"})
+    nested = dict(vector, **{numeric[1]: {"a": 1}})
+    missing = {k: v for k, v in vector.items() if k not in numeric[:5]}
+    stats = dict(vector)
+    stats["__stats"] = {
+        "category": {
+            "keys": ["bags", "bags", "shoes", "toys"],
+            "values": [[5, 1], [9, 9], [2, 2], [1, 1]],
+        },
+        "offer": {"keys": ["o2"], "values": [[1.0, 2.0, 1.0, 3600.0, 99.0]]},  # extra column
+        "offer_type": {"keys": [], "values": []},
+        "touchpoint_offers": {"keys": ["cart"], "values": [1.0, 2.0]},  # flat values
+        "touchpoint_interactions": {"keys": [7, "cart", "call"], "values": [[3.0], [4.0], [5.0]]},
+    }
+    none_values = dict(vector, **dict.fromkeys(numeric[2:4]), journey_stage=None)
+    return [text, nested, missing, stats, none_values]
+
+
+def vector_columns(vector: dict):
+    return [ColumnEncoding(k, "numeric") for k in vector if not k.startswith("__")]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_many_customers_matrix_equals_each_customers_matrix(trained, tmp_path, dtype):
+    w, _, encoding = trained
+    store = SQLiteOnlineStore(tmp_path / "online.sqlite")
+    materialize(w.con, store, as_of=T0 - td(hours=6))
+    known = store.get_many(["c1", "c2", "c3"])
+    vectors = [*known.values(), None, *_odd_vectors(known["c1"]), *known.values()]
+    contexts = [{}, {"device": "mobile", "basket": 2}, None, {"seg": 7}] * 3
+    contexts = contexts[: len(vectors)]
+    offers = w.con.execute("SELECT * FROM offers ORDER BY offer_id").df()
+    arrays = offer_arrays(offers)
+    rng = np.random.default_rng(0)
+    eligible = rng.random((len(vectors), len(arrays))) < 0.7
+    eligible[0] = True
+    rows, cols = np.nonzero(eligible)
+    now = T0 + td(days=2)
+    for tp in TOUCHPOINTS.values():
+        X = decision_matrix_many(
+            vectors, arrays, tp, contexts, now, encoding=encoding, customer_index=rows,
+            offer_index=cols, dtype=dtype,
+        )  # fmt: skip
+        assert X.dtype == dtype and X.shape == (len(rows), len(encoding.columns))
+        for i, vector in enumerate(vectors):
+            alone = decision_matrix(
+                vector, offers.iloc[np.flatnonzero(eligible[i])], tp, contexts[i], now,
+                encoding=encoding,
+            )  # fmt: skip
+            got = X[rows == i].astype(np.float32)
+            np.testing.assert_array_equal(got.view(np.uint32), alone.view(np.uint32))
+    store.close()
+
+
+def test_many_customers_matrix_defaults_to_every_pair(trained):
+    _, _, encoding = trained
+    offers = [{"offer_id": "o1", "category": "shoes"}, {"offer_id": "o2", "category": "bags"}]
+    X = decision_matrix_many([None, {}], offers, TOUCHPOINTS["cart"], None, T0, encoding=encoding)
+    assert X.shape == (4, len(encoding.columns))
+    np.testing.assert_array_equal(X[:2], X[2:])
+    empty = decision_matrix_many([], offers, TOUCHPOINTS["cart"], None, T0, encoding=encoding)
+    assert empty.shape == (0, len(encoding.columns))
+    # offer keys that are not text (a numeric category) are looked up customer by customer
+    vector = {"__stats": {"category": {"keys": ["5", "x"], "values": [[2.0, 1.0], [1.0, 1.0]]}}}
+    odd = [{"offer_id": "o1", "category": 5}, {"offer_id": "o2", "category": None}]
+    X = decision_matrix_many([vector, None], odd, TOUCHPOINTS["cart"], None, T0, encoding=encoding)
+    for i, v in enumerate([vector, None]):
+        alone = decision_matrix(v, odd, TOUCHPOINTS["cart"], {}, T0, encoding=encoding)
+        np.testing.assert_array_equal(X[2 * i : 2 * i + 2], alone)
+
+
+def test_many_customers_matrix_refuses_other_specs(trained):
+    _, _, encoding = trained
+    offers = [{"offer_id": "o1"}]
+    with pytest.raises(SpecMismatchError, match="materialised with feature spec 0ld5pec"):
+        decision_matrix_many(
+            [{}, {"__spec_version": "0ld5pec"}], offers, TOUCHPOINTS["cart"], None, T0,
+            encoding=encoding,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="`dtype` must be float32 or float64, got int64"):
+        decision_matrix_many(
+            [{}], offers, TOUCHPOINTS["cart"], None, T0, encoding=encoding, dtype=np.int64
+        )

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import gc
+import tempfile
 from datetime import timedelta as td
 
+import duckdb
 import pandas as pd
 import pytest
 
-from features.engines import ibis_backend, spark_session
+from features.engines import (
+    EXPORT_PREFIX,
+    ibis_backend,
+    release_backend,
+    spark_backend,
+    spark_session,
+)
 from features.pipeline import customer_features
 from features.training_set import build_training_set
 from tests.features.conftest import T0, Warehouse, build_story
@@ -35,6 +44,7 @@ def both(spark, tmp_path_factory):
     w.interaction("c3", T0 + td(days=1), "web_home", "review", 4.0)
     backend = ibis_backend(w.con, "spark", spark=spark)
     yield w, backend
+    release_backend(backend)
     w.con.close()
 
 
@@ -54,3 +64,64 @@ def test_training_sets_match(both):
     spark = build_training_set(backend, engine="spark")
     assert len(duck) == 5
     pd.testing.assert_frame_equal(spark, duck, check_dtype=False)
+
+
+@pytest.fixture
+def exports(tmp_path, monkeypatch):
+    """Temporary directories are made under ``tmp_path``; returns a lister of the exports."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    return lambda: sorted(p.name for p in tmp_path.glob(f"{EXPORT_PREFIX}*"))
+
+
+def _customer_ids(backend) -> list[str]:
+    return sorted(backend.table("customers").customer_id.to_pyarrow().to_pylist())
+
+
+def test_export_is_deleted_on_leaving_the_block(spark, exports):
+    w = build_story(Warehouse())
+    with spark_backend(w.con, spark=spark) as backend:
+        assert len(exports()) == 1
+        assert _customer_ids(backend) == ["c1", "c2", "c3"]
+    assert exports() == []
+    w.con.close()
+
+
+def test_export_is_deleted_on_release_and_when_the_backend_goes(spark, exports):
+    w = build_story(Warehouse())
+    first = ibis_backend(w.con, "spark", spark=spark)
+    second = ibis_backend(w.con, "spark", spark=spark)
+    assert len(exports()) == 2
+    release_backend(first)
+    release_backend(first)  # idempotent
+    assert len(exports()) == 1
+    del second
+    gc.collect()
+    assert exports() == []
+    w.con.close()
+
+
+def test_export_is_deleted_when_the_export_fails(spark, exports):
+    w = build_story(Warehouse())
+    w.con.close()
+    with pytest.raises(duckdb.ConnectionException, match="closed"):
+        ibis_backend(w.con, "spark", spark=spark)
+    assert exports() == []
+
+
+def test_exports_do_not_see_each_other(spark, exports):
+    """Two warehouses on one session: each backend reads its own tables, before and after
+    the other is released, and the caller's session gets no views."""
+    small, big = Warehouse(), build_story(Warehouse())
+    small.customer("solo")
+    a = ibis_backend(small.con, "spark", spark=spark)
+    b = ibis_backend(big.con, "spark", spark=spark)
+    assert _customer_ids(a) == ["solo"]
+    assert _customer_ids(b) == ["c1", "c2", "c3"]
+    release_backend(b)
+    assert _customer_ids(a) == ["solo"]
+    assert "customers" not in {t.name for t in spark.catalog.listTables()}
+    assert spark.conf.get("spark.sql.shuffle.partitions") == "1"  # child kept the settings
+    assert a.raw_sql("SET spark.sql.shuffle.partitions").collect()[0][1] == "1"
+    release_backend(a)
+    small.con.close()
+    big.con.close()

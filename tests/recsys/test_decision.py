@@ -10,6 +10,7 @@ from recsys.eligibility import Check
 from recsys.errors import NotFoundError, SpecMismatchError
 from recsys.eventlog import SQLiteEventLog
 from tests.serving.factories import (
+    CUSTOMERS,
     OFFERS,
     DictFeatureSource,
     build_matrix,
@@ -164,3 +165,151 @@ def test_bad_requests_are_refused_naming_the_field(log):
         engine.decide(DecisionRequest("c1", "nowhere"))
     with pytest.raises(ValueError, match=r"`limit` must be in 1..50, got 0"):
         engine.decide(DecisionRequest("c1", "web_home", limit=0))
+
+
+# --------------------------------------------------------------------------- many at once
+
+
+def many_customers(n: int = 200) -> dict[str, dict]:
+    """Variations of the factory customers (enough for the vectorised exploration draws)."""
+    rng = np.random.default_rng(5)
+    base = list(CUSTOMERS.values())
+    out = {}
+    for i in range(n):
+        c = dict(base[i % len(base)])
+        c["spend_90d"] = float(rng.gamma(2.0, 200.0))
+        c["affinity_home"] = float(rng.random())
+        out[f"m{i}"] = c
+    return out
+
+
+class PairBuilder:
+    """The factory matrix builder with a ``build_many``: rows picked from per-customer calls."""
+
+    def __init__(self, catalog):
+        self.catalog = catalog
+
+    def __call__(self, *args):
+        return build_matrix(*args)
+
+    def build_many(self, vectors, touchpoint, contexts, now, customer_index, offer_index):
+        offers = self.catalog.for_touchpoint(touchpoint.touchpoint_id).offers
+        full = [
+            build_matrix(v, offers, touchpoint, c, now)
+            for v, c in zip(vectors, contexts, strict=True)
+        ]
+        return np.array(
+            [full[i][j] for i, j in zip(customer_index, offer_index, strict=True)]
+        ).reshape(len(customer_index), -1)
+
+
+def mixed_requests(customers):
+    touchpoints = ["web_home", "app_home", "email_weekly"]
+    requests = []
+    for i, c in enumerate([*customers, "new-1", "new-2"]):
+        requests.append(
+            DecisionRequest(
+                c,
+                touchpoints[i % 3],
+                context={"device": "mobile"} if i % 4 == 0 else {},
+                limit=None if i % 2 else 1 + i % 4,
+                exclude_offers=("o_tv",) if i % 5 == 0 else (),
+            )
+        )
+    everything = tuple(o["offer_id"] for o in OFFERS if not o.get("fallback"))
+    requests.append(DecisionRequest("c1", "web_home", exclude_offers=everything))  # fallback
+    return requests
+
+
+def served(decision):
+    return [
+        (o.offer_id, o.rank, o.score, o.priority, o.propensity, o.explored, o.reasons)
+        for o in decision.offers
+    ]
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 0.5])
+@pytest.mark.parametrize("batch_builder", [False, True])
+def test_a_big_batch_gives_each_request_its_single_decision(tmp_path, epsilon, batch_builder):
+    """Columnar decisions (vectorised exploration draws included) equal one-by-one ones."""
+    customers = many_customers()
+    features = DictFeatureSource({**CUSTOMERS, **customers})
+    batch_engine = make_engine(
+        SQLiteEventLog(tmp_path / "a.sqlite"), epsilon=epsilon, features=features
+    )
+    single_engine = make_engine(
+        SQLiteEventLog(tmp_path / "b.sqlite"), epsilon=epsilon, features=features
+    )
+    if batch_builder:
+        batch_engine.build_matrix = PairBuilder(batch_engine.catalog)
+    requests = mixed_requests(customers)
+    batch = batch_engine.decide_many(requests, trace=True, record=False)
+    explored = 0
+    for request, decision in zip(requests, batch, strict=True):
+        alone = single_engine.decide_many([request], trace=True, record=False)[0]
+        assert served(decision) == served(alone)
+        assert (decision.fallback, decision.cold_start, decision.channel) == (
+            alone.fallback,
+            alone.cold_start,
+            alone.channel,
+        )
+        assert decision.trace == alone.trace
+        explored += sum(o.explored for o in decision.offers)
+    assert (explored > 0) == (epsilon > 0)
+    assert any(d.fallback for d in batch) and any(d.cold_start for d in batch)
+    assert len({d.decision_id for d in batch}) == len(batch)
+
+
+def test_decision_table_holds_the_decisions_of_decide_many(tmp_path):
+    customers = many_customers()
+    engine = make_engine(
+        SQLiteEventLog(tmp_path / "a.sqlite"),
+        epsilon=0.3,
+        features=DictFeatureSource({**CUSTOMERS, **customers}),
+    )
+    requests = mixed_requests(customers)
+    decisions = engine.decide_many(requests, record=False)
+    table = engine.decide_table(requests, record=False)
+    assert len(table) == len(requests) and table.n_rows == sum(len(d.offers) for d in decisions)
+    expected = [
+        (
+            d.customer_id,
+            d.fallback,
+            o.offer_id,
+            o.rank,
+            o.score,
+            o.priority,
+            o.propensity,
+            o.explored,
+        )
+        for d in decisions
+        for o in d.offers
+    ]
+    got = [
+        (
+            table.customer_id[i],
+            bool(table.fallback[i]),
+            table.offer_id[r],
+            int(table.rank[r]),
+            None if np.isnan(table.score[r]) else float(table.score[r]),
+            float(table.priority[r]),
+            float(table.propensity[r]),
+            bool(table.explored[r]),
+        )
+        for r, i in enumerate(table.row_decision.tolist())
+    ]
+    assert got == expected
+    assert table.cold_start.tolist() == [d.cold_start for d in decisions]
+    assert table.channel == [d.channel for d in decisions]
+
+
+def test_a_recorded_decision_table_is_in_the_log(log):
+    engine = make_engine(log, epsilon=0.2)
+    requests = [DecisionRequest(c, "email_weekly") for c in ("c1", "c2", "c3", "new-1")]
+    table = engine.decide_table(requests)
+    rows = sorted((r["decision_id"], r["offer_id"], r["position"]) for r in log.decision_rows())
+    expected = sorted(
+        (table.decision_id[i], table.offer_id[r], int(table.rank[r]))
+        for r, i in enumerate(table.row_decision.tolist())
+    )
+    assert rows == expected and rows

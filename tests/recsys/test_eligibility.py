@@ -9,7 +9,7 @@ import pytest
 
 from recsys.catalog import EligibilityRule
 from recsys.decision import DecisionRequest
-from recsys.eligibility import Check, ContactHistory, check_eligibility
+from recsys.eligibility import Check, ContactHistory, check_eligibility, check_eligibility_many
 from recsys.errors import ConfigError
 from recsys.eventlog import Event, EventType, SQLiteEventLog
 from tests.serving.factories import CUSTOMERS, NOW, FixedClock, make_catalog, make_engine
@@ -192,3 +192,59 @@ def test_a_history_that_stays_stale_still_never_breaks_a_cap(tmp_path):
     assert decision.offers and "o_capped" not in [o.offer_id for o in decision.offers]
     contacts = log.contact_history(["c1"], NOW - timedelta(days=7))["c1"].contacts
     assert len(contacts["o_capped"]) == 2
+
+
+# --------------------------------------------------------------------------- many customers
+
+ODD_CUSTOMERS = [
+    {},  # nothing known
+    {"email_opt_in": "yes", "loyalty_tier": "platinum", "spend_90d": 500},
+    {"email_opt_in": 1, "loyalty_tier": "gold", "spend_90d": 499.999},
+    {"email_opt_in": float("nan"), "spend_90d": float("nan")},
+    {"email_opt_in": True, "spend_90d": "lots", "loyalty_tier": ["gold"]},  # unhashable
+    {"email_opt_in": True, "spend_90d": 2**60, "loyalty_tier": 3},  # beyond float precision
+    {"email_opt_in": True, "spend_90d": True},
+]
+
+
+@pytest.mark.parametrize("touchpoint", ["web_home", "app_home", "email_weekly"])
+def test_many_customers_get_the_masks_each_gets_alone(touchpoint):
+    offers = make_catalog().for_touchpoint(touchpoint)
+    customers = [*CUSTOMERS.values(), *ODD_CUSTOMERS] * 3
+    histories = [ContactHistory()] * len(customers)
+    histories[0] = ContactHistory(accepted=frozenset({"o_tv", "unknown"}))
+    histories[1] = ContactHistory(
+        contacts={"o_capped": np.array([NOW_US - DAY_US, NOW_US]), "o_tv": np.array([NOW_US])}
+    )
+    histories[2] = ContactHistory(contacts={"o_capped": np.array([NOW_US - 8 * DAY_US] * 3)})
+    excludes = [()] * len(customers)
+    excludes[3] = ("o_dress", "not-a-candidate")
+    batch = check_eligibility_many(offers, customers, histories, NOW_US, excludes)
+    assert batch.mask.shape == (len(customers), len(offers.offers))
+    for i, customer in enumerate(customers):
+        alone = check_eligibility(offers, customer, histories[i], NOW_US, excludes[i])
+        assert batch.mask[i].tolist() == alone.mask.tolist(), (i, customer)
+        assert bool(batch.consent[i]) == alone.consent
+
+
+@pytest.mark.parametrize(
+    "spends",
+    [
+        [499, 500, 500.0, -0.0, float("inf"), float("nan"), True, 2**53],  # one numpy compare
+        [499, 500, 1e300, 2**53 + 1],  # beyond float64's exact integers: value by value
+    ],
+)
+def test_numeric_rules_on_a_column_compare_like_python(spends):
+    offers = make_catalog().for_touchpoint("web_home")
+    customers = [{"spend_90d": s, "loyalty_tier": "gold"} for s in spends]
+    batch = check_eligibility_many(
+        offers, customers, [ContactHistory()] * len(spends), NOW_US, [()] * len(spends)
+    )
+    big = offers.index["o_big_spender"]
+    assert batch.mask[:, big].tolist() == [s >= 500 for s in spends]  # NaN: False
+
+
+def test_many_customers_need_one_history_and_exclude_each():
+    offers = make_catalog().for_touchpoint("web_home")
+    with pytest.raises(ValueError, match=r"one entry per customer \(2\), got 1 and 2"):
+        check_eligibility_many(offers, [{}, {}], [ContactHistory()], NOW_US, [(), ()])

@@ -1,0 +1,279 @@
+"""Batch scoring benchmark: ``recsys score`` of an email touchpoint for every customer.
+
+Steps (data under ``--work``, default ``data/bench_score/``; built once, reused):
+
+1. demo data for ``--customers`` (default 1,000,000) customers, ``--days`` (7) days, seed 7,
+   with the catalogue extended to ``--offers`` (200) offers as ``bench_serving.py`` does (the
+   ``email_newsletter`` touchpoint then has 81 candidates, ~59 inside their date window, ~50
+   eligible per consenting customer); loaded into a warehouse; features materialised to a
+   SQLite online store;
+2. the champion model of ``--model-db`` (default ``data/bench_serving/mlflow.db``: trained by
+   ``bench_serving.py`` on 5,000 customers of the same extended catalogue and feature spec);
+3. ``score_customers`` (what ``recsys score`` runs) in this process, with every part of the
+   decision path timed: feature lookup (online store), contact history, eligibility,
+   decision matrix, predict, arbitration (slates and exploration), the rest of the engine,
+   and writing Parquet;
+4. ``recsys score --touchpoint email_newsletter --dry-run`` end to end (a subprocess; wall
+   time includes start-up: model load, customer ids) unless ``--skip-cli``; with
+   ``--record`` also a run that logs every decision to a fresh SQLite event log.
+
+Heavy: run it under the shared lock, ``flock /tmp/bench.lock python bench/bench_score.py``.
+Prints one table; numbers also go to ``<work>/results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_serving import extend_catalogue  # noqa: E402
+
+TOUCHPOINT = "email_newsletter"
+
+
+def run(cmd: list[str], env: dict[str, str]) -> float:
+    print("$", " ".join(cmd), flush=True)
+    started = time.perf_counter()
+    subprocess.run(cmd, env=env, check=True)
+    return time.perf_counter() - started
+
+
+def environment(work: Path, model_db: Path, events: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "RECSYS_WAREHOUSE_PATH": str(work / "warehouse.duckdb"),
+        "RECSYS_ONLINE_STORE": "sqlite",
+        "RECSYS_ONLINE_SQLITE_PATH": str(work / "online.sqlite"),
+        "RECSYS_MLFLOW_TRACKING_URI": f"sqlite:///{model_db}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{model_db}",
+        "RECSYS_EVENT_LOG_URL": f"sqlite:///{events}",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def prepare(work: Path, customers: int, offers: int, days: int, seed: int, env: dict) -> None:
+    demo = work / "demo"
+    recsys = str(BIN / "recsys")
+    if not (demo / "decisions.parquet").exists():
+        run(
+            [recsys, "data", "generate", "--customers", str(customers), "--days", str(days),
+             "--seed", str(seed), "--out", str(demo)],
+            env,
+        )  # fmt: skip
+        extend_catalogue(demo / "offers.yaml", offers, seed)
+    if not (work / "warehouse.duckdb").exists():
+        run([recsys, "data", "load", str(demo), "--db", str(work / "warehouse.duckdb")], env)
+    if not (work / "online.sqlite").exists():
+        run([recsys, "features", "materialize", "--store", "sqlite"], env)
+
+
+class Timer:
+    """Seconds spent in wrapped callables, by label."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+
+    def wrap(self, label: str, fn):
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[label] += time.perf_counter() - started
+                self.calls[label] += 1
+
+        return timed
+
+
+def in_process(env: dict[str, str], n_customers: int | None, chunk: int, out: Path) -> dict:
+    """``score_customers`` with every part of the decision path timed."""
+    os.environ.update(env)
+    import duckdb
+    import numpy as np
+
+    import recsys.cli.serve as cli
+    import recsys.decision as decision
+    from recsys.settings import load_settings
+    from serving.components import build_components
+    from serving.config import load_serving_settings
+
+    settings = load_settings()
+    started = time.perf_counter()
+    components = build_components(settings, load_serving_settings())
+    startup = time.perf_counter() - started
+    engine = components.engine
+    if hasattr(engine.scorer, "num_threads"):
+        engine.scorer.num_threads = os.cpu_count() or 1  # as `recsys score` does
+    con = duckdb.connect(str(settings.warehouse_path), read_only=True)
+    query = "SELECT customer_id FROM customers ORDER BY customer_id"
+    if n_customers:
+        query += f" LIMIT {int(n_customers)}"
+    customer_ids = [r[0] for r in con.execute(query).fetchall()]
+    con.close()
+
+    timer = Timer()
+    store = engine.features
+    store.get_many = timer.wrap("feature lookup (online store get_many)", store.get_many)
+    history = engine.history
+    engine.history = type(
+        "TimedHistory",
+        (),
+        {"contact_history": staticmethod(timer.wrap("contact history", history.contact_history))},
+    )()
+    decision.check_eligibility_many = timer.wrap("eligibility", decision.check_eligibility_many)
+    builder = engine.build_matrix
+    builder.build_many = timer.wrap("decision matrix", builder.build_many)
+    scorer = engine.scorer
+    rows_scored = []
+    timed_score = timer.wrap("predict (engine.scorer)", scorer.score)
+
+    def score(matrix):
+        rows_scored.append(matrix.shape[0])
+        return timed_score(matrix)
+
+    scorer.score = score
+    decision.select_many = timer.wrap("arbitration (slates, exploration)", decision.select_many)
+    engine.decide_table = timer.wrap("decide_table", engine.decide_table)
+    cli.decision_table_to_arrow = timer.wrap("to Arrow", cli.decision_table_to_arrow)
+
+    summary = cli.score_customers(
+        engine, customer_ids, TOUCHPOINT, out, chunk=chunk, record=False, progress=False
+    )
+    components.close()
+    parts = {k: v for k, v in timer.seconds.items() if k not in ("decide_table", "to Arrow")}
+    engine_other = timer.seconds["decide_table"] - sum(parts.values())
+    writing = summary.seconds - timer.seconds["decide_table"]
+    rows = {
+        **parts,
+        "engine: grouping, pairs, table assembly": engine_other,
+        "writing (to Arrow + Parquet)": writing,
+    }
+    pairs = sum(rows_scored)
+    return {
+        "customers": summary.customers,
+        "customers_with_offers": summary.customers_with_offers,
+        "rows_written": summary.rows,
+        "model_rows": pairs,
+        "seconds": summary.seconds,
+        "startup_seconds": startup,
+        "parts": rows,
+        "predict_us_per_row": timer.seconds["predict (engine.scorer)"] / max(pairs, 1) * 1e6,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "numpy": np.__version__,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--customers", type=int, default=1_000_000, help="dataset size")
+    parser.add_argument("--score", type=int, default=None, help="score only the first N")
+    parser.add_argument("--offers", type=int, default=200)
+    parser.add_argument("--days", type=int, default=7)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--chunk", type=int, default=5_000)
+    parser.add_argument("--work", type=Path, default=ROOT / "data" / "bench_score")
+    parser.add_argument(
+        "--model-db", type=Path, default=ROOT / "data" / "bench_serving" / "mlflow.db"
+    )
+    parser.add_argument("--prepare-only", action="store_true")
+    parser.add_argument("--skip-cli", action="store_true", help="no end-to-end CLI run")
+    parser.add_argument("--record", action="store_true", help="also a CLI run that logs")
+    parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    work: Path = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    if not args.model_db.exists():
+        sys.exit(f"no model registry at {args.model_db}: run bench/bench_serving.py first")
+    events = work / "events.sqlite"
+    env = environment(work, args.model_db, events)
+    prepare(work, args.customers, args.offers, args.days, args.seed, env)
+    if args.prepare_only:
+        return
+
+    if args.in_process:  # child: one clean process per measurement
+        result = in_process(env, args.score, args.chunk, work / "score_inprocess.parquet")
+        print("RESULT " + json.dumps(result))
+        return
+
+    out = subprocess.run(
+        [sys.executable, __file__, "--in-process", "--work", str(work), "--model-db",
+         str(args.model_db), "--chunk", str(args.chunk)]
+        + (["--score", str(args.score)] if args.score else []),
+        env=env, check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    result = json.loads(out.split("RESULT ", 1)[1])
+    results = {"in_process": result}
+
+    cli_args = ["--touchpoint", TOUCHPOINT, "--chunk", str(args.chunk)]
+    if args.score:
+        cli_args += ["--max-customers", str(args.score)]
+    if not args.skip_cli:
+        seconds = run(
+            [str(BIN / "recsys"), "score", *cli_args, "--out", str(work / "email.parquet"),
+             "--dry-run"],
+            env,
+        )  # fmt: skip
+        results["cli_dry_run_wall_seconds"] = seconds
+    if args.record:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{events}{suffix}").unlink(missing_ok=True)
+        seconds = run(
+            [str(BIN / "recsys"), "score", *cli_args, "--out", str(work / "email_rec.parquet"),
+             "--record"],
+            env,
+        )  # fmt: skip
+        results["cli_record_wall_seconds"] = seconds
+    print_table(results, args)
+    (work / "results.json").write_text(json.dumps(results, indent=2))
+
+
+def print_table(results: dict, args: argparse.Namespace) -> None:
+    r = results["in_process"]
+    n = r["customers"]
+    print()
+    print(
+        f"recsys score {TOUCHPOINT}: {n:,} customers, {r['model_rows']:,} model rows "
+        f"({r['model_rows'] / n:.1f} eligible offers per customer), "
+        f"{r['customers_with_offers']:,} customers served, {r['rows_written']:,} rows written; "
+        f"chunk {args.chunk:,}; {os.cpu_count()} CPUs"
+    )
+    print(f"{'part':<44}{'seconds':>10}{'us/customer':>14}{'share':>8}")
+    for label, seconds in r["parts"].items():
+        print(
+            f"{label:<44}{seconds:>10.2f}{seconds / n * 1e6:>14.1f}{seconds / r['seconds']:>8.0%}"
+        )
+    print(f"{'total (score_customers, in process)':<44}{r['seconds']:>10.2f}"
+          f"{r['seconds'] / n * 1e6:>14.1f}")  # fmt: skip
+    print(
+        f"predict: {r['predict_us_per_row']:.2f} us per model row (all threads); "
+        f"start-up (model, store, catalogue): {r['startup_seconds']:.1f} s; "
+        f"peak RSS {r['peak_rss_mb']:,.0f} MB"
+    )
+    if "cli_dry_run_wall_seconds" in results:
+        print(
+            f"recsys score --dry-run, end to end (wall): {results['cli_dry_run_wall_seconds']:.1f} s"
+        )
+    if "cli_record_wall_seconds" in results:
+        print(
+            f"recsys score --record, end to end (wall): {results['cli_record_wall_seconds']:.1f} s"
+        )
+
+
+if __name__ == "__main__":
+    main()
