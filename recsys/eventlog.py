@@ -228,7 +228,42 @@ class SQLiteEventLog(EventLog):
         with self._write():
             for statement in _SCHEMA:
                 self._con.execute(statement)
+        self._checkpointer: threading.Thread | None = None
+        self._stop_checkpoints = threading.Event()
         logger.info("event log opened: sqlite %s (WAL)", self.path)
+
+    def checkpoint_in_background(self, every_s: float) -> None:
+        """Move WAL checkpoints off the write path: a thread checkpoints every ``every_s``.
+
+        By default the commit that grows the WAL past 1000 pages runs the checkpoint itself
+        (copy to the database file, fsync), a stall of that one request. With this, commits
+        only append; the thread's PASSIVE checkpoints never wait for readers or writers (a
+        busy checkpoint is retried on the next tick). For the service, not for batch jobs.
+        """
+        if self.path == ":memory:" or self._checkpointer is not None:
+            return
+        with self._lock:
+            self._con.execute("PRAGMA wal_autocheckpoint = 0")
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, args=(every_s,), name="wal-checkpoints", daemon=True
+        )
+        self._checkpointer.start()
+
+    def checkpoint(self) -> tuple[int, int, int]:
+        """One PASSIVE checkpoint on its own connection: (busy, WAL frames, frames copied)."""
+        con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            busy, frames, copied = con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        finally:
+            con.close()
+        return int(busy), int(frames), int(copied)
+
+    def _checkpoint_loop(self, every_s: float) -> None:
+        while not self._stop_checkpoints.wait(every_s):
+            try:
+                self.checkpoint()
+            except sqlite3.Error as exc:  # the next tick tries again; writes go on
+                logger.warning("event log checkpoint failed: %s", exc)
 
     @contextlib.contextmanager
     def _write(self, durable: bool = False) -> Iterator[None]:
@@ -448,6 +483,9 @@ class SQLiteEventLog(EventLog):
             self._con.execute("SELECT 1").fetchone()
 
     def close(self) -> None:
+        self._stop_checkpoints.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join()
         with self._lock:
             self._con.close()
             if self._lock_file is not None:

@@ -14,7 +14,7 @@ from recsys.arbitration import EpsilonGreedy
 from recsys.catalog import Catalog, load_catalog
 from recsys.decision import DecisionEngine, FeatureSource, ModelInfo
 from recsys.errors import SpecMismatchError
-from recsys.eventlog import EventLog, open_event_log
+from recsys.eventlog import EventLog, SQLiteEventLog, open_event_log
 from recsys.settings import Settings
 from serving.batching import DecisionBatcher
 from serving.config import ServingSettings
@@ -98,6 +98,8 @@ def build_components(settings: Settings, serving: ServingSettings) -> Components
     encoding = Encoding.from_dict(loaded.spec["encoding"])
     store = StoreFeatureSource(open_online_store(settings), catalog)
     event_log = open_event_log(settings.event_log_url)
+    if isinstance(event_log, SQLiteEventLog):
+        event_log.checkpoint_in_background(serving.event_log_checkpoint_s)
     try:
         engine = DecisionEngine(
             catalog=catalog,

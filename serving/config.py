@@ -27,6 +27,24 @@ class ServingSettings(BaseSettings):
         description="most concurrent POST /v1/decisions decided in one engine call "
         "(dynamic batching; 1 = one at a time)",
     )
+    switch_interval_ms: float = Field(
+        default=1.0,
+        gt=0,
+        le=100,
+        description="how long the decision thread may hold the GIL before the event loop gets "
+        "it back (sys.setswitchinterval; Python's default is 5 ms, a floor under tail latency)",
+    )
+    freeze_startup_objects: bool = Field(
+        default=True,
+        description="gc.freeze() what start-up loaded (model, catalogue, libraries): the "
+        "garbage collector then never walks it, so no full collection stalls a request",
+    )
+    event_log_checkpoint_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="a SQLite event log is checkpointed by a background thread this often "
+        "(instead of by the commit that fills the WAL)",
+    )
     max_batch_customers: int = Field(default=1_000, ge=1, description="customers per batch call")
     max_events: int = Field(default=1_000, ge=1, description="events per POST /v1/events")
     catalog_source: Path | None = Field(

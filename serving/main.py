@@ -6,8 +6,10 @@ settings (catalogue, online store, champion model, event log) and closes them at
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
+import sys
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -102,6 +104,7 @@ def create_app(
             logger.error("the decision service cannot start: %s", exc)
             raise
         app.state.components = built
+        tune_runtime(service)
         if holder is not None:
             app.state.model_holder = holder
             holder.start_polling()
@@ -129,6 +132,20 @@ def create_app(
     if hardened:
         install_hardening(app, settings or load_settings(), metrics=metrics)
     return app
+
+
+def tune_runtime(service: ServingSettings) -> None:
+    """Process settings for serving once everything is loaded (each worker runs this).
+
+    The decision thread and the event loop share one GIL: a shorter switch interval bounds
+    how long a request waits for the loop behind a batch. ``gc.freeze`` moves everything
+    start-up allocated (model, catalogue, libraries: millions of objects) out of the
+    collector's generations, so a full collection walks only what requests allocate.
+    """
+    sys.setswitchinterval(service.switch_interval_ms / 1000)
+    if service.freeze_startup_objects:
+        gc.collect()
+        gc.freeze()
 
 
 def install_hardening(

@@ -198,3 +198,32 @@ def test_writers_wait_for_the_write_lock_of_another_process_and_then_commit(tmp_
     assert not writer.is_alive()
     assert log.counts()["decision_rows"] == len(decision.offers)
     log.close()
+
+
+def test_background_checkpoints_keep_commits_appending_and_empty_the_wal(tmp_path):
+    """With checkpoints in the background no commit checkpoints (the WAL grows past SQLite's
+    1000-page auto-checkpoint); the thread's checkpoint moves every committed page over."""
+    path = tmp_path / "events.sqlite"
+    log = SQLiteEventLog(path)
+    log.checkpoint_in_background(every_s=3600)  # the thread waits; checkpoint() by hand
+    engine = make_engine(log)
+    wal = tmp_path / "events.sqlite-wal"
+    raw = sqlite3.connect(path)
+    page_size = raw.execute("PRAGMA page_size").fetchone()[0]
+    raw.close()
+    batch = [DecisionRequest(f"c{i}", "web_home", limit=2) for i in range(500)]
+    for _ in range(20):  # ~250 pages per batch: far past 1000 pages unless commits checkpoint
+        engine.decide_many(batch)
+    assert wal.stat().st_size > 4000 * page_size
+    rows = log.counts()["decision_rows"]
+    busy, frames, copied = log.checkpoint()
+    assert busy == 0
+    assert frames > 4000  # an auto-checkpointed WAL holds ~1000 pages + one commit
+    assert copied == frames  # every committed page is now in the database file
+    log.close()
+    # the database file alone holds every row (no WAL left to replay)
+    wal.unlink(missing_ok=True)
+    (tmp_path / "events.sqlite-shm").unlink(missing_ok=True)
+    reopened = SQLiteEventLog(path)
+    assert reopened.counts()["decision_rows"] == rows
+    reopened.close()

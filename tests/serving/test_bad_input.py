@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
 
 GOOD = {"customer_id": "c1", "touchpoint": "web_home"}
@@ -94,6 +95,27 @@ def test_malformed_bodies(client, raw, status, field):
     )
     assert response.status_code == status, response.text
     assert response.json()["errors"][0]["field"] == field
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+def test_a_decision_body_that_is_not_declared_json_is_refused(client, content_type):
+    headers = {"content-type": content_type} if content_type else {}
+    response = client.post("/v1/decisions", content=orjson.dumps(GOOD), headers=headers)
+    check_error(response, 422, "body", "a JSON object", None)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "trace"),
+    [("application/json; charset=utf-8", "true"), ("application/vnd.api+json", "1")],
+)
+def test_json_content_types_and_flag_spellings_are_accepted(client, content_type, trace):
+    response = client.post(
+        f"/v1/decisions?trace={trace}",
+        content=orjson.dumps(GOOD),
+        headers={"content-type": content_type},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["trace"] is not None
 
 
 def test_bad_query_parameter(client):

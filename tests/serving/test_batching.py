@@ -154,3 +154,23 @@ def test_a_closed_batcher_refuses_new_requests(log):
     batcher.close()
     with pytest.raises(RuntimeError, match="closed"):
         asyncio.run(batcher.decide(DecisionRequest("C2", "web_home")))
+
+
+def test_runtime_tuning_sets_the_switch_interval_and_freezes_startup_objects():
+    import gc
+    import sys
+
+    from serving.main import tune_runtime
+
+    before = sys.getswitchinterval()
+    try:
+        tune_runtime(ServingSettings(switch_interval_ms=2.0, freeze_startup_objects=True))
+        assert sys.getswitchinterval() == pytest.approx(0.002)
+        assert gc.get_freeze_count() > 0  # start-up objects are out of every collection
+        gc.unfreeze()
+        tune_runtime(ServingSettings(switch_interval_ms=0.5, freeze_startup_objects=False))
+        assert sys.getswitchinterval() == pytest.approx(0.0005)
+        assert gc.get_freeze_count() == 0
+    finally:
+        gc.unfreeze()
+        sys.setswitchinterval(before)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Coroutine
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from recsys.decision import Decision, DecisionRequest
 from serving.deps import (
@@ -15,6 +19,7 @@ from serving.deps import (
     ComponentsDep,
     EngineDep,
     ServingSettingsDep,
+    get_components,
     require_touchpoint,
 )
 from serving.errors import ApiError
@@ -102,9 +107,71 @@ def _check_limit(limit: int | None, max_limit: int, field: str = "limit") -> Non
         )
 
 
-@router.post(
-    "", response_model=DecisionOut, responses=_ERRORS, summary="Decide offers for one customer"
-)
+Model = TypeVar("Model", bound=BaseModel)
+_FLAG = TypeAdapter(bool)
+
+
+async def json_body(request: Request, model: type[Model]) -> Model:
+    """``model`` from the request body, validated by pydantic-core straight from the bytes.
+
+    Refuses what FastAPI's own body parameter refuses, with the same error items: an empty
+    body is a missing ``body``, a body without a JSON content type is not a JSON object,
+    malformed JSON is ``json_invalid`` (400).
+    """
+    raw = await request.body()
+    if not raw:
+        raise RequestValidationError(
+            [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]
+        )
+    try:
+        if _is_json(request.headers.get("content-type")):
+            return model.model_validate_json(raw)
+        return model.model_validate(raw)  # refused: bytes are not an object
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        raise RequestValidationError(errors) from None
+
+
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    kind = content_type.partition(";")[0].strip().lower()
+    return kind == "application/json" or (
+        kind.startswith("application/") and kind.endswith("+json")
+    )
+
+
+def query_flag(request: Request, name: str) -> bool:
+    """A boolean query parameter (``true``/``false``/``1``/``0``/...), default False."""
+    value = request.query_params.get(name)
+    if value is None:
+        return False
+    try:
+        return _FLAG.validate_python(value)
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("query", name)} for e in exc.errors(include_url=False)]
+        raise RequestValidationError(errors) from None
+
+
+class DecisionRoute(APIRoute):
+    """``POST /v1/decisions``, the hot path, without FastAPI's per-request machinery.
+
+    The route is declared and documented like any other (the endpoint's signature gives
+    the OpenAPI body and query), but each request is served by :func:`_serve_decision`:
+    the body is validated from bytes in one pydantic-core call and the one dependency is
+    read directly; no dependency graph is solved and no JSON is parsed twice.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        return _serve_decision
+
+
+async def _serve_decision(request: Request) -> Response:
+    components = await get_components(request)
+    body = await json_body(request, DecisionRequestBody)
+    return await decide(body, components, trace=query_flag(request, "trace"))
+
+
 async def decide(
     body: DecisionRequestBody,
     components: ComponentsDep,
@@ -131,6 +198,17 @@ async def decide(
     )
     decision = await components.batcher.decide(request, trace=trace)
     return json_response(decision_dict(decision))
+
+
+router.add_api_route(
+    "",
+    decide,
+    methods=["POST"],
+    response_model=DecisionOut,
+    responses=_ERRORS,
+    summary="Decide offers for one customer",
+    route_class_override=DecisionRoute,
+)
 
 
 @router.post(
