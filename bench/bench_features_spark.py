@@ -22,7 +22,7 @@ counts, same values on a sample of customers, same column totals.
 
     python bench/bench_features_spark.py [--customers 180000] [--days 70] [--workdir DIR]
         [--engines duckdb,spark] [--parts build,training_file] [--training-decisions N]
-        [--shuffle-partitions 8]
+        [--shuffle-partitions 32]
         [--driver-memory 4g] [--duckdb-memory-limit 8GB] [--sample 300] [--timeout 5400]
 
 Heavy: run under ``flock /tmp/bench.lock``.
@@ -84,6 +84,14 @@ class TreeMemory:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self._tree_rss())
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of this process and its live descendants so far."""
+        total = sum(self.process.cpu_times()[:2])
+        for child in self.process.children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += sum(child.cpu_times()[:2])
+        return total
 
     def high_water_marks(self) -> tuple[int, int]:
         """Kernel peak RSS (VmHWM) of this process and the largest descendant, in bytes."""
@@ -179,6 +187,7 @@ def run_step(kind: str, arg: dict) -> dict:
 
     engine, part = kind.split("_", 1)
     workdir = Path(arg["workdir"])
+    load_start = os.getloadavg()[0]
     memory = TreeMemory().start()
     total_started = time.perf_counter()
     # DuckDB's limit (the warehouse default, 4 GB, is too small for a training set of
@@ -235,6 +244,7 @@ def run_step(kind: str, arg: dict) -> dict:
             timings["export_seconds"] = time.perf_counter() - started
             rows, columns, sample, totals = compute(backend, "spark")
     memory.stop()
+    cpu_seconds = memory.cpu_seconds()
     python_hwm, jvm_hwm = memory.high_water_marks()
     if session is not None:
         session.stop()
@@ -249,6 +259,9 @@ def run_step(kind: str, arg: dict) -> dict:
         "seconds": round(seconds, 2),
         "total_seconds": round(time.perf_counter() - total_started, 2),
         **{k: round(v, 2) for k, v in timings.items()},
+        "cpu_seconds": round(cpu_seconds, 1),  # whole step, Python + JVM
+        # other work on the machine (shared) skews wall times: 1-minute load at start, end
+        "load": [round(load_start, 1), round(os.getloadavg()[0], 1)],
         "peak_mb": round(memory.peak / mb),
         "python_hwm_mb": round(python_hwm / mb),
         "jvm_hwm_mb": round(jvm_hwm / mb),
@@ -303,6 +316,18 @@ def prepare_step(arg: dict) -> dict:
 
 
 # --- the orchestrator ------------------------------------------------------------------------
+
+
+def code_version() -> str:
+    """Short hash of the feature code measured (other sessions may be changing it)."""
+    import hashlib
+
+    import features
+
+    digest = hashlib.sha256()
+    for name in ("definitions.py", "engines.py", "pipeline.py", "training_set.py"):
+        digest.update((Path(features.__file__).parent / name).read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def spawn(kind: str, arg: dict, log: Path, timeout: float) -> dict:
@@ -413,7 +438,7 @@ def main() -> None:
         help="training sets of the last N decisions rows only (0 = all)",
     )
     parser.add_argument("--master", default="local[2]")
-    parser.add_argument("--shuffle-partitions", type=int, default=8)
+    parser.add_argument("--shuffle-partitions", type=int, default=32)
     parser.add_argument("--driver-memory", default="4g")
     parser.add_argument(
         "--duckdb-memory-limit", default="8GB", help="DuckDB memory_limit of every step"
@@ -432,6 +457,7 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     db = prepare(args.workdir, args.customers, args.days, args.timeout)
     sample = sample_customers(db, args.sample)
+    print(f"# features code {code_version()}", flush=True)
     results: dict[str, dict] = {}
     for engine in args.engines.split(","):
         for part in args.parts.split(","):
@@ -452,7 +478,7 @@ def main() -> None:
 
     print(
         f"\n{'step':<21}{'events':>12}{'rows':>11}{'seconds':>9}{'+start':>8}{'+export':>9}"
-        f"{'peak MB':>9}{'py MB':>8}{'JVM MB':>8}{'events/s':>11}{'rows/s':>10}"
+        f"{'CPU s':>8}{'peak MB':>9}{'py MB':>8}{'JVM MB':>8}{'events/s':>11}{'rows/s':>10}"
         f"  (workdir {args.workdir})"
     )
     for kind, r in results.items():
@@ -462,7 +488,7 @@ def main() -> None:
         print(
             f"{kind:<21}{r['events']:>12,}{r['rows']:>11,}{r['seconds']:>9.1f}"
             f"{r.get('startup_seconds', 0):>8.1f}{r.get('export_seconds', 0):>9.1f}"
-            f"{r['peak_mb']:>9,}{r['python_hwm_mb']:>8,}{r['jvm_hwm_mb']:>8,}"
+            f"{r['cpu_seconds']:>8.0f}{r['peak_mb']:>9,}{r['python_hwm_mb']:>8,}{r['jvm_hwm_mb']:>8,}"
             f"{r['events_per_s']:>11,}{r['rows_per_s']:>10,}"
         )
     problems = compare(results, args.workdir)

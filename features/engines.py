@@ -46,7 +46,7 @@ def check_engine(engine: str) -> str:
 
 def spark_session(
     master: str = "local[2]",
-    shuffle_partitions: int = 8,
+    shuffle_partitions: int = 32,
     driver_memory: str | None = None,
 ) -> Any:
     """A (shared) SparkSession tuned for the feature pipelines on one small machine.
@@ -72,23 +72,30 @@ def spark_session(
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
-        # local[N]: executors run inside the driver JVM, so the driver heap is all the memory
-        # Spark has (execution + storage = 60% of it). 4 GB holds the 10M-event pipelines
-        # (about 2 GB of columnar data, shuffles spill to disk beyond that) and leaves the rest
-        # of a 24 GB machine to the Python side, which holds the collected result.
+        # local[N]: the executor runs inside the driver JVM, so the driver heap is all the
+        # memory Spark has (execution + storage: 60% of it beyond 300 MB). At 10M events
+        # (bench/bench_features_spark.py, 2 cores / 24 GB) 4 GB runs the training-set join with
+        # a 5.0 GB JVM and 9.3 GB for the whole step; 6 GB spills less and is ~10% faster but
+        # takes the step to 11.5 GB, too close to a 12 GB share of the machine.
         .config("spark.driver.memory", memory)
-        # Results come back to the driver (toPandas): the default 1 GB cap fails a training
-        # set of a few million rows x 100 columns. 0 = no cap; the heap is the real limit.
+        # Results come back to the driver (toPandas) and count against this cap (checked: a
+        # 20 MB cap fails the 118k-row training set); 1 GB, the default, fails training sets
+        # of a few million rows x 126 columns. 0 = no cap; the heap is the real limit.
         .config("spark.driver.maxResultSize", "0")
-        # Arrow instead of pickled rows for toPandas: ~10x faster, a fraction of the memory.
+        # Arrow instead of pickled rows for toPandas (what Ibis' to_pyarrow calls): the 118k x
+        # 125 training set comes back in 3-4.5 s instead of 10-18 s.
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        # Few initial partitions: with 2 cores every extra task is pure scheduling overhead,
-        # and AQE (on by default since 3.2; explicit here) merges small partitions after each
-        # shuffle and turns sort-merge joins with a small side into broadcast joins.
+        # Shuffles start with 32 partitions and AQE (explicit; on by default since 3.2) merges
+        # the small ones after each stage, so the dimension-sized shuffles end up as 1-3 tasks
+        # while the 10M-event range joins (30-46M joined rows) keep small enough partitions:
+        # against 8, 32 halved the spill (34 -> 18 GB) of the training-set join and was ~3%
+        # faster; at 300k events it costs ~10% more CPU (tests pass 1).
         .config("spark.sql.shuffle.partitions", str(shuffle_partitions))
         .config("spark.sql.adaptive.enabled", "true")
         .config("spark.sql.adaptive.coalescePartitions.enabled", "true")
         .config("spark.sql.adaptive.skewJoin.enabled", "true")
+        # Not set, measured without effect on the 10M-event build: -XX:-DontCompileHugeMethods
+        # and spark.sql.codegen.hugeMethodLimit=8000 (slower).
         .getOrCreate()
     )
 

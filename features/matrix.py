@@ -20,13 +20,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
-from itertools import pairwise, repeat
+from itertools import chain, pairwise, repeat
 from operator import itemgetter
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from features import definitions as d
 from features.pipeline import STAT_TABLES
@@ -650,7 +651,9 @@ def decision_matrix_many(
 
     Parameters
     ----------
-    customer_vectors : n vectors from the online store (None = cold start)
+    customer_vectors : n vectors from the online store (None = cold start), or a block of
+        them read as columns (``features.online.VectorBlock``: ``column``, ``numbers``,
+        ``key_stats``, ``take``), which gives the same rows without a dict per customer
     offers : the touchpoint's M candidate offers (as for :func:`decision_matrix`)
     touchpoint : dict with ``touchpoint_id``, ``channel``, ``stage``
     contexts : n request contexts (or None: no context for anyone)
@@ -679,7 +682,8 @@ def decision_matrix_many(
     The columns every offer of a customer shares are built once per customer, as an (n, c)
     block with one numpy conversion for all numeric features; offer columns once per offer;
     the crosses from every customer's key maps gathered into one (customer, key, stat) array.
-    Python work is a few dict reads per customer.
+    Python work is a few dict reads per customer (a few list items from a block). The rows
+    are filled ``ROW_BLOCK`` at a time, so each block stays in the CPU cache.
     """
     if encoding.spec_version != FEATURE_SPEC_VERSION:
         raise SpecMismatchError(
@@ -689,9 +693,11 @@ def decision_matrix_many(
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"`dtype` must be float32 or float64, got {dtype}")
-    vectors = [v or {} for v in customer_vectors]
+    # a block of vectors (``features.online.VectorBlock``) is read column by column
+    columnar = hasattr(customer_vectors, "column")
+    vectors: Any = customer_vectors if columnar else [v or {} for v in customer_vectors]
     n = len(vectors)
-    for vector_spec in {v.get(SPEC_KEY, FEATURE_SPEC_VERSION) for v in vectors}:
+    for vector_spec in set(_column(vectors, SPEC_KEY, FEATURE_SPEC_VERSION)):
         if vector_spec != encoding.spec_version:
             raise SpecMismatchError(
                 f"the customer vector was materialised with feature spec {vector_spec}, the "
@@ -725,7 +731,7 @@ def decision_matrix_many(
     )
     if not used.all():  # customers without a pair (nothing eligible) need no rows
         keep = np.flatnonzero(used)
-        vectors = [vectors[i] for i in keep.tolist()]
+        vectors = vectors.take(keep) if columnar else [vectors[i] for i in keep.tolist()]
         if contexts is not None:
             contexts = [contexts[i] for i in keep.tolist()]
         renumber = np.cumsum(used) - 1
@@ -733,16 +739,76 @@ def decision_matrix_many(
     plan = encoding._plan
     elapsed = _elapsed_days(vectors, now)
     shared = _shared_rows(plan, vectors, touchpoint, contexts, now, elapsed)
-    X = shared.astype(dtype, copy=False)[customer_index]
     # Every value goes through float32 (the model's input precision) whatever ``dtype`` is.
+    offer_codes = []
     for j, col in plan.offer_columns:
         values = _OFFER_ARRAY[col.name](arrays)
         column = col._text_codes(values) if col.kind == "categorical" else values
-        X[:, j] = np.asarray(column, dtype=np.float32)[offer_index]
-    if not len(plan.cross_index) or not len(X):
-        return X
+        offer_codes.append((j, np.asarray(column, dtype=np.float32)))
+    n_pairs = customer_index.shape[0]
+    crossed = None
+    if len(plan.cross_index) and n_pairs:
+        crossed = _crosses(plan, vectors, arrays, touchpoint, elapsed, customer_index, offer_index)
+    return _fill_rows(
+        shared.astype(dtype, copy=False), offer_codes, plan.cross_index, crossed,
+        customer_index, offer_index,
+    )  # fmt: skip
 
-    maps = [v.get(STATS_KEY) or {} for v in vectors]
+
+#: Rows of the decision matrix filled at a time (~1-2 MB: they stay in the CPU cache while
+#: their offer and cross columns are written).
+ROW_BLOCK = 2048
+
+
+def _fill_rows(
+    shared: np.ndarray,
+    offer_codes: list[tuple[int, np.ndarray]],
+    cross_index: np.ndarray,
+    crossed: np.ndarray | None,
+    customer_index: np.ndarray,
+    offer_index: np.ndarray,
+) -> np.ndarray:
+    """The matrix of (customer, offer) pairs: customer row ``shared[customer_index[r]]`` with
+    the offer columns ``codes[offer_index[r]]`` and the crosses ``crossed[r]``; (p, n_cols).
+
+    Filled ``ROW_BLOCK`` rows at a time: a column written across a whole matrix of ~10^5 rows
+    would stream it through memory once per column.
+    """
+    n_pairs = customer_index.shape[0]
+    X = np.empty((n_pairs, shared.shape[1]), dtype=shared.dtype)
+    if n_pairs and not (customer_index.min() >= 0 and customer_index.max() < len(shared)):
+        raise IndexError(
+            f"`customer_index` must be in 0..{len(shared) - 1}, got "
+            f"{customer_index.min()}..{customer_index.max()}"
+        )
+    for start in range(0, n_pairs, ROW_BLOCK):
+        end = min(start + ROW_BLOCK, n_pairs)
+        rows = X[start:end]
+        # mode="clip" (the indexes are checked above): numpy buffers ``out`` in "raise" mode
+        np.take(shared, customer_index[start:end], axis=0, out=rows, mode="clip")
+        at = offer_index[start:end]
+        for j, codes in offer_codes:
+            rows[:, j] = codes[at]
+        if crossed is not None:
+            rows[:, cross_index] = crossed[start:end]
+    return X
+
+
+def _crosses(
+    plan: _Plan,
+    vectors: Any,
+    arrays: OfferArrays,
+    touchpoint: Mapping[str, Any],
+    elapsed: np.ndarray,
+    customer_index: np.ndarray,
+    offer_index: np.ndarray,
+) -> np.ndarray:
+    """The cross columns (``plan.cross_names``) of every pair, shape (p, n_crosses) float32."""
+    columnar = hasattr(vectors, "column")
+    m = len(arrays)
+    n_pairs = customer_index.shape[0]
+
+    maps: list[Mapping[str, Any]] | None = None  # key maps, read only if a column cannot be
     offer_side = {
         "offer_category": arrays.category,
         "offer_id": arrays.offer_id,
@@ -752,9 +818,19 @@ def decision_matrix_many(
     stats: dict[str, Any] = {}
     for name, spec in STAT_TABLES.items():
         side = offer_side[spec.offer_key]
-        table, key_of = _key_lookup_many([t.get(name) for t in maps], side, spec.stats)
-        keys = key_of[offer_index] if len(side) == m else np.full(len(X), key_of[0])
-        found = table[customer_index, keys]
+        at = offer_index if len(side) == m else np.zeros(n_pairs, dtype=np.intp)
+        flat = vectors.key_stats(name) if columnar else None
+        found = (
+            _key_lookup_flat(*flat, side, spec.stats, customer_index, at)
+            if flat is not None
+            else None
+        )
+        if found is None:
+            if maps is None:
+                maps = [v.get(STATS_KEY) or {} for v in vectors]
+            found = _key_lookup_pairs(
+                [t.get(name) for t in maps], side, spec.stats, customer_index, at
+            )
         stats.update({s: found[:, i] for i, s in enumerate(spec.stats)})
     pair_elapsed = elapsed[customer_index]
     aging = pair_elapsed != 0
@@ -762,17 +838,16 @@ def decision_matrix_many(
         for s in ("offer_last_shown_secs_ago", "type_last_shown_secs_ago"):
             shown = (stats[s] < d.STAT_DEFAULTS[s]) & aging
             stats[s] = np.where(shown, stats[s] + pair_elapsed * d.DAY_SECONDS, stats[s])
-    spend = [v.get("purch_amount_365d", _COLD_SPEND) or 0.0 for v in vectors]
+    spend = [s or 0.0 for s in _column(vectors, "purch_amount_365d", _COLD_SPEND)]
     try:
         spend_array = np.array(spend, dtype=np.float64)
     except (TypeError, ValueError):
         spend_array = np.array([np.float64(s) for s in spend], dtype=np.float64)
     stats["purch_amount_365d"] = spend_array[customer_index]
     crosses = {x.feature.name: x for x in d.CROSSES}
-    X[:, plan.cross_index] = np.column_stack(
+    return np.column_stack(
         [crosses[name].build(stats, d.NUMPY_OPS) for name in plan.cross_names]
     ).astype(np.float32)
-    return X
 
 
 #: Up to this many customers, :func:`decision_matrix_many` builds customer by customer (the
@@ -808,8 +883,7 @@ def _elapsed_days(vectors: Sequence[Mapping[str, Any]], now: datetime) -> np.nda
     """Days between each vector's ``__as_of`` and ``now`` (0 without as-of), shape (n,)."""
     cache: dict[Any, float] = {None: 0.0}
     out = []
-    for vector in vectors:
-        as_of = vector.get(AS_OF_KEY)
+    for as_of in _column(vectors, AS_OF_KEY):
         days = cache.get(as_of)
         if days is None:
             as_of_ts = datetime.fromisoformat(as_of) if isinstance(as_of, str) else as_of
@@ -851,7 +925,7 @@ def _shared_rows(
             no_context: list[Any] = [None] * n
             values = no_context if contexts is None else [(c or {}).get(key) for c in contexts]
         else:
-            values = [v.get(key, default) for v in vectors]
+            values = _column(vectors, key, default)
             if key in _AGING:
                 values = [_aged(key, x, e) for x, e in zip(values, elapsed.tolist(), strict=True)]
         rows[:, j] = _column_values(col, values)
@@ -891,18 +965,23 @@ def _numeric_block(
             return tuple(vector.get(nm, df) for nm, df in zip(names, defaults, strict=True))
         return (got,) if single else got
 
-    tuples = [values_of(v) for v in vectors]
-    block = np.array(tuples)  # float64 (or int64) exactly when every value is a plain number
-    slow: list[int] = []
-    if block.dtype.kind in "fib" and block.shape == (len(tuples), len(names)):
-        numbers = block.astype(np.float64)
+    slow: dict[int, tuple] = {}  # rows that take the per-value path
+    got = vectors.numbers(names) if hasattr(vectors, "numbers") else None
+    if got is not None:  # a block: stored numbers as one array; cold-start rows by value
+        numbers, known = got
+        slow = {i: values_of(vectors[i]) for i in np.flatnonzero(~known).tolist()}
     else:
-        numbers = np.zeros((len(tuples), len(names)), dtype=np.float64)
-        for i, values in enumerate(tuples):
-            if set(map(type, values)) <= _PLAIN_NUMBERS:
-                numbers[i] = np.array(values, dtype=np.float64)
-            else:
-                slow.append(i)
+        tuples = [values_of(v) for v in vectors]
+        block = np.array(tuples)  # float64 (or int64) exactly when every value is a number
+        if block.dtype.kind in "fib" and block.shape == (len(tuples), len(names)):
+            numbers = block.astype(np.float64)
+        else:
+            numbers = np.zeros((len(tuples), len(names)), dtype=np.float64)
+            for i, values in enumerate(tuples):
+                if set(map(type, values)) <= _PLAIN_NUMBERS:
+                    numbers[i] = np.array(values, dtype=np.float64)
+                else:
+                    slow[i] = values
     if len(plan.aging_positions):
         aged = numbers[:, plan.aging_positions]
         step = elapsed[:, None]
@@ -910,66 +989,69 @@ def _numeric_block(
         grown = aged + step
         grown = np.where(plan.aging_capped, np.minimum(grown, float(d.HORIZON_DAYS)), grown)
         numbers[:, plan.aging_positions] = np.where(grow, grown, aged)
-    for i in slow:
+    for i, values in slow.items():
         e = float(elapsed[i])
         numbers[i] = [
-            _number(_aged(name, value, e)) for name, value in zip(names, tuples[i], strict=True)
+            _number(_aged(name, value, e)) for name, value in zip(names, values, strict=True)
         ]
     return numbers
 
 
-def _key_lookup_many(
-    maps: Sequence[Mapping[str, Any] | None], keys: np.ndarray, stats: Sequence[str]
-) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_key_lookup` of every customer's key map at once.
+def _key_lookup_pairs(
+    maps: Sequence[Mapping[str, Any] | None],
+    keys: np.ndarray,
+    stats: Sequence[str],
+    customer_index: np.ndarray,
+    key_index: np.ndarray,
+) -> np.ndarray:
+    """:func:`_key_lookup` of many customers' key maps, read at (customer, key) pairs.
 
     Parameters
     ----------
     maps : n key maps (``{"keys": [...], "values": [[...], ...]}``) or None
     keys : ndarray of object, shape (k,), the offer-side keys (text or None)
     stats : the statistics to read (the first ``len(stats)`` values of a row)
+    customer_index, key_index : ndarray of int, shape (p,)
+        The pairs: customer ``customer_index[r]``'s map read at ``keys[key_index[r]]``.
 
     Returns
     -------
-    table : ndarray of float64, shape (n, d + 2, len(stats))
-        Statistics per customer and distinct key; defaults where the map lacks the key.
-    key_of : ndarray of int, shape (k,)
-        Position in ``table``'s second axis of each of ``keys``.
+    ndarray of float64, shape (p, len(stats)): row ``r`` equal to row ``key_index[r]`` of
+    ``_key_lookup(maps[customer_index[r]], keys, stats)``; defaults where the map lacks the
+    key, the first row of a key a map repeats.
     """
-    n, n_stats = len(maps), len(stats)
+    n_stats = len(stats)
     defaults = np.array([d.STAT_DEFAULTS[s] for s in stats], dtype=np.float64)
+    out = np.empty((customer_index.shape[0], n_stats), dtype=np.float64)
+    out[:] = defaults
     key_list = keys.tolist()
+    odd: list[int] = []  # maps looked up alone, with _key_lookup
     if not set(map(type, key_list)) <= _TEXT_OR_NONE:
-        per_customer = np.stack([_key_lookup(t, keys, stats) for t in maps]) if n else None
-        table = np.empty((n, len(key_list), n_stats)) if per_customer is None else per_customer
-        return table, np.arange(len(key_list))
+        odd = [i for i, t in enumerate(maps) if t and t.get("keys")]
+        _fill_alone(out, maps, odd, keys, stats, customer_index, key_index)
+        return out
     distinct = {k: i for i, k in enumerate(dict.fromkeys(k for k in key_list if k is not None))}
-    none_slot, trash = len(distinct), len(distinct) + 1
-    key_of = np.array([none_slot if k is None else distinct[k] for k in key_list], dtype=np.intp)
-    width = len(distinct) + 2
-    table = np.empty((n, width, n_stats), dtype=np.float64)
-    table[:] = defaults
-    owners: list[int] = []
-    counts: list[int] = []
-    flat_keys: list[Any] = []
-    flat_values: list[Any] = []
-    odd: list[int] = []  # maps whose values are not one row per key: looked up alone
-    for i, t in enumerate(maps):
-        if not t:
-            continue
-        map_keys = t.get("keys")
-        if not map_keys:
-            continue
-        map_values = t["values"]
-        if len(map_values) != len(map_keys):
-            odd.append(i)
-            continue
-        owners.append(i)
-        counts.append(len(map_keys))
-        flat_keys.extend(map_keys)
-        flat_values.extend(map_values)
     if not distinct:
-        return table, key_of
+        return out  # every offer-side key is missing: defaults
+    missing = len(distinct)
+    # comprehensions and C-level map() rather than one Python loop body per customer
+    present = [i for i, t in enumerate(maps) if t]
+    keys_lists = [maps[i].get("keys") or () for i in present]  # type: ignore[union-attr]
+    values_lists = [maps[i].get("values") or () for i in present]  # type: ignore[union-attr]
+    counts_all = np.fromiter(map(len, keys_lists), dtype=np.intp, count=len(present))
+    rows_all = np.fromiter(map(len, values_lists), dtype=np.intp, count=len(present))
+    mismatch = (counts_all != rows_all) & (counts_all > 0)  # not one row per key
+    odd.extend(present[i] for i in np.flatnonzero(mismatch).tolist())
+    if mismatch.any():
+        keep = np.flatnonzero(~mismatch).tolist()
+        present = [present[i] for i in keep]
+        keys_lists = [keys_lists[i] for i in keep]
+        values_lists = [values_lists[i] for i in keep]
+        counts_all = counts_all[keep]
+    owners = present
+    counts = counts_all
+    flat_keys: list[Any] = list(chain.from_iterable(keys_lists))
+    flat_values: list[Any] = list(chain.from_iterable(values_lists))
     values = None
     if flat_keys:
         try:
@@ -979,21 +1061,115 @@ def _key_lookup_many(
         if values is None or values.ndim != 2 or values.shape[1] < n_stats:
             odd.extend(owners)  # ragged or short rows
             values = None
-    for i in odd:
-        table[i, key_of] = _key_lookup(maps[i], keys, stats)
-    if values is None:
-        return table, key_of
-    if not set(map(type, flat_keys)) <= {str}:
-        flat_keys = list(map(str, flat_keys))
-    position = np.fromiter(
-        map(distinct.get, flat_keys, repeat(trash)), dtype=np.intp, count=len(flat_keys)
+    if values is not None:
+        if not set(map(type, flat_keys)) <= {str}:
+            flat_keys = list(map(str, flat_keys))
+        position = np.fromiter(
+            map(distinct.get, flat_keys, repeat(missing)), dtype=np.intp, count=len(flat_keys)
+        )
+        owner = np.repeat(np.asarray(owners, dtype=np.intp), counts)
+        _fill_found(out, owner, position, values, distinct, key_list, customer_index, key_index)
+    _fill_alone(out, maps, odd, keys, stats, customer_index, key_index)
+    return out
+
+
+def _fill_found(
+    out: np.ndarray,
+    owner: np.ndarray,
+    position: np.ndarray,
+    values: np.ndarray,
+    distinct: Mapping[str, int],
+    key_list: list[Any],
+    customer_index: np.ndarray,
+    key_index: np.ndarray,
+) -> None:
+    """Rows of ``out`` (pairs ``customer_index``, ``key_index``) found among flattened map
+    entries: entry ``e`` is customer ``owner[e]``'s key number ``position[e]`` in
+    ``distinct`` (``len(distinct)``: not an offer-side key) with the statistics
+    ``values[e]``."""
+    missing = len(distinct)
+    width = missing + 1
+    wanted = position != missing
+    entries = (owner * width + position)[wanted]
+    # sorted (customer, key) entries; a key repeated in a map keeps its first row
+    entries, first = np.unique(entries, return_index=True)
+    rows = values[wanted][first, : out.shape[1]]
+    key_of = np.array([missing if k is None else distinct[k] for k in key_list], dtype=np.intp)
+    wanted_at = customer_index * width + key_of[key_index]
+    if not entries.size:
+        return
+    cells = int(max(entries[-1], wanted_at.max())) + 1
+    if cells <= DENSE_CELLS:  # a (customer, key) -> entry table: one gather per pair
+        slot = np.full(cells, -1, dtype=np.intp)
+        slot[entries] = np.arange(entries.size)
+        found = slot[wanted_at]
+        hit = found >= 0
+    else:
+        found = np.minimum(np.searchsorted(entries, wanted_at), entries.size - 1)
+        hit = entries[found] == wanted_at
+    out[hit] = rows[found[hit]]
+
+
+#: Largest (customer x key) table :func:`_fill_found` indexes directly (8 bytes a cell);
+#: beyond it, a binary search.
+DENSE_CELLS = 1 << 21
+
+
+def _key_lookup_flat(
+    counts: np.ndarray,
+    flat_keys: pa.Array,
+    values: np.ndarray,
+    keys: np.ndarray,
+    stats: Sequence[str],
+    customer_index: np.ndarray,
+    key_index: np.ndarray,
+) -> np.ndarray | None:
+    """:func:`_key_lookup_pairs` of key maps given flattened (a block's ``key_stats``).
+
+    ``counts`` shape (n,): entries of each customer, in customer order; ``flat_keys``
+    (sum(counts),) text; ``values`` (sum(counts), width). None when ``keys`` (the offer
+    side) are not all text or None, or the values are too short: then read the maps.
+    """
+    n_stats = len(stats)
+    key_list = keys.tolist()
+    if not set(map(type, key_list)) <= _TEXT_OR_NONE or (len(values) and values.shape[1] < n_stats):
+        return None
+    out = np.empty((customer_index.shape[0], n_stats), dtype=np.float64)
+    out[:] = [d.STAT_DEFAULTS[s] for s in stats]
+    distinct = {k: i for i, k in enumerate(dict.fromkeys(k for k in key_list if k is not None))}
+    if not distinct or not len(values):
+        return out
+    position = pc.fill_null(
+        pc.index_in(flat_keys, value_set=pa.array(list(distinct), pa.string())), len(distinct)
+    ).to_numpy(zero_copy_only=False)
+    owner = np.repeat(np.arange(len(counts), dtype=np.intp), counts)
+    _fill_found(
+        out, owner, position.astype(np.intp), values, distinct, key_list, customer_index, key_index
     )
-    flat = np.repeat(np.asarray(owners, dtype=np.intp), counts) * width + position
-    wanted = position != trash
-    flat, rows = flat[wanted], values[wanted, :n_stats]
-    if np.bincount(flat, minlength=n * width).max(initial=0) > 1:
-        # a key repeated in one customer's map: its first row wins, as in _key_lookup
-        flat, first = np.unique(flat, return_index=True)
-        rows = rows[first]
-    table.reshape(n * width, n_stats)[flat] = rows
-    return table, key_of
+    return out
+
+
+def _column(vectors: Any, key: str, default: Any = None) -> list[Any]:
+    """``[v.get(key, default) for v in vectors]``; one call on a block of vectors."""
+    column = getattr(vectors, "column", None)
+    if column is not None:
+        return column(key, default)
+    return [v.get(key, default) for v in vectors]
+
+
+def _fill_alone(
+    out: np.ndarray,
+    maps: Sequence[Mapping[str, Any] | None],
+    customers: list[int],
+    keys: np.ndarray,
+    stats: Sequence[str],
+    customer_index: np.ndarray,
+    key_index: np.ndarray,
+) -> None:
+    """Rows of ``out`` of the pairs of ``customers``, by :func:`_key_lookup` one at a time."""
+    if not customers:
+        return
+    for i in customers:
+        rows = np.flatnonzero(customer_index == i)
+        if rows.size:
+            out[rows] = _key_lookup(maps[i], keys, stats)[key_index[rows]]

@@ -147,9 +147,7 @@ def _window_events(
     """
     at = ibis.literal(as_of, type="timestamp")
     horizon = ibis.interval(days=d.HORIZON_DAYS)
-    rows = events.filter(
-        events.ev_customer_id.notnull(), events.ts < at, events.ts >= at - horizon
-    )
+    rows = events.filter(events.ev_customer_id.notnull(), events.ts < at, events.ts >= at - horizon)
     if customers is not None:
         rows = rows.semi_join(customers, rows.ev_customer_id == customers.customer_id)
     return rows.mutate(
@@ -421,9 +419,7 @@ def _point_tables(
     table = table.mutate(**{x.feature.name: x.build(table) for x in d.DERIVED})
 
     order = [f.name for f in d.customer_feature_defs()]
-    customer = table.select(
-        *POINT_KEYS, *order, *[f"{d.ATTRIBUTE_PREFIX}{a}" for a in attrs]
-    )
+    customer = table.select(*POINT_KEYS, *order, *[f"{d.ATTRIBUTE_PREFIX}{a}" for a in attrs])
     return PointTables(customer=customer, stats=stats)
 
 

@@ -16,7 +16,8 @@ import hashlib
 import logging
 import os
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from types import MappingProxyType
@@ -48,6 +49,9 @@ COLD_START_KEYS = ("is_cold_start", "cold_start", "_cold_start")
 #: Up to this many requests of one touchpoint, the matrix and the slates are built request by
 #: request (as one decision alone): numpy's per-call overhead exceeds the columnar gain.
 SMALL_BATCH = 4
+#: From this many customers on, a feature source with ``get_block`` is read as columns
+#: (:class:`CustomerBlock`): one parse of every vector instead of a dict per customer.
+COLUMNAR_MIN_CUSTOMERS = 64
 KNOWN_KEYS = ("is_known", "known_customer", "_known")
 
 
@@ -70,6 +74,28 @@ class FeatureSource(Protocol):
         ...
 
     def spec_version(self) -> str: ...
+
+
+class CustomerBlock(Protocol):
+    """Feature vectors of many customers as columns (a feature source's ``get_block``).
+
+    A sequence of vectors (``block[i]`` is the dict ``get_many`` gives ``ids[i]``) that also
+    gives every customer's value of one name at once; eligibility and the decision matrix
+    read it column by column. A feature source may offer ``get_block(customer_ids) ->
+    CustomerBlock | None`` (None: read ``get_many``).
+    """
+
+    ids: list[str]
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, i: int) -> Mapping[str, Any]: ...
+
+    def column(self, name: str, default: Any = None) -> list[Any]:
+        """``[vector.get(name, default) for vector in block]``."""
+        ...
+
+    def take(self, positions: Sequence[int] | np.ndarray) -> CustomerBlock: ...
 
 
 class MatrixBuilder(Protocol):
@@ -227,6 +253,22 @@ def is_cold_start(vector: Mapping[str, Any]) -> bool:
     return False
 
 
+_ABSENT = object()
+
+
+def _cold_start_column(block: CustomerBlock) -> np.ndarray:
+    """:func:`is_cold_start` of every vector of a block, read by columns; shape (n,) bool."""
+    flags = [(key, True) for key in COLD_START_KEYS] + [(key, False) for key in KNOWN_KEYS]
+    columns = [block.column(key, _ABSENT) for key, _ in flags]
+    out = np.zeros(len(block), dtype=bool)
+    for i, row in enumerate(zip(*columns, strict=True)):
+        for value, (_, means_cold) in zip(row, flags, strict=True):
+            if value is not _ABSENT:
+                out[i] = bool(value) == means_cold
+                break
+    return out
+
+
 def exploration_seed(seed: int, customer_id: str, touchpoint_id: str, now_us: int) -> int:
     """A stable per-decision seed: the same customer, touchpoint and time explore alike."""
     digest = hashlib.blake2b(
@@ -263,7 +305,7 @@ class _Group:
     offers: TouchpointOffers
     rows: np.ndarray  # (n,) positions in the request list
     requests: list[DecisionRequest]
-    vectors: list[Mapping[str, Any]]
+    vectors: Sequence[Mapping[str, Any]]  # a list, or a CustomerBlock
     histories: list[ContactHistory]
     cold_start: np.ndarray  # (n,) bool
     limits: np.ndarray  # (n,) int
@@ -497,6 +539,51 @@ class DecisionEngine:
             return DecisionTable.from_decisions(decisions, now)
         return self._table(requests, groups, now, now_us)
 
+    def decide_tables(
+        self,
+        chunks: Iterable[Sequence[DecisionRequest]],
+        *,
+        now: datetime | None = None,
+        record: bool = True,
+    ) -> Iterator[DecisionTable]:
+        """:meth:`decide_table` of every chunk of requests, in order, all at one time.
+
+        Unrecorded (dry runs), the model scores chunk k in a background thread while chunk
+        k + 1 is read, checked and encoded: predict and the Python steps use both cores.
+        The tables are the ones ``decide_table`` gives each chunk. Recorded, the chunks are
+        decided one after the other (a chunk's contacts count for the next one).
+        """
+        now, now_us = self._now(now)
+        if (record and self.sink is not None) or (
+            type(self)._arbitrate is not DecisionEngine._arbitrate
+        ):
+            for requests in chunks:
+                yield self.decide_table(requests, now=now, record=record)
+            return
+        pending: tuple[Sequence[DecisionRequest], list[_Group], Future] | None = None
+        with ThreadPoolExecutor(1, thread_name_prefix="decision-scorer") as scorer:
+            for requests in chunks:
+                groups, matrix = self._prepare(requests, now, now_us) if requests else ([], None)
+                scored = scorer.submit(self._score, matrix)
+                if pending is not None:
+                    yield self._scored_table(*pending, now, now_us)
+                pending = (requests, groups, scored)
+            if pending is not None:
+                yield self._scored_table(*pending, now, now_us)
+
+    def _scored_table(
+        self,
+        requests: Sequence[DecisionRequest],
+        groups: list[_Group],
+        scored: Future,
+        now: datetime,
+        now_us: int,
+    ) -> DecisionTable:
+        if not requests:
+            return DecisionTable.from_decisions([], now)
+        self._finish(groups, scored.result(), now_us)
+        return self._table(requests, groups, now, now_us)
+
     # ------------------------------------------------------------------ steps
 
     def _now(self, now: datetime | None) -> tuple[datetime, int]:
@@ -507,6 +594,14 @@ class DecisionEngine:
         self, requests: Sequence[DecisionRequest], now: datetime, now_us: int
     ) -> list[_Group]:
         """Eligibility, matrix, scores and slates of every request, touchpoint by touchpoint."""
+        groups, matrix = self._prepare(requests, now, now_us)
+        self._finish(groups, self._score(matrix), now_us)
+        return groups
+
+    def _prepare(
+        self, requests: Sequence[DecisionRequest], now: datetime, now_us: int
+    ) -> tuple[list[_Group], np.ndarray | None]:
+        """Eligibility of every request, and the model rows of all groups (None: no pair)."""
         by_touchpoint: dict[str, list[int]] = {}
         for i, req in enumerate(requests):
             self.catalog.touchpoint(req.touchpoint_id)
@@ -515,7 +610,7 @@ class DecisionEngine:
             by_touchpoint.setdefault(req.touchpoint_id, []).append(i)
 
         customer_ids = list(dict.fromkeys(r.customer_id for r in requests))
-        vectors = self.features.get_many(customer_ids)
+        vectors = self._vectors(customer_ids)
         # Read even without caps: "already accepted" needs the history too.
         since = now - timedelta(days=max(self.cap_lookback_days, 1))
         histories = self.history.contact_history(customer_ids, since)
@@ -528,14 +623,24 @@ class DecisionEngine:
         ]
         blocks = [self._matrix(g, now) for g in groups]
         filled = [b for b in blocks if b is not None and b.shape[0]]
-        if filled:
-            matrix = filled[0] if len(filled) == 1 else np.vstack(filled)
-            scores = np.asarray(self.scorer.score(matrix), dtype=np.float64).reshape(-1)
-            if scores.shape[0] != matrix.shape[0]:
-                raise DataError(
-                    f"scorer must return one score per row ({matrix.shape[0]}), "
-                    f"got {scores.shape[0]}"
-                )
+        if not filled:
+            return groups, None
+        return groups, filled[0] if len(filled) == 1 else np.vstack(filled)
+
+    def _score(self, matrix: np.ndarray | None) -> np.ndarray | None:
+        """P(accept) of every row of ``matrix`` (None: no rows)."""
+        if matrix is None:
+            return None
+        scores = np.asarray(self.scorer.score(matrix), dtype=np.float64).reshape(-1)
+        if scores.shape[0] != matrix.shape[0]:
+            raise DataError(
+                f"scorer must return one score per row ({matrix.shape[0]}), got {scores.shape[0]}"
+            )
+        return scores
+
+    def _finish(self, groups: list[_Group], scores: np.ndarray | None, now_us: int) -> None:
+        """Hand each group its scores (groups in order), then its slates."""
+        if scores is not None:
             start = 0
             for g in groups:
                 n_pairs = g.pair_request.shape[0]
@@ -543,19 +648,37 @@ class DecisionEngine:
                 start += n_pairs
         for g in groups:
             self._arbitrate_group(g, now_us)
-        return groups
+
+    def _vectors(self, customer_ids: list[str]) -> Mapping[str, Mapping[str, Any]] | CustomerBlock:
+        """Feature vectors of distinct ``customer_ids``: a block for many, else dicts by id."""
+        get_block = getattr(self.features, "get_block", None)
+        if get_block is not None and len(customer_ids) >= COLUMNAR_MIN_CUSTOMERS:
+            block = get_block(customer_ids)
+            if block is not None:
+                return block
+        return self.features.get_many(customer_ids)
 
     def _group(
         self,
         tp_id: str,
         requests: list[DecisionRequest],
         rows: np.ndarray,
-        vectors: Mapping[str, Mapping[str, Any]],
+        vectors: Mapping[str, Mapping[str, Any]] | CustomerBlock,
         histories: Mapping[str, ContactHistory],
         now_us: int,
     ) -> _Group:
         offers = self.catalog.for_touchpoint(tp_id)
-        group_vectors = [vectors.get(r.customer_id) or {} for r in requests]
+        group_vectors: Sequence[Mapping[str, Any]]
+        if isinstance(vectors, Mapping):
+            group_vectors = [vectors.get(r.customer_id) or {} for r in requests]
+            cold_start = np.array([is_cold_start(v) or not v for v in group_vectors], dtype=bool)
+        else:
+            ids = [r.customer_id for r in requests]
+            if ids != vectors.ids:
+                at = {c: i for i, c in enumerate(vectors.ids)}
+                vectors = vectors.take([at[c] for c in ids])
+            group_vectors = vectors  # type: ignore[assignment]
+            cold_start = _cold_start_column(vectors)
         group_histories = [histories.get(r.customer_id, EMPTY_HISTORY) for r in requests]
         elig = check_eligibility_many(
             offers, group_vectors, group_histories, now_us, [r.exclude_offers for r in requests]
@@ -570,7 +693,7 @@ class DecisionEngine:
             requests=requests,
             vectors=group_vectors,
             histories=group_histories,
-            cold_start=np.array([is_cold_start(v) or not v for v in group_vectors], dtype=bool),
+            cold_start=cold_start,
             limits=np.array(
                 [min(r.limit if r.limit is not None else slots, self.max_limit) for r in requests],
                 dtype=np.int64,

@@ -275,7 +275,8 @@ def check_eligibility_many(
     offers : TouchpointOffers
         The touchpoint's candidates, shape (m,).
     customers : sequence of mapping, shape (n,)
-        Feature vectors (consent flags and the features rules read).
+        Feature vectors (consent flags and the features rules read); a block of vectors
+        with a ``column(name)`` method is read column by column.
     histories : sequence of ContactHistory, shape (n,)
     now_us : int
         Decision time, microseconds since the epoch (UTC).
@@ -305,7 +306,7 @@ def check_eligibility_many(
         if small:
             consent = np.array([has_consent(c, column) for c in customers], dtype=bool)
         else:
-            values = [c.get(column) for c in customers]
+            values = _values(customers, column)
             consent = _by_distinct_value(values, lambda v: has_consent({column: v}, column))
         mask[~consent] = False
 
@@ -327,7 +328,7 @@ def check_eligibility_many(
         for r, rule in enumerate(offers.rules):
             by_feature.setdefault(rule.feature, []).append(r)
         for feature, rule_ids in by_feature.items():
-            values = [c.get(feature) for c in customers]
+            values = _values(customers, feature)
             numbers = _as_numbers(values)
             for r in rule_ids:
                 rule = offers.rules[r]
@@ -345,6 +346,15 @@ def check_eligibility_many(
         if history.accepted or history.contacts:
             mask[i] &= _history_mask(offers, history, now_us)
     return EligibilityBatch(mask=mask, consent=consent)
+
+
+def _values(customers: Sequence[Mapping[str, Any]], name: str) -> list[Any]:
+    """``[c.get(name) for c in customers]``; one call on a columnar block of vectors
+    (``recsys.decision.CustomerBlock``)."""
+    column = getattr(customers, "column", None)
+    if column is not None:
+        return column(name)
+    return [c.get(name) for c in customers]
 
 
 def _history_mask(offers: TouchpointOffers, history: ContactHistory, now_us: int) -> np.ndarray:

@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -28,6 +30,7 @@ from features.matrix import (
     decision_matrix_many,
     offer_arrays,
 )
+from features.online import VectorBlock, resolve_names
 from features.spec import FEATURE_SPEC_VERSION
 from recsys.catalog import Catalog, Offer, Touchpoint
 from recsys.decision import COLD_START_KEYS
@@ -65,20 +68,46 @@ class StoreFeatureSource:
             )
             for name in sorted(needed)
         }
+        self._reader: ThreadPoolExecutor | None = None
+        self._pending: deque[tuple[list[str], Future[VectorBlock | None]]] = deque()
 
     def get_many(self, customer_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         vectors = self.store.get_many(list(customer_ids))
         for vector in vectors.values():
             # The store's cold-start vector has no as-of time: nothing is known yet.
             vector[COLD_START_KEYS[0]] = vector.get(AS_OF_KEY) is None
-            for name, sources in self._sources.items():
-                if name in vector:
-                    continue
-                for source in sources:
-                    if source in vector:
-                        vector[name] = vector[source]
-                        break
+            resolve_names(vector, self._sources)
         return vectors
+
+    def get_block(self, customer_ids: Sequence[str]) -> VectorBlock | None:
+        """:meth:`get_many` as a :class:`features.online.VectorBlock` in ``customer_ids``
+        order (distinct ids), with the same names resolved; None if the store cannot.
+
+        Returns the block :meth:`prefetch` read for the same ids, if one was asked for
+        (prefetched blocks asked for before it, never collected, are dropped).
+        """
+        ids = list(customer_ids)
+        while self._pending:
+            prefetched_ids, future = self._pending.popleft()
+            if prefetched_ids == ids:
+                return future.result()  # waits; re-raises what the read raised
+            future.cancel()
+        return self._read_block(ids)
+
+    def prefetch(self, customer_ids: Sequence[str]) -> None:
+        """Start reading the block of ``customer_ids`` in a background thread, for a later
+        :meth:`get_block` of the same ids (batch scoring reads chunk k + 1 while chunk k is
+        decided: the store read and the Arrow parse release the GIL). Reads run one at a
+        time, in order."""
+        if self._reader is None:
+            self._reader = ThreadPoolExecutor(1, thread_name_prefix="feature-prefetch")
+        ids = list(customer_ids)
+        self._pending.append((ids, self._reader.submit(self._read_block, ids)))
+
+    def _read_block(self, ids: list[str]) -> VectorBlock | None:
+        get_block = getattr(self.store, "get_block", None)
+        block = get_block(ids) if get_block is not None else None
+        return block.with_names(self._sources, COLD_START_KEYS[0]) if block is not None else None
 
     def spec_version(self) -> str:
         """The store's feature-spec version; refuses a store this code cannot read."""
@@ -97,6 +126,8 @@ class StoreFeatureSource:
         return version
 
     def close(self) -> None:
+        if self._reader is not None:
+            self._reader.shutdown(wait=True, cancel_futures=True)
         self.store.close()
 
 

@@ -8,6 +8,7 @@ from datetime import timedelta as td
 import numpy as np
 import pytest
 
+import features.matrix as matrix_module
 from features.matrix import (
     UNKNOWN_CODE,
     ColumnEncoding,
@@ -208,7 +209,12 @@ def vector_columns(vector: dict):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_many_customers_matrix_equals_each_customers_matrix(trained, tmp_path, dtype):
+@pytest.mark.parametrize("dense_cells", [None, 0])  # key maps by table, or binary search
+def test_many_customers_matrix_equals_each_customers_matrix(
+    trained, tmp_path, dtype, dense_cells, monkeypatch
+):
+    if dense_cells is not None:
+        monkeypatch.setattr(matrix_module, "DENSE_CELLS", dense_cells)
     w, _, encoding = trained
     store = SQLiteOnlineStore(tmp_path / "online.sqlite")
     materialize(w.con, store, as_of=T0 - td(hours=6))
@@ -245,15 +251,24 @@ def test_many_customers_matrix_defaults_to_every_pair(trained):
     X = decision_matrix_many([None, {}], offers, TOUCHPOINTS["cart"], None, T0, encoding=encoding)
     assert X.shape == (4, len(encoding.columns))
     np.testing.assert_array_equal(X[:2], X[2:])
+    many = decision_matrix_many(
+        [None] * 9, offers, TOUCHPOINTS["cart"], None, T0, encoding=encoding
+    )
+    np.testing.assert_array_equal(many, np.tile(X[:2], (9, 1)))
     empty = decision_matrix_many([], offers, TOUCHPOINTS["cart"], None, T0, encoding=encoding)
     assert empty.shape == (0, len(encoding.columns))
-    # offer keys that are not text (a numeric category) are looked up customer by customer
+    # offer keys that are not text (a numeric category) are looked up customer by customer;
+    # offers without a key (no category) read the defaults
     vector = {"__stats": {"category": {"keys": ["5", "x"], "values": [[2.0, 1.0], [1.0, 1.0]]}}}
-    odd = [{"offer_id": "o1", "category": 5}, {"offer_id": "o2", "category": None}]
-    X = decision_matrix_many([vector, None], odd, TOUCHPOINTS["cart"], None, T0, encoding=encoding)
-    for i, v in enumerate([vector, None]):
-        alone = decision_matrix(v, odd, TOUCHPOINTS["cart"], {}, T0, encoding=encoding)
-        np.testing.assert_array_equal(X[2 * i : 2 * i + 2], alone)
+    vectors = [vector, None, {}] * 3
+    for odd in (
+        [{"offer_id": "o1", "category": 5}, {"offer_id": "o2", "category": None}],
+        [{"offer_id": "o1", "category": None}, {"offer_id": "o2", "category": None}],
+    ):
+        X = decision_matrix_many(vectors, odd, TOUCHPOINTS["cart"], None, T0, encoding=encoding)
+        for i, v in enumerate(vectors):
+            alone = decision_matrix(v, odd, TOUCHPOINTS["cart"], {}, T0, encoding=encoding)
+            np.testing.assert_array_equal(X[2 * i : 2 * i + 2], alone)
 
 
 def test_many_customers_matrix_refuses_other_specs(trained):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from datetime import timedelta as td
 
+import orjson
 import pandas as pd
 import pytest
 
+from features.engines import ibis_backend
 from features.matrix import AS_OF_KEY, SPEC_KEY, STATS_KEY
 from features.online import (
     OnlineStore,
@@ -18,6 +21,7 @@ from features.online import (
     materialize,
     open_online_store,
     refresh,
+    vectors_as_of,
 )
 from features.pipeline import customer_features
 from features.spec import FEATURE_SPEC_VERSION
@@ -133,3 +137,48 @@ def test_open_online_store_follows_settings(tmp_path):
     s.close()
     with pytest.raises(ConfigError, match="`online_store` must be one of"):
         open_online_store(Settings.model_construct(online_store="memcached"))
+
+
+def _normalised(vector: bytes) -> dict:
+    data = orjson.loads(vector)
+    data[STATS_KEY] = {
+        name: sorted(zip(t["keys"], t["values"], strict=True))
+        for name, t in data[STATS_KEY].items()
+    }
+    return data
+
+
+def test_vectors_assembled_in_the_warehouse_equal_collected_ones(story):
+    """The DuckDB path (temporary tables in the warehouse) and the any-engine path (collect,
+    assemble locally, as for Spark) build the same vectors, sorted by customer id."""
+    story.purchase("c2", T0 - td(days=1), 5.0, category="toys")
+    layout, in_warehouse = vectors_as_of(story.con, T0)
+    layout2, collected = vectors_as_of(ibis_backend(story.con), T0)
+    assert layout == layout2
+    a, b = list(in_warehouse), list(collected)
+    assert [cid for cid, _ in a] == [cid for cid, _ in b] == ["c1", "c2", "c3"]
+    for (_, va), (_, vb) in zip(a, b, strict=True):
+        assert _normalised(va) == _normalised(vb)
+    leftovers = story.con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE temporary AND table_name LIKE 'recsys_mat_%'"
+    ).fetchall()
+    assert leftovers == [(0,)]
+
+
+def test_full_materialisation_upgrades_an_old_store_table(story, tmp_path):
+    path = tmp_path / "old.sqlite"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE vectors (customer_id TEXT PRIMARY KEY, spec_version TEXT NOT NULL, "
+        "vector BLOB NOT NULL) WITHOUT ROWID"
+    )
+    old.commit()
+    old.close()
+    store = SQLiteOnlineStore(path)
+    store.write([("gone", cold_start())], FEATURE_SPEC_VERSION)
+    assert materialize(story.con, store, as_of=T0) == 3
+    ddl = store._con.execute("SELECT sql FROM sqlite_master WHERE name = 'vectors'").fetchall()
+    assert "WITHOUT ROWID" not in ddl[0][0]
+    assert store.count() == 3 and store.get_many(["gone"])["gone"] == cold_start()
+    assert store.get_many(["c1"])["c1"]["purch_amount_30d"] == 50.0
+    store.close()

@@ -10,7 +10,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from features.definitions import HORIZON_DAYS
-from features.pipeline import customer_features
+from features.engines import ibis_backend
+from features.pipeline import (
+    POINT_KEYS,
+    STAT_TABLES,
+    customer_features,
+    customer_points,
+    customer_tables,
+    point_tables,
+    sources,
+    to_pandas,
+)
 from features.spec import FEATURE_SPEC_VERSION, feature_spec
 from features.training_set import cold_start_vector
 from recsys.errors import ConfigError
@@ -143,4 +153,29 @@ def test_events_at_or_after_t_change_no_feature_as_of_t(baseline, events):
             w.outcome("d1", "o1", ts, "dismiss")
     after = customer_features(w.con, T0)
     pd.testing.assert_frame_equal(after, baseline)
+    w.con.close()
+
+
+@pytest.mark.parametrize("customer_ids", [None, ["c3", "c1", "nobody"]])
+def test_one_point_per_customer_equals_the_range_join(customer_ids):
+    """``customer_tables`` (time filter) gives what the range join gives for the same points."""
+    w = build_story(Warehouse())
+    w.decision("d9", T0 - td(days=3), "cart", "o2", "c3")
+    w.outcome("d9", "o2", T0 - td(days=2), "convert", 7.0)
+    src = sources(ibis_backend(w.con))
+
+    def frame(table, keys):
+        return to_pandas(table).sort_values(keys, kind="stable").reset_index(drop=True)
+
+    for as_of in (T0, T0 + td(days=2, hours=1)):
+        fast = customer_tables(src, as_of, customer_ids)
+        joined = point_tables(src, customer_points(src, as_of, customer_ids))
+        keys = list(POINT_KEYS)
+        pd.testing.assert_frame_equal(frame(fast.customer, keys), frame(joined.customer, keys))
+        for name, spec in STAT_TABLES.items():
+            got, want = frame(fast.stats[name], [*keys, spec.key]), frame(
+                joined.stats[name], [*keys, spec.key]
+            )
+            pd.testing.assert_frame_equal(got, want)
+            assert len(got) > 0, name
     w.con.close()

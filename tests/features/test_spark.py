@@ -19,6 +19,7 @@ from features.engines import (
 )
 from features.pipeline import customer_features
 from features.training_set import build_training_set
+from recsys.errors import ConfigError
 from tests.features.conftest import T0, Warehouse, build_story
 
 pytestmark = pytest.mark.spark
@@ -64,6 +65,17 @@ def test_training_sets_match(both):
     spark = build_training_set(backend, engine="spark")
     assert len(duck) == 5
     pd.testing.assert_frame_equal(spark, duck, check_dtype=False)
+
+
+def test_session_settings(spark):
+    assert spark.conf.get("spark.sql.session.timeZone") == "UTC"
+    assert spark.conf.get("spark.sql.execution.arrow.pyspark.enabled") == "true"
+    assert spark.conf.get("spark.sql.adaptive.enabled") == "true"
+
+
+def test_bad_shuffle_partitions():
+    with pytest.raises(ConfigError, match="`shuffle_partitions` must be >= 1, got 0"):
+        spark_session(shuffle_partitions=0)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta as td
 
 import pandas as pd
@@ -12,6 +13,8 @@ from features.training_set import (
     ID_COLUMNS,
     build_training_set,
     cold_start_vector,
+    in_background,
+    time_slices,
     write_training_set,
 )
 from recsys.errors import ConfigError
@@ -136,3 +139,51 @@ def test_written_training_set_equals_the_frame(logged, training_frame, tmp_path)
     assert write_training_set(logged.con, ranged, start=T0, end=T0 + td(days=1)) == 3
     assert "ctx_seg" in pd.read_parquet(ranged).columns  # keys of the range only
     assert "ctx_member" in pd.read_parquet(ranged).columns
+
+
+def test_time_slices_give_the_same_rows(logged, training_frame, tmp_path):
+    # one slice per (at most) 2 decisions rows: several queries, one sorted result
+    sliced = build_training_set(logged.con, chunk_rows=2)
+    pd.testing.assert_frame_equal(sliced, training_frame)
+    path = tmp_path / "sliced.parquet"
+    assert write_training_set(logged.con, path, chunk_rows=1) == len(training_frame)
+    pd.testing.assert_frame_equal(pd.read_parquet(path), training_frame, check_dtype=False)
+    assert not list(tmp_path.glob(".*partial"))
+    # the offer log shared by the slices lives in a temporary table only while they run
+    assert _temporary_tables(logged.con) == []
+
+
+def _temporary_tables(con) -> list[str]:
+    rows = con.execute("SELECT table_name FROM duckdb_tables() WHERE temporary").fetchall()
+    return [name for (name,) in rows]
+
+
+def test_time_slices_cover_the_range_without_splitting_a_time(logged):
+    slices = time_slices(logged.con, None, None, chunk_rows=1)
+    assert slices[0][0] is None and slices[-1][1] is None
+    assert all(hi == lo for (_, hi), (lo, _) in itertools.pairwise(slices))
+    # the two rows of the d2 slate share a time: they fall in the same slice
+    assert sum(lo is not None and lo <= T0 and (hi is None or hi > T0) for lo, hi in slices) == 1
+    assert time_slices(logged.con, T0, T0 + td(days=1), chunk_rows=10) == [(T0, T0 + td(days=1))]
+
+
+@pytest.mark.parametrize("chunk_rows", [0, -3, 1.5])
+def test_bad_chunk_rows_are_refused(logged, chunk_rows):
+    with pytest.raises(ConfigError, match="`chunk_rows` must be an integer >= 1, got"):
+        build_training_set(logged.con, chunk_rows=chunk_rows)
+
+
+def test_background_iteration_keeps_order_errors_and_stops_early():
+    assert list(in_background(iter(range(10)), depth=2)) == list(range(10))
+
+    def failing():
+        yield 1
+        raise ValueError("engine failed")
+
+    items = in_background(failing())
+    assert next(items) == 1
+    with pytest.raises(ValueError, match="engine failed"):
+        next(items)
+    early = in_background(iter(range(1000)), depth=1)
+    assert next(early) == 0
+    early.close()  # the producer, blocked on a full queue, is released and joined
