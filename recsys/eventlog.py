@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import sqlite3
@@ -94,7 +95,9 @@ class EventWriteResult:
     rejected: tuple[EventRejection, ...]
 
 
+@functools.lru_cache(maxsize=256)
 def _us(ts: datetime) -> int:
+    # cached: every decision of a batch (and every offer row of it) shares one time
     return int(to_utc(ts).timestamp() * 1_000_000)
 
 
@@ -323,10 +326,11 @@ class SQLiteEventLog(EventLog):
         # The write lock is held from the count to the insert: no other process can add a
         # contact in between.
         with self._write():
+            logged = self._cap_counts(decisions, caps)
             added: dict[tuple[str, str], int] = defaultdict(int)
             keep = []
             for d in decisions:
-                if d.customer_id and self._breaks_cap(d, caps, added):
+                if d.customer_id and _breaks_cap(d, caps, logged, added):
                     refused.add(d.decision_id)
                     continue
                 keep.append(d)
@@ -337,26 +341,32 @@ class SQLiteEventLog(EventLog):
                 self._con.executemany(_INSERT_DECISION, rows)
         return refused
 
-    def _breaks_cap(
-        self,
-        decision: Decision,
-        caps: Mapping[str, tuple[int, int]],
-        added: Mapping[tuple[str, str], int],
-    ) -> bool:
-        for offer in decision.offers:
-            cap = caps.get(offer.offer_id)
-            if cap is None:
-                continue
-            per_customer, window_days = cap
-            since = _us(decision.ts) - window_days * 86_400 * 1_000_000
-            (count,) = self._con.execute(
-                "SELECT count(*) FROM decisions WHERE customer_id = ? AND offer_id = ? "
-                "AND ts_us >= ?",
-                (decision.customer_id, offer.offer_id, since),
-            ).fetchone()
-            if count + added.get((decision.customer_id, offer.offer_id), 0) >= per_customer:
-                return True
-        return False
+    def _cap_counts(
+        self, decisions: Sequence[Decision], caps: Mapping[str, tuple[int, int]]
+    ) -> dict[tuple[str, str], int]:
+        """Logged contacts per (customer, capped offer, window start), in one query."""
+        probes = {
+            (d.customer_id, o.offer_id, _cap_since(d, caps[o.offer_id]))
+            for d in decisions
+            if d.customer_id
+            for o in d.offers
+            if o.offer_id in caps
+        }
+        if not probes:
+            return {}
+        rows: list[tuple[str, str, int, int]] = []
+        ordered = list(probes)
+        for start in range(0, len(ordered), CAP_PROBES_PER_QUERY):
+            chunk = ordered[start : start + CAP_PROBES_PER_QUERY]
+            values = ", ".join(["(?, ?, ?)"] * len(chunk))
+            rows += self._con.execute(
+                f"WITH p(customer_id, offer_id, since) AS (VALUES {values}) "
+                "SELECT p.customer_id, p.offer_id, p.since, (SELECT count(*) FROM decisions d "
+                "WHERE d.customer_id = p.customer_id AND d.offer_id = p.offer_id "
+                "AND d.ts_us >= p.since) FROM p",
+                [value for probe in chunk for value in probe],
+            ).fetchall()
+        return {(c, o, since): n for c, o, since, n in rows}
 
     def record_events(self, events: Sequence[Event]) -> EventWriteResult:
         new: list[str] = []
@@ -492,7 +502,32 @@ class SQLiteEventLog(EventLog):
                 self._lock_file.close()
 
 
+#: (customer, offer, window start) probes per contact-cap count query (3 parameters each).
+CAP_PROBES_PER_QUERY = 300
+
 _INSERT_DECISION = "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+def _breaks_cap(
+    decision: Decision,
+    caps: Mapping[str, tuple[int, int]],
+    logged: Mapping[tuple[str, str, int], int],
+    added: Mapping[tuple[str, str], int],
+) -> bool:
+    """Would ``decision`` serve a capped offer its customer already got ``cap`` times?"""
+    for offer in decision.offers:
+        cap = caps.get(offer.offer_id)
+        if cap is None:
+            continue
+        key = (decision.customer_id, offer.offer_id)
+        if logged.get((*key, _cap_since(decision, cap)), 0) + added.get(key, 0) >= cap[0]:
+            return True
+    return False
+
+
+def _cap_since(decision: Decision, cap: tuple[int, int]) -> int:
+    """Start (epoch us) of the cap window ``(per_customer, window_days)`` of ``decision``."""
+    return _us(decision.ts) - cap[1] * 86_400 * 1_000_000
 
 
 def _decision_rows(decisions: Sequence[Decision]) -> list[tuple]:

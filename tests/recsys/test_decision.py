@@ -16,6 +16,7 @@ from recsys.errors import NotFoundError, SpecMismatchError
 from recsys.eventlog import SQLiteEventLog
 from tests.serving.factories import (
     CUSTOMERS,
+    NOW,
     OFFERS,
     DictFeatureSource,
     build_matrix,
@@ -318,6 +319,36 @@ def test_a_recorded_decision_table_is_in_the_log(log):
         for r, i in enumerate(table.row_decision.tolist())
     )
     assert rows == expected and rows
+
+
+def test_a_recorded_table_logs_the_rows_decide_many_logs(tmp_path):
+    """Batch scoring records from the table: every logged column (but the new decision id)
+    equals what the same requests decided one object at a time log, fallbacks included."""
+    from types import MappingProxyType
+
+    everything = tuple(o["offer_id"] for o in OFFERS if not o.get("fallback"))
+    context = MappingProxyType({"campaign": "weekly", "segment": 3})
+    requests = [DecisionRequest(c, "email_weekly", context=context) for c in ("c1", "c3")]
+    requests += [
+        DecisionRequest("new-1", "email_weekly"),
+        DecisionRequest("c1", "web_home", exclude_offers=everything),  # the fallback offer
+    ]
+    logged = {}
+    for name in ("table", "objects"):
+        log = SQLiteEventLog(tmp_path / f"{name}.sqlite")
+        engine = make_engine(log, epsilon=0.3)
+        if name == "table":
+            engine.decide_table(requests, now=NOW)
+        else:
+            engine.decide_many(requests, now=NOW)
+        rows = [{k: v for k, v in r.items() if k != "decision_id"} for r in log.decision_rows()]
+        logged[name] = sorted(
+            rows, key=lambda r: (r["customer_id"], r["touchpoint_id"], r["position"])
+        )
+        log.close()
+    assert logged["table"] == logged["objects"]
+    assert any(r["fallback"] and r["score"] is None for r in logged["table"])
+    assert any(r["context"] for r in logged["table"])
 
 
 class ListBlock:

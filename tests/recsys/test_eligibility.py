@@ -248,3 +248,23 @@ def test_many_customers_need_one_history_and_exclude_each():
     offers = make_catalog().for_touchpoint("web_home")
     with pytest.raises(ValueError, match=r"one entry per customer \(2\), got 1 and 2"):
         check_eligibility_many(offers, [{}, {}], [ContactHistory()], NOW_US, [(), ()])
+
+
+def test_recorded_chunks_of_a_batch_count_each_others_contacts(tmp_path):
+    """``decide_tables`` overlaps chunks, yet a customer's contacts logged by one chunk
+    cap the next chunks (cap 2 per 7 days: served twice, not a third time)."""
+    log = SQLiteEventLog(tmp_path / "events.sqlite")
+    engine = make_engine(log)
+    chunks = [
+        [DecisionRequest("c1", "web_home", limit=3), DecisionRequest("c3", "web_home", limit=3)],
+        [DecisionRequest("c1", "app_home", limit=3)],
+        [DecisionRequest("c3", "app_home", limit=3)],
+        [DecisionRequest("c1", "email_weekly", limit=3)],
+    ]
+    tables = list(engine.decide_tables(iter(chunks), now=NOW))
+    served = [t.offer_id[t.row_decision == 0].tolist() for t in tables]
+    assert "o_capped" in served[0] and "o_capped" in served[1]
+    assert "o_capped" not in served[3]
+    logged = [r for r in log.decision_rows() if r["customer_id"] == "c1"]
+    assert sum(r["offer_id"] == "o_capped" for r in logged) == 2
+    log.close()
