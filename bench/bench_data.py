@@ -38,8 +38,12 @@ print(json.dumps({"seconds": seconds, "peak_mb": peak_mb, "rows": rows}))
 
 
 def run_step(kind: str, arg: dict) -> dict:
-    out = subprocess.run([sys.executable, "-c", STEP, kind, json.dumps(arg)], check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", STEP, kind, json.dumps(arg)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -59,7 +63,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="recsys-bench-"))
-    print(f"{'customers':>10} {'step':<9} {'rows':>12} {'seconds':>9} {'rows/s':>12} {'peak MB':>9}")
+    print(
+        f"{'customers':>10} {'step':<9} {'rows':>12} {'seconds':>9} {'rows/s':>12} {'peak MB':>9}"
+    )
     for size in (int(s) for s in args.sizes.split(",")):
         out = workdir / f"demo_{size}"
         db = workdir / f"wh_{size}.duckdb"
@@ -69,8 +75,11 @@ def main() -> None:
         rows = count_rows(out)
         load = run_step("load", {"out": str(out), "db": str(db)})
         for step, result in (("generate", gen), ("load", load)):
-            print(f"{size:>10,} {step:<9} {rows:>12,} {result['seconds']:>9.1f} "
-                  f"{rows / result['seconds']:>12,.0f} {result['peak_mb']:>9,.0f}", flush=True)
+            print(
+                f"{size:>10,} {step:<9} {rows:>12,} {result['seconds']:>9.1f} "
+                f"{rows / result['seconds']:>12,.0f} {result['peak_mb']:>9,.0f}",
+                flush=True,
+            )
         shutil.rmtree(out, ignore_errors=True)
         db.unlink(missing_ok=True)
 

@@ -11,8 +11,16 @@ run each step in its own Python process so its peak RSS is its own:
 Prints one JSON line per step (seconds, peak MB, rows, events, events/s, ns per event), a
 summary table and, over several sizes, each step's cost per event relative to the smallest.
 Usage: python bench/bench_features.py [--sizes 10000,100000] [--days 90] [--workdir DIR]
-       [--spark-customers 5000] [--no-spark] [--training-decisions N] [--fast-load]
-The issue's scale: --sizes 1000000 --days 70 --training-decisions 5000000 --fast-load
+       [--spark-customers 5000] [--no-spark] [--training-decisions N | --training-share S]
+       [--steps build,training,training_file,materialize] [--memory-limit 6GB] [--threads N]
+       [--chunk-rows N] [--fast-load]
+The issue's scale (1M customers, 56M events, 5M training rows):
+  --sizes 1000000 --days 70 --fast-load --training-decisions 5000000 --no-spark
+      --steps build,training_file,materialize
+Cost per event across sizes (the same share of decisions in every training set):
+  --sizes 20000,200000,1000000 --days 70 --fast-load --training-share 0.2096 --no-spark
+      --steps build,training_file,materialize
+Every run on this shared machine: flock /tmp/bench.lock flock -s /tmp/quiet.lock <command>.
 """
 
 from __future__ import annotations
@@ -192,7 +200,9 @@ def main() -> None:
         "--chunk-rows", type=int, default=0, help="decisions rows per training-set time slice"
     )
     parser.add_argument(
-        "--memory-limit", default="", help="DuckDB memory_limit for the steps, e.g. 6GB"
+        "--memory-limit",
+        default="6GB",
+        help='DuckDB memory_limit (spills to --workdir/duckdb_tmp beyond it); "" = DuckDB default',
     )
     parser.add_argument("--threads", type=int, default=0, help="DuckDB threads (0 = cores)")
     parser.add_argument(

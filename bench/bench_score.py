@@ -228,6 +228,9 @@ def main() -> None:
         print("RESULT " + json.dumps(result))
         return
 
+    # Every run starts from an empty event log (no contacts yet), dry runs and --record alike.
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{events}{suffix}").unlink(missing_ok=True)
     out = subprocess.run(
         [sys.executable, __file__, "--in-process", "--work", str(work), "--model-db",
          str(args.model_db), "--chunk", str(args.chunk)]
@@ -248,8 +251,6 @@ def main() -> None:
         )  # fmt: skip
         results["cli_dry_run_wall_seconds"] = seconds
     if args.record:
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{events}{suffix}").unlink(missing_ok=True)
         seconds = run(
             [str(BIN / "recsys"), "score", *cli_args, "--out", str(work / "email_rec.parquet"),
              "--record"],

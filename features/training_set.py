@@ -215,6 +215,16 @@ def _history_for(src: Sources, start: datetime | None, end: datetime | None) -> 
     return dataclasses.replace(src, **events)
 
 
+def with_cached_offer_log(
+    src: Sources, start: datetime | None, end: datetime | None
+) -> tuple[Sources, ibis.expr.types.Table]:
+    """``src`` whose offer log (decisions, and outcomes joined to their decisions: the costly
+    source) is computed once into a temporary table, holding only the history that decisions
+    in ``[start, end)`` can see. Returns the sources and the cached table (``.release()`` it)."""
+    cached = _history_for(src, start, end).offer_log.cache()
+    return dataclasses.replace(src, offer_log=cached), cached
+
+
 def build_training_set(
     con: Any,
     *,
@@ -337,11 +347,9 @@ def _duckdb_batches(
     src = sources(backend)
     offer_log = None
     if len(slices) > 1:
-        # The offer log (decisions, and outcomes joined to their decisions) is the costly
-        # source; every slice reads it several times. Built once, in a temporary table, for
-        # all slices (1M customers, 5 slices of 1M rows: -10% CPU, -25% wall).
-        offer_log = _history_for(src, window["start"], window["end"]).offer_log.cache()
-        src = dataclasses.replace(src, offer_log=offer_log)
+        # Every slice reads the offer log several times: built once for all slices
+        # (1M customers, 5 slices of 1M rows: -10% CPU, -25% wall).
+        src, offer_log = with_cached_offer_log(src, window["start"], window["end"])
 
     def reader(lo: datetime | None, hi: datetime | None) -> pa.RecordBatchReader:
         expr = training_set_expr(backend, src=src, **{**window, "start": lo, "end": hi})
@@ -387,12 +395,19 @@ def in_background(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
                     except Full:
                         continue
                 if stop.is_set():
-                    return
-            queue.put((False, None))
+                    break
+            else:
+                queue.put((False, None))
         except BaseException as exc:  # handed to the consumer
             queue.put((False, exc))
+        finally:
+            # A consumer that stopped early: close a generator here, in the thread that ran it,
+            # so its own clean-up (temporary tables) runs now.
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
 
-    worker = threading.Thread(target=produce, name="training-set-batches", daemon=True)
+    worker = threading.Thread(target=produce, name="feature-batches", daemon=True)
     worker.start()
     try:
         while True:

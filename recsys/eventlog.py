@@ -320,44 +320,22 @@ class SQLiteEventLog(EventLog):
     def record_decisions_within_caps(
         self, decisions: Sequence[Decision], caps: Mapping[str, tuple[int, int]]
     ) -> set[str]:
-        refused: set[str] = set()
         if not decisions:
-            return refused
+            return set()
         # The write lock is held from the count to the insert: no other process can add a
         # contact in between.
         with self._write():
-            logged = self._cap_counts(decisions, caps)
-            added: dict[tuple[str, str], int] = defaultdict(int)
-            keep = []
-            for d in decisions:
-                if d.customer_id and _breaks_cap(d, caps, logged, added):
-                    refused.add(d.decision_id)
-                    continue
-                keep.append(d)
-                for o in d.offers:
-                    added[(d.customer_id, o.offer_id)] += 1
+            keep, refused = within_caps(decisions, caps, self._cap_counts)
             rows = _decision_rows(keep)
             if rows:
                 self._con.executemany(_INSERT_DECISION, rows)
         return refused
 
-    def _cap_counts(
-        self, decisions: Sequence[Decision], caps: Mapping[str, tuple[int, int]]
-    ) -> dict[tuple[str, str], int]:
-        """Logged contacts per (customer, capped offer, window start), in one query."""
-        probes = {
-            (d.customer_id, o.offer_id, _cap_since(d, caps[o.offer_id]))
-            for d in decisions
-            if d.customer_id
-            for o in d.offers
-            if o.offer_id in caps
-        }
-        if not probes:
-            return {}
+    def _cap_counts(self, probes: list[CapProbe]) -> dict[CapProbe, int]:
+        """Logged contacts of each probe: one query per ``CAP_PROBES_PER_QUERY`` probes."""
         rows: list[tuple[str, str, int, int]] = []
-        ordered = list(probes)
-        for start in range(0, len(ordered), CAP_PROBES_PER_QUERY):
-            chunk = ordered[start : start + CAP_PROBES_PER_QUERY]
+        for start in range(0, len(probes), CAP_PROBES_PER_QUERY):
+            chunk = probes[start : start + CAP_PROBES_PER_QUERY]
             values = ", ".join(["(?, ?, ?)"] * len(chunk))
             rows += self._con.execute(
                 f"WITH p(customer_id, offer_id, since) AS (VALUES {values}) "
@@ -508,10 +486,46 @@ CAP_PROBES_PER_QUERY = 300
 _INSERT_DECISION = "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
+#: (customer_id, offer_id, start of the cap window in epoch us)
+CapProbe = tuple[str, str, int]
+
+
+def within_caps(
+    decisions: Sequence[Decision],
+    caps: Mapping[str, tuple[int, int]],
+    count: Callable[[list[CapProbe]], Mapping[CapProbe, int]],
+) -> tuple[list[Decision], set[str]]:
+    """Split ``decisions`` into those that keep every contact cap and the ids of the others.
+
+    ``caps``: offer_id -> (cap_per_customer, cap_window_days). ``count`` returns the logged
+    contacts of each probe (one backend query for all). Decisions are taken in order and
+    each kept one counts for the next, as if they were logged one by one.
+    """
+    probes = {
+        (d.customer_id, o.offer_id, _cap_since(d, caps[o.offer_id]))
+        for d in decisions
+        if d.customer_id
+        for o in d.offers
+        if o.offer_id in caps
+    }
+    logged = count(list(probes)) if probes else {}
+    added: dict[tuple[str, str], int] = defaultdict(int)
+    keep: list[Decision] = []
+    refused: set[str] = set()
+    for d in decisions:
+        if d.customer_id and _breaks_cap(d, caps, logged, added):
+            refused.add(d.decision_id)
+            continue
+        keep.append(d)
+        for o in d.offers:
+            added[(d.customer_id, o.offer_id)] += 1
+    return keep, refused
+
+
 def _breaks_cap(
     decision: Decision,
     caps: Mapping[str, tuple[int, int]],
-    logged: Mapping[tuple[str, str, int], int],
+    logged: Mapping[CapProbe, int],
     added: Mapping[tuple[str, str], int],
 ) -> bool:
     """Would ``decision`` serve a capped offer its customer already got ``cap`` times?"""

@@ -40,6 +40,7 @@ from recsys.eligibility import ContactHistory
 from recsys.errors import ConfigError, DataError
 from recsys.eventlog import (
     OUTCOME_TYPES,
+    CapProbe,
     Event,
     EventLog,
     EventRejection,
@@ -49,6 +50,7 @@ from recsys.eventlog import (
     _from_us,
     _outcome_dicts,
     _us,
+    within_caps,
 )
 
 if TYPE_CHECKING:
@@ -251,9 +253,8 @@ class PostgresEventLog(EventLog):
         count and the insert atomic across replicas: two decisions for one customer on two
         replicas cannot both take the last contact of a cap.
         """
-        refused: set[str] = set()
         if not decisions:
-            return refused
+            return set()
         self._decision_rows(decisions)  # NUL check before any lock is taken
         customers = sorted({d.customer_id for d in decisions if d.customer_id})
         with self._connection() as con, con.transaction(), con.cursor() as cur:
@@ -261,44 +262,24 @@ class PostgresEventLog(EventLog):
                 cur.execute(
                     "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_CAP_LOCK, customer_id)
                 )
-            added: dict[tuple[str, str], int] = defaultdict(int)
-            keep = []
-            for d in decisions:
-                if d.customer_id and self._breaks_cap(cur, d, caps, added):
-                    refused.add(d.decision_id)
-                    continue
-                keep.append(d)
-                for o in d.offers:
-                    added[(d.customer_id, o.offer_id)] += 1
+            keep, refused = within_caps(decisions, caps, lambda p: self._cap_counts(cur, p))
             rows = self._decision_rows(keep)
             if rows:
                 self._insert_decisions(cur, rows)
         return refused
 
-    def _breaks_cap(
-        self,
-        cur: psycopg.Cursor,
-        decision: Decision,
-        caps: Mapping[str, tuple[int, int]],
-        added: Mapping[tuple[str, str], int],
-    ) -> bool:
-        for offer in decision.offers:
-            cap = caps.get(offer.offer_id)
-            if cap is None:
-                continue
-            per_customer, window_days = cap
-            since = _us(decision.ts) - window_days * 86_400 * 1_000_000
-            cur.execute(
-                sql.SQL(
-                    "SELECT count(*) FROM {} WHERE customer_id = %s AND offer_id = %s "
-                    "AND ts_us >= %s"
-                ).format(self._t_decisions),
-                (decision.customer_id, offer.offer_id, since),
-            )
-            (count,) = cur.fetchone()
-            if count + added.get((decision.customer_id, offer.offer_id), 0) >= per_customer:
-                return True
-        return False
+    def _cap_counts(self, cur: psycopg.Cursor, probes: list[CapProbe]) -> dict[CapProbe, int]:
+        """Logged contacts of each (customer, offer, window start) probe, in one query."""
+        customers, offers, since = (list(column) for column in zip(*probes, strict=True))
+        cur.execute(
+            sql.SQL(
+                "SELECT p.c, p.o, p.s, (SELECT count(*) FROM {} d WHERE d.customer_id = p.c "
+                "AND d.offer_id = p.o AND d.ts_us >= p.s) "
+                "FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS p(c, o, s)"
+            ).format(self._t_decisions),
+            (customers, offers, since),
+        )
+        return {(c, o, s): n for c, o, s, n in cur.fetchall()}
 
     def record_events(self, events: Sequence[Event]) -> EventWriteResult:
         for field in ("event_id", "decision_id", "offer_id"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterable
 from datetime import datetime
 from datetime import timedelta as td
@@ -10,6 +11,7 @@ from datetime import timedelta as td
 import duckdb
 import pytest
 
+from features.online import RedisOnlineStore, SQLiteOnlineStore
 from recsys import warehouse
 
 T0 = datetime(2024, 3, 1)
@@ -243,3 +245,31 @@ def training_frame(logged):
     from features.training_set import build_training_set
 
     return build_training_set(logged.con)
+
+
+REDIS_URL = "redis://127.0.0.1:6379/13"  # tests never touch db 0
+
+
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.services)])
+def store(request, tmp_path):
+    """An empty online store: SQLite, and Redis on a fresh key prefix of a test db."""
+    if request.param == "sqlite":
+        s = SQLiteOnlineStore(tmp_path / "online.sqlite")
+        yield s
+        s.close()
+    else:
+        s = RedisOnlineStore(REDIS_URL, prefix=f"test:features:{uuid.uuid4().hex}")
+        try:
+            s.clear()
+        except Exception as exc:  # pragma: no cover - the service is part of the test setup
+            pytest.skip(f"Redis at {REDIS_URL} is not reachable: {exc}")
+        yield s
+        s.clear()
+        s.close()
+
+
+def reader_expecting(store, version: str):
+    """Another reader of ``store``'s entries, one that expects feature spec ``version``."""
+    if isinstance(store, SQLiteOnlineStore):
+        return SQLiteOnlineStore(store.path, expected_version=version)
+    return RedisOnlineStore(REDIS_URL, prefix=store.prefix, expected_version=version)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-import uuid
 from datetime import timedelta as td
 
 import orjson
@@ -14,7 +13,6 @@ from features.engines import ibis_backend
 from features.matrix import AS_OF_KEY, SPEC_KEY, STATS_KEY
 from features.online import (
     OnlineStore,
-    RedisOnlineStore,
     SQLiteOnlineStore,
     changed_customers,
     cold_start,
@@ -27,26 +25,7 @@ from features.pipeline import customer_features
 from features.spec import FEATURE_SPEC_VERSION
 from recsys.errors import ConfigError, SpecMismatchError
 from recsys.settings import Settings
-from tests.features.conftest import T0
-
-REDIS_URL = "redis://127.0.0.1:6379/13"  # tests never touch db 0
-
-
-@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.services)])
-def store(request, tmp_path):
-    if request.param == "sqlite":
-        s = SQLiteOnlineStore(tmp_path / "online.sqlite")
-        yield s
-        s.close()
-    else:
-        s = RedisOnlineStore(REDIS_URL, prefix=f"test:features:{uuid.uuid4().hex}")
-        try:
-            s.clear()
-        except Exception as exc:  # pragma: no cover - the service is part of the test setup
-            pytest.skip(f"Redis at {REDIS_URL} is not reachable: {exc}")
-        yield s
-        s.clear()
-        s.close()
+from tests.features.conftest import T0, reader_expecting
 
 
 def test_online_vectors_equal_the_offline_features(story, store):
@@ -86,10 +65,7 @@ def test_unknown_customer_gets_the_cold_start_vector(story, store):
 
 def test_store_refuses_vectors_of_another_spec(story, store, tmp_path):
     materialize(story.con, store, as_of=T0)
-    if isinstance(store, SQLiteOnlineStore):
-        reader = SQLiteOnlineStore(store.path, expected_version="newer0spec")
-    else:
-        reader = RedisOnlineStore(REDIS_URL, prefix=store.prefix, expected_version="newer0spec")
+    reader = reader_expecting(store, "newer0spec")
     with pytest.raises(
         SpecMismatchError,
         match=f"holds vectors of feature spec {FEATURE_SPEC_VERSION}, this code "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import timedelta as td
 
 import numpy as np
@@ -19,7 +18,6 @@ from features.matrix import (
     offer_arrays,
 )
 from features.online import (
-    RedisOnlineStore,
     SQLiteOnlineStore,
     cold_start,
     materialize,
@@ -27,28 +25,10 @@ from features.online import (
 )
 from features.spec import FEATURE_SPEC_VERSION
 from recsys.errors import SpecMismatchError
-from tests.features.conftest import T0
+from tests.features.conftest import T0, reader_expecting
 
-REDIS_URL = "redis://127.0.0.1:6379/13"  # tests never touch db 0
 TOUCHPOINT = {"touchpoint_id": "cart", "channel": "web", "stage": "decision"}
 SOURCES = {"email_opt_in": ("consent_email", "attr_email_opt_in"), "region": ("attr_region",)}
-
-
-@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.services)])
-def store(request, tmp_path):
-    if request.param == "sqlite":
-        s = SQLiteOnlineStore(tmp_path / "online.sqlite")
-        yield s
-        s.close()
-    else:
-        s = RedisOnlineStore(REDIS_URL, prefix=f"test:features:{uuid.uuid4().hex}")
-        try:
-            s.clear()
-        except Exception as exc:  # pragma: no cover - the service is part of the test setup
-            pytest.skip(f"Redis at {REDIS_URL} is not reachable: {exc}")
-        yield s
-        s.clear()
-        s.close()
 
 
 def _ids(con) -> list[str]:
@@ -101,10 +81,7 @@ def test_block_of_unknown_customers_is_all_cold_start(logged, store):
 
 def test_block_refuses_vectors_of_another_spec(logged, store):
     materialize(logged.con, store, as_of=T0)
-    if isinstance(store, SQLiteOnlineStore):
-        reader = SQLiteOnlineStore(store.path, expected_version="newer0spec")
-    else:
-        reader = RedisOnlineStore(REDIS_URL, prefix=store.prefix, expected_version="newer0spec")
+    reader = reader_expecting(store, "newer0spec")
     with pytest.raises(
         SpecMismatchError,
         match=f"holds vectors of feature spec {FEATURE_SPEC_VERSION}, this code "

@@ -173,8 +173,9 @@ def test_one_point_per_customer_equals_the_range_join(customer_ids):
         keys = list(POINT_KEYS)
         pd.testing.assert_frame_equal(frame(fast.customer, keys), frame(joined.customer, keys))
         for name, spec in STAT_TABLES.items():
-            got, want = frame(fast.stats[name], [*keys, spec.key]), frame(
-                joined.stats[name], [*keys, spec.key]
+            got, want = (
+                frame(fast.stats[name], [*keys, spec.key]),
+                frame(joined.stats[name], [*keys, spec.key]),
             )
             pd.testing.assert_frame_equal(got, want)
             assert len(got) > 0, name

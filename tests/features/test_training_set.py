@@ -184,6 +184,15 @@ def test_background_iteration_keeps_order_errors_and_stops_early():
     assert next(items) == 1
     with pytest.raises(ValueError, match="engine failed"):
         next(items)
-    early = in_background(iter(range(1000)), depth=1)
+    closed = []
+
+    def endless():
+        try:
+            yield from range(1000)
+        finally:
+            closed.append(True)
+
+    early = in_background(endless(), depth=1)
     assert next(early) == 0
     early.close()  # the producer, blocked on a full queue, is released and joined
+    assert closed == [True]  # and the generator it ran is closed (its clean-up has run)

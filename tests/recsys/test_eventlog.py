@@ -227,3 +227,29 @@ def test_background_checkpoints_keep_commits_appending_and_empty_the_wal(tmp_pat
     reopened = SQLiteEventLog(path)
     assert reopened.counts()["decision_rows"] == rows
     reopened.close()
+
+
+def test_cap_checks_at_write_time_count_every_customer_of_a_large_batch(tmp_path):
+    """Write-time cap counts are batched (several queries past 300 probes): customers with
+    two logged contacts of a 2-per-7-days offer are refused, the others stored."""
+    from dataclasses import replace
+
+    log = SQLiteEventLog(tmp_path / "events.sqlite")
+    engine = make_engine(log)
+    template = engine.decide_many([DecisionRequest("c1", "web_home", limit=3)], record=False)[0]
+    assert "o_capped" in [o.offer_id for o in template.offers]
+    ids = iter(range(10_000))
+
+    def copy(customer):
+        return replace(template, decision_id=f"d{next(ids)}", customer_id=customer)
+
+    seen = [f"seen{i}" for i in range(350)]
+    fresh = [f"fresh{i}" for i in range(350)]
+    log.record_decisions([copy(c) for c in seen for _ in range(2)])
+    batch = [copy(c) for c in seen + fresh]
+    refused = log.record_decisions_within_caps(batch, {"o_capped": (2, 7)})
+    assert refused == {d.decision_id for d in batch[:350]}
+    stored = {r["decision_id"] for r in log.decision_rows()}
+    assert {d.decision_id for d in batch[350:]} <= stored
+    assert not refused & stored
+    log.close()
