@@ -11,6 +11,9 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+#: DuckDB's memory cap of warehouse connections (DuckDB's own default is 80% of the RAM).
+DEFAULT_DUCKDB_MEMORY_LIMIT = "4GB"
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RECSYS_", env_file=".env", extra="ignore")
@@ -19,6 +22,12 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")
     warehouse_path: Path = Field(
         default=Path("data/warehouse.duckdb"), description="DuckDB file of the embedded warehouse"
+    )
+    duckdb_memory_limit: str = Field(
+        default=DEFAULT_DUCKDB_MEMORY_LIMIT,
+        pattern=r"(?i)^[0-9]+(\.[0-9]+)?\s*([KMGT]i?)?B$",
+        description="memory cap of warehouse connections, e.g. 4GB or 512MiB; beyond it "
+        "large joins spill to <warehouse>.tmp instead of taking the machine's memory",
     )
     online_store: Literal["sqlite", "redis"] = "sqlite"
     online_sqlite_path: Path = Path("data/online_features.sqlite")

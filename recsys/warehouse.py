@@ -12,12 +12,11 @@ from pathlib import Path
 import duckdb
 
 from recsys.contract import DUCKDB_TYPES, TABLES, TableSpec
-
-DEFAULT_MEMORY_LIMIT = "4GB"
+from recsys.settings import DEFAULT_DUCKDB_MEMORY_LIMIT
 
 
 def connect(
-    path: str | Path, read_only: bool = False, memory_limit: str | None = DEFAULT_MEMORY_LIMIT
+    path: str | Path, read_only: bool = False, memory_limit: str | None = DEFAULT_DUCKDB_MEMORY_LIMIT
 ) -> duckdb.DuckDBPyConnection:
     """Open (and create if needed) the warehouse at ``path``; ``":memory:"`` for tests.
 

@@ -77,7 +77,7 @@ def run_training(
             f"warehouse {str(path)!r} does not exist; load data first with "
             f"`recsys data load DIR --db {path}`"
         )
-    con = connect(path, read_only=True)
+    con = connect(path, read_only=True, memory_limit=settings.duckdb_memory_limit)
     try:
         inputs = build_inputs(con, config, warehouse_path=path)
         result = train_and_evaluate(inputs, config)

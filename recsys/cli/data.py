@@ -80,7 +80,7 @@ def load(
     from recsys.errors import ContractError
     from recsys.loading import load_directory
 
-    con = warehouse.connect(_warehouse_path(db))
+    con = warehouse.connect(_warehouse_path(db), memory_limit=load_settings().duckdb_memory_limit)
     try:
         summary = load_directory(directory, con)
     except ContractError as err:
@@ -126,7 +126,7 @@ def summary(
             f"no warehouse at {path}; run `recsys data load DIR --db {path}` first", err=True
         )
         raise typer.Exit(code=1)
-    con = warehouse.connect(path, read_only=True)
+    con = warehouse.connect(path, read_only=True, memory_limit=load_settings().duckdb_memory_limit)
     try:
         typer.echo(summarize(con).format())
     finally:

@@ -49,12 +49,13 @@ def _as_of(value: str | None, con=None) -> datetime:
 def _open_warehouse(db: Path | None):
     from recsys import warehouse
 
-    path = db or load_settings().warehouse_path
+    settings = load_settings()
+    path = db or settings.warehouse_path
     if not Path(path).exists():
         raise typer.BadParameter(
             f"`--db` must be an existing warehouse file, got {path} (run `recsys data load` first)"
         )
-    return warehouse.connect(path, read_only=True)
+    return warehouse.connect(path, read_only=True, memory_limit=settings.duckdb_memory_limit)
 
 
 def _write(frame, out: Path) -> None:

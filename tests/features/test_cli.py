@@ -64,3 +64,19 @@ def test_bad_as_of_and_missing_warehouse_are_refused(env, tmp_path):
     result = runner.invoke(app, ["features", "build", "--db", str(tmp_path / "none.duckdb")])
     assert result.exit_code != 0
     assert "must be an existing warehouse file" in result.output
+
+
+def test_warehouse_connections_take_the_memory_limit_setting(env, monkeypatch):
+    from pydantic import ValidationError
+
+    from recsys.cli.features import _open_warehouse
+
+    _, db = env
+    monkeypatch.setenv("RECSYS_DUCKDB_MEMORY_LIMIT", "512MB")
+    con = _open_warehouse(db)
+    assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0] == "488.2 MiB"
+    con.close()
+    monkeypatch.setenv("RECSYS_DUCKDB_MEMORY_LIMIT", "lots")
+    with pytest.raises(ValidationError, match="duckdb_memory_limit") as refused:
+        _open_warehouse(db)
+    assert "'lots'" in str(refused.value)
