@@ -158,8 +158,8 @@ class DecisionRoute(APIRoute):
 
     The route is declared and documented like any other (the endpoint's signature gives
     the OpenAPI body and query), but each request is served by :func:`_serve_decision`:
-    the body is validated from bytes in one pydantic-core call and the one dependency is
-    read directly; no dependency graph is solved and no JSON is parsed twice.
+    the body is validated from bytes in one pydantic-core call (not parsed to Python
+    objects first) and the one dependency is read directly; no dependency graph is solved.
     """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
