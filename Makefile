@@ -8,7 +8,7 @@ DEMO_CUSTOMERS ?= 10000
 DEMO_DAYS ?= 90
 SEED ?= 7
 
-.PHONY: setup run test lint bench bench-data bench-features bench-training bench-serving clean
+.PHONY: setup run test lint bench bench-data bench-features bench-training bench-serving bench-score clean
 
 setup: $(STAMP)
 
@@ -38,7 +38,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
-bench: bench-data bench-features bench-training bench-serving
+bench: bench-data bench-features bench-training bench-serving bench-score
 
 bench-data: setup
 	$(BIN)/python bench/bench_data.py
@@ -51,6 +51,10 @@ bench-training: setup
 
 bench-serving: setup
 	$(BIN)/python bench/bench_serving.py
+
+# recsys score of 1M customers (data built once under data/bench_score; needs bench-serving's model)
+bench-score: setup
+	$(BIN)/python bench/bench_score.py --record
 
 clean:
 	rm -rf $(VENV) $(DATA_DIR) mlruns mlflow.db .pytest_cache
