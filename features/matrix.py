@@ -573,6 +573,17 @@ _OFFER_ARRAY = {
 _COLD_SPEND = cold_start_vector().get("purch_amount_365d")
 
 
+def _request_scalars(touchpoint: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    """The shared columns that come from the touchpoint and the request time."""
+    return {
+        "touchpoint_id": touchpoint.get("touchpoint_id"),
+        "tp_channel": touchpoint.get("channel"),
+        "tp_stage": touchpoint.get("stage"),
+        "req_hour": float(now.hour),
+        "req_dow": float(now.weekday()),
+    }
+
+
 def _shared_row(
     plan: _Plan,
     vector: Mapping[str, Any],
@@ -605,13 +616,7 @@ def _shared_row(
             dtype=np.float64,
         )
     row[plan.numeric_index] = numbers
-    scalars = {
-        "touchpoint_id": touchpoint.get("touchpoint_id"),
-        "tp_channel": touchpoint.get("channel"),
-        "tp_stage": touchpoint.get("stage"),
-        "req_hour": float(now.hour),
-        "req_dow": float(now.weekday()),
-    }
+    scalars = _request_scalars(touchpoint, now)
     for j, col, source, key, default in plan.other_shared:
         if source == "scalar":
             value = scalars[key]
@@ -909,13 +914,7 @@ def _shared_rows(
         return rows
     if len(plan.numeric_names):
         rows[:, plan.numeric_index] = _numeric_block(plan, vectors, elapsed)
-    scalars = {
-        "touchpoint_id": touchpoint.get("touchpoint_id"),
-        "tp_channel": touchpoint.get("channel"),
-        "tp_stage": touchpoint.get("stage"),
-        "req_hour": float(now.hour),
-        "req_dow": float(now.weekday()),
-    }
+    scalars = _request_scalars(touchpoint, now)
     for j, col, source, key, default in plan.other_shared:
         if source == "scalar":
             value = scalars[key]

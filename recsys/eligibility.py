@@ -17,7 +17,7 @@ Every check reports the offers it removed, so a decision trace can explain each 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from recsys.catalog import TouchpointOffers
+from recsys.catalog import Offer, TouchpointOffers
 
 US_PER_DAY = 86_400 * 1_000_000
 
@@ -208,25 +208,19 @@ def check_eligibility(
             mask[positions] = False
 
     caps_hit: list[CapHit] = []
-    # Loop over the customer's own contacts (a handful), not over the catalogue.
-    for offer_id in history.contacts:
-        j = offers.index.get(offer_id)
-        if j is None or not offers.capped[j]:
-            continue
-        offer = offers.offers[j]
-        since = now_us - offer.cap_window_days * US_PER_DAY
-        count = history.count_since(offer_id, since)
-        if count >= offer.cap_per_customer:
-            caps_hit.append(CapHit(offer_id, offer.cap_per_customer, offer.cap_window_days, count))
-            removals.append(
-                Removal(
-                    Check.CAP,
-                    (offer_id,),
-                    f"served {count} times in {offer.cap_window_days} days "
-                    f"(cap {offer.cap_per_customer})",
-                )
+    for j, offer, count in _capped_out(offers, history, now_us):
+        caps_hit.append(
+            CapHit(offer.offer_id, offer.cap_per_customer, offer.cap_window_days, count)
+        )
+        removals.append(
+            Removal(
+                Check.CAP,
+                (offer.offer_id,),
+                f"served {count} times in {offer.cap_window_days} days "
+                f"(cap {offer.cap_per_customer})",
             )
-            mask[j] = False
+        )
+        mask[j] = False
 
     return Eligibility(
         mask=mask, consent=consent, removals=tuple(removals), caps_hit=tuple(caps_hit)
@@ -364,15 +358,24 @@ def _history_mask(offers: TouchpointOffers, history: ContactHistory, now_us: int
         j = offers.index.get(offer_id)
         if j is not None:
             keep[j] = False
+    for j, _, _ in _capped_out(offers, history, now_us):
+        keep[j] = False
+    return keep
+
+
+def _capped_out(
+    offers: TouchpointOffers, history: ContactHistory, now_us: int
+) -> Iterator[tuple[int, Offer, int]]:
+    """(position, offer, contacts in its window) of every offer the customer reached the
+    cap of. Loops over the customer's own contacts (a handful), not over the catalogue."""
     for offer_id in history.contacts:
         j = offers.index.get(offer_id)
         if j is None or not offers.capped[j]:
             continue
         offer = offers.offers[j]
-        since = now_us - offer.cap_window_days * US_PER_DAY
-        if history.count_since(offer_id, since) >= offer.cap_per_customer:
-            keep[j] = False
-    return keep
+        count = history.count_since(offer_id, now_us - offer.cap_window_days * US_PER_DAY)
+        if count >= offer.cap_per_customer:
+            yield j, offer, count
 
 
 def _by_distinct_value(values: list[Any], fn: Callable[[Any], bool]) -> np.ndarray:
