@@ -657,9 +657,12 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 EMPTY_STATS = '{"keys":[],"values":[]}'
 
 
+Pair = tuple[str, bytes]
+
+
 def vectors_as_of(
     con: Any, as_of: datetime, customer_ids: Iterable[str] | None = None, engine: str = "duckdb"
-) -> tuple[Layout, Iterator[tuple[str, bytes]]]:
+) -> tuple[Layout, Iterator[Pair]]:
     """The layout and ``(customer_id, compact vector JSON)`` of customers as of ``as_of``.
 
     The vectors are computed lazily, when the iterator is first read, and come sorted by
@@ -667,6 +670,24 @@ def vectors_as_of(
     dropped at the end) and streams out; on Spark the features are collected and the vectors
     assembled in a local DuckDB.
     """
+    layout, batches = vector_batches(con, as_of, customer_ids, engine)
+    return layout, _flatten(batches)
+
+
+def _flatten(batches: Iterator[list[Pair]]) -> Iterator[Pair]:
+    try:
+        for batch in batches:
+            yield from batch
+    finally:  # a consumer that stops early: the producer's clean-up runs now
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
+
+
+def vector_batches(
+    con: Any, as_of: datetime, customer_ids: Iterable[str] | None = None, engine: str = "duckdb"
+) -> tuple[Layout, Iterator[list[Pair]]]:
+    """:func:`vectors_as_of` in lists of up to ``BATCH`` vectors."""
     as_of = naive_utc(as_of)
     backend = ibis_backend(con, engine)
     ids = list(customer_ids) if customer_ids is not None else None
@@ -689,7 +710,7 @@ def _duckdb_vectors(
     as_of: datetime,
     customer_ids: list[str] | None,
     layout: Layout,
-) -> Iterator[tuple[str, bytes]]:
+) -> Iterator[list[Pair]]:
     """Vectors computed in the warehouse's DuckDB: features and per-key statistics go to
     temporary tables, then one query joins them into JSON, streamed in batches.
 
@@ -732,7 +753,7 @@ def _duckdb_vectors(
 
 def _collected_vectors(
     backend: Any, as_of: datetime, customer_ids: list[str] | None, layout: Layout
-) -> Iterator[tuple[str, bytes]]:
+) -> Iterator[list[Pair]]:
     """Vectors of any engine: features and statistics collected as Arrow, joined locally."""
     tables = customer_tables(sources(backend), as_of, customer_ids, cache=True)
     local = duckdb.connect()
@@ -799,12 +820,12 @@ def _vector_sql(names: Mapping[str, str], as_of: datetime, layout: Layout) -> st
     )
 
 
-def _stream(con: duckdb.DuckDBPyConnection, sql: str) -> Iterator[tuple[str, bytes]]:
+def _stream(con: duckdb.DuckDBPyConnection, sql: str) -> Iterator[list[Pair]]:
     reader = con.sql(sql).to_arrow_reader(BATCH)
     for batch in reader:
         ids = batch.column(0).to_pylist()
         vectors = batch.column(1).cast(pa.binary()).to_pylist()
-        yield from zip(ids, vectors, strict=True)
+        yield list(zip(ids, vectors, strict=True))
 
 
 def materialize(
@@ -822,13 +843,14 @@ def materialize(
     as_of = naive_utc(as_of) if as_of is not None else datetime.now(UTC).replace(tzinfo=None)
     started = time.perf_counter()
     ids = list(customer_ids) if customer_ids is not None else None
-    layout, vectors = vectors_as_of(con, as_of, ids, engine)
+    layout, batches = vector_batches(con, as_of, ids, engine)
     if ids is not None and store.layout() not in (None, layout):
         log.info("the vector layout changed: materialising every customer")
         return materialize(con, store, as_of=as_of, engine=engine)
     # The engine computes the next batches of vectors while the store writes the previous ones.
+    # Whole batches cross the threads: a hand-over per vector (1M) cost more than the writes.
     written = store.write(
-        in_background(vectors),
+        _flatten(in_background(batches)),
         FEATURE_SPEC_VERSION,
         replace=ids is None,
         as_of=as_of,
