@@ -722,11 +722,13 @@ def _duckdb_vectors(
     tag = uuid.uuid4().hex[:12]
     names = {"customer": f"recsys_mat_{tag}_customer"}
     names.update({name: f"recsys_mat_{tag}_{name}" for name in STAT_TABLES})
+    started = time.perf_counter()
     src, offer_log = sources(backend), None
     if customer_ids is None:
         # The customer features and three statistics tables read the offer log: built once
         # (the events of [as_of - horizon, as_of), what a point at as_of sees).
         src, offer_log = with_cached_offer_log(src, as_of, as_of)
+    log.debug("offer log built in %.1f s", time.perf_counter() - started)
     tables = customer_tables(src, as_of, customer_ids)
     try:
         started = time.perf_counter()
@@ -734,6 +736,7 @@ def _duckdb_vectors(
             f'CREATE TEMP TABLE "{names["customer"]}" AS '
             f"{ibis.to_sql(tables.customer, dialect='duckdb')}"
         )
+        log.debug("customer features computed in %.1f s", time.perf_counter() - started)
         for name, table in tables.stats.items():
             con.execute(
                 f'CREATE TEMP TABLE "{names[name]}" AS '
@@ -847,15 +850,20 @@ def materialize(
     if ids is not None and store.layout() not in (None, layout):
         log.info("the vector layout changed: materialising every customer")
         return materialize(con, store, as_of=as_of, engine=engine)
-    # The engine computes the next batches of vectors while the store writes the previous ones.
-    # Whole batches cross the threads: a hand-over per vector (1M) cost more than the writes.
-    written = store.write(
-        _flatten(in_background(batches)),
-        FEATURE_SPEC_VERSION,
-        replace=ids is None,
-        as_of=as_of,
-        layout=layout,
-    )
+    # The engine computes the next batches of vectors while the store writes the previous ones
+    # (and, before the first, drops the old table: seconds at 1M vectors). Whole batches cross
+    # the threads: a hand-over per vector cost more than the writes.
+    ahead = in_background(batches)
+    try:
+        written = store.write(
+            _flatten(ahead),
+            FEATURE_SPEC_VERSION,
+            replace=ids is None,
+            as_of=as_of,
+            layout=layout,
+        )
+    finally:
+        ahead.close()  # also when the store refused the write before reading any vector
     log.info(
         "materialised %d vectors as of %s in %.1f s",
         written,

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from datetime import timedelta as td
 
+import pytest
+
 from features.online import SQLiteOnlineStore, materialize
 from features.pipeline import customer_features
+from recsys.errors import SpecMismatchError
 from tests.features.conftest import T0
 
 
@@ -34,4 +37,17 @@ def test_vectors_use_only_the_offer_log_of_the_window(story, tmp_path):
     vector = store.get_many(["c1"])["c1"]
     assert vector["hist_impressions_365d"] == offline["hist_impressions_365d"] == 1.0  # d1
     assert vector["hist_days_since_impression"] == offline["hist_days_since_impression"] == 10.0
+    store.close()
+
+
+def test_a_refused_partial_run_leaves_no_temporary_tables(story, tmp_path):
+    """The vectors are computed while the store prepares; when it refuses the write (another
+    spec), the computation is stopped and cleaned up."""
+    store = SQLiteOnlineStore(tmp_path / "online.sqlite")
+    materialize(story.con, store, as_of=T0)
+    store._set_meta("spec_version", "another-spec")
+    store._con.commit()
+    with pytest.raises(SpecMismatchError, match="feature spec another-spec"):
+        materialize(story.con, store, as_of=T0, customer_ids=["c1"])
+    assert _temporary_tables(story.con) == []
     store.close()

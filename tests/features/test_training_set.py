@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import threading
 from datetime import timedelta as td
 
 import pandas as pd
@@ -196,3 +197,16 @@ def test_background_iteration_keeps_order_errors_and_stops_early():
     assert next(early) == 0
     early.close()  # the producer, blocked on a full queue, is released and joined
     assert closed == [True]  # and the generator it ran is closed (its clean-up has run)
+
+
+def test_background_iteration_starts_before_the_first_read():
+    started = threading.Event()
+
+    def items():
+        started.set()
+        yield 1
+
+    ahead = in_background(items())
+    assert started.wait(timeout=30)  # computing while the caller prepares
+    assert list(ahead) == [1]
+    ahead.close()  # closing a finished iterator is harmless
