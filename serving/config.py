@@ -17,6 +17,12 @@ class ServingSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, description="uvicorn worker processes")
+    reuse_port: bool = Field(
+        default=True,
+        description="with several workers, each listens on its own SO_REUSEPORT socket and "
+        "the kernel spreads connections over them (Linux); false: one shared socket, "
+        "uvicorn's default, where the first worker to wake accepts every waiting connection",
+    )
     epsilon: float = Field(
         default=0.05, ge=0.0, le=1.0, description="epsilon-greedy exploration share; 0 = greedy"
     )

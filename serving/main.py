@@ -41,6 +41,7 @@ from serving.security import (
     install_security,
     load_security_settings,
 )
+from serving.workers import reuse_port_supported, run_workers
 
 logger = logging.getLogger(__name__)
 
@@ -210,13 +211,17 @@ def run_server(serving: ServingSettings) -> None:
     if serving.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # /metrics sums over the worker processes (prometheus-client multiprocess mode).
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="recsys-metrics-")
-    uvicorn.run(
-        "serving.main:create_app",
-        factory=True,
-        host=serving.host,
-        port=serving.port,
-        workers=serving.workers,
-        log_level="info",
-        log_config=log_config,
-        access_log=False,
-    )
+    options = {
+        "factory": True,
+        "host": serving.host,
+        "port": serving.port,
+        "workers": serving.workers,
+        "log_level": "info",
+        "log_config": log_config,
+        "access_log": False,
+    }
+    if serving.workers > 1 and serving.reuse_port and reuse_port_supported():
+        # Each worker on its own SO_REUSEPORT socket: connections spread over the workers.
+        run_workers(uvicorn.Config("serving.main:create_app", **options))
+    else:
+        uvicorn.run("serving.main:create_app", **options)
