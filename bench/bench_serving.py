@@ -30,7 +30,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -174,7 +176,24 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> None
     raise RuntimeError(f"{url} not ready after {timeout} s")
 
 
+def connections_per_worker(port: int) -> list[int]:
+    """Established connections of the server on ``port``, per process (ascending)."""
+    out = subprocess.run(
+        ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    return sorted(Counter(re.findall(r"pid=(\d+)", out)).values())
+
+
 def wrk(script: Path, url: str, duration: int, connections: int, threads: int) -> dict:
+    port = int(url.split(":")[2].split("/")[0])
+    spread: list[int] = []
+    # Which worker holds each connection, read once the load is under way.
+    probe = threading.Timer(
+        min(3.0, duration / 2), lambda: spread.extend(connections_per_worker(port))
+    )
+    probe.start()
     out = subprocess.run(
         [
             "nice",
@@ -194,6 +213,7 @@ def wrk(script: Path, url: str, duration: int, connections: int, threads: int) -
         capture_output=True,
         text=True,
     ).stdout
+    probe.join()
     match = re.search(r"WRKJSON (\{.*\})", out)
     if match is None:
         raise RuntimeError(f"wrk printed no summary:\n{out}")
@@ -209,6 +229,7 @@ def wrk(script: Path, url: str, duration: int, connections: int, threads: int) -
         "errors": stats["errors"],
         "non_2xx": stats["non_2xx"],
         "seconds": seconds,
+        "connections_per_worker": spread,
     }
 
 
@@ -280,7 +301,7 @@ def main() -> None:
     parser.add_argument(
         "--rate", type=int, default=1000, help="decisions/s of the paced run (0 = skip it)"
     )
-    parser.add_argument("--rate-connections", type=int, default=16)
+    parser.add_argument("--rate-connections", type=int, default=32)
     parser.add_argument("--epsilon", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--skip-mlflow", action="store_true")
@@ -435,7 +456,10 @@ def print_table(results: dict, ready: dict, args: argparse.Namespace) -> None:
         f"load: wrk, {args.connections} connections, {args.threads} thread(s), "
         f"{args.duration} s per server; service with {args.workers} uvicorn worker(s)"
     )
-    print(f"{'server':<34}{'req/s':>10}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'errors':>9}")
+    print(
+        f"{'server':<34}{'req/s':>10}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'errors':>9}"
+        "  connections per worker"
+    )
     labels = {
         "recsys": "recsys /v1/decisions (full path)",
         "recsys_paced": f"recsys paced (target {args.rate}/s)",
@@ -447,6 +471,7 @@ def print_table(results: dict, ready: dict, args: argparse.Namespace) -> None:
         print(
             f"{labels[name]:<34}{r['per_second']:>10.1f}{r['p50_ms']:>10.2f}"
             f"{r['p95_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['errors']:>9}"
+            f"  {r['connections_per_worker']}"
         )
     if "mlflow" in results:
         print(
