@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,11 +51,16 @@ class DecisionBatcher:
         Most requests decided in one call.
     """
 
-    def __init__(self, engine: Callable[[], Any], max_batch: int = DEFAULT_MAX_BATCH):
+    def __init__(
+        self, engine: Callable[[], Any], max_batch: int = DEFAULT_MAX_BATCH, wait_s: float = 0.0
+    ):
         if max_batch < 1:
             raise ValueError(f"`max_batch` must be >= 1, got {max_batch}")
+        if wait_s < 0:
+            raise ValueError(f"`wait_s` must be >= 0, got {wait_s}")
         self._engine = engine
         self.max_batch = max_batch
+        self.wait_s = wait_s
         self._queue: list[_Waiting] = []
         self._ready = threading.Condition()
         self._closed = False
@@ -94,6 +100,13 @@ class DecisionBatcher:
                     self._ready.wait()
                 if not self._queue:
                     return
+                if self.wait_s:
+                    deadline = time.monotonic() + self.wait_s
+                    while len(self._queue) < self.max_batch and not self._closed:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._ready.wait(left)
                 batch = self._queue[: self.max_batch]
                 del self._queue[: self.max_batch]
             outcomes = self._decide(batch)

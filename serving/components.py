@@ -37,7 +37,9 @@ class Components:
         """The decision thread of this process (started on first use, from the event loop)."""
         if self._batcher is None:
             self._batcher = DecisionBatcher(
-                lambda: self.engine, max_batch=self.serving.decision_batch_max
+                lambda: self.engine,
+                max_batch=self.serving.decision_batch_max,
+                wait_s=self.serving.decision_batch_wait_ms / 1000,
             )
         return self._batcher
 

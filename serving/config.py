@@ -33,6 +33,13 @@ class ServingSettings(BaseSettings):
         description="most concurrent POST /v1/decisions decided in one engine call "
         "(dynamic batching; 1 = one at a time)",
     )
+    decision_batch_wait_ms: float = Field(
+        default=0.0,
+        ge=0,
+        le=50,
+        description="how long the decision thread waits for company after a request arrives "
+        "before it decides (0 = never waits)",
+    )
     switch_interval_ms: float = Field(
         default=1.0,
         gt=0,

@@ -77,6 +77,65 @@ def test_batches_never_exceed_max_batch(log):
     assert [len(c) for c in gated.calls] == [1, 8, 8, 4]
 
 
+class RecordingEngine:
+    """A real engine that records the customers of each call."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.calls: list[list[str]] = []
+
+    def decide_many(self, requests, *, trace=False):
+        self.calls.append([r.customer_id for r in requests])
+        return self.engine.decide_many(requests, trace=trace)
+
+
+async def _arrive_apart(batcher, customers, gap_s):
+    tasks = []
+    for customer in customers:
+        tasks.append(asyncio.create_task(batcher.decide(DecisionRequest(customer, "web_home"))))
+        await asyncio.sleep(gap_s)
+    return await asyncio.gather(*tasks)
+
+
+def test_a_batch_wait_gathers_requests_that_arrive_apart(log):
+    recording = RecordingEngine(make_engine(log))
+    batcher = DecisionBatcher(lambda: recording, max_batch=32, wait_s=0.5)
+    results = asyncio.run(_arrive_apart(batcher, ["C1", "C2", "C3"], gap_s=0.05))
+    batcher.close()
+    assert recording.calls == [["C1", "C2", "C3"]]
+    assert [d.customer_id for d in results] == ["C1", "C2", "C3"]
+
+
+def test_without_a_batch_wait_nothing_waits_for_company(log):
+    recording = RecordingEngine(make_engine(log))
+    batcher = DecisionBatcher(lambda: recording, max_batch=32)
+    asyncio.run(_arrive_apart(batcher, ["C1", "C2", "C3"], gap_s=0.2))
+    batcher.close()
+    assert recording.calls == [["C1"], ["C2"], ["C3"]]
+
+
+def test_a_full_batch_does_not_wait_out_the_batch_wait(log):
+    recording = RecordingEngine(make_engine(log))
+    batcher = DecisionBatcher(lambda: recording, max_batch=2, wait_s=30.0)
+
+    async def four_at_once():
+        return await asyncio.wait_for(
+            asyncio.gather(
+                *(batcher.decide(DecisionRequest(f"C{i}", "web_home")) for i in range(4))
+            ),
+            timeout=10,
+        )
+
+    asyncio.run(four_at_once())
+    batcher.close()
+    assert recording.calls == [["C0", "C1"], ["C2", "C3"]]
+
+
+def test_a_negative_batch_wait_is_refused():
+    with pytest.raises(ValueError, match="`wait_s` must be >= 0, got -1"):
+        DecisionBatcher(lambda: None, wait_s=-1)
+
+
 def test_one_failing_request_does_not_fail_its_batch(log):
     gated = GatedEngine(make_engine(log), fail_for="C-bad")
     batcher = DecisionBatcher(lambda: gated)
