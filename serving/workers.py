@@ -42,7 +42,6 @@ def bind_reuse_port(host: str, port: int) -> socket.socket:
     except OSError:
         sock.close()
         raise
-    sock.set_inheritable(True)
     return sock
 
 
