@@ -4,8 +4,9 @@ Every ``POST /v1/decisions`` of a process goes to one decision thread. While tha
 decides, newly arrived requests queue; it then takes them all (up to ``max_batch``) and
 decides them in ONE :meth:`DecisionEngine.decide_many` call: one feature lookup, one contact
 history read, one model call and one event-log transaction for the lot. Under light load a
-batch is a single request (no waiting for company: nothing is delayed to fill a batch);
-under heavy load the fixed costs are shared, which is where throughput comes from.
+batch is a single request (by default nothing is delayed to fill a batch; ``wait_s`` trades
+that latency for CPU); under heavy load the fixed costs are shared, which is where
+throughput comes from.
 
 The CPU work stays off the event loop (the loop only parses, queues and answers), and one
 thread per process instead of a pool avoids threads fighting over the GIL and the event
@@ -49,6 +50,9 @@ class DecisionBatcher:
         Read per batch, so a model swap applies from the next batch on.
     max_batch : int
         Most requests decided in one call.
+    wait_s : float
+        After a request arrives, wait up to this long for more (never past ``max_batch``)
+        before deciding; 0 decides at once.
     """
 
     def __init__(
