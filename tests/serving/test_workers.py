@@ -34,8 +34,8 @@ def start_workers(port: int, workers: int) -> subprocess.Popen:
     )
 
 
-def ask_pid(sock: socket.socket, path: str = "/") -> int:
-    sock.sendall(f"GET {path} HTTP/1.1\r\nhost: test\r\n\r\n".encode())
+def ask_pid(sock: socket.socket) -> int:
+    sock.sendall(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
     data = b""
     while b"\r\n\r\n" not in data or not data.split(b"\r\n\r\n", 1)[1]:
         chunk = sock.recv(4096)
