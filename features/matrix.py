@@ -454,6 +454,90 @@ def _key_lookup(
     ).reshape(n, len(stats))
 
 
+def _rows_lookup(
+    table: Mapping[str, Any] | None,
+    rows_of: Mapping[str, np.ndarray],
+    n: int,
+    stats: Sequence[str],
+) -> np.ndarray:
+    """:func:`_key_lookup` by the map's keys: shape (n, len(stats)).
+
+    ``rows_of`` maps each offer key (text) to the rows that carry it. A customer's map holds
+    a few keys, the candidates many: a step per map key instead of one per candidate. The
+    first row of a repeated map key wins, as in :func:`_key_lookup`.
+    """
+    width = len(stats)
+    out = np.empty((n, width), dtype=np.float64)
+    out[:] = [d.STAT_DEFAULTS[s] for s in stats]
+    if not table or not n:
+        return out
+    keys = table.get("keys")
+    if not keys:
+        return out
+    values = np.asarray(table["values"], dtype=np.float64).reshape(len(keys), -1)
+    filled: set[str] = set()
+    for i, key in enumerate(keys):
+        text = str(key)
+        rows = rows_of.get(text)
+        if rows is not None and text not in filled:
+            filled.add(text)
+            out[rows] = values[i, :width]
+    return out
+
+
+class PreparedOffers:
+    """A fixed list of candidate offers with what every decision matrix needs of it worked
+    out once for one encoding (serving: once per touchpoint and model).
+
+    Pass it as ``offers`` to :func:`decision_matrix`: the offer columns are copied from
+    ``offer_block`` and each customer's statistics are placed by ``rows_of`` (offer key ->
+    key text -> rows), instead of being encoded and looked up offer by offer on every call.
+    The matrix is the one the plain offers give.
+
+    Parameters
+    ----------
+    offers : anything :func:`offer_arrays` takes
+    encoding : Encoding
+    """
+
+    def __init__(self, offers: Any, encoding: Encoding):
+        self.arrays = offer_arrays(offers)
+        self.encoding = encoding
+        plan = encoding._plan
+        n = len(self.arrays)
+        self.offer_index = np.array([j for j, _ in plan.offer_columns], dtype=np.intp)
+        self.offer_block = np.empty((n, len(plan.offer_columns)), dtype=np.float32)
+        for k, (_, col) in enumerate(plan.offer_columns):
+            values = _OFFER_ARRAY[col.name](self.arrays)
+            self.offer_block[:, k] = (
+                col._text_codes(values) if col.kind == "categorical" else values
+            )
+        self.rows_of: dict[str, dict[str, np.ndarray] | None] = {
+            key: _rows_by_text(column)
+            for key, column in (
+                ("offer_id", self.arrays.offer_id),
+                ("offer_type", self.arrays.offer_type),
+                ("offer_category", self.arrays.category),
+            )
+        }
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+
+def _rows_by_text(column: np.ndarray) -> dict[str, np.ndarray] | None:
+    """Text value -> its rows; None when a value is neither text nor None (looked up the
+    slow way, as :func:`_key_lookup` does)."""
+    values = column.tolist()
+    if not set(map(type, values)) <= _TEXT_OR_NONE:
+        return None
+    rows: dict[str, list[int]] = {}
+    for i, value in enumerate(values):
+        if value is not None:
+            rows.setdefault(value, []).append(i)
+    return {value: np.array(at, dtype=np.intp) for value, at in rows.items()}
+
+
 def _aged(name: str, value: Any, elapsed_days: float) -> Any:
     """Days-since features grow with the time elapsed since the vector was computed."""
     feature = _AGING.get(name)
@@ -480,8 +564,8 @@ def decision_matrix(
     Parameters
     ----------
     customer_vector : dict from the online store (``get_many``), or None (cold start)
-    offers : N candidate offers (pandas / Arrow / list of dicts with contract columns, or
-        :class:`OfferArrays`)
+    offers : N candidate offers (pandas / Arrow / list of dicts with contract columns,
+        :class:`OfferArrays`, or :class:`PreparedOffers` for the same encoding)
     touchpoint : dict with ``touchpoint_id``, ``channel``, ``stage``
     context : request context (the decisions.context object), may be None
     now : decision time (naive = UTC)
@@ -525,15 +609,21 @@ def decision_matrix(
         # Stats hold "seconds ago" at as_of; crosses age them by the same amount below.
 
     plan = encoding._plan
-    arrays = offer_arrays(offers)
+    prepared = offers if isinstance(offers, PreparedOffers) else None
+    if prepared is not None and prepared.encoding is not encoding:
+        prepared = None  # prepared for another model: worked out again below
+    arrays = offers.arrays if isinstance(offers, PreparedOffers) else offer_arrays(offers)
     n = len(arrays)
     X = np.empty((n, len(encoding.columns)), dtype=np.float32)
     # One row of the columns every offer shares, then the offer-dependent columns.
     X[:] = _shared_row(plan, vector, touchpoint, context or {}, now, elapsed)
 
-    for j, col in plan.offer_columns:
-        values = _OFFER_ARRAY[col.name](arrays)
-        X[:, j] = col._text_codes(values) if col.kind == "categorical" else values
+    if prepared is not None:
+        X[:, prepared.offer_index] = prepared.offer_block
+    else:
+        for j, col in plan.offer_columns:
+            values = _OFFER_ARRAY[col.name](arrays)
+            X[:, j] = col._text_codes(values) if col.kind == "categorical" else values
     if not len(plan.cross_index):
         return X
 
@@ -547,7 +637,11 @@ def decision_matrix(
     }
     stats: dict[str, Any] = {}
     for name, spec in STAT_TABLES.items():
-        found = _key_lookup(tables.get(name), offer_side[spec.offer_key], spec.stats)
+        rows_of = prepared.rows_of.get(spec.offer_key) if prepared is not None else None
+        if rows_of is not None:
+            found = _rows_lookup(tables.get(name), rows_of, n, spec.stats)
+        else:
+            found = _key_lookup(tables.get(name), offer_side[spec.offer_key], spec.stats)
         if len(found) != n:
             found = np.repeat(found, n, axis=0)
         stats.update({s: found[:, i] for i, s in enumerate(spec.stats)})

@@ -13,6 +13,7 @@ from features.matrix import (
     UNKNOWN_CODE,
     ColumnEncoding,
     Encoding,
+    PreparedOffers,
     decision_matrix,
     decision_matrix_many,
     encode,
@@ -243,6 +244,40 @@ def test_many_customers_matrix_equals_each_customers_matrix(
             got = X[rows == i].astype(np.float32)
             np.testing.assert_array_equal(got.view(np.uint32), alone.view(np.uint32))
     store.close()
+
+
+def test_prepared_offers_give_the_plain_offers_matrix(trained, tmp_path):
+    w, _, encoding = trained
+    store = SQLiteOnlineStore(tmp_path / "online.sqlite")
+    materialize(w.con, store, as_of=T0 - td(hours=6))
+    known = store.get_many(["c1", "c2", "c3"])
+    vectors = [*known.values(), None, {}, *_odd_vectors(known["c1"])]
+    store.close()
+    catalogue = w.con.execute("SELECT * FROM offers ORDER BY offer_id").df().to_dict("records")
+    # two offers share a category, one has none; the same key read from several rows
+    extra = [
+        {"offer_id": "o9", "offer_type": "discount", "category": "bags", "value": 2.0},
+        {"offer_id": "o10", "offer_type": None, "category": None, "value": None},
+    ]
+    numeric_category = [{"offer_id": "o1", "category": 5}, {"offer_id": "o2", "category": None}]
+    now = T0 + td(days=2)
+    for offers in (catalogue + extra, numeric_category):
+        prepared = PreparedOffers(offers, encoding)
+        for tp in TOUCHPOINTS.values():
+            for vector, context in zip(vectors, [{}, {"seg": 7}, None] * 4, strict=False):
+                plain = decision_matrix(vector, offers, tp, context, now, encoding=encoding)
+                fast = decision_matrix(vector, prepared, tp, context, now, encoding=encoding)
+                np.testing.assert_array_equal(fast.view(np.uint32), plain.view(np.uint32))
+    assert PreparedOffers(catalogue + extra, encoding).rows_of["offer_category"] is not None
+    assert PreparedOffers(numeric_category, encoding).rows_of["offer_category"] is None
+    # prepared for another encoding: still the plain matrix of this one
+    other = Encoding(encoding.spec_version, encoding.columns[::-1])
+    vector = vectors[4 + 3]  # the one with every kind of key map
+    np.testing.assert_array_equal(
+        decision_matrix(vector, PreparedOffers(catalogue, other), TOUCHPOINTS["cart"], {}, now,
+                        encoding=encoding),
+        decision_matrix(vector, catalogue, TOUCHPOINTS["cart"], {}, now, encoding=encoding),
+    )  # fmt: skip
 
 
 def test_many_customers_matrix_defaults_to_every_pair(trained):
