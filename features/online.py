@@ -14,7 +14,11 @@ last run (new events, or events leaving a window).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import itertools
 import logging
+import math
 import sqlite3
 import time
 import uuid
@@ -35,7 +39,14 @@ import pyarrow.json as pajson
 from features import definitions as d
 from features.engines import ibis_backend
 from features.matrix import AS_OF_KEY, SPEC_KEY, STATS_KEY
-from features.pipeline import POINT_KEYS, STAT_TABLES, customer_tables, naive_utc, sources
+from features.pipeline import (
+    POINT_KEYS,
+    STAT_TABLES,
+    Sources,
+    customer_tables,
+    naive_utc,
+    sources,
+)
 from features.spec import FEATURE_SPEC_VERSION
 from features.training_set import cold_start_vector, in_background, with_cached_offer_log
 from recsys.errors import ConfigError, SpecMismatchError
@@ -44,7 +55,14 @@ log = logging.getLogger(__name__)
 
 Vector = dict[str, Any]
 BATCH = 20_000
+# Customers per id range of a full materialisation: the store writes one range while the
+# engine computes the next (4 ranges at 1M customers: 3 s faster than 8, whose boundaries
+# each leave a core idle for a moment; 1 GB less memory than one pass).
+RANGE_CUSTOMERS = 250_000
 PAGE_SIZE = 16_384  # bytes, for new SQLite stores
+STAGING_TABLE = "vectors_staging"  # a full replacement being written
+PREVIOUS_TABLE = "vectors_previous"  # the generation a full replacement replaced
+STAGING_COMMIT_ROWS = 100_000  # a replacement commits its staging table every so many rows
 VECTORS_TABLE = (
     "CREATE TABLE vectors (customer_id TEXT PRIMARY KEY, spec_version TEXT NOT NULL, "
     "vector BLOB NOT NULL)"
@@ -441,27 +459,22 @@ class SQLiteOnlineStore:
     ) -> int:
         """Store ``(customer_id, vector)`` pairs; ``replace`` drops every other entry.
 
-        ``vectors`` are dicts, or compact JSON bytes described by ``layout``. One transaction:
-        readers see the old or the new entries, never a mix.
+        ``vectors`` are dicts, or compact JSON bytes described by ``layout``. Readers see the
+        old or the new entries, never a mix: an update is one transaction; a replacement is
+        written to a staging table (committed as it grows, so the write-ahead log stays
+        small) that one short transaction swaps in with the metadata. A replacement that
+        fails drops its staging table; the previous table is kept until the next replacement
+        starts (dropping it takes seconds at 1M vectors).
         """
+        if replace:
+            return self._replace(vectors, spec_version, as_of, layout)
+        _check_append(self, spec_version, layout)
         count = 0
-        if not replace:
-            _check_append(self, spec_version, layout)
-        with self._con:
-            if not self._con.in_transaction:
-                self._con.execute("BEGIN")
-            if replace:
-                # A new table is much cheaper than deleting every row (and upgrades an old
-                # WITHOUT ROWID table, slow to fill with ~2 KB rows).
-                self._con.execute("DROP TABLE IF EXISTS vectors")
-                self._con.execute(VECTORS_TABLE)
+        with self._transaction():
             if layout is not None:
                 self._set_meta("layout", layout.to_json())
             for chunk in _chunks(vectors, BATCH):
-                self._con.executemany(
-                    "INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
-                    [(cid, spec_version, _encode(v)) for cid, v in chunk],
-                )
+                self._insert("vectors", chunk, spec_version)
                 count += len(chunk)
             self._set_meta("spec_version", spec_version)
             if as_of is not None:
@@ -469,6 +482,59 @@ class SQLiteOnlineStore:
         if layout is not None:
             self._layout = layout
         return count
+
+    def _insert(
+        self, table: str, chunk: list[tuple[str, bytes | Vector]], spec_version: str
+    ) -> None:
+        self._con.executemany(
+            f"INSERT OR REPLACE INTO {table} VALUES (?, ?, ?)",
+            [(cid, spec_version, _encode(v)) for cid, v in chunk],
+        )
+
+    def _replace(
+        self,
+        vectors: Iterable[tuple[str, bytes | Vector]],
+        spec_version: str,
+        as_of: datetime | None,
+        layout: Layout | None,
+    ) -> int:
+        with self._transaction():  # the previous generation and a failed run's leftovers
+            self._con.execute(f"DROP TABLE IF EXISTS {PREVIOUS_TABLE}")
+            self._con.execute(f"DROP TABLE IF EXISTS {STAGING_TABLE}")
+            # A new table is much cheaper than deleting every row (and upgrades an old
+            # WITHOUT ROWID table, slow to fill with ~2 KB rows).
+            self._con.execute(VECTORS_TABLE.replace("vectors", STAGING_TABLE, 1))
+        count = 0
+        try:
+            for chunk in _chunks(vectors, STAGING_COMMIT_ROWS):
+                with self._transaction():
+                    self._insert(STAGING_TABLE, chunk, spec_version)
+                count += len(chunk)
+            with self._transaction():  # the swap: readers see the old or the new table
+                self._con.execute(f"ALTER TABLE vectors RENAME TO {PREVIOUS_TABLE}")
+                self._con.execute(f"ALTER TABLE {STAGING_TABLE} RENAME TO vectors")
+                if layout is not None:
+                    self._set_meta("layout", layout.to_json())
+                self._set_meta("spec_version", spec_version)
+                if as_of is not None:
+                    self._set_meta("as_of", as_of.isoformat())
+        except BaseException:
+            if self._con.in_transaction:
+                self._con.rollback()
+            with self._transaction():
+                self._con.execute(f"DROP TABLE IF EXISTS {STAGING_TABLE}")
+            raise
+        if layout is not None:
+            self._layout = layout
+        return count
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One explicit transaction (sqlite3 does not open one for DDL by itself)."""
+        with self._con:
+            if not self._con.in_transaction:
+                self._con.execute("BEGIN")
+            yield
 
     def get_many(self, customer_ids: Iterable[str]) -> dict[str, Vector]:
         ids = list(dict.fromkeys(customer_ids))
@@ -661,17 +727,36 @@ Pair = tuple[str, bytes]
 
 
 def vectors_as_of(
-    con: Any, as_of: datetime, customer_ids: Iterable[str] | None = None, engine: str = "duckdb"
+    con: Any,
+    as_of: datetime,
+    customer_ids: Iterable[str] | None = None,
+    engine: str = "duckdb",
+    *,
+    range_customers: int = RANGE_CUSTOMERS,
 ) -> tuple[Layout, Iterator[Pair]]:
     """The layout and ``(customer_id, compact vector JSON)`` of customers as of ``as_of``.
 
     The vectors are computed lazily, when the iterator is first read, and come sorted by
     customer id. On DuckDB everything runs in the warehouse connection (temporary tables,
-    dropped at the end) and streams out; on Spark the features are collected and the vectors
-    assembled in a local DuckDB.
+    dropped at the end), a full run in customer-id ranges of about ``range_customers``
+    customers; on Spark the features are collected and the vectors assembled in a local
+    DuckDB.
     """
-    layout, batches = vector_batches(con, as_of, customer_ids, engine)
-    return layout, _flatten(batches)
+    layout, parts = vector_parts(con, as_of, customer_ids, engine, range_customers=range_customers)
+    return layout, _flatten(_batches(parts))
+
+
+def vector_batches(
+    con: Any,
+    as_of: datetime,
+    customer_ids: Iterable[str] | None = None,
+    engine: str = "duckdb",
+    *,
+    range_customers: int = RANGE_CUSTOMERS,
+) -> tuple[Layout, Iterator[list[Pair]]]:
+    """:func:`vectors_as_of` in lists of up to ``BATCH`` vectors."""
+    layout, parts = vector_parts(con, as_of, customer_ids, engine, range_customers=range_customers)
+    return layout, _batches(parts)
 
 
 def _flatten(batches: Iterator[list[Pair]]) -> Iterator[Pair]:
@@ -679,15 +764,40 @@ def _flatten(batches: Iterator[list[Pair]]) -> Iterator[Pair]:
         for batch in batches:
             yield from batch
     finally:  # a consumer that stops early: the producer's clean-up runs now
-        close = getattr(batches, "close", None)
-        if close is not None:
-            close()
+        _close(batches)
 
 
-def vector_batches(
-    con: Any, as_of: datetime, customer_ids: Iterable[str] | None = None, engine: str = "duckdb"
-) -> tuple[Layout, Iterator[list[Pair]]]:
-    """:func:`vectors_as_of` in lists of up to ``BATCH`` vectors."""
+def _close(items: Any) -> None:
+    close = getattr(items, "close", None)
+    if close is not None:
+        close()
+
+
+def _batches(parts: Iterator[pa.Table]) -> Iterator[list[Pair]]:
+    """The ``(customer_id, vector)`` pairs of each part, in lists of up to ``BATCH``."""
+    try:
+        for part in parts:
+            for batch in part.to_batches(BATCH):
+                ids = batch.column(0).to_pylist()
+                vectors = batch.column(1).cast(pa.binary()).to_pylist()
+                yield list(zip(ids, vectors, strict=True))
+    finally:
+        _close(parts)
+
+
+def vector_parts(
+    con: Any,
+    as_of: datetime,
+    customer_ids: Iterable[str] | None = None,
+    engine: str = "duckdb",
+    *,
+    range_customers: int = RANGE_CUSTOMERS,
+) -> tuple[Layout, Iterator[pa.Table]]:
+    """The layout and the vectors as Arrow tables (``customer_id``, ``vector`` JSON text),
+    one per customer-id range of a full DuckDB run (in id order, each sorted), so a consumer
+    can write one range while the engine computes the next."""
+    if not isinstance(range_customers, int) or range_customers < 1:
+        raise ConfigError(f"`range_customers` must be an integer >= 1, got {range_customers!r}")
     as_of = naive_utc(as_of)
     backend = ibis_backend(con, engine)
     ids = list(customer_ids) if customer_ids is not None else None
@@ -700,8 +810,46 @@ def vector_batches(
     )
     layout = Layout(numeric=numeric, text=tuple(c for c in feature_cols if c not in numeric))
     if engine == "duckdb" and isinstance(con, duckdb.DuckDBPyConnection):
-        return layout, _duckdb_vectors(con, backend, as_of, ids, layout)
+        return layout, _duckdb_vectors(con, backend, as_of, ids, layout, range_customers)
     return layout, _collected_vectors(backend, as_of, ids, layout)
+
+
+def id_ranges(
+    con: duckdb.DuckDBPyConnection, range_customers: int = RANGE_CUSTOMERS
+) -> list[tuple[str | None, str | None]]:
+    """Consecutive customer-id ranges ``[lo, hi)`` (None = unbounded) covering every id, each
+    of about ``range_customers`` customers (quantiles of ``customers.customer_id``)."""
+    count = con.execute("SELECT count(*) FROM customers").fetchall()[0][0]
+    parts = math.ceil(count / range_customers)
+    if parts <= 1:
+        return [(None, None)]
+    cuts = con.execute(
+        "SELECT quantile_disc(customer_id, ?::DOUBLE[]) FROM customers",
+        [[i / parts for i in range(1, parts)]],
+    ).fetchall()[0][0]
+    bounds = sorted({c for c in cuts if c is not None})
+    return list(itertools.pairwise([None, *bounds, None]))
+
+
+def _in_range(src: Sources, lo: str | None, hi: str | None) -> Sources:
+    """``src`` holding only the customers (and their events) with ``lo <= id < hi``: every
+    feature of a customer depends on its own events only."""
+
+    def keep(table: ibis.Table, column: str) -> ibis.Table:
+        conditions = []
+        if lo is not None:
+            conditions.append(table[column] >= lo)
+        if hi is not None:
+            conditions.append(table[column] < hi)
+        return table.filter(*conditions) if conditions else table
+
+    return dataclasses.replace(
+        src,
+        customers=keep(src.customers, "customer_id"),
+        purchases=keep(src.purchases, "ev_customer_id"),
+        touches=keep(src.touches, "ev_customer_id"),
+        offer_log=keep(src.offer_log, "ev_customer_id"),
+    )
 
 
 def _duckdb_vectors(
@@ -710,53 +858,93 @@ def _duckdb_vectors(
     as_of: datetime,
     customer_ids: list[str] | None,
     layout: Layout,
-) -> Iterator[list[Pair]]:
+    range_customers: int,
+) -> Iterator[pa.Table]:
     """Vectors computed in the warehouse's DuckDB: features and per-key statistics go to
-    temporary tables, then one query joins them into JSON, streamed in batches.
+    temporary tables, then one query joins them into JSON; a full run does this range of
+    customer ids by range (one Arrow table each, the next range computed while the previous
+    one is written).
 
     Only the offer log, read by four of the queries and costly to build, is shared through a
-    temporary table; the other sources are read by each query (at 1M customers / 56M events,
-    copying every event of the window to temporary tables first was ~10 s slower and 4 GB
-    larger).
+    temporary table (built once, read by every range); the other sources are read by each
+    query (at 1M customers / 56M events, copying every event of the window to temporary
+    tables first was ~10 s slower and 4 GB larger).
     """
-    tag = uuid.uuid4().hex[:12]
-    names = {"customer": f"recsys_mat_{tag}_customer"}
-    names.update({name: f"recsys_mat_{tag}_{name}" for name in STAT_TABLES})
+    src = sources(backend)
+    if customer_ids is not None:
+        yield _range_vectors(con, _feature_sql(src, as_of, customer_ids), as_of, layout)
+        return
     started = time.perf_counter()
-    src, offer_log = sources(backend), None
-    if customer_ids is None:
-        # The customer features and three statistics tables read the offer log: built once
-        # (the events of [as_of - horizon, as_of), what a point at as_of sees).
-        src, offer_log = with_cached_offer_log(src, as_of, as_of)
-    log.debug("offer log built in %.1f s", time.perf_counter() - started)
+    # The customer features and three statistics tables read the offer log: built once (the
+    # events of [as_of - horizon, as_of), what a point at as_of sees). 1/8 of it per range
+    # cost 1.5x the CPU of building it whole; reading a range of it costs next to nothing.
+    src, offer_log = with_cached_offer_log(src, as_of, as_of)
+    try:
+        ranges = id_ranges(con, range_customers)
+        log.debug("offer log built in %.1f s", time.perf_counter() - started)
+        # The SQL is compiled once per shape, with placeholder bounds (Ibis takes ~0.8 s of
+        # Python per compilation; per range that competed with the writer thread).
+        compiled: dict[tuple[bool, bool], dict[str, str]] = {}
+        for i, (lo, hi) in enumerate(ranges):
+            started = time.perf_counter()
+            shape = (len(ranges) > 1, hi is not None)
+            if shape not in compiled:
+                bounded = _in_range(src, _LO if shape[0] else None, _HI if shape[1] else None)
+                compiled[shape] = _feature_sql(bounded, as_of, None)
+            sql = {
+                role: query.replace(_sql_text(_LO), _sql_text(lo or "")).replace(
+                    _sql_text(_HI), _sql_text(hi or "")
+                )
+                for role, query in compiled[shape].items()
+            }
+            vectors = _range_vectors(con, sql, as_of, layout)
+            log.debug("range %d/%d of customer ids computed in %.1f s", i + 1, len(ranges),
+                      time.perf_counter() - started)  # fmt: skip
+            yield vectors
+    finally:
+        offer_log.release()
+
+
+_LO = "__recsys_range_lo__"  # placeholder bounds of an id range in compiled SQL
+_HI = "__recsys_range_hi__"
+
+
+def _feature_sql(src: Sources, as_of: datetime, customer_ids: list[str] | None) -> dict[str, str]:
+    """The SELECTs of the customer features (``customer``) and of each statistics table's
+    JSON (by name)."""
     tables = customer_tables(src, as_of, customer_ids)
+    sql = {"customer": ibis.to_sql(tables.customer, dialect="duckdb")}
+    for name, table in tables.stats.items():
+        sql[name] = _stats_json_sql(name, ibis.to_sql(table, dialect="duckdb"))
+    return sql
+
+
+def _range_vectors(
+    con: duckdb.DuckDBPyConnection, sql: Mapping[str, str], as_of: datetime, layout: Layout
+) -> pa.Table:
+    """The vectors of one set of customers, sorted by id: the feature queries ``sql`` (as
+    :func:`_feature_sql`) into temporary tables, joined into JSON."""
+    tag = uuid.uuid4().hex[:12]
+    names = {role: f"recsys_mat_{tag}_{role}" for role in sql}
     try:
         started = time.perf_counter()
-        con.execute(
-            f'CREATE TEMP TABLE "{names["customer"]}" AS '
-            f"{ibis.to_sql(tables.customer, dialect='duckdb')}"
-        )
-        log.debug("customer features computed in %.1f s", time.perf_counter() - started)
-        for name, table in tables.stats.items():
-            con.execute(
-                f'CREATE TEMP TABLE "{names[name]}" AS '
-                f"{_stats_json_sql(name, ibis.to_sql(table, dialect='duckdb'))}"
-            )
+        for role, query in sql.items():
+            con.execute(f'CREATE TEMP TABLE "{names[role]}" AS {query}')
+            if role == "customer":
+                log.debug("customer features computed in %.1f s", time.perf_counter() - started)
         log.debug("features and statistics computed in %.1f s", time.perf_counter() - started)
-        if offer_log is not None:
-            offer_log.release()
-            offer_log = None
-        yield from _stream(con, _vector_sql(names, as_of, layout))
+        started = time.perf_counter()
+        vectors = con.sql(_vector_sql(names, as_of, layout)).to_arrow_table()
+        log.debug("vectors assembled in %.1f s", time.perf_counter() - started)
+        return vectors
     finally:
-        if offer_log is not None:
-            offer_log.release()
         for name in names.values():
             con.execute(f'DROP TABLE IF EXISTS temp."{name}"')
 
 
 def _collected_vectors(
     backend: Any, as_of: datetime, customer_ids: list[str] | None, layout: Layout
-) -> Iterator[list[Pair]]:
+) -> Iterator[pa.Table]:
     """Vectors of any engine: features and statistics collected as Arrow, joined locally."""
     tables = customer_tables(sources(backend), as_of, customer_ids, cache=True)
     local = duckdb.connect()
@@ -775,7 +963,9 @@ def _collected_vectors(
         local.unregister("customer_arrow")
         for table in tables.cached:
             table.release()
-        yield from _stream(local, _vector_sql(names, as_of, layout))
+        reader = local.sql(_vector_sql(names, as_of, layout)).to_arrow_reader(BATCH)
+        for batch in reader:
+            yield pa.Table.from_batches([batch])
     finally:
         local.close()
 
@@ -823,40 +1013,37 @@ def _vector_sql(names: Mapping[str, str], as_of: datetime, layout: Layout) -> st
     )
 
 
-def _stream(con: duckdb.DuckDBPyConnection, sql: str) -> Iterator[list[Pair]]:
-    reader = con.sql(sql).to_arrow_reader(BATCH)
-    for batch in reader:
-        ids = batch.column(0).to_pylist()
-        vectors = batch.column(1).cast(pa.binary()).to_pylist()
-        yield list(zip(ids, vectors, strict=True))
-
-
 def materialize(
     con: Any,
     store: OnlineStore,
     as_of: datetime | None = None,
     customer_ids: Iterable[str] | None = None,
     engine: str = "duckdb",
+    *,
+    range_customers: int = RANGE_CUSTOMERS,
 ) -> int:
     """Write the vectors of all customers (or of ``customer_ids``) as of ``as_of`` (now).
 
     A full run replaces the store's contents in one go; a run for some customers updates
-    only theirs. Returns the number of vectors written.
+    only theirs. Returns the number of vectors written. On DuckDB a full run computes the
+    vectors in customer-id ranges of about ``range_customers`` customers (the same vectors
+    as one pass), and the store writes each range while the engine computes the next.
     """
     as_of = naive_utc(as_of) if as_of is not None else datetime.now(UTC).replace(tzinfo=None)
     started = time.perf_counter()
     ids = list(customer_ids) if customer_ids is not None else None
-    layout, batches = vector_batches(con, as_of, ids, engine)
+    layout, parts = vector_parts(con, as_of, ids, engine, range_customers=range_customers)
     if ids is not None and store.layout() not in (None, layout):
         log.info("the vector layout changed: materialising every customer")
-        return materialize(con, store, as_of=as_of, engine=engine)
-    # The engine computes the next batches of vectors while the store writes the previous ones
-    # (and, before the first, drops the old table: seconds at 1M vectors). Whole batches cross
-    # the threads: a hand-over per vector cost more than the writes.
-    ahead = in_background(batches)
+        return materialize(con, store, as_of=as_of, engine=engine, range_customers=range_customers)
+    # The engine computes the next range of vectors while the store writes the previous one
+    # (and, before the first, prepares: dropping an old table takes seconds at 1M vectors).
+    # Whole ranges cross the threads (a hand-over per vector cost more than the writes); the
+    # store's thread turns them into Python values while the engine works.
+    ahead = in_background(parts, depth=1)
     try:
         written = store.write(
-            _flatten(ahead),
+            _flatten(_batches(ahead)),
             FEATURE_SPEC_VERSION,
             replace=ids is None,
             as_of=as_of,

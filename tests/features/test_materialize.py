@@ -1,13 +1,19 @@
-"""Materialisation on DuckDB: the temporary tables it works with are gone afterwards."""
+"""Materialisation on DuckDB: temporary tables gone afterwards, customer-id ranges equal one
+pass, and a SQLite store replaced in full only once the new vectors are complete."""
 
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta as td
 
+import orjson
 import pytest
 
-from features.online import SQLiteOnlineStore, materialize
+from features import online
+from features.matrix import STATS_KEY
+from features.online import SQLiteOnlineStore, cold_start, id_ranges, materialize
 from features.pipeline import customer_features
+from features.spec import FEATURE_SPEC_VERSION
 from recsys.errors import SpecMismatchError
 from tests.features.conftest import T0
 
@@ -50,4 +56,132 @@ def test_a_refused_partial_run_leaves_no_temporary_tables(story, tmp_path):
     with pytest.raises(SpecMismatchError, match="feature spec another-spec"):
         materialize(story.con, store, as_of=T0, customer_ids=["c1"])
     assert _temporary_tables(story.con) == []
+    store.close()
+
+
+# --- id ranges and the staged replacement of a SQLite store ----------------------------------
+
+
+def _rows(store: SQLiteOnlineStore) -> list[tuple[str, dict]]:
+    """Every stored vector (customer id order), statistics keys sorted."""
+    rows = store._con.execute("SELECT customer_id, vector FROM vectors ORDER BY rowid").fetchall()
+    out = []
+    for cid, raw in rows:
+        vector = orjson.loads(raw)
+        vector[STATS_KEY] = {
+            name: sorted(zip(table["keys"], table["values"], strict=True))
+            for name, table in vector[STATS_KEY].items()
+        }
+        out.append((cid, vector))
+    return out
+
+
+def _tables(store: SQLiteOnlineStore) -> set[str]:
+    rows = store._con.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    return {name for (name,) in rows}
+
+
+def _richer_story(story):
+    """The story with more customers, so that ranges hold several of them."""
+    for i in range(4, 12):
+        story.customer(f"c{i}", created_at=T0 - td(days=30 * i), region="east")
+        story.purchase(f"c{i}", T0 - td(days=i), 10.0 * i, category="toys" if i % 2 else "bags")
+        story.decision(f"d{i}", T0 - td(days=i, hours=1), "web_home", "o2", f"c{i}")
+        if i % 3 == 0:
+            story.outcome(f"d{i}", "o2", T0 - td(days=i), "accept", 1.0)
+    return story
+
+
+def test_id_ranges_cover_every_customer_once(story):
+    _richer_story(story)
+    assert id_ranges(story.con, range_customers=100) == [(None, None)]
+    ranges = id_ranges(story.con, range_customers=3)
+    assert len(ranges) == 4 and ranges[0][0] is None and ranges[-1][1] is None
+    assert all(hi == lo for (_, hi), (lo, _) in itertools.pairwise(ranges))
+    ids = [cid for (cid,) in story.con.execute("SELECT customer_id FROM customers").fetchall()]
+    for cid in ids:
+        inside = [
+            (lo, hi) for lo, hi in ranges if (lo is None or cid >= lo) and (hi is None or cid < hi)
+        ]
+        assert len(inside) == 1, cid
+
+
+@pytest.mark.parametrize("range_customers", [1, 2, 5])
+def test_ranges_store_what_one_pass_stores(story, tmp_path, range_customers):
+    _richer_story(story)
+    one = SQLiteOnlineStore(tmp_path / "one.sqlite")
+    ranged = SQLiteOnlineStore(tmp_path / "ranged.sqlite")
+    assert materialize(story.con, one, as_of=T0, range_customers=10**6) == 11
+    assert materialize(story.con, ranged, as_of=T0, range_customers=range_customers) == 11
+    assert _rows(ranged) == _rows(one)
+    assert [cid for cid, _ in _rows(ranged)] == sorted(f"c{i}" for i in range(1, 12))
+    assert ranged.layout() == one.layout() and ranged.last_as_of() == one.last_as_of() == T0
+    assert _temporary_tables(story.con) == []
+    one.close()
+    ranged.close()
+
+
+def test_a_failure_in_a_later_range_keeps_the_old_store(story, tmp_path, monkeypatch):
+    _richer_story(story)
+    store = SQLiteOnlineStore(tmp_path / "online.sqlite")
+    materialize(story.con, store, as_of=T0 - td(days=1), range_customers=4)
+    before = _rows(store)
+    calls = []
+    real = online._range_vectors
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("range 3 failed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(online, "STAGING_COMMIT_ROWS", 2)  # ranges 1-2 committed to staging
+    monkeypatch.setattr(online, "_range_vectors", failing)
+    with pytest.raises(RuntimeError, match="range 3 failed"):
+        materialize(story.con, store, as_of=T0, range_customers=2)
+    assert len(calls) == 3
+    assert _rows(store) == before
+    assert store.last_as_of() == T0 - td(days=1)
+    assert online.STAGING_TABLE not in _tables(store)
+    assert _temporary_tables(story.con) == []
+    reader = SQLiteOnlineStore(store.path)
+    assert _rows(reader) == before
+    reader.close()
+    store.close()
+
+
+def test_readers_see_the_old_vectors_until_the_replacement_is_swapped_in(tmp_path, monkeypatch):
+    monkeypatch.setattr(online, "STAGING_COMMIT_ROWS", 1)  # commit after every vector
+    store = SQLiteOnlineStore(tmp_path / "online.sqlite")
+    store.write([("a", cold_start()), ("b", cold_start())], FEATURE_SPEC_VERSION, replace=True)
+    reader = SQLiteOnlineStore(store.path)
+    seen = []
+
+    def vectors():
+        for i in range(5):
+            yield f"n{i}", {**cold_start(), "purch_count_30d": float(i)}
+            seen.append((reader.count(), tuple(sorted(reader._raw(["a", "b", "n0", "n1"])))))
+
+    assert store.write(vectors(), FEATURE_SPEC_VERSION, replace=True, as_of=T0) == 5
+    assert set(seen) == {(2, ("a", "b"))}  # staged rows are committed, yet not visible
+    assert reader.count() == 5 and reader.last_as_of() == T0
+    assert reader.get_many(["n3"])["n3"]["purch_count_30d"] == 3.0
+    assert reader.get_many(["a"])["a"] == cold_start()  # gone: cold start
+    reader.close()
+    store.close()
+
+
+def test_a_replacement_drops_the_leftovers_of_an_interrupted_one(tmp_path):
+    store = SQLiteOnlineStore(tmp_path / "online.sqlite")
+    store.write([("a", cold_start())], FEATURE_SPEC_VERSION, replace=True)
+    # as if a replacement had been killed half-way: its staging table is still there
+    store._con.execute(online.VECTORS_TABLE.replace("vectors", online.STAGING_TABLE, 1))
+    store._con.execute(f"INSERT INTO {online.STAGING_TABLE} VALUES ('junk', 'x', x'00')")
+    store._con.commit()
+    assert store.count() == 1 and store.get_many(["junk"])["junk"] == cold_start()
+    store.write([("b", cold_start())], FEATURE_SPEC_VERSION, replace=True)
+    assert _tables(store) == {"vectors", online.PREVIOUS_TABLE, "meta"}
+    kept = store._con.execute(f"SELECT customer_id FROM {online.PREVIOUS_TABLE}").fetchall()
+    assert kept == [("a",)]  # the replaced generation, dropped when the next one starts
+    assert [cid for (cid,) in store._con.execute("SELECT customer_id FROM vectors")] == ["b"]
     store.close()
