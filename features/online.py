@@ -14,7 +14,6 @@ last run (new events, or events leaving a window).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import logging
@@ -60,9 +59,6 @@ BATCH = 20_000
 # each leave a core idle for a moment; 1 GB less memory than one pass).
 RANGE_CUSTOMERS = 250_000
 PAGE_SIZE = 16_384  # bytes, for new SQLite stores
-STAGING_TABLE = "vectors_staging"  # a full replacement being written
-PREVIOUS_TABLE = "vectors_previous"  # the generation a full replacement replaced
-STAGING_COMMIT_ROWS = 100_000  # a replacement commits its staging table every so many rows
 VECTORS_TABLE = (
     "CREATE TABLE vectors (customer_id TEXT PRIMARY KEY, spec_version TEXT NOT NULL, "
     "vector BLOB NOT NULL)"
@@ -459,22 +455,27 @@ class SQLiteOnlineStore:
     ) -> int:
         """Store ``(customer_id, vector)`` pairs; ``replace`` drops every other entry.
 
-        ``vectors`` are dicts, or compact JSON bytes described by ``layout``. Readers see the
-        old or the new entries, never a mix: an update is one transaction; a replacement is
-        written to a staging table (committed as it grows, so the write-ahead log stays
-        small) that one short transaction swaps in with the metadata. A replacement that
-        fails drops its staging table; the previous table is kept until the next replacement
-        starts (dropping it takes seconds at 1M vectors).
+        ``vectors`` are dicts, or compact JSON bytes described by ``layout``. One transaction:
+        readers see the old or the new entries, never a mix.
         """
-        if replace:
-            return self._replace(vectors, spec_version, as_of, layout)
-        _check_append(self, spec_version, layout)
         count = 0
-        with self._transaction():
+        if not replace:
+            _check_append(self, spec_version, layout)
+        with self._con:
+            if not self._con.in_transaction:
+                self._con.execute("BEGIN")
+            if replace:
+                # A new table is much cheaper than deleting every row (and upgrades an old
+                # WITHOUT ROWID table, slow to fill with ~2 KB rows).
+                self._con.execute("DROP TABLE IF EXISTS vectors")
+                self._con.execute(VECTORS_TABLE)
             if layout is not None:
                 self._set_meta("layout", layout.to_json())
             for chunk in _chunks(vectors, BATCH):
-                self._insert("vectors", chunk, spec_version)
+                self._con.executemany(
+                    "INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
+                    [(cid, spec_version, _encode(v)) for cid, v in chunk],
+                )
                 count += len(chunk)
             self._set_meta("spec_version", spec_version)
             if as_of is not None:
@@ -482,59 +483,6 @@ class SQLiteOnlineStore:
         if layout is not None:
             self._layout = layout
         return count
-
-    def _insert(
-        self, table: str, chunk: list[tuple[str, bytes | Vector]], spec_version: str
-    ) -> None:
-        self._con.executemany(
-            f"INSERT OR REPLACE INTO {table} VALUES (?, ?, ?)",
-            [(cid, spec_version, _encode(v)) for cid, v in chunk],
-        )
-
-    def _replace(
-        self,
-        vectors: Iterable[tuple[str, bytes | Vector]],
-        spec_version: str,
-        as_of: datetime | None,
-        layout: Layout | None,
-    ) -> int:
-        with self._transaction():  # the previous generation and a failed run's leftovers
-            self._con.execute(f"DROP TABLE IF EXISTS {PREVIOUS_TABLE}")
-            self._con.execute(f"DROP TABLE IF EXISTS {STAGING_TABLE}")
-            # A new table is much cheaper than deleting every row (and upgrades an old
-            # WITHOUT ROWID table, slow to fill with ~2 KB rows).
-            self._con.execute(VECTORS_TABLE.replace("vectors", STAGING_TABLE, 1))
-        count = 0
-        try:
-            for chunk in _chunks(vectors, STAGING_COMMIT_ROWS):
-                with self._transaction():
-                    self._insert(STAGING_TABLE, chunk, spec_version)
-                count += len(chunk)
-            with self._transaction():  # the swap: readers see the old or the new table
-                self._con.execute(f"ALTER TABLE vectors RENAME TO {PREVIOUS_TABLE}")
-                self._con.execute(f"ALTER TABLE {STAGING_TABLE} RENAME TO vectors")
-                if layout is not None:
-                    self._set_meta("layout", layout.to_json())
-                self._set_meta("spec_version", spec_version)
-                if as_of is not None:
-                    self._set_meta("as_of", as_of.isoformat())
-        except BaseException:
-            if self._con.in_transaction:
-                self._con.rollback()
-            with self._transaction():
-                self._con.execute(f"DROP TABLE IF EXISTS {STAGING_TABLE}")
-            raise
-        if layout is not None:
-            self._layout = layout
-        return count
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """One explicit transaction (sqlite3 does not open one for DDL by itself)."""
-        with self._con:
-            if not self._con.in_transaction:
-                self._con.execute("BEGIN")
-            yield
 
     def get_many(self, customer_ids: Iterable[str]) -> dict[str, Vector]:
         ids = list(dict.fromkeys(customer_ids))

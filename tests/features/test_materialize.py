@@ -1,5 +1,5 @@
 """Materialisation on DuckDB: temporary tables gone afterwards, customer-id ranges equal one
-pass, and a SQLite store replaced in full only once the new vectors are complete."""
+pass, and a full run replaces a SQLite store only once all its vectors are written."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def test_a_refused_partial_run_leaves_no_temporary_tables(story, tmp_path):
     store.close()
 
 
-# --- id ranges and the staged replacement of a SQLite store ----------------------------------
+# --- customer-id ranges --------------------------------------------------------------------
 
 
 def _rows(store: SQLiteOnlineStore) -> list[tuple[str, dict]]:
@@ -135,14 +135,13 @@ def test_a_failure_in_a_later_range_keeps_the_old_store(story, tmp_path, monkeyp
             raise RuntimeError("range 3 failed")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(online, "STAGING_COMMIT_ROWS", 2)  # ranges 1-2 committed to staging
     monkeypatch.setattr(online, "_range_vectors", failing)
     with pytest.raises(RuntimeError, match="range 3 failed"):
         materialize(story.con, store, as_of=T0, range_customers=2)
     assert len(calls) == 3
     assert _rows(store) == before
     assert store.last_as_of() == T0 - td(days=1)
-    assert online.STAGING_TABLE not in _tables(store)
+    assert _tables(store) == {"vectors", "meta"}
     assert _temporary_tables(story.con) == []
     reader = SQLiteOnlineStore(store.path)
     assert _rows(reader) == before
@@ -150,8 +149,7 @@ def test_a_failure_in_a_later_range_keeps_the_old_store(story, tmp_path, monkeyp
     store.close()
 
 
-def test_readers_see_the_old_vectors_until_the_replacement_is_swapped_in(tmp_path, monkeypatch):
-    monkeypatch.setattr(online, "STAGING_COMMIT_ROWS", 1)  # commit after every vector
+def test_readers_see_the_old_vectors_until_the_replacement_commits(tmp_path):
     store = SQLiteOnlineStore(tmp_path / "online.sqlite")
     store.write([("a", cold_start()), ("b", cold_start())], FEATURE_SPEC_VERSION, replace=True)
     reader = SQLiteOnlineStore(store.path)
@@ -163,25 +161,9 @@ def test_readers_see_the_old_vectors_until_the_replacement_is_swapped_in(tmp_pat
             seen.append((reader.count(), tuple(sorted(reader._raw(["a", "b", "n0", "n1"])))))
 
     assert store.write(vectors(), FEATURE_SPEC_VERSION, replace=True, as_of=T0) == 5
-    assert set(seen) == {(2, ("a", "b"))}  # staged rows are committed, yet not visible
+    assert set(seen) == {(2, ("a", "b"))}
     assert reader.count() == 5 and reader.last_as_of() == T0
     assert reader.get_many(["n3"])["n3"]["purch_count_30d"] == 3.0
     assert reader.get_many(["a"])["a"] == cold_start()  # gone: cold start
     reader.close()
-    store.close()
-
-
-def test_a_replacement_drops_the_leftovers_of_an_interrupted_one(tmp_path):
-    store = SQLiteOnlineStore(tmp_path / "online.sqlite")
-    store.write([("a", cold_start())], FEATURE_SPEC_VERSION, replace=True)
-    # as if a replacement had been killed half-way: its staging table is still there
-    store._con.execute(online.VECTORS_TABLE.replace("vectors", online.STAGING_TABLE, 1))
-    store._con.execute(f"INSERT INTO {online.STAGING_TABLE} VALUES ('junk', 'x', x'00')")
-    store._con.commit()
-    assert store.count() == 1 and store.get_many(["junk"])["junk"] == cold_start()
-    store.write([("b", cold_start())], FEATURE_SPEC_VERSION, replace=True)
-    assert _tables(store) == {"vectors", online.PREVIOUS_TABLE, "meta"}
-    kept = store._con.execute(f"SELECT customer_id FROM {online.PREVIOUS_TABLE}").fetchall()
-    assert kept == [("a",)]  # the replaced generation, dropped when the next one starts
-    assert [cid for (cid,) in store._con.execute("SELECT customer_id FROM vectors")] == ["b"]
     store.close()
