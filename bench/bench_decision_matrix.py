@@ -5,9 +5,12 @@ Builds a small real setup once (cached in ``--workdir``): demo data (``recsys.da
 :class:`~features.matrix.Encoding`, and the customers' vectors materialised into a SQLite
 online store. Then times ``--calls`` calls of ``decision_matrix``, cycling over customers
 (real vectors, some cold starts) and the demo catalogue's touchpoints (every candidate offer
-of the touchpoint as :class:`~features.matrix.OfferArrays`, as ``serving`` passes them).
+of the touchpoint), twice in one run: as :class:`~features.matrix.OfferArrays` (offer columns
+and statistics worked out per call) and as :class:`~features.matrix.PreparedOffers` (worked
+out once per touchpoint, as ``serving`` passes them).
 
-Prints one JSON line: microseconds per call (best of ``--repeats``), offers per call, columns.
+Prints one JSON line: microseconds per call of each (best of ``--repeats``, the two
+alternating), their ratio, offers per call, columns.
 Usage: python bench/bench_decision_matrix.py [--calls 5000] [--repeats 5] [--workdir DIR]
 """
 
@@ -22,7 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from features.matrix import Encoding, decision_matrix, fit_encoding, offer_arrays
+from features.matrix import (
+    Encoding,
+    PreparedOffers,
+    decision_matrix,
+    fit_encoding,
+    offer_arrays,
+)
 from features.online import SQLiteOnlineStore, materialize
 from features.training_set import build_training_set
 from recsys import warehouse
@@ -89,30 +98,35 @@ def main() -> None:
             ]
         )
         tp_dict = {"touchpoint_id": tp.touchpoint_id, "channel": tp.channel, "stage": tp.stage}
-        touchpoints.append((arrays, tp_dict))
+        touchpoints.append((arrays, PreparedOffers(arrays, encoding), tp_dict))
     contexts = [{}, {"basket": 2, "device": "mobile"}, {"device": "web"}]
     calls = [
         (vectors[i % len(vectors)], *touchpoints[i % len(touchpoints)], contexts[i % 3])
         for i in range(args.calls)
     ]
 
-    def run() -> int:
+    def run(prepared: bool) -> int:
         rows = 0
-        for vector, arrays, tp_dict, ctx in calls:
-            rows += len(decision_matrix(vector, arrays, tp_dict, ctx, now, encoding=encoding))
+        for vector, arrays, ready, tp_dict, ctx in calls:
+            offers = ready if prepared else arrays
+            rows += len(decision_matrix(vector, offers, tp_dict, ctx, now, encoding=encoding))
         return rows
 
-    rows = run()  # warm-up (cached plans, imports)
-    best = np.inf
+    rows = run(False)  # warm-up (cached plans, imports)
+    run(True)
+    best = {False: np.inf, True: np.inf}
     for _ in range(args.repeats):
-        started = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - started)
+        for prepared in (False, True):
+            started = time.perf_counter()
+            run(prepared)
+            best[prepared] = min(best[prepared], time.perf_counter() - started)
     print(
         json.dumps(
             {
                 "calls": args.calls,
-                "us_per_call": round(best / args.calls * 1e6, 1),
+                "us_per_call_offer_arrays": round(best[False] / args.calls * 1e6, 1),
+                "us_per_call_prepared_offers": round(best[True] / args.calls * 1e6, 1),
+                "speed-up": round(best[False] / best[True], 2),
                 "mean_offers_per_call": round(rows / args.calls, 1),
                 "columns": len(encoding.columns),
                 "touchpoints": len(touchpoints),
