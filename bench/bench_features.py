@@ -13,7 +13,7 @@ summary table and, over several sizes, each step's cost per event relative to th
 Usage: python bench/bench_features.py [--sizes 10000,100000] [--days 90] [--workdir DIR]
        [--spark-customers 5000] [--no-spark] [--training-decisions N | --training-share S]
        [--steps build,training,training_file,materialize] [--memory-limit 6GB] [--threads N]
-       [--chunk-rows N] [--fast-load]
+       [--chunk-rows N] [--range-customers N] [--fast-load]
 The issue's scale (1M customers, 56M events, 5M training rows):
   --sizes 1000000 --days 70 --fast-load --training-decisions 5000000 --no-spark
       --steps build,training_file,materialize
@@ -106,7 +106,8 @@ elif kind in ("training", "training_file"):
         rows = write_training_set(con, arg["training_file"], start=start, **slicing)
 elif kind == "materialize":
     store = SQLiteOnlineStore(arg["store"])
-    rows = materialize(con, store, as_of=as_of)
+    ranges = {"range_customers": arg["range_customers"]} if arg.get("range_customers") else {}
+    rows = materialize(con, store, as_of=as_of, **ranges)
     store.close()
 elif kind == "spark":
     from features.engines import ibis_backend, spark_session
@@ -206,6 +207,12 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=0, help="DuckDB threads (0 = cores)")
     parser.add_argument(
+        "--range-customers",
+        type=int,
+        default=0,
+        help="materialise: customers per id range (0 = features.online.RANGE_CUSTOMERS)",
+    )
+    parser.add_argument(
         "--fast-load",
         action="store_true",
         help="copy generated event tables straight into the warehouse (no validation)",
@@ -226,6 +233,7 @@ def main() -> None:
                 "training_file": str(workdir / f"training_{size}.parquet"),
                 "memory_limit": args.memory_limit,
                 "threads": args.threads,
+                "range_customers": args.range_customers,
                 "temp_directory": str(workdir / "duckdb_tmp"),
             }
             result = run_step(step, arg)
