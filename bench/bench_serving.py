@@ -22,6 +22,7 @@ PATH (``apt-get install wrk``). Prints one table; numbers also go to ``results.j
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -36,6 +37,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,8 +188,27 @@ def connections_per_worker(port: int) -> list[int]:
     return sorted(Counter(re.findall(r"pid=(\d+)", out)).values())
 
 
+def server_cpu(port: int) -> dict[str, float]:
+    """CPU seconds so far of the processes serving ``port``: their event-loop (main) threads
+    and their other threads (decision thread, checkpointer, ...)."""
+    out = subprocess.run(
+        ["ss", "-tlnpH", f"( sport = :{port} )"], capture_output=True, text=True
+    ).stdout
+    loop = other = 0.0
+    for pid in sorted({int(p) for p in re.findall(r"pid=(\d+)", out)}):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for thread in psutil.Process(pid).threads():
+                seconds = thread.user_time + thread.system_time
+                if thread.id == pid:
+                    loop += seconds
+                else:
+                    other += seconds
+    return {"loop": loop, "other": other}
+
+
 def wrk(script: Path, url: str, duration: int, connections: int, threads: int) -> dict:
     port = int(url.split(":")[2].split("/")[0])
+    cpu_before = server_cpu(port)
     spread: list[int] = []
     # Which worker holds each connection, read once the load is under way.
     probe = threading.Timer(
@@ -214,6 +235,7 @@ def wrk(script: Path, url: str, duration: int, connections: int, threads: int) -
         text=True,
     ).stdout
     probe.join()
+    cpu_after = server_cpu(port)
     match = re.search(r"WRKJSON (\{.*\})", out)
     if match is None:
         raise RuntimeError(f"wrk printed no summary:\n{out}")
@@ -230,6 +252,11 @@ def wrk(script: Path, url: str, duration: int, connections: int, threads: int) -
         "non_2xx": stats["non_2xx"],
         "seconds": seconds,
         "connections_per_worker": spread,
+        # server CPU per request, ms: what the two cores pay for one request
+        "cpu_loop_ms": 1000 * (cpu_after["loop"] - cpu_before["loop"]) / max(stats["requests"], 1),
+        "cpu_other_ms": 1000
+        * (cpu_after["other"] - cpu_before["other"])
+        / max(stats["requests"], 1),
     }
 
 
@@ -458,7 +485,7 @@ def print_table(results: dict, ready: dict, args: argparse.Namespace) -> None:
     )
     print(
         f"{'server':<34}{'req/s':>10}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'errors':>9}"
-        "  connections per worker"
+        f"{'CPU ms/req':>12}  connections per worker"
     )
     labels = {
         "recsys": "recsys /v1/decisions (full path)",
@@ -471,8 +498,17 @@ def print_table(results: dict, ready: dict, args: argparse.Namespace) -> None:
         print(
             f"{labels[name]:<34}{r['per_second']:>10.1f}{r['p50_ms']:>10.2f}"
             f"{r['p95_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['errors']:>9}"
-            f"  {r['connections_per_worker']}"
+            f"{r['cpu_loop_ms'] + r['cpu_other_ms']:>12.2f}  {r['connections_per_worker']}"
         )
+    print(
+        "CPU ms/req: server CPU per request, all worker processes; recsys event loops / other "
+        "threads: "
+        + ", ".join(
+            f"{name} {results[name]['cpu_loop_ms']:.2f} / {results[name]['cpu_other_ms']:.2f}"
+            for name in ("recsys", "recsys_paced")
+            if name in results
+        )
+    )
     if "mlflow" in results:
         print(
             f"mlflow rows per request: {results['mlflow']['rows_per_request']}; throughput "
