@@ -23,11 +23,6 @@ class ServingSettings(BaseSettings):
         "the kernel spreads connections over them (Linux); false: one shared socket, "
         "uvicorn's default, where the first worker to wake accepts every waiting connection",
     )
-    coalesce_writes: bool = Field(
-        default=True,
-        description="send each response's headers and body in one write (one TCP segment) "
-        "instead of uvicorn's two (serving.http_protocol)",
-    )
     epsilon: float = Field(
         default=0.05, ge=0.0, le=1.0, description="epsilon-greedy exploration share; 0 = greedy"
     )

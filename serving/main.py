@@ -220,8 +220,6 @@ def run_server(serving: ServingSettings) -> None:
         "log_config": log_config,
         "access_log": False,
     }
-    if serving.coalesce_writes:
-        options["http"] = "serving.http_protocol:CoalescingHttpToolsProtocol"
     if serving.workers > 1 and serving.reuse_port and reuse_port_supported():
         # Each worker on its own SO_REUSEPORT socket: connections spread over the workers.
         run_workers(uvicorn.Config("serving.main:create_app", **options))
