@@ -23,6 +23,11 @@ class ServingSettings(BaseSettings):
         "the kernel spreads connections over them (Linux); false: one shared socket, "
         "uvicorn's default, where the first worker to wake accepts every waiting connection",
     )
+    balance_connections: bool = Field(
+        default=True,
+        description="with REUSE_PORT, a worker holding more than its share of connections "
+        "closes one after its next response, so the client reconnects and lands elsewhere",
+    )
     epsilon: float = Field(
         default=0.05, ge=0.0, le=1.0, description="epsilon-greedy exploration share; 0 = greedy"
     )

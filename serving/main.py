@@ -222,6 +222,9 @@ def run_server(serving: ServingSettings) -> None:
     }
     if serving.workers > 1 and serving.reuse_port and reuse_port_supported():
         # Each worker on its own SO_REUSEPORT socket: connections spread over the workers.
-        run_workers(uvicorn.Config("serving.main:create_app", **options))
+        if serving.balance_connections:
+            options["http"] = "serving.workers:BalancedHttpToolsProtocol"
+        config = uvicorn.Config("serving.main:create_app", **options)
+        run_workers(config, balance=serving.balance_connections)
     else:
         uvicorn.run("serving.main:create_app", **options)

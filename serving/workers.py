@@ -8,6 +8,15 @@ web tier, a load tool) then all land on one worker while the others idle; measur
 ``SO_REUSEPORT`` every worker binds its own listening socket on the same address and the
 kernel spreads new connections over them by a hash of the client address and port.
 
+A hash spreads connections evenly only on average: 32 connections opened together split
+9 / 23 in one benchmark run, and the worker holding 23 queued requests while the other had
+spare time. With ``balance`` each worker also publishes how many connections it holds (one
+small file per worker in a folder the parent creates), and a worker holding more than its
+fair share (and at least 2 more than the least loaded worker) answers the next request on
+one of its connections with ``connection: close``. The client reconnects (keep-alive pools
+and load tools do so on their own) and the kernel hashes the new connection again, until the
+split is even. A closed connection is a normal HTTP/1.1 event, so no request fails.
+
 uvicorn's supervisor (:class:`uvicorn.supervisors.Multiprocess`: health checks, restarts,
 signals) is kept as it is. It hands each new worker the parent's list of sockets; here that
 list holds a :class:`WorkerAddress`, which the worker unpickles into a fresh
@@ -17,11 +26,20 @@ connection waits in the queue of a dead worker.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
+import os
+import shutil
 import socket
 import sys
+import tempfile
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +63,135 @@ def bind_reuse_port(host: str, port: int) -> socket.socket:
     return sock
 
 
+class ConnectionBalance:
+    """This worker's open connections, and its siblings', through one small file per worker.
+
+    Parameters
+    ----------
+    folder : the folder all workers of one service share
+    refresh_s : how often the siblings' files are read again (their counts may be this old)
+    """
+
+    def __init__(self, folder: str | Path, refresh_s: float = 0.1):
+        self.folder = Path(folder)
+        self.refresh_s = refresh_s
+        self.name = str(os.getpid())
+        self.open = 0
+        self.closing = 0  # connections told to close that have not closed yet
+        self._fd = os.open(self.folder / self.name, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+        self._siblings: list[int] = []
+        self._read_at = float("-inf")
+        self._publish()
+        atexit.register(self.close)
+
+    def _publish(self) -> None:
+        os.pwrite(self._fd, b"%12d" % (self.open - self.closing), 0)
+
+    def opened(self) -> None:
+        self.open += 1
+        self._publish()
+
+    def closed(self, was_closing: bool) -> None:
+        self.open -= 1
+        self.closing -= was_closing
+        self._publish()
+
+    def siblings(self) -> list[int]:
+        """The other live workers' connection counts (read at most every ``refresh_s``)."""
+        now = time.monotonic()
+        if now - self._read_at >= self.refresh_s:
+            self._read_at = now
+            counts = []
+            for entry in os.scandir(self.folder):
+                if entry.name == self.name or not entry.name.isdigit():
+                    continue
+                if not _alive(int(entry.name)):  # a worker that died without cleaning up
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+                    continue
+                with contextlib.suppress(OSError, ValueError), open(entry.path, "rb") as f:
+                    counts.append(int(f.read() or 0))
+            self._siblings = counts
+        return self._siblings
+
+    def should_shed(self) -> bool:
+        """Whether this worker holds more than its share: then one connection should close."""
+        siblings = self.siblings()
+        if not siblings:
+            return False
+        mine = self.open - self.closing
+        fair = -(-(mine + sum(siblings)) // (len(siblings) + 1))  # ceil(total / workers)
+        return mine > fair and mine - min(siblings) >= 2
+
+    def shed(self) -> None:
+        self.closing += 1
+        self._publish()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+        with contextlib.suppress(OSError):
+            os.unlink(self.folder / self.name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_balance: ConnectionBalance | None = None  # this worker's, when the service balances
+
+
+class BalancedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol that closes connections of an over-full worker.
+
+    Without a :class:`ConnectionBalance` in this process it is uvicorn's protocol as is.
+    """
+
+    _shedding = False
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        if _balance is not None:
+            _balance.opened()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if _balance is not None:
+            _balance.closed(self._shedding)
+        super().connection_lost(exc)
+
+    def on_headers_complete(self) -> None:
+        previous = self.cycle
+        super().on_headers_complete()
+        cycle = self.cycle
+        if (
+            _balance is not None
+            and cycle is not previous
+            and cycle.keep_alive
+            and not self.pipeline
+            and not self._shedding
+            and _balance.should_shed()
+        ):
+            # Answered with `connection: close`, then closed; the client reconnects.
+            cycle.keep_alive = False
+            self._shedding = True
+            _balance.shed()
+
+
+def worker_socket(host: str, port: int, balance_folder: str | None) -> socket.socket:
+    """In a worker: its own ``SO_REUSEPORT`` socket, and its place in the balance."""
+    global _balance
+    sock = bind_reuse_port(host, port)
+    if balance_folder is not None and _balance is None:
+        _balance = ConnectionBalance(balance_folder)
+    return sock
+
+
 @dataclass(frozen=True)
 class WorkerAddress:
     """Where a worker listens; pickled to a worker, it arrives as that worker's own socket.
@@ -55,17 +202,20 @@ class WorkerAddress:
 
     host: str
     port: int
+    balance_folder: str | None = None
 
-    def __reduce__(self) -> tuple[Any, tuple[str, int]]:
-        return bind_reuse_port, (self.host, self.port)
+    def __reduce__(self) -> tuple[Any, tuple[str, int, str | None]]:
+        return worker_socket, (self.host, self.port, self.balance_folder)
 
 
-def run_workers(config: Any) -> None:
+def run_workers(config: Any, balance: bool = False) -> None:
     """Run ``config.workers`` uvicorn workers, each on its own ``SO_REUSEPORT`` socket.
 
     The parent binds the address first (without listening, so it never receives a
     connection): a port another program holds fails here, once, with a clear message,
-    instead of in every worker the supervisor would restart.
+    instead of in every worker the supervisor would restart. ``balance``: the workers even
+    out their connections (:class:`ConnectionBalance`); ``config.http`` must then be
+    :class:`BalancedHttpToolsProtocol`.
     """
     from uvicorn.config import STARTUP_FAILURE
     from uvicorn.supervisors import Multiprocess
@@ -75,7 +225,11 @@ def run_workers(config: Any) -> None:
     except OSError as exc:
         logger.error("cannot listen on %s:%s: %s", config.host, config.port, exc)
         sys.exit(STARTUP_FAILURE)
+    folder = tempfile.mkdtemp(prefix="recsys-connections-") if balance else None
     try:
-        Multiprocess(config, sockets=[WorkerAddress(config.host, config.port)]).run()
+        address = WorkerAddress(config.host, config.port, folder)
+        Multiprocess(config, sockets=[address]).run()
     finally:
         reserved.close()
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.workers import bind_reuse_port
+from serving.workers import ConnectionBalance, bind_reuse_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,11 +23,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_workers(port: int, workers: int) -> subprocess.Popen:
+def start_workers(port: int, workers: int, balance: bool = False) -> subprocess.Popen:
+    http = "serving.workers:BalancedHttpToolsProtocol" if balance else "auto"
     code = (
         "import uvicorn; from serving.workers import run_workers; "
         f"run_workers(uvicorn.Config('tests.serving.pid_app:app', host='127.0.0.1', "
-        f"port={port}, workers={workers}, lifespan='off', log_level='warning'))"
+        f"port={port}, workers={workers}, lifespan='off', log_level='warning', "
+        f"http='{http}'), balance={balance})"
     )
     return subprocess.Popen(
         [sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
@@ -132,3 +134,108 @@ def test_a_worker_socket_is_bound_with_reuse_port():
     finally:
         first.close()
         second.close()
+
+
+def ask(sock: socket.socket) -> tuple[int, bool]:
+    """The answering worker's pid, and whether it asked to close the connection."""
+    sock.sendall(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data or not data.split(b"\r\n\r\n", 1)[1]:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("the server closed the connection before answering")
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    return int(body), b"connection: close" in head.lower()
+
+
+def test_balanced_workers_even_out_a_pool_of_keep_alive_connections():
+    port = free_port()
+    proc = start_workers(port, 2, balance=True)
+    socks: list[socket.socket] = []
+    try:
+        pids = wait_for_workers(port, 2)
+        # A client pool: 16 keep-alive connections opened together, each reconnecting when
+        # the server closes it, as pools and load tools do.
+        socks = connect_at_once(port, 16)
+        closes = 0
+        for _ in range(40):
+            served = Counter()
+            closed = 0
+            for i, sock in enumerate(socks):
+                pid, close = ask(sock)
+                served[pid] += 1
+                if close:
+                    closed += 1
+                    sock.close()
+                    socks[i] = socket.create_connection(("127.0.0.1", port), timeout=5)
+            closes += closed
+            if not closed and set(served) == pids and max(served.values()) <= 9:
+                break
+            time.sleep(0.15)  # workers read each other's counts every 0.1 s
+        else:
+            raise AssertionError(f"connections never evened out: last round {served}")
+        assert max(served.values()) - min(served.values()) <= 2, served
+    finally:
+        for sock in socks:
+            sock.close()
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_a_worker_holding_more_than_its_share_closes_a_connection():
+    port = free_port()
+    proc = start_workers(port, 2, balance=True)
+    kept: list[socket.socket] = []
+    try:
+        pids = wait_for_workers(port, 2)
+        target = min(pids)
+        time.sleep(0.3)  # the probes' connections are gone from the published counts
+        # Keep every connection that lands on one worker, close the others at once: without
+        # balancing that worker would end up holding all 12.
+        shed_at = None
+        for _ in range(400):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            pid, close = ask(sock)
+            if pid != target:
+                assert not close  # a worker with no connections kept never sheds
+                sock.close()
+                continue
+            if close:
+                shed_at = len(kept) + 1
+                sock.close()
+                break
+            kept.append(sock)
+            if len(kept) == 12:
+                break
+        assert shed_at is not None and shed_at <= 4, (shed_at, len(kept))
+    finally:
+        for sock in kept:
+            sock.close()
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_a_worker_sheds_only_beyond_its_share(tmp_path):
+    balance = ConnectionBalance(tmp_path, refresh_s=0)
+    sibling = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / str(sibling.pid)).write_bytes(b"%12d" % 3)
+        (tmp_path / "999999999").write_bytes(b"%12d" % 50)  # a dead worker's file
+        for _ in range(4):
+            balance.opened()
+        assert not balance.should_shed()  # 4 vs 3: within one of the fair share
+        balance.opened()
+        assert balance.should_shed()  # 5 vs 3
+        balance.shed()  # told to close: counted as gone already
+        assert not balance.should_shed()
+        assert (tmp_path / str(balance.name)).read_bytes() == b"%12d" % 4
+        assert not (tmp_path / "999999999").exists()
+        balance.closed(was_closing=True)
+        assert (balance.open, balance.closing) == (4, 0)
+    finally:
+        sibling.kill()
+        sibling.wait()
+        balance.close()
+    assert not (tmp_path / str(balance.name)).exists()
+    assert not ConnectionBalance(tmp_path).should_shed()  # alone: nobody to shed to
