@@ -7,10 +7,12 @@ Steps (all under ``data/bench_serving/``, rebuilt with ``--fresh``):
    the demo model trained with ``recsys train`` and promoted to champion (MLflow, sqlite);
 2. ``recsys serve`` (uvicorn, ``--workers``) driven by **wrk** (Debian package ``wrk``; a Lua
    script posts decisions for random customers — 5% unknown — over the realtime touchpoints)
-   for ``--duration`` seconds, twice: closed loop with ``--connections`` (the most
-   decisions/s it sustains; latency there is mostly queueing, Little's law), then paced at
-   ``--rate`` decisions/s (exponential gaps per connection, calibrated in a 5 s pass): the
-   latency a site sees at that load. Decisions/s, p50/p95/p99 latency, errors;
+   for ``--duration`` seconds, three times: closed loop with ``--connections`` (the most
+   decisions/s it sustains; latency there is mostly queueing, Little's law), closed loop
+   with ``--few-connections`` (a small keep-alive pool: the latency at the throughput a few
+   clients drive), then paced at ``--rate`` decisions/s (exponential gaps per connection,
+   calibrated in a 5 s pass): the latency a site sees at that load. Each run starts the
+   service afresh on an empty event log. Decisions/s, p50/p95/p99 latency, errors;
 3. ``mlflow models serve`` of the same registered model, driven by wrk with the candidate rows
    of one real decision (the same matrix the service scores), for the same duration;
 4. ``recsys score`` of a batch touchpoint for every customer (customers x candidates per s).
@@ -324,6 +326,9 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=60, help="seconds of load per server")
     parser.add_argument("--workers", type=int, default=2, help="uvicorn workers of the service")
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument(
+        "--few-connections", type=int, default=4, help="the small pool's connections (0 = skip)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument(
         "--rate", type=int, default=1000, help="decisions/s of the paced run (0 = skip it)"
@@ -362,9 +367,6 @@ def main() -> None:
         prepare(work, args.customers, args.offers, args.days, args.seed, env)
     if args.prepare_only:
         return
-    for suffix in ("", "-wal", "-shm"):  # a fresh event log for every run
-        (work / f"events.sqlite{suffix}").unlink(missing_ok=True)
-
     results: dict[str, dict] = {}
     script = work / "decisions.lua"
     script.write_text(
@@ -376,21 +378,35 @@ def main() -> None:
         }
         + WRK_DONE
     )
-    server = start([str(BIN / "recsys"), "serve"], env, work / "serve.log")
-    try:
-        wait_ready("http://127.0.0.1:8701/readyz", server)
-        ready = httpx.get("http://127.0.0.1:8701/readyz").json()
-        wrk(script, "http://127.0.0.1:8701", 5, args.connections, args.threads)  # warm up
-        results["recsys"] = wrk(
-            script, "http://127.0.0.1:8701", args.duration, args.connections, args.threads
-        )
-        if args.rate:
-            results["recsys_paced"] = paced(
-                script, work, args.rate, args.rate_connections, args.duration, args.threads
-            )
-        results["recsys"]["decisions_logged"] = _count_rows(work / "events.sqlite")
-    finally:
-        stop(server)
+    runs = {"recsys": args.connections, "recsys_few": args.few_connections, "recsys_paced": 0}
+    if not args.few_connections:
+        del runs["recsys_few"]
+    if not args.rate:
+        del runs["recsys_paced"]
+    logged = 0
+    for name, connections in runs.items():
+        # Each run starts the service on an empty event log: with 5,000 customers a minute
+        # at ~1,800/s gives every customer ~20 contacts, and a later run would read (and
+        # check caps over) a history the earlier runs left.
+        for suffix in ("", "-wal", "-shm"):
+            (work / f"events.sqlite{suffix}").unlink(missing_ok=True)
+        server = start([str(BIN / "recsys"), "serve"], env, work / "serve.log")
+        try:
+            wait_ready("http://127.0.0.1:8701/readyz", server)
+            ready = httpx.get("http://127.0.0.1:8701/readyz").json()
+            wrk(script, "http://127.0.0.1:8701", 5, args.connections, args.threads)  # warm up
+            if name == "recsys_paced":
+                results[name] = paced(
+                    script, work, args.rate, args.rate_connections, args.duration, args.threads
+                )
+            else:
+                results[name] = wrk(
+                    script, "http://127.0.0.1:8701", args.duration, connections, args.threads
+                )
+        finally:
+            stop(server)
+        logged += _count_rows(work / "events.sqlite")
+    results["recsys"]["decisions_logged"] = logged
 
     if not args.skip_mlflow:
         body, rows = candidate_rows_body(work, env, "web_product")
@@ -480,7 +496,7 @@ def print_table(results: dict, ready: dict, args: argparse.Namespace) -> None:
         f"policy {ready['policy']}"
     )
     print(
-        f"load: wrk, {args.connections} connections, {args.threads} thread(s), "
+        f"load: wrk, {args.threads} thread(s), "
         f"{args.duration} s per server; service with {args.workers} uvicorn worker(s)"
     )
     print(
@@ -488,8 +504,9 @@ def print_table(results: dict, ready: dict, args: argparse.Namespace) -> None:
         f"{'CPU ms/req':>12}  connections per worker"
     )
     labels = {
-        "recsys": "recsys /v1/decisions (full path)",
-        "recsys_paced": f"recsys paced (target {args.rate}/s)",
+        "recsys": f"recsys /v1/decisions, {args.connections} conns",
+        "recsys_few": f"recsys /v1/decisions, {args.few_connections} conns",
+        "recsys_paced": f"recsys paced {args.rate}/s, {args.rate_connections} conns",
         "mlflow": "mlflow models serve (score only)",
     }
     for name, r in results.items():
@@ -505,7 +522,7 @@ def print_table(results: dict, ready: dict, args: argparse.Namespace) -> None:
         "threads: "
         + ", ".join(
             f"{name} {results[name]['cpu_loop_ms']:.2f} / {results[name]['cpu_other_ms']:.2f}"
-            for name in ("recsys", "recsys_paced")
+            for name in ("recsys", "recsys_few", "recsys_paced")
             if name in results
         )
     )
