@@ -36,15 +36,21 @@ def start_workers(port: int, workers: int, balance: bool = False) -> subprocess.
     )
 
 
-def ask_pid(sock: socket.socket) -> int:
+def ask(sock: socket.socket) -> tuple[int, bool]:
+    """The answering worker's pid, and whether it asked to close the connection."""
     sock.sendall(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
     data = b""
     while b"\r\n\r\n" not in data or not data.split(b"\r\n\r\n", 1)[1]:
         chunk = sock.recv(4096)
         if not chunk:
-            raise ConnectionError("the server closed the connection")
+            raise ConnectionError("the server closed the connection before answering")
         data += chunk
-    return int(data.split(b"\r\n\r\n", 1)[1])
+    head, body = data.split(b"\r\n\r\n", 1)
+    return int(body), b"connection: close" in head.lower()
+
+
+def ask_pid(sock: socket.socket) -> int:
+    return ask(sock)[0]
 
 
 def connect_at_once(port: int, n: int) -> list[socket.socket]:
@@ -134,19 +140,6 @@ def test_a_worker_socket_is_bound_with_reuse_port():
     finally:
         first.close()
         second.close()
-
-
-def ask(sock: socket.socket) -> tuple[int, bool]:
-    """The answering worker's pid, and whether it asked to close the connection."""
-    sock.sendall(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
-    data = b""
-    while b"\r\n\r\n" not in data or not data.split(b"\r\n\r\n", 1)[1]:
-        chunk = sock.recv(4096)
-        if not chunk:
-            raise ConnectionError("the server closed the connection before answering")
-        data += chunk
-    head, body = data.split(b"\r\n\r\n", 1)
-    return int(body), b"connection: close" in head.lower()
 
 
 def test_balanced_workers_even_out_a_pool_of_keep_alive_connections():
