@@ -362,7 +362,9 @@ def _point_tables(
                 customer_id=wanted.customer_id,
                 as_of=wanted.as_of.cast("timestamp"),
                 _key=wanted[spec.offer_key],
-            ).distinct()
+            )
+            # A null key matches no event: without those rows an empty ask skips the join.
+            asked = asked.filter(asked._key.notnull()).distinct()
             events = getattr(src, spec.source)
             stats[name] = _stat_table(name, _join_points(asked, events, key=("_key", spec.key)))
 

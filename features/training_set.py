@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from features import definitions as d
 from features.engines import ibis_backend
 from features.pipeline import STAT_TABLES, Sources, naive_utc, point_tables, sources
-from recsys.contract import OUTCOMES
+from recsys.contract import OFFER_TYPES, OUTCOMES
 from recsys.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,11 @@ def training_set_expr(
         as_of=with_offer.ts,
         offer_id=with_offer.offer_id,
         touchpoint_id=with_offer.touchpoint_id,
-        offer_type=with_offer.w_type,
+        # The contract's offer types take their statistics from the customer features
+        # (``_offer_type_stats``): only other types need the per-type statistics table.
+        offer_type=with_offer.w_type.isin(list(OFFER_TYPES)).ifelse(
+            ibis.null("string"), with_offer.w_type
+        ),
         offer_category=with_offer.w_category,
     )
     pt = point_tables(src, points, wanted=wanted)
@@ -169,6 +173,7 @@ def training_set_expr(
         stat: t[stat].cast("float64").fill_null(default)
         for stat, default in d.STAT_DEFAULTS.items()
     }
+    s.update(_offer_type_stats(t, s))
     s["purch_amount_365d"] = t.purch_amount_365d.fill_null(0.0)
     crosses = {x.feature.name: x.build(s, d.IBIS_OPS) for x in d.CROSSES}
     request = {
@@ -198,6 +203,43 @@ def training_set_expr(
         *request,
     ]
     return t.select(*ID_COLUMNS, *LABEL_COLUMNS, *feature_cols, CONTEXT_COLUMN)
+
+
+def _offer_type_stats(t: ibis.expr.types.Table, stats: dict[str, Any]) -> dict[str, Any]:
+    """The per-offer-type statistics of each row's offer type (``d.OFFER_TYPE_STATS``).
+
+    For the contract's offer types they are the customer features ``hist_<type>_*`` of the
+    row's point: the same events (the offer log in the point's window, the type's impressions
+    and positive responses), so the offer log is not aggregated a second time per type. The
+    secs of the last impression come back exactly from the days feature: ``secs / 86400`` is
+    a different double for every whole second up to the horizon, so ``round(days * 86400)``
+    is ``secs`` (``floor`` is not). Other types (the
+    contract forbids them, a warehouse may still hold them) keep ``stats``: the columns of
+    the per-type statistics table, filled with their defaults.
+    """
+    horizon = float(d.HORIZON_DAYS)
+
+    def per_type(stat: str, column: Any) -> Any:
+        return ibis.cases(
+            *((t.offer_type == ot, column(ot)) for ot in OFFER_TYPES), else_=stats[stat]
+        )
+
+    return {
+        "type_impressions_365d": per_type(
+            "type_impressions_365d", lambda ot: t[f"hist_{ot}_impressions_365d"].fill_null(0.0)
+        ),
+        "type_accepts_365d": per_type(
+            "type_accepts_365d", lambda ot: t[f"hist_{ot}_accepts_365d"].fill_null(0.0)
+        ),
+        "type_last_shown_secs_ago": per_type(
+            "type_last_shown_secs_ago",
+            lambda ot: (
+                (t[f"hist_{ot}_days_since_shown"].fill_null(horizon) * d.DAY_SECONDS)
+                .round()
+                .cast("float64")
+            ),
+        ),
+    }
 
 
 def _history_for(src: Sources, start: datetime | None, end: datetime | None) -> Sources:

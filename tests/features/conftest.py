@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import uuid
 from collections.abc import Iterable
 from datetime import datetime
@@ -13,6 +14,7 @@ import pytest
 
 from features.online import RedisOnlineStore, SQLiteOnlineStore
 from recsys import warehouse
+from recsys.contract import OFFER_TYPES
 
 T0 = datetime(2024, 3, 1)
 
@@ -195,6 +197,41 @@ def build_story(w: Warehouse) -> Warehouse:
     w.outcome("d1", "o1", T0 - td(days=9), "accept", 10.0)
     w.interaction("c3", T0 - td(days=20), "call", "complaint")
     w.purchase("c3", T0 - td(days=400), 70.0)
+    return w
+
+
+def mixed_types_warehouse() -> Warehouse:
+    """Customers with a random history over offers of every contract type, one type outside
+    the contract (``legacy_coupon``, which a warehouse may still hold) and an offer missing
+    from ``offers`` (no type); decisions at many times, repeated points, anonymous ones."""
+    rng = random.Random(11)
+    w = Warehouse()
+    for tp in ("web_home", "cart", "app_feed"):
+        w.touchpoint(tp)
+    offers = [(f"o_{ot}_{i}", ot) for ot in (*OFFER_TYPES, "legacy_coupon") for i in (1, 2)]
+    for offer_id, offer_type in offers:
+        w.offer(offer_id, offer_type=offer_type, category=rng.choice(["shoes", "bags"]))
+    offer_ids = [o for o, _ in offers] + ["o_missing"]
+    customers = [f"c{i}" for i in range(8)]
+    for c in customers:
+        w.customer(c, created_at=T0 - td(days=600))
+    for n in range(260):
+        # whole and fractional seconds, up to beyond the horizon
+        ts = T0 - td(days=rng.uniform(-20, 400), seconds=rng.choice([0, 0.25]))
+        customer = rng.choice([*customers, None])
+        slate = rng.sample(offer_ids, rng.randint(1, 3))
+        for pos, offer_id in enumerate(slate, 1):
+            w.decision(
+                f"d{n}",
+                ts,
+                rng.choice(["web_home", "cart", "app_feed"]),
+                offer_id,
+                customer,
+                position=pos,
+            )
+            for outcome in ("click", "accept", "convert", "dismiss"):
+                if rng.random() < 0.3:
+                    w.outcome(f"d{n}", offer_id, ts + td(days=rng.choice([0, 0.5, 3, 30])), outcome)
     return w
 
 

@@ -20,7 +20,7 @@ from features.engines import (
 from features.pipeline import customer_features
 from features.training_set import build_training_set
 from recsys.errors import ConfigError
-from tests.features.conftest import T0, Warehouse, build_story
+from tests.features.conftest import T0, Warehouse, build_story, mixed_types_warehouse
 
 pytestmark = pytest.mark.spark
 
@@ -65,6 +65,21 @@ def test_training_sets_match(both):
     spark = build_training_set(backend, engine="spark")
     assert len(duck) == 5
     pd.testing.assert_frame_equal(spark, duck, check_dtype=False)
+
+
+def test_training_sets_match_with_offer_types_outside_the_contract(spark):
+    # the offer-type crosses read hist_<type>_* for the contract's types and the per-type
+    # statistics otherwise: the same on both engines
+    w = mixed_types_warehouse()
+    backend = ibis_backend(w.con, "spark", spark=spark)
+    try:
+        duck = build_training_set(w.con)
+        spark_frame = build_training_set(backend, engine="spark")
+        assert "legacy_coupon" in set(duck.offer_type)
+        pd.testing.assert_frame_equal(spark_frame, duck, check_dtype=False)
+    finally:
+        release_backend(backend)
+        w.con.close()
 
 
 def test_session_settings(spark):

@@ -6,10 +6,13 @@ import itertools
 import threading
 from datetime import timedelta as td
 
+import ibis
 import pandas as pd
 import pytest
 
-from features.pipeline import customer_features
+from features import definitions as d
+from features.engines import ibis_backend
+from features.pipeline import customer_features, point_tables, sources
 from features.training_set import (
     ID_COLUMNS,
     build_training_set,
@@ -18,8 +21,9 @@ from features.training_set import (
     time_slices,
     write_training_set,
 )
+from recsys.contract import OFFER_TYPES
 from recsys.errors import ConfigError
-from tests.features.conftest import T0
+from tests.features.conftest import T0, mixed_types_warehouse
 
 
 def _by_key(frame: pd.DataFrame) -> pd.DataFrame:
@@ -210,3 +214,54 @@ def test_background_iteration_starts_before_the_first_read():
     assert started.wait(timeout=30)  # computing while the caller prepares
     assert list(ahead) == [1]
     ahead.close()  # closing a finished iterator is harmless
+
+
+def _offer_type_crosses_by_statistics_table(con) -> pd.DataFrame:
+    """The offer-type crosses from the per-type statistics table of every row's offer type
+    (the definition before they were read from the ``hist_<type>_*`` features)."""
+    src = sources(ibis_backend(con, "duckdb"))
+    dec = src.decisions
+    known = dec.filter(dec.customer_id.notnull())
+    points = known.select(customer_id=known.customer_id, as_of=known.ts).distinct()
+    types = src.offers.select(w_offer_id=src.offers.offer_id, offer_type=src.offers.offer_type)
+    rows = dec.left_join(types, dec.offer_id == types.w_offer_id)
+    wanted = rows.filter(rows.customer_id.notnull()).select(
+        "customer_id",
+        "offer_id",
+        "touchpoint_id",
+        "offer_type",
+        as_of=rows.ts,
+        offer_category=ibis.null("string"),
+    )
+    stats = point_tables(src, points, wanted=wanted).stats["offer_type"]
+    t = rows.left_join(
+        stats,
+        [
+            rows.customer_id == stats.customer_id,
+            rows.ts == stats.as_of,
+            rows.offer_type == stats.offer_type,
+        ],
+    )
+    s = {k: t[k].cast("float64").fill_null(d.STAT_DEFAULTS[k]) for k in d.OFFER_TYPE_STATS}
+    names = ("x_offer_type_response_rate", "x_offer_type_days_since_shown")
+    crosses = {x.feature.name: x.build(s, d.IBIS_OPS) for x in d.CROSSES if x.feature.name in names}
+    frame = t.select("decision_id", "offer_id", **crosses).to_pyarrow().to_pandas()
+    return frame.sort_values(["decision_id", "offer_id"]).reset_index(drop=True)
+
+
+def test_offer_type_crosses_equal_the_statistics_table_for_every_type():
+    w = mixed_types_warehouse()
+    try:
+        got = build_training_set(w.con)
+        got = got.sort_values(["decision_id", "offer_id"]).reset_index(drop=True)
+        want = _offer_type_crosses_by_statistics_table(w.con)
+        assert set(got.offer_type.dropna()) == {*OFFER_TYPES, "legacy_coupon"}
+        assert got.offer_type.isna().any() and got.customer_id.isna().any()
+        shown = got[got.x_offer_type_days_since_shown < 365.0]
+        assert set(shown.offer_type) == {*OFFER_TYPES, "legacy_coupon"}  # not only defaults
+        # exactly equal, not approximately
+        pd.testing.assert_frame_equal(got[want.columns], want, check_exact=True)
+        sliced = build_training_set(w.con, chunk_rows=100)  # the cached offer log
+        pd.testing.assert_frame_equal(sliced, build_training_set(w.con), check_exact=True)
+    finally:
+        w.con.close()
