@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 logger = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ class ConnectionBalance:
             for entry in os.scandir(self.folder):
                 if entry.name == self.name or not entry.name.isdigit():
                     continue
-                if not _alive(int(entry.name)):  # a worker that died without cleaning up
+                if not psutil.pid_exists(int(entry.name)):  # a worker that died without cleaning up
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
                     continue
@@ -132,16 +133,6 @@ class ConnectionBalance:
             os.close(self._fd)
         with contextlib.suppress(OSError):
             os.unlink(self.folder / self.name)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 _balance: ConnectionBalance | None = None  # this worker's, when the service balances
