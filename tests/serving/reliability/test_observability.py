@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
-from serving.observability import CustomerHasher, JsonLogFormatter, redact
+from serving.observability import CustomerHasher, JsonLogFormatter, new_request_id, redact
 
 CAROL = "cust-carol-5d2e9a40"
 
@@ -90,6 +91,24 @@ def test_every_response_carries_a_request_id_and_the_log_line_too(stack, keys, c
     assert lines[0]["request_id"] == "trace-abc-123" and lines[0]["key_id"] == "crm-backend"
     assert lines[0]["route"] == "/v1/offers" and lines[0]["status"] == 200
     assert "duration_ms" in lines[0]
+
+
+def test_made_request_ids_are_distinct_here_and_in_a_forked_child():
+    ids = {new_request_id() for _ in range(10_000)}
+    assert len(ids) == 10_000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first id, then exit without running pytest's teardown
+        os.write(write_end, new_request_id().encode())
+        os._exit(0)
+    os.close(write_end)
+    child_id = os.read(read_end, 64).decode()
+    os.waitpid(pid, 0)
+    os.close(read_end)
+    mine = new_request_id()
+    # A child that kept the parent's prefix and counter would make the parent's next id.
+    assert len(child_id) == 32 and child_id[:16] != mine[:16] and child_id not in ids
 
 
 def test_browser_calls_log_a_keyed_hash_of_the_customer_never_the_id(stack, keys, caplog):
