@@ -66,6 +66,9 @@ class LightGBMScorer:
 #: Largest |compiled - LightGBM| accepted on the check rows (the two agree to ~1e-15).
 COMPILED_TOLERANCE = 1e-9
 CHECK_ROWS = 512
+#: LightGBM's ``kZeroThreshold`` (the float 1e-35): when it predicts, LightGBM reads any
+#: |x| <= this as 0, and it puts a split "at zero" at -this or +this.
+LIGHTGBM_ZERO = float(np.float32(1e-35))
 
 
 class CompiledScorer:
@@ -150,6 +153,11 @@ def check_rows(booster: lgb.Booster, n: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     rows = np.empty((n, len(values)))
     for j, seen in enumerate(values):
+        # A split at zero (threshold -1e-35 or 1e-35) is checked at 0 and on either side, not
+        # at 1e-35 itself: LightGBM reads that as 0 and lleaves does not, so the two differ
+        # there, and only there: on values within 1e-35 of zero, which the features here
+        # (counts, days, amounts, rates) do not take.
+        seen = {0.0 if abs(v) <= LIGHTGBM_ZERO else v for v in seen}
         pool = np.array(sorted(seen) or [0.0])
         rows[:, j] = rng.choice(pool, size=n)
     rows[rng.random(rows.shape) < 0.05] = np.nan

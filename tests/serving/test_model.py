@@ -97,3 +97,38 @@ def test_check_rows_cross_the_model_splits(categorical_booster):
     # categorical codes from the split sets and one past them
     codes = set(np.unique(rows[~np.isnan(rows[:, 1]), 1]).tolist())
     assert len(codes) >= 3
+
+
+@pytest.fixture(scope="module")
+def zero_split_booster() -> lgb.Booster:
+    """A feature split "at zero": LightGBM's threshold there is -1e-35 or 1e-35."""
+    rng = np.random.default_rng(4)
+    n = 4000
+    nps = rng.integers(-3, 4, n).astype(float)  # many exact zeros, as a score delta
+    other = rng.normal(size=n)
+    logit = np.where(nps < 0, -1.5, np.where(nps == 0, 0.0, 1.0)) + 0.3 * other
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+    data = lgb.Dataset(np.column_stack([nps, other]), label=y, feature_name=["nps", "other"])
+    params = {"objective": "binary", "num_leaves": 7, "verbose": -1, "seed": 1}
+    return lgb.train(params, data, num_boost_round=30)
+
+
+def test_a_model_split_at_zero_is_still_served_compiled(tmp_path, zero_split_booster):
+    thresholds = set()
+
+    def walk(node):
+        if "split_feature" in node:
+            thresholds.add(node["threshold"])
+            walk(node["left_child"])
+            walk(node["right_child"])
+
+    for tree in zero_split_booster.dump_model()["tree_info"]:
+        walk(tree["tree_structure"])
+    assert any(0 < abs(t) <= 1e-34 for t in thresholds)  # the case under test is there
+    folder = write_model_dir(tmp_path / "model", zero_split_booster)
+    loaded = load_model_dir(folder, compiled_dir=tmp_path / "compiled")
+    assert isinstance(loaded.scorer, CompiledScorer)
+    rows = np.column_stack([np.arange(-3.0, 4.0).repeat(3), np.tile([-1.0, 0.0, 1.0], 7)])
+    np.testing.assert_allclose(
+        loaded.scorer.score(rows), zero_split_booster.predict(rows), rtol=0, atol=1e-12
+    )
