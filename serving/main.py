@@ -208,6 +208,8 @@ def run_server(serving: ServingSettings) -> None:
     level = observability.log_level.upper()
     for name in ("recsys", "serving", "features"):
         log_config["loggers"][name] = {"handlers": ["app"], "level": level, "propagate": False}
+    # mlflow draws a progress bar while it downloads the model: terminal noise in a log.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if serving.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # /metrics sums over the worker processes (prometheus-client multiprocess mode).
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="recsys-metrics-")
