@@ -454,37 +454,6 @@ def _key_lookup(
     ).reshape(n, len(stats))
 
 
-def _rows_lookup(
-    table: Mapping[str, Any] | None,
-    rows_of: Mapping[str, np.ndarray],
-    n: int,
-    stats: Sequence[str],
-) -> np.ndarray:
-    """:func:`_key_lookup` by the map's keys: shape (n, len(stats)).
-
-    ``rows_of`` maps each offer key (text) to the rows that carry it. A customer's map holds
-    a few keys, the candidates many: a step per map key instead of one per candidate. The
-    first row of a repeated map key wins, as in :func:`_key_lookup`.
-    """
-    width = len(stats)
-    out = np.empty((n, width), dtype=np.float64)
-    out[:] = [d.STAT_DEFAULTS[s] for s in stats]
-    if not table or not n:
-        return out
-    keys = table.get("keys")
-    if not keys:
-        return out
-    values = np.asarray(table["values"], dtype=np.float64).reshape(len(keys), -1)
-    filled: set[str] = set()
-    for i, key in enumerate(keys):
-        text = str(key)
-        rows = rows_of.get(text)
-        if rows is not None and text not in filled:
-            filled.add(text)
-            out[rows] = values[i, :width]
-    return out
-
-
 class PreparedOffers:
     """A fixed list of candidate offers with what every decision matrix needs of it worked
     out once for one encoding (serving: once per touchpoint and model).
@@ -628,34 +597,82 @@ def decision_matrix(
         return X
 
     tables = vector.get(STATS_KEY) or {}
+    touchpoint_id = touchpoint.get("touchpoint_id")
+    if prepared is not None and isinstance(touchpoint_id, str):
+        stats = _prepared_stats(tables, prepared, touchpoint_id)
+    else:
+        stats = _looked_up_stats(tables, arrays, touchpoint_id)
+    if elapsed:
+        for s in ("offer_last_shown_secs_ago", "type_last_shown_secs_ago"):
+            shown = stats[s]  # a fresh array: aged in place
+            np.add(shown, elapsed * d.DAY_SECONDS, out=shown, where=shown < d.STAT_DEFAULTS[s])
+    spend = vector.get("purch_amount_365d", _COLD_SPEND)
+    stats["purch_amount_365d"] = np.float64(spend or 0.0)
+    X[:, plan.cross_index] = np.column_stack(
+        [_CROSSES[name].build(stats, d.NUMPY_OPS) for name in plan.cross_names]
+    )
+    return X
+
+
+def _looked_up_stats(
+    tables: Mapping[str, Any], arrays: OfferArrays, touchpoint_id: Any
+) -> dict[str, np.ndarray]:
+    """Every statistic of the customer's key maps for each offer, shape (n,) float64 each."""
+    n = len(arrays)
     offer_side = {
         "offer_category": arrays.category,
         "offer_id": arrays.offer_id,
         "offer_type": arrays.offer_type,
         # one touchpoint: looked up once, repeated for every offer
-        "touchpoint_id": np.full(min(n, 1), touchpoint.get("touchpoint_id"), dtype=object),
+        "touchpoint_id": np.full(min(n, 1), touchpoint_id, dtype=object),
     }
-    stats: dict[str, Any] = {}
+    stats: dict[str, np.ndarray] = {}
     for name, spec in STAT_TABLES.items():
-        rows_of = prepared.rows_of.get(spec.offer_key) if prepared is not None else None
-        if rows_of is not None:
-            found = _rows_lookup(tables.get(name), rows_of, n, spec.stats)
-        else:
-            found = _key_lookup(tables.get(name), offer_side[spec.offer_key], spec.stats)
+        found = _key_lookup(tables.get(name), offer_side[spec.offer_key], spec.stats)
         if len(found) != n:
             found = np.repeat(found, n, axis=0)
         stats.update({s: found[:, i] for i, s in enumerate(spec.stats)})
-    if elapsed:
-        for s in ("offer_last_shown_secs_ago", "type_last_shown_secs_ago"):
-            shown = stats[s] < d.STAT_DEFAULTS[s]
-            stats[s] = np.where(shown, stats[s] + elapsed * d.DAY_SECONDS, stats[s])
-    spend = vector.get("purch_amount_365d", _COLD_SPEND)
-    stats["purch_amount_365d"] = np.float64(spend or 0.0)
-    crosses = {x.feature.name: x for x in d.CROSSES}
-    X[:, plan.cross_index] = np.column_stack(
-        [crosses[name].build(stats, d.NUMPY_OPS) for name in plan.cross_names]
-    )
-    return X
+    return stats
+
+
+def _prepared_stats(
+    tables: Mapping[str, Any], prepared: PreparedOffers, touchpoint_id: str
+) -> dict[str, np.ndarray]:
+    """:func:`_looked_up_stats` for prepared offers: one block for every table, filled by
+    the rows that carry each of the customer's keys (a step per map key, not per offer)."""
+    n = len(prepared)
+    block = np.empty((len(_STAT_NAMES), n), dtype=np.float64)  # a row per statistic
+    block[:] = _STAT_DEFAULTS_COLUMN
+    for name, spec in STAT_TABLES.items():
+        table = tables.get(name)
+        keys = table.get("keys") if table else None
+        if not keys or not n:
+            continue
+        start, end = _STAT_SPANS[name]
+        width = end - start
+        if spec.offer_key == "touchpoint_id":  # one key, the same for every offer
+            for i, key in enumerate(keys):
+                if str(key) == touchpoint_id:  # the first row of a repeated key wins
+                    values = np.asarray(table["values"], dtype=np.float64)
+                    block[start:end] = values.reshape(len(keys), -1)[i, :width, None]
+                    break
+            continue
+        rows_of = prepared.rows_of.get(spec.offer_key)
+        if rows_of is None:  # offer keys that are not text: the slow way
+            found = _key_lookup(table, _OFFER_ARRAY[spec.offer_key](prepared.arrays), spec.stats)
+            block[start:end] = found.T
+            continue
+        values = None
+        filled: set[str] = set()
+        for i, key in enumerate(keys):
+            text = str(key)
+            rows = rows_of.get(text)
+            if rows is not None and text not in filled:
+                filled.add(text)
+                if values is None:
+                    values = np.asarray(table["values"], dtype=np.float64).reshape(len(keys), -1)
+                block[start:end, rows] = values[i, :width, None]
+    return dict(zip(_STAT_NAMES, block, strict=True))
 
 
 _OFFER_ARRAY = {
@@ -665,6 +682,21 @@ _OFFER_ARRAY = {
     "offer_value": lambda a: a.value,
 }
 _COLD_SPEND = cold_start_vector().get("purch_amount_365d")
+_CROSSES = {x.feature.name: x for x in d.CROSSES}
+_STAT_NAMES = tuple(s for spec in STAT_TABLES.values() for s in spec.stats)
+_STAT_DEFAULTS_COLUMN = np.array([[d.STAT_DEFAULTS[s]] for s in _STAT_NAMES], dtype=np.float64)
+
+
+def _stat_spans() -> dict[str, tuple[int, int]]:
+    """Each table's rows in the statistics block (tables in ``_STAT_NAMES`` order)."""
+    spans, start = {}, 0
+    for name, spec in STAT_TABLES.items():
+        spans[name] = (start, start + len(spec.stats))
+        start += len(spec.stats)
+    return spans
+
+
+_STAT_SPANS = _stat_spans()
 
 
 def _request_scalars(touchpoint: Mapping[str, Any], now: datetime) -> dict[str, Any]:
@@ -943,9 +975,8 @@ def _crosses(
     except (TypeError, ValueError):
         spend_array = np.array([np.float64(s) for s in spend], dtype=np.float64)
     stats["purch_amount_365d"] = spend_array[customer_index]
-    crosses = {x.feature.name: x for x in d.CROSSES}
     return np.column_stack(
-        [crosses[name].build(stats, d.NUMPY_OPS) for name in plan.cross_names]
+        [_CROSSES[name].build(stats, d.NUMPY_OPS) for name in plan.cross_names]
     ).astype(np.float32)
 
 

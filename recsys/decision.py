@@ -286,6 +286,10 @@ def new_decision_id() -> str:
     return new_decision_ids(1)[0]
 
 
+_ARRAY_IDS_FROM = 12  # ids per call from which the numpy path is faster (~14, measured)
+_RAND_B = (1 << 62) - 1
+
+
 def new_decision_ids(n: int) -> list[str]:
     """``n`` time-ordered UUIDs (version 7, RFC 9562) as 32 hex digits.
 
@@ -295,9 +299,18 @@ def new_decision_ids(n: int) -> list[str]:
     """
     if n <= 0:
         return []
+    millis = time.time_ns() // 1_000_000
+    if n < _ARRAY_IDS_FROM:
+        # A request's few ids: Python ints, 3 us an id against numpy's ~15 us of set-up.
+        head = (millis & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | 0b10 << 62
+        raw = os.urandom(10 * n)
+        ids = []
+        for i in range(0, 10 * n, 10):
+            bits = int.from_bytes(raw[i : i + 10], "big")  # 80 random bits, 74 kept
+            ids.append(f"{head | (bits >> 68) << 64 | bits & _RAND_B:032x}")
+        return ids
     raw = np.frombuffer(os.urandom(16 * n), dtype=np.uint8).reshape(n, 16).copy()
-    millis = (time.time_ns() // 1_000_000).to_bytes(6, "big")
-    raw[:, :6] = np.frombuffer(millis, dtype=np.uint8)
+    raw[:, :6] = np.frombuffer(millis.to_bytes(6, "big"), dtype=np.uint8)
     raw[:, 6] = (raw[:, 6] & 0x0F) | 0x70  # version 7
     raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 9562 variant
     text = raw.tobytes().hex()
@@ -754,7 +767,7 @@ class DecisionEngine:
         )
         pair_request, pair_offer = np.nonzero(elig.mask)
         row_start = np.zeros(len(requests) + 1, dtype=np.int64)
-        np.cumsum(np.count_nonzero(elig.mask, axis=1), out=row_start[1:])
+        np.cumsum(np.bincount(pair_request, minlength=len(requests)), out=row_start[1:])
         slots = offers.touchpoint.slots
         return _Group(
             offers=offers,

@@ -199,7 +199,11 @@ def _odd_vectors(vector: dict) -> list[dict]:
         "offer": {"keys": ["o2"], "values": [[1.0, 2.0, 1.0, 3600.0, 99.0]]},  # extra column
         "offer_type": {"keys": [], "values": []},
         "touchpoint_offers": {"keys": ["cart"], "values": [1.0, 2.0]},  # flat values
-        "touchpoint_interactions": {"keys": [7, "cart", "call"], "values": [[3.0], [4.0], [5.0]]},
+        # a repeated key: its first row wins, on every path
+        "touchpoint_interactions": {
+            "keys": [7, "cart", "call", "cart"],
+            "values": [[3.0], [4.0], [5.0], [6.0]],
+        },
     }
     none_values = dict(vector, **dict.fromkeys(numeric[2:4]), journey_stage=None)
     return [text, nested, missing, stats, none_values]

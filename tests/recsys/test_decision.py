@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+import uuid
+
 import numpy as np
 import pytest
 
@@ -10,6 +13,7 @@ from recsys.decision import (
     DecisionEngine,
     DecisionRequest,
     ModelInfo,
+    new_decision_ids,
 )
 from recsys.eligibility import Check
 from recsys.errors import NotFoundError, SpecMismatchError
@@ -441,3 +445,15 @@ def test_decision_tables_of_chunks_equal_each_chunks_table(tmp_path, record):
         np.testing.assert_array_equal(table.cold_start, expected.cold_start)
     logged = piped.sink.counts()["decision_rows"]
     assert logged == (sum(t.n_rows for t in tables) if record else 0)
+
+
+@pytest.mark.parametrize("n", [1, 3, 11, 12, 500])
+def test_decision_ids_are_unique_time_ordered_uuid7(n):
+    before_ms = time.time_ns() // 1_000_000
+    ids = new_decision_ids(n)
+    after_ms = time.time_ns() // 1_000_000
+    parsed = [uuid.UUID(i) for i in ids]
+    assert len(set(ids)) == n and all(len(i) == 32 and i == i.lower() for i in ids)
+    assert {u.version for u in parsed} == {7}
+    assert {u.variant for u in parsed} == {uuid.RFC_4122}
+    assert all(before_ms <= u.int >> 80 <= after_ms for u in parsed)
