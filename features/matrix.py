@@ -604,8 +604,10 @@ def decision_matrix(
         stats = _looked_up_stats(tables, arrays, touchpoint_id)
     if elapsed:
         for s in ("offer_last_shown_secs_ago", "type_last_shown_secs_ago"):
-            shown = stats[s]  # a fresh array: aged in place
-            np.add(shown, elapsed * d.DAY_SECONDS, out=shown, where=shown < d.STAT_DEFAULTS[s])
+            secs_ago = stats[s]  # a fresh array: aged in place where the offer was shown
+            np.add(
+                secs_ago, elapsed * d.DAY_SECONDS, out=secs_ago, where=secs_ago < d.STAT_DEFAULTS[s]
+            )
     spend = vector.get("purch_amount_365d", _COLD_SPEND)
     stats["purch_amount_365d"] = np.float64(spend or 0.0)
     X[:, plan.cross_index] = np.column_stack(
