@@ -82,6 +82,16 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            async with served_components(app):
+                yield
+        finally:
+            access_log = getattr(app.state, "access_log", None)
+            if access_log is not None:
+                access_log.close()  # write the queued access lines
+
+    @asynccontextmanager
+    async def served_components(app: FastAPI) -> AsyncIterator[None]:
         if components is not None:
             app.state.components = components
             yield

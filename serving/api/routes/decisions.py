@@ -23,6 +23,7 @@ from serving.deps import (
     require_touchpoint,
 )
 from serving.errors import ApiError
+from serving.observability import TOUCHPOINT_LABEL
 from serving.schemas import (
     BatchDecisionOut,
     BatchDecisionRequestBody,
@@ -143,6 +144,8 @@ def _is_json(content_type: str | None) -> bool:
 
 def query_flag(request: Request, name: str) -> bool:
     """A boolean query parameter (``true``/``false``/``1``/``0``/...), default False."""
+    if not request.scope.get("query_string"):
+        return False  # most requests: no query string to parse
     value = request.query_params.get(name)
     if value is None:
         return False
@@ -169,6 +172,9 @@ class DecisionRoute(APIRoute):
 async def _serve_decision(request: Request) -> Response:
     components = await get_components(request)
     body = await json_body(request, DecisionRequestBody)
+    if body.touchpoint in components.catalog.touchpoints:
+        # The metrics label, so the observability layer need not parse the body again.
+        request.scope[TOUCHPOINT_LABEL] = body.touchpoint
     return await decide(body, components, trace=query_flag(request, "trace"))
 
 

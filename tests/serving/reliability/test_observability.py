@@ -5,8 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 
-from serving.observability import CustomerHasher, JsonLogFormatter, new_request_id, redact
+from serving.observability import (
+    AccessLog,
+    CustomerHasher,
+    JsonLogFormatter,
+    new_request_id,
+    redact,
+)
 
 CAROL = "cust-carol-5d2e9a40"
 
@@ -78,6 +85,7 @@ def test_every_response_carries_a_request_id_and_the_log_line_too(stack, keys, c
         made = stack.client.get(
             "/v1/offers", headers={**keys.headers("secret"), "X-Request-ID": "bad id\n{injected}"}
         )
+        stack.app.state.access_log.flush()  # lines are written in batches
     assert given.headers["x-request-id"] == "trace-abc-123"
     assert (
         made.headers["x-request-id"] != "bad id\n{injected}"
@@ -119,6 +127,7 @@ def test_browser_calls_log_a_keyed_hash_of_the_customer_never_the_id(stack, keys
             json={"customer_id": CAROL, "touchpoint": "web_home"},
             headers={"X-API-Key": keys.publishable, "X-Customer-Token": token},
         )
+        stack.app.state.access_log.flush()
     assert response.status_code == 200
     formatted = "\n".join(JsonLogFormatter().format(r) for r in caplog.records)
     hashed = stack.app.state.customer_hasher(CAROL)
@@ -141,3 +150,62 @@ def test_customer_hashes_are_stable_per_key_and_differ_between_keys():
         CustomerHasher(b"j" * 32),
     )
     assert one(CAROL) == same(CAROL) != other(CAROL) and CAROL not in one(CAROL)
+
+
+def _access_lines(caplog) -> list[dict]:
+    return [
+        json.loads(JsonLogFormatter().format(r))
+        for r in caplog.records
+        if r.name == "serving.access"
+    ]
+
+
+def test_access_lines_are_written_in_batches_with_the_time_and_id_of_their_request(caplog):
+    access = AccessLog(flush_s=60)  # the thread would not write for a minute
+    served_at = time.time() - 3.0
+    with caplog.at_level(logging.INFO, logger="serving.access"):
+        for i in range(3):
+            extra = {"route": "/v1/offers", "status": 200, "request_id": f"req-{i}"}
+            access.add(logging.INFO, served_at + i, ("GET", "/v1/offers", 200, 1.5), extra)
+        assert _access_lines(caplog) == []  # queued, not yet written
+        access.add(logging.WARNING, served_at, ("GET", "/v1/offers", 500, 2.0), {"status": 500})
+        assert [line["status"] for line in _access_lines(caplog)] == [500]  # at once
+        access.close()  # writes what is queued, in order
+    lines = _access_lines(caplog)[1:]
+    assert [line["request_id"] for line in lines] == ["req-0", "req-1", "req-2"]
+    written = [r for r in caplog.records if r.name == "serving.access"][1:]
+    assert [r.created for r in written] == [served_at, served_at + 1, served_at + 2]
+    assert lines[0]["msg"] == "GET /v1/offers 200 1.5ms"
+
+
+def test_the_access_log_thread_writes_on_its_own_and_restarts_after_close(caplog):
+    access = AccessLog(flush_s=0.01)
+    with caplog.at_level(logging.INFO, logger="serving.access"):
+        access.add(logging.INFO, time.time(), ("GET", "/healthz", 200, 0.1), {"request_id": "a"})
+        deadline = time.monotonic() + 5
+        while not _access_lines(caplog) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [line["request_id"] for line in _access_lines(caplog)] == ["a"]
+        access.close()
+        access.add(logging.INFO, time.time(), ("GET", "/healthz", 200, 0.1), {"request_id": "b"})
+        access.close()
+    assert [line["request_id"] for line in _access_lines(caplog)] == ["a", "b"]
+
+
+def test_an_access_log_that_falls_behind_keeps_the_newest_lines_and_says_how_many_it_dropped(
+    caplog,
+):
+    access = AccessLog(flush_s=60, max_queued=2)
+    with caplog.at_level(logging.INFO):
+        for i in range(5):
+            access.add(logging.INFO, time.time(), ("GET", "/x", 200, 0.1), {"request_id": str(i)})
+        access.close()
+    assert [line["request_id"] for line in _access_lines(caplog)] == ["3", "4"]
+    assert any("3 lines dropped" in r.getMessage() for r in caplog.records)
+
+
+def test_access_lines_can_be_written_at_once(caplog):
+    access = AccessLog(flush_s=0)
+    with caplog.at_level(logging.INFO, logger="serving.access"):
+        access.add(logging.INFO, time.time(), ("GET", "/x", 200, 0.1), {"request_id": "now"})
+        assert [line["request_id"] for line in _access_lines(caplog)] == ["now"]
