@@ -262,27 +262,3 @@ def test_touchpoints_are_listed_with_their_slots_and_fallbacks(client):
     )
     assert email["fallback_offers"] == ["o_newsletter"]
     assert email["offers"] == 8
-
-
-def test_only_post_to_the_exact_decision_path_takes_the_fast_lane(client):
-    # The lane (serving.api.routes.decisions.DecisionLane) answers POST /v1/decisions;
-    # everything else still goes through FastAPI's routing and answers as it did.
-    assert client.get("/v1/decisions").status_code == 405
-    slash = client.post(
-        "/v1/decisions/",
-        json={"customer_id": "c1", "touchpoint": "web_home"},
-        follow_redirects=False,
-    )
-    assert slash.status_code == 307 and slash.headers["location"].endswith("/v1/decisions")
-    assert decide(client)["offers"]
-
-
-def test_an_error_the_app_does_not_map_is_a_500_without_details(client, monkeypatch):
-    from serving.api.routes import decisions
-
-    async def broken(*args, **kwargs):
-        raise RuntimeError("secret internals")
-
-    monkeypatch.setattr(decisions, "decide", broken)
-    response = client.post("/v1/decisions", json={"customer_id": "c1", "touchpoint": "web_home"})
-    assert response.status_code == 500 and "secret internals" not in response.text
