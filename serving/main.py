@@ -140,8 +140,6 @@ def create_app(
     app.include_router(touchpoints.router)
     app.include_router(health.router)
     app.include_router(admin.router)
-    # Added first, so it is the innermost layer: keys, limits and logs still apply.
-    app.add_middleware(decisions.DecisionLane, route=decisions.DECISION_ROUTE)
     if hardened:
         install_hardening(app, settings or load_settings(), metrics=metrics)
     return app

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Callable, Coroutine
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -13,8 +12,6 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, TypeAdapter, ValidationError
-from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from recsys.decision import Decision, DecisionRequest
 from serving.deps import (
@@ -209,59 +206,6 @@ async def decide(
     return json_response(decision_dict(decision))
 
 
-class DecisionLane:
-    """ASGI layer, the innermost of the app's middleware: ``POST /v1/decisions`` straight to
-    :func:`_serve_decision`.
-
-    Every other request goes through FastAPI's routing as usual. The decision route skips
-    the layers it does not use (exception wrapping twice, an exit stack for dependencies
-    with ``yield``, matching through the included routers), ~45 us of event-loop CPU per
-    request. It keeps what they give it: the route in the scope (metrics and access-log
-    labels), and the app's exception handlers, looked up as Starlette does; an exception
-    without a handler goes up to the server-error layer as before.
-    """
-
-    def __init__(self, app: ASGIApp, route: APIRoute):
-        self.app = app
-        self.route = route
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != self.route.path or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        scope["route"] = self.route
-        scope["endpoint"] = self.route.endpoint
-        scope["path_params"] = {}
-        request = Request(scope, receive, send)
-        try:
-            response = await _serve_decision(request)  # raises before anything is sent
-        except Exception as exc:
-            handler = _exception_handler(request.app.exception_handlers, exc)
-            if handler is None:
-                raise
-            response = handler(request, exc)
-            if inspect.isawaitable(response):
-                response = await response
-            exc.__traceback__ = None  # reused exception instances would keep growing it
-        await response(scope, receive, send)
-
-
-def _exception_handler(handlers: dict[Any, Any], exc: Exception) -> Any:
-    """The app's handler of ``exc``, as Starlette's exception layer finds it (by status for
-    an ``HTTPException``, else by class); handlers of 500 and ``Exception`` are the outer
-    server-error layer's."""
-    if isinstance(exc, HTTPException) and exc.status_code != 500:
-        handler = handlers.get(exc.status_code)
-        if handler is not None:
-            return handler
-    for cls in type(exc).__mro__:
-        if cls is Exception:
-            return None
-        if cls in handlers:
-            return handlers[cls]
-    return None
-
-
 router.add_api_route(
     "",
     decide,
@@ -324,7 +268,3 @@ def decide_batch(
     return json_response(
         {"touchpoint": body.touchpoint, "decisions": [decision_dict(d) for d in decisions]}
     )
-
-
-#: The route ``DecisionLane`` serves (declared above, so OpenAPI documents it as usual).
-DECISION_ROUTE = next(r for r in router.routes if isinstance(r, DecisionRoute))
