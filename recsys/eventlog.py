@@ -406,18 +406,18 @@ class SQLiteEventLog(EventLog):
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 marks = ",".join("?" * len(chunk))
+                # One statement (one read transaction): contacts (ts_us set) and acceptances.
                 for customer_id, offer_id, ts_us in self._con.execute(
                     "SELECT customer_id, offer_id, ts_us FROM decisions "
-                    f"WHERE customer_id IN ({marks}) AND ts_us >= ?",
-                    [*chunk, since_us],
-                ):
-                    contacts[customer_id][offer_id].append(ts_us)
-                for customer_id, offer_id in self._con.execute(
-                    "SELECT customer_id, offer_id FROM events "
+                    f"WHERE customer_id IN ({marks}) AND ts_us >= ? "
+                    "UNION ALL SELECT customer_id, offer_id, NULL FROM events "
                     f"WHERE customer_id IN ({marks}) AND type IN ('accept', 'convert')",
-                    chunk,
+                    [*chunk, since_us, *chunk],
                 ):
-                    accepted[customer_id].add(offer_id)
+                    if ts_us is None:
+                        accepted[customer_id].add(offer_id)
+                    else:
+                        contacts[customer_id][offer_id].append(ts_us)
         return {
             c: ContactHistory(
                 contacts=MappingProxyType(
