@@ -830,7 +830,7 @@ def _duckdb_vectors(
     try:
         ranges = id_ranges(con, range_customers)
         log.debug("offer log built in %.1f s", time.perf_counter() - started)
-        # The SQL is compiled once per shape, with placeholder bounds (Ibis takes ~0.8 s of
+        # The SQL is compiled once per shape, with sentinel bounds (Ibis takes ~0.8 s of
         # Python per compilation; per range that competed with the writer thread).
         compiled: dict[tuple[bool, bool], dict[str, str]] = {}
         for i, (lo, hi) in enumerate(ranges):
@@ -853,7 +853,7 @@ def _duckdb_vectors(
         offer_log.release()
 
 
-_LO = "__recsys_range_lo__"  # placeholder bounds of an id range in compiled SQL
+_LO = "__recsys_range_lo__"  # sentinels for an id range's bounds, replaced per range
 _HI = "__recsys_range_hi__"
 
 
