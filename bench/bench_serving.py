@@ -219,7 +219,7 @@ def wrk(script: Path, url: str, duration: int, connections: int, threads: int) -
         min(3.0, duration / 2), lambda: spread.extend(connections_per_worker(port))
     )
     probe.start()
-    out = subprocess.run(
+    run = subprocess.run(
         [
             "nice",
             "wrk",
@@ -234,11 +234,17 @@ def wrk(script: Path, url: str, duration: int, connections: int, threads: int) -
             str(script),
             url,
         ],
-        check=True,
         capture_output=True,
         text=True,
-    ).stdout
+    )
     probe.join()
+    if run.returncode != 0:
+        # wrk's own words are the only clue to a failed run; keep them.
+        raise RuntimeError(
+            f"wrk exited with status {run.returncode}\n"
+            f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
+        )
+    out = run.stdout
     cpu_after = server_cpu(port)
     match = re.search(r"WRKJSON (\{.*\})", out)
     if match is None:
