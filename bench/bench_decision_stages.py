@@ -38,20 +38,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from bench_serving import REALTIME, ROOT  # the wrk script's touchpoints, this checkout
 
-ROOT = Path(__file__).resolve().parents[1]
-REALTIME = (
-    "web_home",
-    "web_product",
-    "web_cart",
-    "web_checkout",
-    "app_home",
-    "chat_widget",
-    "call_center",
-    "store_pos",
-    "web_help",
-    "app_order_status",
-)
 ENGINE_STEPS = ("_vectors", "_group", "_matrix", "_score", "_finish", "_decisions", "_record")
 CONDITIONS = ("hot", "l2_evicted", "l3_evicted", "paused")
 
