@@ -38,7 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from bench_serving import REALTIME, ROOT  # the wrk script's touchpoints, this checkout
+from bench_serving import REALTIME, ROOT, data_env
 
 ENGINE_STEPS = ("_vectors", "_group", "_matrix", "_score", "_finish", "_decisions", "_record")
 CONDITIONS = ("hot", "l2_evicted", "l3_evicted", "paused")
@@ -74,14 +74,7 @@ def main() -> None:
         )
     scratch = Path(tempfile.mkdtemp(prefix="recsys-stages-"))
     os.environ.update(
-        {
-            "RECSYS_WAREHOUSE_PATH": str(work / "warehouse.duckdb"),
-            "RECSYS_ONLINE_SQLITE_PATH": str(work / "online.sqlite"),
-            "RECSYS_MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
-            "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
-            "RECSYS_EVENT_LOG_URL": f"sqlite:///{scratch / 'events.sqlite'}",
-            "RECSYS_SERVING_EPSILON": "0.05",
-        }
+        {**data_env(work, scratch / "events.sqlite"), "RECSYS_SERVING_EPSILON": "0.05"}
     )
     # Imported once the environment names the bench data.
     from recsys.decision import DecisionRequest

@@ -376,11 +376,22 @@ print(json.dumps({"python_loop_ns": min(loop_ns() for _ in range(3)),
 """
 
 
+def data_env(work: Path, event_log: Path) -> dict[str, str]:
+    """The settings that point recsys at the bench data under ``work`` and at ``event_log``."""
+    return {
+        "RECSYS_WAREHOUSE_PATH": str(work / "warehouse.duckdb"),
+        "RECSYS_ONLINE_SQLITE_PATH": str(work / "online.sqlite"),
+        "RECSYS_MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
+        "RECSYS_EVENT_LOG_URL": f"sqlite:///{event_log}",
+    }
+
+
 def host_reference(work: Path, env: dict[str, str], customers: int, seed: int) -> dict:
     """How fast this host is right now: ns per step of a plain Python loop, and the CPU of
-    one hot decision in process (bench data, the wrk script's mix, logged to a scratch event
-    log). Hosts of the same kind differ several-fold from day to day; these two numbers let
-    runs on different hosts be compared."""
+    one decision in process, back to back and 2 ms apart (bench data, the wrk script's mix,
+    logged to a scratch event log). Hosts of the same kind differ several-fold from day to
+    day; these numbers let runs on different hosts be compared."""
     log = work / "host_reference_events.sqlite"
     code = HOST_REFERENCE % {"seed": seed, "customers": customers, "touchpoints": REALTIME}
     try:
@@ -434,11 +445,7 @@ def main() -> None:
         **os.environ,
         # `mlflow models serve` runs `uvicorn` from the PATH: use this environment's.
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "RECSYS_WAREHOUSE_PATH": str(work / "warehouse.duckdb"),
-        "RECSYS_ONLINE_SQLITE_PATH": str(work / "online.sqlite"),
-        "RECSYS_MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
-        "RECSYS_EVENT_LOG_URL": f"sqlite:///{work / 'events.sqlite'}",
+        **data_env(work, work / "events.sqlite"),
         "RECSYS_SERVING_EPSILON": str(args.epsilon),
         "RECSYS_SERVING_WORKERS": str(args.workers),
         "RECSYS_SERVING_PORT": "8701",
