@@ -36,6 +36,7 @@ test: setup lint
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
 bench: bench-data bench-features bench-training bench-serving bench-score

@@ -16,7 +16,9 @@ from recsys.settings import DEFAULT_DUCKDB_MEMORY_LIMIT
 
 
 def connect(
-    path: str | Path, read_only: bool = False, memory_limit: str | None = DEFAULT_DUCKDB_MEMORY_LIMIT
+    path: str | Path,
+    read_only: bool = False,
+    memory_limit: str | None = DEFAULT_DUCKDB_MEMORY_LIMIT,
 ) -> duckdb.DuckDBPyConnection:
     """Open (and create if needed) the warehouse at ``path``; ``":memory:"`` for tests.
 
