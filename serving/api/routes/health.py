@@ -12,7 +12,8 @@ logger = logging.getLogger(__name__)
 
 
 @router.get("/healthz", summary="Liveness")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
+    # async: answered on the event loop (no thread-pool hop), so a stuck loop fails it
     return {"status": "ok"}
 
 
