@@ -28,6 +28,11 @@ class ServingSettings(BaseSettings):
         description="with REUSE_PORT, a worker holding more than its share of connections "
         "closes one after its next response, so the client reconnects and lands elsewhere",
     )
+    pin_workers: bool = Field(
+        default=True,
+        description="with REUSE_PORT and no more workers than cores, each worker (event loop "
+        "and decision thread) runs on a core of its own (Linux CPU affinity)",
+    )
     epsilon: float = Field(
         default=0.05, ge=0.0, le=1.0, description="epsilon-greedy exploration share; 0 = greedy"
     )

@@ -43,7 +43,7 @@ from serving.security import (
     install_security,
     load_security_settings,
 )
-from serving.workers import reuse_port_supported, run_workers
+from serving.workers import pinned_core, reuse_port_supported, run_workers
 
 logger = logging.getLogger(__name__)
 
@@ -212,6 +212,9 @@ def tune_runtime(service: ServingSettings) -> None:
     collector's generations, so a full collection walks only what requests allocate.
     """
     sys.setswitchinterval(service.switch_interval_ms / 1000)
+    core = pinned_core()
+    if core is not None:
+        logger.info("worker %d runs on core %d", os.getpid(), core)
     if service.freeze_startup_objects:
         gc.collect()
         gc.freeze()
@@ -295,6 +298,6 @@ def run_server(serving: ServingSettings) -> None:
         if serving.balance_connections:
             options["http"] = "serving.workers:BalancedHttpToolsProtocol"
         config = uvicorn.Config("serving.main:create_app", **options)
-        run_workers(config, balance=serving.balance_connections)
+        run_workers(config, balance=serving.balance_connections, pin=serving.pin_workers)
     else:
         uvicorn.run("serving.main:create_app", **options)

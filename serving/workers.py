@@ -17,6 +17,13 @@ one of its connections with ``connection: close``. The client reconnects (keep-a
 and load tools do so on their own) and the kernel hashes the new connection again, until the
 split is even. A closed connection is a normal HTTP/1.1 event, so no request fails.
 
+With ``pin`` and no more workers than cores, each worker also runs on a core of its own
+(:func:`claim_core`): its event loop and its decision thread hand each request over, and
+take turns, on one core and its caches, instead of the scheduler moving them (and the other
+worker's threads) between the cores. A worker claims the first free core by holding an
+``flock`` on a file per core in the same folder; the lock goes with the process, so a worker
+the supervisor restarts takes the dead one's core.
+
 uvicorn's supervisor (:class:`uvicorn.supervisors.Multiprocess`: health checks, restarts,
 signals) is kept as it is. It hands each new worker the parent's list of sockets; here that
 list holds a :class:`WorkerAddress`, which the worker unpickles into a fresh
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import logging
 import os
 import shutil
@@ -136,6 +144,7 @@ class ConnectionBalance:
 
 
 _balance: ConnectionBalance | None = None  # this worker's, when the service balances
+_pinned: tuple[int, int] | None = None  # this worker's core, and the descriptor holding it
 
 
 class BalancedHttpToolsProtocol(HttpToolsProtocol):
@@ -174,9 +183,43 @@ class BalancedHttpToolsProtocol(HttpToolsProtocol):
             _balance.shed()
 
 
-def worker_socket(host: str, port: int, balance_folder: str | None) -> socket.socket:
-    """In a worker: its own ``SO_REUSEPORT`` socket, and its place in the balance."""
+def can_pin() -> bool:
+    return hasattr(os, "sched_setaffinity") and hasattr(os, "sched_getaffinity")
+
+
+def claim_core(folder: str | Path) -> int | None:
+    """Run this process on the first core of its allowed set that no sibling holds.
+
+    Call it before the process starts threads (they inherit the affinity). Returns the core,
+    or None when every core is held (then the process runs where the scheduler puts it).
+    The claim lasts until the process ends.
+    """
+    global _pinned
+    for cpu in sorted(os.sched_getaffinity(0)):
+        fd = os.open(Path(folder) / f"cpu-{cpu}", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        os.sched_setaffinity(0, {cpu})
+        _pinned = (cpu, fd)
+        return cpu
+    return None
+
+
+def pinned_core() -> int | None:
+    """The core this worker claimed, if it did."""
+    return _pinned[0] if _pinned is not None else None
+
+
+def worker_socket(
+    host: str, port: int, balance_folder: str | None, pin_folder: str | None = None
+) -> socket.socket:
+    """In a worker: its own ``SO_REUSEPORT`` socket, its place in the balance and its core."""
     global _balance
+    if pin_folder is not None and _pinned is None:
+        claim_core(pin_folder)
     sock = bind_reuse_port(host, port)
     if balance_folder is not None and _balance is None:
         _balance = ConnectionBalance(balance_folder)
@@ -194,19 +237,21 @@ class WorkerAddress:
     host: str
     port: int
     balance_folder: str | None = None
+    pin_folder: str | None = None
 
-    def __reduce__(self) -> tuple[Any, tuple[str, int, str | None]]:
-        return worker_socket, (self.host, self.port, self.balance_folder)
+    def __reduce__(self) -> tuple[Any, tuple[str, int, str | None, str | None]]:
+        return worker_socket, (self.host, self.port, self.balance_folder, self.pin_folder)
 
 
-def run_workers(config: Any, balance: bool = False) -> None:
+def run_workers(config: Any, balance: bool = False, pin: bool = False) -> None:
     """Run ``config.workers`` uvicorn workers, each on its own ``SO_REUSEPORT`` socket.
 
     The parent binds the address first (without listening, so it never receives a
     connection): a port another program holds fails here, once, with a clear message,
     instead of in every worker the supervisor would restart. ``balance``: the workers even
     out their connections (:class:`ConnectionBalance`); ``config.http`` must then be
-    :class:`BalancedHttpToolsProtocol`.
+    :class:`BalancedHttpToolsProtocol`. ``pin``: each worker runs on a core of its own
+    (:func:`claim_core`), when there are no more workers than cores.
     """
     from uvicorn.config import STARTUP_FAILURE
     from uvicorn.supervisors import Multiprocess
@@ -216,9 +261,18 @@ def run_workers(config: Any, balance: bool = False) -> None:
     except OSError as exc:
         logger.error("cannot listen on %s:%s: %s", config.host, config.port, exc)
         sys.exit(STARTUP_FAILURE)
-    folder = tempfile.mkdtemp(prefix="recsys-connections-") if balance else None
+    cores = len(os.sched_getaffinity(0)) if can_pin() else 0
+    if pin and not 1 < config.workers <= cores:
+        logger.info("workers not pinned to cores: %d workers on %d cores", config.workers, cores)
+        pin = False
+    folder = tempfile.mkdtemp(prefix="recsys-workers-") if balance or pin else None
     try:
-        address = WorkerAddress(config.host, config.port, folder)
+        address = WorkerAddress(
+            config.host,
+            config.port,
+            folder if balance else None,
+            folder if pin else None,
+        )
         Multiprocess(config, sockets=[address]).run()
     finally:
         reserved.close()

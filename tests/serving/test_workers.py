@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -23,13 +24,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_workers(port: int, workers: int, balance: bool = False) -> subprocess.Popen:
+def start_workers(
+    port: int, workers: int, balance: bool = False, pin: bool = False
+) -> subprocess.Popen:
     http = "serving.workers:BalancedHttpToolsProtocol" if balance else "auto"
     code = (
         "import uvicorn; from serving.workers import run_workers; "
         f"run_workers(uvicorn.Config('tests.serving.pid_app:app', host='127.0.0.1', "
         f"port={port}, workers={workers}, lifespan='off', log_level='warning', "
-        f"http='{http}'), balance={balance})"
+        f"http='{http}'), balance={balance}, pin={pin})"
     )
     return subprocess.Popen(
         [sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
@@ -232,3 +235,66 @@ def test_a_worker_sheds_only_beyond_its_share(tmp_path):
         balance.close()
     assert not (tmp_path / str(balance.name)).exists()
     assert not ConnectionBalance(tmp_path).should_shed()  # alone: nobody to shed to
+
+
+CLAIM = """
+import os, sys
+from serving.workers import claim_core
+core = claim_core(sys.argv[1])
+print(core, sorted(os.sched_getaffinity(0)), flush=True)
+sys.stdin.read()  # hold the claim until told to go
+"""
+
+
+def claimant(folder: Path) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CLAIM, str(folder)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    return proc, proc.stdout.readline().strip()
+
+
+def test_each_worker_claims_a_core_of_its_own_and_a_restart_takes_the_freed_one(tmp_path):
+    cores = sorted(os.sched_getaffinity(0))
+    procs = []
+    try:
+        claims = []
+        for _ in cores:
+            proc, line = claimant(tmp_path)
+            procs.append(proc)
+            claims.append(line)
+        # one core each, in order, and the process runs only there
+        assert claims == [f"{c} [{c}]" for c in cores]
+        extra, line = claimant(tmp_path)
+        procs.append(extra)
+        assert line == f"None {cores}"  # every core held: left where the scheduler puts it
+        first = procs.pop(0)
+        first.kill()  # a worker dies: its lock, and so its core, goes with it
+        first.wait()
+        replacement, line = claimant(tmp_path)
+        procs.append(replacement)
+        assert line == f"{cores[0]} [{cores[0]}]"
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def test_pinned_workers_run_on_different_cores():
+    cores = os.sched_getaffinity(0)
+    port = free_port()
+    proc = start_workers(port, 2, pin=True)
+    try:
+        pids = wait_for_workers(port, 2)
+        affinities = [os.sched_getaffinity(pid) for pid in sorted(pids)]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    if len(cores) >= 2:
+        assert all(len(a) == 1 for a in affinities), affinities
+        assert affinities[0] != affinities[1] and set().union(*affinities) <= cores
+    else:  # more workers than cores: none is pinned
+        assert affinities == [cores, cores]
