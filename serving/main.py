@@ -43,7 +43,7 @@ from serving.security import (
     install_security,
     load_security_settings,
 )
-from serving.workers import pinned_core, reuse_port_supported, run_workers
+from serving.workers import pin_to_claimed_core, reuse_port_supported, run_workers
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ def tune_runtime(service: ServingSettings) -> None:
     collector's generations, so a full collection walks only what requests allocate.
     """
     sys.setswitchinterval(service.switch_interval_ms / 1000)
-    core = pinned_core()
+    core = pin_to_claimed_core()
     if core is not None:
         logger.info("worker %d runs on core %d", os.getpid(), core)
     if service.freeze_startup_objects:

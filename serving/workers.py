@@ -144,7 +144,7 @@ class ConnectionBalance:
 
 
 _balance: ConnectionBalance | None = None  # this worker's, when the service balances
-_pinned: tuple[int, int] | None = None  # this worker's core, and the descriptor holding it
+_claimed: tuple[int, int] | None = None  # this worker's core, and the descriptor holding it
 
 
 class BalancedHttpToolsProtocol(HttpToolsProtocol):
@@ -188,13 +188,12 @@ def can_pin() -> bool:
 
 
 def claim_core(folder: str | Path) -> int | None:
-    """Run this process on the first core of its allowed set that no sibling holds.
+    """Claim the first core of this process's allowed set that no sibling holds.
 
-    Call it before the process starts threads (they inherit the affinity). Returns the core,
-    or None when every core is held (then the process runs where the scheduler puts it).
-    The claim lasts until the process ends.
+    Returns the core, or None when every core is held. The claim lasts until the process
+    ends; :func:`pin_to_claimed_core` then moves the calling thread onto the core.
     """
-    global _pinned
+    global _claimed
     for cpu in sorted(os.sched_getaffinity(0)):
         fd = os.open(Path(folder) / f"cpu-{cpu}", os.O_CREAT | os.O_RDWR, 0o600)
         try:
@@ -202,15 +201,24 @@ def claim_core(folder: str | Path) -> int | None:
         except BlockingIOError:
             os.close(fd)
             continue
-        os.sched_setaffinity(0, {cpu})
-        _pinned = (cpu, fd)
+        _claimed = (cpu, fd)
         return cpu
     return None
 
 
-def pinned_core() -> int | None:
-    """The core this worker claimed, if it did."""
-    return _pinned[0] if _pinned is not None else None
+def pin_to_claimed_core() -> int | None:
+    """Run the calling thread, and the threads it starts from now on, on the core this
+    worker claimed; None (nothing changes) if it claimed none.
+
+    The worker calls it from its event loop once start-up is done: the loop and the decision
+    thread (started by the first request) share the core, while the threads start-up began
+    (WAL checkpoints, which release the GIL; the registry poller) stay free to run beside
+    them on another core.
+    """
+    if _claimed is None:
+        return None
+    os.sched_setaffinity(0, {_claimed[0]})
+    return _claimed[0]
 
 
 def worker_socket(
@@ -218,7 +226,7 @@ def worker_socket(
 ) -> socket.socket:
     """In a worker: its own ``SO_REUSEPORT`` socket, its place in the balance and its core."""
     global _balance
-    if pin_folder is not None and _pinned is None:
+    if pin_folder is not None and _claimed is None:
         claim_core(pin_folder)
     sock = bind_reuse_port(host, port)
     if balance_folder is not None and _balance is None:

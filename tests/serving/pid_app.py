@@ -8,6 +8,10 @@ from __future__ import annotations
 import os
 import time
 
+from serving.workers import pin_to_claimed_core
+
+pin_to_claimed_core()  # as serving.main.tune_runtime does once a worker has started
+
 
 async def app(scope, receive, send):
     if scope["path"] == "/busy":

@@ -239,8 +239,9 @@ def test_a_worker_sheds_only_beyond_its_share(tmp_path):
 
 CLAIM = """
 import os, sys
-from serving.workers import claim_core
+from serving.workers import claim_core, pin_to_claimed_core
 core = claim_core(sys.argv[1])
+assert pin_to_claimed_core() == core
 print(core, sorted(os.sched_getaffinity(0)), flush=True)
 sys.stdin.read()  # hold the claim until told to go
 """
