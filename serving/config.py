@@ -30,8 +30,8 @@ class ServingSettings(BaseSettings):
     )
     pin_workers: bool = Field(
         default=True,
-        description="with REUSE_PORT and no more workers than cores, each worker (event loop "
-        "and decision thread) runs on a core of its own (Linux CPU affinity)",
+        description="with REUSE_PORT and as many workers as usable cores, each worker (event "
+        "loop and decision thread) runs on a core of its own (Linux CPU affinity)",
     )
     epsilon: float = Field(
         default=0.05, ge=0.0, le=1.0, description="epsilon-greedy exploration share; 0 = greedy"

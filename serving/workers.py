@@ -17,7 +17,7 @@ one of its connections with ``connection: close``. The client reconnects (keep-a
 and load tools do so on their own) and the kernel hashes the new connection again, until the
 split is even. A closed connection is a normal HTTP/1.1 event, so no request fails.
 
-With ``pin`` and no more workers than cores, each worker also runs on a core of its own
+With ``pin`` and as many workers as cores, each worker also runs on a core of its own
 (:func:`claim_core`): its event loop and its decision thread hand each request over, and
 take turns, on one core and its caches, instead of the scheduler moving them (and the other
 worker's threads) between the cores. A worker claims the first free core by holding an
@@ -259,7 +259,8 @@ def run_workers(config: Any, balance: bool = False, pin: bool = False) -> None:
     instead of in every worker the supervisor would restart. ``balance``: the workers even
     out their connections (:class:`ConnectionBalance`); ``config.http`` must then be
     :class:`BalancedHttpToolsProtocol`. ``pin``: each worker runs on a core of its own
-    (:func:`claim_core`), when there are no more workers than cores.
+    (:func:`claim_core`) when the workers are as many as the cores this process may use (a
+    host or a cpuset given to the service).
     """
     from uvicorn.config import STARTUP_FAILURE
     from uvicorn.supervisors import Multiprocess
@@ -270,8 +271,10 @@ def run_workers(config: Any, balance: bool = False, pin: bool = False) -> None:
         logger.error("cannot listen on %s:%s: %s", config.host, config.port, exc)
         sys.exit(STARTUP_FAILURE)
     cores = len(os.sched_getaffinity(0)) if can_pin() else 0
-    if pin and not 1 < config.workers <= cores:
-        logger.info("workers not pinned to cores: %d workers on %d cores", config.workers, cores)
+    if pin and not 1 < config.workers == cores:
+        # On a shared host (more cores than workers) a pinned worker could not move away
+        # from a neighbour's busy core; with fewer cores than workers there is none to own.
+        logger.info("workers not pinned to cores: %d workers, %d cores", config.workers, cores)
         pin = False
     folder = tempfile.mkdtemp(prefix="recsys-workers-") if balance or pin else None
     try:

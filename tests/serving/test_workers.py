@@ -284,18 +284,24 @@ def test_each_worker_claims_a_core_of_its_own_and_a_restart_takes_the_freed_one(
             proc.wait()
 
 
-def test_pinned_workers_run_on_different_cores():
-    cores = os.sched_getaffinity(0)
+def worker_affinities(workers: int, pin: bool) -> list[set[int]]:
     port = free_port()
-    proc = start_workers(port, 2, pin=True)
+    proc = start_workers(port, workers, pin=pin)
     try:
-        pids = wait_for_workers(port, 2)
-        affinities = [os.sched_getaffinity(pid) for pid in sorted(pids)]
+        pids = wait_for_workers(port, workers)
+        return [os.sched_getaffinity(pid) for pid in sorted(pids)]
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    if len(cores) >= 2:
-        assert all(len(a) == 1 for a in affinities), affinities
-        assert affinities[0] != affinities[1] and set().union(*affinities) <= cores
-    else:  # more workers than cores: none is pinned
-        assert affinities == [cores, cores]
+
+
+def test_as_many_pinned_workers_as_cores_run_on_a_core_each():
+    cores = os.sched_getaffinity(0)
+    affinities = worker_affinities(len(cores), pin=True)
+    assert sorted(affinities, key=min) == [{c} for c in sorted(cores)]
+    assert worker_affinities(len(cores), pin=False) == [cores] * len(cores)
+
+
+def test_workers_are_not_pinned_when_they_outnumber_the_cores():
+    cores = os.sched_getaffinity(0)
+    assert worker_affinities(len(cores) + 1, pin=True) == [cores] * (len(cores) + 1)
