@@ -184,6 +184,7 @@ class BalancedHttpToolsProtocol(HttpToolsProtocol):
 
 
 def can_pin() -> bool:
+    """Whether this platform sets CPU affinity (Linux)."""
     return hasattr(os, "sched_setaffinity") and hasattr(os, "sched_getaffinity")
 
 
