@@ -204,3 +204,38 @@ def test_served_scores_equal_the_feature_pipelines_matrix_scored_directly(demo_e
         assert checked >= 3
     finally:
         components.close()
+
+
+def test_the_service_checkpoints_its_event_log_off_the_request_path(demo_env, tmp_path):
+    """The decisions reach the database file by the background checkpoints, well before
+    SQLite's own 1,000-page checkpoint, which would run in a request's commit."""
+    import shutil
+    import sqlite3
+    import time
+
+    path = tmp_path / "events.sqlite"
+    settings = demo_env["settings"].model_copy(update={"event_log_url": f"sqlite:///{path}"})
+    serving = ServingSettings(model_dir=demo_env["model_dir"], event_log_checkpoint_s=0.05)
+    with TestClient(create_app(settings, serving)) as client:
+        served = 0
+        for customer in sorted(demo_env["customers"])[:5]:
+            response = client.post(
+                "/v1/decisions", json={"customer_id": customer, "touchpoint": "web_home"}
+            )
+            assert response.status_code == 200, response.text
+            served += len(response.json()["offers"])
+        in_file = -1
+        deadline = time.monotonic() + 10
+        while in_file != served and time.monotonic() < deadline:
+            time.sleep(0.1)
+            copy = tmp_path / f"copy-{time.monotonic_ns()}.sqlite"
+            shutil.copyfile(path, copy)  # the database file alone, without its WAL
+            con = sqlite3.connect(copy)
+            try:
+                in_file = con.execute("SELECT count(*) FROM decisions").fetchone()[0]
+            except sqlite3.DatabaseError:  # copied halfway through a checkpoint: again
+                in_file = -1
+            finally:
+                con.close()
+    assert served > 0
+    assert in_file == served
