@@ -322,11 +322,14 @@ class SQLiteEventLog(EventLog):
     ) -> set[str]:
         if not decisions:
             return set()
+        # Rows are built before the lock: every worker waits for whoever holds it.
+        rows = _decision_rows(decisions)
         # The write lock is held from the count to the insert: no other process can add a
         # contact in between.
         with self._write():
-            keep, refused = within_caps(decisions, caps, self._cap_counts)
-            rows = _decision_rows(keep)
+            _, refused = within_caps(decisions, caps, self._cap_counts)
+            if refused:
+                rows = [row for row in rows if row[0] not in refused]
             if rows:
                 self._con.executemany(_INSERT_DECISION, rows)
         return refused

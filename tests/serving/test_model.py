@@ -59,6 +59,15 @@ def test_compiled_model_scores_like_lightgbm(tmp_path, categorical_booster):
     np.testing.assert_allclose(loaded.scorer.score(rows), want, rtol=0, atol=1e-12)
     # The decision path scores one row too.
     np.testing.assert_allclose(loaded.scorer.score(rows[:1]), want[:1], rtol=0, atol=1e-12)
+    # Decision matrices are float32; a view of every other row is not contiguous.
+    single = rows.astype(np.float32)
+    np.testing.assert_allclose(
+        loaded.scorer.score(single[::2]),
+        categorical_booster.predict(single[::2].astype(np.float64)),
+        rtol=0,
+        atol=1e-12,
+    )
+    assert loaded.scorer.score(rows[:0]).shape == (0,)
 
 
 def test_compiled_binary_is_cached_and_reused(tmp_path, categorical_booster):
