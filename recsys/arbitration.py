@@ -125,24 +125,29 @@ class EpsilonGreedy:
             return Slate(order[:k], np.ones(k), np.zeros(k, dtype=bool), dists)
         if rng is None:
             raise ValueError("`rng` must be a numpy Generator when epsilon > 0, got None")
-        remaining = list(order)  # kept in greedy order: remaining[0] is the best left
-        positions = np.empty(k, dtype=np.int64)
-        propensity = np.empty(k)
-        explored = np.zeros(k, dtype=bool)
+        epsilon = self.epsilon
+        remaining = order.tolist()  # kept in greedy order: remaining[0] is the best left
+        positions: list[int] = []
+        propensity: list[float] = []
+        explored: list[bool] = []
         dist_list: list[np.ndarray] = []
-        for pos in range(k):
+        for _ in range(k):
             m = len(remaining)
             if with_distributions:
                 dist = np.zeros(n)
-                dist[remaining] = self.epsilon / m
-                dist[remaining[0]] += 1.0 - self.epsilon
+                dist[remaining] = epsilon / m
+                dist[remaining[0]] += 1.0 - epsilon
                 dist_list.append(dist)
-            pick = int(rng.integers(m)) if rng.random() < self.epsilon else 0
-            chosen = remaining.pop(pick)
-            positions[pos] = chosen
-            propensity[pos] = self.epsilon / m + (1.0 - self.epsilon if pick == 0 else 0.0)
-            explored[pos] = pick != 0
-        return Slate(positions, propensity, explored, tuple(dist_list))
+            pick = int(rng.integers(m)) if rng.random() < epsilon else 0
+            positions.append(remaining.pop(pick))
+            propensity.append(epsilon / m + (1.0 - epsilon if pick == 0 else 0.0))
+            explored.append(pick != 0)
+        return Slate(
+            np.array(positions, dtype=np.int64),
+            np.array(propensity, dtype=np.float64),
+            np.array(explored, dtype=bool),
+            tuple(dist_list),
+        )
 
 
 def _one_hot(n: int, i: int) -> np.ndarray:

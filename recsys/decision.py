@@ -863,6 +863,14 @@ class DecisionEngine:
                 )
             slate = self.policy.select(g.priority[start:end], int(g.limits[i]), rng)
             chosen.append((g.pair_offer[start:end][slate.positions], slate))
+        if n == 1 and chosen[0] is not None:  # one request: its slate is the batch
+            columns, slate = chosen[0]
+            return SlateBatch(
+                columns[None, :],
+                slate.propensity[None, :],
+                slate.explored[None, :],
+                np.array([columns.shape[0]], dtype=np.int64),
+            )
         k = np.array([0 if c is None else c[0].shape[0] for c in chosen], dtype=np.int64)
         k_max = int(k.max()) if n else 0
         positions = np.full((n, k_max), -1, dtype=np.int64)
