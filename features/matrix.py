@@ -118,6 +118,8 @@ class _Plan:
     numeric_index: np.ndarray
     numeric_names: tuple[str, ...]
     numeric_defaults: tuple[Any, ...]
+    # the values of all ``numeric_names`` from a vector that has every one, in one C call
+    numeric_getter: Any
     # days-since customer features among them: positions in ``numeric_names``, defaults, capped
     aging_positions: np.ndarray
     aging_defaults: np.ndarray
@@ -169,6 +171,7 @@ def _build_plan(columns: tuple[ColumnEncoding, ...]) -> _Plan:
         numeric_index=np.array([j for j, _, _ in numeric], dtype=np.intp),
         numeric_names=names,
         numeric_defaults=tuple(default for _, _, default in numeric),
+        numeric_getter=itemgetter(*names) if len(names) > 1 else None,
         aging_positions=np.array([i for i, _ in aging], dtype=np.intp),
         aging_defaults=np.array([f.default for _, f in aging], dtype=np.float64),
         aging_capped=np.array([f.default == d.HORIZON_DAYS for _, f in aging], dtype=bool),
@@ -723,10 +726,15 @@ def _shared_row(
     """The columns every offer shares, shape (n_columns,) float32 (offer columns: NaN)."""
     row = plan.template.copy()
     get = vector.get
-    values = [
-        get(name, default)
-        for name, default in zip(plan.numeric_names, plan.numeric_defaults, strict=True)
-    ]
+    values: Sequence[Any]
+    try:
+        # A materialised vector has every feature: no name needs its default.
+        values = plan.numeric_getter(vector)
+    except (KeyError, TypeError):
+        values = [
+            get(name, default)
+            for name, default in zip(plan.numeric_names, plan.numeric_defaults, strict=True)
+        ]
     if set(map(type, values)) <= _PLAIN_NUMBERS:
         numbers = np.array(values, dtype=np.float64)
         if elapsed > 0 and len(plan.aging_positions):

@@ -146,6 +146,30 @@ def test_days_since_features_age_between_materialisation_and_decision(trained, t
     store.close()
 
 
+def test_a_vector_without_some_features_gets_their_cold_start_values(trained, tmp_path):
+    """A vector from an older store may lack a feature: the column is the feature's
+    cold-start value, as if the vector carried it."""
+    from features.training_set import cold_start_vector
+
+    w, _, encoding = trained
+    store = SQLiteOnlineStore(tmp_path / "online.sqlite")
+    materialize(w.con, store, as_of=T0, customer_ids=["c1"])
+    vector = store.get_many(["c1"])["c1"]
+    store.close()
+    offers = [{"offer_id": "o1", "offer_type": "discount"}]
+    names = encoding.names
+    dropped = [n for n in ("purch_count_30d", "int_count_30d") if n in vector and n in names]
+    assert dropped
+    partial = {k: v for k, v in vector.items() if k not in dropped}
+    filled = {**vector, **{n: cold_start_vector()[n] for n in dropped}}
+    got = decision_matrix(partial, offers, TOUCHPOINTS["cart"], {}, T0, encoding=encoding)
+    want = decision_matrix(filled, offers, TOUCHPOINTS["cart"], {}, T0, encoding=encoding)
+    np.testing.assert_array_equal(got, want)
+    full = decision_matrix(vector, offers, TOUCHPOINTS["cart"], {}, T0, encoding=encoding)
+    assert full[0, names.index("purch_count_30d")] == 1.0
+    assert got[0, names.index("purch_count_30d")] != 1.0
+
+
 def test_spec_mismatch_is_refused(trained):
     _, frame, encoding = trained
     old = Encoding(spec_version="0ld5pec", columns=encoding.columns)
