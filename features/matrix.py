@@ -728,7 +728,8 @@ def _shared_row(
     get = vector.get
     values: Sequence[Any]
     try:
-        # A materialised vector has every feature: no name needs its default.
+        # A materialised vector has every feature: no name needs its default. (No getter,
+        # for a single name, is a TypeError: the names one by one, as for a partial vector.)
         values = plan.numeric_getter(vector)
     except (KeyError, TypeError):
         values = [

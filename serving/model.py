@@ -123,8 +123,8 @@ class CompiledScorer:
         if self._entry is None:
             return self.model.predict(matrix, n_jobs=self.num_threads)
         # The compiled function itself, without lleaves' per-call checks, conversions and
-        # ctypes pointer objects (~40 us of a one-decision matrix's ~75 us); the GIL is
-        # released for the call, as lleaves does.
+        # ctypes pointer objects (~15 us of a one-decision matrix's ~80 us); ctypes releases
+        # the GIL for the call, as with lleaves.
         rows = np.ascontiguousarray(matrix, dtype=np.float64)
         out = np.empty(rows.shape[0], dtype=np.float64)
         self._entry(rows.ctypes.data, out.ctypes.data, 0, rows.shape[0])
