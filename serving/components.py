@@ -64,6 +64,17 @@ class Components:
             closer()
 
 
+def open_service_event_log(url: str, serving: ServingSettings) -> EventLog:
+    """The event log at ``url`` as the service writes it: a SQLite log is checkpointed by a
+    background thread (``event_log_checkpoint_s``); else the commit that grows the WAL past
+    1,000 pages checkpoints (copies, fsyncs) in a request, holding every worker's write lock.
+    """
+    event_log = open_event_log(url)
+    if isinstance(event_log, SQLiteEventLog):
+        event_log.checkpoint_in_background(serving.event_log_checkpoint_s)
+    return event_log
+
+
 def build_components(settings: Settings, serving: ServingSettings) -> Components:
     """Load catalogue, online store, champion model and event log; build the engine.
 
@@ -99,9 +110,7 @@ def build_components(settings: Settings, serving: ServingSettings) -> Components
         )
     encoding = Encoding.from_dict(loaded.spec["encoding"])
     store = StoreFeatureSource(open_online_store(settings), catalog)
-    event_log = open_event_log(settings.event_log_url)
-    if isinstance(event_log, SQLiteEventLog):
-        event_log.checkpoint_in_background(serving.event_log_checkpoint_s)
+    event_log = open_service_event_log(settings.event_log_url, serving)
     try:
         engine = DecisionEngine(
             catalog=catalog,

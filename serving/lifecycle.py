@@ -954,17 +954,12 @@ def build_served_components(
     from features.matrix import Encoding
     from features.online import open_online_store
     from recsys.catalog import load_catalog
-    from recsys.eventlog import SQLiteEventLog, open_event_log
-    from serving.components import Components
+    from serving.components import Components, open_service_event_log
     from serving.features_adapter import EncodedMatrixBuilder, StoreFeatureSource
 
     catalog = load_catalog(serving.catalog_source or core.warehouse_path)
     features = GuardedFeatures(StoreFeatureSource(open_online_store(core), catalog))
-    event_log = open_event_log(core.event_log_url)
-    if isinstance(event_log, SQLiteEventLog):
-        # Else the commit that grows the WAL past 1,000 pages checkpoints (copies, fsyncs)
-        # in the request path, holding every worker's write lock meanwhile.
-        event_log.checkpoint_in_background(serving.event_log_checkpoint_s)
+    event_log = open_service_event_log(core.event_log_url, serving)
     if wrap_event_log is not None:
         event_log = wrap_event_log(event_log)
     policy_epsilon = serving.epsilon
