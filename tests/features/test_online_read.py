@@ -171,3 +171,61 @@ def test_prefetched_blocks_are_the_blocks_read_directly(logged, tmp_path):
     block = source.get_block(ids)
     assert [block[i] for i in range(len(block))] == list(dicts.values())
     source.close()
+
+
+def test_cached_vectors_follow_every_write_to_the_store(logged, tmp_path):
+    """A serving worker keeps decoded vectors; a write by anyone (another connection, as
+    `recsys features materialize` in another process) is seen by the very next read."""
+    from recsys.catalog import catalog_from_records
+    from serving.features_adapter import StoreFeatureSource
+
+    path = tmp_path / "online.sqlite"
+    store = SQLiteOnlineStore(path)
+    materialize(logged.con, store, as_of=T0)
+    catalog = catalog_from_records(
+        [{"offer_id": "o1", "name": "o", "offer_type": "discount"}],
+        [{"touchpoint_id": "email", "channel": "email", "consent_column": "email_opt_in"}],
+    )
+    cached = StoreFeatureSource(store, catalog, cache_size=2)
+    uncached = StoreFeatureSource(SQLiteOnlineStore(path), catalog)
+    ids = _ids(logged.con)
+    distinct = list(dict.fromkeys(ids))
+    first = distinct[0]
+    assert cached.get_many(ids) == uncached.get_many(ids)
+    assert cached.get_many([first]) == uncached.get_many([first])
+    # the 2 read last were kept, so the first had to be read again
+    assert (cached.cache_hits, cached.cache_misses) == (0, len(distinct) + 1)
+    assert cached.get_many([first]) == uncached.get_many([first])
+    assert cached.cache_hits == 1
+
+    writer = SQLiteOnlineStore(path)  # another connection, as another process would be
+    changed = {**writer.get_many([first])[first], "purch_count_365d": 4242}
+    writer.write([(first, changed)], FEATURE_SPEC_VERSION)
+    assert cached.get_many([first])[first]["purch_count_365d"] == 4242
+    store.write([(first, {**changed, "purch_count_365d": 7})], FEATURE_SPEC_VERSION)
+    assert cached.get_many([first])[first]["purch_count_365d"] == 7  # its own writes too
+    assert cached.get_many(ids) == uncached.get_many(ids)
+    for source in (cached, uncached, writer):
+        source.close()
+
+
+def test_no_cache_for_a_store_that_cannot_tell_when_it_changed(logged, store):
+    from recsys.catalog import catalog_from_records
+    from serving.features_adapter import StoreFeatureSource
+
+    class NoVersion:  # as the Redis store: other processes write it, no change counter
+        def __init__(self, inner):
+            self.get_many = inner.get_many
+
+    materialize(logged.con, store, as_of=T0)
+    catalog = catalog_from_records(
+        [{"offer_id": "o1", "name": "o", "offer_type": "discount"}],
+        [{"touchpoint_id": "email", "channel": "email", "consent_column": "email_opt_in"}],
+    )
+    source = StoreFeatureSource(NoVersion(store), catalog, cache_size=100)
+    ids = _ids(logged.con)
+    assert source.cache_size == 0
+    assert source.get_many(ids) == source.get_many(ids)
+    assert source.cache_hits == 0
+    with pytest.raises(ValueError, match="`cache_size` must be >= 0, got -1"):
+        StoreFeatureSource(store, catalog, cache_size=-1)
