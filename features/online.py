@@ -443,7 +443,6 @@ class SQLiteOnlineStore:
         self._con.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
         self._con.commit()
         self._layout: Layout | None = None
-        self._writes = 0  # this connection's own commits do not move PRAGMA data_version
 
     def write(
         self,
@@ -481,7 +480,6 @@ class SQLiteOnlineStore:
             self._set_meta("spec_version", spec_version)
             if as_of is not None:
                 self._set_meta("as_of", as_of.isoformat())
-        self._writes += 1
         if layout is not None:
             self._layout = layout
         return count
@@ -513,12 +511,6 @@ class SQLiteOnlineStore:
                 ).fetchall()
             )
         return found
-
-    def data_version(self) -> tuple[int, int]:
-        """A token that changes whenever the stored vectors may have changed: a commit by
-        any other connection or process (SQLite's ``PRAGMA data_version``) or a write
-        through this store. Read caches compare it before trusting what they hold."""
-        return self._writes, self._con.execute("PRAGMA data_version").fetchone()[0]
 
     def spec_version(self) -> str | None:
         return self._meta("spec_version")

@@ -109,9 +109,7 @@ def build_components(settings: Settings, serving: ServingSettings) -> Components
             "the model's `encoding` (features.matrix.Encoding), got none"
         )
     encoding = Encoding.from_dict(loaded.spec["encoding"])
-    store = StoreFeatureSource(
-        open_online_store(settings), catalog, cache_size=serving.feature_cache_size
-    )
+    store = StoreFeatureSource(open_online_store(settings), catalog)
     event_log = open_service_event_log(settings.event_log_url, serving)
     try:
         engine = DecisionEngine(

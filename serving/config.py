@@ -62,13 +62,6 @@ class ServingSettings(BaseSettings):
         description="gc.freeze() what start-up loaded (model, catalogue, libraries): the "
         "garbage collector then never walks it, so no full collection stalls a request",
     )
-    feature_cache_size: int = Field(
-        default=10_000,
-        ge=0,
-        description="customers whose decoded feature vectors each worker keeps (least "
-        "recently used dropped first; ~12 KB each); every decision first checks that the "
-        "SQLite online store has not changed since (0 = read every vector from the store)",
-    )
     event_log_checkpoint_s: float = Field(
         default=1.0,
         gt=0,

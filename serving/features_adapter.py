@@ -13,8 +13,7 @@
 from __future__ import annotations
 
 import logging
-import threading
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
@@ -51,42 +50,16 @@ DEFAULT_ALIASES: dict[str, str] = {
 class StoreFeatureSource:
     """The online store as the decision core's ``FeatureSource``.
 
-    With ``cache_size`` > 0 and a store that tells when its data changed (``data_version``,
-    the SQLite store), the vectors of the ``cache_size`` customers read most recently are
-    kept decoded: a customer seen again (the next page of a visit, another touchpoint) costs
-    a dict look-up instead of a read, a JSON parse and the name resolution. Before any
-    cached vector is used, the store's data version is read (one ``PRAGMA``, ~3 us); when
-    anyone committed to the store since (``recsys features materialize``), the whole cache
-    is dropped, so a decision never sees a vector older than the store's. Cached vectors are
-    shared between decisions: the decision path only reads them.
-
     Parameters
     ----------
     store : features.online store (``get_many``, ``spec_version``)
     catalog : Catalog
         Its rule features and consent columns are resolved on every vector.
     aliases : mapping of catalogue name -> feature name
-    cache_size : int
-        Most customers whose vectors are kept (least recently used go first); 0 = no cache.
-        Ignored for a store without ``data_version`` (Redis: another process may write).
     """
 
-    def __init__(
-        self,
-        store: Any,
-        catalog: Catalog,
-        aliases: Mapping[str, str] = DEFAULT_ALIASES,
-        cache_size: int = 0,
-    ):
-        if cache_size < 0:
-            raise ValueError(f"`cache_size` must be >= 0, got {cache_size}")
+    def __init__(self, store: Any, catalog: Catalog, aliases: Mapping[str, str] = DEFAULT_ALIASES):
         self.store = store
-        self.cache_size = cache_size if callable(getattr(store, "data_version", None)) else 0
-        self._cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self._cache_version: Any = None
-        self._cache_lock = threading.Lock()
-        self.cache_hits = 0
-        self.cache_misses = 0
         needed = {r.feature for o in catalog.offers.values() for r in o.eligibility}
         needed |= {t.consent_column for t in catalog.touchpoints.values() if t.consent_column}
         self._sources: dict[str, tuple[str, ...]] = {
@@ -99,35 +72,6 @@ class StoreFeatureSource:
         self._pending: deque[tuple[list[str], Future[VectorBlock | None]]] = deque()
 
     def get_many(self, customer_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        if not self.cache_size:
-            return self._read(customer_ids)
-        ids = list(dict.fromkeys(customer_ids))
-        with self._cache_lock:
-            version = self.store.data_version()
-            if version != self._cache_version:
-                self._cache.clear()
-                self._cache_version = version
-            cache = self._cache
-            found: dict[str, dict[str, Any]] = {}
-            for cid in ids:
-                vector = cache.get(cid)
-                if vector is not None:
-                    cache.move_to_end(cid)
-                    found[cid] = vector
-            missing = [cid for cid in ids if cid not in found]
-            self.cache_hits += len(found)
-            self.cache_misses += len(missing)
-            if missing:
-                # Read after the version: a commit in between changes the version, so the
-                # next call drops what this one caches.
-                read = self._read(missing)
-                found.update(read)
-                cache.update(read)
-                while len(cache) > self.cache_size:
-                    cache.popitem(last=False)
-        return {cid: found[cid] for cid in ids}
-
-    def _read(self, customer_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         vectors = self.store.get_many(list(customer_ids))
         for vector in vectors.values():
             # The store's cold-start vector has no as-of time: nothing is known yet.

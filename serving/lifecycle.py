@@ -958,9 +958,7 @@ def build_served_components(
     from serving.features_adapter import EncodedMatrixBuilder, StoreFeatureSource
 
     catalog = load_catalog(serving.catalog_source or core.warehouse_path)
-    features = GuardedFeatures(
-        StoreFeatureSource(open_online_store(core), catalog, cache_size=serving.feature_cache_size)
-    )
+    features = GuardedFeatures(StoreFeatureSource(open_online_store(core), catalog))
     event_log = open_service_event_log(core.event_log_url, serving)
     if wrap_event_log is not None:
         event_log = wrap_event_log(event_log)
