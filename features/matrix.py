@@ -16,7 +16,7 @@ Encoding rules (the same in :func:`encode` and :func:`decision_matrix`):
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
@@ -118,8 +118,9 @@ class _Plan:
     numeric_index: np.ndarray
     numeric_names: tuple[str, ...]
     numeric_defaults: tuple[Any, ...]
-    # the values of all ``numeric_names`` from a vector that has every one, in one C call
-    numeric_getter: Any
+    # the values of all ``numeric_names`` (a tuple) from a vector that has every one, else
+    # KeyError; one C call for two or more names
+    numeric_getter: Callable[[Mapping[str, Any]], Sequence[Any]]
     # days-since customer features among them: positions in ``numeric_names``, defaults, capped
     aging_positions: np.ndarray
     aging_defaults: np.ndarray
@@ -171,7 +172,9 @@ def _build_plan(columns: tuple[ColumnEncoding, ...]) -> _Plan:
         numeric_index=np.array([j for j, _, _ in numeric], dtype=np.intp),
         numeric_names=names,
         numeric_defaults=tuple(default for _, _, default in numeric),
-        numeric_getter=itemgetter(*names) if len(names) > 1 else None,
+        numeric_getter=itemgetter(*names)
+        if len(names) > 1
+        else lambda vector: tuple(vector[name] for name in names),
         aging_positions=np.array([i for i, _ in aging], dtype=np.intp),
         aging_defaults=np.array([f.default for _, f in aging], dtype=np.float64),
         aging_capped=np.array([f.default == d.HORIZON_DAYS for _, f in aging], dtype=bool),
@@ -728,10 +731,9 @@ def _shared_row(
     get = vector.get
     values: Sequence[Any]
     try:
-        # A materialised vector has every feature: no name needs its default. (No getter,
-        # for a single name, is a TypeError: the names one by one, as for a partial vector.)
+        # A materialised vector has every feature: no name needs its default.
         values = plan.numeric_getter(vector)
-    except (KeyError, TypeError):
+    except KeyError:
         values = [
             get(name, default)
             for name, default in zip(plan.numeric_names, plan.numeric_defaults, strict=True)
