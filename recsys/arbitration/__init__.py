@@ -1,0 +1,1 @@
+from recsys.arbitration.legacy import *  # noqa: F403

@@ -1,0 +1,253 @@
+"""The ports of the decision pipeline: what it reads and writes, as types.
+
+Each port has exactly the methods the pipeline calls. Wrappers (fallback, metering, circuit
+breakers) implement the whole port they wrap, so the pipeline never probes what an object
+can do.
+
+- :class:`FeatureSource` -> :class:`FeatureBlock`: the customers' features as columns;
+- :class:`MatrixBuilder`: (customer, eligible offer) pairs -> model rows;
+- :class:`Scorer`: model rows -> P(accept);
+- :class:`ContactHistorySource`: contacts across channels and accepted offers;
+- :class:`DecisionSink`: records decisions, refusing those that lost a race for a cap;
+- :class:`ArmResolver`: which experiment arm (policy) each request is decided by;
+- a clock: a callable returning an aware ``datetime``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from recsys.catalog import TouchpointOffers
+from recsys.eligibility.base import ContactHistory
+
+if TYPE_CHECKING:
+    from recsys.arbitration.base import Policy
+    from recsys.decision.types import Decision, DecisionRequest
+
+Clock = Callable[[], datetime]
+
+
+@dataclass(frozen=True)
+class KeyStats:
+    """Per-key statistics of one table (e.g. responses per offer) for many customers,
+    flattened in customer order.
+
+    Attributes
+    ----------
+    counts : ndarray of intp, shape (n,)
+        Keys of each customer (0 for the cold start).
+    keys : ndarray of object (str), shape (sum(counts),)
+    values : ndarray of float64, shape (sum(counts), width)
+        The statistics of each key, in the table's order.
+    """
+
+    counts: np.ndarray
+    keys: np.ndarray
+    values: np.ndarray
+
+    def take(self, positions: np.ndarray) -> KeyStats:
+        """The statistics of the customers at ``positions``, shape (k,)."""
+        starts = np.zeros(len(self.counts) + 1, dtype=np.intp)
+        np.cumsum(self.counts, out=starts[1:])
+        counts = self.counts[positions]
+        entries = (
+            np.concatenate([np.arange(starts[i], starts[i + 1]) for i in positions.tolist()])
+            if counts.sum()
+            else np.zeros(0, dtype=np.intp)
+        )
+        return KeyStats(counts, self.keys[entries], self.values[entries])
+
+
+def _empty_text() -> Mapping[str, np.ndarray]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class FeatureBlock:
+    """The features of many customers as columns, as the online store serves them.
+
+    Unknown customers have the cold-start values in every column and ``cold_start`` set.
+
+    Attributes
+    ----------
+    ids : tuple of str, shape (n,)
+    numeric_names : tuple of str, shape (k,)
+    numeric : ndarray of float64, shape (n, k)
+        NaN = missing.
+    text : mapping of name -> ndarray of object, shape (n,)
+        Categorical features (str, None = missing).
+    stats : mapping of table name -> KeyStats
+        The per-key statistics behind the customer x offer crosses.
+    as_of : ndarray of datetime64[us], shape (n,)
+        When each vector was computed; NaT for the cold start.
+    cold_start : ndarray of bool, shape (n,)
+    spec_version : str
+        The feature spec the values were computed with.
+    aliases : mapping of name -> feature name
+        Names the catalogue uses (rule features, consent columns) and the feature that
+        holds them, e.g. ``loyalty_tier -> attr_loyalty_tier``.
+    """
+
+    ids: tuple[str, ...]
+    numeric_names: tuple[str, ...]
+    numeric: np.ndarray
+    text: Mapping[str, np.ndarray]
+    stats: Mapping[str, KeyStats]
+    as_of: np.ndarray
+    cold_start: np.ndarray
+    spec_version: str
+    aliases: Mapping[str, str] = field(default_factory=_empty_text)  # type: ignore[arg-type]
+
+    def __post_init__(self) -> None:
+        n = len(self.ids)
+        if self.numeric.shape != (n, len(self.numeric_names)):
+            raise ValueError(
+                f"`numeric` must have shape ({n}, {len(self.numeric_names)}), "
+                f"got {self.numeric.shape}"
+            )
+        for name, column in self.text.items():
+            if column.shape != (n,):
+                raise ValueError(f"text column {name!r} must have shape ({n},), got {column.shape}")
+        if self.cold_start.shape != (n,) or self.as_of.shape != (n,):
+            raise ValueError(
+                f"`cold_start` and `as_of` must have shape ({n},), got "
+                f"{self.cold_start.shape} and {self.as_of.shape}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def _numeric_index(self) -> dict[str, int]:
+        return {name: j for j, name in enumerate(self.numeric_names)}
+
+    def has(self, name: str) -> bool:
+        """Whether the block holds ``name`` (directly or through an alias)."""
+        key = self.aliases.get(name, name)
+        return key in self.text or key in self._numeric_index or name in self.text
+
+    def column(self, name: str) -> np.ndarray:
+        """Every customer's value of ``name``, shape (n,): float64 for a numeric feature
+        (NaN = missing), object otherwise; all None when the block has no such feature."""
+        for key in (name, self.aliases.get(name)):
+            if key is None:
+                continue
+            if key in self.text:
+                return self.text[key]
+            j = self._numeric_index.get(key)
+            if j is not None:
+                return self.numeric[:, j]
+        return np.full(len(self.ids), None, dtype=object)
+
+    def take(self, positions: Sequence[int] | np.ndarray) -> FeatureBlock:
+        """The customers at ``positions`` (repeats allowed), as a block."""
+        idx = np.asarray(positions, dtype=np.intp)
+        return FeatureBlock(
+            ids=tuple(self.ids[i] for i in idx.tolist()),
+            numeric_names=self.numeric_names,
+            numeric=self.numeric[idx],
+            text=MappingProxyType({k: v[idx] for k, v in self.text.items()}),
+            stats=MappingProxyType({k: v.take(idx) for k, v in self.stats.items()}),
+            as_of=self.as_of[idx],
+            cold_start=self.cold_start[idx],
+            spec_version=self.spec_version,
+            aliases=self.aliases,
+        )
+
+
+class FeatureSource(Protocol):
+    """The online feature store: the latest features of customers, by id."""
+
+    def read(self, customer_ids: Sequence[str]) -> FeatureBlock:
+        """The block of ``customer_ids`` (distinct), in that order; unknown customers get
+        the cold start."""
+        ...
+
+    def spec_version(self) -> str:
+        """The feature-spec version the store serves."""
+        ...
+
+
+class MatrixBuilder(Protocol):
+    """(customer, eligible offer) pairs of one touchpoint -> model input rows."""
+
+    def build(
+        self,
+        features: FeatureBlock,
+        offers: TouchpointOffers,
+        contexts: Sequence[Mapping[str, Any]],
+        now: datetime,
+        pair_customer: np.ndarray,
+        pair_offer: np.ndarray,
+    ) -> np.ndarray:
+        """Rows of the pairs: ``features`` row ``pair_customer[r]`` (with request context
+        ``contexts[pair_customer[r]]``) x candidate ``pair_offer[r]`` of ``offers``.
+
+        Shapes (p,) -> (p, n_features).
+        """
+        ...
+
+
+class Scorer(Protocol):
+    """A model: P(accept) for each row of a decision matrix."""
+
+    def score(self, matrix: np.ndarray) -> np.ndarray:
+        """matrix shape (n, n_features) -> P(accept), shape (n,)."""
+        ...
+
+
+class ContactHistorySource(Protocol):
+    """Contacts (served offers) across all channels and accepted offers, per customer."""
+
+    def contact_history(
+        self, customer_ids: Sequence[str], since: datetime
+    ) -> dict[str, ContactHistory]: ...
+
+
+class DecisionSink(Protocol):
+    """Where decisions are recorded (the event log); commits before returning."""
+
+    def record_decisions_within_caps(
+        self, decisions: Sequence[Decision], caps: Mapping[str, tuple[int, int]]
+    ) -> set[str]:
+        """Store the decisions that keep every contact cap (``offer_id -> (cap, window
+        days)``, counted at write time); return the ids of the others."""
+        ...
+
+
+@dataclass(frozen=True)
+class Arm:
+    """The recipe a request is decided by: its experiment arm and the policy of that arm.
+
+    ``experiment_id`` is None outside any experiment (the default arm).
+    """
+
+    name: str
+    policy: Policy
+    experiment_id: str | None = None
+
+
+class ArmResolver(Protocol):
+    """Which arm decides each request."""
+
+    def resolve(self, requests: Sequence[DecisionRequest]) -> Sequence[Arm]:
+        """One arm per request, in request order."""
+        ...
+
+
+@dataclass(frozen=True)
+class SingleArm:
+    """The default resolver: every request in one arm (the champion with ``policy``)."""
+
+    policy: Policy
+    name: str = "champion"
+
+    def resolve(self, requests: Sequence[DecisionRequest]) -> Sequence[Arm]:
+        arm = Arm(self.name, self.policy)
+        return [arm] * len(requests)
