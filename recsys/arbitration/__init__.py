@@ -1,1 +1,45 @@
-from recsys.arbitration.legacy import *  # noqa: F403
+"""Arbitration: priority of eligible offers and the slate policy with propensities.
+
+Priority = P(accept) x value x weight. Policies are registered by kind in :data:`POLICIES`;
+one implementation decides one or many requests.
+"""
+
+from __future__ import annotations
+
+from recsys.arbitration.base import Policy, SlateBatch, greedy_order, priorities
+from recsys.arbitration.draws import Draws
+from recsys.arbitration.epsilon_greedy import EpsilonGreedy
+
+POLICIES: dict[str, type[Policy]] = {EpsilonGreedy.kind: EpsilonGreedy}
+
+
+def make_policy(kind: str = EpsilonGreedy.kind, **params: float) -> Policy:
+    """Build a policy from the registry by ``kind`` (e.g. ``epsilon_greedy``).
+
+    Raises
+    ------
+    ValueError
+        An unknown kind, or parameters the policy refuses.
+    """
+    try:
+        cls = POLICIES[kind]
+    except KeyError:
+        raise ValueError(
+            f"`policy` must be one of {', '.join(sorted(POLICIES))}, got {kind!r}"
+        ) from None
+    try:
+        return cls(**params)  # type: ignore[call-arg]
+    except TypeError as exc:
+        raise ValueError(f"policy {kind!r} got unknown parameters {sorted(params)}: {exc}") from None
+
+
+__all__ = [
+    "POLICIES",
+    "Draws",
+    "EpsilonGreedy",
+    "Policy",
+    "SlateBatch",
+    "greedy_order",
+    "make_policy",
+    "priorities",
+]

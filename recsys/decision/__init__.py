@@ -1,10 +1,60 @@
-# Transitional: the engine is being replaced by recsys.decision.pipeline (issue 26).
-from recsys.decision.engine import *  # noqa: F403
-from recsys.decision.engine import (  # noqa: F401
-    COLD_START_KEYS,
-    COLUMNAR_MIN_CUSTOMERS,
-    SMALL_BATCH,
-    exploration_seed,
-    is_cold_start,
+"""The decision pipeline: one batch path from requests to recorded decisions.
+
+- :mod:`recsys.decision.types`: requests, decisions, traces, :class:`DecisionBatch`;
+- :mod:`recsys.decision.ports`: what the pipeline reads and writes, as types;
+- :mod:`recsys.decision.pipeline`: :class:`DecisionPipeline`, the stages.
+"""
+
+from recsys.decision.pipeline import DEFAULT_MAX_LIMIT, MAX_CAP_RETRIES, DecisionPipeline
+from recsys.decision.ports import (
+    Arm,
+    ArmResolver,
+    Clock,
+    ContactHistorySource,
+    DecisionSink,
+    FeatureBlock,
+    FeatureSource,
+    KeyStats,
+    MatrixBuilder,
+    Scorer,
+    SingleArm,
 )
-from recsys.decision.ports import FeatureBlock, KeyStats  # noqa: F401
+from recsys.decision.types import (
+    Decision,
+    DecisionBatch,
+    DecisionRequest,
+    DecisionTrace,
+    ModelInfo,
+    ScorePart,
+    ServedOffer,
+    SlatePosition,
+    concat,
+    new_decision_ids,
+)
+
+__all__ = [
+    "DEFAULT_MAX_LIMIT",
+    "MAX_CAP_RETRIES",
+    "Arm",
+    "ArmResolver",
+    "Clock",
+    "ContactHistorySource",
+    "Decision",
+    "DecisionBatch",
+    "DecisionPipeline",
+    "DecisionRequest",
+    "DecisionSink",
+    "DecisionTrace",
+    "FeatureBlock",
+    "FeatureSource",
+    "KeyStats",
+    "MatrixBuilder",
+    "ModelInfo",
+    "ScorePart",
+    "Scorer",
+    "ServedOffer",
+    "SingleArm",
+    "SlatePosition",
+    "concat",
+    "new_decision_ids",
+]

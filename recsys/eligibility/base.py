@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from recsys.catalog import TouchpointOffers
+    from recsys.decision.ports import FeatureBlock
 
 US_PER_DAY = 86_400 * 1_000_000
 
@@ -63,3 +69,85 @@ class CapHit:
     contacts: int
 
 
+
+
+@dataclass(frozen=True)
+class EligibilityInput:
+    """What the checks of one touchpoint read, for n requests and its m candidates.
+
+    Attributes
+    ----------
+    offers : TouchpointOffers
+        The touchpoint's candidates, shape (m,).
+    features : FeatureBlock
+        One row per request (consent flags and the features rules read).
+    histories : sequence of ContactHistory, shape (n,)
+    excludes : sequence of tuples of offer ids, shape (n,)
+    now_us : int
+        Decision time, microseconds since the epoch (UTC).
+    """
+
+    offers: TouchpointOffers
+    features: FeatureBlock
+    histories: Sequence[ContactHistory]
+    excludes: Sequence[tuple[str, ...]]
+    now_us: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.features), len(self.offers.offers)
+
+
+def _no_removals(i: int) -> tuple[Removal, ...]:
+    return ()
+
+
+def _no_caps(i: int) -> tuple[CapHit, ...]:
+    return ()
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    """What one check found for every request.
+
+    Attributes
+    ----------
+    mask : ndarray of bool, shape (n, m)
+        True where the offer passed the check.
+    allows_fallback : ndarray of bool, shape (n,)
+        False where the check also forbids the touchpoint's fallback offers (no consent).
+    explain : callable i -> tuple of Removal
+        Why the offers failing for request ``i`` were removed (read from what the check
+        computed, never by checking again).
+    caps_hit : callable i -> tuple of CapHit
+    """
+
+    mask: np.ndarray
+    allows_fallback: np.ndarray
+    explain: Callable[[int], tuple[Removal, ...]] = _no_removals
+    caps_hit: Callable[[int], tuple[CapHit, ...]] = _no_caps
+
+
+class EligibilityCheck(ABC):
+    """One eligibility check: a name, a batch mask and the explanation the trace gives.
+
+    A new check is a module beside its siblings plus one line in ``recsys.eligibility.CHECKS``.
+    """
+
+    name: ClassVar[Check]
+
+    @abstractmethod
+    def run(self, inp: EligibilityInput) -> CheckOutcome:
+        """The check over every (request, candidate) cell of ``inp``."""
+
+
+def everyone(n: int) -> np.ndarray:
+    """An all-true (n,) mask: the check never forbids the fallback."""
+    return np.ones(n, dtype=bool)
+
+
+def removal_of(check: Check, ids: np.ndarray, failed: np.ndarray, detail: str) -> tuple[Removal, ...]:
+    """One removal naming the offers of ``ids`` where ``failed`` (shape (m,)), or none."""
+    if not failed.any():
+        return ()
+    return (Removal(check, tuple(ids[failed].tolist()), detail),)

@@ -9,21 +9,62 @@ import pytest
 
 from recsys.catalog import EligibilityRule
 from recsys.decision import DecisionRequest
-from recsys.eligibility import Check, ContactHistory, check_eligibility, check_eligibility_many
+from recsys.eligibility import (
+    CHECKS,
+    Check,
+    CheckOutcome,
+    ContactHistory,
+    EligibilityCheck,
+    EligibilityInput,
+    Removal,
+    check_eligibility,
+    rule_holds,
+    rule_holds_many,
+)
 from recsys.errors import ConfigError
 from recsys.eventlog import Event, EventType, SQLiteEventLog
-from tests.serving.factories import CUSTOMERS, NOW, FixedClock, make_catalog, make_engine
+from tests.recsys.factories import (
+    CUSTOMERS,
+    NOW,
+    SPEC_VERSION,
+    FixedClock,
+    block_of,
+    make_catalog,
+    make_pipeline,
+)
 
 NOW_US = int(NOW.timestamp() * 1_000_000)
 DAY_US = 86_400 * 1_000_000
 
 
+def check(touchpoints_offers, customers, histories=None, excludes=None, checks=CHECKS):
+    n = len(customers)
+    block = block_of([f"c{i}" for i in range(n)], customers, [False] * n, SPEC_VERSION)
+    inp = EligibilityInput(
+        offers=touchpoints_offers,
+        features=block,
+        histories=histories or [ContactHistory()] * n,
+        excludes=excludes or [()] * n,
+        now_us=NOW_US,
+    )
+    return check_eligibility(inp, checks)
+
+
+def check_one(touchpoint, customer, history=None, exclude=()):
+    offers = make_catalog().for_touchpoint(touchpoint)
+    return offers, check(offers, [customer], [history or ContactHistory()], [tuple(exclude)])
+
+
 def eligible_ids(
     touchpoint: str, customer: dict, history: ContactHistory | None = None, exclude=()
 ) -> set[str]:
-    offers = make_catalog().for_touchpoint(touchpoint)
-    result = check_eligibility(offers, customer, history or ContactHistory(), NOW_US, exclude)
-    return set(offers.offer_ids[result.mask])
+    offers, result = check_one(touchpoint, customer, history, exclude)
+    return set(offers.offer_ids[result.mask[0]])
+
+
+def decide(pipeline, request, **kwargs):
+    (decision,) = pipeline.run([request], **kwargs).decisions()
+    return decision
 
 
 def test_date_window_removes_expired_and_future_offers():
@@ -62,7 +103,9 @@ def test_no_email_offers_without_email_consent():
     ],
 )
 def test_rule_operators(rule, customer, holds):
-    assert rule.holds(customer) is holds
+    value = customer.get(rule.feature)
+    assert rule_holds(rule, value) is holds
+    assert rule_holds_many(rule, np.array([value, value], dtype=object)).tolist() == [holds] * 2
 
 
 @pytest.mark.parametrize(
@@ -79,9 +122,8 @@ def test_bad_rules_are_refused_with_the_field(kwargs, message):
 
 
 def test_rules_on_customer_features_and_the_removal_names_the_rule():
-    offers = make_catalog().for_touchpoint("web_home")
-    result = check_eligibility(offers, CUSTOMERS["c2"], ContactHistory(), NOW_US)
-    removed = {r.detail: r.offer_ids for r in result.removals if r.check is Check.RULE}
+    _, result = check_one("web_home", CUSTOMERS["c2"])
+    removed = {r.detail: r.offer_ids for r in result.removals(0) if r.check is Check.RULE}
     assert removed == {
         "loyalty_tier in ('gold', 'platinum')": ("o_gold",),
         "spend_90d >= 500": ("o_big_spender",),
@@ -101,10 +143,9 @@ def test_cap_counts_contacts_inside_the_window_only():
     history = ContactHistory(contacts={"o_capped": np.array([old, old, recent])})
     assert "o_capped" in eligible_ids("web_home", CUSTOMERS["c1"], history)
     history = ContactHistory(contacts={"o_capped": np.array([old, recent, recent])})
-    offers = make_catalog().for_touchpoint("web_home")
-    result = check_eligibility(offers, CUSTOMERS["c1"], history, NOW_US)
-    assert "o_capped" not in set(offers.offer_ids[result.mask])
-    (hit,) = result.caps_hit
+    offers, result = check_one("web_home", CUSTOMERS["c1"], history)
+    assert "o_capped" not in set(offers.offer_ids[result.mask[0]])
+    (hit,) = result.caps_hit(0)
     assert (hit.offer_id, hit.cap_per_customer, hit.cap_window_days, hit.contacts) == (
         "o_capped",
         2,
@@ -117,10 +158,10 @@ def test_capped_offer_is_not_served_a_third_time_across_channels(tmp_path):
     """cap 2 per 7 days: served on web, then app -> not on email, minutes later."""
     log = SQLiteEventLog(tmp_path / "events.sqlite")
     clock = FixedClock()
-    engine = make_engine(log, clock=clock)
+    pipeline = make_pipeline(log, clock=clock)
     served = []
     for touchpoint in ("web_home", "app_home", "email_weekly"):
-        decision = engine.decide(DecisionRequest("c1", touchpoint, limit=3), trace=True)
+        decision = decide(pipeline, DecisionRequest("c1", touchpoint, limit=3), trace=True)
         served.append([o.offer_id for o in decision.offers])
         clock.now += timedelta(seconds=30)
     assert "o_capped" in served[0] and "o_capped" in served[1]
@@ -129,20 +170,20 @@ def test_capped_offer_is_not_served_a_third_time_across_channels(tmp_path):
     assert [r.check for r in why] == [Check.CAP]
     # a week later the cap window has passed
     clock.now += timedelta(days=7, minutes=1)
-    again = engine.decide(DecisionRequest("c1", "email_weekly", limit=3))
+    again = decide(pipeline, DecisionRequest("c1", "email_weekly", limit=3))
     assert "o_capped" in [o.offer_id for o in again.offers]
 
 
 def test_accept_event_stops_the_offer_everywhere(tmp_path):
     log = SQLiteEventLog(tmp_path / "events.sqlite")
-    engine = make_engine(log)
-    first = engine.decide(DecisionRequest("c3", "web_home", limit=2))
+    pipeline = make_pipeline(log)
+    first = decide(pipeline, DecisionRequest("c3", "web_home", limit=2))
     taken = first.offers[0].offer_id
     result = log.record_events(
         [Event("e1", first.decision_id, taken, EventType.ACCEPT, NOW + timedelta(minutes=1))]
     )
     assert result.new == ("e1",)
-    later = engine.decide(DecisionRequest("c3", "email_weekly", limit=5), trace=True)
+    later = decide(pipeline, DecisionRequest("c3", "email_weekly", limit=5), trace=True)
     assert taken not in [o.offer_id for o in later.offers]
     assert [r.check for r in later.trace.why_not(taken)] == [Check.ALREADY_ACCEPTED]
 
@@ -164,14 +205,14 @@ class StaleOnce:
 def test_a_decision_that_lost_the_race_for_a_cap_is_decided_again(tmp_path):
     log = SQLiteEventLog(tmp_path / "events.sqlite")
     clock = FixedClock()
-    first = make_engine(log, clock=clock)
+    first = make_pipeline(log, clock=clock)
     for touchpoint in ("web_home", "app_home"):
-        served = first.decide(DecisionRequest("c1", touchpoint, limit=3))
+        served = decide(first, DecisionRequest("c1", touchpoint, limit=3))
         assert "o_capped" in [o.offer_id for o in served.offers]
     # another worker decided from a history read before those two contacts were committed
-    racer = make_engine(log, clock=clock)
+    racer = make_pipeline(log, clock=clock)
     racer.history = StaleOnce(log)
-    decision = racer.decide(DecisionRequest("c1", "email_weekly", limit=3), trace=True)
+    decision = decide(racer, DecisionRequest("c1", "email_weekly", limit=3), trace=True)
     assert "o_capped" not in [o.offer_id for o in decision.offers]
     assert [r.check for r in decision.trace.why_not("o_capped")] == [Check.CAP]
     contacts = log.contact_history(["c1"], NOW - timedelta(days=7))["c1"].contacts
@@ -183,12 +224,12 @@ def test_a_decision_that_lost_the_race_for_a_cap_is_decided_again(tmp_path):
 
 def test_a_history_that_stays_stale_still_never_breaks_a_cap(tmp_path):
     log = SQLiteEventLog(tmp_path / "events.sqlite")
-    first = make_engine(log)
+    first = make_pipeline(log)
     for touchpoint in ("web_home", "app_home"):
-        first.decide(DecisionRequest("c1", touchpoint, limit=3))
-    blind = make_engine(log)
+        decide(first, DecisionRequest("c1", touchpoint, limit=3))
+    blind = make_pipeline(log)
     blind.history = type("Blind", (), {"contact_history": lambda self, ids, since: {}})()
-    decision = blind.decide(DecisionRequest("c1", "email_weekly", limit=3))
+    decision = decide(blind, DecisionRequest("c1", "email_weekly", limit=3))
     assert decision.offers and "o_capped" not in [o.offer_id for o in decision.offers]
     contacts = log.contact_history(["c1"], NOW - timedelta(days=7))["c1"].contacts
     assert len(contacts["o_capped"]) == 2
@@ -219,52 +260,61 @@ def test_many_customers_get_the_masks_each_gets_alone(touchpoint):
     histories[2] = ContactHistory(contacts={"o_capped": np.array([NOW_US - 8 * DAY_US] * 3)})
     excludes = [()] * len(customers)
     excludes[3] = ("o_dress", "not-a-candidate")
-    batch = check_eligibility_many(offers, customers, histories, NOW_US, excludes)
+    batch = check(offers, customers, histories, excludes)
     assert batch.mask.shape == (len(customers), len(offers.offers))
     for i, customer in enumerate(customers):
-        alone = check_eligibility(offers, customer, histories[i], NOW_US, excludes[i])
-        assert batch.mask[i].tolist() == alone.mask.tolist(), (i, customer)
-        assert bool(batch.consent[i]) == alone.consent
+        alone = check(offers, [customer], [histories[i]], [excludes[i]])
+        assert batch.mask[i].tolist() == alone.mask[0].tolist(), (i, customer)
+        assert bool(batch.allows_fallback[i]) == bool(alone.allows_fallback[0])
+        assert batch.removals(i) == alone.removals(0)
 
 
 @pytest.mark.parametrize(
     "spends",
     [
-        [499, 500, 500.0, -0.0, float("inf"), float("nan"), True, 2**53],  # one numpy compare
-        [499, 500, 1e300, 2**53 + 1],  # beyond float64's exact integers: value by value
+        [499, 500, 500.0, -0.0, float("inf"), float("nan"), True, 2**53],
+        [499, 500, 1e300, 2**53 + 1],
     ],
 )
 def test_numeric_rules_on_a_column_compare_like_python(spends):
     offers = make_catalog().for_touchpoint("web_home")
     customers = [{"spend_90d": s, "loyalty_tier": "gold"} for s in spends]
-    batch = check_eligibility_many(
-        offers, customers, [ContactHistory()] * len(spends), NOW_US, [()] * len(spends)
-    )
+    batch = check(offers, customers)
     big = offers.index["o_big_spender"]
     assert batch.mask[:, big].tolist() == [s >= 500 for s in spends]  # NaN: False
 
 
-def test_many_customers_need_one_history_and_exclude_each():
-    offers = make_catalog().for_touchpoint("web_home")
-    with pytest.raises(ValueError, match=r"one entry per customer \(2\), got 1 and 2"):
-        check_eligibility_many(offers, [{}, {}], [ContactHistory()], NOW_US, [(), ()])
+class VipOnly(EligibilityCheck):
+    """A plug-in check: offers named ``vip_*`` only for customers with ``vip`` true."""
+
+    name = "vip_only"  # type: ignore[assignment]
+
+    def run(self, inp: EligibilityInput) -> CheckOutcome:
+        n, m = inp.shape
+        vip = np.array([v is True or v == 1 for v in inp.features.column("vip").tolist()])
+        vip_offer = np.array([o.startswith("o_gold") for o in inp.offers.offer_ids.tolist()])
+        mask = ~vip_offer[None, :] | vip[:, None]
+        ids = inp.offers.offer_ids
+
+        def explain(i: int) -> tuple[Removal, ...]:
+            gone = ~mask[i]
+            return (Removal(self.name, tuple(ids[gone]), "not a VIP"),) if gone.any() else ()
+
+        return CheckOutcome(mask, np.ones(n, dtype=bool), explain=explain)
 
 
-def test_recorded_chunks_of_a_batch_count_each_others_contacts(tmp_path):
-    """``decide_tables`` overlaps chunks, yet a customer's contacts logged by one chunk
-    cap the next chunks (cap 2 per 7 days: served twice, not a third time)."""
-    log = SQLiteEventLog(tmp_path / "events.sqlite")
-    engine = make_engine(log)
-    chunks = [
-        [DecisionRequest("c1", "web_home", limit=3), DecisionRequest("c3", "web_home", limit=3)],
-        [DecisionRequest("c1", "app_home", limit=3)],
-        [DecisionRequest("c3", "app_home", limit=3)],
-        [DecisionRequest("c1", "email_weekly", limit=3)],
-    ]
-    tables = list(engine.decide_tables(iter(chunks), now=NOW))
-    served = [t.offer_id[t.row_decision == 0].tolist() for t in tables]
-    assert "o_capped" in served[0] and "o_capped" in served[1]
-    assert "o_capped" not in served[3]
-    logged = [r for r in log.decision_rows() if r["customer_id"] == "c1"]
-    assert sum(r["offer_id"] == "o_capped" for r in logged) == 2
-    log.close()
+def test_a_check_added_as_a_plug_in_masks_offers_and_explains_itself():
+    checks = (*CHECKS, VipOnly())
+    gold = {**CUSTOMERS["c1"], "vip": 0}
+    vip = {**CUSTOMERS["c1"], "vip": 1}
+    pipeline = make_pipeline(None)
+    pipeline.checks = checks
+    pipeline.features.vectors.update({"gold": gold, "vip": vip})
+    (for_gold, for_vip) = pipeline.run(
+        [DecisionRequest("gold", "web_home", limit=9), DecisionRequest("vip", "web_home", limit=9)],
+        trace=True,
+    ).decisions()
+    assert "o_gold" not in [o.offer_id for o in for_gold.offers]
+    assert "o_gold" in [o.offer_id for o in for_vip.offers]
+    (why,) = for_gold.trace.why_not("o_gold")
+    assert (why.check, why.detail) == ("vip_only", "not a VIP")

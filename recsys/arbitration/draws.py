@@ -1,0 +1,87 @@
+"""Exploration's random numbers: one counter-based hash of (seed, customer, touchpoint,
+time, position), so every draw is reproducible and independent of batch size or order.
+
+A decision's key mixes the seed, a hash of its customer id (pandas' vectorised SipHash), of
+its touchpoint and the decision time; draw ``c`` of a decision is SplitMix64 of its key and
+``c``, mapped to [0, 1). No generator state exists, so one request alone and the same request
+inside a batch of any size draw the same numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser of each value (uint64 -> uint64, wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        z = x + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * _MIX1
+        z = (z ^ (z >> np.uint64(27))) * _MIX2
+        return z ^ (z >> np.uint64(31))
+
+
+def _text_hash(values: Sequence[str]) -> np.ndarray:
+    return pd.util.hash_array(np.asarray(values, dtype=object), categorize=False)
+
+
+class Draws:
+    """Uniform draws in [0, 1) for n decisions, ``uniform(c)`` the c-th of each.
+
+    Parameters
+    ----------
+    seed : int
+    customer_ids, touchpoint_ids : sequences of str, length n
+    now_us : int
+        Decision time, microseconds since the epoch.
+    """
+
+    def __init__(
+        self, seed: int, customer_ids: Sequence[str], touchpoint_ids: Sequence[str], now_us: int
+    ):
+        if len(customer_ids) != len(touchpoint_ids):
+            raise ValueError(
+                f"`touchpoint_ids` must have one entry per customer ({len(customer_ids)}), "
+                f"got {len(touchpoint_ids)}"
+            )
+        self.seed = seed
+        self.customer_ids = customer_ids
+        self.touchpoint_ids = touchpoint_ids
+        self.now_us = now_us
+
+    def __len__(self) -> int:
+        return len(self.customer_ids)
+
+    @cached_property
+    def keys(self) -> np.ndarray:
+        """One uint64 key per decision, shape (n,) (computed on the first draw)."""
+        n = len(self.customer_ids)
+        base = splitmix64(np.array([self.seed & 0xFFFF_FFFF_FFFF_FFFF], dtype=np.uint64))
+        time = splitmix64(np.array([self.now_us & 0xFFFF_FFFF_FFFF_FFFF], dtype=np.uint64))
+        key = splitmix64(_text_hash(self.customer_ids) ^ base)
+        key = splitmix64(key ^ _text_hash(self.touchpoint_ids))
+        return splitmix64(key ^ time) if n else key
+
+    def uniform(self, counter: int) -> np.ndarray:
+        """Draw number ``counter`` of every decision, shape (n,) float64 in [0, 1)."""
+        with np.errstate(over="ignore"):
+            mixed = splitmix64(self.keys + np.uint64(counter + 1) * _GOLDEN)
+        return (mixed >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+    def take(self, rows: np.ndarray) -> Draws:
+        """The draws of the decisions at ``rows``."""
+        idx = rows.tolist()
+        return Draws(
+            self.seed,
+            [self.customer_ids[i] for i in idx],
+            [self.touchpoint_ids[i] for i in idx],
+            self.now_us,
+        )

@@ -1,0 +1,584 @@
+"""The decision pipeline: the one path every decision takes (HTTP, batch HTTP, ``recsys
+score``, offline evaluation of the served policy).
+
+    requests -> arm -> candidates -> eligibility -> customer features -> decision matrix
+             -> scores -> priority (P x value x weight) -> policy (slate + propensities)
+             -> record
+
+Batch only: a single request is a batch of one, and each request gets the decision it would
+get alone at the same time. Everything the pipeline talks to is a port
+(:mod:`recsys.decision.ports`), so it imports no web framework, no MLflow and no feature
+pipeline; the composition root wires the real ones in.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+import numpy as np
+
+from recsys.arbitration import Draws, Policy, greedy_order, priorities
+from recsys.catalog import Catalog, Offer, TouchpointOffers, now_utc, to_utc
+from recsys.decision.ports import (
+    Arm,
+    ArmResolver,
+    ContactHistorySource,
+    DecisionSink,
+    FeatureBlock,
+    FeatureSource,
+    MatrixBuilder,
+    Scorer,
+)
+from recsys.decision.types import (
+    DecisionBatch,
+    DecisionRequest,
+    DecisionTrace,
+    ModelInfo,
+    ScorePart,
+    SlatePosition,
+    concat,
+    new_decision_ids,
+)
+from recsys.eligibility import (
+    CHECKS,
+    EMPTY_HISTORY,
+    ContactHistory,
+    Eligibility,
+    EligibilityCheck,
+    EligibilityInput,
+    check_eligibility,
+    in_date_window,
+)
+from recsys.errors import DataError, SpecMismatchError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_LIMIT = 50
+#: How often a decision that lost a race for a contact cap is decided again.
+MAX_CAP_RETRIES = 2
+
+
+@dataclass
+class _Group:
+    """The requests of one touchpoint and arm, decided together over its m candidates.
+
+    Pairs are the (request, eligible offer) cells of the eligibility mask in row-major order:
+    the model rows, request by request, offers in catalogue order.
+    """
+
+    offers: TouchpointOffers
+    arm: Arm
+    rows: list[int]  # positions in the request list
+    features: FeatureBlock  # one row per request
+    limits: np.ndarray  # (n,)
+    eligibility: Eligibility
+    pair_request: np.ndarray  # (p,)
+    pair_offer: np.ndarray  # (p,)
+
+
+@dataclass(frozen=True)
+class _Slates:
+    """A group's served offers as rows (request order, ranks ascending)."""
+
+    counts: np.ndarray  # (n,) offers served per request
+    fallback: np.ndarray  # (n,) bool
+    column: np.ndarray  # (r,) candidate (or fallback offer) of each row
+    score: np.ndarray
+    priority: np.ndarray
+    value: np.ndarray
+    weight: np.ndarray
+    propensity: np.ndarray
+    explored: np.ndarray
+    offer_id: np.ndarray
+    offer_name: np.ndarray
+
+
+class DecisionPipeline:
+    """Decides which offers each request is shown; the only decision code there is.
+
+    Parameters
+    ----------
+    catalog : Catalog
+    features : FeatureSource
+    matrix : MatrixBuilder
+    scorer : Scorer
+    model : ModelInfo
+        Name, version and feature-spec version of the scorer's model.
+    history : ContactHistorySource
+        Contacts across channels (usually the event log, which also is the sink).
+    sink : DecisionSink or None
+        Records decisions; None = nothing is recorded (dry runs, offline evaluation).
+    arms : ArmResolver
+        The arm (policy) of each request; ``SingleArm(policy)`` outside experiments.
+    seed : int
+        Base seed of exploration draws.
+    clock : callable returning an aware datetime
+    max_limit : int
+        Largest ``limit`` a request may ask for.
+    checks : tuple of EligibilityCheck
+        The eligibility checks, in trace order (default: all registered).
+
+    Raises
+    ------
+    SpecMismatchError
+        If the model was trained on another feature-spec version than the store serves.
+    ValueError
+        If ``max_limit < 1``.
+    """
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        features: FeatureSource,
+        matrix: MatrixBuilder,
+        scorer: Scorer,
+        model: ModelInfo,
+        history: ContactHistorySource,
+        sink: DecisionSink | None,
+        arms: ArmResolver,
+        seed: int = 7,
+        clock: Callable[[], datetime] = now_utc,
+        max_limit: int = DEFAULT_MAX_LIMIT,
+        checks: tuple[EligibilityCheck, ...] = CHECKS,
+    ):
+        store_spec = features.spec_version()
+        if model.feature_spec_version is not None and model.feature_spec_version != store_spec:
+            raise SpecMismatchError(
+                f"model {model.name} v{model.version} was trained on feature spec "
+                f"{model.feature_spec_version!r} but the online store serves {store_spec!r}; "
+                "rebuild features or retrain"
+            )
+        if max_limit < 1:
+            raise ValueError(f"`max_limit` must be >= 1, got {max_limit}")
+        self.catalog = catalog
+        self.features = features
+        self.matrix = matrix
+        self.scorer = scorer
+        self.model = model
+        self.history = history
+        self.sink = sink
+        self.arms = arms
+        self.seed = seed
+        self.clock = clock
+        self.max_limit = max_limit
+        self.checks = checks
+        self.caps: dict[str, tuple[int, int]] = {
+            o.offer_id: (o.cap_per_customer, o.cap_window_days)
+            for o in catalog.offers.values()
+            if o.cap_per_customer is not None and o.cap_window_days is not None
+        }
+        self.cap_lookback_days = max((w for _, w in self.caps.values()), default=0)
+
+    # ------------------------------------------------------------------ public
+
+    def run(
+        self,
+        requests: Sequence[DecisionRequest],
+        now: datetime | None = None,
+        *,
+        trace: bool = False,
+        record: bool = True,
+    ) -> DecisionBatch:
+        """Decide every request at one time, scoring them in one model call.
+
+        Parameters
+        ----------
+        requests : sequence of DecisionRequest
+        now : aware datetime, optional
+            Decision time; default the pipeline's clock.
+        trace : bool
+            Attach a :class:`DecisionTrace` to every decision.
+        record : bool
+            Record the decisions in the sink (contacts count toward caps from then on).
+
+        Raises
+        ------
+        NotFoundError
+            An unknown touchpoint.
+        ValueError
+            A ``limit`` outside 1..max_limit.
+        """
+        ts = to_utc(now if now is not None else self.clock())
+        return self._run(tuple(requests), ts, trace, record, attempt=0)
+
+    # ------------------------------------------------------------------ stages
+
+    def _run(
+        self,
+        requests: tuple[DecisionRequest, ...],
+        now: datetime,
+        trace: bool,
+        record: bool,
+        attempt: int,
+    ) -> DecisionBatch:
+        self._validate(requests)
+        now_us = int(now.timestamp() * 1_000_000)
+        groups = self._groups(requests, self.arms.resolve(requests), now, now_us)
+        matrices = [
+            self._matrix(g, [requests[i].context for i in g.rows], now)
+            for g in groups
+            if g.pair_request.size
+        ]
+        scores = self._score(matrices)
+        parts: list[DecisionBatch] = []
+        order: list[int] = []
+        start = 0
+        for g in groups:
+            n_pairs = g.pair_request.shape[0]
+            p_accept = scores[start : start + n_pairs]
+            start += n_pairs
+            parts.append(self._decide_group(g, requests, p_accept, now, now_us, trace))
+            order.extend(g.rows)
+        position = {row: k for k, row in enumerate(order)}
+        batch = concat(parts).take([position[i] for i in range(len(requests))]) if parts else (
+            _empty(requests, now, self.model)
+        )
+        if record and self.sink is not None:
+            batch = self._record(batch, trace, now, attempt)
+        return batch
+
+    def _validate(self, requests: Sequence[DecisionRequest]) -> None:
+        for request in requests:
+            self.catalog.touchpoint(request.touchpoint_id)  # NotFoundError names it
+            if request.limit is not None and not (1 <= request.limit <= self.max_limit):
+                raise ValueError(f"`limit` must be in 1..{self.max_limit}, got {request.limit}")
+
+    def _groups(
+        self,
+        requests: Sequence[DecisionRequest],
+        arms: Sequence[Arm],
+        now: datetime,
+        now_us: int,
+    ) -> list[_Group]:
+        """Candidates and eligibility of every request, by touchpoint and arm."""
+        if len(arms) != len(requests):
+            raise DataError(
+                f"the arm resolver must return one arm per request ({len(requests)}), "
+                f"got {len(arms)}"
+            )
+        by_group: dict[tuple[str, Arm], list[int]] = {}
+        for i, (request, arm) in enumerate(zip(requests, arms, strict=True)):
+            by_group.setdefault((request.touchpoint_id, arm), []).append(i)
+        customer_ids = list(dict.fromkeys(r.customer_id for r in requests))
+        block = self.features.read(customer_ids)
+        if block.ids != tuple(customer_ids):
+            raise DataError(
+                f"the feature source must return the customers asked for, in order "
+                f"({len(customer_ids)} ids), got {len(block.ids)} ids"
+            )
+        at = {c: i for i, c in enumerate(customer_ids)}
+        # Read even without caps: "already accepted" needs the history too.
+        since = now - timedelta(days=max(self.cap_lookback_days, 1))
+        histories = self.history.contact_history(customer_ids, since)
+        groups = []
+        for (tp_id, arm), rows in by_group.items():
+            offers = self.catalog.for_touchpoint(tp_id)
+            mine = [requests[i] for i in rows]
+            features = block.take([at[r.customer_id] for r in mine])
+            eligibility = check_eligibility(
+                EligibilityInput(
+                    offers=offers,
+                    features=features,
+                    histories=[histories.get(r.customer_id, EMPTY_HISTORY) for r in mine],
+                    excludes=[r.exclude_offers for r in mine],
+                    now_us=now_us,
+                ),
+                self.checks,
+            )
+            pair_request, pair_offer = np.nonzero(eligibility.mask)
+            slots = offers.touchpoint.slots
+            limits = [r.limit if r.limit is not None else min(slots, self.max_limit) for r in mine]
+            groups.append(
+                _Group(
+                    offers=offers,
+                    arm=arm,
+                    rows=rows,
+                    features=features,
+                    limits=np.array(limits, dtype=np.int64),
+                    eligibility=eligibility,
+                    pair_request=pair_request,
+                    pair_offer=pair_offer,
+                )
+            )
+        return groups
+
+    def _matrix(
+        self, g: _Group, contexts: Sequence[Mapping[str, object]], now: datetime
+    ) -> np.ndarray:
+        """Model rows of every (request, eligible offer) pair of a group, pair order."""
+        matrix = self.matrix.build(
+            g.features, g.offers, contexts, now, g.pair_request, g.pair_offer
+        )
+        if matrix.shape[0] != g.pair_request.shape[0]:
+            raise DataError(
+                f"decision matrix must have one row per pair ({g.pair_request.shape[0]}), "
+                f"got {matrix.shape[0]}"
+            )
+        return matrix
+
+    def _score(self, matrices: list[np.ndarray]) -> np.ndarray:
+        """P(accept) of every row of every matrix, in one model call."""
+        if not matrices:
+            return np.zeros(0)
+        matrix = matrices[0] if len(matrices) == 1 else np.vstack(matrices)
+        scores = np.asarray(self.scorer.score(matrix), dtype=np.float64).reshape(-1)
+        if scores.shape[0] != matrix.shape[0]:
+            raise DataError(
+                f"scorer must return one score per row ({matrix.shape[0]}), got {scores.shape[0]}"
+            )
+        return scores
+
+    def _decide_group(
+        self,
+        g: _Group,
+        requests: Sequence[DecisionRequest],
+        p_accept: np.ndarray,
+        now: datetime,
+        now_us: int,
+        trace: bool,
+    ) -> DecisionBatch:
+        """Priorities, slates (with exploration) and fallbacks of a group, as a batch."""
+        offers, policy = g.offers, g.arm.policy
+        n, m = g.eligibility.mask.shape
+        value = offers.value[g.pair_offer]
+        weight = offers.weight[g.pair_offer]
+        pair_priority = priorities(p_accept, value, weight)
+        priority = np.zeros((n, m))
+        priority[g.pair_request, g.pair_offer] = pair_priority
+        p_matrix = np.zeros((n, m))
+        p_matrix[g.pair_request, g.pair_offer] = p_accept
+        mine = [requests[i] for i in g.rows]
+        draws = Draws(
+            self.seed, [r.customer_id for r in mine], [r.touchpoint_id for r in mine], now_us
+        )
+        slates = policy.select(priority, g.eligibility.mask, g.limits, draws)
+        served = _served(offers, slates.positions, slates.k, priority, p_matrix)
+        fallback = (slates.k == 0) & g.eligibility.allows_fallback
+        fallback_offers = _live_fallback(offers.fallback, now_us)
+        fb_counts = np.where(fallback, np.minimum(g.limits, len(fallback_offers)), 0)
+        fallback &= fb_counts > 0
+        counts = np.where(fallback, fb_counts, slates.k)
+        # rows: each request's model slate, or its fallback offers
+        row_start = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(counts, out=row_start[1:])
+        r = int(row_start[-1])
+        offer_id = np.empty(r, dtype=object)
+        offer_name = np.empty(r, dtype=object)
+        score = np.full(r, np.nan)
+        prio = np.zeros(r)
+        val = np.zeros(r)
+        wgt = np.zeros(r)
+        propensity = np.ones(r)
+        explored = np.zeros(r, dtype=bool)
+        model_rows = np.repeat(~fallback, counts)
+        filled = slates.positions >= 0
+        offer_id[model_rows] = offers.offer_ids[slates.positions[filled]]
+        offer_name[model_rows] = served.names
+        score[model_rows] = served.p_accept
+        prio[model_rows] = served.priority
+        val[model_rows] = offers.value[slates.positions[filled]]
+        wgt[model_rows] = offers.weight[slates.positions[filled]]
+        propensity[model_rows] = slates.propensity[filled]
+        explored[model_rows] = slates.explored[filled]
+        if fallback.any():
+            fb_rows = np.flatnonzero(~model_rows)
+            ranks = np.arange(fb_rows.size) - np.repeat(
+                np.cumsum(fb_counts[fallback]) - fb_counts[fallback], fb_counts[fallback]
+            )
+            chosen = [fallback_offers[k] for k in ranks.tolist()]
+            offer_id[fb_rows] = [o.offer_id for o in chosen]
+            offer_name[fb_rows] = [o.name for o in chosen]
+            prio[fb_rows] = [o.value * o.weight for o in chosen]
+            val[fb_rows] = [o.value for o in chosen]
+            wgt[fb_rows] = [o.weight for o in chosen]
+        traces: tuple[DecisionTrace | None, ...] = (None,) * n
+        if trace:
+            traces = tuple(
+                self._trace(g, i, priority, p_matrix, offer_id[row_start[i] : row_start[i + 1]],
+                            slates.explored[i], slates.propensity[i], bool(fallback[i]))
+                for i in range(n)
+            )  # fmt: skip
+        return DecisionBatch(
+            requests=tuple(mine),
+            ts=now,
+            model=self.model,
+            decision_id=new_decision_ids(n),
+            channel=[offers.touchpoint.channel] * n,
+            policy=[policy.name] * n,
+            arm=[g.arm.name] * n,
+            experiment_id=[g.arm.experiment_id] * n,
+            fallback=fallback,
+            cold_start=g.features.cold_start.copy(),
+            n_candidates=np.full(n, m, dtype=np.int64),
+            n_eligible=np.count_nonzero(g.eligibility.mask, axis=1).astype(np.int64),
+            row_start=row_start,
+            offer_id=offer_id,
+            offer_name=offer_name,
+            score=score,
+            priority=prio,
+            value=val,
+            weight=wgt,
+            propensity=propensity,
+            explored=explored,
+            traces=traces,
+        )
+
+    def _trace(
+        self,
+        g: _Group,
+        i: int,
+        priority: np.ndarray,
+        p_accept: np.ndarray,
+        served_ids: np.ndarray,
+        explored: np.ndarray,
+        propensity: np.ndarray,
+        fallback: bool,
+    ) -> DecisionTrace:
+        """Request ``i``'s trace, read from what the decision computed."""
+        offers, policy = g.offers, g.arm.policy
+        mask = g.eligibility.mask[i]
+        consent = bool(g.eligibility.allows_fallback[i])
+        order = greedy_order(priority[i : i + 1], mask[None, :])[0][: int(mask.sum())]
+        scores = tuple(
+            ScorePart(
+                str(offers.offer_ids[j]),
+                float(p_accept[i, j]),
+                float(offers.value[j]),
+                float(offers.weight[j]),
+                float(priority[i, j]),
+            )
+            for j in order.tolist()
+        )
+        notes: list[str] = []
+        slate: list[SlatePosition] = []
+        if fallback:
+            notes.append("no eligible offer: served the touchpoint's fallback")
+            slate = [SlatePosition(k, o, False, 1.0, o) for k, o in enumerate(served_ids, 1)]
+        elif not mask.any():
+            notes.append(
+                "no consent for this channel: nothing is shown"
+                if not consent
+                else "no eligible offer and the touchpoint has no fallback offer"
+            )
+        else:
+            remaining = [str(offers.offer_ids[j]) for j in order.tolist()]
+            for k, offer_id in enumerate(served_ids.tolist(), start=1):
+                slate.append(
+                    SlatePosition(
+                        k, offer_id, bool(explored[k - 1]), float(propensity[k - 1]), remaining[0]
+                    )
+                )
+                remaining.remove(offer_id)
+        return DecisionTrace(
+            candidates=len(offers.offers),
+            eligible=int(mask.sum()),
+            consent=consent,
+            removals=g.eligibility.removals(i),
+            caps_hit=g.eligibility.caps_hit(i),
+            scores=scores,
+            slate=tuple(slate),
+            policy=policy.name,
+            epsilon=policy.exploration_rate,
+            cold_start=bool(g.features.cold_start[i]),
+            feature_spec_version=self.model.feature_spec_version,
+            notes=tuple(notes),
+        )
+
+    def _record(
+        self, batch: DecisionBatch, trace: bool, now: datetime, attempt: int
+    ) -> DecisionBatch:
+        """Record decisions; decide again those that lost a race for a contact cap.
+
+        The history was read at the start of the decision; the sink re-counts contacts of
+        capped offers inside its write transaction and refuses decisions that would break a
+        cap because another decision got there first. After ``MAX_CAP_RETRIES`` the refused
+        requests are decided without any capped offer, so no cap can be broken.
+        """
+        assert self.sink is not None
+        decisions = batch.decisions()
+        last_resort = attempt > MAX_CAP_RETRIES
+        refused = self.sink.record_decisions_within_caps(
+            decisions, {} if last_resort else self.caps
+        )
+        if not refused:
+            return batch
+        logger.info("%d decision(s) lost a race for a contact cap; deciding again", len(refused))
+        redo_at = [i for i, d in enumerate(decisions) if d.decision_id in refused]
+        redo = tuple(batch.requests[i] for i in redo_at)
+        if attempt >= MAX_CAP_RETRIES:
+            redo = tuple(replace(r, exclude_offers=(*r.exclude_offers, *self.caps)) for r in redo)
+        again = self._run(redo, now, trace, record=True, attempt=attempt + 1)
+        return batch.replaced(redo_at, again)
+
+
+@dataclass(frozen=True)
+class _Served:
+    names: np.ndarray
+    p_accept: np.ndarray
+    priority: np.ndarray
+
+
+def _served(
+    offers: TouchpointOffers,
+    positions: np.ndarray,
+    k: np.ndarray,
+    priority: np.ndarray,
+    p_accept: np.ndarray,
+) -> _Served:
+    """Names, P(accept) and priority of the slates' offers, rows in slate order."""
+    filled = positions >= 0
+    rows = np.nonzero(filled)[0]
+    cols = positions[filled]
+    names = np.array([o.name for o in offers.offers] or [""], dtype=object)
+    return _Served(
+        names=names[cols] if cols.size else np.zeros(0, dtype=object),
+        p_accept=p_accept[rows, cols],
+        priority=priority[rows, cols],
+    )
+
+
+def _live_fallback(offers: tuple[Offer, ...], now_us: int) -> list[Offer]:
+    """The touchpoint's fallback offers inside their date window, best value x weight first."""
+    if not offers:
+        return []
+    start = np.array([_us(o.start_at, np.iinfo(np.int64).min) for o in offers])
+    end = np.array([_us(o.end_at, np.iinfo(np.int64).max) for o in offers])
+    live = [o for o, ok in zip(offers, in_date_window(start, end, now_us), strict=True) if ok]
+    return sorted(live, key=lambda o: -(o.value * o.weight))
+
+
+def _us(ts: datetime | None, default: int) -> int:
+    return default if ts is None else int(ts.timestamp() * 1_000_000)
+
+
+def _empty(requests: tuple[DecisionRequest, ...], now: datetime, model: ModelInfo) -> DecisionBatch:
+    return DecisionBatch(
+        requests=requests,
+        ts=now,
+        model=model,
+        decision_id=[],
+        channel=[],
+        policy=[],
+        arm=[],
+        experiment_id=[],
+        fallback=np.zeros(0, dtype=bool),
+        cold_start=np.zeros(0, dtype=bool),
+        n_candidates=np.zeros(0, dtype=np.int64),
+        n_eligible=np.zeros(0, dtype=np.int64),
+        row_start=np.zeros(1, dtype=np.int64),
+        offer_id=np.zeros(0, dtype=object),
+        offer_name=np.zeros(0, dtype=object),
+        score=np.zeros(0),
+        priority=np.zeros(0),
+        value=np.zeros(0),
+        weight=np.zeros(0),
+        propensity=np.zeros(0),
+        explored=np.zeros(0, dtype=bool),
+        traces=(),
+    )
+
+
+__all__ = ["DEFAULT_MAX_LIMIT", "DecisionPipeline", "Policy"]
