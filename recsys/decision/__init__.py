@@ -5,7 +5,13 @@
 - :mod:`recsys.decision.pipeline`: :class:`DecisionPipeline`, the stages.
 """
 
-from recsys.decision.pipeline import DEFAULT_MAX_LIMIT, MAX_CAP_RETRIES, DecisionPipeline
+from recsys.decision.pipeline import (
+    DEFAULT_MAX_LIMIT,
+    MAX_CAP_RETRIES,
+    DecisionPipeline,
+    MatrixScorer,
+    RowScorer,
+)
 from recsys.decision.ports import (
     Arm,
     ArmResolver,
@@ -17,6 +23,9 @@ from recsys.decision.ports import (
     KeyStats,
     MatrixBuilder,
     Scorer,
+    Scores,
+    ScoringRows,
+    ServedModel,
     SingleArm,
 )
 from recsys.decision.types import (
@@ -49,9 +58,14 @@ __all__ = [
     "FeatureSource",
     "KeyStats",
     "MatrixBuilder",
+    "MatrixScorer",
     "ModelInfo",
+    "RowScorer",
     "ScorePart",
     "Scorer",
+    "Scores",
+    "ScoringRows",
+    "ServedModel",
     "ServedOffer",
     "SingleArm",
     "SlatePosition",

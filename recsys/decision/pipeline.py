@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Protocol
 
 import numpy as np
 
@@ -29,8 +30,9 @@ from recsys.decision.ports import (
     DecisionSink,
     FeatureBlock,
     FeatureSource,
-    MatrixBuilder,
-    Scorer,
+    Scores,
+    ScoringRows,
+    ServedModel,
 )
 from recsys.decision.types import (
     DecisionBatch,
@@ -55,6 +57,13 @@ from recsys.eligibility import (
 from recsys.errors import DataError, SpecMismatchError
 
 logger = logging.getLogger(__name__)
+
+
+class RowScorer(Protocol):
+    """A model flavour's scorer: P(accept) of each row of a matrix (``recsys.scoring``)."""
+
+    def score(self, matrix: np.ndarray) -> np.ndarray: ...
+
 
 DEFAULT_MAX_LIMIT = 50
 #: How often a decision that lost a race for a contact cap is decided again.
@@ -103,16 +112,13 @@ class DecisionPipeline:
     ----------
     catalog : Catalog
     features : FeatureSource
-    matrix : MatrixBuilder
-    scorer : Scorer
-    model : ModelInfo
-        Name, version and feature-spec version of the scorer's model.
     history : ContactHistorySource
         Contacts across channels (usually the event log, which also is the sink).
     sink : DecisionSink or None
         Records decisions; None = nothing is recorded (dry runs, offline evaluation).
     arms : ArmResolver
-        The arm (policy) of each request; ``SingleArm(policy)`` outside experiments.
+        The arm (model and policy) of each request; ``SingleArm(model, policy)`` outside
+        experiments.
     seed : int
         Base seed of exploration draws.
     clock : callable returning an aware datetime
@@ -123,8 +129,6 @@ class DecisionPipeline:
 
     Raises
     ------
-    SpecMismatchError
-        If the model was trained on another feature-spec version than the store serves.
     ValueError
         If ``max_limit < 1``.
     """
@@ -133,9 +137,6 @@ class DecisionPipeline:
         self,
         catalog: Catalog,
         features: FeatureSource,
-        matrix: MatrixBuilder,
-        scorer: Scorer,
-        model: ModelInfo,
         history: ContactHistorySource,
         sink: DecisionSink | None,
         arms: ArmResolver,
@@ -144,20 +145,10 @@ class DecisionPipeline:
         max_limit: int = DEFAULT_MAX_LIMIT,
         checks: tuple[EligibilityCheck, ...] = CHECKS,
     ):
-        store_spec = features.spec_version()
-        if model.feature_spec_version is not None and model.feature_spec_version != store_spec:
-            raise SpecMismatchError(
-                f"model {model.name} v{model.version} was trained on feature spec "
-                f"{model.feature_spec_version!r} but the online store serves {store_spec!r}; "
-                "rebuild features or retrain"
-            )
         if max_limit < 1:
             raise ValueError(f"`max_limit` must be >= 1, got {max_limit}")
         self.catalog = catalog
         self.features = features
-        self.matrix = matrix
-        self.scorer = scorer
-        self.model = model
         self.history = history
         self.sink = sink
         self.arms = arms
@@ -173,6 +164,15 @@ class DecisionPipeline:
         self.cap_lookback_days = max((w for _, w in self.caps.values()), default=0)
 
     # ------------------------------------------------------------------ public
+
+    def check_model(self, model: ServedModel) -> None:
+        """Refuse a model trained on another feature spec than the store serves.
+
+        Raises
+        ------
+        SpecMismatchError
+        """
+        _check_spec(model.info, self.features.spec_version())
 
     def run(
         self,
@@ -217,24 +217,16 @@ class DecisionPipeline:
         self._validate(requests)
         now_us = int(now.timestamp() * 1_000_000)
         groups = self._groups(requests, self.arms.resolve(requests), now, now_us)
-        matrices = [
-            self._matrix(g, [requests[i].context for i in g.rows], now)
-            for g in groups
-            if g.pair_request.size
+        scores = self._score(groups, requests, now)
+        parts = [
+            self._decide_group(g, requests, s, now, now_us, trace)
+            for g, s in zip(groups, scores, strict=True)
         ]
-        scores = self._score(matrices)
-        parts: list[DecisionBatch] = []
-        order: list[int] = []
-        start = 0
-        for g in groups:
-            n_pairs = g.pair_request.shape[0]
-            p_accept = scores[start : start + n_pairs]
-            start += n_pairs
-            parts.append(self._decide_group(g, requests, p_accept, now, now_us, trace))
-            order.extend(g.rows)
-        position = {row: k for k, row in enumerate(order)}
-        batch = concat(parts).take([position[i] for i in range(len(requests))]) if parts else (
-            _empty(requests, now, self.model)
+        position = {row: k for k, row in enumerate(r for g in groups for r in g.rows)}
+        batch = (
+            concat(parts).take([position[i] for i in range(len(requests))])
+            if parts
+            else _empty(requests, now)
         )
         if record and self.sink is not None:
             batch = self._record(batch, trace, now, attempt)
@@ -269,6 +261,9 @@ class DecisionPipeline:
                 f"the feature source must return the customers asked for, in order "
                 f"({len(customer_ids)} ids), got {len(block.ids)} ids"
             )
+        if block.degraded is None:  # a stand-in block (store down) fits every model
+            for model in {arm.model for arm in arms}:
+                _check_spec(model.info, block.spec_version)
         at = {c: i for i, c in enumerate(customer_ids)}
         # Read even without caps: "already accepted" needs the history too.
         since = now - timedelta(days=max(self.cap_lookback_days, 1))
@@ -305,43 +300,68 @@ class DecisionPipeline:
             )
         return groups
 
-    def _matrix(
-        self, g: _Group, contexts: Sequence[Mapping[str, object]], now: datetime
-    ) -> np.ndarray:
+    def _score(
+        self, groups: list[_Group], requests: Sequence[DecisionRequest], now: datetime
+    ) -> list[Scores]:
+        """P(accept) of every pair of every group: one scorer call per model."""
+        by_model: dict[ServedModel, list[int]] = {}
+        for k, g in enumerate(groups):
+            by_model.setdefault(g.arm.model, []).append(k)
+        out: list[Scores | None] = [None] * len(groups)
+        for model, members in by_model.items():
+            rows = [self._rows(model, groups[k], requests, now) for k in members]
+            matrix = rows[0].matrix if len(rows) == 1 else np.vstack([r.matrix for r in rows])
+            scores = model.scorer.score(
+                ScoringRows(
+                    matrix,
+                    np.concatenate([r.touchpoint_ids for r in rows]),
+                    np.concatenate([r.offer_ids for r in rows]),
+                )
+            )
+            p_accept = np.asarray(scores.p_accept, dtype=np.float64).reshape(-1)
+            if p_accept.shape[0] != matrix.shape[0]:
+                raise DataError(
+                    f"scorer must return one score per row ({matrix.shape[0]}), "
+                    f"got {p_accept.shape[0]}"
+                )
+            start = 0
+            for k, r in zip(members, rows, strict=True):
+                end = start + r.matrix.shape[0]
+                out[k] = replace(scores, p_accept=p_accept[start:end])
+                start = end
+        return out  # type: ignore[return-value]
+
+    def _rows(
+        self, model: ServedModel, g: _Group, requests: Sequence[DecisionRequest], now: datetime
+    ) -> ScoringRows:
         """Model rows of every (request, eligible offer) pair of a group, pair order."""
-        matrix = self.matrix.build(
+        contexts = [requests[i].context for i in g.rows]
+        matrix = model.matrix.build(
             g.features, g.offers, contexts, now, g.pair_request, g.pair_offer
         )
-        if matrix.shape[0] != g.pair_request.shape[0]:
+        n_pairs = g.pair_request.shape[0]
+        if matrix.shape[0] != n_pairs:
             raise DataError(
-                f"decision matrix must have one row per pair ({g.pair_request.shape[0]}), "
-                f"got {matrix.shape[0]}"
+                f"decision matrix must have one row per pair ({n_pairs}), got {matrix.shape[0]}"
             )
-        return matrix
-
-    def _score(self, matrices: list[np.ndarray]) -> np.ndarray:
-        """P(accept) of every row of every matrix, in one model call."""
-        if not matrices:
-            return np.zeros(0)
-        matrix = matrices[0] if len(matrices) == 1 else np.vstack(matrices)
-        scores = np.asarray(self.scorer.score(matrix), dtype=np.float64).reshape(-1)
-        if scores.shape[0] != matrix.shape[0]:
-            raise DataError(
-                f"scorer must return one score per row ({matrix.shape[0]}), got {scores.shape[0]}"
-            )
-        return scores
+        return ScoringRows(
+            matrix,
+            np.full(n_pairs, g.offers.touchpoint.touchpoint_id, dtype=object),
+            g.offers.offer_ids[g.pair_offer],
+        )
 
     def _decide_group(
         self,
         g: _Group,
         requests: Sequence[DecisionRequest],
-        p_accept: np.ndarray,
+        scores: Scores,
         now: datetime,
         now_us: int,
         trace: bool,
     ) -> DecisionBatch:
         """Priorities, slates (with exploration) and fallbacks of a group, as a batch."""
         offers, policy = g.offers, g.arm.policy
+        p_accept = scores.p_accept
         n, m = g.eligibility.mask.shape
         value = offers.value[g.pair_offer]
         weight = offers.weight[g.pair_offer]
@@ -398,19 +418,23 @@ class DecisionPipeline:
         if trace:
             traces = tuple(
                 self._trace(g, i, priority, p_matrix, offer_id[row_start[i] : row_start[i + 1]],
-                            slates.explored[i], slates.propensity[i], bool(fallback[i]))
+                            slates.explored[i], slates.propensity[i], bool(fallback[i]),
+                            scores.model)
                 for i in range(n)
             )  # fmt: skip
+        # a stand-in for the model or the features marks every decision of the group
+        reason = scores.fallback_reason or g.features.degraded
         return DecisionBatch(
             requests=tuple(mine),
             ts=now,
-            model=self.model,
+            model=[scores.model] * n,
             decision_id=new_decision_ids(n),
             channel=[offers.touchpoint.channel] * n,
             policy=[policy.name] * n,
             arm=[g.arm.name] * n,
             experiment_id=[g.arm.experiment_id] * n,
-            fallback=fallback,
+            fallback_reason=[reason] * n,
+            fallback=fallback | (reason is not None),
             cold_start=g.features.cold_start.copy(),
             n_candidates=np.full(n, m, dtype=np.int64),
             n_eligible=np.count_nonzero(g.eligibility.mask, axis=1).astype(np.int64),
@@ -436,6 +460,7 @@ class DecisionPipeline:
         explored: np.ndarray,
         propensity: np.ndarray,
         fallback: bool,
+        model: ModelInfo,
     ) -> DecisionTrace:
         """Request ``i``'s trace, read from what the decision computed."""
         offers, policy = g.offers, g.arm.policy
@@ -483,7 +508,7 @@ class DecisionPipeline:
             policy=policy.name,
             epsilon=policy.exploration_rate,
             cold_start=bool(g.features.cold_start[i]),
-            feature_spec_version=self.model.feature_spec_version,
+            feature_spec_version=model.feature_spec_version,
             notes=tuple(notes),
         )
 
@@ -554,16 +579,26 @@ def _us(ts: datetime | None, default: int) -> int:
     return default if ts is None else int(ts.timestamp() * 1_000_000)
 
 
-def _empty(requests: tuple[DecisionRequest, ...], now: datetime, model: ModelInfo) -> DecisionBatch:
+def _check_spec(model: ModelInfo, store_spec: str) -> None:
+    if model.feature_spec_version is not None and model.feature_spec_version != store_spec:
+        raise SpecMismatchError(
+            f"model {model.name} v{model.version} was trained on feature spec "
+            f"{model.feature_spec_version!r} but the online store serves {store_spec!r}; "
+            "rebuild features or retrain"
+        )
+
+
+def _empty(requests: tuple[DecisionRequest, ...], now: datetime) -> DecisionBatch:
     return DecisionBatch(
         requests=requests,
         ts=now,
-        model=model,
+        model=[],
         decision_id=[],
         channel=[],
         policy=[],
         arm=[],
         experiment_id=[],
+        fallback_reason=[],
         fallback=np.zeros(0, dtype=bool),
         cold_start=np.zeros(0, dtype=bool),
         n_candidates=np.zeros(0, dtype=np.int64),
@@ -581,4 +616,15 @@ def _empty(requests: tuple[DecisionRequest, ...], now: datetime, model: ModelInf
     )
 
 
-__all__ = ["DEFAULT_MAX_LIMIT", "DecisionPipeline", "Policy"]
+class MatrixScorer:
+    """A model flavour's scorer (rows -> P(accept)) as the pipeline's :class:`Scorer`."""
+
+    def __init__(self, scorer: RowScorer, model: ModelInfo):
+        self.scorer = scorer
+        self.model = model
+
+    def score(self, rows: ScoringRows) -> Scores:
+        return Scores(self.scorer.score(rows.matrix), self.model)
+
+
+__all__ = ["DEFAULT_MAX_LIMIT", "DecisionPipeline", "MatrixScorer", "Policy"]

@@ -5,11 +5,11 @@ breakers) implement the whole port they wrap, so the pipeline never probes what 
 can do.
 
 - :class:`FeatureSource` -> :class:`FeatureBlock`: the customers' features as columns;
-- :class:`MatrixBuilder`: (customer, eligible offer) pairs -> model rows;
-- :class:`Scorer`: model rows -> P(accept);
+- :class:`ServedModel`: a model as served: its :class:`MatrixBuilder` ((customer, eligible
+  offer) pairs -> model rows) and its :class:`Scorer` (rows -> P(accept)), swapped together;
 - :class:`ContactHistorySource`: contacts across channels and accepted offers;
 - :class:`DecisionSink`: records decisions, refusing those that lost a race for a cap;
-- :class:`ArmResolver`: which experiment arm (policy) each request is decided by;
+- :class:`ArmResolver`: which arm (model and policy) each request is decided by;
 - a clock: a callable returning an aware ``datetime``.
 """
 
@@ -25,6 +25,8 @@ import numpy as np
 
 from recsys.catalog import TouchpointOffers
 from recsys.eligibility.base import ContactHistory
+
+from recsys.decision.types import ModelInfo
 
 if TYPE_CHECKING:
     from recsys.arbitration.base import Policy
@@ -92,6 +94,9 @@ class FeatureBlock:
     aliases : mapping of name -> feature name
         Names the catalogue uses (rule features, consent columns) and the feature that
         holds them, e.g. ``loyalty_tier -> attr_loyalty_tier``.
+    degraded : str or None
+        Why the block stands in for the real features (e.g. ``features_down``: every
+        customer served as a cold start); decisions from it are marked ``fallback``.
     """
 
     ids: tuple[str, ...]
@@ -103,6 +108,7 @@ class FeatureBlock:
     cold_start: np.ndarray
     spec_version: str
     aliases: Mapping[str, str] = field(default_factory=_empty_text)  # type: ignore[arg-type]
+    degraded: str | None = None
 
     def __post_init__(self) -> None:
         n = len(self.ids)
@@ -158,6 +164,7 @@ class FeatureBlock:
             cold_start=self.cold_start[idx],
             spec_version=self.spec_version,
             aliases=self.aliases,
+            degraded=self.degraded,
         )
 
 
@@ -194,12 +201,48 @@ class MatrixBuilder(Protocol):
         ...
 
 
-class Scorer(Protocol):
-    """A model: P(accept) for each row of a decision matrix."""
+@dataclass(frozen=True)
+class ScoringRows:
+    """Model rows and what each one is.
 
-    def score(self, matrix: np.ndarray) -> np.ndarray:
-        """matrix shape (n, n_features) -> P(accept), shape (n,)."""
+    Attributes
+    ----------
+    matrix : ndarray, shape (p, n_features)
+    touchpoint_ids, offer_ids : ndarray of object (str), shape (p,)
+    """
+
+    matrix: np.ndarray
+    touchpoint_ids: np.ndarray
+    offer_ids: np.ndarray
+
+
+@dataclass(frozen=True)
+class Scores:
+    """P(accept) of each row and who gave it: the model, or a fallback standing in for it
+    (``fallback_reason`` says why: ``no_model``, ``model_error``, ``breaker_open``)."""
+
+    p_accept: np.ndarray
+    model: ModelInfo
+    fallback_reason: str | None = None
+
+
+class Scorer(Protocol):
+    """A model: P(accept) for each model row."""
+
+    def score(self, rows: ScoringRows) -> Scores:
+        """P(accept), shape (p,), of ``rows``."""
         ...
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A model version as the pipeline serves it: how its rows are built and scored.
+
+    The two are swapped together (a new model may have a new encoding)."""
+
+    info: ModelInfo
+    matrix: MatrixBuilder
+    scorer: Scorer
 
 
 class ContactHistorySource(Protocol):
@@ -223,12 +266,13 @@ class DecisionSink(Protocol):
 
 @dataclass(frozen=True)
 class Arm:
-    """The recipe a request is decided by: its experiment arm and the policy of that arm.
+    """The recipe a request is decided by: a model and a policy.
 
     ``experiment_id`` is None outside any experiment (the default arm).
     """
 
     name: str
+    model: ServedModel
     policy: Policy
     experiment_id: str | None = None
 
@@ -243,11 +287,12 @@ class ArmResolver(Protocol):
 
 @dataclass(frozen=True)
 class SingleArm:
-    """The default resolver: every request in one arm (the champion with ``policy``)."""
+    """The default resolver: every request in one arm (one model with ``policy``)."""
 
+    model: ServedModel
     policy: Policy
     name: str = "champion"
 
     def resolve(self, requests: Sequence[DecisionRequest]) -> Sequence[Arm]:
-        arm = Arm(self.name, self.policy)
+        arm = Arm(self.name, self.model, self.policy)
         return [arm] * len(requests)

@@ -102,6 +102,7 @@ class Decision:
     trace: DecisionTrace | None = None
     arm: str = "champion"
     experiment_id: str | None = None
+    fallback_reason: str | None = None  # why a fallback stood in for the model or features
 
 
 def new_decision_ids(n: int) -> list[str]:
@@ -134,9 +135,10 @@ class DecisionBatch:
     ----------
     requests : tuple of DecisionRequest, shape (n,)
     ts : datetime, the decision time
-    model : ModelInfo
+    model : list of ModelInfo, length n
+        The model that scored each decision (a fallback names itself).
     decision_id, channel, policy, arm : lists of str, length n
-    experiment_id : list of str or None, length n
+    experiment_id, fallback_reason : lists of str or None, length n
     fallback, cold_start : ndarray of bool, shape (n,)
     n_candidates, n_eligible : ndarray of int64, shape (n,)
     row_start : ndarray of int64, shape (n + 1,)
@@ -150,12 +152,13 @@ class DecisionBatch:
 
     requests: tuple[DecisionRequest, ...]
     ts: datetime
-    model: ModelInfo
+    model: list[ModelInfo]
     decision_id: list[str]
     channel: list[str]
     policy: list[str]
     arm: list[str]
     experiment_id: list[str | None]
+    fallback_reason: list[str | None]
     fallback: np.ndarray
     cold_start: np.ndarray
     n_candidates: np.ndarray
@@ -211,7 +214,7 @@ class DecisionBatch:
         for i, request in enumerate(self.requests):
             offers = []
             for rank, k in enumerate(range(bounds[i], bounds[i + 1]), start=1):
-                if fallback[i]:
+                if np.isnan(score[k]):
                     reasons: tuple[str, ...] = ("fallback: no other offer is eligible",)
                 else:
                     reasons = (
@@ -228,7 +231,7 @@ class DecisionBatch:
                         offer_id=offer_id[k],
                         name=name[k],
                         rank=rank,
-                        score=None if fallback[i] else score[k],
+                        score=None if np.isnan(score[k]) else score[k],
                         priority=priority[k],
                         propensity=propensity[k],
                         explored=explored[k],
@@ -245,12 +248,13 @@ class DecisionBatch:
                     offers=tuple(offers),
                     fallback=fallback[i],
                     cold_start=cold_start[i],
-                    model=self.model,
+                    model=self.model[i],
                     policy=self.policy[i],
                     context=request.context,
                     trace=self.traces[i],
                     arm=self.arm[i],
                     experiment_id=self.experiment_id[i],
+                    fallback_reason=self.fallback_reason[i],
                 )
             )
         return out
@@ -271,12 +275,13 @@ class DecisionBatch:
         return DecisionBatch(
             requests=tuple(self.requests[i] for i in idx),
             ts=self.ts,
-            model=self.model,
+            model=[self.model[i] for i in idx],
             decision_id=[self.decision_id[i] for i in idx],
             channel=[self.channel[i] for i in idx],
             policy=[self.policy[i] for i in idx],
             arm=[self.arm[i] for i in idx],
             experiment_id=[self.experiment_id[i] for i in idx],
+            fallback_reason=[self.fallback_reason[i] for i in idx],
             fallback=self.fallback[idx],
             cold_start=self.cold_start[idx],
             n_candidates=self.n_candidates[idx],
@@ -301,7 +306,7 @@ class DecisionBatch:
 
 
 def concat(batches: Sequence[DecisionBatch]) -> DecisionBatch:
-    """The decisions of ``batches`` one after the other (one time and model: the first's)."""
+    """The decisions of ``batches`` one after the other (one time: the first's)."""
     first = batches[0]
     counts = np.concatenate([np.diff(b.row_start) for b in batches])
     row_start = np.zeros(len(counts) + 1, dtype=np.int64)
@@ -313,12 +318,13 @@ def concat(batches: Sequence[DecisionBatch]) -> DecisionBatch:
     return DecisionBatch(
         requests=tuple(r for b in batches for r in b.requests),
         ts=first.ts,
-        model=first.model,
+        model=[x for b in batches for x in b.model],
         decision_id=[x for b in batches for x in b.decision_id],
         channel=[x for b in batches for x in b.channel],
         policy=[x for b in batches for x in b.policy],
         arm=[x for b in batches for x in b.arm],
         experiment_id=[x for b in batches for x in b.experiment_id],
+        fallback_reason=[x for b in batches for x in b.fallback_reason],
         fallback=joined(lambda b: b.fallback),
         cold_start=joined(lambda b: b.cold_start),
         n_candidates=joined(lambda b: b.n_candidates),

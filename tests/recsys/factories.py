@@ -21,7 +21,14 @@ import numpy as np
 
 from recsys.arbitration import EpsilonGreedy
 from recsys.catalog import Catalog, TouchpointOffers, catalog_from_records
-from recsys.decision import DecisionPipeline, FeatureBlock, ModelInfo, SingleArm
+from recsys.decision import (
+    DecisionPipeline,
+    FeatureBlock,
+    MatrixScorer,
+    ModelInfo,
+    ServedModel,
+    SingleArm,
+)
 from recsys.eventlog import SQLiteEventLog
 from serving.model import LightGBMScorer
 
@@ -341,15 +348,17 @@ def make_pipeline(
     return DecisionPipeline(
         catalog=catalog or make_catalog(),
         features=features or DictFeatureSource(),
-        matrix=TestMatrix(),
-        scorer=tiny_scorer(),
-        model=ModelInfo("offer-ranker", "test", SPEC_VERSION),
         history=log if log is not None else NO_HISTORY,
         sink=log,
-        arms=SingleArm(EpsilonGreedy(epsilon)),
+        arms=SingleArm(tiny_model(), EpsilonGreedy(epsilon)),
         seed=seed,
         clock=clock or FixedClock(),
     )
+
+
+def tiny_model(spec_version: str = SPEC_VERSION) -> ServedModel:
+    info = ModelInfo("offer-ranker", "test", spec_version)
+    return ServedModel(info, TestMatrix(), MatrixScorer(tiny_scorer(), info))
 
 
 class _NoHistory:

@@ -8,7 +8,7 @@ import uuid
 import numpy as np
 import pytest
 
-from recsys.decision import DecisionPipeline, DecisionRequest, ModelInfo, SingleArm, new_decision_ids
+from recsys.decision import DecisionPipeline, DecisionRequest, SingleArm, new_decision_ids
 from recsys.arbitration import EpsilonGreedy
 from recsys.eligibility import Check
 from recsys.errors import NotFoundError, SpecMismatchError
@@ -18,10 +18,9 @@ from tests.recsys.factories import (
     NO_HISTORY,
     OFFERS,
     DictFeatureSource,
-    TestMatrix,
     make_catalog,
     make_pipeline,
-    tiny_scorer,
+    tiny_model,
 )
 
 
@@ -138,17 +137,18 @@ def test_every_decision_is_logged_with_its_slate(log):
 
 
 def test_model_of_another_feature_spec_is_refused(log):
+    pipeline = DecisionPipeline(
+        make_catalog(),
+        DictFeatureSource(),
+        log,
+        log,
+        SingleArm(tiny_model("old-spec"), EpsilonGreedy(0.0)),
+    )
     with pytest.raises(SpecMismatchError, match="trained on feature spec 'old-spec'"):
-        DecisionPipeline(
-            make_catalog(),
-            DictFeatureSource(),
-            TestMatrix(),
-            tiny_scorer(),
-            ModelInfo("offer-ranker", "1", "old-spec"),
-            log,
-            log,
-            SingleArm(EpsilonGreedy(0.0)),
-        )
+        pipeline.check_model(tiny_model("old-spec"))
+    with pytest.raises(SpecMismatchError, match="trained on feature spec 'old-spec'"):
+        pipeline.run([DecisionRequest("c1", "web_home")])
+    assert log.counts()["decision_rows"] == 0
 
 
 def test_bad_requests_are_refused_naming_the_field(log):

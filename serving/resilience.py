@@ -1,0 +1,254 @@
+"""What keeps decisions flowing when a dependency fails: wrappers of the pipeline's ports.
+
+- :class:`CircuitBreaker`: after ``failures`` consecutive failed or slow scorings the model
+  rests for ``cooldown_seconds``; then one trial call goes to it again.
+- :class:`ResilientScorer` (a :class:`~recsys.decision.Scorer`): the model's scores, or the
+  popularity/rules fallback's when the model fails or its breaker is open; the scores say
+  which (``fallback_reason``), so the decisions are marked ``fallback``.
+- :class:`PopularityScorer`: each offer's acceptance rate at the touchpoint (or overall)
+  from the warehouse, else one prior rate (``rules``: priority = value x weight).
+- :class:`ResilientFeatures` (a :class:`~recsys.decision.FeatureSource`): the online store's
+  features, or every customer as a cold start (``degraded: features_down``) when it fails.
+
+Each wrapper implements the whole port it wraps; the pipeline never knows.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recsys.catalog import TouchpointOffers
+from recsys.decision import (
+    FeatureBlock,
+    FeatureSource,
+    ModelInfo,
+    Scorer,
+    Scores,
+    ScoringRows,
+)
+
+logger = logging.getLogger(__name__)
+
+FALLBACK_MODEL_NAME = "fallback"
+#: Beta prior of the popularity fallback's acceptance rate: mean 1 / (1 + 19) = 5 %.
+POPULARITY_PRIOR = (1.0, 19.0)
+
+
+class CircuitBreaker:
+    """Opens after ``failures`` consecutive bad calls; half-opens after ``cooldown_seconds``.
+
+    Parameters
+    ----------
+    failures : int
+    slow_seconds : float
+        A call slower than this counts as bad (it still returns its result).
+    cooldown_seconds : float
+    clock : callable returning monotonic seconds
+    on_change : callable(bool), optional
+        Told True when the breaker opens and False when it closes.
+    """
+
+    def __init__(
+        self,
+        failures: int,
+        slow_seconds: float,
+        cooldown_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[bool], None] | None = None,
+    ):
+        if failures < 1:
+            raise ValueError(f"`failures` must be >= 1, got {failures}")
+        self.failures = failures
+        self.slow_seconds = slow_seconds
+        self.cooldown_seconds = cooldown_seconds
+        self.clock = clock
+        self.on_change = on_change
+        self._lock = threading.Lock()
+        self._bad = 0
+        self._open_until: float | None = None
+        self._trial = False
+
+    @property
+    def is_open(self) -> bool:
+        return self._open_until is not None
+
+    def allow(self) -> bool:
+        """Whether the next call may use the model (one trial call after the cool-down)."""
+        with self._lock:
+            if self._open_until is None:
+                return True
+            if self.clock() >= self._open_until and not self._trial:
+                self._trial = True
+                return True
+            return False
+
+    def record(self, ok: bool, seconds: float) -> None:
+        bad = (not ok) or seconds > self.slow_seconds
+        changed: bool | None = None
+        with self._lock:
+            if not bad:
+                self._bad = 0
+                if self._open_until is not None:
+                    self._open_until, self._trial, changed = None, False, False
+            else:
+                self._bad += 1
+                if self._trial or (self._open_until is None and self._bad >= self.failures):
+                    was_open = self._open_until is not None
+                    self._open_until = self.clock() + self.cooldown_seconds
+                    self._trial = False
+                    changed = None if was_open else True
+        if changed is None:
+            return
+        if changed:
+            logger.error(
+                "circuit breaker open: %d consecutive failed or slow scorings; serving the "
+                "fallback for %.0f s",
+                self.failures,
+                self.cooldown_seconds,
+            )
+        else:
+            logger.warning("circuit breaker closed: the model scores normally again")
+        if self.on_change is not None:
+            self.on_change(changed)
+
+
+class PopularityScorer:
+    """P(accept) = the offer's acceptance rate at the touchpoint, else overall, else a prior.
+
+    Parameters
+    ----------
+    rates : mapping of (touchpoint_id, offer_id) or offer_id -> rate
+        Empty: every offer gets the prior (the ``rules`` fallback).
+    reason : str or None
+        The ``fallback_reason`` its scores carry when it is the only model (``no_model``).
+    """
+
+    def __init__(
+        self, rates: Mapping[tuple[str, str] | str, float], reason: str | None = "no_model"
+    ):
+        self.rates = dict(rates)
+        self.prior = POPULARITY_PRIOR[0] / sum(POPULARITY_PRIOR)
+        self.model = ModelInfo(FALLBACK_MODEL_NAME, "popularity" if rates else "rules", None)
+        self.reason = reason
+
+    def score(self, rows: ScoringRows) -> Scores:
+        rates, prior = self.rates, self.prior
+        p = [
+            rates.get((tp, offer), rates.get(offer, prior))
+            for tp, offer in zip(rows.touchpoint_ids.tolist(), rows.offer_ids.tolist(), strict=True)
+        ]
+        return Scores(np.array(p, dtype=np.float64), self.model, self.reason)
+
+
+class NoMatrix:
+    """The matrix of a model that reads no features (the fallback): zero columns."""
+
+    def build(
+        self,
+        features: FeatureBlock,
+        offers: TouchpointOffers,
+        contexts: Sequence[Mapping[str, Any]],
+        now: datetime,
+        pair_customer: np.ndarray,
+        pair_offer: np.ndarray,
+    ) -> np.ndarray:
+        return np.zeros((pair_customer.shape[0], 0))
+
+
+class ResilientScorer:
+    """The model's scorer behind a circuit breaker, with the popularity fallback.
+
+    A failing call (any exception) or an open breaker gives the fallback's scores, with
+    ``fallback_reason`` ``model_error`` or ``breaker_open``.
+    """
+
+    def __init__(self, model: Scorer, fallback: PopularityScorer, breaker: CircuitBreaker):
+        self.inner = model
+        self.fallback = fallback
+        self.breaker = breaker
+
+    def score(self, rows: ScoringRows) -> Scores:
+        if not self.breaker.allow():
+            return replace(self.fallback.score(rows), fallback_reason="breaker_open")
+        started = time.perf_counter()
+        try:
+            scores = self.inner.score(rows)
+        except Exception as exc:
+            self.breaker.record(False, time.perf_counter() - started)
+            logger.warning("model scoring failed (%s): serving the fallback", type(exc).__name__)
+            return replace(self.fallback.score(rows), fallback_reason="model_error")
+        self.breaker.record(True, time.perf_counter() - started)
+        return scores
+
+
+class ResilientFeatures:
+    """The online store; when a read fails, every customer is served as a cold start.
+
+    Parameters
+    ----------
+    inner : FeatureSource
+    cold_start : callable(customer_ids) -> FeatureBlock
+        The cold-start block of some ids (no store read).
+    """
+
+    def __init__(
+        self, inner: FeatureSource, cold_start: Callable[[Sequence[str]], FeatureBlock]
+    ):
+        self.inner = inner
+        self.cold_start = cold_start
+
+    def read(self, customer_ids: Sequence[str]) -> FeatureBlock:
+        try:
+            return self.inner.read(customer_ids)
+        except Exception as exc:
+            logger.warning("online store read failed (%s): serving cold starts", type(exc).__name__)
+            return replace(self.cold_start(customer_ids), degraded="features_down")
+
+    def spec_version(self) -> str:
+        return self.inner.spec_version()
+
+
+def popularity_rates(warehouse_path: Path | None) -> dict[tuple[str, str] | str, float]:
+    """Acceptance rate per (touchpoint, offer) and per offer from the warehouse; {} if none.
+
+    rate = (accepted + a) / (shown + a + b) with the Beta prior :data:`POPULARITY_PRIOR`.
+    """
+    if warehouse_path is None or not Path(warehouse_path).is_file():
+        return {}
+    import duckdb
+
+    a, b = POPULARITY_PRIOR
+    query = f"""
+        WITH shown AS (
+            SELECT d.decision_id, d.offer_id, d.touchpoint_id,
+                   max(CASE WHEN o.outcome IN ('accept', 'convert') THEN 1 ELSE 0 END) AS hit
+            FROM decisions d LEFT JOIN outcomes o
+              ON o.decision_id = d.decision_id AND o.offer_id = d.offer_id
+            GROUP BY ALL)
+        SELECT touchpoint_id, offer_id, (sum(hit) + {a}) / (count(*) + {a + b}) FROM shown
+        GROUP BY ALL
+        UNION ALL
+        SELECT NULL, offer_id, (sum(hit) + {a}) / (count(*) + {a + b}) FROM shown GROUP BY ALL
+    """
+    try:
+        con = duckdb.connect(str(warehouse_path), read_only=True)
+        try:
+            rows = con.execute(query).fetchall()
+        finally:
+            con.close()
+    except Exception as exc:  # a locked or foreign file: the rules fallback still works
+        logger.warning("popularity fallback: warehouse not readable (%s); using rules", exc)
+        return {}
+    rates: dict[tuple[str, str] | str, float] = {}
+    for touchpoint_id, offer_id, rate in rows:
+        rates[(touchpoint_id, offer_id) if touchpoint_id is not None else offer_id] = float(rate)
+    return rates
