@@ -200,9 +200,7 @@ class ResilientFeatures:
         The cold-start block of some ids (no store read).
     """
 
-    def __init__(
-        self, inner: FeatureSource, cold_start: Callable[[Sequence[str]], FeatureBlock]
-    ):
+    def __init__(self, inner: FeatureSource, cold_start: Callable[[Sequence[str]], FeatureBlock]):
         self.inner = inner
         self.cold_start = cold_start
 

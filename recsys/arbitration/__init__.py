@@ -30,7 +30,9 @@ def make_policy(kind: str = EpsilonGreedy.kind, **params: float) -> Policy:
     try:
         return cls(**params)  # type: ignore[call-arg]
     except TypeError as exc:
-        raise ValueError(f"policy {kind!r} got unknown parameters {sorted(params)}: {exc}") from None
+        raise ValueError(
+            f"policy {kind!r} got unknown parameters {sorted(params)}: {exc}"
+        ) from None
 
 
 __all__ = [

@@ -14,7 +14,7 @@ pipeline; the composition root wires the real ones in.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -47,7 +47,6 @@ from recsys.decision.types import (
 from recsys.eligibility import (
     CHECKS,
     EMPTY_HISTORY,
-    ContactHistory,
     Eligibility,
     EligibilityCheck,
     EligibilityInput,

@@ -24,9 +24,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from recsys.catalog import TouchpointOffers
-from recsys.eligibility.base import ContactHistory
-
 from recsys.decision.types import ModelInfo
+from recsys.eligibility.base import ContactHistory
 
 if TYPE_CHECKING:
     from recsys.arbitration.base import Policy

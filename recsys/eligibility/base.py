@@ -69,8 +69,6 @@ class CapHit:
     contacts: int
 
 
-
-
 @dataclass(frozen=True)
 class EligibilityInput:
     """What the checks of one touchpoint read, for n requests and its m candidates.
@@ -146,7 +144,9 @@ def everyone(n: int) -> np.ndarray:
     return np.ones(n, dtype=bool)
 
 
-def removal_of(check: Check, ids: np.ndarray, failed: np.ndarray, detail: str) -> tuple[Removal, ...]:
+def removal_of(
+    check: Check, ids: np.ndarray, failed: np.ndarray, detail: str
+) -> tuple[Removal, ...]:
     """One removal naming the offers of ``ids`` where ``failed`` (shape (m,)), or none."""
     if not failed.any():
         return ()

@@ -272,6 +272,7 @@ class TestMatrix:
         out[:, 13] = [float(contexts[i].get("device") == "mobile") for i in pair_customer.tolist()]
         return out
 
+
 def train_tiny_model(seed: int = 0, n: int = 4000, trees: int = 20) -> lgb.Booster:
     """A LightGBM model trained on synthetic rows where acceptance follows category affinity."""
     rng = np.random.default_rng(seed)

@@ -89,7 +89,7 @@ def test_a_decisions_draws_do_not_depend_on_its_batch():
     one = Draws(7, ["c10"], ["web_home"], 0)
     for counter in range(4):
         assert many.uniform(counter)[10] == one.uniform(counter)[0]
-    assert 0.0 <= many.uniform(0).min() and many.uniform(0).max() < 1.0
+    assert many.uniform(0).min() >= 0.0 and many.uniform(0).max() < 1.0
     # customer, touchpoint and time each change the draws
     assert Draws(7, ["c10"], ["app_home"], 0).uniform(0)[0] != one.uniform(0)[0]
     assert Draws(7, ["c10"], ["web_home"], 1).uniform(0)[0] != one.uniform(0)[0]

@@ -290,7 +290,7 @@ class VipOnly(EligibilityCheck):
     name = "vip_only"  # type: ignore[assignment]
 
     def run(self, inp: EligibilityInput) -> CheckOutcome:
-        n, m = inp.shape
+        n = len(inp.features)
         vip = np.array([v is True or v == 1 for v in inp.features.column("vip").tolist()])
         vip_offer = np.array([o.startswith("o_gold") for o in inp.offers.offer_ids.tolist()])
         mask = ~vip_offer[None, :] | vip[:, None]

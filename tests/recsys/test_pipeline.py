@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from recsys.decision import DecisionPipeline, DecisionRequest, SingleArm, new_decision_ids
 from recsys.arbitration import EpsilonGreedy
+from recsys.decision import (
+    Arm,
+    DecisionPipeline,
+    DecisionRequest,
+    ModelInfo,
+    Scores,
+    ServedModel,
+    SingleArm,
+    new_decision_ids,
+)
 from recsys.eligibility import Check
 from recsys.errors import NotFoundError, SpecMismatchError
 from recsys.eventlog import SQLiteEventLog
@@ -235,7 +245,9 @@ def test_one_request_inside_a_batch_of_32_gets_its_single_decision():
 
 def test_batch_columns_hold_the_decisions():
     customers = many_customers()
-    pipeline = make_pipeline(None, epsilon=0.3, features=DictFeatureSource({**CUSTOMERS, **customers}))
+    pipeline = make_pipeline(
+        None, epsilon=0.3, features=DictFeatureSource({**CUSTOMERS, **customers})
+    )
     batch = pipeline.run(mixed_requests(customers))
     decisions = batch.decisions()
     assert len(batch) == len(decisions)
@@ -275,3 +287,53 @@ def test_decision_ids_are_unique_time_ordered_uuid7(n):
         assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
     assert len(set(first + second)) == 2 * n
     assert max(first) < min(second)
+
+
+class StandIn:
+    """A scorer that scores like the model but says a fallback stood in for it."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def score(self, rows):
+        scores = self.model.scorer.score(rows)
+        return Scores(scores.p_accept, ModelInfo("fallback", "rules"), "model_error")
+
+
+def test_scores_from_a_stand_in_mark_the_decisions_fallback():
+    model = tiny_model()
+    stand_in = ServedModel(model.info, model.matrix, StandIn(model))
+    pipeline = make_pipeline(None)
+    pipeline.arms = SingleArm(stand_in, EpsilonGreedy(0.0))
+    (d,) = pipeline.run([DecisionRequest("c1", "web_home")]).decisions()
+    assert d.fallback and d.fallback_reason == "model_error"
+    assert d.model == ModelInfo("fallback", "rules") and d.offers
+
+
+def test_a_degraded_feature_block_marks_the_decisions_fallback():
+    class Down(DictFeatureSource):
+        def read(self, customer_ids):
+            return replace(super().read(customer_ids), degraded="features_down")
+
+    pipeline = make_pipeline(None, features=Down())
+    (d,) = pipeline.run([DecisionRequest("c1", "web_home")]).decisions()
+    assert d.fallback and d.fallback_reason == "features_down" and d.offers
+
+
+def test_requests_of_two_arms_are_decided_by_their_own_model_and_policy():
+    greedy = Arm("control", tiny_model(), EpsilonGreedy(0.0), "exp-1")
+    explore = Arm("treatment", tiny_model(), EpsilonGreedy(1.0), "exp-1")
+
+    class Alternate:
+        def resolve(self, requests):
+            return [greedy if i % 2 == 0 else explore for i in range(len(requests))]
+
+    pipeline = make_pipeline(None)
+    pipeline.arms = Alternate()
+    requests = [DecisionRequest(c, "web_home", limit=3) for c in ("c1", "c2", "c3", "c4")]
+    decisions = pipeline.run(requests).decisions()
+    assert [d.arm for d in decisions] == ["control", "treatment"] * 2
+    assert {d.experiment_id for d in decisions} == {"exp-1"}
+    assert [d.policy for d in decisions] == ["greedy", "epsilon_greedy(epsilon=1)"] * 2
+    assert all(o.propensity == 1.0 for d in decisions[::2] for o in d.offers)
+    assert all(o.propensity < 1.0 for d in decisions[1::2] for o in d.offers[:-1])
