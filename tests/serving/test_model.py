@@ -1,4 +1,4 @@
-"""The served model: compiled to native code, the same predictions as LightGBM."""
+"""The served model: picked by flavour; LightGBM compiled to native code scores as LightGBM."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
-from serving import model as served_model
-from serving.model import CompiledScorer, LightGBMScorer, check_rows, load_model_dir
+from recsys.errors import NotFoundError, SpecMismatchError
+from recsys.scoring import LightGBMScorer, LleavesScorer
+from recsys.scoring import lleaves as lleaves_flavour
+from recsys.scoring.lleaves import cache_file, check_rows
+from serving.model import load_model_dir
 
 
 def write_model_dir(path, booster: lgb.Booster):
@@ -48,7 +51,7 @@ def categorical_booster() -> lgb.Booster:
 def test_compiled_model_scores_like_lightgbm(tmp_path, categorical_booster):
     folder = write_model_dir(tmp_path / "model", categorical_booster)
     loaded = load_model_dir(folder, compiled_dir=tmp_path / "compiled")
-    assert isinstance(loaded.scorer, CompiledScorer)
+    assert isinstance(loaded.scorer, LleavesScorer)
     rng = np.random.default_rng(0)
     rows = np.column_stack(
         [rng.normal(size=300), rng.integers(-1, 15, 300).astype(float), rng.gamma(2, 3, 300)]
@@ -86,8 +89,8 @@ def test_a_compiled_model_that_disagrees_is_not_served(
     tmp_path, categorical_booster, monkeypatch, caplog
 ):
     folder = write_model_dir(tmp_path / "model", categorical_booster)
-    monkeypatch.setattr(served_model, "COMPILED_TOLERANCE", -1.0)  # nothing can agree
-    with caplog.at_level(logging.WARNING, logger="serving.model"):
+    monkeypatch.setattr(lleaves_flavour, "COMPILED_TOLERANCE", -1.0)  # nothing can agree
+    with caplog.at_level(logging.WARNING, logger="recsys.scoring.lleaves"):
         loaded = load_model_dir(folder, compiled_dir=tmp_path / "compiled")
     assert isinstance(loaded.scorer, LightGBMScorer)
     assert "compiled scoring unavailable, using LightGBM" in caplog.text
@@ -136,7 +139,7 @@ def test_a_model_split_at_zero_is_still_served_compiled(tmp_path, zero_split_boo
     assert any(0 < abs(t) <= 1e-34 for t in thresholds)  # the case under test is there
     folder = write_model_dir(tmp_path / "model", zero_split_booster)
     loaded = load_model_dir(folder, compiled_dir=tmp_path / "compiled")
-    assert isinstance(loaded.scorer, CompiledScorer)
+    assert isinstance(loaded.scorer, LleavesScorer)
     rows = np.column_stack([np.arange(-3.0, 4.0).repeat(3), np.tile([-1.0, 0.0, 1.0], 7)])
     np.testing.assert_allclose(
         loaded.scorer.score(rows), zero_split_booster.predict(rows), rtol=0, atol=1e-12
