@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 import skops.io as sio
+from sklearn.base import is_classifier
+from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
 from recsys.errors import SpecMismatchError
@@ -41,12 +43,19 @@ class SklearnScorer(ModelScorer):
 
     def __post_init__(self) -> None:
         self.columns = tuple(self.columns)
-        check_is_fitted(self.estimator)
+        kind = type(self.estimator).__name__
+        if not is_classifier(self.estimator):
+            raise SpecMismatchError(f"sklearn model must be a binary classifier, got a {kind}")
+        try:
+            check_is_fitted(self.estimator)
+        except NotFittedError:
+            raise SpecMismatchError(
+                f"sklearn model must be fitted, got an unfitted {kind}"
+            ) from None
         classes = [int(c) for c in self.estimator.classes_]
         if classes != [0, 1]:
             raise SpecMismatchError(
-                f"sklearn model must be a fitted binary classifier with classes [0, 1], "
-                f"got classes {classes}"
+                f"sklearn model must be a binary classifier with classes [0, 1], got {classes}"
             )
         check_width(self.name, int(self.estimator.n_features_in_), self.columns)
 

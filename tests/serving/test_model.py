@@ -6,6 +6,7 @@ import json
 import logging
 
 import lightgbm as lgb
+import lleaves
 import numpy as np
 import pytest
 
@@ -77,12 +78,53 @@ def test_compiled_binary_is_cached_and_reused(tmp_path, categorical_booster):
     folder = write_model_dir(tmp_path / "model", categorical_booster)
     cache = tmp_path / "compiled"
     first = load_model_dir(folder, compiled_dir=cache)
-    binaries = sorted(p.name for p in cache.iterdir())
-    assert len(binaries) == 1 and binaries[0].endswith(".so")
+    binary = cache_file(folder / "model.txt", cache)
+    assert sorted(p.name for p in cache.iterdir()) == [binary.name, binary.name + ".sha256"]
+    written = binary.stat().st_mtime_ns
     second = load_model_dir(folder, compiled_dir=cache)
-    assert sorted(p.name for p in cache.iterdir()) == binaries  # nothing compiled again
+    assert binary.stat().st_mtime_ns == written  # nothing compiled again
+    assert len(list(cache.iterdir())) == 2
     rows = check_rows(categorical_booster, 64, seed=5)
     np.testing.assert_array_equal(first.scorer.score(rows), second.scorer.score(rows))
+
+
+@pytest.mark.parametrize("damage", [b"", b"not an object file" * 50])
+def test_a_damaged_cached_binary_is_compiled_again(tmp_path, categorical_booster, damage, caplog):
+    """LLVM aborts the process on a damaged object file: it must never be loaded."""
+    folder = write_model_dir(tmp_path / "model", categorical_booster)
+    cache = tmp_path / "compiled"
+    load_model_dir(folder, compiled_dir=cache)
+    binary = cache_file(folder / "model.txt", cache)
+    binary.write_bytes(damage)
+    with caplog.at_level(logging.WARNING, logger="recsys.scoring.lleaves"):
+        loaded = load_model_dir(folder, compiled_dir=cache)
+    assert "fails its digest check: compiling again" in caplog.text
+    assert isinstance(loaded.scorer, LleavesScorer)
+    rows = check_rows(categorical_booster, 64, seed=6)
+    np.testing.assert_allclose(
+        loaded.scorer.score(rows), categorical_booster.predict(rows), rtol=0, atol=1e-12
+    )
+    assert binary.stat().st_size > len(damage)  # the good binary is back in the cache
+
+
+def test_a_failing_compiler_falls_back_to_lightgbm_scores(
+    tmp_path, categorical_booster, monkeypatch, caplog
+):
+    folder = write_model_dir(tmp_path / "model", categorical_booster)
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("LLVM ERROR: out of memory")
+
+    monkeypatch.setattr(lleaves.Model, "compile", broken)
+    with caplog.at_level(logging.WARNING, logger="recsys.scoring.lleaves"):
+        loaded = load_model_dir(folder, compiled_dir=tmp_path / "compiled")
+    assert isinstance(loaded.scorer, LightGBMScorer)
+    assert (
+        "model file model.txt: compiled scoring unavailable, using LightGBM: RuntimeError: "
+        "LLVM ERROR: out of memory" in caplog.text
+    )
+    rows = check_rows(categorical_booster, 64, seed=7)
+    np.testing.assert_array_equal(loaded.scorer.score(rows), categorical_booster.predict(rows))
 
 
 def test_a_compiled_model_that_disagrees_is_not_served(
@@ -144,3 +186,53 @@ def test_a_model_split_at_zero_is_still_served_compiled(tmp_path, zero_split_boo
     np.testing.assert_allclose(
         loaded.scorer.score(rows), zero_split_booster.predict(rows), rtol=0, atol=1e-12
     )
+
+
+@pytest.mark.parametrize(
+    ("spec", "error", "message"),
+    [
+        (
+            {"columns": ["a", "cat", "b"], "model_file": "model.txt", "flavour": "xgboost"},
+            SpecMismatchError,
+            r"model `flavour` must be one of \['lightgbm', 'sklearn'\], got 'xgboost'",
+        ),
+        (
+            {"columns": ["a", "cat", "b"], "model_file": "other.txt"},
+            NotFoundError,
+            r"feature_spec.json names model_file 'other.txt', not found under",
+        ),
+        (
+            {"columns": ["a", "cat", "b"]},
+            NotFoundError,
+            r"feature_spec.json must name the `model_file`, got None",
+        ),
+        (
+            {"model_file": "model.txt"},
+            SpecMismatchError,
+            r"feature_spec.json must list the model's `columns`, got None",
+        ),
+        (
+            {"columns": ["a", "b"], "model_file": "model.txt", "flavour": "lightgbm"},
+            SpecMismatchError,
+            r"lightgbm model reads 3 features but its feature spec lists 2 columns",
+        ),
+    ],
+)
+def test_a_model_folder_that_cannot_be_served_is_refused(
+    tmp_path, categorical_booster, spec, error, message
+):
+    folder = write_model_dir(tmp_path / "model", categorical_booster)
+    (folder / "feature_spec.json").write_text(json.dumps(spec))
+    with pytest.raises(error, match=message):
+        load_model_dir(folder)
+
+
+def test_a_folder_without_a_recorded_flavour_is_lightgbm(tmp_path, categorical_booster):
+    """Models registered before flavours were recorded are all LightGBM."""
+    folder = write_model_dir(tmp_path / "model", categorical_booster)
+    spec = json.loads((folder / "feature_spec.json").read_text())
+    assert "flavour" not in spec
+    loaded = load_model_dir(folder)
+    assert isinstance(loaded.scorer, LightGBMScorer)
+    rows = check_rows(categorical_booster, 32, seed=8)
+    np.testing.assert_array_equal(loaded.scorer.score(rows), categorical_booster.predict(rows))
