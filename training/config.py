@@ -89,6 +89,12 @@ class ModelConfig(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     logistic_regression: LogisticRegressionConfig = LogisticRegressionConfig()
 
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.objective == "lambdarank" and self.kind != "lightgbm":
+            raise ValueError(f"objective lambdarank needs kind lightgbm, got kind {self.kind}")
+        return self
+
     def scorer_params(self) -> dict[str, Any]:
         """Constructor arguments of the ``kind`` model (without ``seed``)."""
         by_kind: dict[str, dict[str, Any]] = {
