@@ -30,8 +30,10 @@ class LightGBMScorer(ModelScorer):
 
     Examples
     --------
-    >>> scorer = LightGBMScorer.load(ModelFiles(Path("model.txt"), columns), LoadOptions())
-    >>> scorer.score(matrix)  # shape (n,)
+    >>> files = ModelFiles(Path("model.txt"), ("spend_90d", "offer_value"))
+    >>> scorer = LightGBMScorer.load(files, LoadOptions())
+    >>> scorer.score(np.array([[120.0, 3.0], [0.0, 1.5]])).shape
+    (2,)
     """
 
     name = "lightgbm"
