@@ -70,12 +70,43 @@ class SplitConfig(_Strict):
         return self
 
 
+class LogisticRegressionConfig(_Strict):
+    C: float = Field(1.0, gt=0)
+    max_iter: int = Field(500, ge=1)
+
+
 class ModelConfig(_Strict):
-    kind: Literal["lightgbm"] = "lightgbm"
+    """The registered model: ``kind`` names it in ``training.models.MODELS``.
+
+    ``objective``, ``num_boost_round``, ``early_stopping_rounds`` and ``params`` configure
+    ``lightgbm``; the ``logistic_regression`` section configures the scikit-learn model.
+    """
+
+    kind: Literal["lightgbm", "logistic_regression"] = "lightgbm"
     objective: Literal["binary", "lambdarank"] = "binary"
     num_boost_round: int = Field(500, ge=1)
     early_stopping_rounds: int = Field(30, ge=1)
     params: dict[str, Any] = Field(default_factory=dict)
+    logistic_regression: LogisticRegressionConfig = LogisticRegressionConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.objective == "lambdarank" and self.kind != "lightgbm":
+            raise ValueError(f"objective lambdarank needs kind lightgbm, got kind {self.kind}")
+        return self
+
+    def scorer_params(self) -> dict[str, Any]:
+        """Constructor arguments of the ``kind`` model (without ``seed``)."""
+        by_kind: dict[str, dict[str, Any]] = {
+            "lightgbm": {
+                "objective": self.objective,
+                "params": dict(self.params),
+                "num_boost_round": self.num_boost_round,
+                "early_stopping_rounds": self.early_stopping_rounds,
+            },
+            "logistic_regression": self.logistic_regression.model_dump(),
+        }
+        return by_kind[self.kind]
 
 
 class EvaluationConfig(_Strict):

@@ -1,4 +1,4 @@
-"""Train LightGBM and the baselines on a time split and evaluate them; no I/O, no MLflow.
+"""Train the model and the baselines on a time split and evaluate them; no I/O, no MLflow.
 
 :func:`train_and_evaluate` takes an already built training set (:class:`TrainingInputs`) so
 it runs the same on the warehouse, on the Open Bandit Dataset and on test factories.
@@ -14,19 +14,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from recsys.errors import DataError
+from recsys.errors import ConfigError, DataError
 from training.config import TrainingConfig
 from training.encoding import Encoder
 from training.evaluation import offline_metrics
 from training.examples import META_COLUMNS, Examples
 from training.metrics import Reliability, reliability
-from training.models import LightGBMScorer, Scorer, make_scorer
+from training.models import Scorer, ServableScorer, make_scorer
 from training.policy_eval import PolicyEvaluation, evaluate_policies, first_shown
 from training.split import TimeSplit, time_split
 
 logger = logging.getLogger(__name__)
-
-MAIN_MODEL = "lightgbm"
 
 #: Candidate rows of the given rounds (first shown row of each test decision): a frame with one
 #: row per (decision, candidate offer) and at least ``decision_id, offer_id, touchpoint_id``,
@@ -83,8 +81,13 @@ class TrainingResult:
     sizes: dict[str, int] = field(default_factory=dict)
 
     @property
-    def model(self) -> LightGBMScorer:
-        return self.scorers[MAIN_MODEL]  # type: ignore[return-value]
+    def main(self) -> str:
+        """Name of the model registered and served (``config.model.kind``)."""
+        return self.config.model.kind
+
+    @property
+    def model(self) -> ServableScorer:
+        return main_scorer(self.scorers, self.config)
 
 
 def fingerprint(frame: pd.DataFrame) -> str:
@@ -132,19 +135,25 @@ def _examples(frame: pd.DataFrame, encoder: Encoder) -> Examples:
 
 
 def build_scorers(config: TrainingConfig) -> dict[str, Scorer]:
+    """The ``config.model.kind`` model, then each baseline that is not that model."""
+    main = config.model.kind
     scorers: dict[str, Scorer] = {
-        MAIN_MODEL: make_scorer(
-            MAIN_MODEL,
-            objective=config.model.objective,
-            params=dict(config.model.params),
-            num_boost_round=config.model.num_boost_round,
-            early_stopping_rounds=config.model.early_stopping_rounds,
-            seed=config.seed,
-        )
+        main: make_scorer(main, **config.model.scorer_params(), seed=config.seed)
     }
     for name in config.baselines:
-        scorers[name] = make_scorer(name, seed=config.seed)
+        if name != main:
+            scorers[name] = make_scorer(name, seed=config.seed)
     return scorers
+
+
+def main_scorer(scorers: dict[str, Scorer], config: TrainingConfig) -> ServableScorer:
+    """The model to register; ConfigError if ``config.model.kind`` cannot be served."""
+    scorer = scorers[config.model.kind]
+    if not isinstance(scorer, ServableScorer):
+        raise ConfigError(
+            f"`model.kind` must name a model serving can load, got {config.model.kind!r}"
+        )
+    return scorer
 
 
 def train_and_evaluate(inputs: TrainingInputs, config: TrainingConfig) -> TrainingResult:
@@ -199,8 +208,8 @@ def train_and_evaluate(inputs: TrainingInputs, config: TrainingConfig) -> Traini
     if inputs.candidates is not None:
         policy, by_touchpoint = _policy_evaluation(inputs, encoder, config, parts["test"], scorers)
 
-    metrics = _flat_metrics(offline, policy, by_touchpoint)
-    metrics["best_iteration"] = float(scorers[MAIN_MODEL].best_iteration_)  # type: ignore[attr-defined]
+    metrics = _flat_metrics(config.model.kind, offline, policy, by_touchpoint)
+    metrics.update(main_scorer(scorers, config).fit_summary())
     for name, size in sizes.items():
         metrics[f"examples_{name}"] = float(size)
     return TrainingResult(
@@ -248,7 +257,7 @@ def _policy_evaluation(
     candidates = candidates.reset_index(drop=True)
     logged_ex = _examples(logged, encoder)
     cand_meta = candidates.reindex(columns=list(META_COLUMNS))
-    reward_model = scorers[MAIN_MODEL]
+    reward_model = scorers[config.model.kind]
     if not reward_model.probabilistic:
         # A ranking score is no reward estimate: DR falls back to IPS (q = 0).
         q_logged, q_cand = np.zeros(len(logged)), np.zeros(len(candidates))
@@ -287,6 +296,7 @@ def _policy_evaluation(
 
 
 def _flat_metrics(
+    main: str,
     offline: dict[str, dict[str, float]],
     policy: PolicyEvaluation | None,
     by_touchpoint: dict[str, PolicyEvaluation],
@@ -296,7 +306,7 @@ def _flat_metrics(
     ``logging_value``, ``true_value``, ``oracle_value`` (per touchpoint with ``.<touchpoint>``)."""
     metrics: dict[str, float] = {}
     for name, values in offline.items():
-        prefix = "" if name == MAIN_MODEL else f"{name}."
+        prefix = "" if name == main else f"{name}."
         for key, value in values.items():
             metrics[f"{prefix}{key}"] = value
     for suffix, evaluation in [("", policy), *((f".{tp}", e) for tp, e in by_touchpoint.items())]:
@@ -312,7 +322,7 @@ def _flat_metrics(
         if evaluation.oracle_value is not None:
             metrics[f"oracle_value{suffix}"] = evaluation.oracle_value
         for name, value in evaluation.policies.items():
-            prefix = "" if name == MAIN_MODEL else f"{name}."
+            prefix = "" if name == main else f"{name}."
             for key, estimate in value.estimates.items():
                 stem = f"{prefix}{key}" if key.endswith("revenue") else f"{prefix}{key}_value"
                 metrics[f"{stem}{suffix}"] = estimate.value

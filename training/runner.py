@@ -11,7 +11,7 @@ from recsys.errors import NotFoundError
 from recsys.settings import Settings
 from recsys.warehouse import connect
 from training.config import TrainingConfig
-from training.pipeline import MAIN_MODEL, TrainingResult, train_and_evaluate
+from training.pipeline import TrainingResult, train_and_evaluate
 from training.tracking import LoggedRun, format_policy_table, log_training
 
 logger = logging.getLogger(__name__)
@@ -25,10 +25,11 @@ class RunOutcome:
     def format(self) -> str:
         """The run's headline numbers, for the terminal."""
         r = self.result
+        fit = ", ".join(f"{k} {v:g}" for k, v in r.model.fit_summary().items())
         lines = [
-            f"trained on {r.sizes.get('train', 0):,} examples (valid {r.sizes.get('valid', 0):,},"
-            f" test {r.sizes.get('test', 0):,}); LightGBM stopped at "
-            f"{int(r.metrics['best_iteration'])} trees",
+            f"trained {r.main} on {r.sizes.get('train', 0):,} examples (valid "
+            f"{r.sizes.get('valid', 0):,}, test {r.sizes.get('test', 0):,})"
+            + (f"; {fit}" if fit else ""),
             "",
             f"{'model':<20} {'auc':>7} {'logloss':>8} {'ece':>7} {'hit@1':>7} {'ndcg@3':>7}",
         ]
@@ -46,10 +47,10 @@ class RunOutcome:
             lines += ["", format_policy_table(r).rstrip()]
             wanted = r.config.evaluation.logging_policy
             who = f"the logged {wanted} policy" if wanted else "the logging policy"
-            lifts = r.policy.policies[MAIN_MODEL].lifts
+            lifts = r.policy.policies[r.main].lifts
             snips, dr = lifts["snips"], lifts["dr"]
             lines.append(
-                f"\nLightGBM policy vs {who} (paired bootstrap): SNIPS {snips.value:.2f}x "
+                f"\n{r.main} policy vs {who} (paired bootstrap): SNIPS {snips.value:.2f}x "
                 f"[{snips.lower:.2f}, {snips.upper:.2f}], DR {dr.value:.2f}x "
                 f"[{dr.lower:.2f}, {dr.upper:.2f}]"
             )

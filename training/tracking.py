@@ -1,13 +1,16 @@
 """MLflow: one run per training (params, metrics, artifacts, model) and the model registry.
 
-The registered model (``settings.model_name``, default ``offer-ranker``) is a pyfunc whose
-directory holds::
+The registered model (``settings.model_name``, default ``offer-ranker``) is the
+``model.kind`` model, logged as a pyfunc whose directory holds::
 
-    artifacts/model.txt           LightGBM native model (best iteration), for lightgbm.Booster
-    artifacts/feature_spec.json   spec version, column order, categorical indexes, encoding
+    artifacts/model.txt           LightGBM text model (best iteration), flavour ``lightgbm``
+      or artifacts/model.skops    scikit-learn pipeline (skops file), flavour ``sklearn``
+    artifacts/feature_spec.json   spec version, column order, categorical indexes, encoding,
+                                  ``flavour`` and ``model_file``
 
 ``mlflow.artifacts.download_artifacts("models:/offer-ranker@champion")`` returns that
-directory; serving loads the booster from it directly.
+directory; serving loads the model file with the scorer its flavour names
+(:data:`recsys.scoring.SCORERS`), and the pyfunc does the same.
 """
 
 from __future__ import annotations
@@ -26,18 +29,20 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
+import recsys
 from recsys.errors import ConfigError, NotFoundError
 from recsys.settings import Settings
 from training import plots
 from training.encoding import feature_spec
-from training.pipeline import MAIN_MODEL, TrainingResult
+from training.models import LightGBMScorer
+from training.pipeline import TrainingResult
 
 logger = logging.getLogger(__name__)
 
-MODEL_FILE = "model.txt"
 SPEC_FILE = "feature_spec.json"
-#: Paths inside the registered model's directory (what serving reads).
-MODEL_PATH_IN_ARTIFACT = f"artifacts/{MODEL_FILE}"
+#: Paths inside the registered model's directory (what serving reads); the model file is
+#: ``model.txt`` for LightGBM.
+MODEL_PATH_IN_ARTIFACT = f"artifacts/{LightGBMScorer.model_file}"
 SPEC_PATH_IN_ARTIFACT = f"artifacts/{SPEC_FILE}"
 ALIASES = ("champion", "challenger")
 _PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
@@ -108,7 +113,7 @@ def log_training(
     artifact_location: str | None = None,
     run_name: str | None = None,
 ) -> LoggedRun:
-    """Log ``result`` as one MLflow run and (if configured) register the LightGBM model."""
+    """Log ``result`` as one MLflow run and (if configured) register its ``model.kind`` model."""
     experiment_id = setup(settings, artifact_location)
     config = result.config
     params = {
@@ -129,11 +134,13 @@ def log_training(
         mlflow.log_params(params)
         mlflow.log_metrics({k: v for k, v in result.metrics.items() if np.isfinite(v)})
         tmpdir = Path(tmp)
-        model_file = model.save_native(tmpdir / MODEL_FILE)
+        model_file = model.save_model(tmpdir)
+        spec = {
+            **feature_spec(result.encoder, model_file=model_file.name),
+            "flavour": model.flavour,
+        }
         spec_file = tmpdir / SPEC_FILE
-        spec_file.write_text(
-            json.dumps(feature_spec(result.encoder, model_file=MODEL_FILE), indent=2, default=str)
-        )
+        spec_file.write_text(json.dumps(spec, indent=2, default=str))
         mlflow.log_artifact(str(model_file), artifact_path="model_native")
         mlflow.log_artifact(str(spec_file), artifact_path="model_native")
         if result.offers is not None:
@@ -147,18 +154,18 @@ def log_training(
         if config.mlflow.log_plots:
             _log_plots(result, tmpdir)
         input_frame = pd.DataFrame(result.test.X[:5], columns=list(result.encoder.columns))
-        signature = infer_signature(input_frame, result.test_scores[MAIN_MODEL][:5])
+        signature = infer_signature(input_frame, result.test_scores[result.main][:5])
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(_PYFUNC_CODE),
-            artifacts={"booster": str(model_file), "feature_spec": str(spec_file)},
+            artifacts={"model": str(model_file), "feature_spec": str(spec_file)},
+            # The pyfunc scores through recsys.scoring, as serving does.
+            code_paths=[str(Path(recsys.__file__).parent)],
             signature=signature,
             input_example=input_frame,
             pip_requirements=[
                 f"mlflow=={mlflow.__version__}",
-                _requirement("lightgbm"),
-                _requirement("pandas"),
-                _requirement("numpy"),
+                *map(_requirement, PYFUNC_PACKAGES),
             ],
             registered_model_name=settings.model_name if config.mlflow.register_model else None,
         )
@@ -172,6 +179,18 @@ def log_training(
         )
 
 
+#: What ``recsys.scoring`` needs besides mlflow (every flavour's library).
+PYFUNC_PACKAGES = (
+    "lightgbm",
+    "lleaves",
+    "llvmlite",
+    "scikit-learn",
+    "skops",
+    "pandas",
+    "numpy",
+)
+
+
 def _requirement(package: str) -> str:
     from importlib.metadata import version
 
@@ -180,16 +199,16 @@ def _requirement(package: str) -> str:
 
 def _log_plots(result: TrainingResult, tmpdir: Path) -> None:
     paths = [
-        plots.feature_importance(
-            result.model.feature_importance(), tmpdir / "feature_importance.png"
-        ),
         plots.lift(
             result.test.meta["touchpoint_id"].to_numpy(),
             result.test.y,
-            result.test_scores[MAIN_MODEL],
+            result.test_scores[result.main],
             tmpdir / "lift_per_touchpoint.png",
         ),
     ]
+    importance = result.model.feature_importance()
+    if importance is not None:
+        paths.append(plots.feature_importance(importance, tmpdir / "feature_importance.png"))
     if result.calibration:
         paths.append(plots.calibration(result.calibration, tmpdir / "calibration.png"))
     for path in paths:

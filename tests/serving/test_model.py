@@ -1,4 +1,4 @@
-"""The served model: compiled to native code, the same predictions as LightGBM."""
+"""The served model: picked by flavour; LightGBM compiled to native code scores as LightGBM."""
 
 from __future__ import annotations
 
@@ -6,11 +6,15 @@ import json
 import logging
 
 import lightgbm as lgb
+import lleaves
 import numpy as np
 import pytest
 
-from serving import model as served_model
-from serving.model import CompiledScorer, LightGBMScorer, check_rows, load_model_dir
+from recsys.errors import NotFoundError, SpecMismatchError
+from recsys.scoring import LightGBMScorer, LleavesScorer
+from recsys.scoring import lleaves as lleaves_flavour
+from recsys.scoring.lleaves import cache_file, check_rows
+from serving.model import load_model_dir
 
 
 def write_model_dir(path, booster: lgb.Booster):
@@ -48,7 +52,7 @@ def categorical_booster() -> lgb.Booster:
 def test_compiled_model_scores_like_lightgbm(tmp_path, categorical_booster):
     folder = write_model_dir(tmp_path / "model", categorical_booster)
     loaded = load_model_dir(folder, compiled_dir=tmp_path / "compiled")
-    assert isinstance(loaded.scorer, CompiledScorer)
+    assert isinstance(loaded.scorer, LleavesScorer)
     rng = np.random.default_rng(0)
     rows = np.column_stack(
         [rng.normal(size=300), rng.integers(-1, 15, 300).astype(float), rng.gamma(2, 3, 300)]
@@ -74,20 +78,61 @@ def test_compiled_binary_is_cached_and_reused(tmp_path, categorical_booster):
     folder = write_model_dir(tmp_path / "model", categorical_booster)
     cache = tmp_path / "compiled"
     first = load_model_dir(folder, compiled_dir=cache)
-    binaries = sorted(p.name for p in cache.iterdir())
-    assert len(binaries) == 1 and binaries[0].endswith(".so")
+    binary = cache_file(folder / "model.txt", cache)
+    assert sorted(p.name for p in cache.iterdir()) == [binary.name, binary.name + ".sha256"]
+    written = binary.stat().st_mtime_ns
     second = load_model_dir(folder, compiled_dir=cache)
-    assert sorted(p.name for p in cache.iterdir()) == binaries  # nothing compiled again
+    assert binary.stat().st_mtime_ns == written  # nothing compiled again
+    assert len(list(cache.iterdir())) == 2
     rows = check_rows(categorical_booster, 64, seed=5)
     np.testing.assert_array_equal(first.scorer.score(rows), second.scorer.score(rows))
+
+
+@pytest.mark.parametrize("damage", [b"", b"not an object file" * 50])
+def test_a_damaged_cached_binary_is_compiled_again(tmp_path, categorical_booster, damage, caplog):
+    """LLVM aborts the process on a damaged object file: it must never be loaded."""
+    folder = write_model_dir(tmp_path / "model", categorical_booster)
+    cache = tmp_path / "compiled"
+    load_model_dir(folder, compiled_dir=cache)
+    binary = cache_file(folder / "model.txt", cache)
+    binary.write_bytes(damage)
+    with caplog.at_level(logging.WARNING, logger="recsys.scoring.lleaves"):
+        loaded = load_model_dir(folder, compiled_dir=cache)
+    assert "fails its digest check: compiling again" in caplog.text
+    assert isinstance(loaded.scorer, LleavesScorer)
+    rows = check_rows(categorical_booster, 64, seed=6)
+    np.testing.assert_allclose(
+        loaded.scorer.score(rows), categorical_booster.predict(rows), rtol=0, atol=1e-12
+    )
+    assert binary.stat().st_size > len(damage)  # the good binary is back in the cache
+
+
+def test_a_failing_compiler_falls_back_to_lightgbm_scores(
+    tmp_path, categorical_booster, monkeypatch, caplog
+):
+    folder = write_model_dir(tmp_path / "model", categorical_booster)
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("LLVM ERROR: out of memory")
+
+    monkeypatch.setattr(lleaves.Model, "compile", broken)
+    with caplog.at_level(logging.WARNING, logger="recsys.scoring.lleaves"):
+        loaded = load_model_dir(folder, compiled_dir=tmp_path / "compiled")
+    assert isinstance(loaded.scorer, LightGBMScorer)
+    assert (
+        "model file model.txt: compiled scoring unavailable, using LightGBM: RuntimeError: "
+        "LLVM ERROR: out of memory" in caplog.text
+    )
+    rows = check_rows(categorical_booster, 64, seed=7)
+    np.testing.assert_array_equal(loaded.scorer.score(rows), categorical_booster.predict(rows))
 
 
 def test_a_compiled_model_that_disagrees_is_not_served(
     tmp_path, categorical_booster, monkeypatch, caplog
 ):
     folder = write_model_dir(tmp_path / "model", categorical_booster)
-    monkeypatch.setattr(served_model, "COMPILED_TOLERANCE", -1.0)  # nothing can agree
-    with caplog.at_level(logging.WARNING, logger="serving.model"):
+    monkeypatch.setattr(lleaves_flavour, "COMPILED_TOLERANCE", -1.0)  # nothing can agree
+    with caplog.at_level(logging.WARNING, logger="recsys.scoring.lleaves"):
         loaded = load_model_dir(folder, compiled_dir=tmp_path / "compiled")
     assert isinstance(loaded.scorer, LightGBMScorer)
     assert "compiled scoring unavailable, using LightGBM" in caplog.text
@@ -136,8 +181,58 @@ def test_a_model_split_at_zero_is_still_served_compiled(tmp_path, zero_split_boo
     assert any(0 < abs(t) <= 1e-34 for t in thresholds)  # the case under test is there
     folder = write_model_dir(tmp_path / "model", zero_split_booster)
     loaded = load_model_dir(folder, compiled_dir=tmp_path / "compiled")
-    assert isinstance(loaded.scorer, CompiledScorer)
+    assert isinstance(loaded.scorer, LleavesScorer)
     rows = np.column_stack([np.arange(-3.0, 4.0).repeat(3), np.tile([-1.0, 0.0, 1.0], 7)])
     np.testing.assert_allclose(
         loaded.scorer.score(rows), zero_split_booster.predict(rows), rtol=0, atol=1e-12
     )
+
+
+@pytest.mark.parametrize(
+    ("spec", "error", "message"),
+    [
+        (
+            {"columns": ["a", "cat", "b"], "model_file": "model.txt", "flavour": "xgboost"},
+            SpecMismatchError,
+            r"model `flavour` must be one of \['lightgbm', 'sklearn'\], got 'xgboost'",
+        ),
+        (
+            {"columns": ["a", "cat", "b"], "model_file": "other.txt"},
+            NotFoundError,
+            r"feature_spec.json names model_file 'other.txt', not found under",
+        ),
+        (
+            {"columns": ["a", "cat", "b"]},
+            NotFoundError,
+            r"feature_spec.json must name the `model_file`, got None",
+        ),
+        (
+            {"model_file": "model.txt"},
+            SpecMismatchError,
+            r"feature_spec.json must list the model's `columns`, got None",
+        ),
+        (
+            {"columns": ["a", "b"], "model_file": "model.txt", "flavour": "lightgbm"},
+            SpecMismatchError,
+            r"lightgbm model reads 3 features but its feature spec lists 2 columns",
+        ),
+    ],
+)
+def test_a_model_folder_that_cannot_be_served_is_refused(
+    tmp_path, categorical_booster, spec, error, message
+):
+    folder = write_model_dir(tmp_path / "model", categorical_booster)
+    (folder / "feature_spec.json").write_text(json.dumps(spec))
+    with pytest.raises(error, match=message):
+        load_model_dir(folder)
+
+
+def test_a_folder_without_a_recorded_flavour_is_lightgbm(tmp_path, categorical_booster):
+    """Models registered before flavours were recorded are all LightGBM."""
+    folder = write_model_dir(tmp_path / "model", categorical_booster)
+    spec = json.loads((folder / "feature_spec.json").read_text())
+    assert "flavour" not in spec
+    loaded = load_model_dir(folder)
+    assert isinstance(loaded.scorer, LightGBMScorer)
+    rows = check_rows(categorical_booster, 32, seed=8)
+    np.testing.assert_array_equal(loaded.scorer.score(rows), categorical_booster.predict(rows))

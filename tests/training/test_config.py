@@ -15,6 +15,8 @@ def test_defaults_load_and_flatten_to_mlflow_params():
     flat = config.flat()
     assert flat["model.params.learning_rate"] == "0.03"
     assert flat["baselines"] == "random,popularity,logistic_regression"
+    assert config.model.kind == "lightgbm"
+    assert flat["model.logistic_regression.C"] == "1.0"
 
 
 def test_a_yaml_file_overrides_only_the_keys_it_names(tmp_path):
@@ -53,6 +55,18 @@ def test_a_yaml_file_overrides_only_the_keys_it_names(tmp_path):
         ),
         ({"seed": "abc"}, r"`seed`.*integer.*'abc'"),
         ({"baselines": ["random", "knn"]}, r"`baselines\.1`.*'knn'"),
+        (
+            {"model": {"kind": "popularity"}},
+            r"`model\.kind`.*'lightgbm' or 'logistic_regression'.*'popularity'",
+        ),
+        (
+            {"model": {"kind": "logistic_regression", "objective": "lambdarank"}},
+            r"`model`: objective lambdarank needs kind lightgbm, got kind logistic_regression",
+        ),
+        (
+            {"model": {"logistic_regression": {"C": 0}}},
+            r"`model\.logistic_regression\.C`.*greater than 0.*0",
+        ),
     ],
 )
 def test_a_bad_key_or_value_is_refused_naming_the_key(override, message):

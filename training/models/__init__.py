@@ -1,6 +1,9 @@
-"""Scorers: LightGBM and the baselines, behind one interface and one registry (name -> class)."""
+"""Scorers: LightGBM and the baselines, behind one interface and one registry (name -> class).
 
-from training.models.base import Scorer
+The :class:`ServableScorer` ones (LightGBM, logistic regression) can be the registered model.
+"""
+
+from training.models.base import Scorer, ServableScorer
 from training.models.baselines import LogisticRegressionScorer, PopularityScorer, RandomScorer
 from training.models.lightgbm_model import LightGBMScorer
 
@@ -26,5 +29,6 @@ __all__ = [
     "PopularityScorer",
     "RandomScorer",
     "Scorer",
+    "ServableScorer",
     "make_scorer",
 ]

@@ -1,8 +1,9 @@
-"""The scorer interface every model implements."""
+"""The scorer interface every model implements, and the one of models serving can load."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -54,3 +55,33 @@ class Scorer(ABC):
 
     def _is_fitted(self) -> bool:
         return any(k.endswith("_") and not k.startswith("_") for k in vars(self))
+
+
+class ServableScorer(Scorer):
+    """A scorer ``recsys train`` can register and serving can load.
+
+    It predicts through the :mod:`recsys.scoring` scorer of its flavour (the one serving
+    uses) and saves the file that scorer loads.
+    """
+
+    #: The :mod:`recsys.scoring` flavour of the file :meth:`save_model` writes.
+    flavour: ClassVar[str]
+    #: That file's name in the model directory.
+    model_file: ClassVar[str]
+
+    def save_model(self, folder: Path) -> Path:
+        """Write the fitted model to ``folder / model_file``; returns that path."""
+        if not self._is_fitted():
+            raise NotFittedError(f"{type(self).__name__} must be fitted before save_model")
+        return self._save_model(folder / self.model_file)
+
+    @abstractmethod
+    def _save_model(self, path: Path) -> Path: ...
+
+    def fit_summary(self) -> dict[str, float]:
+        """Numbers about the fit, logged as metrics (e.g. ``best_iteration``); none by default."""
+        return {}
+
+    def feature_importance(self) -> pd.Series | None:
+        """Importance per input column, largest first; None if the model has none per column."""
+        return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,8 +14,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from recsys.scoring import SklearnScorer
 from training.examples import Examples
-from training.models.base import Scorer
+from training.models.base import Scorer, ServableScorer
 
 logger = logging.getLogger(__name__)
 
@@ -88,10 +90,16 @@ class PopularityScorer(Scorer):
         )
 
 
-class LogisticRegressionScorer(Scorer):
-    """scikit-learn pipeline: one-hot categoricals, imputed + standardised numerics, L2 logit."""
+class LogisticRegressionScorer(ServableScorer):
+    """scikit-learn pipeline: one-hot categoricals, imputed + standardised numerics, L2 logit.
+
+    After ``fit`` the pipeline scores through :class:`recsys.scoring.SklearnScorer`, the
+    scorer serving loads from the saved skops file.
+    """
 
     name = "logistic_regression"
+    flavour = SklearnScorer.reads
+    model_file = "model.skops"
 
     def __init__(self, C: float = 1.0, max_iter: int = 500, seed: int = 0) -> None:
         self.C = C
@@ -138,7 +146,15 @@ class LogisticRegressionScorer(Scorer):
             ]
         )
         self.pipeline_.fit(train.X, train.y)
+        self.scorer_ = SklearnScorer(self.pipeline_, train.columns)
         return self
 
     def _predict(self, X: np.ndarray, meta: pd.DataFrame) -> np.ndarray:
-        return self.pipeline_.predict_proba(X)[:, 1]
+        return self.scorer_.score(X)
+
+    def _save_model(self, path: Path) -> Path:
+        """The fitted pipeline as a skops file."""
+        return self.scorer_.save(path)
+
+    def fit_summary(self) -> dict[str, float]:
+        return {"iterations": float(self.pipeline_[-1].n_iter_[0])}

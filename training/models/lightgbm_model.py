@@ -10,14 +10,18 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
+from recsys.scoring import LightGBMScorer as LightGBMFlavour
 from training.examples import Examples
-from training.models.base import Scorer
+from training.models.base import ServableScorer
 
 logger = logging.getLogger(__name__)
 
 
-class LightGBMScorer(Scorer):
+class LightGBMScorer(ServableScorer):
     """Gradient-boosted trees with native categorical handling and early stopping.
+
+    After ``fit`` the model (trees up to the best iteration) scores through
+    :class:`recsys.scoring.LightGBMScorer`, the scorer serving loads from the saved file.
 
     Parameters
     ----------
@@ -30,6 +34,8 @@ class LightGBMScorer(Scorer):
     """
 
     name = "lightgbm"
+    flavour = LightGBMFlavour.reads
+    model_file = "model.txt"
 
     def __init__(
         self,
@@ -92,7 +98,7 @@ class LightGBMScorer(Scorer):
                     self.early_stopping_rounds, first_metric_only=True, verbose=False
                 )
             )
-        self.booster_ = lgb.train(
+        trained = lgb.train(
             params,
             train_set,
             num_boost_round=self.num_boost_round,
@@ -100,23 +106,28 @@ class LightGBMScorer(Scorer):
             valid_names=["valid"] * len(valid_sets),
             callbacks=callbacks,
         )
-        self.best_iteration_ = int(
-            self.booster_.best_iteration or self.booster_.current_iteration()
-        )
+        self.best_iteration_ = int(trained.best_iteration or trained.current_iteration())
         logger.info("LightGBM stopped at %d trees", self.best_iteration_)
+        # The served model: trees up to the best iteration, as saved and loaded by serving.
+        self.booster_ = lgb.Booster(
+            model_str=trained.model_to_string(num_iteration=self.best_iteration_)
+        )
+        self.scorer_ = LightGBMFlavour(
+            self.booster_, train.columns, num_threads=int(self.params.get("num_threads", 0))
+        )
         return self
 
     def _predict(self, X: np.ndarray, meta: pd.DataFrame) -> np.ndarray:
-        return self.booster_.predict(X, num_iteration=self.best_iteration_)
+        return self.scorer_.score(X)
 
-    def save_native(self, path: Path) -> Path:
-        """Write the booster (best iteration only) in LightGBM's text format."""
-        self.booster_.save_model(str(path), num_iteration=self.best_iteration_)
-        return path
+    def _save_model(self, path: Path) -> Path:
+        """The booster (best iteration) in LightGBM's text format."""
+        return self.scorer_.save(path)
+
+    def fit_summary(self) -> dict[str, float]:
+        return {"best_iteration": float(self.best_iteration_)}
 
     def feature_importance(self) -> pd.Series:
         """Total gain per column, largest first."""
-        gain = self.booster_.feature_importance(
-            importance_type="gain", iteration=self.best_iteration_
-        )
+        gain = self.booster_.feature_importance(importance_type="gain")
         return pd.Series(gain, index=self.booster_.feature_name()).sort_values(ascending=False)
