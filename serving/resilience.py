@@ -2,7 +2,7 @@
 
 - :class:`CircuitBreaker`: after ``failures`` consecutive failed or slow scorings the model
   rests for ``cooldown_seconds``; then one trial call goes to it again.
-- :class:`ResilientScorer` (a :class:`~recsys.decision.Scorer`): the model's scores, or the
+- :class:`ResilientScorer` (a :class:`~recsys.decision.PairScorer`): the model's scores, or the
   popularity/rules fallback's when the model fails or its breaker is open; the scores say
   which (``fallback_reason``), so the decisions are marked ``fallback``.
 - :class:`PopularityScorer`: each offer's acceptance rate at the touchpoint (or overall)
@@ -31,7 +31,7 @@ from recsys.decision import (
     FeatureBlock,
     FeatureSource,
     ModelInfo,
-    Scorer,
+    PairScorer,
     Scores,
     ScoringRows,
 )
@@ -171,7 +171,7 @@ class ResilientScorer:
     ``fallback_reason`` ``model_error`` or ``breaker_open``.
     """
 
-    def __init__(self, model: Scorer, fallback: PopularityScorer, breaker: CircuitBreaker):
+    def __init__(self, model: PairScorer, fallback: PopularityScorer, breaker: CircuitBreaker):
         self.inner = model
         self.fallback = fallback
         self.breaker = breaker

@@ -10,7 +10,6 @@ from recsys.decision.pipeline import (
     MAX_CAP_RETRIES,
     DecisionPipeline,
     MatrixScorer,
-    RowScorer,
 )
 from recsys.decision.ports import (
     Arm,
@@ -22,7 +21,7 @@ from recsys.decision.ports import (
     FeatureSource,
     KeyStats,
     MatrixBuilder,
-    Scorer,
+    PairScorer,
     Scores,
     ScoringRows,
     ServedModel,
@@ -60,9 +59,8 @@ __all__ = [
     "MatrixBuilder",
     "MatrixScorer",
     "ModelInfo",
-    "RowScorer",
+    "PairScorer",
     "ScorePart",
-    "Scorer",
     "Scores",
     "ScoringRows",
     "ServedModel",

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -55,13 +55,10 @@ from recsys.eligibility import (
 )
 from recsys.errors import DataError, SpecMismatchError
 
+if TYPE_CHECKING:  # recsys.scoring loads every model library: only for the type checker
+    from recsys.scoring import Scorer
+
 logger = logging.getLogger(__name__)
-
-
-class RowScorer(Protocol):
-    """A model flavour's scorer: P(accept) of each row of a matrix (``recsys.scoring``)."""
-
-    def score(self, matrix: np.ndarray) -> np.ndarray: ...
 
 
 DEFAULT_MAX_LIMIT = 50
@@ -616,9 +613,9 @@ def _empty(requests: tuple[DecisionRequest, ...], now: datetime) -> DecisionBatc
 
 
 class MatrixScorer:
-    """A model flavour's scorer (rows -> P(accept)) as the pipeline's :class:`Scorer`."""
+    """A model flavour's scorer (matrix -> P(accept)) as the pipeline's ``PairScorer``."""
 
-    def __init__(self, scorer: RowScorer, model: ModelInfo):
+    def __init__(self, scorer: Scorer, model: ModelInfo):
         self.scorer = scorer
         self.model = model
 

@@ -225,8 +225,12 @@ class Scores:
     fallback_reason: str | None = None
 
 
-class Scorer(Protocol):
-    """A model: P(accept) for each model row."""
+class PairScorer(Protocol):
+    """A model as the pipeline calls it: P(accept) of the rows of (request, offer) pairs.
+
+    :class:`recsys.decision.MatrixScorer` makes one of a model flavour's scorer
+    (:class:`recsys.scoring.Scorer`, matrix -> P(accept)); fallbacks implement it directly.
+    """
 
     def score(self, rows: ScoringRows) -> Scores:
         """P(accept), shape (p,), of ``rows``."""
@@ -241,7 +245,7 @@ class ServedModel:
 
     info: ModelInfo
     matrix: MatrixBuilder
-    scorer: Scorer
+    scorer: PairScorer
 
 
 class ContactHistorySource(Protocol):

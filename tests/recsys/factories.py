@@ -30,7 +30,7 @@ from recsys.decision import (
     SingleArm,
 )
 from recsys.eventlog import SQLiteEventLog
-from serving.model import LightGBMScorer
+from recsys.scoring import LightGBMScorer
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 SPEC_VERSION = "test-spec-1"
