@@ -142,8 +142,8 @@ def checkout(ref: str) -> Iterator[Side]:
         raise SystemExit(f"--baseline must name a commit of {ROOT}, got {ref!r}")
     commit = found.stdout.strip()
     folder = Path(tempfile.mkdtemp(prefix="recsys-baseline-"))
-    _git("worktree", "add", "--detach", str(folder), commit)
     try:
+        _git("worktree", "add", "--detach", str(folder), commit)
         if (ROOT / ".env").exists():  # the same settings file on both sides
             shutil.copy2(ROOT / ".env", folder / ".env")
         yield Side("old", folder, commit[:7])

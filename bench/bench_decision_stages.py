@@ -216,10 +216,13 @@ def decision_cpu(
     ]
     if conditions:
         cmd += ["--conditions", ",".join(conditions)]
-    out = subprocess.run(
-        cmd, **side.process(env), check=True, capture_output=True, text=True
-    ).stdout
-    by_condition = totals(out)
+    done = subprocess.run(cmd, **side.process(env), capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"{side.name} ({side.commit}): {' '.join(cmd)} exited with {done.returncode}:\n"
+            + done.stderr[-3000:]
+        )
+    by_condition = totals(done.stdout)
     sample = {"decision_cpu_us": by_condition["hot"]}
     for condition, key in (("paused", "paused_cpu_us"), ("batch32", "batch32_cpu_us")):
         if condition in by_condition:
