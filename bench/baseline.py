@@ -76,7 +76,11 @@ class Guard:
 
 @dataclass(frozen=True)
 class Metric:
-    """One row of the comparison: ``key`` in a side's sample, or ``of`` computed from it."""
+    """One row of the comparison.
+
+    ``key`` names the number in a side's sample (or the row, when ``of`` computes it from
+    the sample); ``label`` and ``unit`` are shown; ``guard`` is the bound the medians keep.
+    """
 
     key: str
     label: str
