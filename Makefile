@@ -39,23 +39,24 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
+# ARGS passes options to a bench, e.g. make bench-serving ARGS="--baseline REF" (bench/RESULTS.md)
 bench: bench-data bench-features bench-training bench-serving bench-score
 
 bench-data: setup
-	$(BIN)/python bench/bench_data.py
+	$(BIN)/python bench/bench_data.py $(ARGS)
 
 bench-features: setup
-	$(BIN)/python bench/bench_features.py
+	$(BIN)/python bench/bench_features.py $(ARGS)
 
 bench-training: setup
-	$(BIN)/python bench/bench_training.py
+	$(BIN)/python bench/bench_training.py $(ARGS)
 
 bench-serving: setup
-	$(BIN)/python bench/bench_serving.py
+	$(BIN)/python bench/bench_serving.py $(ARGS)
 
 # recsys score of 1M customers (data built once under data/bench_score; needs bench-serving's model)
 bench-score: setup
-	$(BIN)/python bench/bench_score.py --record
+	$(BIN)/python bench/bench_score.py --record $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(DATA_DIR) mlruns mlflow.db .pytest_cache

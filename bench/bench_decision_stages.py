@@ -1,17 +1,17 @@
-"""Where one decision's time goes, hot and with cold caches (the service's case).
+"""Where one decision's time goes, hot, with cold caches (the service's case) and in a batch.
 
 In the service a worker decides ~500 times a second, so its decisions run ~2 ms apart and a
 decision costs more CPU than the same decision back to back in process. This bench shows
-why: it times each step of :meth:`recsys.decision.DecisionEngine.decide_many` (features
-read, contact history, eligibility groups, matrix, model, slates, decision objects, event-log
-write) for the bench data of ``bench/bench_serving.py`` (the wrk script's mix of customers
-and realtime touchpoints, every decision logged to a scratch SQLite event log), in four
-conditions, alternating, one decision at a time:
+why: it times each step of the decision path (features read, contact history, eligibility
+groups, matrix, model, slates, decision objects, event-log write) for the bench data of
+``bench/bench_serving.py`` (the wrk script's mix of customers and realtime touchpoints,
+every decision logged to a scratch SQLite event log), in these conditions, alternating:
 
-- ``hot``: back to back;
+- ``hot``: one decision at a time, back to back;
 - ``l2_evicted``: a 4 MiB buffer written before each decision (more than this host's L2);
 - ``l3_evicted``: a 64 MiB buffer written before each decision (more than its L3);
-- ``paused``: a 2 ms sleep before each decision, as in the service at 1,000/s.
+- ``paused``: a 2 ms sleep before each decision, as in the service at 1,000/s;
+- ``batch32``: 32 requests decided in one call, back to back (per decision).
 
 If ``paused`` costs what ``l3_evicted`` costs and ``l2_evicted`` what ``hot`` costs, the
 pause loses the decision's memory from the shared L3 cache (to the host's other tenants)
@@ -19,7 +19,9 @@ and every step pays for reading it again from memory.
 
 Run: ``python bench/bench_decision_stages.py`` (builds the bench data with
 ``bench_serving.py --prepare-only`` when it is missing). Prints microseconds per decision
-per step and condition (median of ``--repeats`` passes of ``--decisions`` decisions).
+per step and condition (median of ``--repeats`` passes of ``--decisions`` decisions), then a
+line ``RESULT {json}`` with the same numbers. ``--baseline REF`` compares the CPU per
+decision (one request, a batch of 32) with commit REF instead (``bench/baseline.py``).
 """
 
 from __future__ import annotations
@@ -34,25 +36,198 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import baseline
 import numpy as np
-from bench_serving import REALTIME, ROOT, data_env
+from workload import REALTIME, ROOT, data_env, model_cache_env
 
 ENGINE_STEPS = ("_vectors", "_group", "_matrix", "_score", "_finish", "_decisions", "_record")
-CONDITIONS = ("hot", "l2_evicted", "l3_evicted", "paused")
+CONDITIONS = ("hot", "l2_evicted", "l3_evicted", "paused", "batch32")
+BATCH = 32
+TOTAL_CPU = "total (CPU)"
+
+METRICS = (
+    baseline.Metric(
+        "decision_cpu_us",
+        "CPU per decision, one request (in process)",
+        "us",
+        baseline.Guard.ratio_at_most(1.25),
+    ),
+    baseline.Metric(
+        "batch32_cpu_us",
+        "CPU per decision, batch of 32 (in process)",
+        "us",
+        baseline.Guard.ratio_at_most(1.25),
+    ),
+    baseline.Metric("paused_cpu_us", "CPU per decision, 2 ms apart (in process)", "us"),
+)
 
 
-def timed(spent: dict[str, float], step: str, method: Callable) -> Callable:
-    def run(*args, **kwargs):
-        started = time.perf_counter()
-        try:
-            return method(*args, **kwargs)
-        finally:
-            spent[step] += time.perf_counter() - started
+def build(env: dict[str, str]):
+    """The components a decision needs, built as the service builds them (the composition
+    root), once the environment ``env`` names the bench data."""
+    os.environ.update(env)
+    from recsys.settings import load_settings
+    from serving.components import build_components
+    from serving.config import load_serving_settings
 
-    return run
+    return build_components(load_settings(), load_serving_settings())
+
+
+def decide(components, requests: Sequence) -> None:
+    """The call under measurement: the decision path for ``requests``, every decision logged.
+
+    The one place that knows the engine's entry point; when it changes, change it here.
+    """
+    components.engine.decide_many(requests)
+
+
+def instrument(components, spent: dict[str, float]) -> None:
+    """Time the engine's private steps into ``spent`` (seconds by step). Diagnostic only:
+    these names follow the engine's internals, and the totals do not depend on them."""
+
+    def timed(step: str, method: Callable) -> Callable:
+        def run(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                spent[step] += time.perf_counter() - started
+
+        return run
+
+    engine = components.engine
+    for step in ENGINE_STEPS:
+        setattr(engine, step, timed(step, getattr(engine, step)))
+    engine.history.contact_history = timed("_history", engine.history.contact_history)
+
+
+def measure(args: argparse.Namespace, conditions: Sequence[str]) -> dict:
+    """Microseconds per decision, by condition and step (medians over the passes)."""
+    scratch = Path(tempfile.mkdtemp(prefix="recsys-stages-"))
+    components = build(
+        {**data_env(args.work, scratch / "events.sqlite"), "RECSYS_SERVING_EPSILON": "0.05"}
+    )
+    from recsys.decision import DecisionRequest
+
+    spent: dict[str, float] = defaultdict(float)
+    instrument(components, spent)
+    rng = random.Random(args.seed)
+
+    def request() -> DecisionRequest:
+        if rng.random() < 0.05:
+            customer = f"NEW{rng.randint(1, 1_000_000):07d}"
+        else:
+            customer = f"C{rng.randint(1, args.customers):07d}"
+        return DecisionRequest(customer_id=customer, touchpoint_id=rng.choice(REALTIME))
+
+    evict = {"l2_evicted": np.ones(4 * 2**20 // 8), "l3_evicted": np.ones(64 * 2**20 // 8)}
+
+    def one_pass(condition: str) -> dict[str, float]:
+        spent.clear()
+        cpu = 0.0
+        buffer = evict.get(condition)
+        size = BATCH if condition == "batch32" else 1
+        requests = [request() for _ in range(args.decisions)]
+        for i in range(0, len(requests), size):
+            if buffer is not None:
+                np.add(buffer, 1.0, out=buffer)  # writes every cache line of the buffer
+            elif condition == "paused":
+                time.sleep(0.002)
+            started = time.process_time()
+            wall = time.perf_counter()
+            decide(components, requests[i : i + size])
+            spent["total (wall)"] += time.perf_counter() - wall
+            cpu += time.process_time() - started
+        per_decision = {step: 1e6 * s / len(requests) for step, s in spent.items()}
+        per_decision[TOTAL_CPU] = 1e6 * cpu / len(requests)
+        return per_decision
+
+    try:
+        for _ in range(300):  # warm: compiled model, prepared offers, caches
+            decide(components, [request()])
+        passes: dict[str, list[dict[str, float]]] = defaultdict(list)
+        for _ in range(args.repeats):
+            for condition in conditions:
+                passes[condition].append(one_pass(condition))
+    finally:
+        components.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+    rows = [*ENGINE_STEPS[:1], "_history", *ENGINE_STEPS[1:], "total (wall)", TOTAL_CPU]
+    return {
+        "decisions": args.decisions,
+        "repeats": args.repeats,
+        "us_per_decision": {
+            c: {row: statistics.median(p.get(row, 0.0) for p in passes[c]) for row in rows}
+            for c in conditions
+        },
+    }
+
+
+def print_table(result: dict) -> None:
+    table = result["us_per_decision"]
+    conditions = list(table)
+    print(f"us per decision, median of {result['repeats']} passes of {result['decisions']}")
+    ratio = "paused/hot" if {"hot", "paused"} <= set(conditions) else ""
+    print(f"{'step':14s}" + "".join(f"{c:>12s}" for c in conditions) + f"{ratio:>12s}")
+    for row in table[conditions[0]]:
+        medians = [table[c][row] for c in conditions]
+        line = f"{row:14s}" + "".join(f"{m:12.1f}" for m in medians)
+        if ratio:
+            hot = table["hot"][row]
+            line += f"{table['paused'][row] / hot if hot else float('nan'):12.2f}"
+        print(line)
+
+
+def totals(stdout: str) -> dict[str, float]:
+    """CPU per decision by condition: from the ``RESULT`` line, or from the printed table of
+    a copy of this script that predates that line."""
+    result = baseline.parse_result(stdout)
+    if result is not None:
+        return {c: rows[TOTAL_CPU] for c, rows in result["us_per_decision"].items()}
+    lines = stdout.splitlines()
+    header = next(line for line in lines if line.startswith("step"))
+    row = next(line for line in lines if line.startswith(TOTAL_CPU))
+    values = [float(v) for v in row[len(TOTAL_CPU) :].split()]
+    return dict(zip(header.split()[1:], values, strict=False))
+
+
+def decision_cpu(
+    side: baseline.Side,
+    work: Path,
+    *,
+    customers: int,
+    seed: int,
+    decisions: int,
+    repeats: int,
+    env: dict[str, str],
+    conditions: Sequence[str] | None = None,
+) -> baseline.Sample:
+    """CPU per decision in process, measured by ``side``'s own copy of this script.
+
+    ``conditions`` is passed only when given: older copies do not know the option."""
+    cmd = [
+        sys.executable,
+        str(side.script("bench_decision_stages.py")),
+        *("--work", str(work), "--customers", str(customers), "--seed", str(seed)),
+        *("--decisions", str(decisions), "--repeats", str(repeats)),
+    ]
+    if conditions:
+        cmd += ["--conditions", ",".join(conditions)]
+    done = subprocess.run(cmd, **side.process(env), capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"{side.name} ({side.commit}): {' '.join(cmd)} exited with {done.returncode}:\n"
+            + done.stderr[-3000:]
+        )
+    by_condition = totals(done.stdout)
+    sample = {"decision_cpu_us": by_condition["hot"]}
+    for condition, key in (("paused", "paused_cpu_us"), ("batch32", "batch32_cpu_us")):
+        if condition in by_condition:
+            sample[key] = by_condition[condition]
+    return sample
 
 
 def main() -> None:
@@ -64,79 +239,45 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--customers", type=int, default=5_000)
     parser.add_argument("--seed", type=int, default=7)
-    args = parser.parse_args()
-
-    work: Path = args.work
-    if not (work / "mlflow.db").exists():
-        subprocess.run(
-            [sys.executable, str(ROOT / "bench" / "bench_serving.py"), "--prepare-only"],
-            check=True,
-        )
-    scratch = Path(tempfile.mkdtemp(prefix="recsys-stages-"))
-    os.environ.update(
-        {**data_env(work, scratch / "events.sqlite"), "RECSYS_SERVING_EPSILON": "0.05"}
+    parser.add_argument(
+        "--conditions",
+        default=",".join(CONDITIONS),
+        help=f"comma-separated, of {', '.join(CONDITIONS)} (default: all)",
     )
-    # Imported once the environment names the bench data.
-    from recsys.decision import DecisionRequest
-    from recsys.settings import load_settings
-    from serving.components import build_components
-    from serving.config import load_serving_settings
+    baseline.add_arguments(parser)
+    args = parser.parse_args()
+    conditions = [c for c in args.conditions.split(",") if c]
+    unknown = sorted(set(conditions) - set(CONDITIONS))
+    if unknown or not conditions:
+        parser.error(f"--conditions must be among {', '.join(CONDITIONS)}, got {args.conditions}")
 
-    components = build_components(load_settings(), load_serving_settings())
-    engine = components.engine
-    spent: dict[str, float] = defaultdict(float)
-    for step in ENGINE_STEPS:
-        setattr(engine, step, timed(spent, step, getattr(engine, step)))
-    engine.history.contact_history = timed(spent, "_history", engine.history.contact_history)
-    rng = random.Random(args.seed)
-
-    def request() -> DecisionRequest:
-        if rng.random() < 0.05:
-            customer = f"NEW{rng.randint(1, 1_000_000):07d}"
-        else:
-            customer = f"C{rng.randint(1, args.customers):07d}"
-        return DecisionRequest(customer_id=customer, touchpoint_id=rng.choice(REALTIME))
-
-    evict = {
-        "l2_evicted": np.ones(4 * 2**20 // 8),
-        "l3_evicted": np.ones(64 * 2**20 // 8),
-    }
-
-    def one_pass(condition: str) -> dict[str, float]:
-        spent.clear()
-        cpu = 0.0
-        buffer = evict.get(condition)
-        for r in [request() for _ in range(args.decisions)]:
-            if buffer is not None:
-                np.add(buffer, 1.0, out=buffer)  # writes every cache line of the buffer
-            elif condition == "paused":
-                time.sleep(0.002)
-            started = time.process_time()
-            wall = time.perf_counter()
-            engine.decide(r)
-            spent["total (wall)"] += time.perf_counter() - wall
-            cpu += time.process_time() - started
-        per_decision = {step: 1e6 * s / args.decisions for step, s in spent.items()}
-        per_decision["total (CPU)"] = 1e6 * cpu / args.decisions
-        return per_decision
-
-    try:
-        for _ in range(300):  # warm: compiled model, prepared offers, caches
-            engine.decide(request())
-        passes: dict[str, list[dict[str, float]]] = defaultdict(list)
-        for _ in range(args.repeats):
-            for condition in CONDITIONS:
-                passes[condition].append(one_pass(condition))
-    finally:
-        components.close()
-        shutil.rmtree(scratch, ignore_errors=True)
-    rows = [*ENGINE_STEPS[:1], "_history", *ENGINE_STEPS[1:], "total (wall)", "total (CPU)"]
-    print(f"us per decision, median of {args.repeats} passes of {args.decisions}")
-    print(f"{'step':14s}" + "".join(f"{c:>12s}" for c in CONDITIONS) + f"{'paused/hot':>12s}")
-    for row in rows:
-        medians = [statistics.median(p.get(row, 0.0) for p in passes[c]) for c in CONDITIONS]
-        ratio = medians[-1] / medians[0] if medians[0] else float("nan")
-        print(f"{row:14s}" + "".join(f"{m:12.1f}" for m in medians) + f"{ratio:12.2f}")
+    args.work = args.work.resolve()
+    if not (args.work / "mlflow.db").exists():
+        subprocess.run(
+            [sys.executable, str(ROOT / "bench" / "bench_serving.py"), "--prepare-only",
+             "--work", str(args.work), "--customers", str(args.customers)],
+            check=True,
+        )  # fmt: skip
+    if args.baseline:
+        baseline.compare(
+            args.baseline,
+            args.rounds,
+            lambda side: decision_cpu(
+                side,
+                args.work,
+                customers=args.customers,
+                seed=args.seed,
+                decisions=args.decisions,
+                repeats=args.repeats,
+                env={**os.environ, **model_cache_env(args.work, side.name)},
+            ),
+            METRICS,
+            args.work / "baseline_stages.json",
+        )
+        return
+    result = measure(args, conditions)
+    print_table(result)
+    baseline.emit_result(result)
 
 
 if __name__ == "__main__":

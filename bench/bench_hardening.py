@@ -99,7 +99,7 @@ def server_for(name: str, args) -> list[str]:
 
 
 def measure(name: str, env: dict, script: Path, args, work: Path) -> dict:
-    server = base.start(server_for(name, args), env, work / f"hardening_{name}.log")
+    server = base.start(server_for(name, args), {"env": env}, work / f"hardening_{name}.log")
     try:
         base.wait_ready(f"{URL}/readyz", server)
         base.wrk(script, URL, 5, args.connections, args.threads)  # warm up
@@ -116,7 +116,7 @@ def median_run(runs: list[dict]) -> dict:
 
 
 def memory_run(env: dict, script: Path, args, work: Path) -> dict:
-    server = base.start(server_for("on", args), env, work / "hardening_memory.log")
+    server = base.start(server_for("on", args), {"env": env}, work / "hardening_memory.log")
     samples: list[tuple[float, float]] = []
     try:
         base.wait_ready(f"{URL}/readyz", server)
@@ -194,7 +194,7 @@ def main() -> None:
     }
     if not (work / "mlflow.db").exists():
         common["RECSYS_EVENT_LOG_URL"] = f"sqlite:///{work / 'events.sqlite'}"
-        base.prepare(work, args.customers, args.offers, 30, args.seed, common)
+        base.prepare(work, args.customers, args.offers, 30, args.seed, {"env": common})
     key = new_key("secret")
     lua = base.WRK_DECISIONS % {
         "seed": args.seed,

@@ -21,6 +21,10 @@ Steps (data under ``--work``, default ``data/bench_score/``; built once, reused)
    time includes start-up: model load, customer ids) unless ``--skip-cli``; with
    ``--record`` also a run that logs every decision to a fresh SQLite event log.
 
+``--baseline REF`` instead alternates REF (a temporary git worktree) and this checkout,
+``recsys score`` end to end on the same data and model (``--record`` adds the logged run),
+and prints both sides' medians and new/old (``bench/baseline.py``).
+
 Heavy: run it under the shared lock, ``flock /tmp/bench.lock python bench/bench_score.py``.
 Prints one table; numbers also go to ``<work>/results.json``.
 """
@@ -38,50 +42,35 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-sys.path.insert(0, str(ROOT / "bench"))
-
-from bench_serving import extend_catalogue  # noqa: E402
+import baseline
+from workload import BIN, ROOT, data_env, extend_catalogue, forget_event_log, model_cache_env
 
 TOUCHPOINT = "email_newsletter"
 PREDICT = "predict (background thread)"
 
 
-def run(cmd: list[str], env: dict[str, str]) -> float:
+def run(cmd: list[str], process: dict) -> float:
+    """Run ``cmd`` (``process``: the environment and folder of the code); wall seconds."""
     print("$", " ".join(cmd), flush=True)
     started = time.perf_counter()
-    subprocess.run(cmd, env=env, check=True)
+    subprocess.run(cmd, **process, check=True)
     return time.perf_counter() - started
 
 
-def environment(work: Path, model_db: Path, events: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "RECSYS_WAREHOUSE_PATH": str(work / "warehouse.duckdb"),
-        "RECSYS_ONLINE_STORE": "sqlite",
-        "RECSYS_ONLINE_SQLITE_PATH": str(work / "online.sqlite"),
-        "RECSYS_MLFLOW_TRACKING_URI": f"sqlite:///{model_db}",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{model_db}",
-        "RECSYS_EVENT_LOG_URL": f"sqlite:///{events}",
-        "PYTHONUNBUFFERED": "1",
-    }
-
-
-def prepare(work: Path, customers: int, offers: int, days: int, seed: int, env: dict) -> None:
+def prepare(work: Path, customers: int, offers: int, days: int, seed: int, process: dict) -> None:
     demo = work / "demo"
     recsys = str(BIN / "recsys")
     if not (demo / "decisions.parquet").exists():
         run(
             [recsys, "data", "generate", "--customers", str(customers), "--days", str(days),
              "--seed", str(seed), "--out", str(demo)],
-            env,
+            process,
         )  # fmt: skip
         extend_catalogue(demo / "offers.yaml", offers, seed)
     if not (work / "warehouse.duckdb").exists():
-        run([recsys, "data", "load", str(demo), "--db", str(work / "warehouse.duckdb")], env)
+        run([recsys, "data", "load", str(demo), "--db", str(work / "warehouse.duckdb")], process)
     if not (work / "online.sqlite").exists():
-        run([recsys, "features", "materialize", "--store", "sqlite"], env)
+        run([recsys, "features", "materialize", "--store", "sqlite"], process)
 
 
 class Timer:
@@ -194,6 +183,63 @@ def in_process(env: dict[str, str], n_customers: int | None, chunk: int, out: Pa
     }
 
 
+def cli_score(
+    side: baseline.Side,
+    env: dict[str, str],
+    args: argparse.Namespace,
+    *,
+    record: bool,
+    customers: int | None,
+) -> float:
+    """``recsys score`` of ``side`` end to end (wall seconds, start-up included), the first
+    ``customers`` (all when None); a logged run starts from an empty event log."""
+    work: Path = args.work
+    cmd = [str(BIN / "recsys"), "score", "--touchpoint", TOUCHPOINT, "--chunk", str(args.chunk)]
+    if customers:
+        cmd += ["--max-customers", str(customers)]
+    if record:
+        forget_event_log(work / "events.sqlite")
+    out = work / f"email_{side.name}{'_rec' if record else ''}.parquet"
+    return run([*cmd, "--out", str(out), "--record" if record else "--dry-run"], side.process(env))
+
+
+def compare_with_baseline(args: argparse.Namespace, env: dict[str, str]) -> None:
+    """Alternate ``args.baseline`` and this checkout, ``recsys score`` end to end."""
+    customers = f"{args.score or args.customers:,} customers"
+    metrics = [
+        baseline.Metric(
+            "score_seconds",
+            f"recsys score --dry-run, {customers}",
+            "s",
+            baseline.Guard.ratio_at_most(1.15),
+        )
+    ]
+    if args.record:
+        metrics.append(
+            baseline.Metric("record_seconds", f"recsys score --record, {customers}", "s")
+        )
+
+    def env_of(side: baseline.Side) -> dict[str, str]:
+        return {**env, **model_cache_env(args.work, side.name)}
+
+    def measure(side: baseline.Side) -> dict[str, float]:
+        sample = {
+            "score_seconds": cli_score(side, env_of(side), args, record=False, customers=args.score)
+        }
+        if args.record:
+            sample["record_seconds"] = cli_score(
+                side, env_of(side), args, record=True, customers=args.score
+            )
+        return sample
+
+    def warm(side: baseline.Side) -> None:  # compiles the side's model once, before timing
+        cli_score(side, env_of(side), args, record=False, customers=100)
+
+    baseline.compare(
+        args.baseline, args.rounds, measure, metrics, args.work / "baseline.json", warm=warm
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -212,51 +258,46 @@ def main() -> None:
     parser.add_argument("--skip-cli", action="store_true", help="no end-to-end CLI run")
     parser.add_argument("--record", action="store_true", help="also a CLI run that logs")
     parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
+    baseline.add_arguments(parser)
     args = parser.parse_args()
+    args.work, args.model_db = args.work.resolve(), args.model_db.resolve()
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
     if not args.model_db.exists():
         sys.exit(f"no model registry at {args.model_db}: run bench/bench_serving.py first")
     events = work / "events.sqlite"
-    env = environment(work, args.model_db, events)
-    prepare(work, args.customers, args.offers, args.days, args.seed, env)
+    env = {**os.environ, **data_env(work, events, args.model_db)}
+    new = baseline.current()
+    prepare(work, args.customers, args.offers, args.days, args.seed, new.process(env))
     if args.prepare_only:
         return
-
     if args.in_process:  # child: one clean process per measurement
-        result = in_process(env, args.score, args.chunk, work / "score_inprocess.parquet")
-        print("RESULT " + json.dumps(result))
+        baseline.emit_result(
+            in_process(env, args.score, args.chunk, work / "score_inprocess.parquet")
+        )
+        return
+    if args.baseline:
+        compare_with_baseline(args, env)
         return
 
     # Every run starts from an empty event log (no contacts yet), dry runs and --record alike.
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{events}{suffix}").unlink(missing_ok=True)
+    forget_event_log(events)
+    env_new = {**env, **model_cache_env(work, new.name)}
     out = subprocess.run(
         [sys.executable, __file__, "--in-process", "--work", str(work), "--model-db",
          str(args.model_db), "--chunk", str(args.chunk)]
         + (["--score", str(args.score)] if args.score else []),
-        env=env, check=True, capture_output=True, text=True,
+        **new.process(env_new), check=True, capture_output=True, text=True,
     ).stdout  # fmt: skip
-    result = json.loads(out.split("RESULT ", 1)[1])
-    results = {"in_process": result}
-
-    cli_args = ["--touchpoint", TOUCHPOINT, "--chunk", str(args.chunk)]
-    if args.score:
-        cli_args += ["--max-customers", str(args.score)]
+    results = {"in_process": baseline.parse_result(out)}
     if not args.skip_cli:
-        seconds = run(
-            [str(BIN / "recsys"), "score", *cli_args, "--out", str(work / "email.parquet"),
-             "--dry-run"],
-            env,
-        )  # fmt: skip
-        results["cli_dry_run_wall_seconds"] = seconds
+        results["cli_dry_run_wall_seconds"] = cli_score(
+            new, env_new, args, record=False, customers=args.score
+        )
     if args.record:
-        seconds = run(
-            [str(BIN / "recsys"), "score", *cli_args, "--out", str(work / "email_rec.parquet"),
-             "--record"],
-            env,
-        )  # fmt: skip
-        results["cli_record_wall_seconds"] = seconds
+        results["cli_record_wall_seconds"] = cli_score(
+            new, env_new, args, record=True, customers=args.score
+        )
     print_table(results, args)
     (work / "results.json").write_text(json.dumps(results, indent=2))
 

@@ -20,8 +20,16 @@ Steps (all under ``data/bench_serving/``, rebuilt with ``--fresh``):
    the CPU of one decision in process, back to back (hot) and 2 ms apart (as a worker sees
    them at 1,000/s), so that runs on different hosts can be compared.
 
-Run: ``make bench-serving`` (``python bench/bench_serving.py --help``). Needs ``wrk`` on the
-PATH (``apt-get install wrk``). Prints one table; numbers also go to ``results.json``.
+With ``--baseline REF`` it measures instead, alternating REF (a temporary git worktree) and
+this checkout for ``--rounds`` rounds on the same data and model: the closed loop
+(``--connections``, ``--workers``), the CPU per decision in process (each side's own
+``bench_decision_stages.py``), ``recsys score`` of the bench customers and, once a round,
+``mlflow models serve``; then prints both sides' medians, new/old and issue 26's guard
+(``bench/baseline.py``; numbers in ``baseline.json``).
+
+Run: ``make bench-serving`` (``python bench/bench_serving.py --help``), or
+``make bench-serving ARGS="--baseline REF"``. Needs ``wrk`` on the PATH (``apt-get install
+wrk``). Prints one table; numbers also go to ``results.json``.
 """
 
 from __future__ import annotations
@@ -30,7 +38,6 @@ import argparse
 import contextlib
 import json
 import os
-import random
 import re
 import shutil
 import signal
@@ -39,26 +46,27 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
+import baseline
 import httpx
 import psutil
-import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-REALTIME = (
-    "web_home",
-    "web_product",
-    "web_cart",
-    "web_checkout",
-    "app_home",
-    "chat_widget",
-    "call_center",
-    "store_pos",
-    "web_help",
-    "app_order_status",
+from bench_decision_stages import METRICS as METRICS_IN_PROCESS
+from bench_decision_stages import decision_cpu
+from workload import (
+    BIN,
+    REALTIME,
+    ROOT,
+    data_env,
+    extend_catalogue,
+    forget_event_log,
+    model_cache_env,
 )
+
+PORT = 8701
+URL = f"http://127.0.0.1:{PORT}"
+MLFLOW_URL = "http://127.0.0.1:8702"
 
 WRK_DECISIONS = r"""
 math.randomseed(%(seed)d)
@@ -110,14 +118,12 @@ f:close()
 """
 
 
-def run(cmd: list[str], env: dict[str, str], **kwargs) -> subprocess.CompletedProcess:
+def run(cmd: list[str], process: dict) -> subprocess.CompletedProcess:
     print("$", " ".join(cmd), flush=True)
-    return subprocess.run(cmd, env=env, check=True, **kwargs)
+    return subprocess.run(cmd, **process, check=True)
 
 
-def prepare(
-    work: Path, customers: int, offers: int, days: int, seed: int, env: dict[str, str]
-) -> None:
+def prepare(work: Path, customers: int, offers: int, days: int, seed: int, process: dict) -> None:
     demo = work / "demo"
     run(
         [
@@ -133,39 +139,23 @@ def prepare(
             "--out",
             str(demo),
         ],
-        env,
+        process,
     )
     extend_catalogue(demo / "offers.yaml", offers, seed)
     run(
         [str(BIN / "recsys"), "data", "load", str(demo), "--db", str(work / "warehouse.duckdb")],
-        env,
+        process,
     )
-    run([str(BIN / "recsys"), "features", "materialize"], env)
-    run([str(BIN / "recsys"), "train", "--promote-if-no-champion"], env)
+    run([str(BIN / "recsys"), "features", "materialize"], process)
+    run([str(BIN / "recsys"), "train", "--promote-if-no-champion"], process)
 
 
-def extend_catalogue(path: Path, total: int, seed: int) -> None:
-    """Clone the generated offers (new ids, jittered values) up to ``total`` offers."""
-    offers = yaml.safe_load(path.read_text())
-    base = [o for o in offers if not o.get("fallback")]
-    rng = random.Random(seed)
-    k = 0
-    while len(offers) < total:
-        source = base[k % len(base)]
-        clone = dict(source)
-        clone["offer_id"] = f"{source['offer_id']}-X{k // len(base) + 1}"
-        clone["name"] = f"{source['name']} (variant {k // len(base) + 1})"
-        clone["value"] = round(float(source.get("value") or 1.0) * rng.uniform(0.5, 1.5), 2)
-        offers.append(clone)
-        k += 1
-    path.write_text(yaml.safe_dump(offers, sort_keys=False))
-
-
-def start(cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    """Start a server in its own process group, output to ``log_path``."""
+def start(cmd: list[str], process: dict, log_path: Path) -> subprocess.Popen:
+    """Start a server in its own process group (``process``: the environment and working
+    directory of the code to run), output to ``log_path``."""
     with open(log_path, "w") as log_file:  # the child keeps its own descriptor
         return subprocess.Popen(
-            cmd, env=env, start_new_session=True, stdout=log_file, stderr=subprocess.STDOUT
+            cmd, **process, start_new_session=True, stdout=log_file, stderr=subprocess.STDOUT
         )
 
 
@@ -278,7 +268,7 @@ def paced(
     gap_ms = connections * 1000.0 / rate
     for seconds in (5, 5, duration):
         paced_script.write_text(script.read_text() + WRK_PACED % {"gap_ms": gap_ms})
-        result = wrk(paced_script, "http://127.0.0.1:8701", seconds, connections, threads)
+        result = wrk(paced_script, URL, seconds, connections, threads)
         # per connection: 1 / rate_c = gap + latency  ->  gap = connections / rate - latency
         latency_ms = 1000.0 * connections / result["per_second"] - gap_ms
         gap_ms = max(0.0, connections * 1000.0 / rate - latency_ms)
@@ -297,8 +287,9 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def candidate_rows_body(work: Path, env: dict[str, str], touchpoint: str) -> tuple[Path, int]:
-    """The candidate matrix of one real decision, as an MLflow ``dataframe_split`` body."""
+def candidate_rows_body(work: Path, process: dict, touchpoint: str) -> None:
+    """The candidate matrix of one real decision, as an MLflow ``dataframe_split`` body in
+    ``work/mlflow_body.json`` (``process``: the environment and folder of the code to run)."""
     code = f"""
 import json, math, sys
 from recsys.settings import load_settings
@@ -317,95 +308,198 @@ json.dump({{"dataframe_split": {{"columns": cols, "data": rows}}}}, open(sys.arg
 print(len(rows))
 c.close()
 """
-    path = work / "mlflow_body.json"
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(path)], env=env, check=True, capture_output=True, text=True
-    ).stdout
-    return path, int(out.strip().splitlines()[-1])
+    subprocess.run(
+        [sys.executable, "-c", code, str(work / "mlflow_body.json")],
+        **process,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
 
 
-HOST_REFERENCE = r"""
-import json, random, statistics, sys, time
-from recsys.decision import DecisionRequest
-from recsys.settings import load_settings
-from serving.components import build_components
-from serving.config import load_serving_settings
-
+LOOP_NS = r"""
+import time
 def loop_ns():
     started = time.perf_counter()
     total = 0
     for i in range(2_000_000):
         total += i
     return (time.perf_counter() - started) / 2_000_000 * 1e9
-
-c = build_components(load_settings(), load_serving_settings())
-rng = random.Random(%(seed)d)
-touchpoints = %(touchpoints)r
-
-def request():
-    if rng.random() < 0.05:
-        customer = "NEW%%07d" %% rng.randint(1, 1_000_000)
-    else:
-        customer = "C%%07d" %% rng.randint(1, %(customers)d)
-    return DecisionRequest(customer_id=customer, touchpoint_id=rng.choice(touchpoints))
-
-for _ in range(300):  # warm: compiled model, prepared offers, caches
-    c.engine.decide(request())
-passes = []
-for _ in range(3):
-    requests = [request() for _ in range(1000)]
-    started = time.process_time()
-    for r in requests:
-        c.engine.decide(r)
-    passes.append((time.process_time() - started) / len(requests) * 1000)
-# The service sees a worker's decisions ~2 ms apart at 1,000/s: the host may have evicted
-# the decision's memory from the shared L3 cache meanwhile. CPU of the decision alone.
-paused = []
-for _ in range(3):
-    spent = 0.0
-    for r in [request() for _ in range(300)]:
-        time.sleep(0.002)
-        started = time.process_time()
-        c.engine.decide(r)
-        spent += time.process_time() - started
-    paused.append(spent / 300 * 1000)
-c.close()
-print(json.dumps({"python_loop_ns": min(loop_ns() for _ in range(3)),
-                  "decision_cpu_ms": statistics.median(passes),
-                  "paused_decision_cpu_ms": statistics.median(paused)}))
+print(min(loop_ns() for _ in range(3)))
 """
 
 
-def data_env(work: Path, event_log: Path) -> dict[str, str]:
-    """The settings that point recsys at the bench data under ``work`` and at ``event_log``."""
+def host_reference(
+    side: baseline.Side, work: Path, env: dict[str, str], customers: int, seed: int
+) -> dict:
+    """How fast this host is right now: ns per step of a plain Python loop, and the CPU of
+    one decision in process, back to back and 2 ms apart (``bench_decision_stages.py``: the
+    bench data, the wrk script's mix, a scratch event log). Hosts of the same kind differ
+    several-fold from day to day; these numbers let runs on different hosts be compared."""
+    loop = subprocess.run(
+        [sys.executable, "-c", LOOP_NS], check=True, capture_output=True, text=True
+    ).stdout
+    cpu = decision_cpu(
+        side,
+        work,
+        customers=customers,
+        seed=seed,
+        decisions=300,
+        repeats=3,
+        env=env,
+        conditions=("hot", "paused"),
+    )
     return {
-        "RECSYS_WAREHOUSE_PATH": str(work / "warehouse.duckdb"),
-        "RECSYS_ONLINE_SQLITE_PATH": str(work / "online.sqlite"),
-        "RECSYS_MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
-        "RECSYS_EVENT_LOG_URL": f"sqlite:///{event_log}",
+        "python_loop_ns": float(loop),
+        "decision_cpu_ms": cpu["decision_cpu_us"] / 1000,
+        "paused_decision_cpu_ms": cpu["paused_cpu_us"] / 1000,
     }
 
 
-def host_reference(work: Path, env: dict[str, str], customers: int, seed: int) -> dict:
-    """How fast this host is right now: ns per step of a plain Python loop, and the CPU of
-    one decision in process, back to back and 2 ms apart (bench data, the wrk script's mix,
-    logged to a scratch event log). Hosts of the same kind differ several-fold from day to
-    day; these numbers let runs on different hosts be compared."""
-    log = work / "host_reference_events.sqlite"
-    code = HOST_REFERENCE % {"seed": seed, "customers": customers, "touchpoints": REALTIME}
+def serve_run(
+    side: baseline.Side,
+    env: dict[str, str],
+    work: Path,
+    script: Path,
+    args: argparse.Namespace,
+    connections: int,
+    rate: int = 0,
+) -> tuple[dict, dict]:
+    """``recsys serve`` of ``side`` on an empty event log, warmed for 5 s, then loaded by
+    wrk for ``args.duration`` s: a closed loop over ``connections``, or paced at ``rate``/s.
+    Returns the load's numbers (decisions logged included) and the service's ``/readyz``."""
+    # An empty event log each time: with 5,000 customers a minute at ~1,800/s gives every
+    # customer ~20 contacts, and a later run would read (and check caps over) the history
+    # the earlier runs left.
+    forget_event_log(work / "events.sqlite")
+    server = start([str(BIN / "recsys"), "serve"], side.process(env), work / "serve.log")
     try:
-        out = subprocess.run(
-            [sys.executable, "-c", code],
-            env={**env, "RECSYS_EVENT_LOG_URL": f"sqlite:///{log}"},
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
+        wait_ready(f"{URL}/readyz", server)
+        ready = httpx.get(f"{URL}/readyz").json()
+        wrk(script, URL, min(5, args.duration), args.connections, args.threads)  # warm up
+        if rate:
+            result = paced(script, work, rate, connections, args.duration, args.threads)
+        else:
+            result = wrk(script, URL, args.duration, connections, args.threads)
     finally:
-        for suffix in ("", "-wal", "-shm", ".lock"):
-            Path(f"{log}{suffix}").unlink(missing_ok=True)
-    return json.loads(out.strip().splitlines()[-1])
+        stop(server)
+    result["decisions_logged"] = _count_rows(work / "events.sqlite")
+    return result, ready
+
+
+def mlflow_run(env: dict[str, str], work: Path, args: argparse.Namespace) -> dict:
+    """``mlflow models serve`` of the champion (no recsys code: the registered pyfunc),
+    driven by wrk with the candidate rows of one real decision for ``args.duration`` s."""
+    body = work / "mlflow_body.json"
+    rows = len(json.loads(body.read_text())["dataframe_split"]["data"])
+    fixed = work / "mlflow.lua"
+    fixed.write_text(WRK_FIXED % {"body": body} + WRK_DONE)
+    server = start(
+        [str(BIN / "mlflow"), "models", "serve", "-m", "models:/offer-ranker@champion",
+         "--env-manager", "local", "--host", "127.0.0.1", "--port", MLFLOW_URL.rsplit(":", 1)[1],
+         "--workers", str(args.workers)],
+        {"env": env},
+        work / "mlflow_serve.log",
+    )  # fmt: skip
+    try:
+        wait_ready(f"{MLFLOW_URL}/ping", server)
+        check = httpx.post(
+            f"{MLFLOW_URL}/invocations",
+            content=body.read_bytes(),
+            headers={"content-type": "application/json"},
+            timeout=30,
+        )
+        if check.status_code != 200:
+            raise RuntimeError(f"mlflow refused the rows: {check.text[:500]}")
+        url = f"{MLFLOW_URL}/invocations"
+        wrk(fixed, url, min(5, args.duration), args.connections, args.threads)
+        result = wrk(fixed, url, args.duration, args.connections, args.threads)
+    finally:
+        stop(server)
+    result["rows_per_request"] = rows
+    return result
+
+
+def score_run(side: baseline.Side, env: dict[str, str], work: Path) -> dict:
+    """``recsys score`` of ``side``, the email touchpoint, every bench customer, dry run."""
+    started = time.perf_counter()
+    out = subprocess.run(
+        ["nice", str(BIN / "recsys"), "score", "--touchpoint", "email_newsletter",
+         "--out", str(work / f"email_{side.name}.parquet"), "--dry-run"],
+        **side.process(env), check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    return {"seconds": time.perf_counter() - started, "summary": out.strip()}
+
+
+def guard_metrics(args: argparse.Namespace) -> tuple[baseline.Metric, ...]:
+    """The rows of ``--baseline``: issue 26's performance guard."""
+    Metric, Guard = baseline.Metric, baseline.Guard
+    return (
+        Metric(
+            "closed_loop_rps",
+            f"closed loop, {args.connections} conns, {args.workers} workers",
+            "dec/s",
+            Guard.ratio_at_least(0.8),
+        ),
+        Metric("closed_loop_p99_ms", "closed loop p99", "ms"),
+        Metric("closed_loop_cpu_ms", "closed loop server CPU per decision", "ms"),
+        *METRICS_IN_PROCESS,
+        Metric(
+            "score_seconds",
+            f"recsys score --dry-run, {args.customers:,} customers",
+            "s",
+            Guard.ratio_at_most(1.15),
+        ),
+        Metric("mlflow_rps", "mlflow models serve (same in both)", "req/s"),
+        Metric(
+            "recsys_per_mlflow",
+            "recsys / mlflow throughput",
+            "x",
+            Guard.new_at_least(20),
+            of=lambda s: s["closed_loop_rps"] / s["mlflow_rps"],
+        ),
+    )
+
+
+def compare_with_baseline(
+    args: argparse.Namespace, work: Path, script: Path, env_of: Callable[[baseline.Side], dict]
+) -> None:
+    """Alternate ``args.baseline`` and this checkout: per side, the closed loop, the CPU per
+    decision in process and ``recsys score``; ``mlflow models serve`` once per round."""
+
+    def measure(side: baseline.Side) -> dict[str, float]:
+        env = env_of(side)
+        loaded, _ = serve_run(side, env, work, script, args, args.connections)
+        sample = {
+            "closed_loop_rps": loaded["per_second"],
+            "closed_loop_p99_ms": loaded["p99_ms"],
+            "closed_loop_cpu_ms": loaded["cpu_loop_ms"] + loaded["cpu_other_ms"],
+        }
+        if args.stage_decisions:
+            sample |= decision_cpu(
+                side,
+                work,
+                customers=args.customers,
+                seed=args.seed,
+                decisions=args.stage_decisions,
+                repeats=3,
+                env=env,
+            )
+        if not args.skip_score:
+            sample["score_seconds"] = score_run(side, env, work)["seconds"]
+        return sample
+
+    def mlflow_rps() -> dict[str, float]:
+        return {"mlflow_rps": mlflow_run(env_of(baseline.current()), work, args)["per_second"]}
+
+    baseline.compare(
+        args.baseline,
+        args.rounds,
+        measure,
+        guard_metrics(args),
+        work / "baseline.json",
+        shared=None if args.skip_mlflow else mlflow_rps,
+    )
 
 
 def main() -> None:
@@ -430,14 +524,21 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--skip-mlflow", action="store_true")
     parser.add_argument("--skip-score", action="store_true")
+    parser.add_argument(
+        "--stage-decisions",
+        type=int,
+        default=300,
+        help="with --baseline: decisions per pass of bench_decision_stages.py (0 = skip it)",
+    )
     parser.add_argument("--fresh", action="store_true", help="rebuild data, features and model")
     parser.add_argument("--prepare-only", action="store_true", help="build the data and stop")
     parser.add_argument("--work", type=Path, default=ROOT / "data" / "bench_serving")
+    baseline.add_arguments(parser)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
 
-    work: Path = args.work
+    work: Path = args.work.resolve()
     if args.fresh and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
@@ -448,15 +549,17 @@ def main() -> None:
         **data_env(work, work / "events.sqlite"),
         "RECSYS_SERVING_EPSILON": str(args.epsilon),
         "RECSYS_SERVING_WORKERS": str(args.workers),
-        "RECSYS_SERVING_PORT": "8701",
-        "PYTHONUNBUFFERED": "1",
+        "RECSYS_SERVING_PORT": str(PORT),
     }
+
+    def env_of(side: baseline.Side) -> dict[str, str]:
+        return {**env, **model_cache_env(work, side.name)}
+
+    new = baseline.current()
     if not (work / "mlflow.db").exists():
-        prepare(work, args.customers, args.offers, args.days, args.seed, env)
+        prepare(work, args.customers, args.offers, args.days, args.seed, new.process(env))
     if args.prepare_only:
         return
-    results: dict[str, dict] = {}
-    results["host_before"] = host_reference(work, env, args.customers, args.seed)
     script = work / "decisions.lua"
     script.write_text(
         WRK_DECISIONS
@@ -467,102 +570,30 @@ def main() -> None:
         }
         + WRK_DONE
     )
-    runs = {"recsys": args.connections, "recsys_few": args.few_connections, "recsys_paced": 0}
+    if not args.skip_mlflow:
+        candidate_rows_body(work, new.process(env_of(new)), "web_product")
+    if args.baseline:
+        compare_with_baseline(args, work, script, env_of)
+        return
+
+    results: dict[str, dict] = {}
+    results["host_before"] = host_reference(new, work, env_of(new), args.customers, args.seed)
+    runs = {"recsys": args.connections, "recsys_few": args.few_connections}
     if not args.few_connections:
         del runs["recsys_few"]
-    if not args.rate:
-        del runs["recsys_paced"]
+    if args.rate:
+        runs["recsys_paced"] = args.rate_connections
     logged = 0
     for name, connections in runs.items():
-        # Each run starts the service on an empty event log: with 5,000 customers a minute
-        # at ~1,800/s gives every customer ~20 contacts, and a later run would read (and
-        # check caps over) a history the earlier runs left.
-        for suffix in ("", "-wal", "-shm"):
-            (work / f"events.sqlite{suffix}").unlink(missing_ok=True)
-        server = start([str(BIN / "recsys"), "serve"], env, work / "serve.log")
-        try:
-            wait_ready("http://127.0.0.1:8701/readyz", server)
-            ready = httpx.get("http://127.0.0.1:8701/readyz").json()
-            wrk(script, "http://127.0.0.1:8701", 5, args.connections, args.threads)  # warm up
-            if name == "recsys_paced":
-                results[name] = paced(
-                    script, work, args.rate, args.rate_connections, args.duration, args.threads
-                )
-            else:
-                results[name] = wrk(
-                    script, "http://127.0.0.1:8701", args.duration, connections, args.threads
-                )
-        finally:
-            stop(server)
-        logged += _count_rows(work / "events.sqlite")
+        rate = args.rate if name == "recsys_paced" else 0
+        results[name], ready = serve_run(new, env_of(new), work, script, args, connections, rate)
+        logged += results[name]["decisions_logged"]
     results["recsys"]["decisions_logged"] = logged
-
     if not args.skip_mlflow:
-        body, rows = candidate_rows_body(work, env, "web_product")
-        fixed = work / "mlflow.lua"
-        fixed.write_text(WRK_FIXED % {"body": body} + WRK_DONE)
-        mlflow_server = start(
-            [
-                str(BIN / "mlflow"),
-                "models",
-                "serve",
-                "-m",
-                "models:/offer-ranker@champion",
-                "--env-manager",
-                "local",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "8702",
-                "--workers",
-                str(args.workers),
-            ],
-            env,
-            work / "mlflow_serve.log",
-        )
-        try:
-            wait_ready("http://127.0.0.1:8702/ping", mlflow_server)
-            check = httpx.post(
-                "http://127.0.0.1:8702/invocations",
-                content=body.read_bytes(),
-                headers={"content-type": "application/json"},
-                timeout=30,
-            )
-            if check.status_code != 200:
-                raise RuntimeError(f"mlflow refused the rows: {check.text[:500]}")
-            wrk(fixed, "http://127.0.0.1:8702/invocations", 5, args.connections, args.threads)
-            results["mlflow"] = wrk(
-                fixed,
-                "http://127.0.0.1:8702/invocations",
-                args.duration,
-                args.connections,
-                args.threads,
-            )
-            results["mlflow"]["rows_per_request"] = rows
-        finally:
-            stop(mlflow_server)
-
+        results["mlflow"] = mlflow_run(env_of(new), work, args)
     if not args.skip_score:
-        started = time.perf_counter()
-        out = subprocess.run(
-            [
-                "nice",
-                str(BIN / "recsys"),
-                "score",
-                "--touchpoint",
-                "email_newsletter",
-                "--out",
-                str(work / "email.parquet"),
-                "--dry-run",
-            ],
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        results["score"] = {"seconds": time.perf_counter() - started, "summary": out.strip()}
-
-    results["host_after"] = host_reference(work, env, args.customers, args.seed)
+        results["score"] = score_run(new, env_of(new), work)
+    results["host_after"] = host_reference(new, work, env_of(new), args.customers, args.seed)
     print_table(results, ready, args)
     (work / "results.json").write_text(json.dumps({"results": results, "model": ready}, indent=2))
 
