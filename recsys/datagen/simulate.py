@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from recsys.datagen.catalog import (
     CATEGORIES,
@@ -186,7 +187,7 @@ class _Eligibility:
     }
 
     def __init__(self, catalog: Catalog):
-        self.rules: list[tuple[int, str, str, object]] = []
+        self.rules: list[tuple[int, str, str, ArrayLike]] = []
         for j, offer in enumerate(catalog.offers):
             for rule in offer.eligibility:
                 kind = ELIGIBILITY_FEATURES[rule.feature]
