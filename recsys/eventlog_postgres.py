@@ -39,7 +39,7 @@ from psycopg.rows import dict_row
 
 from recsys.eligibility import ContactHistory
 from recsys.errors import ConfigError, DataError
-from recsys.eventlog import (
+from recsys.eventlog.base import (
     OUTCOME_TYPES,
     CapProbe,
     Event,
