@@ -38,6 +38,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 # ARGS passes options to a bench, e.g. make bench-serving ARGS="--baseline REF" (bench/RESULTS.md)
 bench: bench-data bench-features bench-training bench-serving bench-score

@@ -7,8 +7,10 @@ model, a training set and an online-store entry can tell whether they were built
 from __future__ import annotations
 
 import hashlib
+import importlib
 import inspect
 import json
+import pkgutil
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
@@ -40,8 +42,12 @@ class FeatureSpec:
 def _version(features: tuple[FeatureDef, ...]) -> str:
     digest = hashlib.sha256()
     digest.update(json.dumps([asdict(f) for f in features], sort_keys=True).encode())
-    # The code that computes the features is part of their definition.
+    # The code that computes the features is part of their definition: every module of the
+    # definitions package, in name order.
     digest.update(inspect.getsource(definitions).encode())
+    for name in sorted(m.name for m in pkgutil.iter_modules(definitions.__path__)):
+        module = importlib.import_module(f"{definitions.__name__}.{name}")
+        digest.update(inspect.getsource(module).encode())
     return digest.hexdigest()[:12]
 
 

@@ -8,18 +8,13 @@ flattened into ``ctx_<key>`` columns by one SQL pass over the result.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import itertools
 import json
 import logging
-import math
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from queue import Empty, Full, Queue
 from typing import Any
 
 import duckdb
@@ -29,8 +24,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features import definitions as d
+from features.background import in_background
+from features.context_columns import flatten_and_sort, flattened_sql
 from features.engines import ibis_backend
 from features.pipeline import STAT_TABLES, Sources, naive_utc, point_tables, sources
+from features.time_slices import CHUNK_ROWS, range_context_keys, time_slices
 from recsys.contract import OFFER_TYPES, OUTCOMES
 from recsys.errors import ConfigError
 
@@ -48,7 +46,6 @@ ID_COLUMNS = (
 )
 LABEL_COLUMNS = ("label", "revenue")
 CONTEXT_COLUMN = "context"
-CHUNK_ROWS = 1_000_000  # decisions rows per DuckDB query (bounds the engine's memory)
 BATCH_ROWS = 122_880  # rows per Arrow batch streamed out of DuckDB
 
 
@@ -310,7 +307,7 @@ def build_training_set(
             "attribution_days": attribution_days,
             "positive_outcomes": positive_outcomes,
         }
-        keys = _range_context_keys(con, start, end)
+        keys = range_context_keys(con, start, end)
         schema, batches = _duckdb_batches(con, keys, chunk_rows, **window)
         frame = pa.Table.from_batches(list(batches), schema=schema).to_pandas()
         frame.attrs["context_keys"] = json.dumps(keys)
@@ -322,7 +319,7 @@ def build_training_set(
             attribution_days=attribution_days,
             positive_outcomes=positive_outcomes,
         )
-        frame = _finish(expr.to_pyarrow())
+        frame = flatten_and_sort(expr.to_pyarrow())
     log.info(
         "training set: %d rows, %d columns in %.1f s",
         len(frame),
@@ -335,45 +332,6 @@ def build_training_set(
 def _check_chunk_rows(chunk_rows: int) -> None:
     if not isinstance(chunk_rows, int) or chunk_rows < 1:
         raise ConfigError(f"`chunk_rows` must be an integer >= 1, got {chunk_rows!r}")
-
-
-def _range_filter(start: datetime | None, end: datetime | None) -> str:
-    where = ["TRUE"]
-    if start is not None:
-        where.append(f"ts >= TIMESTAMP '{naive_utc(start, 'start').isoformat(sep=' ')}'")
-    if end is not None:
-        where.append(f"ts < TIMESTAMP '{naive_utc(end, 'end').isoformat(sep=' ')}'")
-    return " AND ".join(where)
-
-
-def _range_context_keys(
-    con: duckdb.DuckDBPyConnection, start: datetime | None, end: datetime | None
-) -> list[tuple[str, bool]]:
-    """Context keys of the decisions in ``[start, end)``."""
-    return _context_keys(con, f"(SELECT context FROM decisions WHERE {_range_filter(start, end)})")
-
-
-def time_slices(
-    con: duckdb.DuckDBPyConnection,
-    start: datetime | None,
-    end: datetime | None,
-    chunk_rows: int = CHUNK_ROWS,
-) -> list[tuple[datetime | None, datetime | None]]:
-    """Consecutive ``[lo, hi)`` decision-time ranges covering ``[start, end)``, each of about
-    ``chunk_rows`` decisions rows (approximate quantiles of ``ts``; a time is never split)."""
-    where = _range_filter(start, end)
-    rows = con.execute(f"SELECT count(*) FROM decisions WHERE {where}").fetchall()[0][0]
-    slices = math.ceil(rows / chunk_rows)
-    if slices <= 1:
-        return [(start, end)]
-    cuts = con.execute(
-        f"SELECT approx_quantile(ts, ?::FLOAT[]) FROM decisions WHERE {where}",
-        [[i / slices for i in range(1, slices)]],
-    ).fetchall()[0][0]
-    lower = naive_utc(start, "start") if start is not None else None
-    bounds = sorted({c for c in cuts if c is not None and (lower is None or c > lower)})
-    edges = [start, *bounds, end]
-    return list(itertools.pairwise(edges))
 
 
 def _duckdb_batches(
@@ -395,7 +353,7 @@ def _duckdb_batches(
 
     def reader(lo: datetime | None, hi: datetime | None) -> pa.RecordBatchReader:
         expr = training_set_expr(backend, src=src, **{**window, "start": lo, "end": hi})
-        sql = _final_sql(f"({ibis.to_sql(expr, dialect='duckdb')})", keys)
+        sql = flattened_sql(f"({ibis.to_sql(expr, dialect='duckdb')})", keys)
         return con.sql(sql).to_arrow_reader(BATCH_ROWS)
 
     try:
@@ -419,145 +377,6 @@ def _duckdb_batches(
                 offer_log.release()
 
     return schema, batches()
-
-
-def in_background(items: Iterator[Any], depth: int = 2) -> Background:
-    """Iterate ``items`` in a background thread, ``depth`` items ahead: the engine computes
-    the next batches while the caller writes the previous ones. The thread starts at once, so
-    the caller can prepare (e.g. drop an old table) while the first items are computed;
-    ``close()`` the result if it may not be read to the end."""
-    return Background(items, depth)
-
-
-class Background:
-    """The iterator :func:`in_background` returns."""
-
-    def __init__(self, items: Iterator[Any], depth: int):
-        self._queue: Queue[tuple[bool, Any]] = Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._finished = False
-        # The thread holds the queue, the event and the items, not this object: dropping the
-        # last reference to it closes it (``__del__``).
-        self._worker = threading.Thread(
-            target=_produce,
-            args=(items, self._queue, self._stop),
-            name="feature-batches",
-            daemon=True,
-        )
-        self._worker.start()
-
-    def __iter__(self) -> Background:
-        return self
-
-    def __next__(self) -> Any:
-        if self._finished:
-            raise StopIteration
-        ok, item = self._queue.get()
-        if ok:
-            return item
-        self.close()
-        if item is not None:
-            raise item
-        raise StopIteration
-
-    def close(self) -> None:
-        """Stop the producer (released if blocked on a full queue) and wait for it; the
-        iterator it ran is closed in its thread, so its clean-up has run on return."""
-        self._finished = True
-        self._stop.set()
-        while self._worker.is_alive():
-            with contextlib.suppress(Empty):
-                self._queue.get(timeout=0.1)
-        self._worker.join()
-
-    def __del__(self) -> None:
-        self.close()
-
-
-def _produce(items: Iterator[Any], queue: Queue[tuple[bool, Any]], stop: threading.Event) -> None:
-    try:
-        for item in items:
-            while not stop.is_set():
-                try:
-                    queue.put((True, item), timeout=0.1)
-                    break
-                except Full:
-                    continue
-            if stop.is_set():
-                break
-        else:
-            queue.put((False, None))
-    except BaseException as exc:  # handed to the consumer
-        queue.put((False, exc))
-    finally:
-        # A consumer that stopped early: close a generator here, in the thread that ran it,
-        # so its own clean-up (temporary tables) runs now.
-        close = getattr(items, "close", None)
-        if close is not None:
-            close()
-
-
-def _context_keys(con: duckdb.DuckDBPyConnection, source: str) -> list[tuple[str, bool]]:
-    """(key, is_numeric) of every context key in ``source`` (a table or a subquery).
-
-    A key is numeric when all its non-null values are JSON numbers or booleans.
-    """
-    rows = con.execute(
-        f"""
-        WITH kv AS (
-            SELECT unnest(json_keys(c)) AS k, c FROM (SELECT CAST(context AS JSON) AS c
-            FROM {source} WHERE context IS NOT NULL AND json_type(CAST(context AS JSON))
-            = 'OBJECT')
-        )
-        SELECT k, bool_and(json_type(c, '$."' || replace(k, '"', '\\"') || '"') IN
-                           ('BIGINT', 'UBIGINT', 'DOUBLE', 'BOOLEAN', 'NULL'))
-        FROM kv GROUP BY k ORDER BY k
-        """
-    ).fetchall()
-    return [(k, bool(numeric)) for k, numeric in rows]
-
-
-def _json_path(key: str) -> str:
-    return '$."' + key.replace('"', '\\"') + '"'
-
-
-def context_sql(keys: Sequence[tuple[str, bool]], column: str = "context") -> list[str]:
-    """SQL select expressions turning JSON ``column`` into ``ctx_<key>`` columns."""
-    out = []
-    for key, numeric in keys:
-        path = _json_path(key).replace("'", "''")
-        alias = (d.CONTEXT_PREFIX + key).replace('"', '""')
-        if numeric:
-            expr = f"TRY_CAST(json_extract_string(CAST({column} AS JSON), '{path}') AS DOUBLE)"
-            # JSON booleans -> 1.0 / 0.0
-            expr = (
-                f"COALESCE({expr}, CASE json_extract_string(CAST({column} AS JSON), "
-                f"'{path}') WHEN 'true' THEN 1.0 WHEN 'false' THEN 0.0 END)"
-            )
-        else:
-            expr = f"json_extract_string(CAST({column} AS JSON), '{path}')"
-        out.append(f'{expr} AS "{alias}"')
-    return out
-
-
-def _final_sql(source: str, keys: Sequence[tuple[str, bool]]) -> str:
-    """Flatten the context of ``source`` (table or subquery) and sort the rows."""
-    select = ", ".join(["* EXCLUDE (context)", *context_sql(keys)])
-    return f"SELECT {select} FROM {source} ORDER BY ts, decision_id, offer_id"
-
-
-def _finish(table: pa.Table) -> pd.DataFrame:
-    """Flatten the context and sort; runs on the collected result of any engine."""
-    local = duckdb.connect()
-    try:
-        local.register("ts_result", table)
-        keys = _context_keys(local, "ts_result")
-        result = local.sql(_final_sql("ts_result", keys)).to_arrow_table()
-    finally:
-        local.close()
-    frame = result.to_pandas()
-    frame.attrs["context_keys"] = json.dumps(keys)
-    return frame
 
 
 def write_training_set(
@@ -593,7 +412,7 @@ def write_training_set(
         frame.to_parquet(path, index=False)
         return len(frame)
     started = time.perf_counter()
-    keys = _range_context_keys(con, start, end)
+    keys = range_context_keys(con, start, end)
     schema, batches = _duckdb_batches(
         con,
         keys,

@@ -35,10 +35,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import numpy as np
 import psycopg
 from psycopg import sql
+from psycopg.rows import dict_row
 
 from recsys.eligibility import ContactHistory
 from recsys.errors import ConfigError, DataError
-from recsys.eventlog import (
+from recsys.eventlog.base import (
     OUTCOME_TYPES,
     CapProbe,
     Event,
@@ -391,7 +392,7 @@ class PostgresEventLog(EventLog):
         }
 
     def decision_rows(self) -> list[dict[str, Any]]:
-        with self._connection() as con, con.cursor() as cur:
+        with self._connection() as con, con.cursor(row_factory=dict_row) as cur:
             cur.execute(
                 sql.SQL(
                     "SELECT decision_id, ts_us, touchpoint_id, offer_id, customer_id, position, "
@@ -399,11 +400,9 @@ class PostgresEventLog(EventLog):
                     "model_name, model_version FROM {} ORDER BY ts_us, decision_id, position"
                 ).format(self._t_decisions)
             )
-            names = [d.name for d in cur.description]
             rows = cur.fetchall()
         out = []
-        for row in rows:
-            record = dict(zip(names, row, strict=True))
+        for record in rows:
             record["ts"] = _from_us(record.pop("ts_us"))
             out.append(record)
         return out
@@ -427,13 +426,9 @@ class PostgresEventLog(EventLog):
 
     def counts(self) -> dict[str, int]:
         with self._connection() as con:
-            decisions = con.execute(
-                sql.SQL("SELECT count(*) FROM {}").format(self._t_decisions)
-            ).fetchone()[0]
-            events = con.execute(
-                sql.SQL("SELECT count(*) FROM {}").format(self._t_events)
-            ).fetchone()[0]
-        return {"decision_rows": int(decisions), "events": int(events)}
+            decisions = _count(con, self._t_decisions)
+            events = _count(con, self._t_events)
+        return {"decision_rows": decisions, "events": events}
 
     def ping(self) -> None:
         with self._connection() as con:
@@ -446,3 +441,10 @@ class PostgresEventLog(EventLog):
                 self._pool.get_nowait().close()
             except queue.Empty:
                 break
+
+
+def _count(con: psycopg.Connection, table: sql.Composable) -> int:
+    row = con.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()
+    if row is None:  # count(*) always returns a row; psycopg types it as optional
+        raise DataError("`SELECT count(*)` must return a row, got none")
+    return int(row[0])

@@ -257,7 +257,7 @@ def _stage_file(
         typed, found = validate_frame(
             chunk, spec, str(path), first_row=rows + 1, check_unique=False
         )
-        if found:
+        if typed is None:
             problems.extend(found)
         elif problems.total == 0:
             table = to_arrow(typed, spec)
@@ -292,10 +292,11 @@ def _check_duplicates(
     stage = _stage_name(spec.name)
     keys = ", ".join(_quote(k) for k in spec.key)
     nonnull = " AND ".join(f"{_quote(k)} IS NOT NULL" for k in spec.key)
-    total = con.execute(
+    total = warehouse.one_row(
+        con,
         f"SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM {stage} "
-        f"WHERE {nonnull} GROUP BY {keys} HAVING count(*) > 1)"
-    ).fetchone()[0]
+        f"WHERE {nonnull} GROUP BY {keys} HAVING count(*) > 1)",
+    )[0]
     if not total:
         return
     rows = con.execute(
@@ -339,7 +340,7 @@ def _check_references(
             f"SELECT s._row, {cols} FROM {stage} s WHERE {nonnull} AND NOT EXISTS "
             f"(SELECT 1 FROM ({known}) k WHERE {join})"
         )
-        total = con.execute(f"SELECT count(*) FROM ({query})").fetchone()[0]
+        total = warehouse.one_row(con, f"SELECT count(*) FROM ({query})")[0]
         if not total:
             continue
         rows = con.execute(f"{query} ORDER BY s._row LIMIT {MAX_PROBLEMS}").fetchall()
@@ -404,14 +405,15 @@ def _merge(con: duckdb.DuckDBPyConnection, spec: TableSpec) -> int:
     stage = _stage_name(spec.name)
     target = _quote(spec.name)
     _add_extra_columns(con, spec)
-    before = con.execute(f"SELECT count(*) FROM {target}").fetchone()[0]
+    before = warehouse.one_row(con, f"SELECT count(*) FROM {target}")[0]
     if spec.kind == "dimension":
         # Upsert: a newer catalogue replaces the rows it names (last row of a key wins).
         keys = ", ".join(map(_quote, spec.key))
-        new = con.execute(
+        new = warehouse.one_row(
+            con,
             f"SELECT count(DISTINCT ({keys})) FROM {stage} s WHERE NOT EXISTS "
-            f"(SELECT 1 FROM {target} t WHERE {_key_condition(spec, 't', 's')})"
-        ).fetchone()[0]
+            f"(SELECT 1 FROM {target} t WHERE {_key_condition(spec, 't', 's')})",
+        )[0]
         con.execute(
             f"DELETE FROM {target} t WHERE EXISTS "
             f"(SELECT 1 FROM {stage} s WHERE {_key_condition(spec, 't', 's')})"
@@ -430,7 +432,7 @@ def _merge(con: duckdb.DuckDBPyConnection, spec: TableSpec) -> int:
         _append_new(con, spec, spec.column_names, "transaction_id IS NULL", True)
     else:
         _append_new(con, spec, spec.key, "TRUE", not spec.unique_key)
-    return con.execute(f"SELECT count(*) FROM {target}").fetchone()[0] - before
+    return warehouse.one_row(con, f"SELECT count(*) FROM {target}")[0] - before
 
 
 def _append_new(
@@ -476,7 +478,7 @@ def load_directory(directory: str | Path, con: duckdb.DuckDBPyConnection) -> Loa
     # changes only in the final merge transaction, so a refused load keeps nothing, and the
     # staging can spill to disk instead of living in one huge open transaction.
     with tempfile.TemporaryDirectory(prefix="recsys-load-") as scratch:
-        database = con.execute("SELECT current_database()").fetchone()[0]
+        database = warehouse.one_row(con, "SELECT current_database()")[0]
         staging_file = Path(scratch) / "staging.duckdb"
         con.execute(f"ATTACH '{staging_file}' AS {STAGING}")
         try:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import duckdb
 
 from recsys.contract import TABLES
+from recsys.warehouse import one_row
 
 _TIME_COLUMNS = {
     "customers": "created_at",
@@ -46,13 +47,13 @@ class WarehouseSummary:
 def summarize(con: duckdb.DuckDBPyConnection) -> WarehouseSummary:
     summary = WarehouseSummary()
     for name in TABLES:
-        rows = con.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0]
+        rows = one_row(con, f'SELECT count(*) FROM "{name}"')[0]
         first = last = None
         if name in _TIME_COLUMNS:
             col = _TIME_COLUMNS[name]
-            first, last = con.execute(f'SELECT min("{col}"), max("{col}") FROM "{name}"').fetchone()
+            first, last = one_row(con, f'SELECT min("{col}"), max("{col}") FROM "{name}"')
         summary.tables.append(TableStats(name, rows, first, last))
-    one = lambda sql: int(con.execute(sql).fetchone()[0])  # noqa: E731
+    one = lambda sql: int(one_row(con, sql)[0])  # noqa: E731
     summary.health = {
         "offers with no impressions": one(
             "SELECT count(*) FROM offers o WHERE NOT EXISTS "

@@ -17,10 +17,12 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from decimal import Decimal
 
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
+from pandas.api.typing import NaTType
 from pandera.errors import SchemaErrors
 
 from recsys.contract import ELIGIBILITY_OPS, Column, ColumnType, Problem, TableSpec
@@ -47,9 +49,12 @@ def _is_missing(value: object) -> bool:
         return True
     if isinstance(value, str) and value.strip() == "":
         return True
-    return value is pd.NaT or (
-        not isinstance(value, (list, tuple, dict, np.ndarray)) and bool(pd.isna(value))
-    )
+    if value is pd.NaT or value is pd.NA:
+        return True
+    if isinstance(value, Decimal):
+        return value.is_nan()
+    # numpy scalars that are not Python floats: float32/float16 NaN, datetime64/timedelta64 NaT
+    return isinstance(value, (np.floating, np.datetime64, np.timedelta64)) and bool(pd.isna(value))
 
 
 def _map_distinct(raw: pd.Series, one: Callable[[object], object]) -> pd.Series:
@@ -94,7 +99,7 @@ def to_timestamp(raw: pd.Series) -> pd.Series:
     return parsed.astype("datetime64[us]")
 
 
-def _parse_one_timestamp(value: str) -> pd.Timestamp:
+def _parse_one_timestamp(value: str) -> pd.Timestamp | NaTType:
     try:
         ts = pd.Timestamp(value)
     except (ValueError, TypeError):
@@ -173,9 +178,10 @@ def to_string_list(raw: pd.Series) -> pd.Series:
         else:
             text = str(value).strip()
             if text.startswith("["):
-                items = _parse_json(text)
-                if items is _INVALID or not isinstance(items, list):
+                parsed = _parse_json(text)
+                if not isinstance(parsed, list):
                     return None
+                items = parsed
             else:
                 items = [part.strip() for part in text.split("|") if part.strip()]
         if not all(isinstance(item, str) for item in items):

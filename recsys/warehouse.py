@@ -8,10 +8,12 @@ named by the contract (customer attributes, ...) are added as they arrive.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
 from recsys.contract import DUCKDB_TYPES, TABLES, TableSpec
+from recsys.errors import DataError
 from recsys.settings import DEFAULT_DUCKDB_MEMORY_LIMIT
 
 
@@ -26,7 +28,7 @@ def connect(
     temporary folder next to the file instead of taking the machine's memory (DuckDB's own
     default is 80% of RAM).
     """
-    config: dict[str, str] = {}
+    config: dict[str, str | bool | int | float | list[str]] = {}
     if memory_limit:
         config["memory_limit"] = memory_limit
     if str(path) != ":memory:":
@@ -56,3 +58,19 @@ def existing_columns(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, st
         [table],
     ).fetchall()
     return {name: dtype for name, dtype in rows}
+
+
+def one_row(
+    con: duckdb.DuckDBPyConnection, query: str, parameters: object = None
+) -> tuple[Any, ...]:
+    """The row of a query that returns exactly one (an aggregate, a setting).
+
+    Raises
+    ------
+    DataError
+        If the query returns no row.
+    """
+    row = con.execute(query, parameters).fetchone()
+    if row is None:
+        raise DataError(f"`query` must return one row, got none: {query}")
+    return row

@@ -34,10 +34,9 @@ from features.training_set import build_training_set
 from recsys.errors import DataError
 from training.config import TrainingConfig
 from training.pipeline import TrainingInputs
+from training.truth import TRUTH_DIR, TRUTH_FILE, read_truth
 
 logger = logging.getLogger(__name__)
-
-TRUTH_FILE = Path("ground_truth") / "truth.parquet"
 
 
 class FeaturesEncoder:
@@ -196,16 +195,16 @@ def find_truth(
     config: TrainingConfig, warehouse_path: Path | None, decision_ids: pd.Series
 ) -> pd.DataFrame | None:
     """The ground truth of generated data: ``data.truth_dir``, else a ``ground_truth/`` folder
-    next to the warehouse (``<warehouse dir>/*/ground_truth``) whose decisions match."""
-    from recsys.datagen.truth import load_truth
+    next to the warehouse (``<warehouse dir>/*/ground_truth``) whose decisions match.
 
+    Only the rows of ``decision_ids`` are read."""
     if config.data.truth_dir is not None:
-        return load_truth(config.data.truth_dir)
+        return read_truth(config.data.truth_dir, decision_ids)
     if warehouse_path is None:
         return None
     sample = set(decision_ids.sample(min(len(decision_ids), 200), random_state=0))
-    for candidate in sorted(Path(warehouse_path).parent.glob(f"*/{TRUTH_FILE}")):
-        truth = load_truth(candidate.parent)
+    for candidate in sorted(Path(warehouse_path).parent.glob(f"*/{TRUTH_DIR}/{TRUTH_FILE}")):
+        truth = read_truth(candidate.parent, decision_ids)
         if sample <= set(truth["decision_id"]):
             logger.info("using the ground truth in %s", candidate.parent)
             return truth

@@ -109,16 +109,16 @@ def training_set(
 
     con = _open_warehouse(db)
     started = time.perf_counter()
-    window = {
-        "start": _as_of(start) if start else None,
-        "end": _as_of(end) if end else None,
-        "attribution_days": attribution_days,
-        "engine": engine,
-    }
+    first = _as_of(start) if start else None
+    last = _as_of(end) if end else None
     if out.suffix == ".parquet":  # streamed to the file, never held in memory
-        rows = write_training_set(con, out, **window)
+        rows = write_training_set(
+            con, out, start=first, end=last, attribution_days=attribution_days, engine=engine
+        )
     else:
-        frame = build_training_set(con, **window)
+        frame = build_training_set(
+            con, start=first, end=last, attribution_days=attribution_days, engine=engine
+        )
         _write(frame, out)
         rows = len(frame)
     typer.echo(f"{rows:,} decision rows -> {out} ({time.perf_counter() - started:.1f} s)")
@@ -182,7 +182,9 @@ def describe(
     from features.spec import feature_spec
 
     spec = feature_spec()
-    rows = [(f.name, f.kind, f.group, f.source, f.description) for f in spec.features]
+    rows: list[tuple[str, str, str, str, str]] = [
+        (f.name, f.kind, f.group, f.source, f.description) for f in spec.features
+    ]
     if db is not None:
         con = _open_warehouse(db)
         from features.definitions import ATTRIBUTE_PREFIX

@@ -5,6 +5,6 @@
 """
 
 from recsys.datagen.generate import GenerationSummary, generate_dataset
-from recsys.datagen.simulate import SimParams
+from recsys.datagen.params import SimParams
 
 __all__ = ["GenerationSummary", "SimParams", "generate_dataset"]

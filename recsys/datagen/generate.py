@@ -26,9 +26,7 @@ from recsys.datagen.catalog import (
     Catalog,
     build_catalog,
 )
-from recsys.datagen.policy import POLICY_NAME
-from recsys.datagen.population import Population, draw_population
-from recsys.datagen.simulate import (
+from recsys.datagen.params import (
     DEVICES,
     EVENT_TYPES,
     OUTCOME_NAMES,
@@ -36,8 +34,10 @@ from recsys.datagen.simulate import (
     TRANSACTION_CHANNELS,
     BlockOutput,
     SimParams,
-    simulate_block,
 )
+from recsys.datagen.policy import POLICY_NAME
+from recsys.datagen.population import Population, draw_population
+from recsys.datagen.simulate import simulate_block
 from recsys.datagen.writer import FILE_FORMATS, TableWriter
 
 logger = logging.getLogger(__name__)

@@ -18,230 +18,39 @@ The acceptance model (logit scale) is::
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import ClassVar
-
 import numpy as np
 
 from recsys.datagen.catalog import (
-    CATEGORIES,
     CATEGORY_BASE_PRICE,
-    ELIGIBILITY_FEATURES,
     HABIT_CHANNELS,
     OFFER_TYPES,
     SERVICE_TOUCHPOINTS,
     Catalog,
 )
+from recsys.datagen.mechanics import (
+    Accumulator,
+    DayEvents,
+    Requests,
+    RuleEligibility,
+    draw_categories,
+    draw_outcomes,
+    pick_rows,
+    seconds_in_day,
+    sigmoid,
+)
+from recsys.datagen.params import (
+    EV,
+    N_CAT,
+    N_CH,
+    NEVER,
+    PRODUCTS_PER_CATEGORY,
+    TRANSACTION_CHANNELS,
+    TYPE,
+    BlockOutput,
+    SimParams,
+)
 from recsys.datagen.policy import epsilon_greedy_slates
 from recsys.datagen.population import DAY, Population
-
-N_CAT = len(CATEGORIES)
-N_CH = len(HABIT_CHANNELS)
-TYPE = {name: i for i, name in enumerate(OFFER_TYPES)}
-DEVICES = ("desktop", "mobile", "tablet")  # code 3 = no device in the context
-TRANSACTION_CHANNELS = ("web", "app", "store", "call_center")
-PRODUCTS_PER_CATEGORY = 40
-
-# Interaction event types (codes into this tuple).
-EVENT_TYPES = (
-    "page_view",
-    "product_view",
-    "app_open",
-    "chat",
-    "call",
-    "store_visit",
-    "email_open",
-    "complaint",
-    "support_ticket",
-    "nps_answer",
-    "review",
-)
-EV = {name: i for i, name in enumerate(EVENT_TYPES)}
-OUTCOME_NAMES = ("click", "accept", "convert", "dismiss")
-NEVER = -(10**12)  # "no complaint yet", epoch seconds
-
-
-def _stage_type_default() -> tuple[tuple[float, ...], ...]:
-    # rows: STAGES; columns: OFFER_TYPES (discount, cross_sell, upsell, loyalty, service, content)
-    return (
-        (0.3, -0.3, -0.2, 0.0, -0.6, 0.4),  # awareness
-        (0.2, 0.1, 0.3, 0.0, -0.5, 0.3),  # consideration
-        (0.4, 0.4, 0.2, 0.1, -0.3, -0.3),  # decision
-        (-0.1, 0.5, 0.0, 0.4, 0.2, 0.1),  # post_purchase
-        (-0.4, -0.4, -0.4, 0.1, 0.9, 0.0),  # service
-    )
-
-
-@dataclass(frozen=True)
-class SimParams:
-    """Every knob of the simulation; written to ``ground_truth/params.json``."""
-
-    epsilon: float = 0.3
-    position_bias: tuple[float, ...] = (1.0, 0.75, 0.55)
-    max_decisions_per_day: int = 4
-    # behaviour rates (per customer-day, times the customer's activity)
-    transaction_rate: float = 0.09
-    browse_rate: float = 0.15
-    visit_rate: float = 0.11
-    newsletter_every_days: int = 7
-    newsletter_share: float = 0.3
-    sms_every_days: int = 14
-    sms_share: float = 0.4
-    post_purchase_email_prob: float = 0.6
-    nps_survey_prob: float = 0.25
-    nps_answer_prob: float = 0.4
-    complaint_rate: float = 0.0015
-    ticket_rate: float = 0.003
-    review_prob: float = 0.05
-    complaint_purchase_drop: float = 0.6
-    complaint_service_visit_boost: float = 4.0
-    complaint_decay_days: float = 10.0
-    fatigue_half_life_days: float = 7.0
-    # acceptance model
-    affinity_coef: tuple[float, ...] = (0.7, 0.8, 0.7, 0.5, 0.2, 0.6)  # per OFFER_TYPES
-    price_coef: tuple[float, ...] = (1.2, 0.2, -1.2, 0.3, 0.0, -0.3)  # per OFFER_TYPES
-    satisfaction_coef: float = 0.25
-    tier_coef: float = 0.3
-    channel_coef: float = 0.35
-    context_coef: float = 0.6
-    fatigue_offer_coef: float = 0.5
-    fatigue_type_coef: float = 0.15
-    complaint_coef: float = -1.2
-    complaint_service_coef: float = 1.5
-    stage_type: tuple[tuple[float, ...], ...] = field(default_factory=_stage_type_default)
-    p_clip: tuple[float, float] = (1e-4, 0.95)
-    # outcomes
-    click_before_accept_prob: float = 0.85
-    stray_click_prob: float = 0.04
-    dismiss_prob_realtime: float = 0.12
-    dismiss_prob_batch: float = 0.03
-    late_accept_prob_realtime: float = 0.1
-    convert_prob: tuple[float, ...] = (0.6, 0.5, 0.5, 0.4, 0.0, 0.0)  # per OFFER_TYPES
-    revenue_factor: tuple[float, ...] = (0.9, 0.6, 1.8, 0.7, 0.0, 0.0)  # per OFFER_TYPES
-
-
-@dataclass
-class BlockOutput:
-    """Column arrays of one block, ready for the writers (codes index the name tuples)."""
-
-    transactions: dict[str, np.ndarray]
-    interactions: dict[str, np.ndarray]
-    decisions: dict[str, np.ndarray]
-    outcomes: dict[str, np.ndarray]
-    truth: dict[str, np.ndarray]
-    n_decisions: int
-
-
-class _Acc:
-    """Append-only column accumulator."""
-
-    def __init__(self, *names: str):
-        self.parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
-
-    def add(self, **cols: np.ndarray) -> None:
-        for name, values in cols.items():
-            self.parts[name].append(np.asarray(values))
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {k: np.concatenate(v) if v else np.zeros(0) for k, v in self.parts.items()}
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-def _draw_categories(cum_taste: np.ndarray, rng: np.random.Generator, noise: float = 0.0):
-    """One category per row of ``cum_taste`` (m, n_cat) cumulative shares -> (m,) codes."""
-    u = rng.random(len(cum_taste))
-    cat = np.minimum((cum_taste < u[:, None]).sum(axis=1), N_CAT - 1)
-    if noise > 0:
-        mix = rng.random(len(cum_taste)) < noise
-        cat = np.where(mix, rng.integers(0, N_CAT, size=len(cum_taste)), cat)
-    return cat
-
-
-def _pick_rows(weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Index drawn per row in proportion to ``weights`` (m, k) -> (m,)."""
-    cum = np.cumsum(weights, axis=1)
-    u = rng.random(len(weights)) * cum[:, -1]
-    return np.minimum((cum < u[:, None]).sum(axis=1), weights.shape[1] - 1)
-
-
-def _seconds_in_day(rng: np.random.Generator, m: int) -> np.ndarray:
-    """Time of day, more activity in the afternoon/evening; (m,) int seconds."""
-    hours = np.clip(rng.normal(15.0, 4.5, size=m), 0.0, 23.999)
-    return (hours * 3600).astype(np.int64)
-
-
-class _Eligibility:
-    """Compiled eligibility rules of the catalogue (see docs/demo-data.md for features)."""
-
-    _OPS: ClassVar[dict[str, np.ufunc]] = {
-        "==": np.equal,
-        "!=": np.not_equal,
-        "<": np.less,
-        "<=": np.less_equal,
-        ">": np.greater,
-        ">=": np.greater_equal,
-    }
-
-    def __init__(self, catalog: Catalog):
-        self.rules: list[tuple[int, str, str, object]] = []
-        for j, offer in enumerate(catalog.offers):
-            for rule in offer.eligibility:
-                kind = ELIGIBILITY_FEATURES[rule.feature]
-                value = rule.value
-                if isinstance(kind, tuple):  # categorical: compare codes
-                    if rule.op not in ("==", "!=", "in", "not_in"):
-                        raise ValueError(
-                            f"`op` of a rule on {rule.feature!r} must be ==, !=, in or not_in, "
-                            f"got {rule.op!r}"
-                        )
-                    value = (
-                        np.array([kind.index(v) for v in value])
-                        if rule.op in ("in", "not_in")
-                        else kind.index(value)
-                    )
-                self.rules.append((j, rule.feature, rule.op, value))
-
-    def apply(self, candidates: np.ndarray, features: dict[str, np.ndarray]) -> None:
-        """Clear candidates (m, n_offers) in place where a rule fails."""
-        for j, feature, op, value in self.rules:
-            x = features[feature]
-            if op == "in":
-                ok = np.isin(x, value)
-            elif op == "not_in":
-                ok = ~np.isin(x, value)
-            else:
-                ok = self._OPS[op](x, value)
-            candidates[:, j] &= ok
-
-
-@dataclass(frozen=True)
-class _DayEvents:
-    """Same-day purchases and complaints, sorted by key ``cust * DAY + second_of_day``."""
-
-    purchase_cust: np.ndarray
-    purchase_amount: np.ndarray
-    purchase_keys: np.ndarray
-    spend_cum: np.ndarray  # (n_purchases + 1,) running total of amounts in key order
-    complaint_cust: np.ndarray
-    complaint_keys: np.ndarray
-
-
-@dataclass(frozen=True)
-class _Requests:
-    """Decision requests of one day, sorted by (customer, time); arrays of shape (m,)."""
-
-    cust: np.ndarray
-    tp: np.ndarray
-    ts: np.ndarray
-    device: np.ndarray  # code into DEVICES, 3 = none
-    page: np.ndarray  # category code of the page, -1 = none
-    rank: np.ndarray  # 0 for the customer's first request of the day, 1 for the second, ...
-    order_count: np.ndarray  # point-in-time history aggregates for eligibility
-    total_spend: np.ndarray
-    complaint_effect: np.ndarray  # exp(-(ts - last complaint) / decay)
 
 
 class _BlockSimulator:
@@ -258,7 +67,7 @@ class _BlockSimulator:
         self.tpi = {tp.touchpoint_id: i for i, tp in enumerate(catalog.touchpoints)}
         self.tp_realtime = np.array([tp.mode == "realtime" for tp in catalog.touchpoints])
         self.tp_email = np.array([tp.channel == "email" for tp in catalog.touchpoints])
-        self.eligibility = _Eligibility(catalog)
+        self.eligibility = RuleEligibility(catalog)
         self.position_bias = np.array(p.position_bias)
         if len(self.position_bias) < int(catalog.tp_slots.max()):
             raise ValueError(
@@ -325,14 +134,14 @@ class _BlockSimulator:
         self.prev_day_buyers = np.zeros(0, dtype=np.int64)
         self.decay_s = p.complaint_decay_days * DAY
 
-        self.tx = _Acc("cust", "ts", "amount", "category", "product", "quantity", "channel")
-        self.it = _Acc("cust", "ts", "tp", "event", "value", "category")
-        self.dec = _Acc(
+        self.tx = Accumulator("cust", "ts", "amount", "category", "product", "quantity", "channel")
+        self.it = Accumulator("cust", "ts", "tp", "event", "value", "category")
+        self.dec = Accumulator(
             "decision", "ts", "tp", "offer", "cust", "position", "propensity", "device",
             "page_category",
         )  # fmt: skip
-        self.out = _Acc("decision", "offer", "ts", "outcome", "revenue")
-        self.truth = _Acc("decision", "offer", "p_accept")
+        self.out = Accumulator("decision", "offer", "ts", "outcome", "revenue")
+        self.truth = Accumulator("decision", "offer", "p_accept")
         self.next_decision = 0
 
     def run(self, days: int) -> BlockOutput:
@@ -368,18 +177,18 @@ class _BlockSimulator:
             self._decide(requests, np.flatnonzero(requests.rank == rnd))
         self._end_of_day(d, events)
 
-    def _purchases_and_service(self, day0: int, complaint_effect: np.ndarray) -> _DayEvents:
+    def _purchases_and_service(self, day0: int, complaint_effect: np.ndarray) -> DayEvents:
         p, pop, rng, n = self.p, self.pop, self.rng, len(self.pop)
         rate = (
             p.transaction_rate * pop.activity * (1 - p.complaint_purchase_drop * complaint_effect)
         )
         t_cust = np.repeat(np.arange(n), rng.poisson(rate))
-        t_sec = _seconds_in_day(rng, len(t_cust))
+        t_sec = seconds_in_day(rng, len(t_cust))
         keep = day0 + t_sec >= pop.created_s[t_cust]
         t_cust, t_sec = t_cust[keep], t_sec[keep]
         order = np.lexsort((t_sec, t_cust))
         t_cust, t_sec = t_cust[order], t_sec[order]
-        t_cat = _draw_categories(self.cum_taste[t_cust], rng)
+        t_cat = draw_categories(self.cum_taste[t_cust], rng)
         t_amount = np.round(
             CATEGORY_BASE_PRICE[t_cat]
             * pop.spend_level[t_cust]
@@ -396,7 +205,7 @@ class _BlockSimulator:
             product=t_cat * PRODUCTS_PER_CATEGORY
             + np.minimum(rng.geometric(0.12, size=len(t_cust)) - 1, PRODUCTS_PER_CATEGORY - 1),
             quantity=1 + rng.poisson(0.3, size=len(t_cust)),
-            channel=_pick_rows(pop.channel_habit[t_cust][:, habit_cols] + 1e-9, rng),
+            channel=pick_rows(pop.channel_habit[t_cust][:, habit_cols] + 1e-9, rng),
         )
         # reviews a few days after some purchases
         rv = rng.random(len(t_cust)) < p.review_prob
@@ -415,7 +224,7 @@ class _BlockSimulator:
         # complaints (at most one per customer and day) and support tickets
         c_mask = rng.random(n) < p.complaint_rate * pop.issue_proneness
         c_cust = np.flatnonzero(c_mask & (pop.created_s <= day0))
-        c_sec = _seconds_in_day(rng, len(c_cust))
+        c_sec = seconds_in_day(rng, len(c_cust))
         where = [self.tpi[t] for t in ("call_center", "chat_widget", "web_help", "store_pos")]
         c_tp = np.array(where)[rng.choice(4, size=len(c_cust), p=[0.35, 0.3, 0.2, 0.15])]
         self._interactions(c_cust, day0 + c_sec, c_tp, EV["complaint"])
@@ -424,13 +233,13 @@ class _BlockSimulator:
         )
         self._interactions(
             s_cust,
-            day0 + _seconds_in_day(rng, len(s_cust)),
+            day0 + seconds_in_day(rng, len(s_cust)),
             np.array([self.tpi[t] for t in SERVICE_TOUCHPOINTS])[
                 rng.integers(0, 3, size=len(s_cust))
             ],
             EV["support_ticket"],
         )
-        return _DayEvents(
+        return DayEvents(
             purchase_cust=t_cust,
             purchase_amount=t_amount,
             purchase_keys=t_cust * DAY + t_sec,
@@ -443,7 +252,7 @@ class _BlockSimulator:
         """Product views without offers; their category follows the customer's taste."""
         p, pop, rng = self.p, self.pop, self.rng
         b_cust = np.repeat(np.arange(len(pop)), rng.poisson(p.browse_rate * pop.activity))
-        b_sec = _seconds_in_day(rng, len(b_cust))
+        b_sec = seconds_in_day(rng, len(b_cust))
         keep = day0 + b_sec >= pop.created_s[b_cust]
         b_cust, b_sec = b_cust[keep], b_sec[keep]
         web = pop.channel_habit[b_cust, HABIT_CHANNELS.index("web")]
@@ -454,20 +263,20 @@ class _BlockSimulator:
             day0 + b_sec,
             np.where(on_app, self.tpi["app_home"], self.tpi["web_product"]),
             EV["product_view"],
-            category=_draw_categories(self.cum_taste[b_cust], rng, noise=0.2),
+            category=draw_categories(self.cum_taste[b_cust], rng, noise=0.2),
         )
 
     def _requests(
-        self, d: int, day0: int, complaint_effect: np.ndarray, events: _DayEvents
-    ) -> _Requests:
+        self, d: int, day0: int, complaint_effect: np.ndarray, events: DayEvents
+    ) -> Requests:
         """Realtime visits and batch campaign sends of day ``d``, with point-in-time features."""
         p, pop, rng, tpi, n = self.p, self.pop, self.rng, self.tpi, len(self.pop)
         v_cust = np.repeat(np.arange(n), rng.poisson(p.visit_rate * pop.activity))
         w = self.visit_base[v_cust][:, self.rt_cols]
         boost = 1 + p.complaint_service_visit_boost * complaint_effect[v_cust]
         w = w * np.where(self.service_tp[self.rt_cols][None, :], boost[:, None], 1.0)
-        v_tp = self.rt_cols[_pick_rows(w, rng)]
-        v_sec = _seconds_in_day(rng, len(v_cust))
+        v_tp = self.rt_cols[pick_rows(w, rng)]
+        v_sec = seconds_in_day(rng, len(v_cust))
         ch = self.catalog.tp_channel[v_tp]
         v_device = np.where(
             ch == HABIT_CHANNELS.index("web"),
@@ -475,7 +284,7 @@ class _BlockSimulator:
             np.where(ch == HABIT_CHANNELS.index("app"), 1, 3),
         )
         shows_category = np.isin(v_tp, [tpi["web_product"], tpi["web_cart"]])
-        v_page = np.where(shows_category, _draw_categories(self.cum_taste[v_cust], rng, 0.2), -1)
+        v_page = np.where(shows_category, draw_categories(self.cum_taste[v_cust], rng, 0.2), -1)
         self._interactions(v_cust, day0 + v_sec, v_tp, self.event_of_tp[v_tp], category=v_page)
 
         batch: list[tuple[np.ndarray, int, int]] = []  # (customers, touchpoint, hour of day)
@@ -525,7 +334,7 @@ class _BlockSimulator:
         prior = c_keys[np.maximum(ci, 0)] if len(c_keys) else np.zeros(len(cust), np.int64)
         same_day = (ci >= 0) & (prior // DAY == cust)
         last_complaint = np.where(same_day, day0 + prior % DAY, self.last_complaint[cust])
-        return _Requests(
+        return Requests(
             cust=cust,
             tp=tp,
             ts=day0 + sec,
@@ -537,7 +346,7 @@ class _BlockSimulator:
             complaint_effect=np.exp(-(day0 + sec - last_complaint) / self.decay_s),
         )
 
-    def _candidates(self, r: _Requests, sel: np.ndarray) -> np.ndarray:
+    def _candidates(self, r: Requests, sel: np.ndarray) -> np.ndarray:
         """Eligible offers (len(sel), n_offers): touchpoint, consent, dates, rules, caps."""
         cat, pop = self.catalog, self.pop
         c, t, ts = r.cust[sel], r.tp[sel], r.ts[sel]
@@ -567,7 +376,7 @@ class _BlockSimulator:
         regular = cand & ~cat.is_fallback[None, :]
         return np.where(regular.any(axis=1)[:, None], regular, cand)
 
-    def _decide(self, r: _Requests, sel: np.ndarray) -> None:
+    def _decide(self, r: Requests, sel: np.ndarray) -> None:
         """One round: at most one request per customer, so state updates do not collide."""
         p, cat, rng = self.p, self.catalog, self.rng
         otype, ocat = cat.offer_type, cat.offer_category
@@ -587,7 +396,7 @@ class _BlockSimulator:
             - p.fatigue_type_coef * self.fat_type[c][:, otype]
             + r.complaint_effect[sel][:, None] * self.complaint_shift[None, :]
         )
-        p_true = np.clip(_sigmoid(logit), *p.p_clip)
+        p_true = np.clip(sigmoid(logit), *p.p_clip)
         ids = self.next_decision + np.arange(m)
         self.next_decision += m
         tr, to = np.nonzero(cand)
@@ -609,7 +418,7 @@ class _BlockSimulator:
         )
         p_show = p_true[row, off] * self.position_bias[slate.position - 1]
         accepted = rng.random(len(row)) < p_show
-        _outcomes(
+        draw_outcomes(
             self.out,
             p,
             rng,
@@ -644,7 +453,7 @@ class _BlockSimulator:
             )
             self.today_shown[sc[hit], col[hit]] += 1
 
-    def _end_of_day(self, d: int, events: _DayEvents) -> None:
+    def _end_of_day(self, d: int, events: DayEvents) -> None:
         if len(self.capped):
             for w_days in self.windows:
                 self.prev_sum[w_days] += self.today_shown
@@ -674,86 +483,3 @@ def simulate_block(
 ) -> BlockOutput:
     """Simulate ``days`` days for one block of customers (local decision ids from 0)."""
     return _BlockSimulator(catalog, pop, params, rng).run(days)
-
-
-def _outcomes(
-    out: _Acc,
-    p: SimParams,
-    rng: np.random.Generator,
-    decision: np.ndarray,
-    offer: np.ndarray,
-    ts: np.ndarray,
-    realtime: np.ndarray,
-    accepted: np.ndarray,
-    otype: np.ndarray,
-    ocat: np.ndarray,
-    spend_level: np.ndarray,
-    fatigue: np.ndarray,
-) -> None:
-    """Clicks, accepts, conversions (with revenue) and dismissals of shown offers."""
-    m = len(decision)
-    nan = np.full(m, np.nan)
-    click_first = accepted & (rng.random(m) < p.click_before_accept_prob)
-    stray_click = ~accepted & (rng.random(m) < p.stray_click_prob)
-    click_delay = np.where(realtime, rng.exponential(90.0, m), rng.exponential(6 * 3600.0, m))
-    click_ts = ts + 1 + click_delay.astype(np.int64)
-    clicked = click_first | stray_click
-    out.add(
-        decision=decision[clicked],
-        offer=offer[clicked],
-        ts=click_ts[clicked],
-        outcome=np.zeros(int(clicked.sum()), np.int64),
-        revenue=nan[clicked],
-    )
-    late = rng.random(m) < p.late_accept_prob_realtime
-    accept_delay = np.where(
-        realtime,
-        np.where(late, rng.exponential(2.5 * DAY, m), rng.exponential(240.0, m)),
-        rng.exponential(1.5 * DAY, m),
-    )
-    accept_ts = np.where(click_first, click_ts, ts) + 1 + accept_delay.astype(np.int64)
-    out.add(
-        decision=decision[accepted],
-        offer=offer[accepted],
-        ts=accept_ts[accepted],
-        outcome=np.ones(int(accepted.sum()), np.int64),
-        revenue=nan[accepted],
-    )
-    converted = accepted & (rng.random(m) < np.array(p.convert_prob)[otype])
-    price = np.where(
-        ocat >= 0, CATEGORY_BASE_PRICE[np.maximum(ocat, 0)], CATEGORY_BASE_PRICE.mean()
-    )
-    revenue = np.round(
-        price * np.array(p.revenue_factor)[otype] * spend_level * rng.lognormal(0, 0.4, m), 2
-    )
-    convert_ts = accept_ts + 60 + rng.exponential(0.5 * DAY, m).astype(np.int64)
-    out.add(
-        decision=decision[converted],
-        offer=offer[converted],
-        ts=convert_ts[converted],
-        outcome=np.full(int(converted.sum()), 2),
-        revenue=revenue[converted],
-    )
-    dismiss_p = np.where(
-        realtime, p.dismiss_prob_realtime, p.dismiss_prob_batch
-    ) + 0.05 * np.minimum(fatigue, 4.0)
-    dismissed = ~accepted & (rng.random(m) < dismiss_p)
-    dismiss_ts = ts + 2 + rng.exponential(20.0, m).astype(np.int64)
-    out.add(
-        decision=decision[dismissed],
-        offer=offer[dismissed],
-        ts=dismiss_ts[dismissed],
-        outcome=np.full(int(dismissed.sum()), 3),
-        revenue=nan[dismissed],
-    )
-
-
-__all__ = [
-    "DEVICES",
-    "EVENT_TYPES",
-    "OUTCOME_NAMES",
-    "TRANSACTION_CHANNELS",
-    "BlockOutput",
-    "SimParams",
-    "simulate_block",
-]

@@ -2,7 +2,9 @@
 
 ``ground_truth/truth.parquet`` holds, for every logged decision and every candidate offer
 of it, ``p_accept`` = the true probability that the customer accepts the offer shown at
-position 1 (no position bias), in the customer's state at decision time.
+position 1 (no position bias), in the customer's state at decision time. The file's format
+is documented in docs/demo-data.md ("Ground truth file"); training reads it with its own
+reader, ``training.truth.read_truth``.
 """
 
 from __future__ import annotations

@@ -11,14 +11,14 @@ import pandas as pd
 import pytest
 
 from features import definitions as d
+from features.background import in_background
 from features.engines import ibis_backend
 from features.pipeline import customer_features, point_tables, sources
+from features.time_slices import time_slices
 from features.training_set import (
     ID_COLUMNS,
     build_training_set,
     cold_start_vector,
-    in_background,
-    time_slices,
     write_training_set,
 )
 from recsys.contract import OFFER_TYPES

@@ -1,93 +1,32 @@
-"""The feature definitions: each feature once, as an Ibis expression plus its metadata.
-
-Every customer feature is computed for a *point* ``(customer_id, as_of)`` from events with
-``as_of - HORIZON_DAYS <= ts < as_of`` (strictly before ``as_of``). The pipeline
-(``features.pipeline``) joins points to each event source and hands the joined table to the
-aggregate definitions below; derived features are then computed from the aggregates. The same
-expressions run on DuckDB and on Spark (Ibis compiles them), for one point per customer (serving,
-``as_of = now``) or for one point per logged decision (training sets).
-
-Crosses (customer x offer / touchpoint) are written once as functions of an ``Ops`` adapter so
-the same formula runs on Ibis columns (training sets) and on numpy arrays (serving).
-"""
+"""Customer features: aggregates of each event source for a point ``(customer_id, as_of)``,
+the features derived from them, rollups of per-key statistics, and static attributes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal
-
 import ibis
 import ibis.expr.types as ir
-import numpy as np
 
+from features.definitions.base import (
+    COMPLAINT_EVENTS,
+    DAY_SECONDS,
+    DECISION_STAGE,
+    HORIZON_DAYS,
+    NPS_EVENTS,
+    POSITIVE_RESPONSES,
+    PRIOR_IMPRESSIONS,
+    PRIOR_POSITIVES,
+    PURCHASE_CHANNELS,
+    REVIEW_EVENTS,
+    TICKET_EVENTS,
+    WINDOWS,
+    AggregateDef,
+    DerivedDef,
+    FeatureDef,
+    Group,
+    RollupDef,
+    response_rate,
+)
 from recsys.contract import CHANNELS, OFFER_TYPES
-
-HORIZON_DAYS = 365  # history older than this is not looked at (like a Feast ttl)
-DAY_SECONDS = 86_400
-WINDOWS = (30, 90, 365)
-# Response rates are smoothed towards a prior of 0.1 with the weight of 5 impressions.
-PRIOR_POSITIVES = 0.5
-PRIOR_IMPRESSIONS = 5.0
-POSITIVE_RESPONSES = ("accept", "convert")  # what counts as an accepted offer in the history
-PURCHASE_CHANNELS = ("store", "web", "app")
-COMPLAINT_EVENTS = ("complaint",)
-TICKET_EVENTS = ("support_ticket", "ticket", "support", "complaint")
-REVIEW_EVENTS = ("review",)
-NPS_EVENTS = ("nps", "nps_answer", "nps_response", "nps_survey")
-DECISION_STAGE = "decision"
-
-Kind = Literal["numeric", "categorical"]
-Group = Literal["customer", "offer", "touchpoint", "cross", "request"]
-
-
-@dataclass(frozen=True)
-class FeatureDef:
-    """One model input: its name, kind, meaning and where it comes from.
-
-    ``default`` is the value of a customer without any history (the cold-start vector);
-    ``ages`` marks "days since ..." features, which grow with elapsed time (serving adds the
-    days elapsed since the vector was materialised, capped at ``HORIZON_DAYS``).
-    """
-
-    name: str
-    kind: Kind
-    description: str
-    source: str
-    group: Group = "customer"
-    default: float | str | None = None
-    ages: bool = False
-
-
-@dataclass(frozen=True)
-class AggregateDef:
-    """An aggregate over one source joined to points; ``build(events) -> scalar expression``."""
-
-    feature: FeatureDef
-    build: Callable[[ir.Table], ir.Value]
-
-
-@dataclass(frozen=True)
-class DerivedDef:
-    """A feature computed from the aggregates of a point; ``build(table) -> column``."""
-
-    feature: FeatureDef
-    build: Callable[[ir.Table], ir.Value]
-
-
-@dataclass(frozen=True)
-class RollupDef:
-    """A customer feature aggregated from a per-(point, key) statistics table.
-
-    ``table``: "category" (per-category spend) or "accepted_offers" (offers with a positive
-    response); ``build(stats) -> aggregate``.
-    (Cheaper than a COUNT DISTINCT over the joined events.)
-    """
-
-    feature: FeatureDef
-    table: str
-    build: Callable[[ir.Table], ir.Value]
-
 
 # --- helpers over a joined event table (columns: secs_ago, plus the source's columns) ---------
 
@@ -336,11 +275,6 @@ def _interaction_derived() -> list[DerivedDef]:
 _OH = "decisions + outcomes + offers"
 
 
-def response_rate(positives: Any, impressions: Any) -> Any:
-    """Smoothed response rate; works on Ibis columns and numpy arrays alike."""
-    return (positives + PRIOR_POSITIVES) / (impressions + PRIOR_IMPRESSIONS)
-
-
 def _offer_history_aggregates() -> list[AggregateDef]:
     impr = lambda e: e.kind == "impression"  # noqa: E731
     pos = lambda e: _isin(e.kind, POSITIVE_RESPONSES)  # noqa: E731
@@ -499,181 +433,6 @@ INTERACTION_AGGREGATES = _interaction_aggregates()
 OFFER_HISTORY_AGGREGATES = _offer_history_aggregates()
 DERIVED = [*_purchase_derived(), *_interaction_derived(), *_offer_history_derived(), JOURNEY_STAGE]
 
-# --- per-key statistics behind the crosses, and the crosses themselves -------------------------
-# The pipeline aggregates these per (point, key); the online store keeps them as small maps
-# (key -> list of values, in this order) so serving computes crosses exactly as training does.
-
-CATEGORY_STATS = ("cat_amount_365d", "cat_count_365d")
-OFFER_STATS = (
-    "offer_impressions_30d",
-    "offer_impressions_365d",
-    "offer_accepts_365d",
-    "offer_last_shown_secs_ago",
-)
-OFFER_TYPE_STATS = ("type_impressions_365d", "type_accepts_365d", "type_last_shown_secs_ago")
-TOUCHPOINT_STATS = ("tp_impressions_365d", "tp_accepts_365d", "tp_interactions_90d")
-STAT_DEFAULTS = {
-    "cat_amount_365d": 0.0,
-    "cat_count_365d": 0.0,
-    "offer_impressions_30d": 0.0,
-    "offer_impressions_365d": 0.0,
-    "offer_accepts_365d": 0.0,
-    "offer_last_shown_secs_ago": float(HORIZON_DAYS * DAY_SECONDS),
-    "type_impressions_365d": 0.0,
-    "type_accepts_365d": 0.0,
-    "type_last_shown_secs_ago": float(HORIZON_DAYS * DAY_SECONDS),
-    "tp_impressions_365d": 0.0,
-    "tp_accepts_365d": 0.0,
-    "tp_interactions_90d": 0.0,
-}
-
-
-@dataclass(frozen=True)
-class Ops:
-    """The few functions crosses need, for Ibis columns or numpy arrays."""
-
-    greatest: Callable[[Any, Any], Any]
-    least: Callable[[Any, Any], Any]
-
-
-IBIS_OPS = Ops(greatest=ibis.greatest, least=ibis.least)
-NUMPY_OPS = Ops(greatest=np.maximum, least=np.minimum)
-
-
-@dataclass(frozen=True)
-class CrossDef:
-    """``build(s, ops)``: ``s`` maps stat names (above, plus customer features) to columns."""
-
-    feature: FeatureDef
-    build: Callable[[Any, Ops], Any]
-
-
-_X = "cross"
-
-
-def _cross(name: str, description: str, source: str, default: float, ages: bool = False):
-    return FeatureDef(name, "numeric", description, f"{_X}: {source}", "cross", default, ages)
-
-
-CROSSES = (
-    CrossDef(
-        _cross(
-            "x_category_spend_share_365d",
-            "Share of the customer's 365-day spend in the offer's category (affinity).",
-            "transactions x offers.category",
-            0.0,
-        ),
-        lambda s, o: s["cat_amount_365d"] / o.greatest(s["purch_amount_365d"], 1e-9),
-    ),
-    CrossDef(
-        _cross(
-            "x_category_purchases_365d",
-            "Purchases in the offer's category in 365 days.",
-            "transactions x offers.category",
-            0.0,
-        ),
-        lambda s, o: s["cat_count_365d"] * 1.0,
-    ),
-    CrossDef(
-        _cross(
-            "x_offer_impressions_30d",
-            "Times this offer was shown to the customer in 30 days (fatigue).",
-            "decisions x offer",
-            0.0,
-        ),
-        lambda s, o: s["offer_impressions_30d"] * 1.0,
-    ),
-    CrossDef(
-        _cross(
-            "x_offer_response_rate",
-            "Smoothed accept rate of this offer for the customer (365 days).",
-            "decisions + outcomes x offer",
-            PRIOR_POSITIVES / PRIOR_IMPRESSIONS,
-        ),
-        lambda s, o: response_rate(s["offer_accepts_365d"], s["offer_impressions_365d"]),
-    ),
-    CrossDef(
-        _cross(
-            "x_offer_days_since_shown",
-            "Days since this offer was last shown to the customer (capped at the horizon).",
-            "decisions x offer",
-            float(HORIZON_DAYS),
-            ages=True,
-        ),
-        lambda s, o: o.least(s["offer_last_shown_secs_ago"] / DAY_SECONDS, float(HORIZON_DAYS)),
-    ),
-    CrossDef(
-        _cross(
-            "x_offer_type_response_rate",
-            "Smoothed accept rate of the offer's type for the customer (365 days).",
-            "decisions + outcomes x offers.offer_type",
-            PRIOR_POSITIVES / PRIOR_IMPRESSIONS,
-        ),
-        lambda s, o: response_rate(s["type_accepts_365d"], s["type_impressions_365d"]),
-    ),
-    CrossDef(
-        _cross(
-            "x_offer_type_days_since_shown",
-            "Days since an offer of this type was last shown (capped).",
-            "decisions x offers.offer_type",
-            float(HORIZON_DAYS),
-            ages=True,
-        ),
-        lambda s, o: o.least(s["type_last_shown_secs_ago"] / DAY_SECONDS, float(HORIZON_DAYS)),
-    ),
-    CrossDef(
-        _cross(
-            "x_touchpoint_response_rate",
-            "Smoothed accept rate of offers at this touchpoint for the customer (365 days).",
-            "decisions + outcomes x touchpoint",
-            PRIOR_POSITIVES / PRIOR_IMPRESSIONS,
-        ),
-        lambda s, o: response_rate(s["tp_accepts_365d"], s["tp_impressions_365d"]),
-    ),
-    CrossDef(
-        _cross(
-            "x_touchpoint_interactions_90d",
-            "The customer's interactions at this touchpoint in 90 days.",
-            "interactions x touchpoint",
-            0.0,
-        ),
-        lambda s, o: s["tp_interactions_90d"] * 1.0,
-    ),
-)
-
-# --- offer, touchpoint and request attributes --------------------------------------------------
-
-OFFER_FEATURES = (
-    FeatureDef("offer_id", "categorical", "The offer.", "offers", "offer"),
-    FeatureDef(
-        "offer_type", "categorical", "Offer type (discount, cross_sell, ...).", "offers", "offer"
-    ),
-    FeatureDef("offer_category", "categorical", "Offer category.", "offers", "offer"),
-    FeatureDef(
-        "offer_value", "numeric", "Offer value to the business (default 1).", "offers", "offer", 1.0
-    ),
-)
-TOUCHPOINT_FEATURES = (
-    FeatureDef("touchpoint_id", "categorical", "The touchpoint.", "touchpoints", "touchpoint"),
-    FeatureDef("tp_channel", "categorical", "Touchpoint channel.", "touchpoints", "touchpoint"),
-    FeatureDef(
-        "tp_stage",
-        "categorical",
-        "Journey stage the touchpoint serves.",
-        "touchpoints",
-        "touchpoint",
-    ),
-)
-REQUEST_FEATURES = (
-    FeatureDef(
-        "req_hour", "numeric", "Hour of day (UTC) of the decision.", "decisions.ts", "request"
-    ),
-    FeatureDef(
-        "req_dow", "numeric", "Day of week of the decision (Monday = 0).", "decisions.ts", "request"
-    ),
-)
-CONTEXT_PREFIX = "ctx_"  # every key of decisions.context becomes ctx_<key>
-
 
 def customer_feature_defs() -> tuple[FeatureDef, ...]:
     """The customer-level features, in column order."""
@@ -686,19 +445,4 @@ def customer_feature_defs() -> tuple[FeatureDef, ...]:
         *(r.feature for r in ROLLUPS),
         *(d.feature for d in DERIVED),
         *STATIC_FEATURES,
-    )
-
-
-def all_feature_defs() -> tuple[FeatureDef, ...]:
-    """Every fixed model input (customer, offer, touchpoint, crosses, request), in order.
-
-    Customer attributes (``attr_*``) and request context keys (``ctx_*``) come from the data
-    and are fixed by the encoding a model carries (``features.matrix.Encoding``).
-    """
-    return (
-        *customer_feature_defs(),
-        *OFFER_FEATURES,
-        *TOUCHPOINT_FEATURES,
-        *(c.feature for c in CROSSES),
-        *REQUEST_FEATURES,
     )

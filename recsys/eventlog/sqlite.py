@@ -1,46 +1,38 @@
-"""The event log: every decision served and every feedback event, durable and idempotent.
-
-Two tables, both append-only:
-
-- ``decisions``: one row per offer served (the contract's ``decisions`` table plus model,
-  score, explored and fallback flags). Decisions are the contact history: an offer served
-  counts toward its cap from the moment the decision is committed, on every channel.
-- ``events``: impression / click / accept / convert / dismiss, keyed by ``event_id``; the
-  same id twice is stored once. ``record_events`` returns only after the commit, with
-  ``synchronous=FULL`` so an acknowledged event survives a crash of the process or the OS.
-
-The default backend is a SQLite file in WAL mode (``sqlite:///data/events.sqlite``). The
-:class:`EventLog` interface and the URL registry (:data:`BACKENDS`) let a PostgreSQL
-backend be added for several service replicas (settings ``event_log_url``).
-
-:func:`export_contract` writes the log as contract files (``decisions.parquet``,
-``outcomes.parquet``) that ``recsys data load`` reads back, closing the loop to training.
-"""
+"""The SQLite backend of the event log: one file in WAL mode, shared by several processes."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
-import json
 import logging
 import sqlite3
 import threading
-from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from enum import StrEnum
+from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from recsys.catalog import to_utc
 from recsys.eligibility import ContactHistory
 from recsys.errors import ConfigError
+from recsys.eventlog.base import (
+    CAP_PROBES_PER_QUERY,
+    OUTCOME_TYPES,
+    CapProbe,
+    Event,
+    EventLog,
+    EventRejection,
+    EventWriteResult,
+    _check_event,
+    _decision_rows,
+    _from_us,
+    _outcome_dicts,
+    _us,
+    within_caps,
+)
 
 if TYPE_CHECKING:
     from recsys.decision import Decision
@@ -48,115 +40,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class EventType(StrEnum):
-    IMPRESSION = "impression"
-    CLICK = "click"
-    ACCEPT = "accept"
-    CONVERT = "convert"
-    DISMISS = "dismiss"
-
-
-#: Event types that mean the customer took the offer (it is not offered again).
-ACCEPTED_TYPES = (EventType.ACCEPT, EventType.CONVERT)
-#: Event types exported as contract ``outcomes`` (impressions are the decisions themselves).
-OUTCOME_TYPES = (EventType.CLICK, EventType.ACCEPT, EventType.CONVERT, EventType.DISMISS)
-#: How much earlier than its decision an event may be stamped (clock skew between systems).
-EVENT_CLOCK_SKEW = timedelta(minutes=5)
-
-
-@dataclass(frozen=True)
-class Event:
-    """One feedback event about an offer served in a decision."""
-
-    event_id: str
-    decision_id: str
-    offer_id: str
-    type: EventType
-    ts: datetime
-    revenue: float | None = None
-
-
-@dataclass(frozen=True)
-class EventRejection:
-    """An event refused by the log (the others of its batch are still stored)."""
-
-    index: int
-    event_id: str
-    field: str
-    expected: str
-    received: Any
-    message: str
-
-
-@dataclass(frozen=True)
-class EventWriteResult:
-    new: tuple[str, ...]
-    duplicates: tuple[str, ...]
-    rejected: tuple[EventRejection, ...]
-
-
-@functools.lru_cache(maxsize=256)
-def _us(ts: datetime) -> int:
-    # cached: every decision of a batch (and every offer row of it) shares one time
-    return int(to_utc(ts).timestamp() * 1_000_000)
-
-
-def _from_us(us: int) -> datetime:
-    return datetime.fromtimestamp(us / 1_000_000, tz=UTC)
-
-
-class EventLog(ABC):
-    """Decisions and feedback events. Implementations must be safe across threads."""
-
-    @abstractmethod
-    def record_decisions(self, decisions: Sequence[Decision]) -> None:
-        """Store the served offers of ``decisions``; committed when this returns."""
-
-    def record_decisions_within_caps(
-        self, decisions: Sequence[Decision], caps: Mapping[str, tuple[int, int]]
-    ) -> set[str]:
-        """Store the decisions that keep every contact cap; return the ids of the others.
-
-        ``caps`` maps offer_id -> (cap_per_customer, cap_window_days). A decision serving a
-        capped offer its customer already got ``cap`` times in the window (counted at commit
-        time, so a concurrent decision by another worker counts) is not stored; the caller
-        decides again. Backends that cannot check atomically store everything (this default).
-        """
-        self.record_decisions(decisions)
-        return set()
-
-    @abstractmethod
-    def record_events(self, events: Sequence[Event]) -> EventWriteResult:
-        """Store ``events`` idempotently by ``event_id``; committed when this returns.
-
-        Events naming an unknown decision, an offer not served in it, or a time before the
-        decision are rejected one by one; the others are stored.
-        """
-
-    @abstractmethod
-    def contact_history(
-        self, customer_ids: Sequence[str], since: datetime
-    ) -> dict[str, ContactHistory]:
-        """Per customer: offers served since ``since`` (any channel) and offers accepted."""
-
-    @abstractmethod
-    def decision_rows(self) -> list[dict[str, Any]]:
-        """Every served offer as a contract ``decisions`` row (plus log columns)."""
-
-    @abstractmethod
-    def outcome_rows(self) -> list[dict[str, Any]]:
-        """Every click/accept/convert/dismiss event as a contract ``outcomes`` row."""
-
-    @abstractmethod
-    def counts(self) -> dict[str, int]:
-        """Row counts: decisions (served offers), events."""
-
-    @abstractmethod
-    def ping(self) -> None:
-        """Raise if the log cannot be read."""
-
-    @abstractmethod
-    def close(self) -> None: ...
+_INSERT_DECISION = "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 _SCHEMA = (
@@ -481,257 +365,3 @@ class SQLiteEventLog(EventLog):
             self._con.close()
             if self._lock_file is not None:
                 self._lock_file.close()
-
-
-#: (customer, offer, window start) probes per contact-cap count query (3 parameters each).
-CAP_PROBES_PER_QUERY = 300
-
-_INSERT_DECISION = "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-
-
-#: (customer_id, offer_id, start of the cap window in epoch us)
-CapProbe = tuple[str, str, int]
-
-
-def within_caps(
-    decisions: Sequence[Decision],
-    caps: Mapping[str, tuple[int, int]],
-    count: Callable[[list[CapProbe]], Mapping[CapProbe, int]],
-) -> tuple[list[Decision], set[str]]:
-    """Split ``decisions`` into those that keep every contact cap and the ids of the others.
-
-    ``caps``: offer_id -> (cap_per_customer, cap_window_days). ``count`` returns the logged
-    contacts of each probe (one backend query for all). Decisions are taken in order and
-    each kept one counts for the next, as if they were logged one by one.
-    """
-    probes = {
-        (d.customer_id, o.offer_id, _cap_since(d, caps[o.offer_id]))
-        for d in decisions
-        if d.customer_id
-        for o in d.offers
-        if o.offer_id in caps
-    }
-    logged = count(list(probes)) if probes else {}
-    added: dict[tuple[str, str], int] = defaultdict(int)
-    keep: list[Decision] = []
-    refused: set[str] = set()
-    for d in decisions:
-        if d.customer_id and _breaks_cap(d, caps, logged, added):
-            refused.add(d.decision_id)
-            continue
-        keep.append(d)
-        for o in d.offers:
-            added[(d.customer_id, o.offer_id)] += 1
-    return keep, refused
-
-
-def _breaks_cap(
-    decision: Decision,
-    caps: Mapping[str, tuple[int, int]],
-    logged: Mapping[CapProbe, int],
-    added: Mapping[tuple[str, str], int],
-) -> bool:
-    """Would ``decision`` serve a capped offer its customer already got ``cap`` times?"""
-    for offer in decision.offers:
-        cap = caps.get(offer.offer_id)
-        if cap is None:
-            continue
-        key = (decision.customer_id, offer.offer_id)
-        if logged.get((*key, _cap_since(decision, cap)), 0) + added.get(key, 0) >= cap[0]:
-            return True
-    return False
-
-
-def _cap_since(decision: Decision, cap: tuple[int, int]) -> int:
-    """Start (epoch us) of the cap window ``(per_customer, window_days)`` of ``decision``."""
-    return _us(decision.ts) - cap[1] * 86_400 * 1_000_000
-
-
-def _decision_rows(decisions: Sequence[Decision]) -> list[tuple]:
-    """One row per served offer, in the column order of the ``decisions`` table."""
-    return [
-        (
-            d.decision_id,
-            o.offer_id,
-            _us(d.ts),
-            d.touchpoint_id,
-            d.channel,
-            d.customer_id,
-            o.rank,
-            o.propensity,
-            d.policy,
-            o.score,
-            int(o.explored),
-            int(d.fallback),
-            d.model.name,
-            d.model.version,
-            json.dumps(dict(d.context), sort_keys=True, default=str) if d.context else None,
-        )
-        for d in decisions
-        for o in d.offers
-    ]
-
-
-def _outcome_dicts(rows: Sequence[tuple]) -> list[dict[str, Any]]:
-    """Rows of (decision_id, offer_id, ts_us, type, revenue, event_id) as outcome records."""
-    return [
-        {
-            "decision_id": d,
-            "offer_id": o,
-            "ts": _from_us(ts),
-            "outcome": t,
-            "revenue": r,
-            "event_id": e,
-        }
-        for d, o, ts, t, r, e in rows
-    ]
-
-
-def _check_event(
-    index: int, event: Event, served: dict[str, dict[str, tuple]]
-) -> EventRejection | None:
-    offers = served.get(event.decision_id)
-    if not offers:
-        return EventRejection(
-            index,
-            event.event_id,
-            "decision_id",
-            "the decision_id of a decision served by this service",
-            event.decision_id,
-            f"unknown decision_id {event.decision_id!r}",
-        )
-    if event.offer_id not in offers:
-        return EventRejection(
-            index,
-            event.event_id,
-            "offer_id",
-            f"one of the offers served in decision {event.decision_id}: "
-            + ", ".join(sorted(offers)),
-            event.offer_id,
-            f"offer {event.offer_id!r} was not served in decision {event.decision_id!r}",
-        )
-    _, decided_us = offers[event.offer_id]
-    earliest = decided_us - int(EVENT_CLOCK_SKEW.total_seconds() * 1_000_000)
-    if _us(event.ts) < earliest:
-        return EventRejection(
-            index,
-            event.event_id,
-            "ts",
-            f"a time at or after the decision ({_from_us(decided_us).isoformat()})",
-            event.ts.isoformat(),
-            "event is stamped before its decision",
-        )
-    return None
-
-
-def _postgres(url: str, **kwargs: Any) -> EventLog:
-    # Imported on use: psycopg is only needed when the log is in PostgreSQL.
-    from recsys.eventlog_postgres import PostgresEventLog
-
-    return PostgresEventLog.from_url(url, **kwargs)
-
-
-#: URL scheme -> constructor.
-BACKENDS: dict[str, Callable[..., EventLog]] = {
-    "sqlite": SQLiteEventLog.from_url,
-    "postgresql": _postgres,
-    "postgres": _postgres,
-}
-
-
-def open_event_log(url: str, **kwargs: Any) -> EventLog:
-    """Open the event log named by ``url`` (``sqlite:///PATH``; more backends by scheme)."""
-    scheme = url.split(":", 1)[0].split("+", 1)[0]
-    try:
-        factory = BACKENDS[scheme]
-    except KeyError:
-        raise ConfigError(
-            f"`event_log_url` scheme must be one of {', '.join(sorted(BACKENDS))}, got {url!r}"
-        ) from None
-    return factory(url, **kwargs)
-
-
-# ------------------------------------------------------------------- export
-
-
-@dataclass(frozen=True)
-class ExportSummary:
-    decisions_path: Path
-    outcomes_path: Path
-    decision_rows: int
-    outcome_rows: int
-    anonymised_customers: int
-
-
-def export_contract(
-    log: EventLog,
-    out_dir: str | Path,
-    known_customers: Collection[str] | None = None,
-) -> ExportSummary:
-    """Write the log as contract files ``decisions.parquet`` and ``outcomes.parquet``.
-
-    ``recsys data load OUT_DIR`` then appends the new rows to the warehouse (loading twice
-    adds nothing: both tables are keyed), so the next training sees what was served.
-
-    Parameters
-    ----------
-    log : EventLog
-    out_dir : folder to write into (created)
-    known_customers : collection of str, optional
-        The warehouse's customer ids. Decisions for other ids (cold-start customers the
-        warehouse does not know) are written with ``customer_id`` empty, as anonymous
-        decisions, so the reference check of the load passes.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    decisions = log.decision_rows()
-    outcomes = log.outcome_rows()
-    anonymised: set[str] = set()
-    if known_customers is not None:
-        known = set(known_customers)
-        for row in decisions:
-            if row["customer_id"] is not None and row["customer_id"] not in known:
-                anonymised.add(row["customer_id"])
-                row["customer_id"] = None
-
-    def naive(ts: datetime) -> datetime:
-        return to_utc(ts).replace(tzinfo=None)
-
-    decisions_table = pa.table(
-        {
-            "decision_id": pa.array([r["decision_id"] for r in decisions], pa.string()),
-            "ts": pa.array([naive(r["ts"]) for r in decisions], pa.timestamp("us")),
-            "touchpoint_id": pa.array([r["touchpoint_id"] for r in decisions], pa.string()),
-            "offer_id": pa.array([r["offer_id"] for r in decisions], pa.string()),
-            "customer_id": pa.array([r["customer_id"] for r in decisions], pa.string()),
-            "position": pa.array([r["position"] for r in decisions], pa.int64()),
-            "propensity": pa.array([r["propensity"] for r in decisions], pa.float64()),
-            "policy": pa.array([r["policy"] for r in decisions], pa.string()),
-            "context": pa.array([r["context"] for r in decisions], pa.string()),
-        }
-    )
-    outcomes_table = pa.table(
-        {
-            "decision_id": pa.array([r["decision_id"] for r in outcomes], pa.string()),
-            "offer_id": pa.array([r["offer_id"] for r in outcomes], pa.string()),
-            "ts": pa.array([naive(r["ts"]) for r in outcomes], pa.timestamp("us")),
-            "outcome": pa.array([r["outcome"] for r in outcomes], pa.string()),
-            "revenue": pa.array([r["revenue"] for r in outcomes], pa.float64()),
-        }
-    )
-    decisions_path = out / "decisions.parquet"
-    outcomes_path = out / "outcomes.parquet"
-    pq.write_table(decisions_table, decisions_path)
-    pq.write_table(outcomes_table, outcomes_path)
-    logger.info(
-        "event log exported: %d decision rows, %d outcomes -> %s",
-        len(decisions),
-        len(outcomes),
-        out,
-    )
-    return ExportSummary(
-        decisions_path, outcomes_path, len(decisions), len(outcomes), len(anonymised)
-    )
