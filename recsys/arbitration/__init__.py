@@ -28,7 +28,7 @@ def make_policy(kind: str = EpsilonGreedy.kind, **params: float) -> Policy:
             f"`policy` must be one of {', '.join(sorted(POLICIES))}, got {kind!r}"
         ) from None
     try:
-        return cls(**params)  # type: ignore[call-arg]
+        return cls(**params)
     except TypeError as exc:
         raise ValueError(
             f"policy {kind!r} got unknown parameters {sorted(params)}: {exc}"

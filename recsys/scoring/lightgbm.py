@@ -52,7 +52,7 @@ class LightGBMScorer(ModelScorer):
         return cls(lgb.Booster(model_file=str(files.model_file)), files.columns)
 
     def _score(self, matrix: np.ndarray) -> np.ndarray:
-        return self.booster.predict(matrix, num_threads=self.num_threads)
+        return np.asarray(self.booster.predict(matrix, num_threads=self.num_threads))
 
     def save(self, path: Path) -> Path:
         """Write the booster in LightGBM's text format (what :meth:`load` reads)."""
