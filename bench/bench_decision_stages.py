@@ -74,15 +74,14 @@ def main() -> None:
         )
     scratch = Path(tempfile.mkdtemp(prefix="recsys-stages-"))
     os.environ.update(
-        {**data_env(work, scratch / "events.sqlite"), "RECSYS_SERVING_EPSILON": "0.05"}
+        {**data_env(work, scratch / "events.sqlite"), "RECSYS_SERVING__EPSILON": "0.05"}
     )
     # Imported once the environment names the bench data.
     from recsys.decision import DecisionRequest
     from recsys.settings import load_settings
     from serving.components import build_components
-    from serving.config import load_serving_settings
 
-    components = build_components(load_settings(), load_serving_settings())
+    components = build_components(load_settings())
     engine = components.engine
     spent: dict[str, float] = defaultdict(float)
     for step in ENGINE_STEPS:

@@ -302,9 +302,8 @@ def candidate_rows_body(work: Path, env: dict[str, str], touchpoint: str) -> tup
     code = f"""
 import json, math, sys
 from recsys.settings import load_settings
-from serving.config import load_serving_settings
 from serving.components import build_components
-c = build_components(load_settings(), load_serving_settings())
+c = build_components(load_settings())
 e = c.engine
 tp = c.catalog.for_touchpoint({touchpoint!r})
 vector = e.features.get_many(["C0000001"])["C0000001"]
@@ -329,7 +328,6 @@ import json, random, statistics, sys, time
 from recsys.decision import DecisionRequest
 from recsys.settings import load_settings
 from serving.components import build_components
-from serving.config import load_serving_settings
 
 def loop_ns():
     started = time.perf_counter()
@@ -338,7 +336,7 @@ def loop_ns():
         total += i
     return (time.perf_counter() - started) / 2_000_000 * 1e9
 
-c = build_components(load_settings(), load_serving_settings())
+c = build_components(load_settings())
 rng = random.Random(%(seed)d)
 touchpoints = %(touchpoints)r
 
@@ -446,9 +444,9 @@ def main() -> None:
         # `mlflow models serve` runs `uvicorn` from the PATH: use this environment's.
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         **data_env(work, work / "events.sqlite"),
-        "RECSYS_SERVING_EPSILON": str(args.epsilon),
-        "RECSYS_SERVING_WORKERS": str(args.workers),
-        "RECSYS_SERVING_PORT": "8701",
+        "RECSYS_SERVING__EPSILON": str(args.epsilon),
+        "RECSYS_SERVING__WORKERS": str(args.workers),
+        "RECSYS_SERVING__PORT": "8701",
         "PYTHONUNBUFFERED": "1",
     }
     if not (work / "mlflow.db").exists():

@@ -12,7 +12,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from serving.workers import ConnectionBalance, bind_reuse_port
 
 ROOT = Path(__file__).resolve().parents[2]
