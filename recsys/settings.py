@@ -343,7 +343,8 @@ def _decode(name: str, info: FieldInfo, raw: str) -> Any:
         return raw
     try:
         return json.loads(raw)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
+        # Without the value: it may hold a secret.
         raise ConfigError(
             f"`{LEGACY_SECTION_PREFIX}{name.upper()}` must be JSON, got {len(raw)} characters "
             f"that are not ({exc.msg})"

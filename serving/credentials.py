@@ -28,6 +28,7 @@ from enum import IntEnum
 from typing import Literal
 
 import jwt
+from jwt.types import Options
 from pydantic import ValidationError
 
 from recsys.errors import AuthenticationError, ConfigError, PermissionDeniedError
@@ -165,7 +166,7 @@ class TokenVerifier:
 
     def customer_id(self, token: str) -> str:
         """The ``sub`` of a valid token; :class:`AuthenticationError` (401) otherwise."""
-        options = {"require": ["exp", "sub"], "verify_aud": self.audience is not None}
+        options: Options = {"require": ["exp", "sub"], "verify_aud": self.audience is not None}
         last: Exception | None = None
         for secret in self._secrets:
             try:

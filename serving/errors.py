@@ -228,9 +228,9 @@ def error_response(exc: Exception) -> JSONResponse:
     return JSONResponse(error_body(detail, items), status_code=status, headers=headers or None)
 
 
-def unavailable_types() -> tuple[type[BaseException], ...]:
+def unavailable_types() -> tuple[type[Exception], ...]:
     """Exceptions of backends that are down, locked or full (served as 503 + Retry-After)."""
-    types: list[type[BaseException]] = [sqlite3.OperationalError]
+    types: list[type[Exception]] = [sqlite3.OperationalError]
     try:
         import psycopg
 

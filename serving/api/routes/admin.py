@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
@@ -55,7 +55,7 @@ class FollowBody(BaseModel):
     )
 
 
-_ERRORS = {
+_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "No or unknown API key"},
     403: {"model": ErrorOut, "description": "Not an admin key"},
     409: {

@@ -24,7 +24,7 @@ from serving.security import CustomerCheckedBody
 
 router = APIRouter(prefix="/v1/decisions", tags=["decisions"])
 
-_ERRORS = {
+_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorOut, "description": "Malformed JSON"},
     404: {"model": ErrorOut, "description": "Unknown touchpoint"},
     422: {"model": ErrorOut, "description": "Invalid field (named, with expected and received)"},
