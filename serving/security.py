@@ -4,9 +4,10 @@
   scope against the route (:data:`DEFAULT_RULES`, 403) and applies the key's rate limit
   (429) before the app reads anything; it never reads the body. Keys, scopes and tokens
   themselves are in :mod:`serving.credentials`.
-- :data:`CustomerCheckedBody`, a FastAPI dependency of ``POST /v1/decisions``: after FastAPI
-  has parsed and validated the body, a publishable key's call must carry a customer token
-  (401) whose ``sub`` is the body's ``customer_id`` (403), and asks for no trace (403).
+- :data:`CustomerCheckedBody`, a FastAPI dependency of ``POST /v1/decisions``: a publishable
+  key's call must carry a valid customer token (401) and ask for no trace (403), and once
+  FastAPI has parsed and validated the body, its ``customer_id`` must be the token's ``sub``
+  (403).
 - :func:`install_cors`: browser calls from the configured site origins only.
 
 In production a service without keys, or with publishable keys but no token secret, refuses
@@ -127,28 +128,27 @@ class SecurityMiddleware:
         await self.app(scope, receive, send)
 
 
-async def customer_checked_body(
-    body: DecisionRequestBody,
+async def token_customer(
     request: Request,
     trace: bool = Query(
         False, description="Include the decision trace (why each offer is in or out)."
     ),
-) -> DecisionRequestBody:
-    """The decision body, once its customer is checked against a publishable key's token.
+) -> str | None:
+    """The customer a publishable key's customer token vouches for; None for other callers.
 
-    Runs after FastAPI has parsed and validated the body. A secret or admin key (or a
-    service without keys) may ask for any customer and for the trace.
+    A secret or admin key (or a service without keys) may ask for any customer and for the
+    trace.
 
     Raises
     ------
     AuthenticationError
         A publishable key without a valid customer token (401).
     PermissionDeniedError
-        The token is for another customer, or the call asks for the trace (403).
+        A publishable key asking for the trace (403).
     """
     principal: Principal | None = getattr(request.state, "principal", None)
     if principal is None or principal.scope != KeyScope.publishable:
-        return body
+        return None
     authenticator: Authenticator = request.app.state.authenticator
     customer_id = authenticator.customer_id(request.headers.get(TOKEN_HEADER))
     if trace:
@@ -158,9 +158,26 @@ async def customer_checked_body(
             None,
             "the decision trace needs a secret key",
         )
-    if not hmac.compare_digest(
+    # The access log hashes the customer of a browser call (never logs the id).
+    request.state.principal = replace(principal, customer_id=customer_id)
+    return customer_id
+
+
+async def customer_checked_body(
+    body: DecisionRequestBody,
+    token_customer_id: Annotated[str | None, Depends(token_customer)],
+) -> DecisionRequestBody:
+    """The decision body, once FastAPI has parsed and validated it and its ``customer_id``
+    is the customer of a publishable key's token (the token itself is checked first).
+
+    Raises
+    ------
+    PermissionDeniedError
+        The body asks for another customer than the token's (403).
+    """
+    if token_customer_id is not None and not hmac.compare_digest(
         body.customer_id.encode("utf-8", "surrogateescape"),
-        customer_id.encode("utf-8", "surrogateescape"),
+        token_customer_id.encode("utf-8", "surrogateescape"),
     ):
         raise PermissionDeniedError(
             "customer_id",
@@ -168,8 +185,6 @@ async def customer_checked_body(
             None,
             "`customer_id` must be the customer of the customer token",
         )
-    # The access log hashes the customer of a browser call (never logs the id).
-    request.state.principal = replace(principal, customer_id=customer_id)
     return body
 
 

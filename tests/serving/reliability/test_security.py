@@ -243,3 +243,25 @@ def test_tokens_of_the_previous_secret_are_accepted_during_a_rotation(stack_fact
     assert decide(stack, headers).status_code == 200
     other = keys.token(ALICE, secret="yet-another-secret-not-configured-0123456789")
     assert decide(stack, {**headers, "X-Customer-Token": other}).status_code == 401
+
+
+def test_the_token_is_checked_before_the_body_and_the_customer_after_it(stack, keys):
+    no_token = stack.client.post(
+        "/v1/decisions", json={"customer_id": 5}, headers={"X-API-Key": keys.publishable}
+    )
+    assert no_token.status_code == 401
+    invalid = stack.client.post(
+        "/v1/decisions",
+        json={"customer_id": BOB, "touchpoint": "web_home", "limit": 0},
+        headers=keys.headers("publishable", ALICE),
+    )
+    assert invalid.status_code == 422 and invalid.json()["errors"][0]["field"] == "limit"
+    assert stack.log.counts()["decision_rows"] == 0
+
+
+def test_the_decision_route_documents_its_body_and_trace_once(stack):
+    operation = stack.client.get("/openapi.json").json()["paths"]["/v1/decisions"]["post"]
+    assert [p["name"] for p in operation["parameters"]] == ["trace"]
+    schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert schema["$ref"].endswith("/DecisionRequestBody")
+    assert {"401", "403", "422"} <= set(operation["responses"])
