@@ -123,7 +123,8 @@ def validation_items(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
             expected = _expected(err)
         else:
             expected = " or ".join(dict.fromkeys(_expected(e) for e in errs))
-        received = _received(err.get("input")) if kind != "missing" else None
+        raw = err.get("input") if kind != "missing" else None
+        received = _received(raw)
         if kind == "json_invalid":
             message = f"request body must be valid JSON: {ctx.get('error', err.get('msg', ''))}"
         elif kind == "missing":
@@ -132,9 +133,7 @@ def validation_items(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
             message = f"`{field}` is not a field of this request (see the schema at /docs)"
         else:
             message = f"`{field}` must be {expected}, got {received!r}"
-        items.append(
-            {"field": field, "expected": expected, "received": received, "message": message}
-        )
+        items.append(error_item(field, expected, raw, message))
     return items
 
 
@@ -277,5 +276,5 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             error_body(message, [error_item("", "", None, message)]),
             status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
+            headers=exc.headers,
         )
