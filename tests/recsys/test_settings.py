@@ -26,7 +26,9 @@ def test_sections_are_read_from_nested_variable_names(monkeypatch):
     monkeypatch.setenv("RECSYS_SERVING__WORKERS", "3")
     monkeypatch.setenv("RECSYS_LIMITS__MAX_BODY_BYTES", "4096")
     monkeypatch.setenv("RECSYS_LIFECYCLE__MODEL_POLL_SECONDS", "0")
+    monkeypatch.setenv("RECSYS_SECURITY__CORS_ORIGINS", '["https://shop.example.com"]')
     settings = load_settings()
+    assert settings.security.cors_origins == ["https://shop.example.com"]
     assert settings.serving.workers == 3
     assert settings.limits.max_body_bytes == 4096
     assert settings.lifecycle.model_poll_seconds == 0
