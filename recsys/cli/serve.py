@@ -66,8 +66,8 @@ def serve(
 ) -> None:
     """Start the decision service (FastAPI on uvicorn) on the champion model.
 
-    ``--workers N`` runs N uvicorn worker processes on one socket; for more, run replicas
-    behind a load balancer (docs/operations.md).
+    --workers N runs N uvicorn worker processes on one socket; beyond one host, run
+    replicas behind a load balancer (docs/operations.md).
     """
     from recsys.settings import load_settings
     from serving.main import run_server
