@@ -84,10 +84,9 @@ def unhardened_app():
     """uvicorn factory of "off": the service's components, no hardening layers."""
     from recsys.settings import load_settings
     from serving.components import build_components
-    from serving.config import load_serving_settings
     from serving.main import create_app
 
-    components = build_components(load_settings(), load_serving_settings())
+    components = build_components(load_settings())
     return create_app(components=components, hardened=False)
 
 
@@ -187,10 +186,10 @@ def main() -> None:
         "RECSYS_ONLINE_SQLITE_PATH": str(work / "online.sqlite"),
         "RECSYS_MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
         "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
-        "RECSYS_SERVING_EPSILON": "0.05",
+        "RECSYS_SERVING__EPSILON": "0.05",
         "PYTHONUNBUFFERED": "1",
-        "RECSYS_SERVING_PORT": str(PORT),
-        "RECSYS_SERVING_WORKERS": str(args.workers),
+        "RECSYS_SERVING__PORT": str(PORT),
+        "RECSYS_SERVING__WORKERS": str(args.workers),
     }
     if not (work / "mlflow.db").exists():
         common["RECSYS_EVENT_LOG_URL"] = f"sqlite:///{work / 'events.sqlite'}"
@@ -209,15 +208,15 @@ def main() -> None:
         **common,
         "RECSYS_ENVIRONMENT": "production",
         "RECSYS_EVENT_LOG_URL": f"sqlite:///{work / 'events_on.sqlite'}",
-        "RECSYS_SERVING_API_KEYS": json.dumps(
+        "RECSYS_SECURITY__API_KEYS": json.dumps(
             [ApiKeyRecord(id="bench", scope="secret", hash=hash_key(key)).model_dump()]
         ),
-        "RECSYS_SERVING_TOKEN_SECRET": os.urandom(32).hex(),
-        "RECSYS_SERVING_RATE_SECRET_PER_SECOND": "1000000",
-        "RECSYS_SERVING_RATE_SECRET_BURST": "1000000",
-        "RECSYS_SERVING_LOG_FORMAT": "json",
-        "RECSYS_SERVING_MODEL_CACHE_DIR": str(work / "model_cache"),
-        "RECSYS_SERVING_MODEL_POLL_SECONDS": "30",
+        "RECSYS_SECURITY__TOKEN_SECRET": os.urandom(32).hex(),
+        "RECSYS_LIMITS__RATE_SECRET_PER_SECOND": "1000000",
+        "RECSYS_LIMITS__RATE_SECRET_BURST": "1000000",
+        "RECSYS_OBSERVABILITY__LOG_FORMAT": "json",
+        "RECSYS_LIFECYCLE__MODEL_CACHE_DIR": str(work / "model_cache"),
+        "RECSYS_LIFECYCLE__MODEL_POLL_SECONDS": "30",
     }
     for name in ("events_off.sqlite", "events_on.sqlite"):
         (work / name).unlink(missing_ok=True)

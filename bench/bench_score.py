@@ -103,11 +103,10 @@ def in_process(env: dict[str, str], n_customers: int | None, chunk: int, out: Pa
     import recsys.decision as decision
     from recsys.settings import load_settings
     from serving.components import build_components
-    from serving.config import load_serving_settings
 
     settings = load_settings()
     started = time.perf_counter()
-    components = build_components(settings, load_serving_settings())
+    components = build_components(settings)
     startup = time.perf_counter() - started
     engine = components.engine
     if hasattr(engine.scorer, "num_threads"):

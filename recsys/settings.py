@@ -1,22 +1,254 @@
-"""Typed settings from environment variables (``RECSYS_*``) and an optional ``.env`` file.
+"""The one settings object: typed, from environment variables, a ``.env`` file and an optional
+TOML file; built on demand with :func:`load_settings` and passed down (nothing reads settings
+at import).
 
-Built on demand with :func:`load_settings` and passed down; nothing reads them at import.
+Core settings are top-level fields (``RECSYS_WAREHOUSE_PATH``, ...). The service's settings are
+nested sections, each set by ``RECSYS_<SECTION>__<FIELD>`` (two underscores)::
+
+    RECSYS_SERVING__WORKERS=2  RECSYS_SECURITY__TOKEN_SECRET=...  RECSYS_LIMITS__MAX_BODY_BYTES=...
+
+The names from before the sections, ``RECSYS_SERVING_<FIELD>`` (one underscore, any section's
+field), still work; a sectioned name wins over an old one. A TOML file named by
+``RECSYS_SETTINGS_FILE`` gives defaults under the environment (tables ``[serving]``,
+``[security]``, ...). Every field is listed in docs/operations.md ("Settings").
+
+No secret has a default: without keys a production service refuses to start
+(``serving.security``), customer tokens need ``security.token_secret``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import re
+import typing
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from recsys.errors import ConfigError
 
 #: DuckDB's memory cap of warehouse connections (DuckDB's own default is 80% of the RAM).
 DEFAULT_DUCKDB_MEMORY_LIMIT = "4GB"
+#: The environment variable naming the optional TOML settings file.
+SETTINGS_FILE_VAR = "RECSYS_SETTINGS_FILE"
+#: Prefix of the service's settings before they had sections (``RECSYS_SERVING_<FIELD>``).
+LEGACY_SECTION_PREFIX = "RECSYS_SERVING_"
+_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ServingSettings(_Section):
+    """The HTTP service: address, workers, decision defaults, request sizes (``serving``)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(
+        default=1,
+        ge=1,
+        description="uvicorn worker processes (uvicorn's own `workers`; for more, run replicas)",
+    )
+    epsilon: float = Field(
+        default=0.05, ge=0.0, le=1.0, description="epsilon-greedy exploration share; 0 = greedy"
+    )
+    max_limit: int = Field(default=50, ge=1, description="largest `limit` a request may ask for")
+    decision_batch_max: int = Field(
+        default=32,
+        ge=1,
+        description="most concurrent POST /v1/decisions decided in one engine call "
+        "(dynamic batching; 1 = one at a time)",
+    )
+    decision_batch_wait_ms: float = Field(
+        default=0.0,
+        ge=0,
+        le=50,
+        description="how long the decision thread waits for company after a request arrives "
+        "before it decides (0 = never waits)",
+    )
+    switch_interval_ms: float = Field(
+        default=1.0,
+        gt=0,
+        le=100,
+        description="how long the decision thread may hold the GIL before the event loop gets "
+        "it back (sys.setswitchinterval; Python's default is 5 ms, a floor under tail latency)",
+    )
+    freeze_startup_objects: bool = Field(
+        default=True,
+        description="gc.freeze() what start-up loaded (model, catalogue, libraries): the "
+        "garbage collector then never walks it, so no full collection stalls a request",
+    )
+    event_log_checkpoint_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="a SQLite event log is checkpointed by a background thread this often "
+        "(instead of by the commit that fills the WAL)",
+    )
+    max_batch_customers: int = Field(default=1_000, ge=1, description="customers per batch call")
+    max_events: int = Field(default=1_000, ge=1, description="events per POST /v1/events")
+    catalog_source: Path | None = Field(
+        default=None,
+        description="warehouse DuckDB file or folder of offers/touchpoints files; "
+        "default: the core setting warehouse_path",
+    )
+    model_dir: Path | None = Field(
+        default=None,
+        description="load this local model folder instead of the registry alias (offline use)",
+    )
+    event_time_skew_seconds: int = Field(
+        default=300, ge=0, description="how far in the future an event ts may be (clock skew)"
+    )
+
+
+class ApiKeyRecord(BaseModel):
+    """One configured key: an id (safe to log), a scope and the SHA-256 of the key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    scope: Literal["publishable", "secret", "admin"]
+    hash: str = Field(description="sha256:<64 hex digits> of the key")
+    rate_per_second: float | None = Field(default=None, gt=0, description="default: by scope")
+    burst: int | None = Field(default=None, ge=1, description="default: by scope")
+
+    @field_validator("hash")
+    @classmethod
+    def _hash_format(cls, value: str) -> str:
+        if not _HASH.match(value):
+            # Never echo the value: it may be a raw key pasted by mistake.
+            raise ValueError(
+                f"`hash` must look like sha256:<64 hex digits>, got {len(value)} characters "
+                "of something else (configure the hash, never the key)"
+            )
+        return value
+
+
+def hash_key(key: str) -> str:
+    """The configured form of a key: ``sha256:<hex>`` (keys are 256-bit random strings)."""
+    return "sha256:" + hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+class SecuritySettings(_Section):
+    """API keys, customer tokens and CORS (``security``)."""
+
+    api_keys: list[ApiKeyRecord] = Field(
+        default_factory=list, description="JSON list of {id, scope, hash} records"
+    )
+    api_keys_file: Path | None = Field(
+        default=None, description='JSON file {"keys": [{id, scope, hash}, ...]}'
+    )
+    token_secret: SecretStr | None = Field(
+        default=None, description="HMAC secret of customer tokens (>= 32 bytes); no default"
+    )
+    token_secret_previous: SecretStr | None = Field(
+        default=None, description="the secret before a rotation, still accepted"
+    )
+    token_audience: str | None = Field(default=None, description="required `aud` claim, if set")
+    token_leeway_seconds: int = Field(default=30, ge=0, le=600)
+    token_max_ttl_seconds: int = Field(
+        default=86_400, ge=60, description="tokens living longer than this are refused"
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="site origins allowed to call from a browser"
+    )
+    cors_allow_credentials: bool = False
+
+
+class LimitSettings(_Section):
+    """Body size, time limits and per-key rates (``limits``)."""
+
+    max_body_bytes: int = Field(default=1_048_576, ge=1_024, description="413 above this")
+    request_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="503 when no response is ready in time"
+    )
+    rate_limit_enabled: bool = True
+    rate_publishable_per_second: float = Field(default=20.0, gt=0)
+    rate_publishable_burst: int = Field(default=40, ge=1)
+    rate_secret_per_second: float = Field(default=2_000.0, gt=0)
+    rate_secret_burst: int = Field(default=4_000, ge=1)
+    rate_admin_per_second: float = Field(default=5.0, gt=0)
+    rate_admin_burst: int = Field(default=20, ge=1)
+    rate_anonymous_per_second: float = Field(
+        default=2_000.0, gt=0, description="per client address when keys are off (development)"
+    )
+    rate_anonymous_burst: int = Field(default=4_000, ge=1)
+
+
+class LifecycleSettings(_Section):
+    """Model following, last good copies and the circuit breaker (``lifecycle``)."""
+
+    model_cache_dir: Path = Field(
+        default=Path("data/model_cache"), description="last good copies of registry models"
+    )
+    compiled_scorer: bool = Field(
+        default=True,
+        description="score with the model compiled to native code (lleaves), checked against "
+        "LightGBM at load; binaries cached under model_cache_dir/compiled",
+    )
+    model_poll_seconds: float = Field(
+        default=30.0, ge=0, description="how often to check the registry alias; 0 = never"
+    )
+    breaker_failures: int = Field(default=5, ge=1, description="consecutive bad scorings to open")
+    breaker_slow_ms: float = Field(default=250.0, gt=0, description="a scoring slower is bad")
+    breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
+    start_without_model: bool = Field(
+        default=False,
+        description="when the registry has no model under the alias: serve the popularity/"
+        "rules fallback until one is promoted (default: refuse to start, it is a setup error)",
+    )
+
+
+class ObservabilitySettings(_Section):
+    """Logs and metrics (``observability``)."""
+
+    log_format: Literal["auto", "json", "text"] = Field(
+        default="auto", description="auto = json in production, text elsewhere"
+    )
+    log_level: str = "INFO"
+    access_log: bool = True
+    access_log_flush_ms: float = Field(
+        default=200,
+        ge=0,
+        le=60_000,
+        description="access lines are written in batches this often (0 = each at once)",
+    )
+    log_hash_key: SecretStr | None = Field(
+        default=None,
+        description="key of the customer-id hash in logs (same on every replica to correlate); "
+        "default: a random key per process",
+    )
+    metrics_enabled: bool = True
+
+
+#: The sections, by field name of :class:`Settings`.
+SECTIONS: dict[str, type[_Section]] = {
+    "serving": ServingSettings,
+    "security": SecuritySettings,
+    "limits": LimitSettings,
+    "lifecycle": LifecycleSettings,
+    "observability": ObservabilitySettings,
+}
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RECSYS_", env_file=".env", extra="ignore")
+    """Every setting of recsys: core fields, and one section per concern of the service."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RECSYS_", env_file=".env", env_nested_delimiter="__", extra="ignore"
+    )
 
     environment: Literal["development", "test", "production"] = "development"
     data_dir: Path = Path("data")
@@ -41,7 +273,88 @@ class Settings(BaseSettings):
     model_alias: str = "champion"
     seed: int = 7
 
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
 
-def load_settings(**overrides) -> Settings:
-    """Settings from the environment, with explicit overrides (e.g. from CLI flags)."""
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments, environment, ``.env``, the old flat names, the TOML file, secrets dir."""
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        if isinstance(env_settings, EnvSettingsSource):
+            dotenv = dotenv_settings if isinstance(dotenv_settings, DotEnvSettingsSource) else None
+            sources.append(LegacySectionNames(settings_cls, env_settings, dotenv))
+        path = os.environ.get(SETTINGS_FILE_VAR)
+        if path:
+            if not Path(path).is_file():
+                raise ConfigError(f"`{SETTINGS_FILE_VAR}` must name a TOML file, got {path!r}")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(path)))
+        sources.append(file_secret_settings)
+        return tuple(sources)
+
+
+class LegacySectionNames(PydanticBaseSettingsSource):
+    """``RECSYS_SERVING_<FIELD>`` (the names before the sections) into the section of FIELD.
+
+    Read from the environment and the ``.env`` file; list values are JSON, as for every
+    other settings source.
+    """
+
+    def __init__(
+        self,
+        settings_cls: type[BaseSettings],
+        env: EnvSettingsSource,
+        dotenv: DotEnvSettingsSource | None,
+    ):
+        super().__init__(settings_cls)
+        self.env = env
+        self.dotenv = dotenv
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # everything is read in __call__
+
+    def __call__(self) -> dict[str, Any]:
+        found: dict[str, str | None] = {}
+        if self.dotenv is not None:
+            found.update(self.dotenv.env_vars)
+        found.update(self.env.env_vars)  # the environment wins over the file
+        prefix = LEGACY_SECTION_PREFIX.lower()
+        out: dict[str, dict[str, Any]] = {}
+        for section, model in SECTIONS.items():
+            for name, info in model.model_fields.items():
+                raw = found.get(prefix + name)
+                if raw is None:
+                    continue
+                out.setdefault(section, {})[name] = _decode(name, info, raw)
+        return out
+
+
+def _decode(name: str, info: FieldInfo, raw: str) -> Any:
+    if typing.get_origin(info.annotation) not in (list, dict):
+        return raw
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        # Without the value: it may hold a secret.
+        raise ConfigError(
+            f"`{LEGACY_SECTION_PREFIX}{name.upper()}` must be JSON, got {len(raw)} characters "
+            f"that are not ({exc.msg})"
+        ) from None
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, with explicit overrides (e.g. from CLI flags).
+
+    ``overrides`` set fields (None = not given); a section given as a dict
+    (``serving={"epsilon": 0.1}``) is merged with what the environment says for it.
+    """
     return Settings(**{k: v for k, v in overrides.items() if v is not None})

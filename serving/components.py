@@ -15,9 +15,8 @@ from recsys.catalog import Catalog, load_catalog
 from recsys.decision import DecisionEngine, FeatureSource, ModelInfo
 from recsys.errors import SpecMismatchError
 from recsys.eventlog import EventLog, SQLiteEventLog, open_event_log
-from recsys.settings import Settings
+from recsys.settings import ServingSettings, Settings
 from serving.batching import DecisionBatcher
-from serving.config import ServingSettings
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +74,7 @@ def open_service_event_log(url: str, serving: ServingSettings) -> EventLog:
     return event_log
 
 
-def build_components(settings: Settings, serving: ServingSettings) -> Components:
+def build_components(settings: Settings) -> Components:
     """Load catalogue, online store, champion model and event log; build the engine.
 
     Raises
@@ -87,11 +86,12 @@ def build_components(settings: Settings, serving: ServingSettings) -> Components
     from features.matrix import Encoding
     from features.online import open_online_store
     from serving.features_adapter import EncodedMatrixBuilder, StoreFeatureSource
-    from serving.lifecycle import compiled_model_dir, load_lifecycle_settings
+    from serving.lifecycle import compiled_model_dir
     from serving.model import load_model_dir, load_registered_model
 
+    serving = settings.serving
     catalog = load_catalog(serving.catalog_source or settings.warehouse_path)
-    compiled_dir = compiled_model_dir(load_lifecycle_settings())
+    compiled_dir = compiled_model_dir(settings.lifecycle)
     if serving.model_dir is not None:
         loaded = load_model_dir(
             serving.model_dir, name=settings.model_name, compiled_dir=compiled_dir

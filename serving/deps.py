@@ -13,16 +13,16 @@ from fastapi import Depends, Request
 
 from recsys.catalog import Catalog
 from recsys.decision import DecisionEngine
+from recsys.errors import NotReadyError, UnknownNameError
 from recsys.eventlog import EventLog
+from recsys.settings import ServingSettings
 from serving.components import Components
-from serving.config import ServingSettings
-from serving.errors import ApiError
 
 
 async def get_components(request: Request) -> Components:
     components = getattr(request.app.state, "components", None)
     if components is None:
-        raise ApiError(503, "", "a started service", None, "the service is not ready yet")
+        raise NotReadyError("the service is not ready yet")
     return components
 
 
@@ -55,8 +55,7 @@ def require_touchpoint(catalog: Catalog, touchpoint: str, field: str = "touchpoi
     """404 naming the field and the known touchpoints when ``touchpoint`` is unknown."""
     if touchpoint not in catalog.touchpoints:
         known = sorted(catalog.touchpoints)
-        raise ApiError(
-            404,
+        raise UnknownNameError(
             field,
             "one of " + ", ".join(known[:30]) + (" ..." if len(known) > 30 else ""),
             touchpoint,

@@ -1,11 +1,16 @@
-"""HTTP status mapping, in one place: every client mistake is a 4xx naming the field.
+"""HTTP status mapping and the error body, in one place: every client mistake is a 4xx
+naming the field.
 
-Body: ``{"detail": "...", "errors": [{"field", "expected", "received", "message"}]}``.
+Body: ``{"detail": "...", "errors": [{"field", "expected", "received", "message"}]}``, built by
+:func:`error_body` only. Exceptions come from :mod:`recsys.errors`; :data:`STATUS` maps their
+classes to statuses, :func:`error_response` turns one into a response (the exception handlers
+and the ASGI layers that refuse a request before the app use the same function).
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -13,23 +18,27 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from recsys.errors import ConfigError, ContractError, DataError, NotFoundError, SpecMismatchError
+from recsys.errors import (
+    AuthenticationError,
+    ConfigError,
+    ContractError,
+    DataError,
+    FieldError,
+    InvalidRequestError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    RateLimitedError,
+    RecsysError,
+    RequestTimeoutError,
+    SpecMismatchError,
+    UnavailableError,
+    UnknownNameError,
+)
 
 logger = logging.getLogger(__name__)
 
 MAX_RECEIVED_CHARS = 200
-
-
-class ApiError(Exception):
-    """A client error with the field, what was expected and what came."""
-
-    def __init__(self, status: int, field: str, expected: str, received: Any, message: str):
-        super().__init__(message)
-        self.status = status
-        self.field = field
-        self.expected = expected
-        self.received = received
-        self.message = message
 
 
 def _received(value: Any) -> Any:
@@ -114,7 +123,8 @@ def validation_items(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
             expected = _expected(err)
         else:
             expected = " or ".join(dict.fromkeys(_expected(e) for e in errs))
-        received = _received(err.get("input")) if kind != "missing" else None
+        raw = err.get("input") if kind != "missing" else None
+        received = _received(raw)
         if kind == "json_invalid":
             message = f"request body must be valid JSON: {ctx.get('error', err.get('msg', ''))}"
         elif kind == "missing":
@@ -123,9 +133,7 @@ def validation_items(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
             message = f"`{field}` is not a field of this request (see the schema at /docs)"
         else:
             message = f"`{field}` must be {expected}, got {received!r}"
-        items.append(
-            {"field": field, "expected": expected, "received": received, "message": message}
-        )
+        items.append(error_item(field, expected, raw, message))
     return items
 
 
@@ -135,12 +143,110 @@ def _expected(err: dict[str, Any]) -> str:
     return describe(ctx) if describe is not None else str(err.get("msg", ""))
 
 
+def error_item(field: str, expected: str, received: Any, message: str) -> dict[str, Any]:
+    """One problem of an error body; ``received`` made JSON-safe and short."""
+    return {
+        "field": field,
+        "expected": expected,
+        "received": _received(received),
+        "message": message,
+    }
+
+
 def error_body(detail: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+    """The JSON body of every error response: a summary and one item per problem."""
     return {"detail": detail, "errors": items}
 
 
+#: Status of each exception class (the first class of an exception's MRO found here wins).
+STATUS: dict[type[Exception], int] = {
+    InvalidRequestError: 422,
+    UnknownNameError: 404,
+    AuthenticationError: 401,
+    PermissionDeniedError: 403,
+    RateLimitedError: 429,
+    PayloadTooLargeError: 413,
+    RequestTimeoutError: 408,
+    FieldError: 422,
+    NotFoundError: 404,
+    ConfigError: 422,
+    ContractError: 422,
+    UnavailableError: 503,
+    SpecMismatchError: 503,
+    DataError: 503,
+}
+
+BACKEND_UNAVAILABLE = "a backend of the service (event log) is unavailable; retry later"
+
+
+def status_of(exc: BaseException) -> int:
+    """The HTTP status of ``exc``: by :data:`STATUS`, backends down 503, anything else 500."""
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 503 if isinstance(exc, unavailable_types()) else 500
+
+
+def error_response(exc: Exception) -> JSONResponse:
+    """The response to ``exc``: its status, the error body and the headers the status needs.
+
+    Also an ASGI app: the layers that refuse a request before the app runs (keys, limits)
+    send it with ``await error_response(exc)(scope, receive, send)``.
+    """
+    status = status_of(exc)
+    headers: dict[str, str] = {}
+    if isinstance(exc, FieldError):
+        detail = exc.message
+        items = [error_item(exc.field, exc.expected, exc.received, exc.message)]
+        if isinstance(exc, AuthenticationError):
+            headers["www-authenticate"] = 'ApiKey realm="recsys"'
+        if isinstance(exc, RateLimitedError):
+            headers["retry-after"] = str(max(1, int(exc.retry_after + 0.999)))
+    elif isinstance(exc, UnavailableError):
+        detail = exc.message
+        items = [error_item("", exc.expected, None, exc.message)]
+        if exc.retry_after is not None:
+            headers["retry-after"] = str(max(1, int(exc.retry_after + 0.999)))
+    elif isinstance(exc, NotFoundError):
+        detail = str(exc)
+        items = [error_item("", "an existing resource", None, detail)]
+    elif isinstance(exc, SpecMismatchError):
+        logger.error("feature spec mismatch: %s", exc)
+        detail, items = str(exc), []
+    elif isinstance(exc, DataError):
+        # A model or feature pipeline that returns the wrong shape is the service's fault.
+        logger.error("decision failed: %s", exc)
+        detail, items = "the service cannot decide right now", []
+    elif status == 503:  # a backend (event log, online store) is down, locked or full
+        detail = BACKEND_UNAVAILABLE
+        items = [error_item("", "", None, detail)]
+        headers["retry-after"] = "1"
+    else:
+        detail = str(exc)
+        items = [error_item("", "", None, detail)]
+    return JSONResponse(error_body(detail, items), status_code=status, headers=headers or None)
+
+
+def unavailable_types() -> tuple[type[Exception], ...]:
+    """Exceptions of backends that are down, locked or full (served as 503 + Retry-After)."""
+    types: list[type[Exception]] = [sqlite3.OperationalError]
+    try:
+        import psycopg
+
+        types.append(psycopg.OperationalError)
+    except ImportError:  # psycopg is only needed for the PostgreSQL event log
+        pass
+    try:
+        import redis
+
+        types.extend([redis.exceptions.ConnectionError, redis.exceptions.TimeoutError])
+    except ImportError:
+        pass
+    return tuple(types)
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Map validation errors, ApiError and domain exceptions to 4xx/503 JSON bodies."""
+    """Map validation errors, recsys errors and backend faults to the error body."""
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -151,49 +257,24 @@ def install_error_handlers(app: FastAPI) -> None:
         detail = items[0]["message"] if len(items) == 1 else f"{len(items)} invalid fields"
         return JSONResponse(error_body(detail, items), status_code=status)
 
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        item = {
-            "field": exc.field,
-            "expected": exc.expected,
-            "received": _received(exc.received),
-            "message": exc.message,
-        }
-        return JSONResponse(error_body(exc.message, [item]), status_code=exc.status)
+    async def _mapped(request: Request, exc: Exception) -> JSONResponse:
+        if status_of(exc) == 503 and not isinstance(exc, RecsysError):
+            logger.warning(
+                "backend unavailable on %s %s: %s",
+                request.method,
+                request.url.path,
+                type(exc).__name__,
+            )
+        return error_response(exc)
 
-    @app.exception_handler(NotFoundError)
-    async def _not_found(request: Request, exc: NotFoundError) -> JSONResponse:
-        item = {
-            "field": "",
-            "expected": "an existing resource",
-            "received": None,
-            "message": str(exc),
-        }
-        return JSONResponse(error_body(str(exc), [item]), status_code=404)
-
-    @app.exception_handler(SpecMismatchError)
-    async def _spec(request: Request, exc: SpecMismatchError) -> JSONResponse:
-        logger.error("feature spec mismatch: %s", exc)
-        return JSONResponse(error_body(str(exc), []), status_code=503)
-
-    for domain_error in (ConfigError, ContractError):
-
-        @app.exception_handler(domain_error)
-        async def _domain(request: Request, exc: Exception) -> JSONResponse:
-            item = {"field": "", "expected": "", "received": None, "message": str(exc)}
-            return JSONResponse(error_body(str(exc), [item]), status_code=422)
-
-    @app.exception_handler(DataError)
-    async def _data(request: Request, exc: DataError) -> JSONResponse:
-        # A model or feature pipeline that returns the wrong shape is the service's fault.
-        logger.error("decision failed: %s", exc)
-        return JSONResponse(error_body("the service cannot decide right now", []), status_code=503)
+    for exc_type in (*STATUS, *unavailable_types()):
+        app.add_exception_handler(exc_type, _mapped)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        item = {"field": "", "expected": "", "received": None, "message": str(exc.detail)}
+        message = str(exc.detail)
         return JSONResponse(
-            error_body(str(exc.detail), [item]),
+            error_body(message, [error_item("", "", None, message)]),
             status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
+            headers=exc.headers,
         )

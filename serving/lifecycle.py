@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import shutil
-import sqlite3
 import tempfile
 import threading
 import time
@@ -38,16 +37,21 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from fastapi import FastAPI
 
 from recsys.arbitration import EpsilonGreedy
 from recsys.catalog import Catalog, Offer, Touchpoint
 from recsys.decision import Decision, DecisionEngine, DecisionRequest, ModelInfo
-from recsys.errors import NotFoundError, SpecMismatchError
+from recsys.errors import (
+    FeaturesUnavailable,
+    ModelRefused,
+    ModelUnavailable,
+    NotFoundError,
+    SpecMismatchError,
+)
 from recsys.eventlog import EventLog
+from recsys.settings import LifecycleSettings, Settings
+from serving.errors import unavailable_types
 from serving.model import LoadedModel, load_model_dir
 
 logger = logging.getLogger(__name__)
@@ -59,51 +63,9 @@ LAST_GOOD = "last_good.json"
 TRIAL_CUSTOMER = "__model_check__"
 
 
-class LifecycleSettings(BaseSettings):
-    """Model following, cache and circuit breaker (``RECSYS_SERVING_*``)."""
-
-    model_config = SettingsConfigDict(env_prefix="RECSYS_SERVING_", env_file=".env", extra="ignore")
-
-    model_cache_dir: Path = Field(
-        default=Path("data/model_cache"), description="last good copies of registry models"
-    )
-    compiled_scorer: bool = Field(
-        default=True,
-        description="score with the model compiled to native code (lleaves), checked against "
-        "LightGBM at load; binaries cached under model_cache_dir/compiled",
-    )
-    model_poll_seconds: float = Field(
-        default=30.0, ge=0, description="how often to check the registry alias; 0 = never"
-    )
-    breaker_failures: int = Field(default=5, ge=1, description="consecutive bad scorings to open")
-    breaker_slow_ms: float = Field(default=250.0, gt=0, description="a scoring slower is bad")
-    breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
-    start_without_model: bool = Field(
-        default=False,
-        description="when the registry has no model under the alias: serve the popularity/"
-        "rules fallback until one is promoted (default: refuse to start, it is a setup error)",
-    )
-
-
-def load_lifecycle_settings(**overrides: Any) -> LifecycleSettings:
-    return LifecycleSettings(**{k: v for k, v in overrides.items() if v is not None})
-
-
 def compiled_model_dir(settings: LifecycleSettings) -> Path | None:
     """Where compiled models are cached, or None when compiled scoring is off."""
     return Path(settings.model_cache_dir) / "compiled" if settings.compiled_scorer else None
-
-
-class ModelUnavailable(Exception):
-    """The model failed to score (the request is served by the fallback)."""
-
-
-class FeaturesUnavailable(Exception):
-    """The online feature store failed (the request is served as a cold start)."""
-
-
-class ModelRefused(Exception):
-    """A candidate model cannot be served; the previous model stays."""
 
 
 class NoChampion(NotFoundError):
@@ -555,7 +517,7 @@ class ModelHolder:
         if outcome.result == "missing":
             if not self.settings.start_without_model:
                 raise NoChampion(
-                    f"{outcome.detail}; or set RECSYS_SERVING_START_WITHOUT_MODEL=true to serve "
+                    f"{outcome.detail}; or set RECSYS_LIFECYCLE__START_WITHOUT_MODEL=true to serve "
                     "the popularity/rules fallback until one is promoted"
                 )
             logger.warning(
@@ -608,7 +570,7 @@ class ModelHolder:
             try:
                 path = self._fetch(version)
                 engine = self._candidate(path, version)
-            except (FeaturesUnavailable, *_unavailable_types()) as exc:
+            except (FeaturesUnavailable, *unavailable_types()) as exc:
                 self.last_error = f"version {version} not checked: {type(exc).__name__}: {exc}"
                 logger.warning("model %s v%s not loaded: %s", self.model_name, version, exc)
                 self._observe_swap("unreachable")
@@ -700,7 +662,7 @@ class ModelHolder:
         if requests:
             try:
                 decisions = engine.decide_many(requests, record=False)
-            except (FeaturesUnavailable, *_unavailable_types()):
+            except (FeaturesUnavailable, *unavailable_types()):
                 raise
             except Exception as exc:
                 raise ModelRefused(f"a trial decision failed: {type(exc).__name__}: {exc}") from exc
@@ -738,7 +700,7 @@ class ModelHolder:
             raise ModelRefused(f"{pointer} is unreadable: {exc}") from exc
         try:
             engine = self._candidate(path, version)
-        except (FeaturesUnavailable, *_unavailable_types()) as exc:
+        except (FeaturesUnavailable, *unavailable_types()) as exc:
             raise ModelRefused(f"{type(exc).__name__}: {exc}") from exc
         self._publish(ServedModel(engine, engine.model, "cache", datetime.now(UTC)))
         logger.warning(
@@ -852,54 +814,12 @@ class ResilientEngine:
         return decisions
 
 
-# ------------------------------------------------------------------ fault mapping
-
-
-def _unavailable_types() -> tuple[type[BaseException], ...]:
-    types: list[type[BaseException]] = [sqlite3.OperationalError]
-    try:
-        import psycopg
-
-        types.append(psycopg.OperationalError)
-    except ImportError:  # psycopg is only needed for the PostgreSQL event log
-        pass
-    try:
-        import redis
-
-        types.extend([redis.exceptions.ConnectionError, redis.exceptions.TimeoutError])
-    except ImportError:
-        pass
-    return tuple(types)
-
-
-def install_fault_handlers(app: FastAPI) -> None:
-    """Event log locked/full/unreachable (and other backends down) -> 503 + Retry-After."""
-
-    async def unavailable(request: Request, exc: Exception) -> JSONResponse:
-        logger.warning(
-            "backend unavailable on %s %s: %s",
-            request.method,
-            request.url.path,
-            type(exc).__name__,
-        )
-        message = "a backend of the service (event log) is unavailable; retry later"
-        return JSONResponse(
-            {
-                "detail": message,
-                "errors": [{"field": "", "expected": "", "received": None, "message": message}],
-            },
-            status_code=503,
-            headers={"retry-after": "1"},
-        )
-
-    for exc_type in _unavailable_types():
-        app.add_exception_handler(exc_type, unavailable)
+# ------------------------------------------------------------------ app wiring
 
 
 def install_lifecycle(app: FastAPI, holder: ModelHolder) -> None:
-    """Expose the holder to the admin routes and map backend faults to 503."""
+    """Expose the holder to the admin routes (backend faults are mapped by serving.errors)."""
     app.state.model_holder = holder
-    install_fault_handlers(app)
 
 
 # ------------------------------------------------------------------ production wiring
@@ -936,9 +856,7 @@ def build_model_holder(
 
 
 def build_served_components(
-    core: Any,
-    serving: Any,
-    lifecycle: LifecycleSettings,
+    settings: Settings,
     observer: DecisionObserver | None = None,
     wrap_event_log: Callable[[EventLog], EventLog] | None = None,
 ) -> tuple[Any, ModelHolder]:
@@ -957,6 +875,7 @@ def build_served_components(
     from serving.components import Components, open_service_event_log
     from serving.features_adapter import EncodedMatrixBuilder, StoreFeatureSource
 
+    core, serving, lifecycle = settings, settings.serving, settings.lifecycle
     catalog = load_catalog(serving.catalog_source or core.warehouse_path)
     features = GuardedFeatures(StoreFeatureSource(open_online_store(core), catalog))
     event_log = open_service_event_log(core.event_log_url, serving)

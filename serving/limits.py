@@ -8,7 +8,8 @@
 - rate limit per API key (token bucket, per process): 429 with ``Retry-After``;
 - batch sizes (``max_batch_customers``, ``max_events``: 422) are checked by the routes.
 
-All limits come from :class:`LimitSettings` (``RECSYS_SERVING_*``).
+All limits come from the settings' ``limits`` section (:class:`recsys.settings.LimitSettings`).
+Refusals are sent with the service's one error body (:func:`serving.errors.error_response`).
 """
 
 from __future__ import annotations
@@ -22,39 +23,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastapi import FastAPI
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving.security import KeyScope, Principal, send_error
+from recsys.errors import PayloadTooLargeError, RecsysError, RequestTimeoutError, UnavailableError
+from recsys.settings import LimitSettings
+from serving.credentials import KeyScope, Principal
+from serving.errors import error_response
 
 logger = logging.getLogger(__name__)
-
-
-class LimitSettings(BaseSettings):
-    """Body size, timeouts and per-key rates (``RECSYS_SERVING_*``)."""
-
-    model_config = SettingsConfigDict(env_prefix="RECSYS_SERVING_", env_file=".env", extra="ignore")
-
-    max_body_bytes: int = Field(default=1_048_576, ge=1_024, description="413 above this")
-    request_timeout_seconds: float = Field(
-        default=10.0, gt=0, description="503 when no response is ready in time"
-    )
-    rate_limit_enabled: bool = True
-    rate_publishable_per_second: float = Field(default=20.0, gt=0)
-    rate_publishable_burst: int = Field(default=40, ge=1)
-    rate_secret_per_second: float = Field(default=2_000.0, gt=0)
-    rate_secret_burst: int = Field(default=4_000, ge=1)
-    rate_admin_per_second: float = Field(default=5.0, gt=0)
-    rate_admin_burst: int = Field(default=20, ge=1)
-    rate_anonymous_per_second: float = Field(
-        default=2_000.0, gt=0, description="per client address when keys are off (development)"
-    )
-    rate_anonymous_burst: int = Field(default=4_000, ge=1)
-
-
-def load_limit_settings(**overrides) -> LimitSettings:
-    return LimitSettings(**{k: v for k, v in overrides.items() if v is not None})
 
 
 # ------------------------------------------------------------------ rate limits
@@ -131,10 +107,6 @@ class TokenBucketLimiter:
 # ------------------------------------------------------------ body and timeouts
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 class LimitsMiddleware:
     """Reads the body up to ``max_body_bytes`` (413 beyond), then runs the app with a deadline.
 
@@ -156,23 +128,23 @@ class LimitsMiddleware:
         deadline = asyncio.get_running_loop().time() + self.timeout
         declared = _content_length(scope)
         if declared is not None and declared > self.max_body:
-            await _too_large(send, self.max_body, declared)
+            await error_response(_too_large(self.max_body, declared))(scope, receive, send)
             return
         if scope["method"] in ("POST", "PUT", "PATCH") or declared:
             try:
                 async with asyncio.timeout_at(deadline):
                     messages = await self._read(receive)
-            except BodyTooLarge:
-                await _too_large(send, self.max_body, None)
-                return
             except TimeoutError:
-                await send_error(
-                    send,
-                    408,
+                refusal: RecsysError = RequestTimeoutError(
                     "body",
                     f"the whole body within {self.timeout:g} s",
+                    None,
                     f"the request body did not arrive within {self.timeout:g} s",
                 )
+                await error_response(refusal)(scope, receive, send)
+                return
+            except PayloadTooLargeError as exc:
+                await error_response(exc)(scope, receive, send)
                 return
             pending = list(messages)
 
@@ -196,7 +168,7 @@ class LimitsMiddleware:
                 return messages
             size += len(message.get("body", b""))
             if size > self.max_body:
-                raise BodyTooLarge
+                raise _too_large(self.max_body, None)
             messages.append(message)
             if not message.get("more_body", False):
                 # One message with the whole body: what the app reads in one go.
@@ -227,18 +199,11 @@ class LimitsMiddleware:
                 scope["method"],
                 scope["path"],
             )
-            pending_error.append(
-                loop.create_task(
-                    send_error(
-                        send,
-                        503,
-                        "",
-                        f"a response within {self.timeout:g} s",
-                        f"the service did not answer within {self.timeout:g} s; retry later",
-                        [(b"retry-after", b"1")],
-                    )
-                )
+            late = UnavailableError(
+                f"the service did not answer within {self.timeout:g} s; retry later",
+                expected=f"a response within {self.timeout:g} s",
             )
+            pending_error.append(loop.create_task(error_response(late)(scope, receive, send)))
 
         # A timer, not a task per request: the app runs inline (cheap); when the deadline
         # passes first, the 503 goes out at once and the app's late response is dropped
@@ -268,13 +233,12 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def _too_large(send: Send, limit: int, declared: int | None) -> None:
+def _too_large(limit: int, declared: int | None) -> PayloadTooLargeError:
     got = f"{declared} bytes" if declared is not None else f"more than {limit} bytes"
-    await send_error(
-        send,
-        413,
+    return PayloadTooLargeError(
         "body",
         f"at most {limit} bytes",
+        None,
         f"request body must be at most {limit} bytes, got {got}",
     )
 
@@ -291,10 +255,8 @@ def rate_limiter(settings: LimitSettings) -> TokenBucketLimiter | None:
 
 
 __all__ = [
-    "LimitSettings",
     "LimitsMiddleware",
     "TokenBucketLimiter",
     "install_limits",
-    "load_limit_settings",
     "rate_limiter",
 ]

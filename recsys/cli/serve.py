@@ -64,8 +64,12 @@ def serve(
         None, help="Warehouse file or folder of offers/touchpoints (default: the warehouse)."
     ),
 ) -> None:
-    """Start the decision service (FastAPI on uvicorn) on the champion model."""
-    from serving.config import load_serving_settings
+    """Start the decision service (FastAPI on uvicorn) on the champion model.
+
+    --workers N runs N uvicorn worker processes on one socket; beyond one host, run
+    replicas behind a load balancer (docs/operations.md).
+    """
+    from recsys.settings import load_settings
     from serving.main import run_server
 
     # Worker processes build the app from the environment: pass the flags through it.
@@ -78,9 +82,9 @@ def serve(
         ("CATALOG_SOURCE", catalog),
     ):
         if value is not None:
-            os.environ[f"RECSYS_SERVING_{name}"] = str(value)
-    settings = load_serving_settings()
-    base = f"http://{settings.host}:{settings.port}"
+            os.environ[f"RECSYS_SERVING__{name}"] = str(value)
+    settings = load_settings()
+    base = f"http://{settings.serving.host}:{settings.serving.port}"
     typer.echo(
         f"recsys decision service on {base}  (docs: {base}/docs)\n"
         "try:\n"
@@ -122,7 +126,6 @@ def score(
 
     from recsys.settings import load_settings
     from serving.components import build_components
-    from serving.config import load_serving_settings
 
     suffix = out.suffix.lower()
     if suffix not in (".parquet", ".csv"):
@@ -130,7 +133,7 @@ def score(
             f"must end in .parquet or .csv, got {out.name!r}", param_hint="--out"
         )
     settings = load_settings()
-    components = build_components(settings, load_serving_settings())
+    components = build_components(settings)
     try:
         tp_id = _resolve_touchpoint(components.catalog, touchpoint)
         engine = components.engine

@@ -9,8 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from recsys.eventlog import SQLiteEventLog
+from recsys.settings import ServingSettings
 from serving.components import Components
-from serving.config import ServingSettings
 from serving.main import create_app
 from tests.serving.factories import FixedClock, make_engine
 

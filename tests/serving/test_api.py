@@ -264,23 +264,7 @@ def test_touchpoints_are_listed_with_their_slots_and_fallbacks(client):
     assert email["offers"] == 8
 
 
-def test_the_decision_route_is_served_by_its_lane_inside_the_apps_middleware(client, monkeypatch):
-    # serving.main.ServiceApp sends POST /v1/decisions to DecisionLane, past FastAPI's
-    # routing layers but inside the app's own middleware (here: the request id).
-    from fastapi import Response
-
-    from serving.api.routes import decisions
-
-    async def marked(request):
-        return Response(b'{"lane": true}', media_type="application/json")
-
-    monkeypatch.setattr(decisions, "_serve_decision", marked)
-    response = client.post("/v1/decisions", json={"customer_id": "c1", "touchpoint": "web_home"})
-    assert response.json() == {"lane": True}
-    assert response.headers["x-request-id"]
-
-
-def test_only_post_to_the_exact_decision_path_takes_the_lane(client):
+def test_the_decision_route_takes_post_at_its_exact_path(client):
     assert client.get("/v1/decisions").status_code == 405
     slash = client.post(
         "/v1/decisions/",
@@ -292,11 +276,9 @@ def test_only_post_to_the_exact_decision_path_takes_the_lane(client):
 
 
 def test_an_error_the_app_does_not_map_is_a_500_without_details(client, monkeypatch):
-    from serving.api.routes import decisions
-
     async def broken(*args, **kwargs):
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(decisions, "decide", broken)
+    monkeypatch.setattr(client.app.state.components.batcher, "decide", broken)
     response = client.post("/v1/decisions", json={"customer_id": "c1", "touchpoint": "web_home"})
     assert response.status_code == 500 and "secret internals" not in response.text

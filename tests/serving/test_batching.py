@@ -10,9 +10,9 @@ import pytest
 
 from recsys.decision import DecisionRequest
 from recsys.eventlog import SQLiteEventLog
+from recsys.settings import ServingSettings
 from serving.batching import DecisionBatcher
 from serving.components import Components
-from serving.config import ServingSettings
 from serving.main import create_app
 from tests.serving.factories import make_engine
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 from fastapi.testclient import TestClient
 
-from serving.config import ServingSettings
+from recsys.settings import ServingSettings
 from serving.main import create_app
 
 
@@ -61,7 +61,9 @@ def test_served_decisions_and_events_feed_the_next_training(loop_env, demo_env):
     rng = random.Random(5)
     customers = sorted(demo_env["customers"])
     served = []
-    with TestClient(create_app(settings, ServingSettings(epsilon=0.1))) as client:
+    with TestClient(
+        create_app(settings.model_copy(update={"serving": ServingSettings(epsilon=0.1)}))
+    ) as client:
         assert client.get("/readyz").json()["model"]["version"] == str(first.logged.model_version)
         for customer in rng.sample(customers, 120):
             touchpoint = rng.choice(["web_home", "web_product", "app_home", "web_cart"])

@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from recsys.errors import SpecMismatchError
+from recsys.settings import ServingSettings
 from serving.components import build_components
-from serving.config import ServingSettings
 from serving.main import create_app
 
 
@@ -23,7 +23,9 @@ def real_client(demo_env, tmp_path):
         update={"event_log_url": f"sqlite:///{tmp_path / 'events.sqlite'}"}
     )
     serving = ServingSettings(model_dir=demo_env["model_dir"], epsilon=0.05)
-    with TestClient(create_app(settings, serving), raise_server_exceptions=False) as client:
+    with TestClient(
+        create_app(settings.model_copy(update={"serving": serving})), raise_server_exceptions=False
+    ) as client:
         yield client
 
 
@@ -74,7 +76,7 @@ def test_a_model_of_another_feature_spec_is_refused_with_a_clear_log(demo_env, t
         update={"event_log_url": f"sqlite:///{tmp_path / 'e.sqlite'}"}
     )
     with caplog.at_level(logging.ERROR), pytest.raises(SpecMismatchError, match="an-old-spec"):
-        build_components(settings, ServingSettings(model_dir=bad))
+        build_components(settings.model_copy(update={"serving": ServingSettings(model_dir=bad)}))
     assert any("refusing model" in r.message for r in caplog.records)
 
 
@@ -85,7 +87,7 @@ def test_score_command_writes_top_k_per_eligible_customer(demo_env, tmp_path, mo
     monkeypatch.setenv("RECSYS_WAREHOUSE_PATH", str(settings.warehouse_path))
     monkeypatch.setenv("RECSYS_ONLINE_SQLITE_PATH", str(settings.online_sqlite_path))
     monkeypatch.setenv("RECSYS_EVENT_LOG_URL", f"sqlite:///{tmp_path / 'events.sqlite'}")
-    monkeypatch.setenv("RECSYS_SERVING_MODEL_DIR", str(demo_env["model_dir"]))
+    monkeypatch.setenv("RECSYS_SERVING__MODEL_DIR", str(demo_env["model_dir"]))
     out = tmp_path / "email.parquet"
     ambiguous = CliRunner().invoke(app, ["score", "--touchpoint", "email", "--out", str(out)])
     assert ambiguous.exit_code == 2 and "email_newsletter" in ambiguous.output
@@ -127,7 +129,11 @@ def test_an_online_store_of_another_feature_spec_is_refused(demo_env, tmp_path, 
         }
     )
     with caplog.at_level(logging.ERROR), pytest.raises(SpecMismatchError, match="yesterdays-spec"):
-        build_components(settings, ServingSettings(model_dir=demo_env["model_dir"]))
+        build_components(
+            settings.model_copy(
+                update={"serving": ServingSettings(model_dir=demo_env["model_dir"])}
+            )
+        )
     assert any("recsys features materialize" in r.getMessage() for r in caplog.records)
 
 
@@ -140,7 +146,7 @@ def test_no_champion_in_the_registry_stops_the_start_with_a_clear_line(demo_env,
             "event_log_url": f"sqlite:///{tmp_path / 'e.sqlite'}",
         }
     )
-    app = create_app(settings, ServingSettings())
+    app = create_app(settings)
     with (
         caplog.at_level(logging.ERROR),
         pytest.raises(NotFoundError, match="champion"),
@@ -159,11 +165,12 @@ def test_served_scores_equal_the_feature_pipelines_matrix_scored_directly(demo_e
     from recsys.decision import DecisionRequest
 
     settings = demo_env["settings"].model_copy(
-        update={"event_log_url": f"sqlite:///{tmp_path / 'e.sqlite'}"}
+        update={
+            "event_log_url": f"sqlite:///{tmp_path / 'e.sqlite'}",
+            "serving": ServingSettings(model_dir=demo_env["model_dir"], epsilon=0.0),
+        }
     )
-    components = build_components(
-        settings, ServingSettings(model_dir=demo_env["model_dir"], epsilon=0.0)
-    )
+    components = build_components(settings)
     try:
         spec = json.loads((demo_env["model_dir"] / "feature_spec.json").read_text())
         encoding = Encoding.from_dict(spec["encoding"])
@@ -216,7 +223,7 @@ def test_the_service_checkpoints_its_event_log_off_the_request_path(demo_env, tm
     path = tmp_path / "events.sqlite"
     settings = demo_env["settings"].model_copy(update={"event_log_url": f"sqlite:///{path}"})
     serving = ServingSettings(model_dir=demo_env["model_dir"], event_log_checkpoint_s=0.05)
-    with TestClient(create_app(settings, serving)) as client:
+    with TestClient(create_app(settings.model_copy(update={"serving": serving}))) as client:
         served = 0
         for customer in sorted(demo_env["customers"])[:5]:
             response = client.post(

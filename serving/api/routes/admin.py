@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from serving.errors import ApiError
+from recsys.errors import InvalidRequestError, NotReadyError
 from serving.lifecycle import ModelHolder, SwapResult
 from serving.schemas import ErrorOut
 
@@ -18,12 +18,9 @@ router = APIRouter(prefix="/admin", tags=["admin"])
 def get_holder(request: Request) -> ModelHolder:
     holder = getattr(request.app.state, "model_holder", None)
     if holder is None:
-        raise ApiError(
-            503,
-            "",
-            "a service started with model lifecycle",
-            None,
+        raise NotReadyError(
             "this service has no model lifecycle (started with fixed components)",
+            expected="a service started with model lifecycle",
         )
     return holder
 
@@ -58,7 +55,7 @@ class FollowBody(BaseModel):
     )
 
 
-_ERRORS = {
+_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "No or unknown API key"},
     403: {"model": ErrorOut, "description": "Not an admin key"},
     409: {
@@ -109,5 +106,7 @@ def follow_alias(body: FollowBody, holder: HolderDep) -> JSONResponse:
     try:
         outcome = holder.follow(body.alias)
     except LookupError as exc:
-        raise ApiError(422, "alias", "a registry model source", body.alias, str(exc)) from None
+        raise InvalidRequestError(
+            "alias", "a registry model source", body.alias, str(exc)
+        ) from None
     return _swap_response(holder, outcome)

@@ -7,9 +7,10 @@ from datetime import UTC, datetime, timedelta
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from recsys.errors import InvalidRequestError
 from recsys.eventlog import Event
 from serving.deps import EventLogDep, ServingSettingsDep
-from serving.errors import ApiError, error_body
+from serving.errors import error_body, error_item
 from serving.schemas import ErrorOut, EventErrorOut, EventsOut, EventsRequestBody
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
@@ -36,8 +37,7 @@ def post_events(body: EventsRequestBody, log: EventLogDep, settings: ServingSett
     """
     n = len(body.events)
     if n > settings.max_events:
-        raise ApiError(
-            422,
+        raise InvalidRequestError(
             "events",
             f"at most {settings.max_events} items",
             f"{n} items",
@@ -47,8 +47,7 @@ def post_events(body: EventsRequestBody, log: EventLogDep, settings: ServingSett
     seen: dict[str, int] = {}
     for i, event in enumerate(body.events):
         if event.event_id in seen:
-            raise ApiError(
-                422,
+            raise InvalidRequestError(
                 f"events[{i}].event_id",
                 "event ids unique within one batch",
                 event.event_id,
@@ -56,8 +55,7 @@ def post_events(body: EventsRequestBody, log: EventLogDep, settings: ServingSett
             )
         seen[event.event_id] = i
         if event.ts > latest:
-            raise ApiError(
-                422,
+            raise InvalidRequestError(
                 f"events[{i}].ts",
                 f"a time not in the future (<= {latest.isoformat()})",
                 event.ts.isoformat(),
@@ -95,10 +93,7 @@ def post_events(body: EventsRequestBody, log: EventLogDep, settings: ServingSett
     )
     if result.rejected and not (result.new or result.duplicates):
         # Nothing stored: the error shape every 422 has, one item per rejected event.
-        items = [
-            {"field": e.field, "expected": e.expected, "received": e.received, "message": e.message}
-            for e in out.errors
-        ]
+        items = [error_item(e.field, e.expected, e.received, e.message) for e in out.errors]
         return JSONResponse(
             error_body(f"every event was rejected ({len(items)})", items), status_code=422
         )

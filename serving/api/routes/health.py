@@ -21,8 +21,7 @@ async def healthz() -> dict[str, str]:
 def readyz(request: Request) -> JSONResponse:
     components = getattr(request.app.state, "components", None)
     if components is None:
-        error = getattr(request.app.state, "startup_error", None) or "starting"
-        return JSONResponse({"status": "not ready", "reason": error}, status_code=503)
+        return JSONResponse({"status": "not ready", "reason": "starting"}, status_code=503)
     problems = []
     if not components.catalog.offers:
         problems.append("the catalogue has no offers")

@@ -29,31 +29,27 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from recsys.eventlog import EventLog, SQLiteEventLog
-from recsys.settings import Settings
+from recsys.settings import (
+    ApiKeyRecord,
+    LifecycleSettings,
+    LimitSettings,
+    ObservabilitySettings,
+    SecuritySettings,
+    ServingSettings,
+    Settings,
+    hash_key,
+)
 from serving.components import Components
-from serving.config import ServingSettings
+from serving.credentials import new_key
 from serving.lifecycle import (
     GuardedFeatures,
-    LifecycleSettings,
     LocalDirSource,
     ModelHolder,
     ModelSource,
     build_model_holder,
 )
-from serving.limits import LimitSettings
 from serving.main import create_app
-from serving.observability import (
-    JsonLogFormatter,
-    MeteredEventLog,
-    ObservabilitySettings,
-    ServiceMetrics,
-)
-from serving.security import (
-    ApiKeyRecord,
-    SecuritySettings,
-    hash_key,
-    new_key,
-)
+from serving.observability import JsonLogFormatter, MeteredEventLog, ServiceMetrics
 from tests.serving.factories import (
     DictFeatureSource,
     FixedClock,
@@ -183,21 +179,18 @@ def build_stack(
         engine=holder.engine, event_log=event_log, serving=serving or ServingSettings()
     )
     app = create_app(components=components, hardened=False)
-    core = Settings(environment=environment)
-    harden(
-        app,
-        core,
-        security
+    settings = Settings(
+        environment=environment,
+        security=security
         or SecuritySettings(
             api_keys=keys.records(),
             token_secret=keys.token_secret,
             cors_origins=["https://shop.example.com"],
         ),
-        limits or LimitSettings(),
-        ObservabilitySettings(log_format="json"),
-        metrics,
-        holder,
+        limits=limits or LimitSettings(),
+        observability=ObservabilitySettings(log_format="json"),
     )
+    harden(app, settings, metrics, holder)
     client = TestClient(app, raise_server_exceptions=False)
     client.__enter__()
     return Stack(app, client, holder, event_log, metrics, keys, store)

@@ -1,7 +1,7 @@
 """A hardened service for the process-level tests (uvicorn ``--factory``), configured by env.
 
 ``RECSYS_EVENT_LOG_URL`` (sqlite:/// or postgresql://), ``RECSYS_TEST_MODEL_DIR`` (a model
-folder), keys and token secret as in production (``RECSYS_SERVING_API_KEYS`` ...). Logs are
+folder), keys and token secret as in production (``RECSYS_SECURITY__API_KEYS`` ...). Logs are
 JSON lines on stderr. The catalogue and features are the factories' small real ones.
 """
 
@@ -14,19 +14,11 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from recsys.eventlog import BACKENDS, open_event_log
-from recsys.settings import Settings
+from recsys.settings import LifecycleSettings, ObservabilitySettings, ServingSettings, Settings
 from serving.components import Components
-from serving.config import ServingSettings
-from serving.lifecycle import GuardedFeatures, LifecycleSettings, LocalDirSource, build_model_holder
-from serving.limits import LimitSettings
+from serving.lifecycle import GuardedFeatures, LocalDirSource, build_model_holder
 from serving.main import create_app
-from serving.observability import (
-    MeteredEventLog,
-    ObservabilitySettings,
-    ServiceMetrics,
-    configure_logging,
-)
-from serving.security import SecuritySettings
+from serving.observability import MeteredEventLog, ServiceMetrics, configure_logging
 from tests.serving.factories import DictFeatureSource, make_catalog
 from tests.serving.reliability.wiring import engine_factory, harden
 
@@ -44,9 +36,10 @@ def open_log(url: str):
 
 
 def create() -> FastAPI:
-    observability = ObservabilitySettings(log_format="json")
-    configure_logging(observability, "production")
-    core = Settings(environment="production")
+    settings = Settings(
+        environment="production", observability=ObservabilitySettings(log_format="json")
+    )
+    configure_logging(settings.observability, "production")
     metrics = ServiceMetrics()
     log = MeteredEventLog(open_log(os.environ["RECSYS_EVENT_LOG_URL"]), metrics)
     catalog = make_catalog()
@@ -71,5 +64,5 @@ def create() -> FastAPI:
     holder.start()
     components = Components(engine=holder.engine, event_log=log, serving=ServingSettings())
     app = create_app(components=components, hardened=False)
-    harden(app, core, SecuritySettings(), LimitSettings(), observability, metrics, holder)
+    harden(app, settings, metrics, holder)
     return app

@@ -18,7 +18,8 @@ import redis
 from mlflow import MlflowClient
 
 from recsys.eventlog import SQLiteEventLog
-from serving.lifecycle import LifecycleSettings, RegistrySource
+from recsys.settings import LifecycleSettings
+from serving.lifecycle import RegistrySource
 from tests.serving.factories import DictFeatureSource, train_tiny_model, write_model_dir
 from tests.serving.reliability.conftest import unreachable_registry_env
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from serving.config import ServingSettings
-from serving.limits import LimitSettings, TokenBucketLimiter
+from recsys.settings import LimitSettings, ServingSettings
+from serving.limits import TokenBucketLimiter
 from serving.security import KeyScope, Principal
 
 

@@ -47,6 +47,14 @@ def test_metrics_count_decisions_offers_exploration_and_latency(stack_factory, k
     assert sample(stack, "recsys_http_request_duration_seconds_count", labels) == 20
     unknown = {**labels, "status": "404", "touchpoint": "unknown"}  # bounded label values
     assert sample(stack, "recsys_http_request_duration_seconds_count", unknown) == 1
+    batch = stack.client.post(
+        "/v1/decisions/batch",
+        json={"customer_ids": ["c1", "c2"], "touchpoint": "web_home"},
+        headers=keys.headers("secret"),
+    )
+    assert batch.status_code == 200
+    batch_labels = {**labels, "route": "/v1/decisions/batch"}
+    assert sample(stack, "recsys_http_request_duration_seconds_count", batch_labels) == 1
     text = stack.client.get("/metrics").text
     assert 'recsys_model_info{name="offer-ranker",source="local",version="local"} 1.0' in text
     assert "recsys_decision_duration_seconds_bucket" in text

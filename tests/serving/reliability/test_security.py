@@ -9,17 +9,9 @@ import jwt
 import pytest
 
 from recsys.errors import ConfigError
-from recsys.settings import Settings
-from serving.security import (
-    ApiKeyRecord,
-    SecuritySettings,
-    build_authenticator,
-    check_cors,
-    hash_key,
-    load_key_records,
-    main,
-    new_key,
-)
+from recsys.settings import ApiKeyRecord, SecuritySettings, Settings, hash_key
+from serving.credentials import build_authenticator, load_key_records, new_key
+from serving.security import check_cors, main
 
 ALICE = "cust-alice-7f3a9c21"
 BOB = "cust-bob-0be41d77"
@@ -168,21 +160,23 @@ def test_refused_calls_still_carry_cors_headers_for_the_site(stack):
 
 def test_production_without_keys_refuses_to_start():
     with pytest.raises(ConfigError, match="at least one key in production"):
-        build_authenticator(SecuritySettings(), Settings(environment="production"))
+        build_authenticator(Settings(environment="production", security=SecuritySettings()))
 
 
 def test_publishable_keys_without_a_token_secret_refuse_to_start(keys):
     with pytest.raises(ConfigError, match="token_secret"):
         build_authenticator(
-            SecuritySettings(api_keys=keys.records()), Settings(environment="development")
+            Settings(environment="development", security=SecuritySettings(api_keys=keys.records()))
         )
 
 
 def test_a_short_token_secret_refuses_to_start_in_production(keys):
     with pytest.raises(ConfigError, match="at least 32 bytes"):
         build_authenticator(
-            SecuritySettings(api_keys=keys.records(), token_secret="short"),
-            Settings(environment="production"),
+            Settings(
+                environment="production",
+                security=SecuritySettings(api_keys=keys.records(), token_secret="short"),
+            )
         )
 
 
@@ -194,7 +188,9 @@ def test_cors_wildcard_with_credentials_refuses_to_start():
 
 
 def test_development_without_keys_is_open_and_says_so(caplog):
-    authenticator = build_authenticator(SecuritySettings(), Settings(environment="development"))
+    authenticator = build_authenticator(
+        Settings(environment="development", security=SecuritySettings())
+    )
     assert not authenticator.enabled
     assert any("authentication is OFF" in r.message for r in caplog.records)
 
@@ -218,7 +214,7 @@ def test_repeated_key_ids_refuse_to_start(keys):
     record = ApiKeyRecord(id="same", scope="secret", hash=hash_key(keys.secret))
     with pytest.raises(ConfigError, match="unique"):
         build_authenticator(
-            SecuritySettings(api_keys=[record, record]), Settings(environment="test")
+            Settings(environment="test", security=SecuritySettings(api_keys=[record, record]))
         )
 
 
@@ -247,3 +243,25 @@ def test_tokens_of_the_previous_secret_are_accepted_during_a_rotation(stack_fact
     assert decide(stack, headers).status_code == 200
     other = keys.token(ALICE, secret="yet-another-secret-not-configured-0123456789")
     assert decide(stack, {**headers, "X-Customer-Token": other}).status_code == 401
+
+
+def test_the_token_is_checked_before_the_body_and_the_customer_after_it(stack, keys):
+    no_token = stack.client.post(
+        "/v1/decisions", json={"customer_id": 5}, headers={"X-API-Key": keys.publishable}
+    )
+    assert no_token.status_code == 401
+    invalid = stack.client.post(
+        "/v1/decisions",
+        json={"customer_id": BOB, "touchpoint": "web_home", "limit": 0},
+        headers=keys.headers("publishable", ALICE),
+    )
+    assert invalid.status_code == 422 and invalid.json()["errors"][0]["field"] == "limit"
+    assert stack.log.counts()["decision_rows"] == 0
+
+
+def test_the_decision_route_documents_its_body_and_trace_once(stack):
+    operation = stack.client.get("/openapi.json").json()["paths"]["/v1/decisions"]["post"]
+    assert [p["name"] for p in operation["parameters"]] == ["trace"]
+    schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert schema["$ref"].endswith("/DecisionRequestBody")
+    assert {"401", "403", "422"} <= set(operation["responses"])

@@ -11,11 +11,9 @@ from recsys.decision import DecisionEngine
 from recsys.eventlog import EventLog
 from recsys.settings import Settings
 from serving.lifecycle import ModelHolder, install_lifecycle
-from serving.limits import LimitSettings
 from serving.main import install_hardening
 from serving.model import LoadedModel
-from serving.observability import ObservabilitySettings, ServiceMetrics
-from serving.security import SecuritySettings
+from serving.observability import ServiceMetrics
 from tests.serving.factories import FixedClock, build_matrix
 
 
@@ -43,17 +41,9 @@ def engine_factory(
 
 
 def harden(
-    app: FastAPI,
-    core: Settings,
-    security: SecuritySettings,
-    limits: LimitSettings,
-    observability: ObservabilitySettings,
-    metrics: ServiceMetrics,
-    holder: ModelHolder | None,
+    app: FastAPI, settings: Settings, metrics: ServiceMetrics, holder: ModelHolder | None
 ) -> None:
     """The production layers (serving.main.install_hardening) and the model holder."""
-    install_hardening(
-        app, core, security=security, limits=limits, observability=observability, metrics=metrics
-    )
+    install_hardening(app, settings, metrics=metrics)
     if holder is not None:
         install_lifecycle(app, holder)

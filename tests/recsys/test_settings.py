@@ -1,0 +1,112 @@
+"""The one settings object: sections from the environment, the old names, a TOML file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from recsys.errors import ConfigError
+from recsys.settings import ServingSettings, Settings, hash_key, load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch, tmp_path):
+    """No RECSYS_* variable or .env file of the machine running the tests leaks in."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("RECSYS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def test_sections_are_read_from_nested_variable_names(monkeypatch):
+    monkeypatch.setenv("RECSYS_SERVING__WORKERS", "3")
+    monkeypatch.setenv("RECSYS_LIMITS__MAX_BODY_BYTES", "4096")
+    monkeypatch.setenv("RECSYS_LIFECYCLE__MODEL_POLL_SECONDS", "0")
+    monkeypatch.setenv("RECSYS_SECURITY__CORS_ORIGINS", '["https://shop.example.com"]')
+    settings = load_settings()
+    assert settings.security.cors_origins == ["https://shop.example.com"]
+    assert settings.serving.workers == 3
+    assert settings.limits.max_body_bytes == 4096
+    assert settings.lifecycle.model_poll_seconds == 0
+    assert settings.serving.port == 8000  # the rest of the section keeps its defaults
+
+
+def test_the_old_flat_names_still_work_and_the_sectioned_name_wins(monkeypatch):
+    record = {"id": "crm", "scope": "secret", "hash": hash_key("rk_sec_x")}
+    monkeypatch.setenv("RECSYS_SERVING_API_KEYS", json.dumps([record]))
+    monkeypatch.setenv("RECSYS_SERVING_TOKEN_SECRET", "s" * 40)
+    monkeypatch.setenv("RECSYS_SERVING_LOG_FORMAT", "json")
+    monkeypatch.setenv("RECSYS_SERVING_EPSILON", "0.2")
+    monkeypatch.setenv("RECSYS_SERVING_PORT", "9002")
+    monkeypatch.setenv("RECSYS_SERVING__PORT", "9001")
+    settings = load_settings()
+    assert [r.id for r in settings.security.api_keys] == ["crm"]
+    assert settings.security.token_secret.get_secret_value() == "s" * 40
+    assert settings.observability.log_format == "json"
+    assert (settings.serving.epsilon, settings.serving.port) == (0.2, 9001)
+
+
+def test_the_old_names_are_read_from_the_env_file_too(tmp_path):
+    (tmp_path / ".env").write_text("RECSYS_SERVING_MAX_EVENTS=7\nRECSYS_SEED=11\n")
+    settings = load_settings()
+    assert (settings.serving.max_events, settings.seed) == (7, 11)
+
+
+def test_a_toml_file_gives_defaults_under_the_environment(monkeypatch, tmp_path):
+    path = tmp_path / "recsys.toml"
+    path.write_text('model_alias = "challenger"\n[serving]\nworkers = 4\nepsilon = 0.1\n')
+    monkeypatch.setenv("RECSYS_SETTINGS_FILE", str(path))
+    monkeypatch.setenv("RECSYS_SERVING__EPSILON", "0.3")
+    settings = load_settings()
+    assert settings.model_alias == "challenger"
+    assert (settings.serving.workers, settings.serving.epsilon) == (4, 0.3)
+
+
+def test_a_missing_settings_file_is_named(monkeypatch, tmp_path):
+    monkeypatch.setenv("RECSYS_SETTINGS_FILE", str(tmp_path / "nope.toml"))
+    with pytest.raises(ConfigError, match="RECSYS_SETTINGS_FILE"):
+        load_settings()
+
+
+def test_overrides_merge_into_a_section(monkeypatch):
+    monkeypatch.setenv("RECSYS_SERVING__WORKERS", "2")
+    settings = load_settings(serving={"epsilon": 0.0}, seed=None)
+    assert (settings.serving.workers, settings.serving.epsilon, settings.seed) == (2, 0.0, 7)
+
+
+@pytest.mark.parametrize(
+    "name, value, field",
+    [
+        ("RECSYS_SERVING__WORKRES", "2", "workres"),  # a typo is refused, not ignored
+        ("RECSYS_SERVING__WORKERS", "0", "workers"),
+        ("RECSYS_LIMITS__MAX_BODY_BYTES", "a lot", "max_body_bytes"),
+    ],
+)
+def test_bad_values_name_the_field(monkeypatch, name, value, field):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError, match=field):
+        load_settings()
+
+
+def test_a_bad_json_list_under_an_old_name_is_named_without_its_value(monkeypatch):
+    monkeypatch.setenv("RECSYS_SERVING_API_KEYS", "rk_sec_not-json")
+    with pytest.raises(ConfigError, match="RECSYS_SERVING_API_KEYS` must be JSON") as refused:
+        load_settings()
+    assert "rk_sec_not-json" not in str(refused.value)
+
+
+def test_no_secret_has_a_default_and_secrets_stay_out_of_reprs(monkeypatch):
+    settings = Settings()
+    assert settings.security.api_keys == [] and settings.security.token_secret is None
+    assert settings.observability.log_hash_key is None
+    monkeypatch.setenv("RECSYS_SECURITY__TOKEN_SECRET", "t" * 40)
+    assert "t" * 40 not in repr(load_settings())
+
+
+def test_sections_are_plain_models_to_build_in_code():
+    settings = Settings(serving=ServingSettings(epsilon=0.0, max_limit=5))
+    assert (settings.serving.epsilon, settings.serving.max_limit) == (0.0, 5)
