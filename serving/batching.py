@@ -1,8 +1,8 @@
-"""Dynamic batching of decisions: concurrent HTTP requests share one engine call.
+"""Dynamic batching of decisions: concurrent HTTP requests share one pipeline run.
 
 Every ``POST /v1/decisions`` of a process goes to one decision thread. While that thread
 decides, newly arrived requests queue; it then takes them all (up to ``max_batch``) and
-decides them in ONE :meth:`DecisionEngine.decide_many` call: one feature lookup, one contact
+decides them in ONE :meth:`DecisionPipeline.run`: one feature lookup, one contact
 history read, one model call and one event-log transaction for the lot. Under light load a
 batch is a single request (by default nothing is delayed to fill a batch; ``wait_s`` trades
 that latency for CPU); under heavy load the fixed costs are shared, which is where
@@ -24,7 +24,6 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from recsys.decision import Decision, DecisionRequest
 
@@ -41,13 +40,18 @@ class _Waiting:
     loop: asyncio.AbstractEventLoop
 
 
+#: Decides and records requests: ``decide(requests, trace=...) -> decisions`` (in order).
+Decide = Callable[..., list[Decision]]
+
+
 class DecisionBatcher:
-    """Decides queued requests on one thread, many per engine call.
+    """Decides queued requests on one thread, many per pipeline run (Ray Serve's
+    ``@serve.batch`` contract: a single request is a batch of one).
 
     Parameters
     ----------
-    engine : callable returning the engine to decide with
-        Read per batch, so a model swap applies from the next batch on.
+    decide : callable(requests, *, trace) -> list of Decision
+        ``serving.components.Components.decide``.
     max_batch : int
         Most requests decided in one call.
     wait_s : float
@@ -55,14 +59,12 @@ class DecisionBatcher:
         before deciding; 0 decides at once.
     """
 
-    def __init__(
-        self, engine: Callable[[], Any], max_batch: int = DEFAULT_MAX_BATCH, wait_s: float = 0.0
-    ):
+    def __init__(self, decide: Decide, max_batch: int = DEFAULT_MAX_BATCH, wait_s: float = 0.0):
         if max_batch < 1:
             raise ValueError(f"`max_batch` must be >= 1, got {max_batch}")
         if wait_s < 0:
             raise ValueError(f"`wait_s` must be >= 0, got {wait_s}")
-        self._engine = engine
+        self._decide_many = decide
         self.max_batch = max_batch
         self.wait_s = wait_s
         self._queue: list[_Waiting] = []
@@ -125,7 +127,7 @@ class DecisionBatcher:
                     loop.call_soon_threadsafe(_resolve, done)
 
     def _decide(self, batch: list[_Waiting]) -> list[Decision | BaseException]:
-        engine = self._engine()
+        decide = self._decide_many
         groups: dict[bool, list[int]] = defaultdict(list)
         for i, waiting in enumerate(batch):
             groups[waiting.trace].append(i)
@@ -133,7 +135,7 @@ class DecisionBatcher:
         for trace, positions in groups.items():
             requests = [batch[i].request for i in positions]
             try:
-                decisions = engine.decide_many(requests, trace=trace)
+                decisions = decide(requests, trace=trace)
             except Exception as exc:
                 if len(positions) == 1:
                     outcomes[positions[0]] = exc
@@ -141,7 +143,7 @@ class DecisionBatcher:
                 # Find the request that failed: the others still get their decision.
                 for i in positions:
                     try:
-                        outcomes[i] = engine.decide_many([batch[i].request], trace=trace)[0]
+                        outcomes[i] = decide([batch[i].request], trace=trace)[0]
                     except Exception as single:
                         outcomes[i] = single
                 continue

@@ -1,34 +1,63 @@
-"""What the service runs on: catalogue, online store, model, event log, decision engine.
+"""The one composition root: what a service process (and ``recsys score``, the benches and
+the tests) decides with.
 
-:func:`build_components` wires the real ones from settings (used by the app and by
-``recsys score``); tests build a :class:`Components` from small real parts directly.
+:func:`build_components` opens the real parts from the settings (catalogue, online store,
+event log, model source) and hands them to :func:`assemble_components`, which wires the
+decision pipeline: the online store behind :class:`ResilientFeatures`, the model held by a
+:class:`ModelHolder` (registry alias, last good copy, popularity/rules fallback, breaker) and
+resolved per batch by :class:`HolderArms`. Tests call :func:`assemble_components` with small
+real parts.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
 
 from recsys.arbitration import EpsilonGreedy
-from recsys.catalog import Catalog, load_catalog
-from recsys.decision import DecisionEngine, FeatureSource, ModelInfo
-from recsys.errors import SpecMismatchError
+from recsys.catalog import Catalog, load_catalog, now_utc
+from recsys.decision import (
+    Decision,
+    DecisionBatch,
+    DecisionPipeline,
+    DecisionRequest,
+    FeatureBlock,
+    FeatureSource,
+    ModelInfo,
+    ServedModel,
+    SingleArm,
+)
+from recsys.errors import ModelRefused, SpecMismatchError
 from recsys.eventlog import EventLog, SQLiteEventLog, open_event_log
 from recsys.settings import ServingSettings, Settings
 from serving.batching import DecisionBatcher
+from serving.lifecycle import DecisionObserver, HolderArms, ModelHolder, ModelLoader
+from serving.model_sources import LocalDirSource, ModelSource, RegistrySource, compiled_model_dir
+from serving.resilience import PopularityScorer, ResilientFeatures, popularity_rates
 
 logger = logging.getLogger(__name__)
+
+#: The customer id of the trial decisions a candidate model must pass (never logged).
+TRIAL_CUSTOMER = "__model_check__"
 
 
 @dataclass
 class Components:
     """The running parts of one service process."""
 
-    engine: DecisionEngine
+    pipeline: DecisionPipeline
+    holder: ModelHolder
+    arms: HolderArms
     event_log: EventLog
-    serving: ServingSettings = field(default_factory=ServingSettings)
-    extras: dict[str, Any] = field(default_factory=dict)
+    settings: Settings
+    observer: DecisionObserver | None = None
+    closers: tuple[Callable[[], None], ...] = ()
     _batcher: DecisionBatcher | None = field(default=None, init=False, repr=False)
 
     @property
@@ -36,31 +65,46 @@ class Components:
         """The decision thread of this process (started on first use, from the event loop)."""
         if self._batcher is None:
             self._batcher = DecisionBatcher(
-                lambda: self.engine,
+                self.decide,
                 max_batch=self.serving.decision_batch_max,
                 wait_s=self.serving.decision_batch_wait_ms / 1000,
             )
         return self._batcher
 
     @property
-    def catalog(self) -> Catalog:
-        return self.engine.catalog
+    def serving(self) -> ServingSettings:
+        return self.settings.serving
 
     @property
-    def features(self) -> FeatureSource:
-        return self.engine.features
+    def catalog(self) -> Catalog:
+        return self.pipeline.catalog
 
     @property
     def model(self) -> ModelInfo:
-        return self.engine.model
+        return self.holder.current.model.info
+
+    @property
+    def policy_name(self) -> str:
+        return self.arms.policy.name
+
+    def decide(self, requests: Sequence[DecisionRequest], *, trace: bool = False) -> list[Decision]:
+        """Decide and record ``requests`` now (what the HTTP routes call), observed."""
+        started = time.perf_counter()
+        decisions = self.pipeline.run(requests, trace=trace).decisions()
+        if self.observer is not None:
+            seconds = time.perf_counter() - started
+            for reason in dict.fromkeys(d.fallback_reason for d in decisions):
+                mine = [d for d in decisions if d.fallback_reason == reason]
+                self.observer.observe_decisions(mine, seconds, reason)
+        return decisions
 
     def close(self) -> None:
         if self._batcher is not None:
             self._batcher.close()  # queued decisions are finished and logged first
+        self.holder.stop()
         self.event_log.close()
-        closer = getattr(self.engine.features, "close", None)
-        if callable(closer):
-            closer()
+        for close in self.closers:
+            close()
 
 
 def open_service_event_log(url: str, serving: ServingSettings) -> EventLog:
@@ -74,73 +118,165 @@ def open_service_event_log(url: str, serving: ServingSettings) -> EventLog:
     return event_log
 
 
-def build_components(settings: Settings) -> Components:
-    """Load catalogue, online store, champion model and event log; build the engine.
+def assemble_components(
+    settings: Settings,
+    catalog: Catalog,
+    features: FeatureSource,
+    cold_start: Callable[[Sequence[str]], FeatureBlock],
+    event_log: EventLog,
+    load_model: ModelLoader,
+    source: ModelSource | None,
+    *,
+    rates: dict[tuple[str, str] | str, float] | None = None,
+    observer: DecisionObserver | None = None,
+    clock: Callable[[], datetime] = now_utc,
+    closers: tuple[Callable[[], None], ...] = (),
+    start: bool = True,
+) -> Components:
+    """Wire the pipeline on these parts and start the model holder (``start``).
+
+    Parameters
+    ----------
+    cold_start : callable(customer_ids) -> FeatureBlock
+        The block served while the online store is down.
+    load_model : callable(path, version) -> ServedModel
+    source : ModelSource or None
+        Where the model comes from (None: the fallback only).
+    rates : acceptance rates of the popularity fallback (empty: the rules fallback)
 
     Raises
     ------
-    SpecMismatchError
-        The champion was trained on another feature spec than the online store serves
-        (logged clearly; the service does not start on a model it would feed wrong inputs).
+    NoChampion
+        The followed alias names no version and ``start_without_model`` is off.
     """
+    pipeline_ref: list[DecisionPipeline] = []
+
+    def trial(model: ServedModel) -> None:
+        trial_decisions(pipeline_ref[0], model)
+
+    holder = ModelHolder(
+        load_model,
+        trial,
+        PopularityScorer(rates or {}),
+        source,
+        settings.lifecycle,
+        settings.model_name,
+        observer,
+    )
+    arms = HolderArms(holder, EpsilonGreedy(settings.serving.epsilon))
+    pipeline = DecisionPipeline(
+        catalog=catalog,
+        features=ResilientFeatures(features, cold_start),
+        history=event_log,
+        sink=event_log,
+        arms=arms,
+        seed=settings.seed,
+        clock=clock,
+        max_limit=settings.serving.max_limit,
+    )
+    pipeline_ref.append(pipeline)
+    components = Components(pipeline, holder, arms, event_log, settings, observer, closers)
+    if not start:
+        return components
+    try:
+        served = holder.start()
+    except BaseException:
+        components.close()
+        raise
+    info = served.model.info
+    logger.info("serving %s v%s (feature spec %s, %s), %s, policy %s", info.name, info.version,
+                info.feature_spec_version, served.source, catalog,
+                components.policy_name)  # fmt: skip
+    return components
+
+
+def trial_decisions(pipeline: DecisionPipeline, model: ServedModel) -> None:
+    """Refuse a candidate model whose spec does not fit the store, or whose trial decision
+    (one per touchpoint with offers, for an unknown customer, not recorded) fails or scores
+    outside [0, 1].
+
+    Raises
+    ------
+    SpecMismatchError, ModelRefused
+    """
+    pipeline.check_model(model)
+    catalog = pipeline.catalog
+    requests = [
+        DecisionRequest(TRIAL_CUSTOMER, tp_id)
+        for tp_id in sorted(catalog.touchpoints)
+        if catalog.for_touchpoint(tp_id).offers
+    ]
+    if not requests:
+        return
+    arms = SingleArm(model, EpsilonGreedy(0.0))
+    try:
+        batch: DecisionBatch = pipeline.run(requests, record=False, arms=arms)
+    except SpecMismatchError:
+        raise
+    except Exception as exc:
+        raise ModelRefused(f"a trial decision failed: {type(exc).__name__}: {exc}") from exc
+    scores = batch.score[~np.isnan(batch.score)]
+    if scores.size and (not np.all(np.isfinite(scores)) or scores.min() < 0 or scores.max() > 1):
+        raise ModelRefused("a trial decision scored outside [0, 1]")
+
+
+def build_components(
+    settings: Settings,
+    observer: DecisionObserver | None = None,
+    wrap_event_log: Callable[[EventLog], EventLog] | None = None,
+) -> Components:
+    """Open catalogue, online store, event log and model source from ``settings``; wire.
+
+    Never fails for want of a model when ``lifecycle.start_without_model`` is on: registry
+    down -> last good local copy -> popularity/rules fallback.
+    """
+    from features.decision_matrix import DecisionMatrixBuilder
+
     from features.matrix import Encoding
-    from features.online import open_online_store
-    from serving.features_adapter import EncodedMatrixBuilder, StoreFeatureSource
-    from serving.lifecycle import compiled_model_dir
-    from serving.model import load_model_dir, load_registered_model
+    from features.online import StoreFeatureSource, open_online_store
+    from recsys.decision import MatrixScorer
+    from serving.model import load_model_dir
 
     serving = settings.serving
     catalog = load_catalog(serving.catalog_source or settings.warehouse_path)
     compiled_dir = compiled_model_dir(settings.lifecycle)
-    if serving.model_dir is not None:
+
+    def load_model(path: Path, version: str) -> ServedModel:
         loaded = load_model_dir(
-            serving.model_dir, name=settings.model_name, compiled_dir=compiled_dir
+            path, name=settings.model_name, version=version, compiled_dir=compiled_dir
         )
+        if "encoding" not in loaded.spec:
+            raise SpecMismatchError(
+                f"model {loaded.info.name} v{loaded.info.version}: feature_spec.json must "
+                "carry the model's `encoding` (features.matrix.Encoding), got none"
+            )
+        encoding = Encoding.from_dict(loaded.spec["encoding"])
+        return ServedModel(
+            loaded.info,
+            DecisionMatrixBuilder(catalog, encoding),
+            MatrixScorer(loaded.scorer, loaded.info),
+        )
+
+    source: ModelSource
+    if serving.model_dir is not None:
+        source = LocalDirSource(serving.model_dir)
     else:
-        loaded = load_registered_model(
-            settings.mlflow_tracking_uri,
-            settings.model_name,
-            settings.model_alias,
-            compiled_dir=compiled_dir,
+        source = RegistrySource(
+            settings.mlflow_tracking_uri, settings.model_name, settings.model_alias
         )
-    if "encoding" not in loaded.spec:
-        raise SpecMismatchError(
-            f"model {loaded.info.name} v{loaded.info.version}: feature_spec.json must carry "
-            "the model's `encoding` (features.matrix.Encoding), got none"
-        )
-    encoding = Encoding.from_dict(loaded.spec["encoding"])
     store = StoreFeatureSource(open_online_store(settings), catalog)
     event_log = open_service_event_log(settings.event_log_url, serving)
-    try:
-        engine = DecisionEngine(
-            catalog=catalog,
-            features=store,
-            build_matrix=EncodedMatrixBuilder(catalog, encoding),
-            scorer=loaded.scorer,
-            model=loaded.info,
-            history=event_log,
-            sink=event_log,
-            policy=EpsilonGreedy(serving.epsilon),
-            seed=settings.seed,
-            max_limit=serving.max_limit,
-        )
-    except SpecMismatchError as exc:
-        logger.error(
-            "refusing model %s v%s (feature spec %s): %s",
-            loaded.info.name,
-            loaded.info.version,
-            loaded.info.feature_spec_version,
-            exc,
-        )
-        event_log.close()
-        store.close()
-        raise
-    logger.info(
-        "serving %s v%s (feature spec %s), %s, policy %s",
-        loaded.info.name,
-        loaded.info.version,
-        loaded.info.feature_spec_version,
+    if wrap_event_log is not None:
+        event_log = wrap_event_log(event_log)
+    return assemble_components(
+        settings,
         catalog,
-        engine.policy.name,
+        store,
+        store.cold_start,
+        event_log,
+        load_model,
+        source,
+        rates=popularity_rates(settings.warehouse_path),
+        observer=observer,
+        closers=(store.close,),
     )
-    return Components(engine=engine, event_log=event_log, serving=serving)

@@ -12,7 +12,6 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from recsys.catalog import Catalog
-from recsys.decision import DecisionEngine
 from recsys.errors import NotReadyError, UnknownNameError
 from recsys.eventlog import EventLog
 from recsys.settings import ServingSettings
@@ -29,10 +28,6 @@ async def get_components(request: Request) -> Components:
 ComponentsDep = Annotated[Components, Depends(get_components)]
 
 
-async def get_engine(components: ComponentsDep) -> DecisionEngine:
-    return components.engine
-
-
 async def get_event_log(components: ComponentsDep) -> EventLog:
     return components.event_log
 
@@ -45,7 +40,6 @@ async def get_serving_settings(components: ComponentsDep) -> ServingSettings:
     return components.serving
 
 
-EngineDep = Annotated[DecisionEngine, Depends(get_engine)]
 EventLogDep = Annotated[EventLog, Depends(get_event_log)]
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 ServingSettingsDep = Annotated[ServingSettings, Depends(get_serving_settings)]

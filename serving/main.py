@@ -22,7 +22,6 @@ from recsys.settings import ServingSettings, Settings, load_settings
 from serving.api.routes import admin, decisions, events, health, offers, touchpoints
 from serving.components import Components, build_components
 from serving.errors import install_error_handlers
-from serving.lifecycle import build_served_components
 from serving.limits import install_limits, rate_limiter
 from serving.observability import MeteredEventLog, ServiceMetrics, install_observability
 from serving.security import install_cors, install_security
@@ -82,30 +81,22 @@ def create_app(
             app.state.components = components
             yield
             return
-        holder = None
         try:
-            if hardened:
-                built, holder = build_served_components(
-                    loaded,
-                    observer=metrics,
-                    wrap_event_log=lambda log: MeteredEventLog(log, metrics),
-                )
-            else:
-                built = build_components(loaded)
+            built = build_components(
+                loaded,
+                observer=metrics if hardened else None,
+                wrap_event_log=(lambda log: MeteredEventLog(log, metrics)) if hardened else None,
+            )
         except RecsysError as exc:
             # One clear line for the operator; uvicorn then exits ("startup failed").
             logger.error("the decision service cannot start: %s", exc)
             raise
         app.state.components = built
         tune_runtime(loaded.serving)
-        if holder is not None:
-            app.state.model_holder = holder
-            holder.start_polling()
+        built.holder.start_polling()
         try:
             yield
         finally:
-            if holder is not None:
-                holder.stop()
             built.close()
 
     app = FastAPI(

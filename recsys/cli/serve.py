@@ -95,7 +95,7 @@ def serve(
     run_server(settings)
 
 
-#: Customers per ``decide_table`` call of ``recsys score``.
+#: Customers per pipeline run of ``recsys score``.
 SCORE_CHUNK = 5_000
 #: ``recsys score`` runs Python's cyclic garbage collector once per this many chunks.
 GC_EVERY_CHUNKS = 20
@@ -110,7 +110,7 @@ def score(
     chunk: int = typer.Option(
         SCORE_CHUNK,
         min=1,
-        help="Customers decided per engine call (memory: ~chunk x candidates x 1 KB).",
+        help="Customers decided per pipeline run (memory: ~chunk x candidates x 1 KB).",
     ),
     record: bool = typer.Option(
         True, "--record/--dry-run", help="Log the decisions (contacts count toward caps)."
@@ -119,8 +119,7 @@ def score(
 ) -> None:
     """Top-k offers for every eligible customer of a batch touchpoint (e.g. an email).
 
-    Uses the same decision path as the HTTP service (``DecisionEngine``, in its columnar
-    form ``decide_table``) and logs decisions the same way.
+    Uses the same decision pipeline as the HTTP service and logs decisions the same way.
     """
     import duckdb
 
@@ -136,10 +135,12 @@ def score(
     components = build_components(settings)
     try:
         tp_id = _resolve_touchpoint(components.catalog, touchpoint)
-        engine = components.engine
-        scorer = engine.scorer
-        if hasattr(scorer, "num_threads"):
-            scorer.num_threads = os.cpu_count() or 1  # batch: use every core for predict
+        if components.holder.current.is_fallback:
+            raise typer.BadParameter(
+                f"must name a registered model with a champion, got none "
+                f"({components.holder.last_error})",
+                param_hint="RECSYS_MODEL_NAME / RECSYS_MODEL_ALIAS",
+            )
         con = duckdb.connect(str(settings.warehouse_path), read_only=True)
         query = "SELECT customer_id FROM customers ORDER BY customer_id"
         if max_customers:
@@ -147,8 +148,9 @@ def score(
         customer_ids = [r[0] for r in con.execute(query).fetchall()]
         con.close()
         summary = score_customers(
-            engine, customer_ids, tp_id, out, chunk=chunk, record=record, limit=limit
-        )
+            components.pipeline, customer_ids, tp_id, out, chunk=chunk, record=record,
+            limit=limit,
+        )  # fmt: skip
         typer.echo(
             f"{summary.customers_with_offers:,} of {summary.customers:,} customers got offers "
             f"at {tp_id} ({summary.rows:,} rows) in {summary.seconds:.1f} s -> {out}"
@@ -189,7 +191,7 @@ def score_schema():
 
 
 def score_customers(
-    engine,
+    pipeline,
     customer_ids: list[str],
     touchpoint_id: str,
     out: Path,
@@ -202,20 +204,17 @@ def score_customers(
 ) -> ScoreSummary:
     """Decide ``touchpoint_id`` for every customer, ``chunk`` at a time; write ``out``.
 
-    Every chunk is decided by ``engine.decide_tables`` (``decide_table`` of each chunk) at the
-    time the run started (the same decisions ``decide_many`` / the HTTP service give those
-    customers at that time), written straight to Arrow: no Python object per decision unless
-    the decisions are recorded. In a dry run the model scores chunk k in a background thread
-    while chunk k + 1 is prepared, and the feature source reads the chunk after it.
+    Every chunk is one run of the decision pipeline at the time the run started (the
+    decisions the HTTP service gives those customers at that time), written straight from
+    the batch's columns to Arrow: no Python object per decision unless they are recorded.
 
     Python's cyclic garbage collector is paused while chunks are decided (and run every
-    ``GC_EVERY_CHUNKS`` chunks): every chunk allocates hundreds of thousands of short-lived
-    containers (feature vectors) that hold no cycles, and full collections triggered by them
-    would traverse everything the process has loaded (about a third of the run time).
+    ``GC_EVERY_CHUNKS`` chunks): every chunk allocates many short-lived containers that hold
+    no cycles, and full collections triggered by them would traverse everything the process
+    has loaded.
 
     ``timings`` (optional) accumulates seconds spent building requests (``requests``, incl.
-    the periodic collection), deciding (``decide``: waiting for the engine's next table) and
-    converting + writing (``write``).
+    the periodic collection), deciding (``decide``) and converting + writing (``write``).
     """
     import gc
 
@@ -231,29 +230,12 @@ def score_customers(
     parquet = out.suffix.lower() == ".parquet"
     writer = pq.ParquetWriter(out, schema) if parquet else pacsv.CSVWriter(out, schema)
     started = time.perf_counter()
-    now = engine.clock()
+    now = pipeline.clock()
     n_customers = n_rows = 0
-    # the feature source may read chunk k + 1 in the background while chunk k is decided
-    prefetch = getattr(engine.features, "prefetch", None)
-    if prefetch is not None and customer_ids:
-        prefetch(customer_ids[:chunk])
     spent = timings if timings is not None else {}
 
     def add(label: str, seconds: float) -> None:
         spent[label] = spent.get(label, 0.0) + seconds
-
-    def chunks():
-        """The requests of each chunk (the engine pulls chunk k + 1 while k is scored)."""
-        for k, first in enumerate(range(0, len(customer_ids), chunk)):
-            t0 = time.perf_counter()
-            if k and k % GC_EVERY_CHUNKS == 0:
-                gc.collect()
-            if prefetch is not None and first + chunk < len(customer_ids):
-                prefetch(customer_ids[first + chunk : first + 2 * chunk])
-            batch = customer_ids[first : first + chunk]
-            requests = [DecisionRequest(c, touchpoint_id, limit=limit) for c in batch]
-            add("requests", time.perf_counter() - t0)
-            yield requests
 
     gc_was_enabled = gc.isenabled()
     gc.collect()
@@ -262,20 +244,21 @@ def score_customers(
     bar = tqdm(total=-(-len(customer_ids) // chunk), desc="scoring", unit="chunk",
                disable=not progress)  # fmt: skip
     try:
-        tables = engine.decide_tables(chunks(), now=now, record=record)
-        while True:
-            t0, before = time.perf_counter(), spent.get("requests", 0.0)
-            table = next(tables, None)
-            if table is None:
-                break
+        for k, first in enumerate(range(0, len(customer_ids), chunk)):
+            t0 = time.perf_counter()
+            if k and k % GC_EVERY_CHUNKS == 0:
+                gc.collect()
+            ids = customer_ids[first : first + chunk]
+            requests = [DecisionRequest(c, touchpoint_id, limit=limit) for c in ids]
             t1 = time.perf_counter()
-            add("decide", t1 - t0 - (spent.get("requests", 0.0) - before))
-            n_customers += int(
-                np.count_nonzero(np.bincount(table.row_decision, minlength=len(table)))
-            )
-            n_rows += table.n_rows
-            writer.write_table(decision_table_to_arrow(table, schema))
-            add("write", time.perf_counter() - t1)
+            batch = pipeline.run(requests, now, record=record)
+            t2 = time.perf_counter()
+            n_customers += int(np.count_nonzero(np.diff(batch.row_start)))
+            n_rows += batch.n_rows
+            writer.write_table(decision_table_to_arrow(batch, schema))
+            add("requests", t1 - t0)
+            add("decide", t2 - t1)
+            add("write", time.perf_counter() - t2)
             bar.update()
     finally:
         bar.close()
@@ -292,7 +275,7 @@ def score_customers(
 
 
 def decision_table_to_arrow(table, schema=None):
-    """A :class:`recsys.decision.DecisionTable` as an Arrow table of ``score_schema()``."""
+    """A :class:`recsys.decision.DecisionBatch` as an Arrow table of ``score_schema()``."""
     import numpy as np
     import pyarrow as pa
 

@@ -177,8 +177,9 @@ class DecisionPipeline:
         *,
         trace: bool = False,
         record: bool = True,
+        arms: ArmResolver | None = None,
     ) -> DecisionBatch:
-        """Decide every request at one time, scoring them in one model call.
+        """Decide every request at one time, scoring them in one call per model.
 
         Parameters
         ----------
@@ -189,6 +190,8 @@ class DecisionPipeline:
             Attach a :class:`DecisionTrace` to every decision.
         record : bool
             Record the decisions in the sink (contacts count toward caps from then on).
+        arms : ArmResolver, optional
+            Decide by these arms instead of the pipeline's (e.g. a candidate model's trial).
 
         Raises
         ------
@@ -198,7 +201,7 @@ class DecisionPipeline:
             A ``limit`` outside 1..max_limit.
         """
         ts = to_utc(now if now is not None else self.clock())
-        return self._run(tuple(requests), ts, trace, record, attempt=0)
+        return self._run(tuple(requests), ts, trace, record, arms or self.arms, attempt=0)
 
     # ------------------------------------------------------------------ stages
 
@@ -208,11 +211,12 @@ class DecisionPipeline:
         now: datetime,
         trace: bool,
         record: bool,
+        arms: ArmResolver,
         attempt: int,
     ) -> DecisionBatch:
         self._validate(requests)
         now_us = int(now.timestamp() * 1_000_000)
-        groups = self._groups(requests, self.arms.resolve(requests), now, now_us)
+        groups = self._groups(requests, arms.resolve(requests), now, now_us)
         scores = self._score(groups, requests, now)
         parts = [
             self._decide_group(g, requests, s, now, now_us, trace)
@@ -225,7 +229,7 @@ class DecisionPipeline:
             else _empty(requests, now)
         )
         if record and self.sink is not None:
-            batch = self._record(batch, trace, now, attempt)
+            batch = self._record(batch, trace, now, arms, attempt)
         return batch
 
     def _validate(self, requests: Sequence[DecisionRequest]) -> None:
@@ -509,7 +513,7 @@ class DecisionPipeline:
         )
 
     def _record(
-        self, batch: DecisionBatch, trace: bool, now: datetime, attempt: int
+        self, batch: DecisionBatch, trace: bool, now: datetime, arms: ArmResolver, attempt: int
     ) -> DecisionBatch:
         """Record decisions; decide again those that lost a race for a contact cap.
 
@@ -531,7 +535,7 @@ class DecisionPipeline:
         redo = tuple(batch.requests[i] for i in redo_at)
         if attempt >= MAX_CAP_RETRIES:
             redo = tuple(replace(r, exclude_offers=(*r.exclude_offers, *self.caps)) for r in redo)
-        again = self._run(redo, now, trace, record=True, attempt=attempt + 1)
+        again = self._run(redo, now, trace, True, arms, attempt + 1)
         return batch.replaced(redo_at, again)
 
 

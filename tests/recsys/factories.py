@@ -368,3 +368,13 @@ class _NoHistory:
 
 
 NO_HISTORY = _NoHistory()
+
+
+def decide(pipeline: DecisionPipeline, request: Any, **kwargs: Any) -> Any:
+    """The decision of one request (a batch of one)."""
+    (decision,) = pipeline.run([request], **kwargs).decisions()
+    return decision
+
+
+def decide_many(pipeline: DecisionPipeline, requests: Any, **kwargs: Any) -> list[Any]:
+    return pipeline.run(requests, **kwargs).decisions()

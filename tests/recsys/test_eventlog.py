@@ -11,7 +11,7 @@ import pytest
 from recsys.decision import DecisionRequest
 from recsys.errors import ConfigError
 from recsys.eventlog import Event, EventType, SQLiteEventLog, export_contract, open_event_log
-from tests.serving.factories import NOW, make_engine
+from tests.recsys.factories import NOW, decide, decide_many, make_pipeline
 
 
 @pytest.fixture
@@ -19,10 +19,10 @@ def served(tmp_path):
     """A log with two decisions served; returns (path, log, decisions)."""
     path = tmp_path / "events.sqlite"
     log = SQLiteEventLog(path)
-    engine = make_engine(log)
+    engine = make_pipeline(log)
     decisions = [
-        engine.decide(DecisionRequest("c1", "web_home", limit=2)),
-        engine.decide(DecisionRequest("unknown-7", "app_home")),
+        decide(engine, DecisionRequest("c1", "web_home", limit=2)),
+        decide(engine, DecisionRequest("unknown-7", "app_home")),
     ]
     yield path, log, decisions
     log.close()
@@ -184,8 +184,8 @@ def test_writers_wait_for_the_write_lock_of_another_process_and_then_commit(tmp_
     import threading
 
     log = SQLiteEventLog(tmp_path / "events.sqlite")
-    engine = make_engine(log)
-    decision = engine.decide_many([DecisionRequest("C1", "web_home")], record=False)[0]
+    engine = make_pipeline(log)
+    decision = decide_many(engine, [DecisionRequest("C1", "web_home")], record=False)[0]
     with open(tmp_path / "events.sqlite.lock", "a+b") as other:  # another open = another owner
         fcntl.flock(other.fileno(), fcntl.LOCK_EX)
         writer = threading.Thread(target=log.record_decisions, args=([decision],))
@@ -206,14 +206,14 @@ def test_background_checkpoints_keep_commits_appending_and_empty_the_wal(tmp_pat
     path = tmp_path / "events.sqlite"
     log = SQLiteEventLog(path)
     log.checkpoint_in_background(every_s=3600)  # the thread waits; checkpoint() by hand
-    engine = make_engine(log)
+    engine = make_pipeline(log)
     wal = tmp_path / "events.sqlite-wal"
     raw = sqlite3.connect(path)
     page_size = raw.execute("PRAGMA page_size").fetchone()[0]
     raw.close()
     batch = [DecisionRequest(f"c{i}", "web_home", limit=2) for i in range(500)]
     for _ in range(20):  # ~250 pages per batch: far past 1000 pages unless commits checkpoint
-        engine.decide_many(batch)
+        decide_many(engine, batch)
     assert wal.stat().st_size > 4000 * page_size
     rows = log.counts()["decision_rows"]
     busy, frames, copied = log.checkpoint()
@@ -235,8 +235,8 @@ def test_cap_checks_at_write_time_count_every_customer_of_a_large_batch(tmp_path
     from dataclasses import replace
 
     log = SQLiteEventLog(tmp_path / "events.sqlite")
-    engine = make_engine(log)
-    template = engine.decide_many([DecisionRequest("c1", "web_home", limit=3)], record=False)[0]
+    engine = make_pipeline(log)
+    template = decide_many(engine, [DecisionRequest("c1", "web_home", limit=3)], record=False)[0]
     assert "o_capped" in [o.offer_id for o in template.offers]
     ids = iter(range(10_000))
 

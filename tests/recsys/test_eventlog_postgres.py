@@ -14,7 +14,7 @@ from recsys.decision import DecisionRequest
 from recsys.errors import ConfigError, DataError
 from recsys.eventlog import Event, EventType, export_contract
 from recsys.eventlog_postgres import PostgresEventLog, parse_url
-from tests.serving.factories import NOW, make_engine
+from tests.recsys.factories import NOW, decide, decide_many, make_pipeline
 
 PG = "postgresql://127.0.0.1:5432/test"
 
@@ -30,10 +30,10 @@ def schema():
 @pytest.fixture
 def served(schema):
     log = PostgresEventLog.from_url(f"{PG}?schema={schema}")
-    engine = make_engine(log)
+    engine = make_pipeline(log)
     decisions = [
-        engine.decide(DecisionRequest("c1", "web_home", limit=2)),
-        engine.decide(DecisionRequest("unknown-7", "app_home")),
+        decide(engine, DecisionRequest("c1", "web_home", limit=2)),
+        decide(engine, DecisionRequest("unknown-7", "app_home")),
     ]
     yield log, decisions
     log.close()
@@ -148,9 +148,9 @@ def test_url_schema_and_driver_suffix():
 def test_contact_caps_hold_across_replicas_racing(served, schema):
     """Decisions made on stale history by four 'replicas' at once: the cap still holds."""
     log, _ = served
-    engine = make_engine(log)
+    engine = make_pipeline(log)
     decisions = [
-        engine.decide_many([DecisionRequest("c3", "web_home", limit=2)], record=False)[0]
+        decide_many(engine, [DecisionRequest("c3", "web_home", limit=2)], record=False)[0]
         for _ in range(4)
     ]
     assert all("o_capped" in {o.offer_id for o in d.offers} for d in decisions)

@@ -9,21 +9,15 @@ import pytest
 from fastapi.testclient import TestClient
 
 from recsys.eventlog import SQLiteEventLog
-from recsys.settings import ServingSettings
-from serving.components import Components
 from serving.main import create_app
-from tests.serving.factories import FixedClock, make_engine
+from tests.serving.factories import FixedClock, make_components
 
 
 def make_client(
     log_path: Path, epsilon: float = 0.0, clock: FixedClock | None = None, **serving
 ) -> TestClient:
     log = SQLiteEventLog(log_path)
-    components = Components(
-        engine=make_engine(log, epsilon=epsilon, clock=clock),
-        event_log=log,
-        serving=ServingSettings(epsilon=epsilon, **serving),
-    )
+    components = make_components(log, epsilon=epsilon, clock=clock, **serving)
     return TestClient(create_app(components=components), raise_server_exceptions=False)
 
 

@@ -1,296 +1,143 @@
-"""Small real parts for decision-path and service tests.
-
-A catalogue of a few offers and touchpoints, an in-memory feature source with the shape of
-the online store (unknown customer -> cold-start vector), a numeric decision matrix of
-customer x offer features, and a tiny LightGBM model really trained on such matrices.
-"""
+"""The service on small real parts: the decision pipeline's factories (tests.recsys) wired
+by the service's own composition root (``serving.components.assemble_components``), with a
+tiny LightGBM model loaded from a real model folder by the real loader."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+import tempfile
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import lightgbm as lgb
-import numpy as np
-
-from recsys.arbitration import EpsilonGreedy
-from recsys.catalog import Catalog, Offer, Touchpoint, catalog_from_records
-from recsys.decision import DecisionEngine, ModelInfo
-from recsys.eventlog import SQLiteEventLog
-from serving.model import LightGBMScorer
-
-NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
-SPEC_VERSION = "test-spec-1"
-CATEGORIES = ("electronics", "fashion", "home", "beauty")
-OFFER_TYPES = ("discount", "cross_sell", "upsell", "loyalty_reward", "service", "content")
-COLUMNS = (
-    "spend_90d",
-    "purchases_90d",
-    "email_opt_in",
-    "offer_value",
-    "offer_weight",
-    *(f"type_{t}" for t in OFFER_TYPES),
-    "category_affinity",
-    "channel_email",
-    "ctx_mobile",
+from recsys.catalog import Catalog
+from recsys.decision import FeatureBlock, MatrixScorer, ServedModel
+from recsys.eventlog import EventLog
+from recsys.settings import Settings
+from serving.components import Components, assemble_components
+from serving.lifecycle import DecisionObserver, ModelLoader
+from serving.model import load_model_dir
+from serving.model_sources import LocalDirSource, ModelSource
+from tests.recsys.factories import (
+    COLD_START,
+    COLUMNS,
+    CUSTOMERS,
+    NOW,
+    OFFERS,
+    SPEC_VERSION,
+    TOUCHPOINTS,
+    DictFeatureSource,
+    FixedClock,
+    TestMatrix,
+    block_of,
+    make_catalog,
+    make_pipeline,
+    tiny_model,
+    tiny_scorer,
+    train_tiny_model,
+    write_model_dir,
 )
 
-TOUCHPOINTS = [
-    {"touchpoint_id": "web_home", "channel": "web", "stage": "awareness", "slots": 2},
-    {"touchpoint_id": "app_home", "channel": "app", "stage": "consideration", "slots": 1},
-    {
-        "touchpoint_id": "email_weekly",
-        "channel": "email",
-        "stage": "post_purchase",
-        "slots": 2,
-        "mode": "batch",
-        "consent_column": "email_opt_in",
-    },
+__all__ = [
+    "COLD_START",
+    "COLUMNS",
+    "CUSTOMERS",
+    "NOW",
+    "OFFERS",
+    "SPEC_VERSION",
+    "TOUCHPOINTS",
+    "DictFeatureSource",
+    "FixedClock",
+    "TestMatrix",
+    "cold_start_block",
+    "load_test_model",
+    "make_catalog",
+    "make_components",
+    "make_pipeline",
+    "model_loader",
+    "test_settings",
+    "tiny_model",
+    "tiny_scorer",
+    "train_tiny_model",
+    "write_model_dir",
 ]
 
-OFFERS = [
-    {
-        "offer_id": "o_tv",
-        "name": "TV deal",
-        "offer_type": "discount",
-        "category": "electronics",
-        "value": 3.0,
-    },
-    {
-        "offer_id": "o_dress",
-        "name": "Dress 10%",
-        "offer_type": "discount",
-        "category": "fashion",
-        "value": 1.5,
-    },
-    {
-        "offer_id": "o_sofa",
-        "name": "Sofa upsell",
-        "offer_type": "upsell",
-        "category": "home",
-        "value": 2.0,
-        "touchpoints": ["web_home", "email_weekly"],
-    },
-    {
-        "offer_id": "o_capped",
-        "name": "Capped headphones",
-        "offer_type": "cross_sell",
-        "category": "electronics",
-        "value": 50.0,
-        "cap_per_customer": 2,
-        "cap_window_days": 7,
-    },
-    {
-        "offer_id": "o_gold",
-        "name": "Gold lounge",
-        "offer_type": "loyalty_reward",
-        "category": "beauty",
-        "value": 40.0,
-        "eligibility": [{"feature": "loyalty_tier", "op": "in", "value": ["gold", "platinum"]}],
-    },
-    {
-        "offer_id": "o_big_spender",
-        "name": "Big spender gift",
-        "offer_type": "upsell",
-        "category": "home",
-        "value": 30.0,
-        "eligibility": [{"feature": "spend_90d", "op": ">=", "value": 500}],
-    },
-    {
-        "offer_id": "o_expired",
-        "name": "Summer sale",
-        "offer_type": "discount",
-        "category": "fashion",
-        "value": 100.0,
-        "end_at": "2026-01-31T23:59:59",
-    },
-    {
-        "offer_id": "o_future",
-        "name": "Xmas sale",
-        "offer_type": "discount",
-        "category": "fashion",
-        "value": 100.0,
-        "start_at": "2026-12-01T00:00:00+00:00",
-    },
-    {
-        "offer_id": "o_newsletter",
-        "name": "Newsletter tips",
-        "offer_type": "content",
-        "category": "home",
-        "value": 0.5,
-        "fallback": True,
-    },
-]
 
-CUSTOMERS: dict[str, dict[str, Any]] = {
-    "c1": {
-        "spend_90d": 820.0,
-        "purchases_90d": 6,
-        "email_opt_in": True,
-        "loyalty_tier": "gold",
-        "affinity_electronics": 0.7,
-        "affinity_fashion": 0.1,
-        "affinity_home": 0.2,
-        "affinity_beauty": 0.0,
-    },
-    "c2": {
-        "spend_90d": 40.0,
-        "purchases_90d": 1,
-        "email_opt_in": False,
-        "loyalty_tier": "basic",
-        "affinity_electronics": 0.0,
-        "affinity_fashion": 0.8,
-        "affinity_home": 0.1,
-        "affinity_beauty": 0.1,
-    },
-    "c3": {
-        "spend_90d": 300.0,
-        "purchases_90d": 3,
-        "email_opt_in": True,
-        "loyalty_tier": None,
-        "affinity_electronics": 0.2,
-        "affinity_fashion": 0.2,
-        "affinity_home": 0.5,
-        "affinity_beauty": 0.1,
-    },
-}
-COLD_START = {
-    "spend_90d": 0.0,
-    "purchases_90d": 0,
-    "email_opt_in": False,
-    "loyalty_tier": None,
-    "is_cold_start": True,
-    **{f"affinity_{c}": 0.25 for c in CATEGORIES},
-}
+def cold_start_block(customer_ids: Sequence[str]) -> FeatureBlock:
+    """Every customer unknown (what the service serves while the store is down)."""
+    return block_of(customer_ids, [COLD_START] * len(customer_ids),
+                    [True] * len(customer_ids), SPEC_VERSION)  # fmt: skip
 
 
-def make_catalog(offers: Sequence[Mapping[str, Any]] = OFFERS) -> Catalog:
-    return catalog_from_records(offers, TOUCHPOINTS)
+def load_test_model(path: Path, version: str) -> ServedModel:
+    """A model folder loaded by serving's loader, with the factories' matrix builder."""
+    return model_loader()(path, version)
 
 
-@dataclass
-class DictFeatureSource:
-    """In-memory online store: latest vector per customer, cold start for unknown ids."""
+def model_loader(scorer_wrapper: Callable[[Any], Any] | None = None) -> ModelLoader:
+    """:func:`load_test_model`, the loaded scorer wrapped (e.g. to make it fail)."""
 
-    vectors: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(CUSTOMERS))
-    version: str = SPEC_VERSION
+    def load(path: Path, version: str) -> ServedModel:
+        loaded = load_model_dir(path, name="offer-ranker", version=version)
+        scorer = loaded.scorer if scorer_wrapper is None else scorer_wrapper(loaded.scorer)
+        return ServedModel(loaded.info, TestMatrix(), MatrixScorer(scorer, loaded.info))
 
-    def get_many(self, customer_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        return {c: dict(self.vectors.get(c, COLD_START)) for c in customer_ids}
-
-    def spec_version(self) -> str:
-        return self.version
+    return load
 
 
-def build_matrix(
-    customer_vector: Mapping[str, Any],
-    offers: Sequence[Offer],
-    touchpoint: Touchpoint,
-    context: Mapping[str, Any],
-    now: datetime,
-) -> np.ndarray:
-    """Customer features broadcast over offers, offer attributes, one cross; shape (n, 14)."""
-    n = len(offers)
-    out = np.zeros((n, len(COLUMNS)), dtype=np.float64)
-    out[:, 0] = float(customer_vector.get("spend_90d") or 0.0)
-    out[:, 1] = float(customer_vector.get("purchases_90d") or 0.0)
-    out[:, 2] = float(bool(customer_vector.get("email_opt_in")))
-    out[:, 3] = [o.value for o in offers]
-    out[:, 4] = [o.weight for o in offers]
-    type_col = {t: 5 + i for i, t in enumerate(OFFER_TYPES)}
-    rows = np.arange(n)
-    out[rows, [type_col[o.offer_type] for o in offers]] = 1.0
-    out[:, 11] = [float(customer_vector.get(f"affinity_{o.category}", 0.0) or 0.0) for o in offers]
-    out[:, 12] = float(touchpoint.channel == "email")
-    out[:, 13] = float(context.get("device") == "mobile")
-    return out
+_MODEL_DIR: Path | None = None
 
 
-def train_tiny_model(seed: int = 0, n: int = 4000, trees: int = 20) -> lgb.Booster:
-    """A LightGBM model trained on synthetic rows where acceptance follows category affinity."""
-    rng = np.random.default_rng(seed)
-    x = np.zeros((n, len(COLUMNS)))
-    x[:, 0] = rng.gamma(2.0, 150.0, n)
-    x[:, 1] = rng.poisson(3, n)
-    x[:, 2] = rng.integers(0, 2, n)
-    x[:, 3] = rng.choice([0.5, 1.5, 2.0, 3.0, 30.0, 40.0, 50.0], n)
-    x[:, 4] = 1.0
-    x[np.arange(n), 5 + rng.integers(0, len(OFFER_TYPES), n)] = 1.0
-    x[:, 11] = rng.random(n)
-    x[:, 12] = rng.integers(0, 2, n)
-    x[:, 13] = rng.integers(0, 2, n)
-    logit = -2.5 + 3.0 * x[:, 11] + 0.002 * x[:, 0] - 0.02 * x[:, 3]
-    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
-    data = lgb.Dataset(x, label=y, feature_name=list(COLUMNS), free_raw_data=False)
-    params = {
-        "objective": "binary",
-        "num_leaves": 7,
-        "learning_rate": 0.2,
-        "verbose": -1,
-        "seed": seed,
-        "num_threads": 1,
-        "deterministic": True,
-    }
-    return lgb.train(params, data, num_boost_round=trees)
+def tiny_model_dir() -> Path:
+    """One folder with the tiny model for the whole test session."""
+    global _MODEL_DIR
+    if _MODEL_DIR is None:
+        _MODEL_DIR = write_model_dir(Path(tempfile.mkdtemp(prefix="recsys-tiny-model-")))
+    return _MODEL_DIR
 
 
-_BOOSTER: lgb.Booster | None = None
-
-
-def tiny_scorer() -> LightGBMScorer:
-    global _BOOSTER
-    if _BOOSTER is None:
-        _BOOSTER = train_tiny_model()
-    return LightGBMScorer(_BOOSTER, COLUMNS)
-
-
-def write_model_dir(path: Path, booster: lgb.Booster | None = None) -> Path:
-    """A model folder as the registry hands it over: native model + feature_spec.json."""
-    import json
-
-    path.mkdir(parents=True, exist_ok=True)
-    (booster or tiny_scorer().booster).save_model(str(path / "model.txt"))
-    (path / "feature_spec.json").write_text(
-        json.dumps(
-            {
-                "feature_spec_version": SPEC_VERSION,
-                "columns": list(COLUMNS),
-                "model_file": "model.txt",
-            }
-        )
+def test_settings(epsilon: float = 0.0, **serving: Any) -> Settings:
+    """Settings of a test service: no polling, no compiled scorer, caches in a temp dir."""
+    return Settings(
+        serving={"epsilon": epsilon, **serving},
+        lifecycle={
+            "model_poll_seconds": 0,
+            "compiled_scorer": False,
+            "model_cache_dir": tempfile.mkdtemp(prefix="recsys-model-cache-"),
+        },
     )
-    return path
 
 
-class FixedClock:
-    def __init__(self, now: datetime = NOW):
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-def make_engine(
-    log: SQLiteEventLog,
+def make_components(
+    log: EventLog,
     *,
     epsilon: float = 0.0,
+    clock: Callable[[], datetime] | None = None,
     catalog: Catalog | None = None,
     features: DictFeatureSource | None = None,
-    clock: FixedClock | None = None,
-    seed: int = 7,
-) -> DecisionEngine:
-    return DecisionEngine(
-        catalog=catalog or make_catalog(),
-        features=features or DictFeatureSource(),
-        build_matrix=build_matrix,
-        scorer=tiny_scorer(),
-        model=ModelInfo("offer-ranker", "test", SPEC_VERSION),
-        history=log,
-        sink=log,
-        policy=EpsilonGreedy(epsilon),
-        seed=seed,
+    source: ModelSource | None | str = "tiny",
+    settings: Settings | None = None,
+    observer: DecisionObserver | None = None,
+    rates: dict[tuple[str, str] | str, float] | None = None,
+    load_model: ModelLoader | None = None,
+    event_log: EventLog | None = None,
+    start: bool = True,
+    **serving: Any,
+) -> Components:
+    """The service's components on small real parts (``source=None``: no model at all)."""
+    if source == "tiny":
+        source = LocalDirSource(tiny_model_dir())
+    assert not isinstance(source, str)
+    return assemble_components(
+        settings or test_settings(epsilon, **serving),
+        catalog or make_catalog(),
+        features or DictFeatureSource(),
+        cold_start_block,
+        event_log or log,
+        load_model or load_test_model,
+        source,
+        rates=rates,
+        observer=observer,
         clock=clock or FixedClock(),
+        start=start,
     )

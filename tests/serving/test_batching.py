@@ -12,29 +12,34 @@ from recsys.decision import DecisionRequest
 from recsys.eventlog import SQLiteEventLog
 from recsys.settings import ServingSettings
 from serving.batching import DecisionBatcher
-from serving.components import Components
 from serving.main import create_app
-from tests.serving.factories import make_engine
+from tests.serving.factories import make_components
+
+
+def decide_with(log, **kwargs):
+    """The service's decide function on small real parts."""
+    return make_components(log, **kwargs).decide
 
 
 class GatedEngine:
-    """A real engine whose first call waits for a gate, so requests pile up behind it."""
+    """The service's decide function; its first call waits for a gate, so requests pile up
+    behind it."""
 
-    def __init__(self, engine, fail_for: str | None = None):
-        self.engine = engine
+    def __init__(self, decide, fail_for: str | None = None):
+        self.decide = decide
         self.gate = threading.Event()
         self.entered = threading.Event()
         self.calls: list[list[str]] = []
         self.fail_for = fail_for
 
-    def decide_many(self, requests, *, trace=False):
+    def __call__(self, requests, *, trace=False):
         self.calls.append([r.customer_id for r in requests])
         if len(self.calls) == 1:
             self.entered.set()
             self.gate.wait(10)
         if any(r.customer_id == self.fail_for for r in requests):
             raise ValueError(f"cannot decide for {self.fail_for}")
-        return self.engine.decide_many(requests, trace=trace)
+        return self.decide(requests, trace=trace)
 
 
 @pytest.fixture
@@ -57,8 +62,8 @@ async def _pile_up(batcher, gated, customers, trace_for=()):
 
 
 def test_queued_requests_are_decided_in_one_engine_call(log):
-    gated = GatedEngine(make_engine(log))
-    batcher = DecisionBatcher(lambda: gated, max_batch=32)
+    gated = GatedEngine(decide_with(log))
+    batcher = DecisionBatcher(gated, max_batch=32)
     customers = [f"C{i:03d}" for i in range(20)]
     results = asyncio.run(_pile_up(batcher, gated, customers))
     batcher.close()
@@ -69,8 +74,8 @@ def test_queued_requests_are_decided_in_one_engine_call(log):
 
 
 def test_batches_never_exceed_max_batch(log):
-    gated = GatedEngine(make_engine(log))
-    batcher = DecisionBatcher(lambda: gated, max_batch=8)
+    gated = GatedEngine(decide_with(log))
+    batcher = DecisionBatcher(gated, max_batch=8)
     customers = [f"C{i:03d}" for i in range(20)]
     asyncio.run(_pile_up(batcher, gated, customers))
     batcher.close()
@@ -78,15 +83,15 @@ def test_batches_never_exceed_max_batch(log):
 
 
 class RecordingEngine:
-    """A real engine that records the customers of each call."""
+    """The service's decide function, recording the customers of each call."""
 
-    def __init__(self, engine):
-        self.engine = engine
+    def __init__(self, decide):
+        self.decide = decide
         self.calls: list[list[str]] = []
 
-    def decide_many(self, requests, *, trace=False):
+    def __call__(self, requests, *, trace=False):
         self.calls.append([r.customer_id for r in requests])
-        return self.engine.decide_many(requests, trace=trace)
+        return self.decide(requests, trace=trace)
 
 
 async def _arrive_apart(batcher, customers, gap_s):
@@ -98,8 +103,8 @@ async def _arrive_apart(batcher, customers, gap_s):
 
 
 def test_a_batch_wait_gathers_requests_that_arrive_apart(log):
-    recording = RecordingEngine(make_engine(log))
-    batcher = DecisionBatcher(lambda: recording, max_batch=32, wait_s=0.5)
+    recording = RecordingEngine(decide_with(log))
+    batcher = DecisionBatcher(recording, max_batch=32, wait_s=0.5)
     results = asyncio.run(_arrive_apart(batcher, ["C1", "C2", "C3"], gap_s=0.05))
     batcher.close()
     assert recording.calls == [["C1", "C2", "C3"]]
@@ -107,16 +112,16 @@ def test_a_batch_wait_gathers_requests_that_arrive_apart(log):
 
 
 def test_without_a_batch_wait_nothing_waits_for_company(log):
-    recording = RecordingEngine(make_engine(log))
-    batcher = DecisionBatcher(lambda: recording, max_batch=32)
+    recording = RecordingEngine(decide_with(log))
+    batcher = DecisionBatcher(recording, max_batch=32)
     asyncio.run(_arrive_apart(batcher, ["C1", "C2", "C3"], gap_s=0.2))
     batcher.close()
     assert recording.calls == [["C1"], ["C2"], ["C3"]]
 
 
 def test_a_full_batch_does_not_wait_out_the_batch_wait(log):
-    recording = RecordingEngine(make_engine(log))
-    batcher = DecisionBatcher(lambda: recording, max_batch=2, wait_s=30.0)
+    recording = RecordingEngine(decide_with(log))
+    batcher = DecisionBatcher(recording, max_batch=2, wait_s=30.0)
 
     async def four_at_once():
         return await asyncio.wait_for(
@@ -133,12 +138,12 @@ def test_a_full_batch_does_not_wait_out_the_batch_wait(log):
 
 def test_a_negative_batch_wait_is_refused():
     with pytest.raises(ValueError, match="`wait_s` must be >= 0, got -1"):
-        DecisionBatcher(lambda: None, wait_s=-1)
+        DecisionBatcher(lambda requests, trace=False: [], wait_s=-1)
 
 
 def test_one_failing_request_does_not_fail_its_batch(log):
-    gated = GatedEngine(make_engine(log), fail_for="C-bad")
-    batcher = DecisionBatcher(lambda: gated)
+    gated = GatedEngine(decide_with(log), fail_for="C-bad")
+    batcher = DecisionBatcher(gated)
     results = asyncio.run(_pile_up(batcher, gated, ["C1", "C-bad", "C2"]))
     batcher.close()
     assert [getattr(r, "customer_id", None) for r in results] == ["C-first", "C1", None, "C2"]
@@ -146,8 +151,8 @@ def test_one_failing_request_does_not_fail_its_batch(log):
 
 
 def test_trace_is_given_only_to_requests_that_asked(log):
-    gated = GatedEngine(make_engine(log))
-    batcher = DecisionBatcher(lambda: gated)
+    gated = GatedEngine(decide_with(log))
+    batcher = DecisionBatcher(gated)
     results = asyncio.run(_pile_up(batcher, gated, ["C1", "C2", "C3"], trace_for={"C2"}))
     batcher.close()
     assert [r.trace is not None for r in results] == [False, False, True, False]
@@ -158,12 +163,10 @@ def test_batched_decisions_equal_one_at_a_time_decisions(tmp_path):
     alone_log = SQLiteEventLog(tmp_path / "alone.sqlite")
     batched_log = SQLiteEventLog(tmp_path / "batched.sqlite")
     customers = [f"C{i:03d}" for i in range(12)]
-    alone = [
-        make_engine(alone_log, epsilon=0.3).decide(DecisionRequest(c, "web_home"))
-        for c in customers
-    ]
-    gated = GatedEngine(make_engine(batched_log, epsilon=0.3))
-    batcher = DecisionBatcher(lambda: gated)
+    decide_alone = decide_with(alone_log, epsilon=0.3)
+    alone = [decide_alone([DecisionRequest(c, "web_home")])[0] for c in customers]
+    gated = GatedEngine(decide_with(batched_log, epsilon=0.3))
+    batcher = DecisionBatcher(gated)
     batched = asyncio.run(_pile_up(batcher, gated, customers))[1:]
     batcher.close()
     alone_log.close()
@@ -177,9 +180,7 @@ def test_batched_decisions_equal_one_at_a_time_decisions(tmp_path):
 
 def test_concurrent_http_decisions_are_all_answered_and_logged(tmp_path):
     log = SQLiteEventLog(tmp_path / "events.sqlite")
-    components = Components(
-        engine=make_engine(log), event_log=log, serving=ServingSettings(epsilon=0.0)
-    )
+    components = make_components(log)
     app = create_app(components=components)
 
     async def run() -> list[httpx.Response]:
@@ -207,7 +208,7 @@ def test_concurrent_http_decisions_are_all_answered_and_logged(tmp_path):
 
 
 def test_a_closed_batcher_refuses_new_requests(log):
-    batcher = DecisionBatcher(lambda: make_engine(log))
+    batcher = DecisionBatcher(decide_with(log))
     decision = asyncio.run(batcher.decide(DecisionRequest("C1", "web_home")))
     assert decision.customer_id == "C1"
     batcher.close()

@@ -4,25 +4,20 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from recsys.errors import InvalidRequestError, NotReadyError
+from recsys.errors import InvalidRequestError
+from serving.deps import ComponentsDep
 from serving.lifecycle import ModelHolder, SwapResult
 from serving.schemas import ErrorOut
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
 
-def get_holder(request: Request) -> ModelHolder:
-    holder = getattr(request.app.state, "model_holder", None)
-    if holder is None:
-        raise NotReadyError(
-            "this service has no model lifecycle (started with fixed components)",
-            expected="a service started with model lifecycle",
-        )
-    return holder
+async def get_holder(components: ComponentsDep) -> ModelHolder:
+    return components.holder
 
 
 HolderDep = Annotated[ModelHolder, Depends(get_holder)]

@@ -14,7 +14,6 @@ from recsys.errors import InvalidRequestError
 from serving.deps import (
     CatalogDep,
     ComponentsDep,
-    EngineDep,
     ServingSettingsDep,
     require_touchpoint,
 )
@@ -56,7 +55,11 @@ def decision_dict(decision: Decision) -> dict[str, Any]:
             for o in decision.offers
         ],
         "model": {"name": decision.model.name, "version": decision.model.version},
-        "experiment": None,
+        "experiment": (
+            {"id": decision.experiment_id, "arm": decision.arm}
+            if decision.experiment_id is not None
+            else None
+        ),
         "fallback": decision.fallback,
         "cold_start": decision.cold_start,
         "policy": decision.policy,
@@ -119,7 +122,7 @@ async def decide(
     Unknown customers get cold-start offers; when nothing is eligible the touchpoint's
     fallback offer comes back with ``fallback: true``. The decision is logged before the
     response is sent (its offers count toward contact caps on every channel from then on).
-    Concurrent requests are decided together (one engine call, see ``serving.batching``).
+    Concurrent requests are decided together (one pipeline run, see ``serving.batching``).
     """
     require_touchpoint(components.catalog, body.touchpoint)
     label_touchpoint(request, body.touchpoint)
@@ -144,7 +147,7 @@ async def decide(
 def decide_batch(
     body: BatchDecisionRequestBody,
     request: Request,
-    engine: EngineDep,
+    components: ComponentsDep,
     catalog: CatalogDep,
     settings: ServingSettingsDep,
     trace: bool = Query(False, description="Include each decision's trace."),
@@ -182,7 +185,7 @@ def decide_batch(
         )
         for cid in body.customer_ids
     ]
-    decisions = engine.decide_many(requests, trace=trace)
+    decisions = components.decide(requests, trace=trace)
     return json_response(
         {"touchpoint": body.touchpoint, "decisions": [decision_dict(d) for d in decisions]}
     )

@@ -39,6 +39,6 @@ def readyz(request: Request) -> JSONResponse:
             "offers": len(components.catalog.offers),
             "touchpoints": len(components.catalog.touchpoints),
         },
-        "policy": components.engine.policy.name,
+        "policy": components.policy_name,
     }
     return JSONResponse(body, status_code=503 if problems else 200)

@@ -39,24 +39,19 @@ from recsys.settings import (
     Settings,
     hash_key,
 )
-from serving.components import Components
 from serving.credentials import new_key
-from serving.lifecycle import (
-    GuardedFeatures,
-    LocalDirSource,
-    ModelHolder,
-    ModelSource,
-    build_model_holder,
-)
+from serving.lifecycle import ModelHolder
 from serving.main import create_app
+from serving.model_sources import LocalDirSource, ModelSource
 from serving.observability import JsonLogFormatter, MeteredEventLog, ServiceMetrics
 from tests.serving.factories import (
     DictFeatureSource,
     FixedClock,
-    make_catalog,
+    make_components,
+    model_loader,
     write_model_dir,
 )
-from tests.serving.reliability.wiring import engine_factory, harden
+from tests.serving.reliability.wiring import harden
 
 #: Secrets and customer ids used by the suite: none may appear in any log line.
 SEEN: set[str] = set()
@@ -149,35 +144,29 @@ def build_stack(
     serving: ServingSettings | None = None,
     start: bool = True,
 ) -> Stack:
-    catalog = make_catalog()
     metrics = ServiceMetrics()
     raw_log = log if log is not None else SQLiteEventLog(tmp_path / "events.sqlite")
     event_log = MeteredEventLog(raw_log, metrics)
     store = features if features is not None else DictFeatureSource()
-    guarded = GuardedFeatures(store)
     if source == "local":
         source = LocalDirSource(write_model_dir(tmp_path / "model"))
+    assert not isinstance(source, str)
     lifecycle = lifecycle or LifecycleSettings(
-        model_cache_dir=tmp_path / "cache", model_poll_seconds=0
+        model_cache_dir=tmp_path / "cache", model_poll_seconds=0, compiled_scorer=False
     )
-    holder = build_model_holder(
-        catalog,
-        guarded,
+    components = make_components(
         event_log,
-        engine_factory(catalog, guarded, event_log, epsilon, clock, scorer_wrapper),
-        source,
-        lifecycle,
-        epsilon=epsilon,
-        seed=7,
-        max_limit=50,
+        settings=Settings(
+            serving=serving or ServingSettings(epsilon=epsilon), lifecycle=lifecycle
+        ),
+        features=store,
+        source=source,
         observer=metrics,
         clock=clock or FixedClock(),
+        load_model=model_loader(scorer_wrapper),
+        start=start,
     )
-    if start:
-        holder.start()
-    components = Components(
-        engine=holder.engine, event_log=event_log, serving=serving or ServingSettings()
-    )
+    holder = components.holder
     app = create_app(components=components, hardened=False)
     settings = Settings(
         environment=environment,
@@ -190,7 +179,7 @@ def build_stack(
         limits=limits or LimitSettings(),
         observability=ObservabilitySettings(log_format="json"),
     )
-    harden(app, settings, metrics, holder)
+    harden(app, settings, metrics)
     client = TestClient(app, raise_server_exceptions=False)
     client.__enter__()
     return Stack(app, client, holder, event_log, metrics, keys, store)

@@ -14,13 +14,12 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from recsys.eventlog import BACKENDS, open_event_log
-from recsys.settings import LifecycleSettings, ObservabilitySettings, ServingSettings, Settings
-from serving.components import Components
-from serving.lifecycle import GuardedFeatures, LocalDirSource, build_model_holder
+from recsys.settings import LifecycleSettings, ObservabilitySettings, Settings
 from serving.main import create_app
+from serving.model_sources import LocalDirSource
 from serving.observability import MeteredEventLog, ServiceMetrics, configure_logging
-from tests.serving.factories import DictFeatureSource, make_catalog
-from tests.serving.reliability.wiring import engine_factory, harden
+from tests.serving.factories import make_components
+from tests.serving.reliability.wiring import harden
 
 
 def _now() -> datetime:
@@ -42,27 +41,18 @@ def create() -> FastAPI:
     configure_logging(settings.observability, "production")
     metrics = ServiceMetrics()
     log = MeteredEventLog(open_log(os.environ["RECSYS_EVENT_LOG_URL"]), metrics)
-    catalog = make_catalog()
-    features = GuardedFeatures(DictFeatureSource())
     lifecycle = LifecycleSettings(
         model_cache_dir=Path(os.environ["RECSYS_TEST_MODEL_DIR"]).parent / "cache",
         model_poll_seconds=0,
+        compiled_scorer=False,
     )
-    holder = build_model_holder(
-        catalog,
-        features,
+    components = make_components(
         log,
-        engine_factory(catalog, features, log, clock=_now),
-        LocalDirSource(Path(os.environ["RECSYS_TEST_MODEL_DIR"])),
-        lifecycle,
-        epsilon=0.0,
-        seed=7,
-        max_limit=50,
+        settings=Settings(lifecycle=lifecycle, serving={"epsilon": 0.0}),
+        source=LocalDirSource(Path(os.environ["RECSYS_TEST_MODEL_DIR"])),
         observer=metrics,
         clock=_now,
     )
-    holder.start()
-    components = Components(engine=holder.engine, event_log=log, serving=ServingSettings())
     app = create_app(components=components, hardened=False)
-    harden(app, settings, metrics, holder)
+    harden(app, settings, metrics)
     return app

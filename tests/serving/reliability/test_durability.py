@@ -32,7 +32,7 @@ from recsys.decision import DecisionRequest
 from recsys.eventlog import SQLiteEventLog
 from recsys.eventlog_postgres import PostgresEventLog
 from serving.security import ApiKeyRecord, hash_key, new_key
-from tests.serving.factories import make_engine, write_model_dir
+from tests.serving.factories import make_pipeline, write_model_dir
 from tests.serving.reliability.conftest import LOG_DIR, SEEN
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -260,10 +260,10 @@ def server_env(url: str, model_dir: Path, key: str) -> dict[str, str]:
 
 
 def seed_decisions(log) -> list[tuple[str, str]]:
-    engine = make_engine(log, clock=lambda: datetime.now(UTC))
-    decisions = engine.decide_many(
+    pipeline = make_pipeline(log, clock=lambda: datetime.now(UTC))
+    decisions = pipeline.run(
         [DecisionRequest(f"c{i % 3 + 1}", "web_home") for i in range(300)]
-    )
+    ).decisions()
     return [(d.decision_id, o.offer_id) for d in decisions for o in d.offers]
 
 

@@ -10,10 +10,9 @@ from fastapi.testclient import TestClient
 from recsys.errors import ConfigError
 from recsys.eventlog import SQLiteEventLog
 from recsys.settings import Settings
-from serving.components import Components
 from serving.main import create_app
 from serving.security import ApiKeyRecord, hash_key, new_key
-from tests.serving.factories import make_engine
+from tests.serving.factories import make_components
 
 
 def test_production_without_keys_refuses_to_build_the_app():
@@ -28,7 +27,7 @@ def test_the_default_app_checks_keys_and_has_metrics_and_request_ids(tmp_path, m
     log = SQLiteEventLog(tmp_path / "events.sqlite")
     app = create_app(
         Settings(environment="production"),
-        components=Components(engine=make_engine(log), event_log=log),
+        components=make_components(log),
     )
     body = {"customer_id": "c1", "touchpoint": "web_home"}
     with TestClient(app) as client:

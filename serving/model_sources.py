@@ -1,0 +1,92 @@
+"""Where served models come from: a registry alias (MLflow) or a fixed local folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from recsys.errors import NotFoundError
+from recsys.settings import LifecycleSettings
+
+
+class NoChampion(NotFoundError):
+    """The registry answers, and the followed alias names no model version."""
+
+
+def compiled_model_dir(settings: LifecycleSettings) -> Path | None:
+    """Where compiled models are cached, or None when compiled scoring is off."""
+    return Path(settings.model_cache_dir) / "compiled" if settings.compiled_scorer else None
+
+
+class ModelSource(Protocol):
+    """Where models come from: the version the followed alias names, and its files."""
+
+    alias: str
+
+    def resolve(self) -> str: ...
+
+    def download(self, version: str, dst: Path) -> Path: ...
+
+    def follow(self, alias: str) -> None:
+        """Follow another alias (raises NotFoundError where that is impossible)."""
+        ...
+
+
+class RegistrySource:
+    """An MLflow registered model followed by alias (``models:/NAME@ALIAS``)."""
+
+    def __init__(self, tracking_uri: str, name: str, alias: str):
+        self.tracking_uri = tracking_uri
+        self.name = name
+        self.alias = alias
+
+    def resolve(self) -> str:
+        from mlflow import MlflowClient
+
+        try:
+            version = MlflowClient(tracking_uri=self.tracking_uri).get_model_version_by_alias(
+                self.name, self.alias
+            )
+        except Exception as exc:
+            code = getattr(exc, "error_code", None)
+            if code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise NoChampion(
+                    f"registered model {self.name!r} must have a version under alias "
+                    f"{self.alias!r} (train and promote a model first)"
+                ) from exc
+            raise NotFoundError(
+                f"registered model {self.name!r} alias {self.alias!r} not resolvable: "
+                f"{type(exc).__name__}"
+            ) from exc
+        return str(version.version)
+
+    def follow(self, alias: str) -> None:
+        self.alias = alias
+
+    def download(self, version: str, dst: Path) -> Path:
+        import mlflow
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        return Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{self.name}/{version}", dst_path=str(dst)
+            )
+        )
+
+
+class LocalDirSource:
+    """A fixed local model folder (``model_dir``): nothing to follow."""
+
+    alias = "local"
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def resolve(self) -> str:
+        return "local"
+
+    def download(self, version: str, dst: Path) -> Path:
+        return self.path
+
+    def follow(self, alias: str) -> None:
+        raise NotFoundError("`alias` can only be followed with a registry model source")
