@@ -69,7 +69,7 @@ class ServingSettings(_Section):
     decision_batch_max: int = Field(
         default=32,
         ge=1,
-        description="most concurrent POST /v1/decisions decided in one engine call "
+        description="most concurrent POST /v1/decisions decided in one pipeline run "
         "(dynamic batching; 1 = one at a time)",
     )
     decision_batch_wait_ms: float = Field(
