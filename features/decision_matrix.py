@@ -1,0 +1,461 @@
+"""The serving request matrix: (customer, candidate offer) pairs -> model rows.
+
+One builder for one request or a million customers: every column is computed as a numpy
+column over the :class:`~recsys.decision.ports.FeatureBlock` (customers) or the prepared
+offers, then the rows of the pairs are gathered. A row equals, as float32, ``encode`` of the
+training-set row of the same (customer features, offer, touchpoint, context, time)
+(:mod:`features.matrix`): the same columns, vocabularies and missing values, with
+
+- days-since features aged by the time elapsed since the features were computed
+  (``as_of``; the cold start does not age);
+- the crosses computed from the customer's per-key statistics looked up at the offer's key
+  (offer, offer type, category, touchpoint), as the training set computes them.
+
+:class:`MatrixColumns` is the recipe of one encoding (which column comes from where);
+:class:`DecisionMatrixBuilder` the pipeline's ``MatrixBuilder``, with each touchpoint's
+candidate offers prepared once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from features import definitions as d
+from features.matrix import ColumnEncoding, Encoding, _as_text
+from features.pipeline import STAT_TABLES
+from features.spec import FEATURE_SPEC_VERSION
+from recsys.catalog import Catalog, TouchpointOffers
+from recsys.decision.ports import FeatureBlock, KeyStats
+from recsys.errors import ConfigError, SpecMismatchError
+
+#: Rows of the matrix filled at a time (~1-2 MB: they stay in the CPU cache while their
+#: offer and cross columns are written).
+ROW_BLOCK = 2048
+_SCALARS = frozenset({"touchpoint_id", "tp_channel", "tp_stage", "req_hour", "req_dow"})
+_OFFER_COLUMNS = {
+    "offer_id": "offer_id",
+    "offer_type": "offer_type",
+    "offer_category": "category",
+    "offer_value": "value",
+}
+_AGING = {f.name: f for f in d.customer_feature_defs() if f.ages}
+_CROSSES = {x.feature.name: x for x in d.CROSSES}
+_AGING_STATS = ("offer_last_shown_secs_ago", "type_last_shown_secs_ago")
+
+
+@dataclass(frozen=True)
+class OfferArrays:
+    """Candidate offers as column arrays, shape (m,) each."""
+
+    offer_id: np.ndarray
+    offer_type: np.ndarray
+    category: np.ndarray
+    value: np.ndarray  # float64, missing -> 1.0
+
+    def __len__(self) -> int:
+        return len(self.offer_id)
+
+
+def offer_arrays(offers: pd.DataFrame | pa.Table | Sequence[Mapping[str, Any]]) -> OfferArrays:
+    """Offers (pandas / Arrow table, or dicts with the contract's offer columns) as arrays."""
+    if isinstance(offers, pd.DataFrame):
+        table = pa.Table.from_pandas(
+            offers[[c for c in _OFFER_COLUMNS.values() if c in offers.columns]],
+            preserve_index=False,
+        )
+    elif isinstance(offers, pa.Table):
+        table = offers
+    elif isinstance(offers, Sequence):
+        present = [c for c in _OFFER_COLUMNS.values() if any(c in o for o in offers[:1])]
+        table = pa.table({c: [o.get(c) for o in offers] for c in present})
+    else:
+        raise ConfigError(
+            "`offers` must be a pandas DataFrame, a pyarrow Table or a list of offer dicts, "
+            f"got {type(offers).__name__}"
+        )
+    n = table.num_rows
+    if n and "offer_id" not in table.column_names:
+        raise ConfigError(f"`offers` must have an 'offer_id' column, got {table.column_names}")
+
+    def col(name: str, default: Any) -> np.ndarray:
+        if name not in table.column_names:
+            return np.full(n, default, dtype=object)
+        return np.asarray(table.column(name).to_pylist(), dtype=object)
+
+    value = col("value", 1.0)
+    value = np.where(pd.isna(value), 1.0, value).astype(np.float64) if n else np.zeros(0)
+    return OfferArrays(col("offer_id", None), col("offer_type", None), col("category", None), value)
+
+
+@dataclass(frozen=True)
+class PreparedOffers:
+    """One touchpoint's candidate offers, worked out once for an encoding.
+
+    Attributes
+    ----------
+    scalars : tuple of (column position, float32 value)
+        The touchpoint's columns.
+    codes : tuple of (column position, ndarray of float32, shape (m,))
+        The offer columns of each offer.
+    keys : mapping of statistics table -> (distinct keys, ndarray of intp, shape (m,))
+        Each offer's key of the table (offer id, type, category, touchpoint) as a position
+        among the distinct keys; -1 = no key (the statistics' defaults).
+    """
+
+    touchpoint: Mapping[str, Any]
+    size: int
+    scalars: tuple[tuple[int, np.float32], ...]
+    codes: tuple[tuple[int, np.ndarray], ...]
+    keys: Mapping[str, tuple[pd.Index, np.ndarray]]
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class MatrixColumns:
+    """Where each column of an encoding comes from: the request (touchpoint, time,
+    context), the customer's features, the offer, or a cross of both.
+
+    Parameters
+    ----------
+    encoding : Encoding
+        The model's encoding.
+
+    Raises
+    ------
+    SpecMismatchError
+        The encoding was fitted for another feature spec than this code computes.
+    """
+
+    def __init__(self, encoding: Encoding):
+        if encoding.spec_version != FEATURE_SPEC_VERSION:
+            raise SpecMismatchError(
+                f"the model's encoding is for feature spec {encoding.spec_version}, this code "
+                f"computes spec {FEATURE_SPEC_VERSION}; retrain the model"
+            )
+        self.encoding = encoding
+        columns = encoding.columns
+        self.template = np.full(len(columns), np.nan, dtype=np.float32)
+        self.customer: list[tuple[int, ColumnEncoding]] = []
+        self.context: list[tuple[int, ColumnEncoding, str]] = []
+        self.offer = [(j, c) for j, c in enumerate(columns) if c.name in _OFFER_COLUMNS]
+        self.scalar = [(j, c) for j, c in enumerate(columns) if c.name in _SCALARS]
+        crosses = [(j, c.name) for j, c in enumerate(columns) if c.name in _CROSSES]
+        self.cross_index = np.array([j for j, _ in crosses], dtype=np.intp)
+        self.cross_names = tuple(name for _, name in crosses)
+        for j, col in enumerate(columns):
+            if col.name in _OFFER_COLUMNS or col.name in _SCALARS or col.name in _CROSSES:
+                continue
+            if col.name.startswith(d.CONTEXT_PREFIX):
+                self.context.append((j, col, col.name[len(d.CONTEXT_PREFIX) :]))
+            elif col.name.startswith("__"):  # no feature has such a name: always missing
+                self.template[j] = _encoded(col, np.full(1, None, dtype=object))[0]
+            else:
+                self.customer.append((j, col))
+
+    def prepare(self, offers: OfferArrays, touchpoint: Mapping[str, Any]) -> PreparedOffers:
+        """The offer and touchpoint columns of ``offers`` at ``touchpoint`` (a mapping with
+        ``touchpoint_id``, ``channel``, ``stage``)."""
+        scalars = {
+            "touchpoint_id": touchpoint.get("touchpoint_id"),
+            "tp_channel": touchpoint.get("channel"),
+            "tp_stage": touchpoint.get("stage"),
+        }
+        codes = tuple(
+            (j, _encoded(col, getattr(offers, _OFFER_COLUMNS[col.name])).astype(np.float32))
+            for j, col in self.offer
+        )
+        m = len(offers)
+        keys = {}
+        for name, spec in STAT_TABLES.items():
+            if spec.offer_key == "touchpoint_id":
+                side = np.full(m, touchpoint.get("touchpoint_id"), dtype=object)
+            else:
+                side = getattr(offers, _OFFER_COLUMNS[spec.offer_key])
+            texts = [None if _missing(v) else str(v) for v in side.tolist()]
+            distinct = pd.Index(list(dict.fromkeys(t for t in texts if t is not None)), dtype=object)
+            keys[name] = (distinct, distinct.get_indexer(pd.Index(texts, dtype=object)))
+        return PreparedOffers(
+            touchpoint=dict(touchpoint),
+            size=m,
+            scalars=tuple(
+                (j, np.float32(_encoded(col, np.array([scalars.get(col.name)], object))[0]))
+                for j, col in self.scalar
+                if col.name in scalars
+            ),
+            codes=codes,
+            keys=keys,
+        )
+
+    def rows(
+        self,
+        features: FeatureBlock,
+        offers: PreparedOffers,
+        contexts: Sequence[Mapping[str, Any] | None],
+        now: datetime,
+        pair_customer: np.ndarray,
+        pair_offer: np.ndarray,
+        dtype: Any = np.float32,
+    ) -> np.ndarray:
+        """Rows of the pairs: customer ``pair_customer[r]`` of ``features`` (with context
+        ``contexts[pair_customer[r]]``) x offer ``pair_offer[r]`` of ``offers``, at ``now``
+        (naive = UTC).
+
+        Returns
+        -------
+        ndarray, shape (p, n_columns), ``dtype`` (float32 or float64, float32 values).
+
+        Raises
+        ------
+        SpecMismatchError
+            The features were computed with another spec than the encoding's.
+        ValueError
+            Shapes or indexes that do not fit.
+        """
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise ValueError(f"`dtype` must be float32 or float64, got {dtype}")
+        if features.spec_version != self.encoding.spec_version:
+            raise SpecMismatchError(
+                f"the customer features were materialised with feature spec "
+                f"{features.spec_version}, the model expects {self.encoding.spec_version}; "
+                "run `recsys features materialize`"
+            )
+        n, m = len(features), len(offers)
+        if len(contexts) != n:
+            raise ValueError(f"`contexts` must have one entry per customer ({n}), got {len(contexts)}")
+        pair_customer = np.asarray(pair_customer, dtype=np.intp)
+        pair_offer = np.asarray(pair_offer, dtype=np.intp)
+        if pair_customer.shape != pair_offer.shape or pair_customer.ndim != 1:
+            raise ValueError(
+                f"`pair_customer` and `pair_offer` must have one shape (p,), got "
+                f"{pair_customer.shape} and {pair_offer.shape}"
+            )
+        for name, index, size in (("pair_customer", pair_customer, n), ("pair_offer", pair_offer, m)):
+            if index.size and not (index.min() >= 0 and index.max() < size):
+                raise ValueError(
+                    f"`{name}` must be in 0..{size - 1}, got {index.min()}..{index.max()}"
+                )
+        if now.tzinfo is not None:
+            now = now.astimezone(UTC).replace(tzinfo=None)
+        elapsed = _elapsed_days(features.as_of, now)
+        shared = self._shared(features, offers, contexts, now, elapsed)
+        crossed = None
+        if len(self.cross_index):
+            crossed = self._crosses(features, offers, elapsed, pair_customer, pair_offer)
+        return _fill_rows(
+            shared.astype(dtype, copy=False), offers.codes, self.cross_index, crossed,
+            pair_customer, pair_offer,
+        )  # fmt: skip
+
+    def _shared(
+        self,
+        features: FeatureBlock,
+        offers: PreparedOffers,
+        contexts: Sequence[Mapping[str, Any] | None],
+        now: datetime,
+        elapsed: np.ndarray,
+    ) -> np.ndarray:
+        """The columns every offer of a customer shares, shape (n, n_columns) float32."""
+        n = len(features)
+        rows = np.empty((n, len(self.template)), dtype=np.float32)
+        rows[:] = self.template
+        for j, value in offers.scalars:
+            rows[:, j] = value
+        for j, col in self.scalar:
+            if col.name in ("req_hour", "req_dow"):
+                value = float(now.hour if col.name == "req_hour" else now.weekday())
+                rows[:, j] = _encoded(col, np.array([value], dtype=object))[0]
+        for j, col, key in self.context:
+            values = np.empty(n, dtype=object)
+            values[:] = [(c or {}).get(key) for c in contexts]
+            rows[:, j] = _encoded(col, values)
+        for j, col in self.customer:
+            values = features.column(col.name)
+            aging = _AGING.get(col.name)
+            if aging is not None and values.dtype == np.float64:
+                values = _aged(values, aging, elapsed)
+            rows[:, j] = _encoded(col, values)
+        return rows
+
+    def _crosses(
+        self,
+        features: FeatureBlock,
+        offers: PreparedOffers,
+        elapsed: np.ndarray,
+        pair_customer: np.ndarray,
+        pair_offer: np.ndarray,
+    ) -> np.ndarray:
+        """The cross columns of every pair, shape (p, n_crosses) float32."""
+        stats: dict[str, np.ndarray] = {}
+        for name, spec in STAT_TABLES.items():
+            found = _stat_rows(
+                features.stats[name], offers.keys[name], spec.stats, pair_customer, pair_offer
+            )
+            stats.update({s: found[:, i] for i, s in enumerate(spec.stats)})
+        pair_elapsed = elapsed[pair_customer] * d.DAY_SECONDS
+        for s in _AGING_STATS:
+            stats[s] = np.where(stats[s] < d.STAT_DEFAULTS[s], stats[s] + pair_elapsed, stats[s])
+        spend = np.asarray(features.column("purch_amount_365d"), dtype=np.float64)
+        stats["purch_amount_365d"] = np.nan_to_num(spend, nan=0.0)[pair_customer]
+        built = [_CROSSES[name].build(stats, d.NUMPY_OPS) for name in self.cross_names]
+        return np.column_stack(built).astype(np.float32)
+
+
+def _stat_rows(
+    stats: KeyStats,
+    keys: tuple[pd.Index, np.ndarray],
+    names: Sequence[str],
+    pair_customer: np.ndarray,
+    pair_offer: np.ndarray,
+) -> np.ndarray:
+    """The statistics ``names`` of each pair's (customer, offer key), shape (p, len(names))
+    float64; the defaults where the customer has no statistics for the key.
+
+    The customers' keys are matched against the offers' distinct keys once, then each pair
+    finds its (customer, key) entry by a binary search among the matched entries (the first
+    entry of a repeated key).
+    """
+    distinct, key_of = keys
+    out = np.empty((pair_customer.shape[0], len(names)), dtype=np.float64)
+    out[:] = [d.STAT_DEFAULTS[s] for s in names]
+    if not len(distinct) or not len(stats.keys):
+        return out
+    width = len(distinct)
+    position = distinct.get_indexer(stats.keys)  # (entries,); -1 = no offer has the key
+    owner = np.repeat(np.arange(len(stats.counts), dtype=np.intp), stats.counts)
+    matched = np.flatnonzero(position >= 0)
+    cells = owner[matched] * width + position[matched]
+    order = np.argsort(cells, kind="stable")
+    cells, matched = cells[order], matched[order]
+    if not cells.size:
+        return out
+    pair_key = key_of[pair_offer]
+    wanted = pair_customer * width + pair_key
+    at = np.minimum(np.searchsorted(cells, wanted), cells.size - 1)
+    hit = (cells[at] == wanted) & (pair_key >= 0)
+    out[hit] = stats.values[matched[at[hit]], : len(names)]
+    return out
+
+
+def _elapsed_days(as_of: np.ndarray, now: datetime) -> np.ndarray:
+    """Days from each ``as_of`` (datetime64[us]) to ``now``, >= 0; 0 for NaT."""
+    micros = (np.datetime64(now, "us") - as_of).astype(np.int64)
+    days = micros / 1e6 / d.DAY_SECONDS
+    return np.where(np.isnat(as_of), 0.0, np.maximum(days, 0.0))
+
+
+def _aged(values: np.ndarray, feature: d.FeatureDef, elapsed: np.ndarray) -> np.ndarray:
+    """A days-since feature grown by the days elapsed (its default stays: nothing seen)."""
+    grown = values + elapsed
+    if feature.default == d.HORIZON_DAYS:
+        grown = np.minimum(grown, float(d.HORIZON_DAYS))
+    return np.where((values != feature.default) & (elapsed > 0), grown, values)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def _encoded(col: ColumnEncoding, values: np.ndarray) -> np.ndarray:
+    """A column's model values, shape (n,) -> (n,): the codes of a categorical column (as
+    :func:`features.matrix.encode`: text of the value, JSON for other values), the number
+    of a numeric one (NaN when it is not a number)."""
+    if col.kind == "categorical":
+        if values.dtype != object or not set(map(type, values.tolist())) <= {str, type(None)}:
+            values = np.array(
+                [None if _missing(v) else _as_text(v) for v in values.tolist()], dtype=object
+            )
+        return col.codes(values)
+    if values.dtype == np.float64:
+        return values
+    return pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(
+        np.float64, na_value=np.nan
+    )
+
+
+def _fill_rows(
+    shared: np.ndarray,
+    offer_codes: tuple[tuple[int, np.ndarray], ...],
+    cross_index: np.ndarray,
+    crossed: np.ndarray | None,
+    pair_customer: np.ndarray,
+    pair_offer: np.ndarray,
+) -> np.ndarray:
+    """Customer row ``shared[pair_customer[r]]`` with the offer columns of
+    ``pair_offer[r]`` and the crosses ``crossed[r]``, shape (p, n_columns); ``ROW_BLOCK``
+    rows at a time (a column written across ~10^5 rows would stream the matrix through
+    memory once per column)."""
+    p = pair_customer.shape[0]
+    X = np.empty((p, shared.shape[1]), dtype=shared.dtype)
+    for start in range(0, p, ROW_BLOCK):
+        end = min(start + ROW_BLOCK, p)
+        rows = X[start:end]
+        # mode="clip" (indexes checked by the caller): numpy buffers ``out`` in "raise" mode
+        np.take(shared, pair_customer[start:end], axis=0, out=rows, mode="clip")
+        at = pair_offer[start:end]
+        for j, codes in offer_codes:
+            rows[:, j] = codes[at]
+        if crossed is not None:
+            rows[:, cross_index] = crossed[start:end]
+    return X
+
+
+class DecisionMatrixBuilder:
+    """The decision pipeline's ``MatrixBuilder``: each touchpoint's candidates prepared
+    once (:class:`PreparedOffers`), then one :meth:`MatrixColumns.rows` per call.
+
+    Parameters
+    ----------
+    catalog : Catalog
+    encoding : Encoding
+        The model's encoding (logged with the model in ``feature_spec.json``).
+    dtype : numpy.float64 (default) or numpy.float32
+        dtype of the matrices; the values are float32 either way. float64 because LightGBM
+        and lleaves read float64: a float32 matrix would be converted whole on every call.
+    """
+
+    def __init__(self, catalog: Catalog, encoding: Encoding, dtype: Any = np.float64):
+        self.encoding = encoding
+        self.dtype = np.dtype(dtype)
+        self.columns = MatrixColumns(encoding)
+        self._prepared: dict[str, tuple[TouchpointOffers, PreparedOffers]] = {}
+        for tp_id in catalog.touchpoints:
+            self._prepare(catalog.for_touchpoint(tp_id))
+
+    def _prepare(self, offers: TouchpointOffers) -> PreparedOffers:
+        tp = offers.touchpoint
+        arrays = OfferArrays(
+            offer_id=np.array([o.offer_id for o in offers.offers], dtype=object),
+            offer_type=np.array([o.offer_type for o in offers.offers], dtype=object),
+            category=np.array([o.category for o in offers.offers], dtype=object),
+            value=np.array([o.value for o in offers.offers], dtype=np.float64),
+        )
+        touchpoint = {"touchpoint_id": tp.touchpoint_id, "channel": tp.channel, "stage": tp.stage}
+        prepared = self.columns.prepare(arrays, touchpoint)
+        self._prepared[tp.touchpoint_id] = (offers, prepared)
+        return prepared
+
+    def build(
+        self,
+        features: FeatureBlock,
+        offers: TouchpointOffers,
+        contexts: Sequence[Mapping[str, Any]],
+        now: datetime,
+        pair_customer: np.ndarray,
+        pair_offer: np.ndarray,
+    ) -> np.ndarray:
+        """Rows of the pairs (see :class:`recsys.decision.ports.MatrixBuilder`), shape
+        (p, n_columns)."""
+        known = self._prepared.get(offers.touchpoint.touchpoint_id)
+        prepared = known[1] if known is not None and known[0] is offers else self._prepare(offers)
+        return self.columns.rows(
+            features, prepared, contexts, now, pair_customer, pair_offer, self.dtype
+        )
