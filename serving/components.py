@@ -86,7 +86,8 @@ def build_components(settings: Settings, serving: ServingSettings) -> Components
     """
     from features.matrix import Encoding
     from features.online import open_online_store
-    from serving.features_adapter import EncodedMatrixBuilder, StoreFeatureSource
+    from features.decision_matrix import DecisionMatrixBuilder as EncodedMatrixBuilder
+    from features.online import StoreFeatureSource
     from serving.lifecycle import compiled_model_dir, load_lifecycle_settings
     from serving.model import load_model_dir, load_registered_model
 

@@ -955,7 +955,8 @@ def build_served_components(
     from features.online import open_online_store
     from recsys.catalog import load_catalog
     from serving.components import Components, open_service_event_log
-    from serving.features_adapter import EncodedMatrixBuilder, StoreFeatureSource
+    from features.decision_matrix import DecisionMatrixBuilder as EncodedMatrixBuilder
+    from features.online import StoreFeatureSource
 
     catalog = load_catalog(serving.catalog_source or core.warehouse_path)
     features = GuardedFeatures(StoreFeatureSource(open_online_store(core), catalog))
