@@ -4,7 +4,7 @@ One backend per module behind one protocol (Feast's ``OnlineStore`` split): SQLi
 embedded default, :mod:`features.online.sqlite`) and Redis (the scale path,
 :mod:`features.online.redis`); both store the compact vectors of
 :mod:`features.online.base` and read them through the one decoder of
-:mod:`features.online.block`. :mod:`features.online.materialize` fills a store from the
+:mod:`features.online.block`. :mod:`features.online.materialization` fills a store from the
 warehouse; :class:`StoreFeatureSource` serves it to the decision pipeline.
 
 A new store: a module with a class implementing :class:`OnlineStore` and one line in
@@ -18,7 +18,7 @@ from typing import Any
 
 from features.online.base import Layout, OnlineStore
 from features.online.block import block_of, decode_block, describe_row
-from features.online.materialize import (
+from features.online.materialization import (
     RANGE_CUSTOMERS,
     changed_customers,
     id_ranges,
