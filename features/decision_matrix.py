@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,7 @@ import pandas as pd
 import pyarrow as pa
 
 from features import definitions as d
-from features.matrix import ColumnEncoding, Encoding, _as_text
+from features.matrix import ColumnEncoding, Encoding
 from features.pipeline import STAT_TABLES
 from features.spec import FEATURE_SPEC_VERSION
 from recsys.catalog import Catalog, TouchpointOffers
@@ -113,10 +114,23 @@ class PreparedOffers:
     size: int
     scalars: tuple[tuple[int, np.float32], ...]
     codes: tuple[tuple[int, np.ndarray], ...]
-    keys: Mapping[str, tuple[pd.Index, np.ndarray]]
+    keys: Mapping[str, tuple[Mapping[str, int], np.ndarray]]
 
     def __len__(self) -> int:
         return self.size
+
+
+@dataclass(frozen=True)
+class _Numbers:
+    """The numeric customer columns of an encoding in blocks of some numeric names."""
+
+    index: Mapping[str, int]  # numeric name -> column of the block
+    positions: np.ndarray  # (k,) encoding columns of the numeric features the block has
+    columns: np.ndarray  # (k,) their block columns
+    aging: np.ndarray  # positions among the k of the days-since features
+    defaults: np.ndarray  # their defaults (they do not age)
+    capped: np.ndarray  # their defaults are the horizon: capped at it
+    others: tuple[tuple[int, ColumnEncoding], ...]  # the other customer columns
 
 
 class MatrixColumns:
@@ -156,9 +170,10 @@ class MatrixColumns:
             if col.name.startswith(d.CONTEXT_PREFIX):
                 self.context.append((j, col, col.name[len(d.CONTEXT_PREFIX) :]))
             elif col.name.startswith("__"):  # no feature has such a name: always missing
-                self.template[j] = _encoded(col, np.full(1, None, dtype=object))[0]
+                self.template[j] = _encoded(col, [None])[0]
             else:
                 self.customer.append((j, col))
+        self._by_names: dict[tuple[str, ...], _Numbers] = {}
 
     def prepare(self, offers: OfferArrays, touchpoint: Mapping[str, Any]) -> PreparedOffers:
         """The offer and touchpoint columns of ``offers`` at ``touchpoint`` (a mapping with
@@ -180,13 +195,16 @@ class MatrixColumns:
             else:
                 side = getattr(offers, _OFFER_COLUMNS[spec.offer_key])
             texts = [None if _missing(v) else str(v) for v in side.tolist()]
-            distinct = pd.Index(list(dict.fromkeys(t for t in texts if t is not None)), dtype=object)
-            keys[name] = (distinct, distinct.get_indexer(pd.Index(texts, dtype=object)))
+            distinct = {
+                t: i for i, t in enumerate(dict.fromkeys(t for t in texts if t is not None))
+            }
+            key_of = np.array([-1 if t is None else distinct[t] for t in texts], dtype=np.intp)
+            keys[name] = (distinct, key_of)
         return PreparedOffers(
             touchpoint=dict(touchpoint),
             size=m,
             scalars=tuple(
-                (j, np.float32(_encoded(col, np.array([scalars.get(col.name)], object))[0]))
+                (j, np.float32(_encoded(col, [scalars.get(col.name)])[0]))
                 for j, col in self.scalar
                 if col.name in scalars
             ),
@@ -230,7 +248,9 @@ class MatrixColumns:
             )
         n, m = len(features), len(offers)
         if len(contexts) != n:
-            raise ValueError(f"`contexts` must have one entry per customer ({n}), got {len(contexts)}")
+            raise ValueError(
+                f"`contexts` must have one entry per customer ({n}), got {len(contexts)}"
+            )
         pair_customer = np.asarray(pair_customer, dtype=np.intp)
         pair_offer = np.asarray(pair_offer, dtype=np.intp)
         if pair_customer.shape != pair_offer.shape or pair_customer.ndim != 1:
@@ -238,7 +258,10 @@ class MatrixColumns:
                 f"`pair_customer` and `pair_offer` must have one shape (p,), got "
                 f"{pair_customer.shape} and {pair_offer.shape}"
             )
-        for name, index, size in (("pair_customer", pair_customer, n), ("pair_offer", pair_offer, m)):
+        for name, index, size in (
+            ("pair_customer", pair_customer, n),
+            ("pair_offer", pair_offer, m),
+        ):
             if index.size and not (index.min() >= 0 and index.max() < size):
                 raise ValueError(
                     f"`{name}` must be in 0..{size - 1}, got {index.min()}..{index.max()}"
@@ -267,23 +290,55 @@ class MatrixColumns:
         n = len(features)
         rows = np.empty((n, len(self.template)), dtype=np.float32)
         rows[:] = self.template
-        for j, value in offers.scalars:
-            rows[:, j] = value
+        for j, code in offers.scalars:
+            rows[:, j] = code
         for j, col in self.scalar:
             if col.name in ("req_hour", "req_dow"):
                 value = float(now.hour if col.name == "req_hour" else now.weekday())
-                rows[:, j] = _encoded(col, np.array([value], dtype=object))[0]
+                rows[:, j] = _encoded(col, [value])[0]
         for j, col, key in self.context:
-            values = np.empty(n, dtype=object)
-            values[:] = [(c or {}).get(key) for c in contexts]
-            rows[:, j] = _encoded(col, values)
-        for j, col in self.customer:
-            values = features.column(col.name)
-            aging = _AGING.get(col.name)
-            if aging is not None and values.dtype == np.float64:
-                values = _aged(values, aging, elapsed)
+            rows[:, j] = _encoded(col, [c.get(key) if c else None for c in contexts])
+        numbers = self._numbers(features.numeric_names)
+        if len(numbers.positions):  # every numeric feature at once, aged
+            values = features.numeric[:, numbers.columns]
+            aging = values[:, numbers.aging]
+            grown = aging + elapsed[:, None]
+            grown = np.where(numbers.capped, np.minimum(grown, float(d.HORIZON_DAYS)), grown)
+            grow = (aging != numbers.defaults) & (elapsed[:, None] > 0)
+            values[:, numbers.aging] = np.where(grow, grown, aging)
+            rows[:, numbers.positions] = values
+        for j, col in numbers.others:  # categorical, text or absent features
+            values = features.text.get(col.name)
+            if values is None:
+                at = numbers.index.get(col.name)
+                values = features.numeric[:, at] if at is not None else [None] * n
             rows[:, j] = _encoded(col, values)
         return rows
+
+    def _numbers(self, names: tuple[str, ...]) -> _Numbers:
+        """Where the numeric customer columns are in a block of these numeric names
+        (cached: every block of a store has the same names)."""
+        found = self._by_names.get(names)
+        if found is None:
+            index = {name: j for j, name in enumerate(names)}
+            numeric = [(j, c) for j, c in self.customer if c.kind == "numeric" and c.name in index]
+            aging = [k for k, (_, c) in enumerate(numeric) if c.name in _AGING]
+            defaults = [_AGING[numeric[k][1].name].default for k in aging]
+            found = _Numbers(
+                index=index,
+                positions=np.array([j for j, _ in numeric], dtype=np.intp),
+                columns=np.array([index[c.name] for _, c in numeric], dtype=np.intp),
+                aging=np.array(aging, dtype=np.intp),
+                defaults=np.array(defaults, dtype=np.float64),
+                capped=np.array([x == d.HORIZON_DAYS for x in defaults], dtype=bool),
+                others=tuple(
+                    (j, c)
+                    for j, c in self.customer
+                    if not (c.kind == "numeric" and c.name in index)
+                ),
+            )
+            self._by_names[names] = found
+        return found
 
     def _crosses(
         self,
@@ -303,15 +358,18 @@ class MatrixColumns:
         pair_elapsed = elapsed[pair_customer] * d.DAY_SECONDS
         for s in _AGING_STATS:
             stats[s] = np.where(stats[s] < d.STAT_DEFAULTS[s], stats[s] + pair_elapsed, stats[s])
-        spend = np.asarray(features.column("purch_amount_365d"), dtype=np.float64)
-        stats["purch_amount_365d"] = np.nan_to_num(spend, nan=0.0)[pair_customer]
+        at = self._numbers(features.numeric_names).index.get("purch_amount_365d")
+        spend = (
+            features.numeric[pair_customer, at] if at is not None else np.zeros(len(pair_customer))
+        )
+        stats["purch_amount_365d"] = np.nan_to_num(spend, nan=0.0)
         built = [_CROSSES[name].build(stats, d.NUMPY_OPS) for name in self.cross_names]
         return np.column_stack(built).astype(np.float32)
 
 
 def _stat_rows(
     stats: KeyStats,
-    keys: tuple[pd.Index, np.ndarray],
+    keys: tuple[Mapping[str, int], np.ndarray],
     names: Sequence[str],
     pair_customer: np.ndarray,
     pair_offer: np.ndarray,
@@ -319,26 +377,26 @@ def _stat_rows(
     """The statistics ``names`` of each pair's (customer, offer key), shape (p, len(names))
     float64; the defaults where the customer has no statistics for the key.
 
-    The customers' keys are matched against the offers' distinct keys once, then each pair
+    Each customer key is looked up once among the offers' distinct keys; then each pair
     finds its (customer, key) entry by a binary search among the matched entries (the first
     entry of a repeated key).
     """
     distinct, key_of = keys
     out = np.empty((pair_customer.shape[0], len(names)), dtype=np.float64)
     out[:] = [d.STAT_DEFAULTS[s] for s in names]
-    if not len(distinct) or not len(stats.keys):
-        return out
-    width = len(distinct)
-    position = distinct.get_indexer(stats.keys)  # (entries,); -1 = no offer has the key
-    owner = np.repeat(np.arange(len(stats.counts), dtype=np.intp), stats.counts)
+    # (entries,): each customer key's position among the offers' keys; -1 = no offer has it
+    position = np.fromiter(
+        map(distinct.get, stats.keys.tolist(), repeat(-1)), dtype=np.intp, count=len(stats.keys)
+    )
     matched = np.flatnonzero(position >= 0)
-    cells = owner[matched] * width + position[matched]
+    if not matched.size:
+        return out
+    owner = np.repeat(np.arange(len(stats.counts), dtype=np.intp), stats.counts)
+    cells = owner[matched] * len(distinct) + position[matched]
     order = np.argsort(cells, kind="stable")
     cells, matched = cells[order], matched[order]
-    if not cells.size:
-        return out
     pair_key = key_of[pair_offer]
-    wanted = pair_customer * width + pair_key
+    wanted = pair_customer * len(distinct) + pair_key
     at = np.minimum(np.searchsorted(cells, wanted), cells.size - 1)
     hit = (cells[at] == wanted) & (pair_key >= 0)
     out[hit] = stats.values[matched[at[hit]], : len(names)]
@@ -352,33 +410,31 @@ def _elapsed_days(as_of: np.ndarray, now: datetime) -> np.ndarray:
     return np.where(np.isnat(as_of), 0.0, np.maximum(days, 0.0))
 
 
-def _aged(values: np.ndarray, feature: d.FeatureDef, elapsed: np.ndarray) -> np.ndarray:
-    """A days-since feature grown by the days elapsed (its default stays: nothing seen)."""
-    grown = values + elapsed
-    if feature.default == d.HORIZON_DAYS:
-        grown = np.minimum(grown, float(d.HORIZON_DAYS))
-    return np.where((values != feature.default) & (elapsed > 0), grown, values)
-
-
 def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and value != value)
 
 
-def _encoded(col: ColumnEncoding, values: np.ndarray) -> np.ndarray:
-    """A column's model values, shape (n,) -> (n,): the codes of a categorical column (as
-    :func:`features.matrix.encode`: text of the value, JSON for other values), the number
-    of a numeric one (NaN when it is not a number)."""
+def _encoded(col: ColumnEncoding, values: np.ndarray | Sequence[Any]) -> np.ndarray:
+    """A column's model values, shape (n,) -> (n,) float: the codes of a categorical column
+    (as :func:`features.matrix.encode`: the text of the value, JSON for other values), the
+    number of a numeric one (NaN when it is not a number, as ``pandas.to_numeric``)."""
     if col.kind == "categorical":
-        if values.dtype != object or not set(map(type, values.tolist())) <= {str, type(None)}:
-            values = np.array(
-                [None if _missing(v) else _as_text(v) for v in values.tolist()], dtype=object
-            )
         return col.codes(values)
-    if values.dtype == np.float64:
+    if isinstance(values, np.ndarray) and values.dtype == np.float64:
         return values
-    return pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(
-        np.float64, na_value=np.nan
-    )
+    items = values.tolist() if isinstance(values, np.ndarray) else values
+    return np.array([_number(v) for v in items], dtype=np.float64)
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool | int | float | np.number | np.bool_):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return np.nan
+    return np.nan
 
 
 def _fill_rows(

@@ -44,30 +44,24 @@ class ColumnEncoding:
     vocabulary: tuple[str, ...] = ()
 
     @cached_property
-    def _sorted(self) -> np.ndarray:
-        return np.asarray(self.vocabulary, dtype=object).astype(str)
-
-    @cached_property
     def _index(self) -> dict[str, int]:
         return {v: i for i, v in enumerate(self.vocabulary)}
 
     def code(self, value: Any) -> float:
-        """Code of one value."""
+        """Code of one value: its position in the vocabulary (as text, see ``_as_text``);
+        ``UNKNOWN_CODE`` when missing (None, NaN) or unknown."""
         if value is None or (isinstance(value, float) and np.isnan(value)):
             return UNKNOWN_CODE
         return float(self._index.get(_as_text(value), UNKNOWN_CODE))
 
-    def codes(self, values: np.ndarray) -> np.ndarray:
-        """Codes of an array of values, shape (n,) -> (n,) float32, without a Python loop."""
-        text = np.asarray(values, dtype=object)
-        missing = pd.isna(text) if text.size else np.zeros(0, bool)
-        text = np.where(missing, "", text).astype(str)
-        if not len(self._sorted):
-            return np.full(len(text), UNKNOWN_CODE, np.float32)
-        pos = np.searchsorted(self._sorted, text)
-        pos = np.clip(pos, 0, len(self._sorted) - 1)
-        hit = (self._sorted[pos] == text) & ~missing
-        return np.where(hit, pos, UNKNOWN_CODE).astype(np.float32)
+    def codes(self, values: np.ndarray | Sequence[Any]) -> np.ndarray:
+        """:meth:`code` of each value, shape (n,) -> (n,) float32."""
+        index, code = self._index, self.code
+        items = values.tolist() if isinstance(values, np.ndarray) else values
+        return np.array(
+            [index.get(v, UNKNOWN_CODE) if type(v) is str else code(v) for v in items],
+            dtype=np.float32,
+        )
 
 
 @dataclass(frozen=True)

@@ -84,10 +84,9 @@ def build_components(settings: Settings, serving: ServingSettings) -> Components
         The champion was trained on another feature spec than the online store serves
         (logged clearly; the service does not start on a model it would feed wrong inputs).
     """
-    from features.matrix import Encoding
-    from features.online import open_online_store
     from features.decision_matrix import DecisionMatrixBuilder as EncodedMatrixBuilder
-    from features.online import StoreFeatureSource
+    from features.matrix import Encoding
+    from features.online import StoreFeatureSource, open_online_store
     from serving.lifecycle import compiled_model_dir, load_lifecycle_settings
     from serving.model import load_model_dir, load_registered_model
 

@@ -951,12 +951,11 @@ def build_served_components(
     -------
     (serving.components.Components, ModelHolder)
     """
+    from features.decision_matrix import DecisionMatrixBuilder as EncodedMatrixBuilder
     from features.matrix import Encoding
-    from features.online import open_online_store
+    from features.online import StoreFeatureSource, open_online_store
     from recsys.catalog import load_catalog
     from serving.components import Components, open_service_event_log
-    from features.decision_matrix import DecisionMatrixBuilder as EncodedMatrixBuilder
-    from features.online import StoreFeatureSource
 
     catalog = load_catalog(serving.catalog_source or core.warehouse_path)
     features = GuardedFeatures(StoreFeatureSource(open_online_store(core), catalog))

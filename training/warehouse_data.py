@@ -17,8 +17,8 @@ import ibis
 import numpy as np
 import pandas as pd
 
-from features.engines import ibis_backend
 from features.decision_matrix import MatrixColumns, offer_arrays
+from features.engines import ibis_backend
 from features.matrix import Encoding, encode, fit_encoding
 from features.online import Layout, block_of
 from features.online.base import AS_OF_KEY, SPEC_KEY, STATS_KEY

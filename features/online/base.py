@@ -61,7 +61,8 @@ class Layout:
         """The layout of a vector given as a mapping: features of the spec by their kind,
         other names (customer attributes) text when their value is text, else numeric."""
         kinds = {f.name: f.kind for f in d.customer_feature_defs()}
-        numeric, text = [], []
+        numeric: list[str] = []
+        text: list[str] = []
         for name, value in vector.items():
             if name.startswith("__"):
                 continue
@@ -181,7 +182,9 @@ def encode_vector(vector: Vector, layout: Layout, spec_version: str) -> bytes:
     stats = vector.get(STATS_KEY) or {}
     unknown = sorted(set(stats) - set(STAT_TABLES))
     if unknown:
-        raise ConfigError(f"`{STATS_KEY}` tables must be among {sorted(STAT_TABLES)}, got {unknown}")
+        raise ConfigError(
+            f"`{STATS_KEY}` tables must be among {sorted(STAT_TABLES)}, got {unknown}"
+        )
     return orjson.dumps(
         {
             NUMBERS_KEY: numbers,

@@ -6,6 +6,7 @@ columns; unknown customers' rows hold the cold-start values.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
@@ -72,15 +73,10 @@ def decode_block(
     known = np.fromiter((raw is not None for raw in raws), dtype=bool, count=n)
     rows = np.flatnonzero(known)
     table = _parse([raws[i] for i in rows.tolist()], expected_version, layout)  # type: ignore[misc]
-    numeric_names = layout.numeric + tuple(
-        f for f, spec in _DEFAULTS.items() if spec.kind == "numeric" and f not in layout.numeric
-    )
-    text_names = layout.text + tuple(
-        f for f, spec in _DEFAULTS.items() if spec.kind != "numeric" and f not in layout.text
-    )
+    numeric_names, cold_numbers, cold_texts = _columns(layout)
     numeric = np.empty((n, len(numeric_names)), dtype=np.float64)
-    numeric[:] = [_cold_number(name) for name in numeric_names]
-    text = {name: np.full(n, _cold(name), dtype=object) for name in text_names}
+    numeric[:] = cold_numbers
+    text = {name: np.full(n, value, dtype=object) for name, value in cold_texts.items()}
     as_of = np.full(n, np.datetime64("NaT"), dtype="datetime64[us]")
     stats = {name: _no_stats(n, name) for name in STAT_TABLES}
     if table is not None:
@@ -123,7 +119,9 @@ def describe_row(block: FeatureBlock, i: int) -> dict[str, Any]:
     out: dict[str, Any] = {
         "customer_id": block.ids[i],
         "cold_start": bool(block.cold_start[i]),
-        "as_of": None if np.isnat(as_of) else str(as_of.astype("datetime64[us]").item().isoformat()),
+        "as_of": None
+        if np.isnat(as_of)
+        else str(as_of.astype("datetime64[us]").item().isoformat()),
         "spec_version": block.spec_version,
     }
     for j, name in enumerate(block.numeric_names):
@@ -157,10 +155,10 @@ def _parse(lines: list[bytes], expected: str, layout: Layout) -> pa.Table | None
     numbers, texts = table.column(NUMBERS_KEY), table.column(TEXTS_KEY)
     if numbers.null_count or texts.null_count:
         raise layout_mismatch()  # entries of an older format (JSON objects)
-    n_lengths = pc.list_value_length(numbers).to_numpy(zero_copy_only=False)
-    s_lengths = pc.list_value_length(texts).to_numpy(zero_copy_only=False)
-    if (n_lengths != len(layout.numeric)).any() or (s_lengths != len(layout.text)).any():
-        raise layout_mismatch()
+    for column, width in ((numbers, len(layout.numeric)), (texts, len(layout.text))):
+        for chunk in column.chunks:
+            if (np.diff(chunk.offsets.to_numpy()) != width).any():
+                raise layout_mismatch()
     return table
 
 
@@ -190,20 +188,23 @@ def _key_stats(column: pa.StructArray, name: str, n: int, rows: np.ndarray) -> K
     """One table's statistics of every customer (``rows``: the known ones, in order)."""
     width = len(STAT_TABLES[name].stats)
     keys, values = column.field("keys"), column.field("values")
-    key_counts = pc.fill_null(pc.list_value_length(keys), 0).to_numpy(zero_copy_only=False)
-    row_counts = pc.fill_null(pc.list_value_length(values), 0).to_numpy(zero_copy_only=False)
-    flat_rows = pc.list_flatten(values)
-    widths = pc.list_value_length(flat_rows).to_numpy(zero_copy_only=False)
-    if not np.array_equal(key_counts, row_counts) or flat_rows.null_count or (widths != width).any():
+    key_counts = np.diff(keys.offsets.to_numpy())  # null lists: no keys
+    flat_rows = values.flatten()
+    widths = np.diff(flat_rows.offsets.to_numpy())
+    if (
+        not np.array_equal(key_counts, np.diff(values.offsets.to_numpy()))
+        or flat_rows.null_count
+        or (widths != width).any()
+    ):
         raise layout_mismatch()
     # each distinct key is one Python str, shared by the customers that hold it
-    encoded = pc.dictionary_encode(pc.list_flatten(keys))
-    flat_keys = np.asarray(encoded.dictionary.to_pylist(), dtype=object)[
-        encoded.indices.to_numpy(zero_copy_only=False).astype(np.intp)
-    ] if len(encoded) else np.zeros(0, dtype=object)  # fmt: skip
+    encoded = keys.flatten().dictionary_encode()
+    flat_keys = np.asarray(encoded.dictionary.to_pylist() or [None], dtype=object)[
+        encoded.indices.to_numpy(zero_copy_only=False)
+    ]
     counts = np.zeros(n, dtype=np.intp)
     counts[rows] = key_counts
-    flat = pc.list_flatten(flat_rows).to_numpy(zero_copy_only=False)
+    flat = flat_rows.flatten().to_numpy(zero_copy_only=False)
     return KeyStats(counts, flat_keys, np.asarray(flat, dtype=np.float64).reshape(-1, width))
 
 
@@ -212,11 +213,16 @@ def _no_stats(n: int, name: str) -> KeyStats:
     return KeyStats(np.zeros(n, np.intp), np.zeros(0, dtype=object), np.zeros((0, width)))
 
 
-def _cold(name: str) -> Any:
-    spec = _DEFAULTS.get(name)
-    return spec.default if spec is not None else None
-
-
-def _cold_number(name: str) -> float:
-    value = _cold(name)
-    return float(value) if value is not None else np.nan
+@functools.lru_cache(maxsize=16)
+def _columns(layout: Layout) -> tuple[tuple[str, ...], np.ndarray, dict[str, Any]]:
+    """The numeric names of a block of ``layout``, their cold-start values, and the text
+    names with theirs: the layout's names, then the customer features it lacks."""
+    numeric = layout.numeric + tuple(
+        f for f, spec in _DEFAULTS.items() if spec.kind == "numeric" and f not in layout.numeric
+    )
+    text = layout.text + tuple(
+        f for f, spec in _DEFAULTS.items() if spec.kind != "numeric" and f not in layout.text
+    )
+    cold = {name: spec.default for name, spec in _DEFAULTS.items()}
+    numbers = np.array([cold.get(name) for name in numeric], dtype=np.float64)  # None -> NaN
+    return numeric, numbers, {name: cold.get(name) for name in text}

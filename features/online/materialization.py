@@ -87,7 +87,9 @@ def _flatten(batches: Generator[list[Pair], None, None]) -> Iterator[Pair]:
         batches.close()
 
 
-def _batches(parts: Generator[pa.Table, None, None] | Background) -> Generator[list[Pair], None, None]:
+def _batches(
+    parts: Generator[pa.Table, None, None] | Background,
+) -> Generator[list[Pair], None, None]:
     """The ``(customer_id, vector)`` pairs of each part, in lists of up to ``BATCH``."""
     try:
         for part in parts:

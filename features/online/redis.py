@@ -26,7 +26,8 @@ class RedisOnlineStore:
 
         self.prefix = prefix
         self.expected_version = expected_version
-        self._redis = client if client is not None else redis.Redis.from_url(url)
+        # Any: redis-py types its replies str | bytes (decode_responses); this client: bytes
+        self._redis: Any = client if client is not None else redis.Redis.from_url(url)
         self._layout: Layout | None = None
 
     def _key(self, customer_id: str) -> str:

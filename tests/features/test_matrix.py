@@ -301,5 +301,7 @@ def test_the_builder_prepares_a_touchpoint_it_did_not_know(trained):
     block = block_of({"c": None}, FEATURE_SPEC_VERSION)
     pairs = (np.zeros(2, np.intp), np.arange(2))
     X = builder.build(block, fresh, [{}], T0, *pairs)
-    np.testing.assert_array_equal(X, builder.build(block, catalog.for_touchpoint("cart"), [{}], T0, *pairs))
+    np.testing.assert_array_equal(
+        X, builder.build(block, catalog.for_touchpoint("cart"), [{}], T0, *pairs)
+    )
     assert X.dtype == np.float32

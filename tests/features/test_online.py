@@ -48,7 +48,9 @@ def test_online_features_equal_the_offline_features(story, store):
             if pd.isna(value):
                 assert got[name] is None, name
             else:
-                assert got[name] == (pytest.approx(value) if isinstance(value, float) else value), name
+                assert got[name] == (pytest.approx(value) if isinstance(value, float) else value), (
+                    name
+                )
     c1 = online["c1"]["stats"]
     assert c1["category"] == {"bags": [30.0, 1.0], "shoes": [50.0, 1.0]}
     assert list(c1["offer"]) == ["o1"]
