@@ -85,8 +85,7 @@ def decode_block(
         for j, name in enumerate(layout.text):
             text[name][rows] = texts[:, j]
         as_of[rows] = _times(table.column(AS_OF_KEY))
-        column = table.column(STATS_KEY).combine_chunks()
-        stats = {name: _key_stats(column.field(name), name, n, rows) for name in STAT_TABLES}
+        stats = _all_key_stats(table.column(STATS_KEY).combine_chunks(), n, rows)
     return FeatureBlock(
         ids=tuple(ids),
         numeric_names=numeric_names,
@@ -142,10 +141,12 @@ def _parse(lines: list[bytes], expected: str, layout: Layout) -> pa.Table | None
     # one JSON document per line: a compact vector never holds a raw newline
     if any(b"\n" in line for line in lines):
         raise layout_mismatch()
-    # blocks of ~1 MB are parsed in parallel; a block must hold the longest line
-    block_size = max(1 << 20, 2 * max(map(len, lines)))
+    data = b"\n".join(lines)
+    # blocks of up to ~1 MB are parsed in parallel; a block must hold the longest line (and
+    # a larger block than the data only costs its allocation)
+    block_size = max(2 * max(map(len, lines)), min(1 << 20, len(data)))
     table = pajson.read_json(
-        pa.BufferReader(b"\n".join(lines)),
+        pa.BufferReader(data),
         read_options=pajson.ReadOptions(block_size=block_size),
         parse_options=_PARSE,
     )
@@ -173,39 +174,40 @@ def _flat(column: pa.ChunkedArray, width: int) -> np.ndarray:
 
 
 def _times(column: pa.ChunkedArray) -> np.ndarray:
-    """ISO texts (a few distinct ones) as datetime64[us], shape (rows,); null = NaT."""
-    encoded = pc.dictionary_encode(column.combine_chunks())
-    distinct = [*encoded.dictionary.to_pylist(), None]
-    times = np.array(
-        [np.datetime64(t, "us") if t is not None else np.datetime64("NaT", "us") for t in distinct],
-        dtype="datetime64[us]",
-    )
-    indices = pc.fill_null(encoded.indices, len(distinct) - 1).to_numpy(zero_copy_only=False)
-    return times[indices]
+    """ISO texts as datetime64[us], shape (rows,); null = NaT."""
+    return column.cast(pa.timestamp("us")).to_numpy()
 
 
-def _key_stats(column: pa.StructArray, name: str, n: int, rows: np.ndarray) -> KeyStats:
-    """One table's statistics of every customer (``rows``: the known ones, in order)."""
-    width = len(STAT_TABLES[name].stats)
-    keys, values = column.field("keys"), column.field("values")
-    key_counts = np.diff(keys.offsets.to_numpy())  # null lists: no keys
-    flat_rows = values.flatten()
-    widths = np.diff(flat_rows.offsets.to_numpy())
-    if (
-        not np.array_equal(key_counts, np.diff(values.offsets.to_numpy()))
-        or flat_rows.null_count
-        or (widths != width).any()
-    ):
-        raise layout_mismatch()
-    # each distinct key is one Python str, shared by the customers that hold it
-    encoded = keys.flatten().dictionary_encode()
-    flat_keys = np.asarray(encoded.dictionary.to_pylist() or [None], dtype=object)[
-        encoded.indices.to_numpy(zero_copy_only=False)
-    ]
-    counts = np.zeros(n, dtype=np.intp)
-    counts[rows] = key_counts
-    flat = flat_rows.flatten().to_numpy(zero_copy_only=False)
-    return KeyStats(counts, flat_keys, np.asarray(flat, dtype=np.float64).reshape(-1, width))
+def _all_key_stats(column: pa.StructArray, n: int, rows: np.ndarray) -> dict[str, KeyStats]:
+    """Every table's statistics of every customer (``rows``: the known ones, in order)."""
+    tables = [column.field(name) for name in STAT_TABLES]
+    keys = [table.field("keys") for table in tables]
+    # every table's keys at once; each distinct key one Python str, shared by its holders
+    encoded = pa.concat_arrays([k.flatten() for k in keys]).dictionary_encode()
+    distinct = np.asarray(encoded.dictionary.to_pylist() or [None], dtype=object)
+    flat_keys = distinct[encoded.indices.to_numpy(zero_copy_only=False)]
+    out, start = {}, 0
+    for name, table, table_keys in zip(STAT_TABLES, tables, keys, strict=True):
+        width = len(STAT_TABLES[name].stats)
+        values = table.field("values")
+        key_counts = np.diff(table_keys.offsets.to_numpy())  # null lists: no keys
+        flat_rows = values.flatten()
+        widths = np.diff(flat_rows.offsets.to_numpy())
+        if (
+            not np.array_equal(key_counts, np.diff(values.offsets.to_numpy()))
+            or flat_rows.null_count
+            or (widths != width).any()
+        ):
+            raise layout_mismatch()
+        counts = np.zeros(n, dtype=np.intp)
+        counts[rows] = key_counts
+        end = start + len(flat_rows)
+        flat = flat_rows.flatten().to_numpy(zero_copy_only=False)
+        out[name] = KeyStats(
+            counts, flat_keys[start:end], np.asarray(flat, dtype=np.float64).reshape(-1, width)
+        )
+        start = end
+    return out
 
 
 def _no_stats(n: int, name: str) -> KeyStats:
