@@ -63,6 +63,17 @@ class OfferArrays:
     def __len__(self) -> int:
         return len(self.offer_id)
 
+    def feature(self, name: str) -> np.ndarray:
+        """The column of offer feature ``name`` (``offer_id``, ``offer_type``,
+        ``offer_category``, ``offer_value``)."""
+        columns = {
+            "offer_id": self.offer_id,
+            "offer_type": self.offer_type,
+            "offer_category": self.category,
+            "offer_value": self.value,
+        }
+        return columns[name]
+
 
 def offer_arrays(offers: pd.DataFrame | pa.Table | Sequence[Mapping[str, Any]]) -> OfferArrays:
     """Offers (pandas / Arrow table, or dicts with the contract's offer columns) as arrays."""
@@ -184,8 +195,7 @@ class MatrixColumns:
             "tp_stage": touchpoint.get("stage"),
         }
         codes = tuple(
-            (j, _encoded(col, getattr(offers, _OFFER_COLUMNS[col.name])).astype(np.float32))
-            for j, col in self.offer
+            (j, _encoded(col, offers.feature(col.name)).astype(np.float32)) for j, col in self.offer
         )
         m = len(offers)
         keys = {}
@@ -193,7 +203,7 @@ class MatrixColumns:
             if spec.offer_key == "touchpoint_id":
                 side = np.full(m, touchpoint.get("touchpoint_id"), dtype=object)
             else:
-                side = getattr(offers, _OFFER_COLUMNS[spec.offer_key])
+                side = offers.feature(spec.offer_key)
             texts = [None if _missing(v) else str(v) for v in side.tolist()]
             distinct = {
                 t: i for i, t in enumerate(dict.fromkeys(t for t in texts if t is not None))
