@@ -318,11 +318,14 @@ class MatrixColumns:
             values[:, numbers.aging] = np.where(grow, grown, aging)
             rows[:, numbers.positions] = values
         for j, col in numbers.others:  # categorical, text or absent features
-            values = features.text.get(col.name)
-            if values is None:
-                at = numbers.index.get(col.name)
-                values = features.numeric[:, at] if at is not None else [None] * n
-            rows[:, j] = _encoded(col, values)
+            text = features.text.get(col.name)
+            at = numbers.index.get(col.name)
+            if text is not None:
+                rows[:, j] = _encoded(col, text)
+            else:
+                rows[:, j] = _encoded(
+                    col, features.numeric[:, at] if at is not None else [None] * n
+                )
         return rows
 
     def _numbers(self, names: tuple[str, ...]) -> _Numbers:

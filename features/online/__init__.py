@@ -28,7 +28,7 @@ from features.online.materialization import (
     vectors_as_of,
 )
 from features.online.redis import RedisOnlineStore
-from features.online.source import DEFAULT_ALIASES, StoreFeatureSource
+from features.online.source import DEFAULT_ALIASES, ReadAhead, StoreFeatureSource
 from features.online.sqlite import SQLiteOnlineStore
 from recsys.errors import ConfigError
 
@@ -53,6 +53,7 @@ __all__ = [
     "STORES",
     "Layout",
     "OnlineStore",
+    "ReadAhead",
     "RedisOnlineStore",
     "SQLiteOnlineStore",
     "StoreFeatureSource",

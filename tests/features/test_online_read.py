@@ -17,6 +17,7 @@ from features.online import (
     StoreFeatureSource,
     describe_row,
     materialize,
+    vectors_as_of,
 )
 from features.spec import FEATURE_SPEC_VERSION
 from features.training_set import cold_start_vector
@@ -58,8 +59,11 @@ def test_sqlite_and_redis_give_the_same_block(logged, tmp_path):
     except Exception as exc:  # pragma: no cover - the service is part of the test setup
         pytest.skip(f"Redis at {REDIS_URL} is not reachable: {exc}")
     try:
+        # the same stored vectors in both (a customer's keys come in any order)
+        layout, vectors = vectors_as_of(logged.con, T0)
+        vectors = list(vectors)
         for store in (sqlite, redis):
-            assert materialize(logged.con, store, as_of=T0) == 3
+            assert store.write(vectors, FEATURE_SPEC_VERSION, replace=True, layout=layout) == 3
         ids = _ids(logged.con)
         a, b = sqlite.read_block(ids), redis.read_block(ids)
         assert_blocks_equal(a, b)
@@ -175,4 +179,21 @@ def test_a_wrapped_feature_source_still_reads_columns(logged, tmp_path):
     assert isinstance(block, FeatureBlock) and block.numeric.dtype == np.float64
     assert_blocks_equal(block, direct.read(ids))
     assert wrapped.spec_version() == FEATURE_SPEC_VERSION and wrapped.reads == 1
+    store.close()
+
+
+def test_read_ahead_gives_the_blocks_of_direct_reads(logged, tmp_path):
+    from features.online import ReadAhead
+
+    store = SQLiteOnlineStore(tmp_path / "online.sqlite")
+    materialize(logged.con, store, as_of=T0)
+    direct = StoreFeatureSource(store, _catalog())
+    ids = _ids(logged.con)[:-1]
+    chunks = [ids[:2], ids[2:4], ids[4:]]
+    ahead = ReadAhead(MeteredFeatures(direct), chunks)
+    for chunk in chunks:
+        assert_blocks_equal(ahead.read(chunk), direct.read(chunk))
+    assert_blocks_equal(ahead.read(ids[1:3]), direct.read(ids[1:3]))  # off the plan
+    assert ahead.source.reads == 4 and ahead.spec_version() == FEATURE_SPEC_VERSION
+    ahead.close()
     store.close()
