@@ -142,12 +142,14 @@ def _parse(lines: list[bytes], expected: str, layout: Layout) -> pa.Table | None
     if any(b"\n" in line for line in lines):
         raise layout_mismatch()
     data = b"\n".join(lines)
-    # blocks of up to ~1 MB are parsed in parallel; a block must hold the longest line (and
-    # a larger block than the data only costs its allocation)
-    block_size = max(2 * max(map(len, lines)), min(1 << 20, len(data)))
+    # One thread: the least CPU per read (the Arrow thread pool's hand-off costs more than a
+    # small read); reads run in parallel across workers and ahead of batch scoring's chunks
+    # (``ReadAhead``). A block must hold the longest line.
     table = pajson.read_json(
         pa.BufferReader(data),
-        read_options=pajson.ReadOptions(block_size=block_size),
+        read_options=pajson.ReadOptions(
+            block_size=max(2 * max(map(len, lines)), min(1 << 20, len(data))), use_threads=False
+        ),
         parse_options=_PARSE,
     )
     wrong = [v for v in table.column(SPEC_KEY).unique().to_pylist() if v != expected]
@@ -183,28 +185,26 @@ def _all_key_stats(column: pa.StructArray, n: int, rows: np.ndarray) -> dict[str
     tables = [column.field(name) for name in STAT_TABLES]
     keys = [table.field("keys") for table in tables]
     # every table's keys at once; each distinct key one Python str, shared by its holders
-    encoded = pa.concat_arrays([k.flatten() for k in keys]).dictionary_encode()
+    flat_keys = [k.flatten() for k in keys]
+    encoded = pa.concat_arrays(flat_keys).dictionary_encode()
     distinct = np.asarray(encoded.dictionary.to_pylist() or [None], dtype=object)
-    flat_keys = distinct[encoded.indices.to_numpy(zero_copy_only=False)]
+    all_keys = distinct[encoded.indices.to_numpy(zero_copy_only=False)]
     out, start = {}, 0
-    for name, table, table_keys in zip(STAT_TABLES, tables, keys, strict=True):
+    for name, table, table_keys, flat in zip(STAT_TABLES, tables, keys, flat_keys, strict=True):
         width = len(STAT_TABLES[name].stats)
-        values = table.field("values")
-        key_counts = np.diff(table_keys.offsets.to_numpy())  # null lists: no keys
-        flat_rows = values.flatten()
-        widths = np.diff(flat_rows.offsets.to_numpy())
+        rows_of_keys = table.field("values").flatten()  # one row of ``width`` values per key
+        values = rows_of_keys.flatten().to_numpy(zero_copy_only=False)
         if (
-            not np.array_equal(key_counts, np.diff(values.offsets.to_numpy()))
-            or flat_rows.null_count
-            or (widths != width).any()
+            len(rows_of_keys) != len(flat)
+            or rows_of_keys.null_count
+            or len(values) != width * len(flat)
         ):
             raise layout_mismatch()
         counts = np.zeros(n, dtype=np.intp)
-        counts[rows] = key_counts
-        end = start + len(flat_rows)
-        flat = flat_rows.flatten().to_numpy(zero_copy_only=False)
+        counts[rows] = np.diff(table_keys.offsets.to_numpy())  # null lists: no keys
+        end = start + len(flat)
         out[name] = KeyStats(
-            counts, flat_keys[start:end], np.asarray(flat, dtype=np.float64).reshape(-1, width)
+            counts, all_keys[start:end], np.asarray(values, dtype=np.float64).reshape(-1, width)
         )
         start = end
     return out
