@@ -1,17 +1,19 @@
-"""Benchmark: ``features.matrix.decision_matrix`` per call, as serving calls it.
+"""Benchmark: the request matrix (``features.decision_matrix``) as the pipeline builds it.
 
 Builds a small real setup once (cached in ``--workdir``): demo data (``recsys.datagen``,
 500 customers, 20 days, seed 1), a DuckDB warehouse, the training set and its fitted
-:class:`~features.matrix.Encoding`, and the customers' vectors materialised into a SQLite
-online store. Then times ``--calls`` calls of ``decision_matrix``, cycling over customers
-(real vectors, some cold starts) and the demo catalogue's touchpoints (every candidate offer
-of the touchpoint), twice in one run: as :class:`~features.matrix.OfferArrays` (offer columns
-and statistics worked out per call) and as :class:`~features.matrix.PreparedOffers` (worked
-out once per touchpoint, as ``serving`` passes them).
+:class:`~features.matrix.Encoding`, and the customers' features materialised into a SQLite
+online store. Then times, over the demo catalogue's touchpoints (every candidate offer of
+the touchpoint) and customers read from the store (real ones, some cold starts):
 
-Prints one JSON line: microseconds per call of each (best of ``--repeats``, the two
-alternating), their ratio, offers per call, columns.
-Usage: python bench/bench_decision_matrix.py [--calls 5000] [--repeats 5] [--workdir DIR]
+- ``--calls`` requests of one customer (a batch of one: the block read, then
+  :meth:`~features.decision_matrix.DecisionMatrixBuilder.build`);
+- batches of ``--batch`` customers (one read, one build per batch).
+
+Prints one JSON line: microseconds per request / per customer of a batch (best of
+``--repeats``), split into read and build, rows per call, columns.
+Usage: python bench/bench_decision_matrix.py [--calls 2000] [--batch 200] [--repeats 5]
+       [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -25,13 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from features.matrix import (
-    Encoding,
-    PreparedOffers,
-    decision_matrix,
-    fit_encoding,
-    offer_arrays,
-)
+from features.decision_matrix import DecisionMatrixBuilder
+from features.matrix import Encoding, fit_encoding
 from features.online import SQLiteOnlineStore, materialize
 from features.training_set import build_training_set
 from recsys import warehouse
@@ -63,7 +60,8 @@ def prepare(workdir: Path) -> tuple[Path, Path, Path]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=5000)
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
@@ -79,58 +77,68 @@ def main() -> None:
     customers += [
         r[0] for r in con.execute("SELECT customer_id FROM customers LIMIT 190").fetchall()
     ]
-    # A decision a day after the vectors' as-of time (the days-since features age).
+    # A decision a day after the features' as-of time (the days-since features age).
     now = con.execute("SELECT max(ts) FROM decisions").fetchone()[0] + timedelta(days=1)
     now = now.replace(tzinfo=UTC)
     con.close()
-    vectors = list(store.get_many(customers).values())
-    store.close()
-    touchpoints = []
-    for tp_id, tp in sorted(catalog.touchpoints.items()):
-        offers = catalog.for_touchpoint(tp_id).offers
-        if not offers:
-            continue
-        arrays = offer_arrays(
-            [
-                {"offer_id": o.offer_id, "offer_type": o.offer_type, "category": o.category}
-                | {"value": o.value}
-                for o in offers
-            ]
-        )
-        tp_dict = {"touchpoint_id": tp.touchpoint_id, "channel": tp.channel, "stage": tp.stage}
-        touchpoints.append((arrays, PreparedOffers(arrays, encoding), tp_dict))
-    contexts = [{}, {"basket": 2, "device": "mobile"}, {"device": "web"}]
-    calls = [
-        (vectors[i % len(vectors)], *touchpoints[i % len(touchpoints)], contexts[i % 3])
-        for i in range(args.calls)
+    builder = DecisionMatrixBuilder(catalog, encoding)
+    touchpoints = [
+        catalog.for_touchpoint(tp_id)
+        for tp_id in sorted(catalog.touchpoints)
+        if catalog.for_touchpoint(tp_id).offers
     ]
+    contexts = [{}, {"basket": 2, "device": "mobile"}, {"device": "web"}]
+    timings = {"read": 0.0, "build": 0.0}
 
-    def run(prepared: bool) -> int:
-        rows = 0
-        for vector, arrays, ready, tp_dict, ctx in calls:
-            offers = ready if prepared else arrays
-            rows += len(decision_matrix(vector, offers, tp_dict, ctx, now, encoding=encoding))
-        return rows
+    def decide(ids: list[str], offers, context) -> int:
+        started = time.perf_counter()
+        block = store.read_block(ids)
+        built = time.perf_counter()
+        m = len(offers.offers)
+        pair_customer = np.repeat(np.arange(len(ids)), m)
+        pair_offer = np.tile(np.arange(m), len(ids))
+        X = builder.build(block, offers, [context] * len(ids), now, pair_customer, pair_offer)
+        timings["read"] += built - started
+        timings["build"] += time.perf_counter() - built
+        return len(X)
 
-    rows = run(False)  # warm-up (cached plans, imports)
-    run(True)
-    best = {False: np.inf, True: np.inf}
+    def singles() -> int:
+        return sum(
+            decide([customers[i % len(customers)]], touchpoints[i % len(touchpoints)],
+                   contexts[i % 3])
+            for i in range(args.calls)
+        )  # fmt: skip
+
+    def batches() -> int:
+        ids = (customers * (args.batch // len(customers) + 1))[: args.batch]
+        ids = list(dict.fromkeys(ids))
+        return sum(decide(ids, tp, contexts[1]) for tp in touchpoints) // len(touchpoints)
+
+    rows = {"single": singles(), "batch": batches()}  # warm-up
+    best: dict[str, dict[str, float]] = {}
     for _ in range(args.repeats):
-        for prepared in (False, True):
-            started = time.perf_counter()
-            run(prepared)
-            best[prepared] = min(best[prepared], time.perf_counter() - started)
+        for name, run in (("single", singles), ("batch", batches)):
+            timings.update(read=0.0, build=0.0)
+            run()
+            if name not in best or sum(timings.values()) < sum(best[name].values()):
+                best[name] = dict(timings)
+    batch_customers = len(set((customers * (args.batch // len(customers) + 1))[: args.batch]))
+    per = {"single": args.calls, "batch": batch_customers * len(touchpoints)}
     print(
         json.dumps(
             {
                 "calls": args.calls,
-                "us_per_call_offer_arrays": round(best[False] / args.calls * 1e6, 1),
-                "us_per_call_prepared_offers": round(best[True] / args.calls * 1e6, 1),
-                "speed-up": round(best[False] / best[True], 2),
-                "mean_offers_per_call": round(rows / args.calls, 1),
+                "batch_customers": batch_customers,
+                **{
+                    f"us_{part}_per_{'request' if name == 'single' else 'batch_customer'}": round(
+                        best[name][part] / per[name] * 1e6, 1
+                    )
+                    for name in best
+                    for part in ("read", "build")
+                },
+                "rows_per_request": round(rows["single"] / args.calls, 1),
                 "columns": len(encoding.columns),
                 "touchpoints": len(touchpoints),
-                "customers": len(vectors),
             }
         )
     )

@@ -2,7 +2,7 @@
 
 Candidate offers of a logged decision are scored exactly as serving would have scored them
 at the decision time: the customer's point-in-time feature vector (``features.pipeline``
-point tables, as of the decision) goes through ``features.matrix.decision_matrix`` with the
+point tables, as of the decision) goes through ``features.decision_matrix`` with the
 candidate offers. For the shown offer this reproduces the training-set row.
 """
 
@@ -17,17 +17,11 @@ import ibis
 import numpy as np
 import pandas as pd
 
+from features.decision_matrix import MatrixColumns, offer_arrays
 from features.engines import ibis_backend
-from features.matrix import (
-    AS_OF_KEY,
-    SPEC_KEY,
-    STATS_KEY,
-    Encoding,
-    decision_matrix,
-    encode,
-    fit_encoding,
-    offer_arrays,
-)
+from features.matrix import Encoding, encode, fit_encoding
+from features.online import Layout, block_of
+from features.online.base import AS_OF_KEY, SPEC_KEY, STATS_KEY
 from features.pipeline import STAT_TABLES, point_tables, sources
 from features.spec import FEATURE_SPEC_VERSION
 from features.training_set import build_training_set
@@ -105,6 +99,15 @@ class WarehouseCandidates:
         if unknown:
             raise DataError(f"candidate offers {sorted(unknown)[:5]} are not in the offers table")
         vectors = self._vectors(logged)
+        # one block of every (customer, time) point, and a cold-start row (anonymous)
+        layout = Layout.of({k: v for vector in vectors.values() for k, v in vector.items()})
+        points = {point: i for i, point in enumerate(vectors)}
+        block = block_of(
+            {**{str(i): v for i, v in enumerate(vectors.values())}, "cold": None},
+            FEATURE_SPEC_VERSION,
+            layout,
+        )
+        columns = MatrixColumns(encoder.encoding)
         ctx_cols = [c for c in logged.columns if c.startswith("ctx_")]
         by_decision = pairs.groupby("decision_id", sort=False)["offer_id"].agg(tuple)
         arrays_cache: dict[tuple[str, ...], Any] = {}
@@ -124,15 +127,16 @@ class WarehouseCandidates:
                 "channel": values.get("tp_channel"),
                 "stage": values.get("tp_stage"),
             }
-            vector = vectors.get((row.customer_id, pd.Timestamp(row.ts)))
+            at = points.get((row.customer_id, pd.Timestamp(row.ts)), len(points))
+            m = len(arrays)
             blocks.append(
-                decision_matrix(
-                    vector,
-                    arrays,
-                    touchpoint,
-                    context,
+                columns.rows(
+                    block.take([at]),
+                    columns.prepare(arrays, touchpoint),
+                    [context],
                     pd.Timestamp(row.ts).to_pydatetime(),
-                    encoding=encoder.encoding,
+                    np.zeros(m, dtype=np.intp),
+                    np.arange(m),
                 )
             )
             frames.append((row.decision_id, row.touchpoint_id, offer_ids))

@@ -164,13 +164,15 @@ def get(
     customer_id: str = typer.Argument(..., help="Customer id."),
     store: str | None = typer.Option(None, help="sqlite or redis (default: settings)."),
 ) -> None:
-    """Print a customer's vector from the online store as JSON (unknown: the cold start)."""
+    """Print a customer's features from the online store as JSON (unknown: the cold start)."""
+    from features.online import describe_row
+
     online = _store(store)
     try:
-        vector = online.get_many([customer_id])[customer_id]
+        row = describe_row(online.read_block([customer_id]), 0)
     finally:
         online.close()
-    typer.echo(json.dumps(vector, indent=2, sort_keys=False, default=str))
+    typer.echo(json.dumps(row, indent=2, sort_keys=False, default=str))
 
 
 @app.command()

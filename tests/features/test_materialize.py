@@ -9,9 +9,9 @@ from datetime import timedelta as td
 import orjson
 import pytest
 
-from features import online
-from features.matrix import STATS_KEY
-from features.online import SQLiteOnlineStore, cold_start, id_ranges, materialize
+from features.online import SQLiteOnlineStore, describe_row, id_ranges, materialize
+from features.online import materialization as materialize_module
+from features.online.base import STATS_KEY
 from features.pipeline import customer_features
 from features.spec import FEATURE_SPEC_VERSION
 from recsys.errors import SpecMismatchError
@@ -40,7 +40,7 @@ def test_vectors_use_only_the_offer_log_of_the_window(story, tmp_path):
     store = SQLiteOnlineStore(tmp_path / "online.sqlite")
     materialize(story.con, store, as_of=T0)
     offline = customer_features(story.con, T0, customer_ids=["c1"]).iloc[0]
-    vector = store.get_many(["c1"])["c1"]
+    vector = describe_row(store.read_block(["c1"]), 0)
     assert vector["hist_impressions_365d"] == offline["hist_impressions_365d"] == 1.0  # d1
     assert vector["hist_days_since_impression"] == offline["hist_days_since_impression"] == 10.0
     store.close()
@@ -127,7 +127,7 @@ def test_a_failure_in_a_later_range_keeps_the_old_store(story, tmp_path, monkeyp
     materialize(story.con, store, as_of=T0 - td(days=1), range_customers=4)
     before = _rows(store)
     calls = []
-    real = online._range_vectors
+    real = materialize_module._range_vectors
 
     def failing(*args, **kwargs):
         calls.append(1)
@@ -135,7 +135,7 @@ def test_a_failure_in_a_later_range_keeps_the_old_store(story, tmp_path, monkeyp
             raise RuntimeError("range 3 failed")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(online, "_range_vectors", failing)
+    monkeypatch.setattr(materialize_module, "_range_vectors", failing)
     with pytest.raises(RuntimeError, match="range 3 failed"):
         materialize(story.con, store, as_of=T0, range_customers=2)
     assert len(calls) == 3
@@ -151,19 +151,19 @@ def test_a_failure_in_a_later_range_keeps_the_old_store(story, tmp_path, monkeyp
 
 def test_readers_see_the_old_vectors_until_the_replacement_commits(tmp_path):
     store = SQLiteOnlineStore(tmp_path / "online.sqlite")
-    store.write([("a", cold_start()), ("b", cold_start())], FEATURE_SPEC_VERSION, replace=True)
+    store.write([("a", {}), ("b", {})], FEATURE_SPEC_VERSION, replace=True)
     reader = SQLiteOnlineStore(store.path)
     seen = []
 
     def vectors():
         for i in range(5):
-            yield f"n{i}", {**cold_start(), "purch_count_30d": float(i)}
+            yield f"n{i}", {"purch_count_30d": float(i)}
             seen.append((reader.count(), tuple(sorted(reader._raw(["a", "b", "n0", "n1"])))))
 
     assert store.write(vectors(), FEATURE_SPEC_VERSION, replace=True, as_of=T0) == 5
     assert set(seen) == {(2, ("a", "b"))}
     assert reader.count() == 5 and reader.last_as_of() == T0
-    assert reader.get_many(["n3"])["n3"]["purch_count_30d"] == 3.0
-    assert reader.get_many(["a"])["a"] == cold_start()  # gone: cold start
+    assert describe_row(reader.read_block(["n3"]), 0)["purch_count_30d"] == 3.0
+    assert reader.read_block(["a"]).cold_start.tolist() == [True]  # gone: cold start
     reader.close()
     store.close()

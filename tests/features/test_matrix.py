@@ -1,4 +1,5 @@
-"""Encoding: training matrix and serving matrix agree; encodings travel as JSON."""
+"""Encoding and the serving matrix: the builder's rows equal the training encoding of the
+same features (no training/serving skew); encodings travel as JSON."""
 
 from __future__ import annotations
 
@@ -8,20 +9,20 @@ from datetime import timedelta as td
 import numpy as np
 import pytest
 
-import features.matrix as matrix_module
+from features.decision_matrix import DecisionMatrixBuilder, MatrixColumns, offer_arrays
 from features.matrix import (
     UNKNOWN_CODE,
     ColumnEncoding,
     Encoding,
-    PreparedOffers,
-    decision_matrix,
-    decision_matrix_many,
     encode,
     fit_encoding,
     model_columns,
-    offer_arrays,
 )
-from features.online import SQLiteOnlineStore, materialize
+from features.online import Layout, SQLiteOnlineStore, block_of, materialize
+from features.online.base import AS_OF_KEY, STATS_KEY
+from features.spec import FEATURE_SPEC_VERSION
+from features.training_set import cold_start_vector
+from recsys.catalog import catalog_from_records
 from recsys.errors import SpecMismatchError
 from tests.features.conftest import T0
 
@@ -44,6 +45,15 @@ def _context(w, decision_id: str, offer_id: str) -> dict:
 def trained(logged, training_frame):
     encoding = Encoding.from_json(json.dumps(fit_encoding(training_frame).to_dict()))
     return logged, training_frame.copy(), encoding
+
+
+def _rows(columns, block, offers, touchpoint, context, now, dtype=np.float32):
+    """Every offer x the block's one customer."""
+    m = len(offers)
+    prepared = columns.prepare(offer_arrays(offers), touchpoint)
+    return columns.rows(
+        block, prepared, [context] * len(block), now, np.zeros(m, np.intp), np.arange(m), dtype
+    )
 
 
 def test_model_columns_and_encode_shapes(trained):
@@ -80,65 +90,106 @@ def test_categories_use_sorted_vocabularies_and_unknown_code(trained):
     assert X[0, names.index("offer_id")] == UNKNOWN_CODE
 
 
-def test_decision_matrix_equals_the_training_rows(trained, tmp_path):
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_served_rows_equal_the_training_rows(trained, tmp_path, dtype):
+    """The training/serving skew guard: the features of each logged decision materialised
+    as of its time, read from the online store and built into rows, equal ``encode`` of
+    the training set's rows (bit for bit, as float32)."""
     w, frame, encoding = trained
     X, _, _ = encode(frame, encoding)
+    columns = MatrixColumns(encoding)
     store = SQLiteOnlineStore(tmp_path / "online.sqlite")
     offers = w.con.execute("SELECT * FROM offers ORDER BY offer_id").df()
     compared = 0
     for (decision_id, customer_id, ts, tp), rows in frame.groupby(
         ["decision_id", "customer_id", "ts", "touchpoint_id"], dropna=False
     ):
-        vector = None
+        cid = customer_id if isinstance(customer_id, str) else "anonymous"
         if isinstance(customer_id, str):
             materialize(w.con, store, as_of=ts.to_pydatetime(), customer_ids=[customer_id])
-            vector = store.get_many([customer_id])[customer_id]
+        block = store.read_block([cid])
         context = _context(w, decision_id, rows.offer_id.iloc[0])
         chosen = offers.set_index("offer_id").loc[list(rows.offer_id)].reset_index()
-        served = decision_matrix(
-            vector, chosen, TOUCHPOINTS[tp], context, ts.to_pydatetime(), encoding=encoding
-        )
+        served = _rows(columns, block, chosen, TOUCHPOINTS[tp], context, ts.to_pydatetime(), dtype)
+        assert served.dtype == dtype
         # Slate rows of one decision may carry different contexts: compare rows whose
         # context is the one served.
         for k, i in enumerate(rows.index):
             if _context(w, decision_id, rows.loc[i, "offer_id"]) == context:
-                np.testing.assert_array_equal(served[k], X[i], err_msg=decision_id)
+                got = served[k].astype(np.float32)
+                np.testing.assert_array_equal(got.view(np.uint32), X[i].view(np.uint32))
                 compared += 1
     assert compared == 4  # d1, d2/o1, anonymous d3, d4
     store.close()
 
 
-def test_decision_matrix_accepts_lists_arrow_and_prepared_offers(trained):
+def _catalog(w):
+    offers = w.con.execute("SELECT * FROM offers ORDER BY offer_id").df()
+    records = offers[["offer_id", "name", "offer_type", "category", "value"]].to_dict("records")
+    return catalog_from_records(records, list(TOUCHPOINTS.values()))
+
+
+def test_the_builder_port_gives_the_rows_of_its_touchpoints_candidates(trained, tmp_path):
     w, _, encoding = trained
-    frame = w.con.execute("SELECT * FROM offers ORDER BY offer_id").df()
-    records = [
-        {"offer_id": "o1", "offer_type": "discount", "category": "shoes", "value": 1.0},
-        {"offer_id": "o2", "offer_type": "upsell", "category": "bags", "value": 3.0},
-    ]
-    arrow = w.con.sql("SELECT * FROM offers ORDER BY offer_id").to_arrow_table()
-    results = [
-        decision_matrix(None, o, TOUCHPOINTS["cart"], {"basket": 2}, T0, encoding=encoding)
-        for o in (frame, records, arrow, offer_arrays(records))
-    ]
-    for other in results[1:]:
-        np.testing.assert_array_equal(results[0], other)
-    assert results[0].shape == (2, len(encoding.columns))
+    store = SQLiteOnlineStore(tmp_path / "online.sqlite")
+    materialize(w.con, store, as_of=T0 - td(hours=6))
+    block = store.read_block(["c1", "nobody", "c3", "c2"])
+    catalog = _catalog(w)
+    builder = DecisionMatrixBuilder(catalog, encoding)
+    columns = MatrixColumns(encoding)
+    contexts = [{"device": "mobile", "basket": 2}, {}, {"seg": 7, "member": True}, {"seg": "x"}]
+    now = T0 + td(days=2)
+    pair_customer, pair_offer = np.array([0, 0, 2, 1, 3, 3]), np.array([1, 0, 1, 0, 0, 1])
+    for tp in TOUCHPOINTS:
+        candidates = catalog.for_touchpoint(tp)
+        X = builder.build(block, candidates, contexts, now, pair_customer, pair_offer)
+        assert X.dtype == np.float64 and X.shape == (6, len(encoding.columns))
+        offers = [
+            {"offer_id": o.offer_id, "offer_type": o.offer_type, "category": o.category,
+             "value": o.value} for o in candidates.offers
+        ]  # fmt: skip
+        for r, (i, j) in enumerate(zip(pair_customer, pair_offer, strict=True)):
+            alone = _rows(columns, block.take([i]), offers, TOUCHPOINTS[tp], contexts[i], now)
+            np.testing.assert_array_equal(X[r].astype(np.float32), alone[j])
+    store.close()
+
+
+def test_a_batch_gives_each_customer_the_rows_it_gets_alone(trained, tmp_path):
+    """A single request is a batch of one: the rows of a customer do not depend on the
+    other customers of the block, nor on which pairs are asked for."""
+    w, _, encoding = trained
+    store = SQLiteOnlineStore(tmp_path / "online.sqlite")
+    materialize(w.con, store, as_of=T0 - td(hours=6))
+    block = store.read_block(["c1", "c2", "nobody", "c3"])
+    store.close()
+    columns = MatrixColumns(encoding)
+    offers = w.con.execute("SELECT * FROM offers ORDER BY offer_id").df()
+    prepared = columns.prepare(offer_arrays(offers), TOUCHPOINTS["cart"])
+    contexts = [{}, {"device": "mobile", "basket": 2}, {"seg": 7}, {"member": False}]
+    rng = np.random.default_rng(0)
+    eligible = rng.random((len(block), len(offers))) < 0.7
+    eligible[0] = True
+    eligible[1] = False  # a customer without a pair
+    rows, cols = np.nonzero(eligible)
+    now = T0 + td(days=2)
+    X = columns.rows(block, prepared, contexts, now, rows, cols)
+    for i in range(len(block)):
+        mine = np.flatnonzero(eligible[i])
+        alone = columns.rows(
+            block.take([i]), prepared, [contexts[i]], now, np.zeros(len(mine), np.intp), mine
+        )
+        np.testing.assert_array_equal(X[rows == i].view(np.uint32), alone.view(np.uint32))
 
 
 def test_days_since_features_age_between_materialisation_and_decision(trained, tmp_path):
     w, _, encoding = trained
     store = SQLiteOnlineStore(tmp_path / "online.sqlite")
     materialize(w.con, store, as_of=T0 - td(hours=12), customer_ids=["c1"])
-    vector = store.get_many(["c1"])["c1"]
+    block = store.read_block(["c1"])
     names = encoding.names
-    later = decision_matrix(
-        vector,
-        [{"offer_id": "o1", "offer_type": "discount"}],
-        TOUCHPOINTS["cart"],
-        {},
-        T0 - td(hours=12) + td(days=2),
-        encoding=encoding,
-    )[0]
+    offer = [{"offer_id": "o1", "offer_type": "discount"}]
+    later = _rows(MatrixColumns(encoding), block, offer, TOUCHPOINTS["cart"], {},
+                  T0 - td(hours=12) + td(days=2))[0]  # fmt: skip
     # purchase 2 days before T0 -> 1.5 days at materialisation -> 3.5 two days later
     assert later[names.index("purch_days_since_last")] == pytest.approx(3.5)
     assert later[names.index("x_offer_days_since_shown")] == pytest.approx(11.5)
@@ -146,28 +197,23 @@ def test_days_since_features_age_between_materialisation_and_decision(trained, t
     store.close()
 
 
-def test_a_vector_without_some_features_gets_their_cold_start_values(trained, tmp_path):
-    """A vector from an older store may lack a feature: the column is the feature's
+def test_features_an_older_store_lacks_read_their_cold_start_values(trained):
+    """A store materialised before a feature existed: the block has the feature's
     cold-start value, as if the vector carried it."""
-    from features.training_set import cold_start_vector
-
-    w, _, encoding = trained
-    store = SQLiteOnlineStore(tmp_path / "online.sqlite")
-    materialize(w.con, store, as_of=T0, customer_ids=["c1"])
-    vector = store.get_many(["c1"])["c1"]
-    store.close()
-    offers = [{"offer_id": "o1", "offer_type": "discount"}]
+    _, _, encoding = trained
     names = encoding.names
-    dropped = [n for n in ("purch_count_30d", "int_count_30d") if n in vector and n in names]
-    assert dropped
-    partial = {k: v for k, v in vector.items() if k not in dropped}
-    filled = {**vector, **{n: cold_start_vector()[n] for n in dropped}}
-    got = decision_matrix(partial, offers, TOUCHPOINTS["cart"], {}, T0, encoding=encoding)
-    want = decision_matrix(filled, offers, TOUCHPOINTS["cart"], {}, T0, encoding=encoding)
-    np.testing.assert_array_equal(got, want)
-    full = decision_matrix(vector, offers, TOUCHPOINTS["cart"], {}, T0, encoding=encoding)
-    assert full[0, names.index("purch_count_30d")] == 1.0
-    assert got[0, names.index("purch_count_30d")] != 1.0
+    dropped = ("purch_count_30d", "int_count_30d")
+    vector = {"purch_count_30d": 4.0, "int_count_30d": 2.0, "purch_amount_365d": 10.0}
+    full = Layout.of({**cold_start_vector(), **vector})
+    older = Layout(tuple(n for n in full.numeric if n not in dropped), full.text)
+    got = block_of({"c": vector}, FEATURE_SPEC_VERSION, older)
+    columns = MatrixColumns(encoding)
+    offer = [{"offer_id": "o1", "offer_type": "discount"}]
+    row = _rows(columns, got, offer, TOUCHPOINTS["cart"], {}, T0)[0]
+    cold = cold_start_vector()
+    for name in dropped:
+        assert row[names.index(name)] == cold[name] != vector[name]
+    assert row[names.index("purch_amount_365d")] == 10.0
 
 
 def test_spec_mismatch_is_refused(trained):
@@ -176,12 +222,35 @@ def test_spec_mismatch_is_refused(trained):
     with pytest.raises(SpecMismatchError, match=r"feature spec 0ld5pec.*retrain"):
         encode(frame, old)
     with pytest.raises(SpecMismatchError, match="encoding is for feature spec 0ld5pec"):
-        decision_matrix(None, [{"offer_id": "o1"}], TOUCHPOINTS["cart"], {}, T0, encoding=old)
-    vector = {"__spec_version": "0ld5pec"}
+        MatrixColumns(old)
+    block = block_of({"c": {}}, "0ld5pec")
     with pytest.raises(SpecMismatchError, match="materialised with feature spec 0ld5pec"):
-        decision_matrix(
-            vector, [{"offer_id": "o1"}], TOUCHPOINTS["cart"], {}, T0, encoding=encoding
-        )
+        _rows(MatrixColumns(encoding), block, [{"offer_id": "o1"}], TOUCHPOINTS["cart"], {}, T0)
+
+
+def _bad_inputs():
+    n1, p2 = np.zeros(1, np.intp), np.zeros(2, np.intp)
+    return [
+        ({"contexts": [{}, {}]}, ValueError, r"`contexts` must have one entry per customer \(1\), got 2"),
+        ({"pair_offer": p2}, ValueError, r"must have one shape \(p,\), got \(1,\) and \(2,\)"),
+        ({"pair_customer": n1 + 1}, ValueError, r"`pair_customer` must be in 0..0, got 1..1"),
+        ({"pair_offer": n1 + 5}, ValueError, r"`pair_offer` must be in 0..1, got 5..5"),
+        ({"dtype": np.int64}, ValueError, "`dtype` must be float32 or float64, got int64"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(("bad", "error", "message"), _bad_inputs())
+def test_rows_refuse_inputs_that_do_not_fit(trained, bad, error, message):
+    _, _, encoding = trained
+    columns = MatrixColumns(encoding)
+    prepared = columns.prepare(offer_arrays([{"offer_id": "o1"}, {"offer_id": "o2"}]),
+                               TOUCHPOINTS["cart"])  # fmt: skip
+    args = {"contexts": [{}], "pair_customer": np.zeros(1, np.intp),
+            "pair_offer": np.zeros(1, np.intp), "dtype": np.float32, **bad}  # fmt: skip
+    block = block_of({"c": {}}, FEATURE_SPEC_VERSION)
+    with pytest.raises(error, match=message):
+        columns.rows(block, prepared, args["contexts"], T0, args["pair_customer"],
+                     args["pair_offer"], args["dtype"])  # fmt: skip
 
 
 def test_encoding_round_trips_through_json(trained):
@@ -191,158 +260,48 @@ def test_encoding_round_trips_through_json(trained):
     assert again.column("ctx_seg") == ColumnEncoding("ctx_seg", "categorical", ("7", "gold"))
 
 
-def test_crosses_read_key_maps_in_any_order(trained):
+def test_crosses_read_each_customers_statistics_at_the_offers_keys(trained):
     _, _, encoding = trained
-    vector = {
-        "purch_amount_365d": 100.0,
-        "__stats": {"category": {"keys": ["shoes", "bags"], "values": [[60.0, 2.0], [40.0, 1.0]]}},
-    }
-    offers = [{"offer_id": "o2", "category": "bags"}, {"offer_id": "o1", "category": "shoes"}]
-    X = decision_matrix(vector, offers, TOUCHPOINTS["cart"], {}, T0, encoding=encoding)
-    share = X[:, encoding.names.index("x_category_spend_share_365d")]
-    count = X[:, encoding.names.index("x_category_purchases_365d")]
-    np.testing.assert_allclose(share, [0.4, 0.6])
-    np.testing.assert_allclose(count, [1.0, 2.0])
+    vectors = {
+        "a": {"purch_amount_365d": 100.0, AS_OF_KEY: T0.isoformat(), STATS_KEY: {
+            "category": {"keys": ["shoes", "bags"], "values": [[60.0, 2.0], [40.0, 1.0]]}}},
+        "b": {"purch_amount_365d": 10.0, AS_OF_KEY: T0.isoformat(), STATS_KEY: {
+            "category": {"keys": ["toys", "bags"], "values": [[1.0, 1.0], [5.0, 3.0]]}}},
+        "cold": None,
+    }  # fmt: skip
+    block = block_of(vectors, FEATURE_SPEC_VERSION)
+    columns = MatrixColumns(encoding)
+    offers = [{"offer_id": "o2", "category": "bags"}, {"offer_id": "o1", "category": "shoes"},
+              {"offer_id": "o3", "category": None}]  # fmt: skip
+    prepared = columns.prepare(offer_arrays(offers), TOUCHPOINTS["cart"])
+    pair_customer, pair_offer = np.repeat(np.arange(3), 3), np.tile(np.arange(3), 3)
+    X = columns.rows(block, prepared, [{}] * 3, T0, pair_customer, pair_offer)
+    share = X[:, encoding.names.index("x_category_spend_share_365d")].reshape(3, 3)
+    count = X[:, encoding.names.index("x_category_purchases_365d")].reshape(3, 3)
+    np.testing.assert_allclose(share, [[0.4, 0.6, 0.0], [0.5, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    np.testing.assert_allclose(count, [[1.0, 2.0, 0.0], [3.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
 
 
-# --- many customers at once -------------------------------------------------------------------
-
-
-def _odd_vectors(vector: dict) -> list[dict]:
-    """Real vectors bent the ways a store entry can be: text numbers, nested values, gaps."""
-    numeric = [c.name for c in vector_columns(vector) if isinstance(vector[c.name], float)]
-    text = dict(vector, **{numeric[0]: "3.5", "purch_days_since_last": "1.5"})
-    nested = dict(vector, **{numeric[1]: {"a": 1}})
-    missing = {k: v for k, v in vector.items() if k not in numeric[:5]}
-    stats = dict(vector)
-    stats["__stats"] = {
-        "category": {
-            "keys": ["bags", "bags", "shoes", "toys"],
-            "values": [[5, 1], [9, 9], [2, 2], [1, 1]],
-        },
-        "offer": {"keys": ["o2"], "values": [[1.0, 2.0, 1.0, 3600.0, 99.0]]},  # extra column
-        "offer_type": {"keys": [], "values": []},
-        "touchpoint_offers": {"keys": ["cart"], "values": [1.0, 2.0]},  # flat values
-        # a repeated key: its first row wins, on every path
-        "touchpoint_interactions": {
-            "keys": [7, "cart", "call", "cart"],
-            "values": [[3.0], [4.0], [5.0], [6.0]],
-        },
-    }
-    none_values = dict(vector, **dict.fromkeys(numeric[2:4]), journey_stage=None)
-    return [text, nested, missing, stats, none_values]
-
-
-def vector_columns(vector: dict):
-    return [ColumnEncoding(k, "numeric") for k in vector if not k.startswith("__")]
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("dense_cells", [None, 0])  # key maps by table, or binary search
-def test_many_customers_matrix_equals_each_customers_matrix(
-    trained, tmp_path, dtype, dense_cells, monkeypatch
-):
-    if dense_cells is not None:
-        monkeypatch.setattr(matrix_module, "DENSE_CELLS", dense_cells)
-    w, _, encoding = trained
-    store = SQLiteOnlineStore(tmp_path / "online.sqlite")
-    materialize(w.con, store, as_of=T0 - td(hours=6))
-    known = store.get_many(["c1", "c2", "c3"])
-    vectors = [*known.values(), None, *_odd_vectors(known["c1"]), *known.values()]
-    contexts = [{}, {"device": "mobile", "basket": 2}, None, {"seg": 7}] * 3
-    contexts = contexts[: len(vectors)]
-    offers = w.con.execute("SELECT * FROM offers ORDER BY offer_id").df()
-    arrays = offer_arrays(offers)
-    rng = np.random.default_rng(0)
-    eligible = rng.random((len(vectors), len(arrays))) < 0.7
-    eligible[0] = True
-    rows, cols = np.nonzero(eligible)
-    now = T0 + td(days=2)
-    for tp in TOUCHPOINTS.values():
-        X = decision_matrix_many(
-            vectors, arrays, tp, contexts, now, encoding=encoding, customer_index=rows,
-            offer_index=cols, dtype=dtype,
-        )  # fmt: skip
-        assert X.dtype == dtype and X.shape == (len(rows), len(encoding.columns))
-        for i, vector in enumerate(vectors):
-            alone = decision_matrix(
-                vector, offers.iloc[np.flatnonzero(eligible[i])], tp, contexts[i], now,
-                encoding=encoding,
-            )  # fmt: skip
-            got = X[rows == i].astype(np.float32)
-            np.testing.assert_array_equal(got.view(np.uint32), alone.view(np.uint32))
-    store.close()
-
-
-def test_prepared_offers_give_the_plain_offers_matrix(trained, tmp_path):
-    w, _, encoding = trained
-    store = SQLiteOnlineStore(tmp_path / "online.sqlite")
-    materialize(w.con, store, as_of=T0 - td(hours=6))
-    known = store.get_many(["c1", "c2", "c3"])
-    vectors = [*known.values(), None, {}, *_odd_vectors(known["c1"])]
-    store.close()
-    catalogue = w.con.execute("SELECT * FROM offers ORDER BY offer_id").df().to_dict("records")
-    # two offers share a category, one has none; the same key read from several rows
-    extra = [
-        {"offer_id": "o9", "offer_type": "discount", "category": "bags", "value": 2.0},
-        {"offer_id": "o10", "offer_type": None, "category": None, "value": None},
-    ]
-    numeric_category = [{"offer_id": "o1", "category": 5}, {"offer_id": "o2", "category": None}]
-    now = T0 + td(days=2)
-    for offers in (catalogue + extra, numeric_category):
-        prepared = PreparedOffers(offers, encoding)
-        for tp in TOUCHPOINTS.values():
-            for vector, context in zip(vectors, [{}, {"seg": 7}, None] * 4, strict=False):
-                plain = decision_matrix(vector, offers, tp, context, now, encoding=encoding)
-                fast = decision_matrix(vector, prepared, tp, context, now, encoding=encoding)
-                np.testing.assert_array_equal(fast.view(np.uint32), plain.view(np.uint32))
-    assert PreparedOffers(catalogue + extra, encoding).rows_of["offer_category"] is not None
-    assert PreparedOffers(numeric_category, encoding).rows_of["offer_category"] is None
-    # prepared for another encoding: still the plain matrix of this one
-    other = Encoding(encoding.spec_version, encoding.columns[::-1])
-    vector = vectors[4 + 3]  # the one with every kind of key map
-    np.testing.assert_array_equal(
-        decision_matrix(vector, PreparedOffers(catalogue, other), TOUCHPOINTS["cart"], {}, now,
-                        encoding=encoding),
-        decision_matrix(vector, catalogue, TOUCHPOINTS["cart"], {}, now, encoding=encoding),
-    )  # fmt: skip
-
-
-def test_many_customers_matrix_defaults_to_every_pair(trained):
+def test_offer_keys_that_are_not_text_match_their_text(trained):
     _, _, encoding = trained
-    offers = [{"offer_id": "o1", "category": "shoes"}, {"offer_id": "o2", "category": "bags"}]
-    X = decision_matrix_many([None, {}], offers, TOUCHPOINTS["cart"], None, T0, encoding=encoding)
-    assert X.shape == (4, len(encoding.columns))
-    np.testing.assert_array_equal(X[:2], X[2:])
-    many = decision_matrix_many(
-        [None] * 9, offers, TOUCHPOINTS["cart"], None, T0, encoding=encoding
+    block = block_of(
+        {"a": {STATS_KEY: {"category": {"keys": ["5", "x"], "values": [[2.0, 1.0], [1.0, 1.0]]}}}},
+        FEATURE_SPEC_VERSION,
     )
-    np.testing.assert_array_equal(many, np.tile(X[:2], (9, 1)))
-    empty = decision_matrix_many([], offers, TOUCHPOINTS["cart"], None, T0, encoding=encoding)
-    assert empty.shape == (0, len(encoding.columns))
-    # offer keys that are not text (a numeric category) are looked up customer by customer;
-    # offers without a key (no category) read the defaults
-    vector = {"__stats": {"category": {"keys": ["5", "x"], "values": [[2.0, 1.0], [1.0, 1.0]]}}}
-    vectors = [vector, None, {}] * 3
-    for odd in (
-        [{"offer_id": "o1", "category": 5}, {"offer_id": "o2", "category": None}],
-        [{"offer_id": "o1", "category": None}, {"offer_id": "o2", "category": None}],
-    ):
-        X = decision_matrix_many(vectors, odd, TOUCHPOINTS["cart"], None, T0, encoding=encoding)
-        for i, v in enumerate(vectors):
-            alone = decision_matrix(v, odd, TOUCHPOINTS["cart"], {}, T0, encoding=encoding)
-            np.testing.assert_array_equal(X[2 * i : 2 * i + 2], alone)
+    columns = MatrixColumns(encoding)
+    row = _rows(columns, block, [{"offer_id": "o1", "category": 5}], TOUCHPOINTS["cart"], {}, T0)
+    assert row[0, encoding.names.index("x_category_purchases_365d")] == 1.0
 
 
-def test_many_customers_matrix_refuses_other_specs(trained):
-    _, _, encoding = trained
-    offers = [{"offer_id": "o1"}]
-    with pytest.raises(SpecMismatchError, match="materialised with feature spec 0ld5pec"):
-        decision_matrix_many(
-            [{}, {"__spec_version": "0ld5pec"}], offers, TOUCHPOINTS["cart"], None, T0,
-            encoding=encoding,
-        )  # fmt: skip
-    with pytest.raises(ValueError, match="`dtype` must be float32 or float64, got int64"):
-        decision_matrix_many(
-            [{}], offers, TOUCHPOINTS["cart"], None, T0, encoding=encoding, dtype=np.int64
-        )
+def test_the_builder_prepares_a_touchpoint_it_did_not_know(trained):
+    w, _, encoding = trained
+    catalog = _catalog(w)
+    builder = DecisionMatrixBuilder(catalog, encoding, dtype=np.float32)
+    fresh = _catalog(w).for_touchpoint("cart")  # a reloaded catalogue's candidates
+    block = block_of({"c": None}, FEATURE_SPEC_VERSION)
+    pairs = (np.zeros(2, np.intp), np.arange(2))
+    X = builder.build(block, fresh, [{}], T0, *pairs)
+    np.testing.assert_array_equal(
+        X, builder.build(block, catalog.for_touchpoint("cart"), [{}], T0, *pairs)
+    )
+    assert X.dtype == np.float32

@@ -5,65 +5,72 @@ from __future__ import annotations
 import sqlite3
 from datetime import timedelta as td
 
+import numpy as np
 import orjson
 import pandas as pd
 import pytest
 
 from features.engines import ibis_backend
-from features.matrix import AS_OF_KEY, SPEC_KEY, STATS_KEY
 from features.online import (
-    OnlineStore,
     SQLiteOnlineStore,
     changed_customers,
-    cold_start,
+    describe_row,
     materialize,
     open_online_store,
     refresh,
     vectors_as_of,
 )
+from features.online.base import STATS_KEY
 from features.pipeline import customer_features
 from features.spec import FEATURE_SPEC_VERSION
+from features.training_set import cold_start_vector
 from recsys.errors import ConfigError, SpecMismatchError
 from recsys.settings import Settings
 from tests.features.conftest import T0, reader_expecting
 
 
-def test_online_vectors_equal_the_offline_features(story, store):
-    assert isinstance(store, OnlineStore)
+def _rows(store, ids) -> dict[str, dict]:
+    block = store.read_block(ids)
+    return {cid: describe_row(block, i) for i, cid in enumerate(block.ids)}
+
+
+def test_online_features_equal_the_offline_features(story, store):
     assert materialize(story.con, store, as_of=T0) == 3
     offline = customer_features(story.con, T0)
-    online = store.get_many(list(offline.customer_id))
+    online = _rows(store, list(offline.customer_id))
     for row in offline.to_dict("records"):
-        vector = online[row["customer_id"]]
-        assert vector[SPEC_KEY] == FEATURE_SPEC_VERSION
-        assert vector[AS_OF_KEY] == T0.isoformat()
+        got = online[row["customer_id"]]
+        assert got["spec_version"] == FEATURE_SPEC_VERSION
+        assert got["as_of"] == T0.isoformat() and got["cold_start"] is False
         for name, value in row.items():
             if name == "customer_id":
                 continue
             if pd.isna(value):
-                assert vector[name] is None, name
+                assert got[name] is None, name
             else:
-                assert (
-                    vector[name] == pytest.approx(value)
-                    if isinstance(value, float)
-                    else vector[name] == value
-                ), name
-    c1 = online["c1"][STATS_KEY]
-    by_category = dict(zip(c1["category"]["keys"], c1["category"]["values"], strict=True))
-    assert by_category == {"bags": [30.0, 1.0], "shoes": [50.0, 1.0]}
-    assert c1["offer"]["keys"] == ["o1"]
+                assert got[name] == (pytest.approx(value) if isinstance(value, float) else value), (
+                    name
+                )
+    c1 = online["c1"]["stats"]
+    assert c1["category"] == {"bags": [30.0, 1.0], "shoes": [50.0, 1.0]}
+    assert list(c1["offer"]) == ["o1"]
 
 
-def test_unknown_customer_gets_the_cold_start_vector(story, store):
+def test_unknown_customers_get_the_cold_start(story, store):
     materialize(story.con, store, as_of=T0)
-    vectors = store.get_many(["c1", "nobody", "c1"])
-    assert list(vectors) == ["c1", "nobody"]
-    assert vectors["nobody"] == cold_start()
-    assert vectors["nobody"]["journey_stage"] == "awareness"
-    assert vectors["nobody"]["purch_days_since_last"] == 365.0
+    block = store.read_block(["c1", "nobody", "c1"])
+    assert block.ids == ("c1", "nobody")
+    assert block.cold_start.tolist() == [False, True]
+    assert np.isnat(block.as_of[1]) and not np.isnat(block.as_of[0])
+    nobody = describe_row(block, 1)
+    cold = cold_start_vector()
+    assert {k: nobody[k] for k in cold} == cold
+    assert nobody["journey_stage"] == "awareness" and nobody["purch_days_since_last"] == 365.0
+    assert nobody["attr_region"] is None  # a customers column: no cold-start value
+    assert all(len(s) == 0 for s in nobody["stats"].values())
 
 
-def test_store_refuses_vectors_of_another_spec(story, store, tmp_path):
+def test_store_refuses_vectors_of_another_spec(story, store):
     materialize(story.con, store, as_of=T0)
     reader = reader_expecting(store, "newer0spec")
     with pytest.raises(
@@ -71,18 +78,51 @@ def test_store_refuses_vectors_of_another_spec(story, store, tmp_path):
         match=f"holds vectors of feature spec {FEATURE_SPEC_VERSION}, this code "
         "expects spec newer0spec; run `recsys features materialize`",
     ):
-        reader.get_many(["c1"])
+        reader.read_block(["c1"])
+    assert reader.read_block(["nobody"]).cold_start.tolist() == [True]  # nothing to refuse
     with pytest.raises(SpecMismatchError, match="holds vectors of feature spec"):
-        store.write([("c9", {SPEC_KEY: "other"})], "other")
-    reader.close() if isinstance(reader, SQLiteOnlineStore) else None
+        store.write([("c9", {"purch_count_30d": 1.0})], "other")
+    reader.close()
 
 
 def test_full_materialisation_replaces_the_store(story, store):
-    store.write([("gone", {**cold_start(), "purch_count_30d": 5.0})], FEATURE_SPEC_VERSION)
+    store.write([("gone", {"purch_count_30d": 5.0})], FEATURE_SPEC_VERSION)
+    assert store.read_block(["gone"]).cold_start.tolist() == [False]
     materialize(story.con, store, as_of=T0)
-    assert store.get_many(["gone"])["gone"] == cold_start()
+    assert store.read_block(["gone"]).cold_start.tolist() == [True]
     assert store.spec_version() == FEATURE_SPEC_VERSION
     assert store.last_as_of() == T0
+
+
+def test_a_written_mapping_is_stored_compact_with_cold_start_gaps(store):
+    store.write(
+        [("c1", {"purch_count_30d": 5, "journey_stage": "decision", "attr_tier": "gold",
+                 "__as_of": T0, STATS_KEY: {"offer": {"keys": ["o1", "o1"],
+                                                      "values": [[1, 2, 3, 4], [9, 9, 9, 9]]}}})],
+        FEATURE_SPEC_VERSION,
+    )  # fmt: skip
+    row = describe_row(store.read_block(["c1"]), 0)
+    assert row["purch_count_30d"] == 5.0 and row["journey_stage"] == "decision"
+    assert row["attr_tier"] == "gold" and row["as_of"] == T0.isoformat()
+    assert row["purch_days_since_last"] == cold_start_vector()["purch_days_since_last"]
+    assert row["stats"]["offer"] == {"o1": [1.0, 2.0, 3.0, 4.0]}  # a repeated key: the first
+    assert store.layout().text == ("journey_stage", "attr_tier")
+
+
+@pytest.mark.parametrize(
+    ("vector", "message"),
+    [
+        ({"purch_count_30d": "five"}, "feature `purch_count_30d` must be a number or None, got 'five'"),
+        ({"journey_stage": 3}, "feature `journey_stage` must be text or None, got 3"),
+        ({STATS_KEY: {"offer": {"keys": ["o1"], "values": [[1.0]]}}},
+         r"`__stats.offer.values` must hold one row of 4 numbers per key \(1 keys\), got shape"),
+        ({STATS_KEY: {"nope": {}}}, r"`__stats` tables must be among"),
+    ],
+)  # fmt: skip
+def test_writes_of_malformed_vectors_are_refused(store, vector, message):
+    with pytest.raises(ConfigError, match=message):
+        store.write([("c1", {"purch_count_30d": 1.0, "journey_stage": "x", **vector})],
+                    FEATURE_SPEC_VERSION)  # fmt: skip
 
 
 def test_incremental_refresh_touches_only_changed_customers(story, store):
@@ -91,11 +131,11 @@ def test_incremental_refresh_touches_only_changed_customers(story, store):
     later = T0 + td(hours=2)
     assert changed_customers(story.con, T0, later) == ["c1", "c2"]  # c1: its T0 purchase
     assert refresh(story.con, store, as_of=later) == 2
-    vectors = store.get_many(["c1", "c2", "c3"])
-    assert vectors["c2"]["purch_amount_30d"] == 12.0
-    assert vectors["c2"][AS_OF_KEY] == later.isoformat()
-    assert vectors["c1"]["purch_amount_30d"] == 50.0 + 999.0
-    assert vectors["c3"][AS_OF_KEY] == T0.isoformat()  # untouched
+    rows = _rows(store, ["c1", "c2", "c3"])
+    assert rows["c2"]["purch_amount_30d"] == 12.0
+    assert rows["c2"]["as_of"] == later.isoformat()
+    assert rows["c1"]["purch_amount_30d"] == 50.0 + 999.0
+    assert rows["c3"]["as_of"] == T0.isoformat()  # untouched
     assert store.last_as_of() == later
 
 
@@ -151,10 +191,11 @@ def test_full_materialisation_upgrades_an_old_store_table(story, tmp_path):
     old.commit()
     old.close()
     store = SQLiteOnlineStore(path)
-    store.write([("gone", cold_start())], FEATURE_SPEC_VERSION)
+    store.write([("gone", {"purch_count_30d": 1.0})], FEATURE_SPEC_VERSION)
     assert materialize(story.con, store, as_of=T0) == 3
     ddl = store._con.execute("SELECT sql FROM sqlite_master WHERE name = 'vectors'").fetchall()
     assert "WITHOUT ROWID" not in ddl[0][0]
-    assert store.count() == 3 and store.get_many(["gone"])["gone"] == cold_start()
-    assert store.get_many(["c1"])["c1"]["purch_amount_30d"] == 50.0
+    assert store.count() == 3
+    assert store.read_block(["gone"]).cold_start.tolist() == [True]
+    assert describe_row(store.read_block(["c1"]), 0)["purch_amount_30d"] == 50.0
     store.close()

@@ -1,34 +1,30 @@
-"""Columnar reads of the online store (``get_block``): the same vectors as ``get_many``."""
+"""Reads of the online store: one decoder (stored compact JSON -> FeatureBlock) for every
+store, cold-start rows, the feature source the decision pipeline reads."""
 
 from __future__ import annotations
 
 import json
-from datetime import timedelta as td
+import logging
+import uuid
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
 
-from features.matrix import (
-    AS_OF_KEY,
-    SPEC_KEY,
-    STATS_KEY,
-    Encoding,
-    decision_matrix_many,
-    fit_encoding,
-    offer_arrays,
-)
 from features.online import (
+    RedisOnlineStore,
     SQLiteOnlineStore,
-    cold_start,
+    StoreFeatureSource,
+    describe_row,
     materialize,
-    resolve_names,
+    vectors_as_of,
 )
 from features.spec import FEATURE_SPEC_VERSION
+from features.training_set import cold_start_vector
+from recsys.catalog import catalog_from_records
+from recsys.decision.ports import FeatureBlock, FeatureSource
 from recsys.errors import SpecMismatchError
-from tests.features.conftest import T0, reader_expecting
-
-TOUCHPOINT = {"touchpoint_id": "cart", "channel": "web", "stage": "decision"}
-SOURCES = {"email_opt_in": ("consent_email", "attr_email_opt_in"), "region": ("attr_region",)}
+from tests.features.conftest import REDIS_URL, T0
 
 
 def _ids(con) -> list[str]:
@@ -37,65 +33,79 @@ def _ids(con) -> list[str]:
     return [known[0], "nobody", *known[1:], "also-unknown", known[0]]
 
 
-def test_block_holds_the_vectors_get_many_gives(logged, store):
+def assert_blocks_equal(a: FeatureBlock, b: FeatureBlock) -> None:
+    assert a.ids == b.ids and a.numeric_names == b.numeric_names
+    np.testing.assert_array_equal(a.numeric, b.numeric)
+    assert list(a.text) == list(b.text)
+    for name in a.text:
+        assert a.text[name].tolist() == b.text[name].tolist(), name
+    assert list(a.stats) == list(b.stats)
+    for name, s in a.stats.items():
+        t = b.stats[name]
+        np.testing.assert_array_equal(s.counts, t.counts)
+        assert s.keys.tolist() == t.keys.tolist(), name
+        np.testing.assert_array_equal(s.values, t.values)
+    np.testing.assert_array_equal(a.as_of, b.as_of)
+    np.testing.assert_array_equal(a.cold_start, b.cold_start)
+    assert a.spec_version == b.spec_version and dict(a.aliases) == dict(b.aliases)
+
+
+@pytest.mark.services
+def test_sqlite_and_redis_give_the_same_block(logged, tmp_path):
+    sqlite = SQLiteOnlineStore(tmp_path / "online.sqlite")
+    redis = RedisOnlineStore(REDIS_URL, prefix=f"test:features:{uuid.uuid4().hex}")
+    try:
+        redis.clear()
+    except Exception as exc:  # pragma: no cover - the service is part of the test setup
+        pytest.skip(f"Redis at {REDIS_URL} is not reachable: {exc}")
+    try:
+        # the same stored vectors in both (a customer's keys come in any order)
+        layout, vectors = vectors_as_of(logged.con, T0)
+        vectors = list(vectors)
+        for store in (sqlite, redis):
+            assert store.write(vectors, FEATURE_SPEC_VERSION, replace=True, layout=layout) == 3
+        ids = _ids(logged.con)
+        a, b = sqlite.read_block(ids), redis.read_block(ids)
+        assert_blocks_equal(a, b)
+        assert a.ids == tuple(dict.fromkeys(ids)) and len(a) == 5
+        assert a.stats["category"].counts.sum() > 0
+    finally:
+        redis.clear()
+        redis.close()
+        sqlite.close()
+
+
+def test_cold_start_rows_hold_the_cold_start_values(logged, store):
     materialize(logged.con, store, as_of=T0)
-    ids = _ids(logged.con)
-    vectors = store.get_many(ids)
-    block = store.get_block(ids)
-    assert block.ids == list(vectors) and len(block) == len(vectors)
-    assert [block[i] for i in range(len(block))] == list(vectors.values())
-    names = [*block.layout.numeric, *block.layout.text, AS_OF_KEY, SPEC_KEY, STATS_KEY, "nope"]
-    for name in names:
-        assert block.column(name, "dflt") == [v.get(name, "dflt") for v in vectors.values()], name
-    assert block.cold_start.tolist() == [v[AS_OF_KEY] is None for v in vectors.values()]
-    assert block.cold_start.tolist().count(True) == 2
-    assert block[1] == cold_start()
+    block = store.read_block(_ids(logged.con))
+    cold = np.flatnonzero(block.cold_start)
+    assert [block.ids[i] for i in cold] == ["nobody", "also-unknown"]
+    assert np.isnat(block.as_of[cold]).all() and not np.isnat(block.as_of[~block.cold_start]).any()
+    defaults = cold_start_vector()
+    for i in cold.tolist():
+        row = describe_row(block, i)
+        assert {k: row[k] for k in defaults} == defaults
+        assert row["attr_region"] is None
+        assert all(block.stats[name].counts[i] == 0 for name in block.stats)
+    assert block.column("journey_stage")[cold].tolist() == ["awareness", "awareness"]
 
 
-def test_block_resolves_names_like_the_dicts(logged, store):
+def test_a_block_of_unknown_or_no_customers(logged, store):
     materialize(logged.con, store, as_of=T0)
-    ids = _ids(logged.con)
-    vectors = store.get_many(ids)
-    for vector in vectors.values():
-        vector["flag"] = vector.get(AS_OF_KEY) is None
-        resolve_names(vector, SOURCES)
-    block = store.get_block(ids).with_names(SOURCES, "flag")
-    assert [block[i] for i in range(len(block))] == list(vectors.values())
-    for name in ("email_opt_in", "region", "consent_email", "flag"):
-        assert block.column(name) == [v.get(name) for v in vectors.values()], name
-    picked = block.take([3, 1, 3, 0])
-    assert picked.ids == [block.ids[i] for i in (3, 1, 3, 0)]
-    assert picked.column("email_opt_in") == [vectors[c].get("email_opt_in") for c in picked.ids]
-    assert picked.cold_start.tolist() == [False, True, False, False]
-
-
-def test_block_of_unknown_customers_is_all_cold_start(logged, store):
-    materialize(logged.con, store, as_of=T0)
-    block = store.get_block(["x1", "x2"])
+    block = store.read_block(["x1", "x2"])
     assert block.cold_start.tolist() == [True, True]
-    assert block[0] == cold_start()
-    assert block.column("journey_stage") == ["awareness", "awareness"]
-    empty = store.get_block([])
-    assert len(empty) == 0 and empty.column("journey_stage") == []
+    assert block.column("purch_days_since_last").tolist() == [365.0, 365.0]
+    empty = store.read_block([])
+    assert len(empty) == 0 and empty.numeric.shape == (0, len(block.numeric_names))
+    assert empty.numeric_names == block.numeric_names
 
 
-def test_block_refuses_vectors_of_another_spec(logged, store):
-    materialize(logged.con, store, as_of=T0)
-    reader = reader_expecting(store, "newer0spec")
-    with pytest.raises(
-        SpecMismatchError,
-        match=f"holds vectors of feature spec {FEATURE_SPEC_VERSION}, this code "
-        "expects spec newer0spec; run `recsys features materialize`",
-    ):
-        reader.get_block(["c1", "nobody"])
-    assert reader.get_block(["nobody"]).cold_start.tolist() == [True]  # nothing stored to refuse
-
-
-def test_a_store_of_plain_json_vectors_is_left_to_get_many(store):
-    vector = {**cold_start(), "purch_count_30d": 5.0, AS_OF_KEY: T0.isoformat()}
-    store.write([("c1", vector)], FEATURE_SPEC_VERSION)
-    assert store.get_block(["c1"]) is None
-    assert store.get_many(["c1"])["c1"]["purch_count_30d"] == 5.0
+def test_an_empty_store_reads_cold_start_blocks(tmp_path):
+    store = SQLiteOnlineStore(tmp_path / "online.sqlite")
+    block = store.read_block(["a"])
+    assert block.cold_start.tolist() == [True]
+    assert set(cold_start_vector()) <= {*block.numeric_names, *block.text}
+    store.close()
 
 
 def test_block_refuses_entries_of_another_layout(logged, tmp_path):
@@ -108,66 +118,82 @@ def test_block_refuses_entries_of_another_layout(logged, tmp_path):
     store._con.commit()
     fresh = SQLiteOnlineStore(store.path)
     with pytest.raises(SpecMismatchError, match="vector layout does not match its entries"):
-        fresh.get_block(["c1"])
-    with pytest.raises(SpecMismatchError, match="vector layout does not match its entries"):
-        fresh.get_many(["c1"])
+        fresh.read_block(["c1"])
     fresh.close()
     store.close()
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_decision_matrix_of_a_block_equals_the_dicts_matrix(logged, training_frame, store, dtype):
-    encoding = Encoding.from_json(json.dumps(fit_encoding(training_frame).to_dict()))
-    materialize(logged.con, store, as_of=T0 - td(hours=6))  # vectors age until the decision
-    ids = _ids(logged.con)
-    block = store.get_block(ids)
-    vectors = list(store.get_many(ids).values())
-    offers = offer_arrays(logged.con.execute("SELECT * FROM offers ORDER BY offer_id").df())
-    rng = np.random.default_rng(3)
-    eligible = rng.random((len(ids) - 1, len(offers))) < 0.6
-    eligible[2] = False  # a customer without a pair
-    rows, cols = np.nonzero(eligible)
-    contexts = [{"device": "mobile"} if i % 2 else None for i in range(len(vectors))]
-    now = T0 + td(days=2)
-    for source in (block, block.take(np.arange(len(block))[::-1])):
-        dicts = [source[i] for i in range(len(source))]
-        X = decision_matrix_many(
-            source, offers, TOUCHPOINT, contexts, now, encoding=encoding, customer_index=rows,
-            offer_index=cols, dtype=dtype,
-        )  # fmt: skip
-        expected = decision_matrix_many(
-            dicts, offers, TOUCHPOINT, contexts, now, encoding=encoding, customer_index=rows,
-            offer_index=cols, dtype=dtype,
-        )  # fmt: skip
-        assert X.shape == (len(rows), len(encoding.columns))
-        np.testing.assert_array_equal(X.view(np.uint8), expected.view(np.uint8))
-    assert [block[i] for i in range(len(block))] == vectors
+def _catalog():
+    return catalog_from_records(
+        [
+            {"offer_id": "o1", "name": "o", "offer_type": "discount",
+             "eligibility": [{"feature": "region", "op": "==", "value": "north"}]},
+        ],
+        [{"touchpoint_id": "email", "channel": "email", "consent_column": "email_opt_in"}],
+    )  # fmt: skip
 
 
-def test_prefetched_blocks_are_the_blocks_read_directly(logged, tmp_path):
-    from recsys.catalog import catalog_from_records
-    from serving.features_adapter import StoreFeatureSource
+def test_feature_source_names_the_catalogue_columns(logged, tmp_path, caplog):
+    store = SQLiteOnlineStore(tmp_path / "online.sqlite")
+    source = StoreFeatureSource(store, _catalog())
+    with caplog.at_level(logging.WARNING, logger="features.online.source"):
+        assert source.spec_version() == FEATURE_SPEC_VERSION
+    assert "the online store is empty" in caplog.text
+    materialize(logged.con, store, as_of=T0)
+    assert source.spec_version() == FEATURE_SPEC_VERSION
+    block = source.read(["c1", "nobody", "c2"])
+    assert dict(block.aliases) == {"email_opt_in": "consent_email", "region": "attr_region"}
+    assert block.column("email_opt_in").tolist() == block.column("consent_email").tolist()
+    assert block.column("region").tolist() == ["north", None, "south"]
+    assert block.has("region") and not block.has("loyalty_tier")
+    store._set_meta("spec_version", "0ld5pec")
+    store._con.commit()
+    with pytest.raises(SpecMismatchError, match="feature spec 0ld5pec, this code computes"):
+        source.spec_version()
+    source.close()
+
+
+class MeteredFeatures:
+    """A wrapper of the feature source (as metering, a circuit breaker or a fallback are):
+    it implements the whole port by delegating."""
+
+    def __init__(self, inner: FeatureSource):
+        self.inner = inner
+        self.reads = 0
+
+    def read(self, customer_ids: Sequence[str]) -> FeatureBlock:
+        self.reads += 1
+        return self.inner.read(customer_ids)
+
+    def spec_version(self) -> str:
+        return self.inner.spec_version()
+
+
+def test_a_wrapped_feature_source_still_reads_columns(logged, tmp_path):
+    store = SQLiteOnlineStore(tmp_path / "online.sqlite")
+    materialize(logged.con, store, as_of=T0)
+    direct = StoreFeatureSource(store, _catalog())
+    wrapped: FeatureSource = MeteredFeatures(direct)
+    ids = _ids(logged.con)[:-1]
+    block = wrapped.read(ids)
+    assert isinstance(block, FeatureBlock) and block.numeric.dtype == np.float64
+    assert_blocks_equal(block, direct.read(ids))
+    assert wrapped.spec_version() == FEATURE_SPEC_VERSION and wrapped.reads == 1
+    store.close()
+
+
+def test_read_ahead_gives_the_blocks_of_direct_reads(logged, tmp_path):
+    from features.online import ReadAhead
 
     store = SQLiteOnlineStore(tmp_path / "online.sqlite")
     materialize(logged.con, store, as_of=T0)
-    catalog = catalog_from_records(
-        [{"offer_id": "o1", "name": "o", "offer_type": "discount"}],
-        [{"touchpoint_id": "email", "channel": "email", "consent_column": "email_opt_in"}],
-    )
-    source = StoreFeatureSource(store, catalog)
+    direct = StoreFeatureSource(store, _catalog())
     ids = _ids(logged.con)[:-1]
-    first, second = ids[:3], ids[3:]
-    direct = [source.get_block(part) for part in (first, second)]
-    source.prefetch(first)
-    source.prefetch(second)
-    for part, block in zip((first, second), direct, strict=True):
-        got = source.get_block(part)
-        assert got.ids == part and got is not block
-        assert [got[i] for i in range(len(got))] == [block[i] for i in range(len(block))]
-        assert got.column("email_opt_in") == block.column("email_opt_in")
-    source.prefetch(first)  # asked for, never collected: dropped by the next read
-    assert source.get_block(second).ids == second
-    dicts = source.get_many(ids)
-    block = source.get_block(ids)
-    assert [block[i] for i in range(len(block))] == list(dicts.values())
-    source.close()
+    chunks = [ids[:2], ids[2:4], ids[4:]]
+    ahead = ReadAhead(MeteredFeatures(direct), chunks)
+    for chunk in chunks:
+        assert_blocks_equal(ahead.read(chunk), direct.read(chunk))
+    assert_blocks_equal(ahead.read(ids[1:3]), direct.read(ids[1:3]))  # off the plan
+    assert ahead.source.reads == 4 and ahead.spec_version() == FEATURE_SPEC_VERSION
+    ahead.close()
+    store.close()

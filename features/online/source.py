@@ -1,0 +1,129 @@
+"""The online store as the decision pipeline's :class:`~recsys.decision.ports.FeatureSource`."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from types import MappingProxyType
+
+from features.definitions import ATTRIBUTE_PREFIX, CONSENT_COLUMNS
+from features.online.base import OnlineStore
+from features.spec import FEATURE_SPEC_VERSION
+from recsys.catalog import Catalog
+from recsys.decision.ports import FeatureBlock, FeatureSource
+from recsys.errors import SpecMismatchError
+
+logger = logging.getLogger(__name__)
+
+#: Catalogue names with no feature of the same name -> the feature that measures them.
+#: The features have no all-time purchase count/spend; 365 days is the longest window.
+DEFAULT_ALIASES: dict[str, str] = {
+    **{column: feature for feature, column in CONSENT_COLUMNS.items()},
+    "order_count": "purch_count_365d",
+    "total_spend": "purch_amount_365d",
+}
+
+
+class StoreFeatureSource:
+    """Reads blocks of customers from an online store, with the catalogue's names.
+
+    The names the catalogue uses (eligibility rule features, touchpoint consent columns:
+    contract column names such as ``loyalty_tier`` or ``email_opt_in``) are given as
+    :attr:`FeatureBlock.aliases` of the feature that holds them: ``aliases[name]`` if the
+    store has it, else ``attr_<name>`` (a customers column).
+
+    Parameters
+    ----------
+    store : OnlineStore
+    catalog : Catalog
+    aliases : mapping of catalogue name -> feature name
+    """
+
+    def __init__(
+        self, store: OnlineStore, catalog: Catalog, aliases: Mapping[str, str] = DEFAULT_ALIASES
+    ):
+        self.store = store
+        needed = {r.feature for o in catalog.offers.values() for r in o.eligibility}
+        needed |= {t.consent_column for t in catalog.touchpoints.values() if t.consent_column}
+        self._sources: dict[str, tuple[str, ...]] = {
+            name: tuple(
+                s for s in (aliases.get(name), f"{ATTRIBUTE_PREFIX}{name}") if s is not None
+            )
+            for name in sorted(needed)
+        }
+
+    def read(self, customer_ids: Sequence[str]) -> FeatureBlock:
+        """The block of ``customer_ids`` (distinct), in that order; unknown customers get
+        the cold start."""
+        block = self.store.read_block(customer_ids)
+        names = set(block.numeric_names) | set(block.text)
+        aliases = {
+            name: next((s for s in sources if s in names), sources[-1])
+            for name, sources in self._sources.items()
+            if name not in names and sources
+        }
+        return dataclasses.replace(block, aliases=MappingProxyType(aliases))
+
+    def spec_version(self) -> str:
+        """The store's feature-spec version; refuses a store this code cannot read."""
+        version = self.store.spec_version()
+        if version is not None and version != FEATURE_SPEC_VERSION:
+            raise SpecMismatchError(
+                f"the online store holds vectors of feature spec {version}, this code computes "
+                f"spec {FEATURE_SPEC_VERSION}; run `recsys features materialize`"
+            )
+        if version is None:
+            logger.warning(
+                "the online store is empty: every customer gets the cold start; "
+                "run `recsys features materialize`"
+            )
+            return FEATURE_SPEC_VERSION
+        return version
+
+    def close(self) -> None:
+        self.store.close()
+
+
+class ReadAhead:
+    """A feature source that reads the next chunk of a known plan while the caller works on
+    the current one (batch scoring: the store read and the Arrow parse release the GIL).
+
+    ``read(chunk k)`` returns the block read in the background and starts reading chunk
+    k + 1; ids off the plan are read directly. One background read at a time.
+
+    Parameters
+    ----------
+    source : FeatureSource
+    chunks : the customer-id chunks the caller will read, in order
+    """
+
+    def __init__(self, source: FeatureSource, chunks: Iterable[Sequence[str]]):
+        self.source = source
+        self._chunks: Iterator[Sequence[str]] = iter(chunks)
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="feature-read-ahead")
+        self._next: tuple[list[str], Future[FeatureBlock]] | None = None
+        self._start_next()
+
+    def _start_next(self) -> None:
+        chunk = next(self._chunks, None)
+        self._next = None
+        if chunk is not None:
+            ids = list(chunk)
+            self._next = (ids, self._reader.submit(self.source.read, ids))
+
+    def read(self, customer_ids: Sequence[str]) -> FeatureBlock:
+        ids = list(customer_ids)
+        if self._next is None or self._next[0] != ids:
+            return self.source.read(ids)
+        future = self._next[1]
+        self._start_next()
+        return future.result()  # re-raises what the read raised
+
+    def spec_version(self) -> str:
+        return self.source.spec_version()
+
+    def close(self) -> None:
+        """Stop reading ahead (the wrapped source stays open)."""
+        self._reader.shutdown(wait=True, cancel_futures=True)
