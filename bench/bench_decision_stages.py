@@ -43,7 +43,9 @@ import baseline
 import numpy as np
 from workload import REALTIME, ROOT, data_env, model_cache_env
 
-ENGINE_STEPS = ("_vectors", "_group", "_matrix", "_score", "_finish", "_decisions", "_record")
+#: Diagnostic timers: the pipeline's stages (``_groups`` includes the feature read, the
+#: history read and eligibility; ``_score`` includes the matrix, ``_rows``).
+STEPS = ("features", "history", "_groups", "_rows", "_score", "_decide_group", "_record")
 CONDITIONS = ("hot", "l2_evicted", "l3_evicted", "paused", "batch32")
 BATCH = 32
 TOTAL_CPU = "total (CPU)"
@@ -71,22 +73,19 @@ def build(env: dict[str, str]):
     os.environ.update(env)
     from recsys.settings import load_settings
     from serving.components import build_components
-    from serving.config import load_serving_settings
 
-    return build_components(load_settings(), load_serving_settings())
+    return build_components(load_settings())
 
 
 def decide(components, requests: Sequence) -> None:
-    """The call under measurement: the decision path for ``requests``, every decision logged.
-
-    The one place that knows the engine's entry point; when it changes, change it here.
-    """
-    components.engine.decide_many(requests)
+    """The call under measurement: the decision path for ``requests``, every decision logged
+    (what the service's decision thread calls)."""
+    components.decide(requests)
 
 
 def instrument(components, spent: dict[str, float]) -> None:
-    """Time the engine's private steps into ``spent`` (seconds by step). Diagnostic only:
-    these names follow the engine's internals, and the totals do not depend on them."""
+    """Time the pipeline's stages into ``spent`` (seconds by step). Diagnostic only: these
+    names follow the pipeline's internals, and the totals do not depend on them."""
 
     def timed(step: str, method: Callable) -> Callable:
         def run(*args, **kwargs):
@@ -98,10 +97,11 @@ def instrument(components, spent: dict[str, float]) -> None:
 
         return run
 
-    engine = components.engine
-    for step in ENGINE_STEPS:
-        setattr(engine, step, timed(step, getattr(engine, step)))
-    engine.history.contact_history = timed("_history", engine.history.contact_history)
+    pipeline = components.pipeline
+    for step in STEPS[2:]:
+        setattr(pipeline, step, timed(step, getattr(pipeline, step)))
+    pipeline.features.read = timed("features", pipeline.features.read)
+    pipeline.history.contact_history = timed("history", pipeline.history.contact_history)
 
 
 def measure(args: argparse.Namespace, conditions: Sequence[str]) -> dict:
@@ -155,7 +155,7 @@ def measure(args: argparse.Namespace, conditions: Sequence[str]) -> dict:
     finally:
         components.close()
         shutil.rmtree(scratch, ignore_errors=True)
-    rows = [*ENGINE_STEPS[:1], "_history", *ENGINE_STEPS[1:], "total (wall)", TOTAL_CPU]
+    rows = [*STEPS, "total (wall)", TOTAL_CPU]
     return {
         "decisions": args.decisions,
         "repeats": args.repeats,

@@ -11,12 +11,9 @@ Steps (data under ``--work``, default ``data/bench_score/``; built once, reused)
    ``bench_serving.py`` on 5,000 customers of the same extended catalogue and feature spec);
 3. ``score_customers`` (what ``recsys score`` runs) in this process, with every part of the
    decision path timed: feature lookup (online store), contact history, eligibility,
-   decision matrix, predict, arbitration (slates and exploration), the rest of the engine,
-   and writing Parquet. The feature lookup reads each chunk as one columnar block
-   (``get_block``), prefetched in a background thread while the chunk before is decided:
-   its time is the wait for that read (the read itself overlaps the other parts). The
-   model scores chunk k in another background thread while chunk k + 1 is prepared: the
-   parts add up to more than the total;
+   decision matrix, predict, priority + policy + batch columns, the rest of the pipeline
+   (eligibility, grouping), and writing Parquet. Each chunk is one pipeline run; the
+   feature lookup reads the chunk as one columnar block;
 4. ``recsys score --touchpoint email_newsletter --dry-run`` end to end (a subprocess; wall
    time includes start-up: model load, customer ids) unless ``--skip-cli``; with
    ``--record`` also a run that logs every decision to a fresh SQLite event log.
@@ -46,7 +43,7 @@ import baseline
 from workload import BIN, ROOT, data_env, extend_catalogue, forget_event_log, model_cache_env
 
 TOUCHPOINT = "email_newsletter"
-PREDICT = "predict (background thread)"
+PREDICT = "predict"
 
 
 def run(cmd: list[str], process: dict) -> float:
@@ -100,7 +97,6 @@ def in_process(env: dict[str, str], n_customers: int | None, chunk: int, out: Pa
     import numpy as np
 
     import recsys.cli.serve as cli
-    import recsys.decision as decision
     from recsys.settings import load_settings
     from serving.components import build_components
 
@@ -108,9 +104,6 @@ def in_process(env: dict[str, str], n_customers: int | None, chunk: int, out: Pa
     started = time.perf_counter()
     components = build_components(settings)
     startup = time.perf_counter() - started
-    engine = components.engine
-    if hasattr(engine.scorer, "num_threads"):
-        engine.scorer.num_threads = os.cpu_count() or 1  # as `recsys score` does
     con = duckdb.connect(str(settings.warehouse_path), read_only=True)
     query = "SELECT customer_id FROM customers ORDER BY customer_id"
     if n_customers:
@@ -119,33 +112,26 @@ def in_process(env: dict[str, str], n_customers: int | None, chunk: int, out: Pa
     con.close()
 
     timer = Timer()
-    store = engine.features
-    store.get_many = timer.wrap("feature lookup (online store get_many)", store.get_many)
-    if hasattr(store, "get_block"):  # the columnar read batch scoring uses
-        store.get_block = timer.wrap("feature lookup (online store get_block)", store.get_block)
-    history = engine.history
-    engine.history = type(
-        "TimedHistory",
-        (),
-        {"contact_history": staticmethod(timer.wrap("contact history", history.contact_history))},
-    )()
-    decision.check_eligibility_many = timer.wrap("eligibility", decision.check_eligibility_many)
-    builder = engine.build_matrix
-    builder.build_many = timer.wrap("decision matrix", builder.build_many)
-    scorer = engine.scorer
+    pipeline = components.pipeline
+    pipeline.features.read = timer.wrap("feature lookup (online store)", pipeline.features.read)
+    pipeline.history.contact_history = timer.wrap(
+        "contact history", pipeline.history.contact_history
+    )
+    model = components.holder.current.model
+    model.matrix.build = timer.wrap("decision matrix", model.matrix.build)
     rows_scored = []
-    timed_score = timer.wrap(PREDICT, scorer.score)
+    timed_score = timer.wrap(PREDICT, model.scorer.score)
 
-    def score(matrix):
-        rows_scored.append(matrix.shape[0])
-        return timed_score(matrix)
+    def score(rows):
+        rows_scored.append(rows.matrix.shape[0])
+        return timed_score(rows)
 
-    scorer.score = score
-    decision.select_many = timer.wrap("arbitration (slates, exploration)", decision.select_many)
+    model.scorer.score = score
+    pipeline._decide_group = timer.wrap("priority, policy, batch columns", pipeline._decide_group)
 
     timings: dict[str, float] = {}
     summary = cli.score_customers(
-        engine,
+        pipeline,
         customer_ids,
         TOUCHPOINT,
         out,
@@ -156,14 +142,10 @@ def in_process(env: dict[str, str], n_customers: int | None, chunk: int, out: Pa
     )
     components.close()
     parts = dict(timer.seconds)
-    # a dry run scores chunk k in a background thread while chunk k + 1 is prepared: predict
-    # overlaps the other parts, and what the main thread waits for it is in "engine"
-    predict = parts.pop(PREDICT)
-    engine_other = timings["decide"] - sum(parts.values())
+    predict = parts[PREDICT]
     rows = {
         **parts,
-        "engine: grouping, table, waiting for predict": engine_other,
-        f"{PREDICT[:-1]}, overlaps)": predict,
+        "pipeline: eligibility, grouping, the rest": timings["decide"] - sum(parts.values()),
         "requests, periodic gc.collect": timings["requests"],
         "writing (to Arrow + Parquet)": timings["write"],
     }

@@ -292,16 +292,17 @@ def candidate_rows_body(work: Path, process: dict, touchpoint: str) -> None:
     ``work/mlflow_body.json`` (``process``: the environment and folder of the code to run)."""
     code = f"""
 import json, math, sys
-from recsys.settings import load_settings
-from serving.config import load_serving_settings
-from serving.components import build_components
-c = build_components(load_settings(), load_serving_settings())
-e = c.engine
-tp = c.catalog.for_touchpoint({touchpoint!r})
-vector = e.features.get_many(["C0000001"])["C0000001"]
+import numpy as np
 from recsys.catalog import now_utc
-x = e.build_matrix(vector, tp.offers, tp.touchpoint, {{}}, now_utc())
-cols = list(e.scorer.columns)
+from recsys.settings import load_settings
+from serving.components import build_components
+c = build_components(load_settings())
+model = c.holder.current.model
+tp = c.catalog.for_touchpoint({touchpoint!r})
+block = c.pipeline.features.read(["C0000001"])
+m = len(tp.offers)
+x = model.matrix.build(block, tp, [{{}}], now_utc(), np.zeros(m, dtype=int), np.arange(m))
+cols = list(model.matrix.encoding.names)
 rows = [[None if (isinstance(v, float) and math.isnan(v)) else float(v) for v in row]
         for row in x.tolist()]
 json.dump({{"dataframe_split": {{"columns": cols, "data": rows}}}}, open(sys.argv[1], "w"))

@@ -231,7 +231,6 @@ def build_components(
     down -> last good local copy -> popularity/rules fallback.
     """
     from features.decision_matrix import DecisionMatrixBuilder
-
     from features.matrix import Encoding
     from features.online import StoreFeatureSource, open_online_store
     from recsys.decision import MatrixScorer

@@ -10,6 +10,7 @@ from types import MappingProxyType
 
 from features.definitions import ATTRIBUTE_PREFIX, CONSENT_COLUMNS
 from features.online.base import OnlineStore
+from features.online.block import decode_block
 from features.spec import FEATURE_SPEC_VERSION
 from recsys.catalog import Catalog
 from recsys.decision.ports import FeatureBlock, FeatureSource
@@ -57,7 +58,9 @@ class StoreFeatureSource:
     def read(self, customer_ids: Sequence[str]) -> FeatureBlock:
         """The block of ``customer_ids`` (distinct), in that order; unknown customers get
         the cold start."""
-        block = self.store.read_block(customer_ids)
+        return self._named(self.store.read_block(customer_ids))
+
+    def _named(self, block: FeatureBlock) -> FeatureBlock:
         names = set(block.numeric_names) | set(block.text)
         aliases = {
             name: next((s for s in sources if s in names), sources[-1])
@@ -65,6 +68,12 @@ class StoreFeatureSource:
             if name not in names and sources
         }
         return dataclasses.replace(block, aliases=MappingProxyType(aliases))
+
+    def cold_start(self, customer_ids: Sequence[str]) -> FeatureBlock:
+        """Every customer as unknown, without reading the store (what serves while the store
+        is down): the cold-start values, the catalogue's names resolved as :meth:`read` does."""
+        ids = list(customer_ids)
+        return self._named(decode_block(ids, [None] * len(ids), FEATURE_SPEC_VERSION, None))
 
     def spec_version(self) -> str:
         """The store's feature-spec version; refuses a store this code cannot read."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -54,14 +55,10 @@ class KeyStats:
 
     def take(self, positions: np.ndarray) -> KeyStats:
         """The statistics of the customers at ``positions``, shape (k,)."""
-        starts = np.zeros(len(self.counts) + 1, dtype=np.intp)
-        np.cumsum(self.counts, out=starts[1:])
+        starts = np.cumsum(self.counts) - self.counts
         counts = self.counts[positions]
-        entries = (
-            np.concatenate([np.arange(starts[i], starts[i + 1]) for i in positions.tolist()])
-            if counts.sum()
-            else np.zeros(0, dtype=np.intp)
-        )
+        first = np.cumsum(counts) - counts  # where each taken customer's entries start
+        entries = np.arange(int(counts.sum())) + np.repeat(starts[positions] - first, counts)
         return KeyStats(counts, self.keys[entries], self.values[entries])
 
 
@@ -128,7 +125,7 @@ class FeatureBlock:
     def __len__(self) -> int:
         return len(self.ids)
 
-    @property
+    @cached_property
     def _numeric_index(self) -> dict[str, int]:
         return {name: j for j, name in enumerate(self.numeric_names)}
 

@@ -115,7 +115,7 @@ def make_components(
     clock: Callable[[], datetime] | None = None,
     catalog: Catalog | None = None,
     features: DictFeatureSource | None = None,
-    source: ModelSource | None | str = "tiny",
+    source: ModelSource | str | None = "tiny",
     settings: Settings | None = None,
     observer: DecisionObserver | None = None,
     rates: dict[tuple[str, str] | str, float] | None = None,

@@ -156,9 +156,7 @@ def build_stack(
     )
     components = make_components(
         event_log,
-        settings=Settings(
-            serving=serving or ServingSettings(epsilon=epsilon), lifecycle=lifecycle
-        ),
+        settings=Settings(serving=serving or ServingSettings(epsilon=epsilon), lifecycle=lifecycle),
         features=store,
         source=source,
         observer=metrics,
