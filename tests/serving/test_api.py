@@ -31,7 +31,7 @@ def test_decision_has_the_documented_shape(client):
         "cold_start",
         "policy",
     }
-    assert body["model"] == {"name": "offer-ranker", "version": "test"}
+    assert body["model"] == {"name": "offer-ranker", "version": "local"}
     assert body["experiment"] is None and body["trace"] is None
     assert [o["rank"] for o in body["offers"]] == [1, 2]
     offer = body["offers"][0]

@@ -143,6 +143,7 @@ def build_stack(
     scorer_wrapper=None,
     serving: ServingSettings | None = None,
     start: bool = True,
+    rates: dict | None = None,
 ) -> Stack:
     metrics = ServiceMetrics()
     raw_log = log if log is not None else SQLiteEventLog(tmp_path / "events.sqlite")
@@ -163,6 +164,7 @@ def build_stack(
         clock=clock or FixedClock(),
         load_model=model_loader(scorer_wrapper),
         start=start,
+        rates=rates,
     )
     holder = components.holder
     app = create_app(components=components, hardened=False)

@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 
 from recsys.eventlog import SQLiteEventLog
 from recsys.settings import LifecycleSettings
-from serving.lifecycle import RegistrySource
+from serving.model_sources import NoChampion, RegistrySource
 from tests.serving.factories import DictFeatureSource, train_tiny_model, write_model_dir
 from tests.serving.reliability.conftest import unreachable_registry_env
 
@@ -276,10 +276,10 @@ class SwitchableStore(DictFeatureSource):
 
     down: bool = False
 
-    def get_many(self, customer_ids):
+    def read(self, customer_ids):
         if self.down:
             redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5).get("x")
-        return super().get_many(customer_ids)
+        return super().read(customer_ids)
 
 
 def test_online_store_down_serves_cold_start_fallback(stack_factory):
@@ -362,7 +362,7 @@ def test_a_full_event_log_gives_503(stack_factory, tmp_path):
 def test_the_popularity_fallback_ranks_by_observed_acceptance(stack_factory, tmp_path, monkeypatch):
     import duckdb
 
-    from serving.lifecycle import popularity_rates
+    from serving.resilience import popularity_rates
 
     warehouse = tmp_path / "warehouse.duckdb"
     con = duckdb.connect(str(warehouse))
@@ -378,13 +378,11 @@ def test_the_popularity_fallback_ranks_by_observed_acceptance(stack_factory, tmp
     assert rates[("web_home", "o_tv")] == pytest.approx(1 / 120)
     assert popularity_rates(tmp_path / "missing.duckdb") == {}
 
-    from serving import lifecycle
-
-    monkeypatch.setattr(lifecycle, "popularity_rates", lambda path: rates)
     unreachable_registry_env(monkeypatch)
     stack = stack_factory(
         source=RegistrySource("http://127.0.0.1:9", NAME, "champion"),
         lifecycle=LifecycleSettings(model_cache_dir=tmp_path / "none", model_poll_seconds=0),
+        rates=rates,
     )
     others = ["o_capped", "o_sofa", "o_gold", "o_big_spender"]  # P x value: compare two
     body = decide(
@@ -398,8 +396,6 @@ def test_the_popularity_fallback_ranks_by_observed_acceptance(stack_factory, tmp
 def test_no_champion_refuses_to_start_unless_told_to_serve_the_fallback(
     stack_factory, registry, tmp_path
 ):
-    from serving.lifecycle import NoChampion
-
     reg, versions = registry
     source = RegistrySource(reg.uri, NAME, "no-such-alias")
     with pytest.raises(NoChampion, match="START_WITHOUT_MODEL"):
