@@ -222,6 +222,3 @@ class MeteredEventLog(EventLog):
 
     def close(self) -> None:
         self.inner.close()
-
-    def __getattr__(self, name: str) -> Any:  # backend extras (event_ids, path, ...)
-        return getattr(self.inner, name)

@@ -5,12 +5,7 @@
 - :mod:`recsys.decision.pipeline`: :class:`DecisionPipeline`, the stages.
 """
 
-from recsys.decision.pipeline import (
-    DEFAULT_MAX_LIMIT,
-    MAX_CAP_RETRIES,
-    DecisionPipeline,
-    MatrixScorer,
-)
+from recsys.decision.pipeline import DEFAULT_MAX_LIMIT, MAX_CAP_RETRIES, DecisionPipeline
 from recsys.decision.ports import (
     Arm,
     ArmResolver,
@@ -21,6 +16,7 @@ from recsys.decision.ports import (
     FeatureSource,
     KeyStats,
     MatrixBuilder,
+    MatrixScorer,
     PairScorer,
     Scores,
     ScoringRows,

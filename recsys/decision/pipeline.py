@@ -17,12 +17,11 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from recsys.arbitration import Draws, Policy, greedy_order, priorities
-from recsys.catalog import Catalog, Offer, TouchpointOffers, now_utc, to_utc
+from recsys.arbitration import Draws, priorities
+from recsys.catalog import Catalog, TouchpointOffers, now_utc, to_utc
 from recsys.decision.ports import (
     Arm,
     ArmResolver,
@@ -34,13 +33,13 @@ from recsys.decision.ports import (
     ScoringRows,
     ServedModel,
 )
+from recsys.decision.rows import served_rows
+from recsys.decision.trace import explain
 from recsys.decision.types import (
     DecisionBatch,
     DecisionRequest,
     DecisionTrace,
     ModelInfo,
-    ScorePart,
-    SlatePosition,
     concat,
     new_decision_ids,
 )
@@ -51,12 +50,8 @@ from recsys.eligibility import (
     EligibilityCheck,
     EligibilityInput,
     check_eligibility,
-    in_date_window,
 )
 from recsys.errors import DataError, SpecMismatchError
-
-if TYPE_CHECKING:  # recsys.scoring loads every model library: only for the type checker
-    from recsys.scoring import Scorer
 
 logger = logging.getLogger(__name__)
 
@@ -82,23 +77,6 @@ class _Group:
     eligibility: Eligibility
     pair_request: np.ndarray  # (p,)
     pair_offer: np.ndarray  # (p,)
-
-
-@dataclass(frozen=True)
-class _Slates:
-    """A group's served offers as rows (request order, ranks ascending)."""
-
-    counts: np.ndarray  # (n,) offers served per request
-    fallback: np.ndarray  # (n,) bool
-    column: np.ndarray  # (r,) candidate (or fallback offer) of each row
-    score: np.ndarray
-    priority: np.ndarray
-    value: np.ndarray
-    weight: np.ndarray
-    propensity: np.ndarray
-    explored: np.ndarray
-    offer_id: np.ndarray
-    offer_name: np.ndarray
 
 
 class DecisionPipeline:
@@ -226,7 +204,7 @@ class DecisionPipeline:
         batch = (
             concat(parts).take([position[i] for i in range(len(requests))])
             if parts
-            else _empty(requests, now)
+            else DecisionBatch.empty(requests, now)
         )
         if record and self.sink is not None:
             batch = self._record(batch, trace, now, arms, attempt)
@@ -375,51 +353,16 @@ class DecisionPipeline:
             self.seed, [r.customer_id for r in mine], [r.touchpoint_id for r in mine], now_us
         )
         slates = policy.select(priority, g.eligibility.mask, g.limits, draws)
-        served = _served(offers, slates.positions, slates.k, priority, p_matrix)
-        fallback = (slates.k == 0) & g.eligibility.allows_fallback
-        fallback_offers = _live_fallback(offers.fallback, now_us)
-        fb_counts = np.where(fallback, np.minimum(g.limits, len(fallback_offers)), 0)
-        fallback &= fb_counts > 0
-        counts = np.where(fallback, fb_counts, slates.k)
-        # rows: each request's model slate, or its fallback offers
-        row_start = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(counts, out=row_start[1:])
-        r = int(row_start[-1])
-        offer_id = np.empty(r, dtype=object)
-        offer_name = np.empty(r, dtype=object)
-        score = np.full(r, np.nan)
-        prio = np.zeros(r)
-        val = np.zeros(r)
-        wgt = np.zeros(r)
-        propensity = np.ones(r)
-        explored = np.zeros(r, dtype=bool)
-        model_rows = np.repeat(~fallback, counts)
-        filled = slates.positions >= 0
-        offer_id[model_rows] = offers.offer_ids[slates.positions[filled]]
-        offer_name[model_rows] = served.names
-        score[model_rows] = served.p_accept
-        prio[model_rows] = served.priority
-        val[model_rows] = offers.value[slates.positions[filled]]
-        wgt[model_rows] = offers.weight[slates.positions[filled]]
-        propensity[model_rows] = slates.propensity[filled]
-        explored[model_rows] = slates.explored[filled]
-        if fallback.any():
-            fb_rows = np.flatnonzero(~model_rows)
-            ranks = np.arange(fb_rows.size) - np.repeat(
-                np.cumsum(fb_counts[fallback]) - fb_counts[fallback], fb_counts[fallback]
-            )
-            chosen = [fallback_offers[k] for k in ranks.tolist()]
-            offer_id[fb_rows] = [o.offer_id for o in chosen]
-            offer_name[fb_rows] = [o.name for o in chosen]
-            prio[fb_rows] = [o.value * o.weight for o in chosen]
-            val[fb_rows] = [o.value for o in chosen]
-            wgt[fb_rows] = [o.weight for o in chosen]
+        rows = served_rows(offers, slates, g.limits, g.eligibility.allows_fallback, priority,
+                           p_matrix, now_us)  # fmt: skip
         traces: tuple[DecisionTrace | None, ...] = (None,) * n
         if trace:
+            start = rows.row_start
             traces = tuple(
-                self._trace(g, i, priority, p_matrix, offer_id[row_start[i] : row_start[i + 1]],
-                            slates.explored[i], slates.propensity[i], bool(fallback[i]),
-                            scores.model)
+                explain(offers, g.eligibility, i, priority, p_matrix,
+                        rows.offer_id[start[i] : start[i + 1]], slates.explored[i],
+                        slates.propensity[i], bool(rows.fallback[i]),
+                        bool(g.features.cold_start[i]), policy, scores.model)
                 for i in range(n)
             )  # fmt: skip
         # a stand-in for the model or the features marks every decision of the group
@@ -434,82 +377,20 @@ class DecisionPipeline:
             arm=[g.arm.name] * n,
             experiment_id=[g.arm.experiment_id] * n,
             fallback_reason=[reason] * n,
-            fallback=fallback | (reason is not None),
+            fallback=rows.fallback | (reason is not None),
             cold_start=g.features.cold_start.copy(),
             n_candidates=np.full(n, m, dtype=np.int64),
             n_eligible=np.count_nonzero(g.eligibility.mask, axis=1).astype(np.int64),
-            row_start=row_start,
-            offer_id=offer_id,
-            offer_name=offer_name,
-            score=score,
-            priority=prio,
-            value=val,
-            weight=wgt,
-            propensity=propensity,
-            explored=explored,
+            row_start=rows.row_start,
+            offer_id=rows.offer_id,
+            offer_name=rows.offer_name,
+            score=rows.score,
+            priority=rows.priority,
+            value=rows.value,
+            weight=rows.weight,
+            propensity=rows.propensity,
+            explored=rows.explored,
             traces=traces,
-        )
-
-    def _trace(
-        self,
-        g: _Group,
-        i: int,
-        priority: np.ndarray,
-        p_accept: np.ndarray,
-        served_ids: np.ndarray,
-        explored: np.ndarray,
-        propensity: np.ndarray,
-        fallback: bool,
-        model: ModelInfo,
-    ) -> DecisionTrace:
-        """Request ``i``'s trace, read from what the decision computed."""
-        offers, policy = g.offers, g.arm.policy
-        mask = g.eligibility.mask[i]
-        consent = bool(g.eligibility.allows_fallback[i])
-        order = greedy_order(priority[i : i + 1], mask[None, :])[0][: int(mask.sum())]
-        scores = tuple(
-            ScorePart(
-                str(offers.offer_ids[j]),
-                float(p_accept[i, j]),
-                float(offers.value[j]),
-                float(offers.weight[j]),
-                float(priority[i, j]),
-            )
-            for j in order.tolist()
-        )
-        notes: list[str] = []
-        slate: list[SlatePosition] = []
-        if fallback:
-            notes.append("no eligible offer: served the touchpoint's fallback")
-            slate = [SlatePosition(k, o, False, 1.0, o) for k, o in enumerate(served_ids, 1)]
-        elif not mask.any():
-            notes.append(
-                "no consent for this channel: nothing is shown"
-                if not consent
-                else "no eligible offer and the touchpoint has no fallback offer"
-            )
-        else:
-            remaining = [str(offers.offer_ids[j]) for j in order.tolist()]
-            for k, offer_id in enumerate(served_ids.tolist(), start=1):
-                slate.append(
-                    SlatePosition(
-                        k, offer_id, bool(explored[k - 1]), float(propensity[k - 1]), remaining[0]
-                    )
-                )
-                remaining.remove(offer_id)
-        return DecisionTrace(
-            candidates=len(offers.offers),
-            eligible=int(mask.sum()),
-            consent=consent,
-            removals=g.eligibility.removals(i),
-            caps_hit=g.eligibility.caps_hit(i),
-            scores=scores,
-            slate=tuple(slate),
-            policy=policy.name,
-            epsilon=policy.exploration_rate,
-            cold_start=bool(g.features.cold_start[i]),
-            feature_spec_version=model.feature_spec_version,
-            notes=tuple(notes),
         )
 
     def _record(
@@ -539,46 +420,6 @@ class DecisionPipeline:
         return batch.replaced(redo_at, again)
 
 
-@dataclass(frozen=True)
-class _Served:
-    names: np.ndarray
-    p_accept: np.ndarray
-    priority: np.ndarray
-
-
-def _served(
-    offers: TouchpointOffers,
-    positions: np.ndarray,
-    k: np.ndarray,
-    priority: np.ndarray,
-    p_accept: np.ndarray,
-) -> _Served:
-    """Names, P(accept) and priority of the slates' offers, rows in slate order."""
-    filled = positions >= 0
-    rows = np.nonzero(filled)[0]
-    cols = positions[filled]
-    names = np.array([o.name for o in offers.offers] or [""], dtype=object)
-    return _Served(
-        names=names[cols] if cols.size else np.zeros(0, dtype=object),
-        p_accept=p_accept[rows, cols],
-        priority=priority[rows, cols],
-    )
-
-
-def _live_fallback(offers: tuple[Offer, ...], now_us: int) -> list[Offer]:
-    """The touchpoint's fallback offers inside their date window, best value x weight first."""
-    if not offers:
-        return []
-    start = np.array([_us(o.start_at, np.iinfo(np.int64).min) for o in offers])
-    end = np.array([_us(o.end_at, np.iinfo(np.int64).max) for o in offers])
-    live = [o for o, ok in zip(offers, in_date_window(start, end, now_us), strict=True) if ok]
-    return sorted(live, key=lambda o: -(o.value * o.weight))
-
-
-def _us(ts: datetime | None, default: int) -> int:
-    return default if ts is None else int(ts.timestamp() * 1_000_000)
-
-
 def _check_spec(model: ModelInfo, store_spec: str) -> None:
     if model.feature_spec_version is not None and model.feature_spec_version != store_spec:
         raise SpecMismatchError(
@@ -588,43 +429,4 @@ def _check_spec(model: ModelInfo, store_spec: str) -> None:
         )
 
 
-def _empty(requests: tuple[DecisionRequest, ...], now: datetime) -> DecisionBatch:
-    return DecisionBatch(
-        requests=requests,
-        ts=now,
-        model=[],
-        decision_id=[],
-        channel=[],
-        policy=[],
-        arm=[],
-        experiment_id=[],
-        fallback_reason=[],
-        fallback=np.zeros(0, dtype=bool),
-        cold_start=np.zeros(0, dtype=bool),
-        n_candidates=np.zeros(0, dtype=np.int64),
-        n_eligible=np.zeros(0, dtype=np.int64),
-        row_start=np.zeros(1, dtype=np.int64),
-        offer_id=np.zeros(0, dtype=object),
-        offer_name=np.zeros(0, dtype=object),
-        score=np.zeros(0),
-        priority=np.zeros(0),
-        value=np.zeros(0),
-        weight=np.zeros(0),
-        propensity=np.zeros(0),
-        explored=np.zeros(0, dtype=bool),
-        traces=(),
-    )
-
-
-class MatrixScorer:
-    """A model flavour's scorer (matrix -> P(accept)) as the pipeline's ``PairScorer``."""
-
-    def __init__(self, scorer: Scorer, model: ModelInfo):
-        self.scorer = scorer
-        self.model = model
-
-    def score(self, rows: ScoringRows) -> Scores:
-        return Scores(self.scorer.score(rows.matrix), self.model)
-
-
-__all__ = ["DEFAULT_MAX_LIMIT", "DecisionPipeline", "MatrixScorer", "Policy"]
+__all__ = ["DEFAULT_MAX_LIMIT", "MAX_CAP_RETRIES", "DecisionPipeline"]

@@ -31,6 +31,7 @@ from recsys.eligibility.base import ContactHistory
 if TYPE_CHECKING:
     from recsys.arbitration.base import Policy
     from recsys.decision.types import Decision, DecisionRequest
+    from recsys.scoring import Scorer  # loads every model library: for the type checker only
 
 Clock = Callable[[], datetime]
 
@@ -232,6 +233,17 @@ class PairScorer(Protocol):
     def score(self, rows: ScoringRows) -> Scores:
         """P(accept), shape (p,), of ``rows``."""
         ...
+
+
+class MatrixScorer:
+    """A model flavour's scorer (matrix -> P(accept)) as the pipeline's ``PairScorer``."""
+
+    def __init__(self, scorer: Scorer, model: ModelInfo):
+        self.scorer = scorer
+        self.model = model
+
+    def score(self, rows: ScoringRows) -> Scores:
+        return Scores(self.scorer.score(rows.matrix), self.model)
 
 
 @dataclass(frozen=True)

@@ -177,6 +177,35 @@ class DecisionBatch:
     def __len__(self) -> int:
         return len(self.requests)
 
+    @classmethod
+    def empty(cls, requests: tuple[DecisionRequest, ...], ts: datetime) -> DecisionBatch:
+        """No decisions (``requests`` is empty)."""
+        return cls(
+            requests=requests,
+            ts=ts,
+            model=[],
+            decision_id=[],
+            channel=[],
+            policy=[],
+            arm=[],
+            experiment_id=[],
+            fallback_reason=[],
+            fallback=np.zeros(0, dtype=bool),
+            cold_start=np.zeros(0, dtype=bool),
+            n_candidates=np.zeros(0, dtype=np.int64),
+            n_eligible=np.zeros(0, dtype=np.int64),
+            row_start=np.zeros(1, dtype=np.int64),
+            offer_id=np.zeros(0, dtype=object),
+            offer_name=np.zeros(0, dtype=object),
+            score=np.zeros(0),
+            priority=np.zeros(0),
+            value=np.zeros(0),
+            weight=np.zeros(0),
+            propensity=np.zeros(0),
+            explored=np.zeros(0, dtype=bool),
+            traces=(),
+        )
+
     @property
     def n_rows(self) -> int:
         return int(self.offer_id.shape[0])
