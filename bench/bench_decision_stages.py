@@ -108,7 +108,11 @@ def measure(args: argparse.Namespace, conditions: Sequence[str]) -> dict:
     """Microseconds per decision, by condition and step (medians over the passes)."""
     scratch = Path(tempfile.mkdtemp(prefix="recsys-stages-"))
     components = build(
-        {**data_env(args.work, scratch / "events.sqlite"), "RECSYS_SERVING_EPSILON": "0.05"}
+        {
+            **data_env(args.work, scratch / "events.sqlite"),
+            **model_cache_env(args.work, "this"),
+            "RECSYS_SERVING_EPSILON": "0.05",
+        }
     )
     from recsys.decision import DecisionRequest
 

@@ -258,7 +258,14 @@ class ModelHolder:
             self.observer.swap_attempt(result)
 
     def _cache_root(self) -> Path:
-        return Path(self.settings.model_cache_dir) / self.model_name
+        """Downloaded versions, one folder per source (v1 of one registry is not v1 of
+        another)."""
+        key = self.source.cache_key if self.source is not None else self.model_name
+        return Path(self.settings.model_cache_dir) / key
+
+    def _pointer(self) -> Path:
+        """The last good copy this service served, whichever source it came from."""
+        return Path(self.settings.model_cache_dir) / self.model_name / LAST_GOOD
 
     def _fetch(self, version: str) -> Path:
         assert self.source is not None
@@ -292,11 +299,12 @@ class ModelHolder:
         return ServedModel(model.info, model.matrix, scorer)
 
     def _remember(self, path: Path, version: str) -> None:
-        pointer = self._cache_root() / LAST_GOOD
+        pointer = self._pointer()
+        pointer.parent.mkdir(parents=True, exist_ok=True)
         record = {
             "name": self.model_name,
             "version": version,
-            "path": str(path),
+            "path": str(path.resolve()),
             "saved_at": datetime.now(UTC).isoformat(),
         }
         tmp = pointer.with_suffix(".tmp")
@@ -304,9 +312,9 @@ class ModelHolder:
         os.replace(tmp, pointer)
 
     def _load_last_good(self) -> None:
-        pointer = self._cache_root() / LAST_GOOD
+        pointer = self._pointer()
         if not pointer.is_file():
-            raise ModelRefused(f"no {LAST_GOOD} under {self._cache_root()}")
+            raise ModelRefused(f"no {pointer}")
         try:
             record = json.loads(pointer.read_text(encoding="utf-8"))
             path, version = Path(record["path"]), str(record["version"])

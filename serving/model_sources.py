@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Protocol
 
@@ -19,9 +20,13 @@ def compiled_model_dir(settings: LifecycleSettings) -> Path | None:
 
 
 class ModelSource(Protocol):
-    """Where models come from: the version the followed alias names, and its files."""
+    """Where models come from: the version the followed alias names, and its files.
+
+    ``cache_key`` names the source's folder in the local model cache, so that version 1 of
+    one registry is never taken for version 1 of another."""
 
     alias: str
+    cache_key: str
 
     def resolve(self) -> str: ...
 
@@ -39,6 +44,8 @@ class RegistrySource:
         self.tracking_uri = tracking_uri
         self.name = name
         self.alias = alias
+        digest = hashlib.sha256(tracking_uri.encode("utf-8")).hexdigest()[:12]
+        self.cache_key = f"{name}-{digest}"
 
     def resolve(self) -> str:
         from mlflow import MlflowClient
@@ -81,6 +88,7 @@ class LocalDirSource:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self.cache_key = "local"
 
     def resolve(self) -> str:
         return "local"
