@@ -1,19 +1,19 @@
 """Exploration's random numbers: one counter-based hash of (seed, customer, touchpoint,
 time, position), so every draw is reproducible and independent of batch size or order.
 
-A decision's key mixes the seed, a hash of its customer id (pandas' vectorised SipHash), of
-its touchpoint and the decision time; draw ``c`` of a decision is SplitMix64 of its key and
-``c``, mapped to [0, 1). No generator state exists, so one request alone and the same request
-inside a batch of any size draw the same numbers.
+A decision's key is the BLAKE2b hash of (seed, customer, touchpoint, decision time); draw
+``c`` of a decision is SplitMix64 of its key and ``c``, mapped to [0, 1). No generator state
+exists, so one request alone and the same request inside a batch of any size draw the same
+numbers.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from functools import cached_property
 
 import numpy as np
-import pandas as pd
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -29,8 +29,9 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
-def _text_hash(values: Sequence[str]) -> np.ndarray:
-    return pd.util.hash_array(np.asarray(values, dtype=object), categorize=False)
+def _key(seed: int, customer_id: str, touchpoint_id: str, now_us: int) -> int:
+    text = f"{seed}|{customer_id}|{touchpoint_id}|{now_us}".encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little")
 
 
 class Draws:
@@ -63,12 +64,11 @@ class Draws:
     @cached_property
     def keys(self) -> np.ndarray:
         """One uint64 key per decision, shape (n,) (computed on the first draw)."""
-        n = len(self.customer_ids)
-        base = splitmix64(np.array([self.seed & 0xFFFF_FFFF_FFFF_FFFF], dtype=np.uint64))
-        time = splitmix64(np.array([self.now_us & 0xFFFF_FFFF_FFFF_FFFF], dtype=np.uint64))
-        key = splitmix64(_text_hash(self.customer_ids) ^ base)
-        key = splitmix64(key ^ _text_hash(self.touchpoint_ids))
-        return splitmix64(key ^ time) if n else key
+        keys = [
+            _key(self.seed, c, t, self.now_us)
+            for c, t in zip(self.customer_ids, self.touchpoint_ids, strict=True)
+        ]
+        return np.array(keys, dtype=np.uint64)
 
     def uniform(self, counter: int) -> np.ndarray:
         """Draw number ``counter`` of every decision, shape (n,) float64 in [0, 1)."""

@@ -151,6 +151,8 @@ class FeatureBlock:
     def take(self, positions: Sequence[int] | np.ndarray) -> FeatureBlock:
         """The customers at ``positions`` (repeats allowed), as a block."""
         idx = np.asarray(positions, dtype=np.intp)
+        if idx.shape[0] == len(self.ids) and (idx == np.arange(len(self.ids))).all():
+            return self  # every customer in order (frozen: sharing is safe)
         return FeatureBlock(
             ids=tuple(self.ids[i] for i in idx.tolist()),
             numeric_names=self.numeric_names,

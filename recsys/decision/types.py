@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
@@ -231,7 +232,12 @@ class DecisionBatch:
         )
 
     def decisions(self) -> list[Decision]:
-        """Every decision as a :class:`Decision`, with the reasons of each served offer."""
+        """Every decision as a :class:`Decision`, with the reasons of each served offer
+        (built once: the batch is immutable)."""
+        return list(self._decisions)
+
+    @cached_property
+    def _decisions(self) -> tuple[Decision, ...]:
         offer_id, name = self.offer_id.tolist(), self.offer_name.tolist()
         score, priority = self.score.tolist(), self.priority.tolist()
         value, weight = self.value.tolist(), self.weight.tolist()
@@ -286,7 +292,7 @@ class DecisionBatch:
                     fallback_reason=self.fallback_reason[i],
                 )
             )
-        return out
+        return tuple(out)
 
     def take(self, positions: Sequence[int]) -> DecisionBatch:
         """The decisions at ``positions``, in that order."""
