@@ -227,8 +227,16 @@ def build_components(
 ) -> Components:
     """Open catalogue, online store, event log and model source from ``settings``; wire.
 
-    Never fails for want of a model when ``lifecycle.start_without_model`` is on: registry
-    down -> last good local copy -> popularity/rules fallback.
+    A model that cannot be served (registry down, files damaged, another feature spec) never
+    stops the start: last good local copy -> popularity/rules fallback; a followed alias that
+    names no version does, unless ``lifecycle.start_without_model`` is on.
+
+    Raises
+    ------
+    SpecMismatchError
+        The online store holds features of another feature spec (run ``recsys features
+        materialize``).
+    NoChampion
     """
     from features.decision_matrix import DecisionMatrixBuilder
     from features.matrix import Encoding
@@ -264,6 +272,15 @@ def build_components(
             settings.mlflow_tracking_uri, settings.model_name, settings.model_alias
         )
     store = StoreFeatureSource(open_online_store(settings), catalog)
+    try:
+        store.spec_version()  # a store of another feature spec is a deployment error: stop
+    except SpecMismatchError as exc:
+        logger.error("refusing the online store: %s", exc)
+        store.close()
+        raise
+    except Exception as exc:  # down for now: served as cold starts until it answers
+        logger.warning("the online store does not answer (%s): serving cold starts until it "
+                       "does", type(exc).__name__)  # fmt: skip
     event_log = open_service_event_log(settings.event_log_url, serving)
     if wrap_event_log is not None:
         event_log = wrap_event_log(event_log)

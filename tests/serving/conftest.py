@@ -120,6 +120,7 @@ def demo_env(tmp_path_factory):
         event_log_url=f"sqlite:///{root / 'events.sqlite'}",
         mlflow_tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
         environment="test",
+        lifecycle={"model_cache_dir": root / "model_cache"},
     )
     return {
         "settings": settings,
