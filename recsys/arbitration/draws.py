@@ -70,10 +70,12 @@ class Draws:
         ]
         return np.array(keys, dtype=np.uint64)
 
-    def uniform(self, counter: int) -> np.ndarray:
-        """Draw number ``counter`` of every decision, shape (n,) float64 in [0, 1)."""
+    def uniform(self, counters: int | np.ndarray) -> np.ndarray:
+        """Draws number ``counters`` of every decision: shape (n,) for one counter, (n, c)
+        for an array of c counters; float64 in [0, 1)."""
+        c = np.asarray(counters, dtype=np.uint64)
         with np.errstate(over="ignore"):
-            mixed = splitmix64(self.keys + np.uint64(counter + 1) * _GOLDEN)
+            mixed = splitmix64(np.add.outer(self.keys, (c + np.uint64(1)) * _GOLDEN))
         return (mixed >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
     def take(self, rows: np.ndarray) -> Draws:

@@ -68,12 +68,12 @@ class EpsilonGreedy(Policy):
         # picks[i, pos]: index into the greedy order of the offers still available
         picks = np.zeros((n, k_max), dtype=np.int64)
         remaining = n_eligible[:, None] - np.arange(k_max)[None, :]
-        if self.epsilon > 0:
-            for pos in range(k_max):
-                explore = self.epsilon > draws.uniform(2 * pos)
-                left = np.maximum(remaining[:, pos], 1)
-                pick = np.minimum((draws.uniform(2 * pos + 1) * left).astype(np.int64), left - 1)
-                picks[:, pos] = np.where(explore & ~past[:, pos], pick, 0)
+        if self.epsilon > 0 and k_max:
+            # draws 2 pos (explore?) and 2 pos + 1 (which one) of every position at once
+            u = draws.uniform(np.arange(2 * k_max)).reshape(n, k_max, 2)
+            left = np.maximum(remaining, 1)
+            pick = np.minimum((u[:, :, 1] * left).astype(np.int64), left - 1)
+            picks = np.where((u[:, :, 0] < self.epsilon) & ~past, pick, 0)
         # rank in the greedy order of each pick: the pick-th rank not taken yet
         rank = np.zeros((n, k_max), dtype=np.int64)
         for pos in range(k_max):

@@ -297,6 +297,8 @@ class DecisionBatch:
     def take(self, positions: Sequence[int]) -> DecisionBatch:
         """The decisions at ``positions``, in that order."""
         idx = list(positions)
+        if idx == list(range(len(self))):
+            return self  # every decision in order (frozen: sharing is safe)
         counts = np.diff(self.row_start)[idx] if idx else np.zeros(0, dtype=np.int64)
         rows = (
             np.concatenate(
@@ -343,6 +345,8 @@ class DecisionBatch:
 def concat(batches: Sequence[DecisionBatch]) -> DecisionBatch:
     """The decisions of ``batches`` one after the other (one time: the first's)."""
     first = batches[0]
+    if len(batches) == 1:
+        return first
     counts = np.concatenate([np.diff(b.row_start) for b in batches])
     row_start = np.zeros(len(counts) + 1, dtype=np.int64)
     np.cumsum(counts, out=row_start[1:])
