@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from recsys.eligibility.base import (
     Check,
     CheckOutcome,
@@ -11,6 +9,7 @@ from recsys.eligibility.base import (
     EligibilityInput,
     everyone,
     removal_of,
+    without,
 )
 
 
@@ -18,11 +17,8 @@ class AlreadyAccepted(EligibilityCheck):
     name = Check.ALREADY_ACCEPTED
 
     def run(self, inp: EligibilityInput) -> CheckOutcome:
-        n, m = inp.shape
-        mask = np.ones((n, m), dtype=bool)
-        index = inp.offers.index
-        for i, history in enumerate(inp.histories):
-            mask[i, [index[o] for o in history.accepted if o in index]] = False
+        n, _ = inp.shape
+        mask = without(inp.offers, [h.accepted for h in inp.histories])
         ids = inp.offers.offer_ids
         detail = "customer already accepted it"
         return CheckOutcome(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
@@ -142,6 +142,17 @@ class EligibilityCheck(ABC):
 def everyone(n: int) -> np.ndarray:
     """An all-true (n,) mask: the check never forbids the fallback."""
     return np.ones(n, dtype=bool)
+
+
+def without(offers: TouchpointOffers, named: Sequence[Collection[str]]) -> np.ndarray:
+    """(n, m) mask, False where request ``i``'s collection ``named[i]`` names the candidate
+    (ids that are not candidates are ignored)."""
+    mask = np.ones((len(named), len(offers.offers)), dtype=bool)
+    index = offers.index
+    for i, ids in enumerate(named):
+        if ids:
+            mask[i, [index[o] for o in ids if o in index]] = False
+    return mask
 
 
 def removal_of(
