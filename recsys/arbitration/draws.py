@@ -21,12 +21,11 @@ _MIX2 = np.uint64(0x94D049BB133111EB)
 
 
 def splitmix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64's finaliser of each value (uint64 -> uint64, wrapping arithmetic)."""
-    with np.errstate(over="ignore"):
-        z = x + _GOLDEN
-        z = (z ^ (z >> np.uint64(30))) * _MIX1
-        z = (z ^ (z >> np.uint64(27))) * _MIX2
-        return z ^ (z >> np.uint64(31))
+    """SplitMix64's finaliser of each value (uint64 -> uint64; array arithmetic wraps)."""
+    z = x + _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
 
 
 def _key(seed: int, customer_id: str, touchpoint_id: str, now_us: int) -> int:
@@ -73,10 +72,10 @@ class Draws:
     def uniform(self, counters: int | np.ndarray) -> np.ndarray:
         """Draws number ``counters`` of every decision: shape (n,) for one counter, (n, c)
         for an array of c counters; float64 in [0, 1)."""
-        c = np.asarray(counters, dtype=np.uint64)
-        with np.errstate(over="ignore"):
-            mixed = splitmix64(np.add.outer(self.keys, (c + np.uint64(1)) * _GOLDEN))
-        return (mixed >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+        c = np.asarray(counters, dtype=np.uint64).reshape(-1)
+        mixed = splitmix64(np.add.outer(self.keys, (c + np.uint64(1)) * _GOLDEN))
+        u = (mixed >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+        return u.reshape(len(self)) if np.ndim(counters) == 0 else u
 
     def take(self, rows: np.ndarray) -> Draws:
         """The draws of the decisions at ``rows``."""

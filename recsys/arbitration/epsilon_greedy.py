@@ -74,17 +74,20 @@ class EpsilonGreedy(Policy):
             left = np.maximum(remaining, 1)
             pick = np.minimum((u[:, :, 1] * left).astype(np.int64), left - 1)
             picks = np.where((u[:, :, 0] < self.epsilon) & ~past, pick, 0)
-        # rank in the greedy order of each pick: the pick-th rank not taken yet
-        rank = np.zeros((n, k_max), dtype=np.int64)
-        for pos in range(k_max):
-            r = picks[:, pos].copy()
-            for taken in np.sort(rank[:, :pos], axis=1).T:
-                r += taken <= r
-            rank[:, pos] = r
+        # rank in the greedy order of each pick: the pick-th rank not taken yet (no pick
+        # explored: the ranks are the positions themselves)
+        rank = np.broadcast_to(np.arange(k_max), (n, k_max))
+        if picks.any():
+            rank = np.zeros((n, k_max), dtype=np.int64)
+            for pos in range(k_max):
+                r = picks[:, pos].copy()
+                for taken in np.sort(rank[:, :pos], axis=1).T:
+                    r += taken <= r
+                rank[:, pos] = r
         order = greedy_order(priority, eligible)
         positions = np.take_along_axis(order, np.minimum(rank, max(m - 1, 0)), axis=1)
         positions[past] = -1
-        with np.errstate(divide="ignore", invalid="ignore"):
-            propensity = self.epsilon / remaining + np.where(picks == 0, 1.0 - self.epsilon, 0.0)
+        greedy_share = np.where(picks == 0, 1.0 - self.epsilon, 0.0)
+        propensity = self.epsilon / np.maximum(remaining, 1) + greedy_share
         propensity[past] = np.nan
         return SlateBatch(positions, propensity, (picks != 0) & ~past, k)
