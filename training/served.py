@@ -285,10 +285,12 @@ def served_rounds(
             f"logged rounds at touchpoints the catalogue lacks: {unknown[:5]}; the served "
             "policy cannot decide them"
         )
-    ctx_cols = [c for c in logged.columns if c.startswith(CONTEXT_PREFIX)]
+    requests = _requests(logged)
+    decision_ids = logged["decision_id"].tolist()
     traces: dict[str, DecisionTrace] = {}
     fallback_first: dict[str, str] = {}
-    for ts, rounds in logged.groupby("ts", sort=True):
+    times = pd.to_datetime(logged["ts"])
+    for ts, at in times.groupby(times.to_numpy()).indices.items():
         now = to_utc(pd.Timestamp(ts).floor("us").to_pydatetime())  # the pipeline's unit
         pipeline = DecisionPipeline(
             replay.catalog,
@@ -299,25 +301,14 @@ def served_rounds(
             seed=seed,
             clock=lambda now=now: now,
         )
-        requests = [
-            DecisionRequest(
-                customer_id="" if pd.isna(r["customer_id"]) else str(r["customer_id"]),
-                touchpoint_id=str(r["touchpoint_id"]),
-                context=MappingProxyType(
-                    {c[len(CONTEXT_PREFIX) :]: r[c] for c in ctx_cols if not pd.isna(r[c])}
-                ),
-                limit=1,
-            )
-            for r in rounds.to_dict("records")
-        ]
-        batch = pipeline.run(requests, now, trace=True, record=False)
-        for i, decision_id in enumerate(rounds["decision_id"].tolist()):
+        batch = pipeline.run([requests[k] for k in at], now, trace=True, record=False)
+        for i, k in enumerate(at.tolist()):
             trace = batch.traces[i]
             assert trace is not None  # asked for
-            traces[decision_id] = trace
+            traces[decision_ids[k]] = trace
             start, end = batch.row_start[i], batch.row_start[i + 1]
             if trace.eligible == 0 and end > start:
-                fallback_first[decision_id] = str(batch.offer_id[start])
+                fallback_first[decision_ids[k]] = str(batch.offer_id[start])
     target = _first_position(traces, fallback_first, policy, probabilistic)
     logger.info(
         "served policy %s replayed on %d rounds (%d times), %.1f eligible offers per round",
@@ -325,6 +316,26 @@ def served_rounds(
         float(np.mean([t.eligible for t in traces.values()])) if traces else 0.0,
     )  # fmt: skip
     return ServedRounds(target, MappingProxyType(traces), policy.name)
+
+
+def _requests(logged: pd.DataFrame) -> list[DecisionRequest]:
+    """The request of each logged round: its customer ("" when anonymous: the cold start),
+    touchpoint and context, asking for the first position only."""
+    ctx_cols = [c for c in logged.columns if c.startswith(CONTEXT_PREFIX)]
+    keys = [c[len(CONTEXT_PREFIX) :] for c in ctx_cols]
+    columns = logged[["customer_id", "touchpoint_id", *ctx_cols]]
+    out = []
+    for customer, touchpoint, *values in columns.itertuples(index=False, name=None):
+        context = {k: v for k, v in zip(keys, values, strict=True) if not pd.isna(v)}
+        out.append(
+            DecisionRequest(
+                customer_id="" if pd.isna(customer) else str(customer),
+                touchpoint_id=str(touchpoint),
+                context=MappingProxyType(context),
+                limit=1,
+            )
+        )
+    return out
 
 
 def _first_position(
