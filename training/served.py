@@ -25,7 +25,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from recsys.arbitration import Policy
-from recsys.catalog import Catalog, to_utc
+from recsys.catalog import Catalog
 from recsys.decision import (
     ContactHistorySource,
     DecisionPipeline,
@@ -59,6 +59,28 @@ logger = logging.getLogger(__name__)
 SERVED = "served"
 #: Request context columns of a logged round (``ctx_<key>``), as the training set has them.
 CONTEXT_PREFIX = "ctx_"
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class _FixedClock:
+    """The clock of a replayed decision: always the round's time."""
+
+    now: datetime
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def epoch_micros(ts: pd.Series) -> np.ndarray:
+    """Microseconds since the epoch of timestamps (naive = UTC), exactly, shape (n,) int64."""
+    stamps = pd.to_datetime(ts)
+    if stamps.dt.tz is None:
+        stamps = stamps.dt.tz_localize("UTC")
+    delta = (stamps - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)
+    return delta.to_numpy(np.int64)
 
 
 def epoch_us(ts: Any) -> int:
@@ -167,10 +189,7 @@ def _by_customer(frame: pd.DataFrame, name: str) -> dict[str, tuple[np.ndarray, 
     frame = frame[frame["customer_id"].notna()]
     if frame.empty:
         return {}
-    ts = pd.to_datetime(frame["ts"])
-    if ts.dt.tz is None:
-        ts = ts.dt.tz_localize("UTC")
-    micros = ((ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)).to_numpy(np.int64)
+    micros = epoch_micros(frame["ts"])
     offers = frame["offer_id"].astype(str).to_numpy(dtype=object)
     groups = pd.Series(frame["customer_id"].astype(str).to_numpy()).groupby(
         frame["customer_id"].astype(str).to_numpy()
@@ -289,9 +308,12 @@ def served_rounds(
     decision_ids = logged["decision_id"].tolist()
     traces: dict[str, DecisionTrace] = {}
     fallback_first: dict[str, str] = {}
-    times = pd.to_datetime(logged["ts"])
-    for ts, at in times.groupby(times.to_numpy()).indices.items():
-        now = to_utc(pd.Timestamp(ts).floor("us").to_pydatetime())  # the pipeline's unit
+    micros = epoch_micros(logged["ts"])
+    order = np.argsort(micros, kind="stable")
+    for at in np.split(order, np.flatnonzero(np.diff(micros[order])) + 1):
+        if not at.size:
+            continue
+        now = _EPOCH + timedelta(microseconds=int(micros[at[0]]))
         pipeline = DecisionPipeline(
             replay.catalog,
             replay.features.at(now),
@@ -299,7 +321,7 @@ def served_rounds(
             None,
             arms,
             seed=seed,
-            clock=lambda now=now: now,
+            clock=_FixedClock(now),
         )
         batch = pipeline.run([requests[k] for k in at], now, trace=True, record=False)
         for i, k in enumerate(at.tolist()):
