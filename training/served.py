@@ -126,10 +126,7 @@ class _FeaturesAt:
     def read(self, customer_ids: Sequence[str]) -> FeatureBlock:
         f = self.features
         rows = [f.points.get((c, self.now_us), f.cold) for c in customer_ids]
-        block = f.block.take(rows)
-        return dataclasses.replace(
-            block, ids=tuple(customer_ids), cold_start=block.cold_start.copy()
-        )
+        return dataclasses.replace(f.block.take(rows), ids=tuple(customer_ids))
 
     def spec_version(self) -> str:
         return self.features.block.spec_version
