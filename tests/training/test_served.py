@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 
 import numpy as np
@@ -9,6 +10,7 @@ import pandas as pd
 import pytest
 
 from recsys.arbitration import EpsilonGreedy
+from recsys.catalog import Catalog, EligibilityRule, Offer, Touchpoint
 from recsys.decision import ModelInfo
 from recsys.eligibility import Check
 from tests.training.factories import (
@@ -179,3 +181,24 @@ def test_history_counts_only_what_happened_before_the_decision():
     later = history.at(datetime(2024, 1, 6, tzinfo=UTC)).contact_history(["c1"], since)
     assert later["c1"].accepted == {"o2"} and later["c1"].count_since("o2", 0) == 1
     assert PointInTimeHistory.empty().at(since).contact_history(["c1"], since) == {}
+
+
+def test_a_round_with_nothing_eligible_serves_the_fallback_with_probability_one(
+    world, result, logged
+):
+    never = (EligibilityRule("segment", "<", 0),)  # segments are 0..11
+    offers = [Offer(o, o, "discount", eligibility=never) for o in OFFERS[:-1]]
+    catalog = Catalog(
+        [*offers, Offer(OFFERS[-1], OFFERS[-1], "discount", fallback=True)],
+        [Touchpoint("web_cart", "web"), Touchpoint("email", "email")],
+    )
+    replay = dataclasses.replace(world.replay(logged, result.encoder), catalog=catalog)
+    served = served_rounds(
+        logged, replay, result.model.flavour_scorer(),
+        ModelInfo("lightgbm", "test", result.encoder.spec_version), EpsilonGreedy(0.2),
+    )  # fmt: skip
+    assert served.target.offer_id.tolist() == [OFFERS[-1]] * len(logged)
+    assert served.target.prob.tolist() == [1.0] * len(logged)
+    assert served.target.q.tolist() == [0.0] * len(logged)  # no model score for a fallback
+    trace = next(iter(served.traces.values()))
+    assert trace.eligible == 0 and "fallback" in trace.notes[0]
