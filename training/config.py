@@ -116,6 +116,9 @@ class EvaluationConfig(_Strict):
     confidence: float = Field(0.95, gt=0, lt=1)
     max_ope_rounds: int = Field(10_000, ge=10)
     logging_policy: str | None = None
+    #: Exploration of the served policy replayed on the test rounds; None = the service's
+    #: setting ``serving.epsilon`` (``recsys train`` resolves it; 0 = greedy).
+    served_epsilon: float | None = Field(None, ge=0, le=1)
 
     @field_validator("k")
     @classmethod

@@ -14,14 +14,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from recsys.arbitration import EpsilonGreedy
+from recsys.decision import ModelInfo
 from recsys.errors import ConfigError, DataError
+from recsys.settings import ServingSettings
 from training.config import TrainingConfig
 from training.encoding import Encoder
 from training.evaluation import offline_metrics
 from training.examples import META_COLUMNS, Examples
 from training.metrics import Reliability, reliability
 from training.models import Scorer, ServableScorer, make_scorer
-from training.policy_eval import PolicyEvaluation, evaluate_policies, first_shown
+from training.policy_eval import PolicyEvaluation, TargetPolicy, evaluate_policies, first_shown
+from training.served import SERVED, ReplayBuilder, ServedRounds, served_rounds
 from training.split import TimeSplit, time_split
 
 logger = logging.getLogger(__name__)
@@ -46,6 +50,9 @@ class TrainingInputs:
         Fitted on the train + validation rows; encodes every split and the candidates.
     candidates : CandidateBuilder, optional
         Without it, no off-policy evaluation.
+    replay : ReplayBuilder, optional
+        With it (and ``candidates``), the served policy is evaluated too: every test round
+        decided again by the decision pipeline (:mod:`training.served`), reported as ``served``.
     truth : DataFrame, optional
         ``decision_id, offer_id, p_accept`` of every candidate (generated data).
     offers : DataFrame, optional
@@ -60,6 +67,7 @@ class TrainingInputs:
     truth: pd.DataFrame | None = None
     offers: pd.DataFrame | None = None
     source: str = ""
+    replay: ReplayBuilder | None = None
 
 
 @dataclass
@@ -79,6 +87,8 @@ class TrainingResult:
     offers: pd.DataFrame | None = None
     source: str = ""
     sizes: dict[str, int] = field(default_factory=dict)
+    #: The served policy replayed on the test rounds (None without ``inputs.replay``).
+    served: ServedRounds | None = None
 
     @property
     def main(self) -> str:
@@ -204,9 +214,11 @@ def train_and_evaluate(inputs: TrainingInputs, config: TrainingConfig) -> Traini
         if scorer.probabilistic:
             calibration[name] = reliability(test.y, scores, config.evaluation.calibration_bins)
 
-    policy, by_touchpoint = None, {}
+    policy, by_touchpoint, served = None, {}, None
     if inputs.candidates is not None:
-        policy, by_touchpoint = _policy_evaluation(inputs, encoder, config, parts["test"], scorers)
+        policy, by_touchpoint, served = _policy_evaluation(
+            inputs, encoder, config, parts["test"], scorers
+        )
 
     metrics = _flat_metrics(config.model.kind, offline, policy, by_touchpoint)
     metrics.update(main_scorer(scorers, config).fit_summary())
@@ -228,6 +240,7 @@ def train_and_evaluate(inputs: TrainingInputs, config: TrainingConfig) -> Traini
         offers=inputs.offers,
         source=inputs.source,
         sizes=sizes,
+        served=served,
     )
 
 
@@ -237,7 +250,7 @@ def _policy_evaluation(
     config: TrainingConfig,
     test_frame: pd.DataFrame,
     scorers: dict[str, Scorer],
-) -> tuple[PolicyEvaluation, dict[str, PolicyEvaluation]]:
+) -> tuple[PolicyEvaluation, dict[str, PolicyEvaluation], ServedRounds | None]:
     assert inputs.candidates is not None
     logged = test_frame[first_shown(test_frame)].reset_index(drop=True)
     wanted = config.evaluation.logging_policy
@@ -272,8 +285,20 @@ def _policy_evaluation(
         "confidence": config.evaluation.confidence,
         "seed": config.seed,
     }
+    served = None
+    targets: dict[str, TargetPolicy] = {}
+    if inputs.replay is not None:
+        served = _served(inputs.replay, logged, encoder, config, scorers)
+        targets[SERVED] = served.target
     overall = evaluate_policies(
-        logged, q_logged, candidates, q_cand, policy_scores, truth=inputs.truth, **kwargs
+        logged,
+        q_logged,
+        candidates,
+        q_cand,
+        policy_scores,
+        targets=targets,
+        truth=inputs.truth,
+        **kwargs,
     )
     by_touchpoint = {}
     cand_tp = (
@@ -289,10 +314,36 @@ def _policy_evaluation(
             candidates[cmask].reset_index(drop=True),
             q_cand[cmask],
             {k: (None if v is None else v[cmask]) for k, v in policy_scores.items()},
+            targets={
+                k: v.of_decisions(logged.loc[mask, "decision_id"]) for k, v in targets.items()
+            },
             truth=inputs.truth,
             **kwargs,
         )
-    return overall, by_touchpoint
+    return overall, by_touchpoint, served
+
+
+def _served(
+    replay: ReplayBuilder,
+    logged: pd.DataFrame,
+    encoder: Encoder,
+    config: TrainingConfig,
+    scorers: dict[str, Scorer],
+) -> ServedRounds:
+    """The registered model served as the service serves it, on the logged rounds."""
+    model = main_scorer(scorers, config)
+    epsilon = config.evaluation.served_epsilon
+    if epsilon is None:  # not resolved from the settings (``recsys train`` does): their default
+        epsilon = ServingSettings().epsilon
+    return served_rounds(
+        logged,
+        replay(logged, encoder),
+        model.flavour_scorer(),
+        ModelInfo(config.model.kind, "candidate", encoder.spec_version),
+        EpsilonGreedy(epsilon),
+        probabilistic=model.probabilistic,
+        seed=config.seed,
+    )
 
 
 def _flat_metrics(
@@ -303,7 +354,8 @@ def _flat_metrics(
 ) -> dict[str, float]:
     """MLflow metric names: the main model's unprefixed (``auc``, ``auc.web_cart``), baselines
     prefixed (``popularity.auc``); policy values ``snips_value``, ``popularity.dr_value.lower``,
-    ``logging_value``, ``true_value``, ``oracle_value`` (per touchpoint with ``.<touchpoint>``)."""
+    ``served.snips_value`` (the served policy), ``logging_value``, ``true_value``,
+    ``oracle_value`` (per touchpoint with ``.<touchpoint>``)."""
     metrics: dict[str, float] = {}
     for name, values in offline.items():
         prefix = "" if name == main else f"{name}."

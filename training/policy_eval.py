@@ -1,12 +1,15 @@
-"""Value of each model's greedy top-1 policy: off-policy estimates and, on generated data, truth.
+"""Value of policies on logged rounds: off-policy estimates and, on generated data, truth.
 
 Rounds are the first shown offer of each test decision. A policy picks, per decision, one of
 the decision's candidate offers: greedy policies the candidate with the highest score (ties go
-to the first candidate in the given order), the random policy any candidate uniformly.
+to the first candidate in the given order), the random policy any candidate uniformly. A
+:class:`TargetPolicy` brings its own candidates and probabilities (the served policy: the
+eligible offers, epsilon-greedy by priority; see :mod:`training.served`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -37,6 +40,47 @@ class PolicyEvaluation:
     policies: dict[str, PolicyValue] = field(default_factory=dict)
     logging_true_value: float | None = None
     oracle_value: float | None = None
+
+
+@dataclass(frozen=True)
+class TargetPolicy:
+    """A policy given by its probability of choosing each offer first, over its own
+    candidates.
+
+    Attributes
+    ----------
+    decision_id, offer_id : ndarray of object (str), shape (n_cand,)
+        Every offer the policy may choose in every round (offers absent have probability 0).
+    prob : ndarray of float64, shape (n_cand,)
+        Probability of choosing the offer first; per decision the sum is <= 1.
+    q : ndarray of float64, shape (n_cand,)
+        The reward model's prediction for the offer (DR's direct-method part).
+    """
+
+    decision_id: np.ndarray
+    offer_id: np.ndarray
+    prob: np.ndarray
+    q: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = self.decision_id.shape
+        for name in ("offer_id", "prob", "q"):
+            value = getattr(self, name)
+            if value.shape != n:
+                raise ValueError(f"`{name}` must have shape {n}, got {value.shape}")
+        if ((self.prob < 0) | (self.prob > 1)).any():
+            raise ValueError("`prob` must be in [0, 1]")
+
+    @property
+    def candidates(self) -> pd.DataFrame:
+        return pd.DataFrame({"decision_id": self.decision_id, "offer_id": self.offer_id})
+
+    def of_decisions(self, decision_ids: Collection[str]) -> TargetPolicy:
+        """The rows of ``decision_ids`` only."""
+        keep = pd.Series(self.decision_id).isin(set(decision_ids)).to_numpy()
+        return TargetPolicy(
+            self.decision_id[keep], self.offer_id[keep], self.prob[keep], self.q[keep]
+        )
 
 
 def first_shown(meta: pd.DataFrame) -> np.ndarray:
@@ -106,6 +150,26 @@ def true_policy_value(candidates: pd.DataFrame, prob: np.ndarray, truth: pd.Data
     return float(per_decision.mean())
 
 
+def _true_value(
+    policy: TargetPolicy, truth: pd.DataFrame, rounds: int, *, strict: bool
+) -> float | None:
+    """The policy's true value per round. A greedy or random policy chooses in every round
+    among candidates the truth has (``strict``: else an error); a target policy may choose
+    nothing in a round (value 0 there) and has no true value when it may choose an offer the
+    truth lacks."""
+    if strict:
+        return true_policy_value(policy.candidates, policy.prob, truth)
+    chosen = policy.prob > 0
+    merged = (
+        policy.candidates[chosen]
+        .assign(prob=policy.prob[chosen])
+        .merge(truth[["decision_id", "offer_id", "p_accept"]], how="left")
+    )
+    if merged["p_accept"].isna().any():
+        return None
+    return float((merged["prob"] * merged["p_accept"]).sum() / rounds)
+
+
 def evaluate_policies(
     logged: pd.DataFrame,
     q_logged: np.ndarray,
@@ -113,6 +177,7 @@ def evaluate_policies(
     q_candidates: np.ndarray,
     policy_scores: dict[str, np.ndarray | None],
     *,
+    targets: Mapping[str, TargetPolicy] | None = None,
     truth: pd.DataFrame | None = None,
     bootstrap_samples: int = 300,
     confidence: float = 0.95,
@@ -133,6 +198,9 @@ def evaluate_policies(
     policy_scores : dict
         Policy name -> candidate scores (n_cand,) for a greedy policy, or None for the
         uniform random policy.
+    targets : mapping of policy name -> TargetPolicy, optional
+        Policies with their own candidates and probabilities (e.g. ``served``). Their true
+        value is None when the truth lacks an offer they may choose.
     truth : DataFrame, optional
         ``decision_id, offer_id, p_accept`` for every candidate (generated data only).
     """
@@ -149,16 +217,25 @@ def evaluate_policies(
     decision_ids = candidates["decision_id"].to_numpy()
     zeros = np.zeros(len(logged))
 
-    jobs = []
-    probs: dict[str, np.ndarray] = {}
+    policies_of: dict[str, TargetPolicy] = {}
     for name, scores in policy_scores.items():
         prob = (
             uniform_probabilities(decision_ids)
             if scores is None
             else greedy_probabilities(decision_ids, scores)
         )
-        probs[name] = prob
-        target_prob, q_target = _target(logged, candidates, prob, q_candidates)
+        policies_of[name] = TargetPolicy(
+            decision_ids, candidates["offer_id"].to_numpy(), prob, np.asarray(q_candidates)
+        )
+    clash = set(policy_scores) & set(targets or {})
+    if clash:
+        raise ValueError(
+            f"`targets` must not repeat a name of `policy_scores`, got {sorted(clash)}"
+        )
+    policies_of.update(targets or {})
+    jobs = []
+    for name, policy in policies_of.items():
+        target_prob, q_target = _target(logged, policy.candidates, policy.prob, policy.q)
         label_rounds = Rounds(reward, propensity, target_prob, q_logged, q_target)
         for estimator in ESTIMATORS.values():
             jobs.append((name, estimator.name, estimator, label_rounds))
@@ -182,8 +259,8 @@ def evaluate_policies(
         seed=seed,
     )
     logging_index = len(jobs) - 2
-    per_policy: dict[str, dict[str, Estimate]] = {name: {} for name in policy_scores}
-    lifts: dict[str, dict[str, Estimate]] = {name: {} for name in policy_scores}
+    per_policy: dict[str, dict[str, Estimate]] = {name: {} for name in policies_of}
+    lifts: dict[str, dict[str, Estimate]] = {name: {} for name in policies_of}
     for j, (name, key, _, _) in enumerate(jobs[:logging_index]):
         per_policy[name][key] = replace(boot.estimate(j, confidence), estimator=key)
         if key in ESTIMATORS:
@@ -202,10 +279,12 @@ def evaluate_policies(
         name: PolicyValue(
             name,
             per_policy[name],
-            true_policy_value(candidates, probs[name], truth_in) if truth_in is not None else None,
+            _true_value(policy, truth_in, len(logged), strict=name in policy_scores)
+            if truth_in is not None
+            else None,
             lifts[name],
         )
-        for name in policy_scores
+        for name, policy in policies_of.items()
     }
     logging_true = oracle = None
     if truth_in is not None:

@@ -12,6 +12,7 @@ from recsys.settings import Settings
 from recsys.warehouse import connect
 from training.config import TrainingConfig
 from training.pipeline import TrainingResult, train_and_evaluate
+from training.served import SERVED
 from training.tracking import LoggedRun, format_policy_table, log_training
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,15 @@ class RunOutcome:
                 f"[{snips.lower:.2f}, {snips.upper:.2f}], DR {dr.value:.2f}x "
                 f"[{dr.lower:.2f}, {dr.upper:.2f}]"
             )
+            served = r.policy.policies.get(SERVED)
+            if served is not None and r.served is not None:
+                snips, dr = served.lifts["snips"], served.lifts["dr"]
+                lines.append(
+                    f"served policy ({r.main}, {r.served.policy}, P x value x weight over the "
+                    f"eligible offers) vs {who}: SNIPS {snips.value:.2f}x "
+                    f"[{snips.lower:.2f}, {snips.upper:.2f}], DR {dr.value:.2f}x "
+                    f"[{dr.lower:.2f}, {dr.upper:.2f}]"
+                )
         lines += [
             "",
             f"MLflow run {self.logged.run_id}"
@@ -69,9 +79,17 @@ class RunOutcome:
 def run_training(
     config: TrainingConfig, settings: Settings, artifact_location: str | None = None
 ) -> RunOutcome:
-    """Train on the warehouse at ``settings.warehouse_path`` and log the run to MLflow."""
+    """Train on the warehouse at ``settings.warehouse_path`` and log the run to MLflow.
+
+    The served policy is evaluated with ``evaluation.served_epsilon``, or when that is not
+    set with the service's ``serving.epsilon`` (logged as the param either way)."""
     from training.warehouse_data import build_inputs
 
+    if config.evaluation.served_epsilon is None:  # the service's exploration
+        evaluation = config.evaluation.model_copy(
+            update={"served_epsilon": settings.serving.epsilon}
+        )
+        config = config.model_copy(update={"evaluation": evaluation})
     path = Path(settings.warehouse_path)
     if not path.is_file():
         raise NotFoundError(

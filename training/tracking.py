@@ -238,8 +238,8 @@ def format_policy_table(result: TrainingResult) -> str:
             f"| {name} | {cell(value.estimates['ips'])} | {cell(value.estimates['snips'])} | "
             f"{cell(value.estimates['dr'])} |"
         )
-        if has_truth:
-            row += f" {value.true_value:.4f} |"
+        if has_truth:  # none for a policy that may choose an offer the truth lacks
+            row += " - |" if value.true_value is None else f" {value.true_value:.4f} |"
         lines.append(row)
     log = f"| logging (observed) | {cell(evaluation.logging)} | | |"
     if has_truth:

@@ -4,6 +4,11 @@ Candidate offers of a logged decision are scored exactly as serving would have s
 at the decision time: the customer's point-in-time feature vector (``features.pipeline``
 point tables, as of the decision) goes through ``features.decision_matrix`` with the
 candidate offers. For the shown offer this reproduces the training-set row.
+
+The same vectors feed the replay of the served policy (:meth:`WarehouseCandidates.replay`):
+the warehouse's catalogue, the vectors as a point-in-time feature source, the contact history
+from the warehouse's ``decisions`` and ``outcomes`` before each round, and the model's
+``DecisionMatrixBuilder``.
 """
 
 from __future__ import annotations
@@ -17,17 +22,21 @@ import ibis
 import numpy as np
 import pandas as pd
 
-from features.decision_matrix import MatrixColumns, offer_arrays
+from features.decision_matrix import DecisionMatrixBuilder, MatrixColumns, offer_arrays
 from features.engines import ibis_backend
 from features.matrix import Encoding, encode, fit_encoding
-from features.online import Layout, block_of
+from features.online import CatalogNames, Layout, block_of
 from features.online.base import AS_OF_KEY, SPEC_KEY, STATS_KEY
 from features.pipeline import STAT_TABLES, point_tables, sources
 from features.spec import FEATURE_SPEC_VERSION
 from features.training_set import build_training_set
+from recsys.catalog import Catalog, load_catalog_from_warehouse
+from recsys.decision import FeatureBlock
 from recsys.errors import DataError
+from recsys.eventlog import ACCEPTED_TYPES
 from training.config import TrainingConfig
 from training.pipeline import TrainingInputs
+from training.served import PointInTimeFeatures, PointInTimeHistory, Replay, epoch_us
 from training.truth import TRUTH_DIR, TRUTH_FILE, read_truth
 
 logger = logging.getLogger(__name__)
@@ -80,8 +89,14 @@ def support_candidates(history: pd.DataFrame) -> CandidateSets:
     return sets
 
 
+#: A block of (customer, decision time) points, its last row the cold start, and the row of
+#: each point.
+Points = tuple[FeatureBlock, dict[tuple[str, pd.Timestamp], int]]
+
+
 class WarehouseCandidates:
-    """Builds and encodes candidate rows for logged rounds (see the module docstring)."""
+    """Builds and encodes candidate rows for logged rounds, and their replay by the served
+    policy (see the module docstring)."""
 
     def __init__(
         self, con: Any, offers: pd.DataFrame, candidate_sets: CandidateSets, engine: str = "duckdb"
@@ -90,6 +105,81 @@ class WarehouseCandidates:
         self.offers = offers.set_index("offer_id", drop=False)
         self.candidate_sets = candidate_sets
         self.engine = engine
+        self._points: tuple[tuple[str, ...], Points] | None = None
+
+    def points(self, logged: pd.DataFrame) -> Points:
+        """Every (customer, decision time) point of ``logged`` as a feature block (computed
+        once for the same rounds: candidates and the replay share it)."""
+        key = tuple(logged["decision_id"].tolist())
+        if self._points is not None and self._points[0] == key:
+            return self._points[1]
+        vectors = self._vectors(logged)
+        layout = Layout.of({k: v for vector in vectors.values() for k, v in vector.items()})
+        block = block_of(
+            {**{str(i): v for i, v in enumerate(vectors.values())}, "cold": None},
+            FEATURE_SPEC_VERSION,
+            layout,
+        )
+        points = {point: i for i, point in enumerate(vectors)}
+        self._points = (key, (block, points))
+        return block, points
+
+    def replay(self, logged: pd.DataFrame, encoder: Any) -> Replay:
+        """The served policy's world for ``logged``: the warehouse's catalogue, each round's
+        point-in-time features, the history before each round, the model's matrix builder."""
+        if not isinstance(encoder, FeaturesEncoder):
+            raise TypeError(f"`encoder` must be a FeaturesEncoder, got {type(encoder).__name__}")
+        catalog = load_catalog_from_warehouse(self.con)
+        block, points = self.points(logged)
+        features = PointInTimeFeatures(
+            CatalogNames(catalog)(block),
+            {(c, epoch_us(ts)): i for (c, ts), i in points.items()},
+            cold=len(points),
+        )
+        return Replay(
+            catalog,
+            features,
+            self.history(logged, catalog),
+            DecisionMatrixBuilder(catalog, encoder.encoding),
+        )
+
+    def history(self, logged: pd.DataFrame, catalog: Catalog) -> PointInTimeHistory:
+        """What the logged rounds' customers were shown (over the longest contact-cap window
+        before the first round) and accepted (any time before the last round), from the
+        warehouse's ``decisions`` and ``outcomes``; each round sees only what came before it.
+
+        Acceptances are the event log's (``accept``, ``convert``), as the service's "already
+        accepted" check reads them.
+        """
+        known = logged[logged["customer_id"].notna()]
+        if known.empty:
+            return PointInTimeHistory.empty()
+        ts = pd.to_datetime(known["ts"])
+        lookback = max(
+            (o.cap_window_days or 0 for o in catalog.offers.values()),
+            default=0,
+        )
+        first = (ts.min() - pd.Timedelta(days=max(lookback, 1))).to_pydatetime()
+        last = ts.max().to_pydatetime()
+        customers = pd.DataFrame({"customer_id": known["customer_id"].astype(str).unique()})
+        name = "_served_replay_customers"
+        self.con.register(name, customers)
+        try:
+            contacts = self.con.execute(
+                "SELECT customer_id, offer_id, ts FROM decisions "
+                f"WHERE customer_id IN (SELECT customer_id FROM {name}) AND ts >= ? AND ts < ?",
+                [first, last],
+            ).fetchdf()
+            accepted = self.con.execute(
+                "SELECT d.customer_id, o.offer_id, o.ts FROM outcomes o "
+                "JOIN decisions d ON o.decision_id = d.decision_id AND o.offer_id = d.offer_id "
+                f"WHERE d.customer_id IN (SELECT customer_id FROM {name}) "
+                f"AND o.outcome IN ({', '.join('?' * len(ACCEPTED_TYPES))}) AND o.ts < ?",
+                [*(str(t) for t in ACCEPTED_TYPES), last],
+            ).fetchdf()
+        finally:
+            self.con.unregister(name)
+        return PointInTimeHistory(contacts, accepted)
 
     def __call__(self, logged: pd.DataFrame, encoder: Any) -> tuple[pd.DataFrame, np.ndarray]:
         if not isinstance(encoder, FeaturesEncoder):
@@ -98,15 +188,8 @@ class WarehouseCandidates:
         unknown = set(pairs["offer_id"]) - set(self.offers.index)
         if unknown:
             raise DataError(f"candidate offers {sorted(unknown)[:5]} are not in the offers table")
-        vectors = self._vectors(logged)
         # one block of every (customer, time) point, and a cold-start row (anonymous)
-        layout = Layout.of({k: v for vector in vectors.values() for k, v in vector.items()})
-        points = {point: i for i, point in enumerate(vectors)}
-        block = block_of(
-            {**{str(i): v for i, v in enumerate(vectors.values())}, "cold": None},
-            FEATURE_SPEC_VERSION,
-            layout,
-        )
+        block, points = self.points(logged)
         columns = MatrixColumns(encoder.encoding)
         ctx_cols = [c for c in logged.columns if c.startswith("ctx_")]
         by_decision = pairs.groupby("decision_id", sort=False)["offer_id"].agg(tuple)
@@ -240,10 +323,12 @@ def build_inputs(
     offers = con.execute("SELECT * FROM offers ORDER BY offer_id").fetchdf()
     truth = find_truth(config, warehouse_path, frame["decision_id"])
     candidate_sets = truth_candidates(truth) if truth is not None else support_candidates(frame)
+    candidates = WarehouseCandidates(con, offers, candidate_sets)
     return TrainingInputs(
         frame=frame,
         encoder_factory=features_encoder,
-        candidates=WarehouseCandidates(con, offers, candidate_sets),
+        candidates=candidates,
+        replay=candidates.replay,
         truth=truth,
         offers=offers,
         source=str(warehouse_path) if warehouse_path is not None else "warehouse",

@@ -28,7 +28,7 @@ from features.online.materialization import (
     vectors_as_of,
 )
 from features.online.redis import RedisOnlineStore
-from features.online.source import DEFAULT_ALIASES, ReadAhead, StoreFeatureSource
+from features.online.source import DEFAULT_ALIASES, CatalogNames, ReadAhead, StoreFeatureSource
 from features.online.sqlite import SQLiteOnlineStore
 from recsys.errors import ConfigError
 
@@ -51,6 +51,7 @@ __all__ = [
     "DEFAULT_ALIASES",
     "RANGE_CUSTOMERS",
     "STORES",
+    "CatalogNames",
     "Layout",
     "OnlineStore",
     "ReadAhead",

@@ -27,6 +27,38 @@ DEFAULT_ALIASES: dict[str, str] = {
 }
 
 
+class CatalogNames:
+    """Gives a block the catalogue's names (eligibility rule features, touchpoint consent
+    columns) as :attr:`FeatureBlock.aliases`: ``aliases[name]`` if the block has it, else
+    ``attr_<name>`` (a customers column).
+
+    Parameters
+    ----------
+    catalog : Catalog
+    aliases : mapping of catalogue name -> feature name
+    """
+
+    def __init__(self, catalog: Catalog, aliases: Mapping[str, str] = DEFAULT_ALIASES):
+        needed = {r.feature for o in catalog.offers.values() for r in o.eligibility}
+        needed |= {t.consent_column for t in catalog.touchpoints.values() if t.consent_column}
+        self._sources: dict[str, tuple[str, ...]] = {
+            name: tuple(
+                s for s in (aliases.get(name), f"{ATTRIBUTE_PREFIX}{name}") if s is not None
+            )
+            for name in sorted(needed)
+        }
+
+    def __call__(self, block: FeatureBlock) -> FeatureBlock:
+        """``block`` with the catalogue's names it lacks as aliases."""
+        names = set(block.numeric_names) | set(block.text)
+        aliases = {
+            name: next((s for s in sources if s in names), sources[-1])
+            for name, sources in self._sources.items()
+            if name not in names and sources
+        }
+        return dataclasses.replace(block, aliases=MappingProxyType(aliases))
+
+
 class StoreFeatureSource:
     """Reads blocks of customers from an online store, with the catalogue's names.
 
@@ -46,28 +78,12 @@ class StoreFeatureSource:
         self, store: OnlineStore, catalog: Catalog, aliases: Mapping[str, str] = DEFAULT_ALIASES
     ):
         self.store = store
-        needed = {r.feature for o in catalog.offers.values() for r in o.eligibility}
-        needed |= {t.consent_column for t in catalog.touchpoints.values() if t.consent_column}
-        self._sources: dict[str, tuple[str, ...]] = {
-            name: tuple(
-                s for s in (aliases.get(name), f"{ATTRIBUTE_PREFIX}{name}") if s is not None
-            )
-            for name in sorted(needed)
-        }
+        self._named = CatalogNames(catalog, aliases)
 
     def read(self, customer_ids: Sequence[str]) -> FeatureBlock:
         """The block of ``customer_ids`` (distinct), in that order; unknown customers get
         the cold start."""
         return self._named(self.store.read_block(customer_ids))
-
-    def _named(self, block: FeatureBlock) -> FeatureBlock:
-        names = set(block.numeric_names) | set(block.text)
-        aliases = {
-            name: next((s for s in sources if s in names), sources[-1])
-            for name, sources in self._sources.items()
-            if name not in names and sources
-        }
-        return dataclasses.replace(block, aliases=MappingProxyType(aliases))
 
     def cold_start(self, customer_ids: Sequence[str]) -> FeatureBlock:
         """Every customer as unknown, without reading the store (what serves while the store

@@ -98,3 +98,36 @@ class Policy(ABC):
     def _select(
         self, priority: np.ndarray, eligible: np.ndarray, limits: np.ndarray, draws: Draws
     ) -> SlateBatch: ...
+
+    def first_position_probabilities(
+        self, priority: np.ndarray, eligible: np.ndarray
+    ) -> np.ndarray:
+        """The probability of each offer being chosen first: what off-policy evaluation of
+        this policy needs (the propensity :meth:`select` logs at position 1, for every cell).
+
+        Parameters
+        ----------
+        priority : ndarray of float64, shape (n, m); only eligible cells are read
+        eligible : ndarray of bool, shape (n, m)
+
+        Returns
+        -------
+        ndarray of float64, shape (n, m)
+            0 on ineligible cells; each row sums to 1 (0 for a row with nothing eligible).
+
+        Raises
+        ------
+        ValueError
+            If the shapes disagree.
+        """
+        if priority.shape != eligible.shape or priority.ndim != 2:
+            raise ValueError(
+                f"`priority` and `eligible` must have one 2-D shape (n, m), got "
+                f"{priority.shape} and {eligible.shape}"
+            )
+        return self._first_position_probabilities(priority, eligible.astype(bool, copy=False))
+
+    @abstractmethod
+    def _first_position_probabilities(
+        self, priority: np.ndarray, eligible: np.ndarray
+    ) -> np.ndarray: ...

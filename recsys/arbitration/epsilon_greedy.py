@@ -9,6 +9,9 @@ probability of being chosen there given the offers at positions ``< k``:
 
 computed over the offers left after every eligibility check, so they are the logging
 policy's true probabilities, as off-policy evaluation needs.
+:meth:`~recsys.arbitration.base.Policy.first_position_probabilities` gives the same
+probability for every eligible offer at position 1 (training evaluates the served policy
+with it).
 """
 
 from __future__ import annotations
@@ -91,3 +94,17 @@ class EpsilonGreedy(Policy):
         propensity = self.epsilon / np.maximum(remaining, 1) + greedy_share
         propensity[past] = np.nan
         return SlateBatch(positions, propensity, (picks != 0) & ~past, k)
+
+    def _first_position_probabilities(
+        self, priority: np.ndarray, eligible: np.ndarray
+    ) -> np.ndarray:
+        # (1 - epsilon) * [greedy top] + epsilon / n_eligible on every eligible offer
+        n_eligible = np.count_nonzero(eligible, axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            share = np.where(n_eligible > 0, self.epsilon / n_eligible, 0.0)
+        probability = np.where(eligible, share[:, None], 0.0)
+        rows = np.flatnonzero(n_eligible > 0)
+        if rows.size:
+            top = greedy_order(priority[rows], eligible[rows])[:, 0]
+            probability[rows, top] += 1.0 - self.epsilon
+        return probability

@@ -119,3 +119,40 @@ def test_draws_are_uniform():
 def test_bad_parameters_are_refused(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 0.2, 1.0])
+def test_first_position_probabilities_are_what_select_logs_at_position_one(epsilon):
+    priority = np.array([[0.1, 0.4, 0.25, 0.4, 0.05], [0.3, np.nan, 0.2, 0.9, 0.1]])
+    eligible = np.array([[True, True, True, True, False], [True, True, True, False, False]])
+    policy = EpsilonGreedy(epsilon)
+    probability = policy.first_position_probabilities(priority, eligible)
+    # row 0: greedy top is column 1 (tie with 3, catalogue order); row 1: column 0 (3 is out)
+    expected = np.array(
+        [
+            [epsilon / 4, 1 - epsilon + epsilon / 4, epsilon / 4, epsilon / 4, 0.0],
+            [1 - epsilon + epsilon / 3, epsilon / 3, epsilon / 3, 0.0, 0.0],
+        ]
+    )
+    np.testing.assert_allclose(probability, expected)
+    np.testing.assert_allclose(probability.sum(axis=1), [1.0, 1.0])
+    n = 200
+    slates = policy.select(
+        np.repeat(priority, n, axis=0), np.repeat(eligible, n, axis=0), np.full(2 * n, 1),
+        draws(2 * n),
+    )  # fmt: skip
+    first = slates.positions[:, 0]
+    logged = np.repeat(probability, n, axis=0)[np.arange(2 * n), first]
+    np.testing.assert_allclose(slates.propensity[:, 0], logged)
+
+
+def test_first_position_probabilities_of_a_row_with_nothing_eligible_are_zero():
+    probability = EpsilonGreedy(0.3).first_position_probabilities(
+        np.array([[0.5, 0.2]]), np.zeros((1, 2), dtype=bool)
+    )
+    assert probability.tolist() == [[0.0, 0.0]]
+
+
+def test_first_position_probabilities_refuse_shapes_that_disagree():
+    with pytest.raises(ValueError, match=r"one 2-D shape \(n, m\), got \(1, 3\) and \(1, 2\)"):
+        EpsilonGreedy(0.1).first_position_probabilities(np.zeros((1, 3)), np.ones((1, 2), bool))

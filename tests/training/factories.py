@@ -8,16 +8,73 @@ first offer (marginal) and of the second (given the first).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from recsys.catalog import Catalog, EligibilityRule, Offer, Touchpoint, TouchpointOffers
+from recsys.decision import FeatureBlock
+from training.served import PointInTimeFeatures, PointInTimeHistory, Replay, epoch_us
 
 OFFERS = ("o1", "o2", "o3", "o4", "o5", "o6")
 OFFER_VALUE = np.array([10.0, 20.0, 5.0, 15.0, 8.0, 12.0])
 TOUCHPOINTS = ("web_cart", "email")
 FEATURES = ("x1", "x2", "segment", "touchpoint_code", "offer_code", "offer_value")
 CATEGORICAL = (2, 3, 4)
+#: The catalogue of the served policy: ``o6`` only for segments below 6 (a rule the
+#: eligibility check applies), ``o4`` weighted up (priority = P x value x weight).
+RESTRICTED_OFFER, RESTRICTED_BELOW_SEGMENT = "o6", 6
+WEIGHT = {"o4": 1.5}
+
+
+def catalog() -> Catalog:
+    return Catalog(
+        [
+            Offer(
+                offer_id,
+                offer_id,
+                "discount",
+                value=float(value),
+                weight=WEIGHT.get(offer_id, 1.0),
+                eligibility=(EligibilityRule("segment", "<", RESTRICTED_BELOW_SEGMENT),)
+                if offer_id == RESTRICTED_OFFER
+                else (),
+            )
+            for offer_id, value in zip(OFFERS, OFFER_VALUE, strict=True)
+        ],
+        [Touchpoint("web_cart", "web"), Touchpoint("email", "email")],
+    )
+
+
+class FrameMatrix:
+    """The decision pipeline's ``MatrixBuilder`` for the factory's columns: the customer's
+    ``x1, x2, segment`` with the touchpoint's and offer's codes and the offer's value."""
+
+    def build(
+        self,
+        features: FeatureBlock,
+        offers: TouchpointOffers,
+        contexts: Sequence[Mapping[str, Any]],
+        now: datetime,
+        pair_customer: np.ndarray,
+        pair_offer: np.ndarray,
+    ) -> np.ndarray:
+        offer_ids = offers.offer_ids[pair_offer]
+        return np.column_stack(
+            [
+                features.column("x1")[pair_customer],
+                features.column("x2")[pair_customer],
+                features.column("segment")[pair_customer],
+                np.full(len(pair_customer), TOUCHPOINTS.index(offers.touchpoint.touchpoint_id)),
+                [OFFERS.index(o) for o in offer_ids],
+                offers.value[pair_offer],
+            ]
+        ).astype(np.float64)
 
 
 def _p_accept(x1: np.ndarray, x2: np.ndarray, segment: np.ndarray) -> np.ndarray:
@@ -67,6 +124,38 @@ class World:
         rows["offer_id"] = np.array(OFFERS)[codes]
         rows["offer_value"] = OFFER_VALUE[codes]
         return rows, encoder.transform(rows)
+
+    def replay(self, logged: pd.DataFrame, encoder: FrameEncoder) -> Replay:
+        """The served policy's world: the catalogue, each round's own features at its time,
+        and the contacts and acceptances of every earlier decision."""
+        names = ("x1", "x2", "segment")
+        n = len(logged)
+        numeric = np.vstack(
+            [logged[list(names)].to_numpy(np.float64), np.full((1, len(names)), np.nan)]
+        )
+        as_of = np.append(logged["ts"].to_numpy("datetime64[us]"), np.datetime64("NaT", "us"))
+        block = FeatureBlock(
+            ids=tuple(str(i) for i in range(n + 1)),
+            numeric_names=names,
+            numeric=numeric,
+            text=MappingProxyType({}),
+            stats=MappingProxyType({}),
+            as_of=as_of,
+            cold_start=np.arange(n + 1) == n,
+            spec_version=encoder.spec_version,
+        )
+        points = {
+            (c, epoch_us(ts)): i
+            for i, (c, ts) in enumerate(zip(logged["customer_id"], logged["ts"], strict=True))
+        }
+        shown = self.frame[["customer_id", "offer_id", "ts"]]
+        accepted = self.frame.loc[self.frame["label"] == 1, ["customer_id", "offer_id", "ts"]]
+        return Replay(
+            catalog(),
+            PointInTimeFeatures(block, points, cold=n),
+            PointInTimeHistory(shown, accepted),
+            FrameMatrix(),
+        )
 
 
 def make_world(decisions: int = 6000, seed: int = 0, temperature: float = 1.5) -> World:

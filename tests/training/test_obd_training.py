@@ -53,6 +53,7 @@ def test_training_on_an_obd_slice_reports_value_relative_to_the_random_policy(tm
         "dr_value.lower",
         "dr_value.upper",
         "logging_value",
+        "served.ips_value",  # the served policy, replayed on anonymous (cold-start) rounds
     ):
         assert np.isfinite(result.metrics[key]), key
     # SNIPS is undefined (NaN) when the greedy policy never agrees with the log on the slice.

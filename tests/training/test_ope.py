@@ -7,6 +7,7 @@ import pytest
 
 from training.ope import IPS, SNIPS, DoublyRobust, Rounds, estimate_many, observed_value
 from training.policy_eval import (
+    TargetPolicy,
     evaluate_policies,
     first_shown,
     greedy_probabilities,
@@ -166,3 +167,57 @@ def test_policy_evaluation_reports_truth_and_oracle_next_to_estimates():
     assert result.policies["perfect"].estimates["snips_revenue"].value == pytest.approx(
         10 * result.policies["perfect"].estimates["snips"].value
     )
+
+
+def test_a_target_policy_brings_its_own_candidates_and_may_choose_nothing():
+    import pandas as pd
+
+    logged = pd.DataFrame(
+        {
+            "decision_id": ["a", "b", "c", "d"],
+            "offer_id": ["x", "y", "x", "z"],
+            "propensity": [0.5, 0.5, 0.25, 0.5],
+            "label": [1, 0, 1, 1],
+            "revenue": [10.0, 0.0, 10.0, 5.0],
+        }
+    )
+    candidates = pd.DataFrame({"decision_id": list("abcd"), "offer_id": ["x", "y", "x", "z"]})
+    truth = pd.DataFrame(
+        {"decision_id": list("abcd"), "offer_id": ["x", "y", "x", "z"], "p_accept": 0.2}
+    )
+    # "a": x surely; "b": nothing eligible; "c": x or w; "d": z
+    target = TargetPolicy(
+        np.array(["a", "c", "c", "d"], dtype=object),
+        np.array(["x", "x", "w", "z"], dtype=object),
+        np.array([1.0, 0.6, 0.4, 1.0]),
+        np.array([0.3, 0.2, 0.1, 0.4]),
+    )
+    result = evaluate_policies(
+        logged, np.zeros(4), candidates, np.zeros(4), {}, targets={"served": target},
+        truth=truth, bootstrap_samples=10,
+    )  # fmt: skip
+    served = result.policies["served"]
+    weights = np.array([1 / 0.5, 0.0, 0.6 / 0.25, 1 / 0.5])
+    assert served.estimates["ips"].value == pytest.approx(np.mean(weights * logged["label"]))
+    # DR: sum_a pi(a) q(a) per round plus the weighted residual (q_logged = 0 here)
+    q_pi = np.array([0.3, 0.0, 0.6 * 0.2 + 0.4 * 0.1, 0.4])
+    assert served.estimates["dr"].value == pytest.approx(np.mean(q_pi + weights * logged["label"]))
+    assert served.true_value is None  # it may choose "w", which the truth lacks
+    known = target.of_decisions({"a", "b", "d"})
+    again = evaluate_policies(
+        logged, np.zeros(4), candidates, np.zeros(4), {}, targets={"served": known},
+        truth=truth, bootstrap_samples=10,
+    )  # fmt: skip
+    assert again.policies["served"].true_value == pytest.approx((0.2 + 0.2) / 4)
+
+
+@pytest.mark.parametrize(
+    ("prob", "offer_id", "message"),
+    [
+        (np.array([1.5]), np.array(["x"], dtype=object), r"`prob` must be in \[0, 1\]"),
+        (np.array([0.5]), np.array(["x", "y"], dtype=object), r"`offer_id` must have shape"),
+    ],
+)
+def test_a_bad_target_policy_is_refused_naming_the_field(prob, offer_id, message):
+    with pytest.raises(ValueError, match=message):
+        TargetPolicy(np.array(["a"], dtype=object), offer_id, prob, np.zeros(1))

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from recsys.errors import RecsysError
+from recsys.scoring import ModelScorer
 from training.examples import Examples
 
 
@@ -68,6 +69,15 @@ class ServableScorer(Scorer):
     flavour: ClassVar[str]
     #: That file's name in the model directory.
     model_file: ClassVar[str]
+    #: After ``fit``: the :mod:`recsys.scoring` scorer the model predicts through.
+    scorer_: ModelScorer
+
+    def flavour_scorer(self) -> ModelScorer:
+        """The fitted model as serving scores it (decision matrix -> P(accept)): what the
+        decision pipeline calls when training replays the served policy."""
+        if not self._is_fitted():
+            raise NotFittedError(f"{type(self).__name__} must be fitted before flavour_scorer")
+        return self.scorer_
 
     def save_model(self, folder: Path) -> Path:
         """Write the fitted model to ``folder / model_file``; returns that path."""
