@@ -25,6 +25,7 @@ import orjson
 import pyarrow as pa
 
 from features import definitions as d
+from features.background import Background, in_background
 from features.engines import ibis_backend
 from features.online.base import (
     AS_OF_KEY,
@@ -45,7 +46,7 @@ from features.pipeline import (
     sources,
 )
 from features.spec import FEATURE_SPEC_VERSION
-from features.training_set import Background, in_background, with_cached_offer_log
+from features.training_set import with_cached_offer_log
 from recsys.errors import ConfigError
 
 log = logging.getLogger(__name__)
