@@ -36,10 +36,11 @@ from features.pipeline import STAT_TABLES
 from recsys.decision.ports import FeatureBlock, KeyStats
 
 #: Stored vectors parsed at a time. Their Python objects (~40 lists and dicts a vector) are
-#: freed before the next ones are parsed: a large read never piles up millions of them, so
-#: they stay in the CPU cache and the garbage collector's young generation (a read of
-#: 20,000 vectors at once costs ~3x the CPU a vector).
-PARSE_ROWS = 256
+#: freed before the next ones are parsed: few are alive when the garbage collector's young
+#: generation is collected, so they are never promoted to the old generations, whose full
+#: collections traverse the whole heap (with 256 a read of 5,000 vectors costs 2x the CPU a
+#: vector); the numpy calls of a part cost ~1 us a vector.
+PARSE_ROWS = 8
 _DEFAULTS = {f.name: f for f in d.customer_feature_defs()}
 _NO_LAYOUT = Layout((), ())
 _NO_TABLES: dict[str, Any] = {}
