@@ -49,6 +49,12 @@ _OFFER_COLUMNS = {
 _AGING = {f.name: f for f in d.customer_feature_defs() if f.ages}
 _CROSSES = {x.feature.name: x for x in d.CROSSES}
 _AGING_STATS = ("offer_last_shown_secs_ago", "type_last_shown_secs_ago")
+_FLOAT_MAX = np.finfo(np.float64).max
+#: Each statistics table's defaults (a customer without statistics for a key), shape (width,)
+_STAT_DEFAULTS = {
+    name: np.array([d.STAT_DEFAULTS[s] for s in spec.stats], dtype=np.float64)
+    for name, spec in STAT_TABLES.items()
+}
 
 
 @dataclass(frozen=True)
@@ -365,8 +371,9 @@ class MatrixColumns:
         stats: dict[str, np.ndarray] = {}
         for name, spec in STAT_TABLES.items():
             found = _stat_rows(
-                features.stats[name], offers.keys[name], spec.stats, pair_customer, pair_offer
-            )
+                features.stats[name], offers.keys[name], _STAT_DEFAULTS[name], pair_customer,
+                pair_offer,
+            )  # fmt: skip
             stats.update({s: found[:, i] for i, s in enumerate(spec.stats)})
         pair_elapsed = elapsed[pair_customer] * d.DAY_SECONDS
         for s in _AGING_STATS:
@@ -375,28 +382,31 @@ class MatrixColumns:
         spend = (
             features.numeric[pair_customer, at] if at is not None else np.zeros(len(pair_customer))
         )
-        stats["purch_amount_365d"] = np.nan_to_num(spend, nan=0.0)
+        # as np.nan_to_num(spend, nan=0.0) (infinities to the largest floats), by ufuncs: a
+        # tenth of its cost
+        finite = np.minimum(np.maximum(spend, -_FLOAT_MAX), _FLOAT_MAX)
+        stats["purch_amount_365d"] = np.where(np.isnan(spend), 0.0, finite)
         built = [_CROSSES[name].build(stats, d.NUMPY_OPS) for name in self.cross_names]
-        return np.column_stack(built).astype(np.float32)
+        return np.array(built, dtype=np.float32).reshape(len(built), len(pair_customer)).T
 
 
 def _stat_rows(
     stats: KeyStats,
     keys: tuple[Mapping[str, int], np.ndarray],
-    names: Sequence[str],
+    defaults: np.ndarray,
     pair_customer: np.ndarray,
     pair_offer: np.ndarray,
 ) -> np.ndarray:
-    """The statistics ``names`` of each pair's (customer, offer key), shape (p, len(names))
-    float64; the defaults where the customer has no statistics for the key.
+    """The statistics of each pair's (customer, offer key), shape (p, width) float64;
+    ``defaults`` (width,) where the customer has no statistics for the key.
 
     Each customer key is looked up once among the offers' distinct keys; then each pair
     finds its (customer, key) entry by a binary search among the matched entries (the first
     entry of a repeated key).
     """
     distinct, key_of = keys
-    out = np.empty((pair_customer.shape[0], len(names)), dtype=np.float64)
-    out[:] = [d.STAT_DEFAULTS[s] for s in names]
+    out = np.empty((pair_customer.shape[0], len(defaults)), dtype=np.float64)
+    out[:] = defaults
     # (entries,): each customer key's position among the offers' keys; -1 = no offer has it
     position = np.fromiter(
         map(distinct.get, stats.keys.tolist(), repeat(-1)), dtype=np.intp, count=len(stats.keys)
@@ -412,7 +422,7 @@ def _stat_rows(
     wanted = pair_customer * len(distinct) + pair_key
     at = np.minimum(np.searchsorted(cells, wanted), cells.size - 1)
     hit = (cells[at] == wanted) & (pair_key >= 0)
-    out[hit] = stats.values[matched[at[hit]], : len(names)]
+    out[hit] = stats.values[matched[at[hit]], : len(defaults)]
     return out
 
 

@@ -44,7 +44,6 @@ PARSE_ROWS = 8
 _DEFAULTS = {f.name: f for f in d.customer_feature_defs()}
 _NO_LAYOUT = Layout((), ())
 _NO_TABLES: dict[str, Any] = {}
-_NO_KEYS: dict[str, Any] = {"keys": (), "values": ()}
 _TABLE_NAMES = tuple(STAT_TABLES)
 _WIDTHS = tuple(len(table.stats) for table in STAT_TABLES.values())
 
@@ -150,25 +149,26 @@ class _Read:
             raise ValueError(f"lists of {text_width} texts expected")
         self.text.extend(chain.from_iterable(texts))
         self.times.extend(map(dict.get, docs, repeat(AS_OF_KEY)))
-        tables = [t or _NO_TABLES for t in map(dict.get, docs, repeat(STATS_KEY))]
-        values, sizes = [], [0]
-        for t, width in enumerate(_WIDTHS):
-            entries = [e.get(_TABLE_NAMES[t]) or _NO_KEYS for e in tables]
-            keys = [e["keys"] or () for e in entries]
-            rows = list(chain.from_iterable(e["values"] or () for e in entries))
-            self.counts[t].extend(map(len, keys))
-            before = len(self.keys[t])
-            self.keys[t].extend(chain.from_iterable(keys))
-            # one row of the table's width a key (the writers' guarantee), checked by totals
-            if len(rows) != len(self.keys[t]) - before:
-                raise ValueError("one row of statistics a key expected")
-            values.append(chain.from_iterable(rows))
-            sizes.append(sizes[-1] + width * len(rows))
-        flat = np.array(list(chain.from_iterable(values)), dtype=np.float64)  # null -> NaN
-        if flat.shape != (sizes[-1],):
+        rows: list[list[Any]] = [[] for _ in _WIDTHS]  # by table: the part's rows of values
+        before = list(map(len, self.keys))
+        outs = list(zip(_TABLE_NAMES, self.counts, self.keys, rows, strict=True))
+        for stats in map(dict.get, docs, repeat(STATS_KEY)):
+            stats = stats or _NO_TABLES
+            for name, counts, keys, values in outs:
+                table = stats.get(name) or _NO_TABLES
+                table_keys = table.get("keys") or ()
+                counts.append(len(table_keys))
+                keys.extend(table_keys)
+                values.extend(table.get("values") or ())
+        # one row of the table's width a key (the writers' guarantee), checked by totals
+        if list(map(len, rows)) != [len(k) - b for k, b in zip(self.keys, before, strict=True)]:
+            raise ValueError("one row of statistics a key expected")
+        ends = list(accumulate(map(operator.mul, map(len, rows), _WIDTHS), initial=0))
+        flat = np.array(list(chain.from_iterable(chain.from_iterable(rows))), dtype=np.float64)
+        if flat.shape != (ends[-1],):  # null -> NaN
             raise ValueError("rows of the table's width expected")
-        for t in range(len(_WIDTHS)):
-            self.values[t].append(flat[sizes[t] : sizes[t + 1]])
+        for values, start, end in zip(self.values, ends, ends[1:], strict=False):
+            values.append(flat[start:end])
 
     def texts(self) -> np.ndarray:
         """The known rows' texts, shape (text width, known rows)."""

@@ -54,6 +54,7 @@ class StoreFeatureSource:
             )
             for name in sorted(needed)
         }
+        self._aliases: dict[tuple[tuple[str, ...], tuple[str, ...]], Mapping[str, str]] = {}
 
     def read(self, customer_ids: Sequence[str]) -> FeatureBlock:
         """The block of ``customer_ids`` (distinct), in that order; unknown customers get
@@ -61,13 +62,19 @@ class StoreFeatureSource:
         return self._named(self.store.read_block(customer_ids))
 
     def _named(self, block: FeatureBlock) -> FeatureBlock:
-        names = set(block.numeric_names) | set(block.text)
-        aliases = {
-            name: next((s for s in sources if s in names), sources[-1])
-            for name, sources in self._sources.items()
-            if name not in names and sources
-        }
-        return dataclasses.replace(block, aliases=MappingProxyType(aliases))
+        names = (block.numeric_names, tuple(block.text))
+        aliases = self._aliases.get(names)
+        if aliases is None:  # once per layout: every block of a store has the same names
+            present = {*names[0], *names[1]}
+            aliases = MappingProxyType(
+                {
+                    name: next((s for s in sources if s in present), sources[-1])
+                    for name, sources in self._sources.items()
+                    if name not in present and sources
+                }
+            )
+            self._aliases[names] = aliases
+        return dataclasses.replace(block, aliases=aliases)
 
     def cold_start(self, customer_ids: Sequence[str]) -> FeatureBlock:
         """Every customer as unknown, without reading the store (what serves while the store
