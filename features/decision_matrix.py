@@ -120,6 +120,9 @@ class PreparedOffers:
     ----------
     scalars : tuple of (column position, float32 value)
         The touchpoint's columns.
+    row : ndarray of float32, shape (n_columns,)
+        The columns every row at the touchpoint starts with: the touchpoint's, and the
+        always-missing ones.
     codes : tuple of (column position, ndarray of float32, shape (m,))
         The offer columns of each offer.
     keys : mapping of statistics table -> (distinct keys, ndarray of intp, shape (m,))
@@ -130,6 +133,7 @@ class PreparedOffers:
     touchpoint: Mapping[str, Any]
     size: int
     scalars: tuple[tuple[int, np.float32], ...]
+    row: np.ndarray
     codes: tuple[tuple[int, np.ndarray], ...]
     keys: Mapping[str, tuple[Mapping[str, int], np.ndarray]]
 
@@ -178,6 +182,13 @@ class MatrixColumns:
         self.context: list[tuple[int, ColumnEncoding, str]] = []
         self.offer = [(j, c) for j, c in enumerate(columns) if c.name in _OFFER_COLUMNS]
         self.scalar = [(j, c) for j, c in enumerate(columns) if c.name in _SCALARS]
+        #: the request time's columns: (position, the codes of each hour or weekday, hourly)
+        self.clock = tuple(
+            (j, _encoded(c, [float(v) for v in range(24 if c.name == "req_hour" else 7)]),
+             c.name == "req_hour")
+            for j, c in self.scalar
+            if c.name in ("req_hour", "req_dow")
+        )  # fmt: skip
         crosses = [(j, c.name) for j, c in enumerate(columns) if c.name in _CROSSES]
         self.cross_index = np.array([j for j, _ in crosses], dtype=np.intp)
         self.cross_names = tuple(name for _, name in crosses)
@@ -216,14 +227,19 @@ class MatrixColumns:
             }
             key_of = np.array([-1 if t is None else distinct[t] for t in texts], dtype=np.intp)
             keys[name] = (distinct, key_of)
+        at_touchpoint = tuple(
+            (j, np.float32(_encoded(col, [scalars.get(col.name)])[0]))
+            for j, col in self.scalar
+            if col.name in scalars
+        )
+        row = self.template.copy()
+        for j, code in at_touchpoint:
+            row[j] = code
         return PreparedOffers(
             touchpoint=dict(touchpoint),
             size=m,
-            scalars=tuple(
-                (j, np.float32(_encoded(col, [scalars.get(col.name)])[0]))
-                for j, col in self.scalar
-                if col.name in scalars
-            ),
+            scalars=at_touchpoint,
+            row=row,
             codes=codes,
             keys=keys,
         )
@@ -305,13 +321,9 @@ class MatrixColumns:
         """The columns every offer of a customer shares, shape (n, n_columns) float32."""
         n = len(features)
         rows = np.empty((n, len(self.template)), dtype=np.float32)
-        rows[:] = self.template
-        for j, code in offers.scalars:
-            rows[:, j] = code
-        for j, col in self.scalar:
-            if col.name in ("req_hour", "req_dow"):
-                value = float(now.hour if col.name == "req_hour" else now.weekday())
-                rows[:, j] = _encoded(col, [value])[0]
+        rows[:] = offers.row
+        for j, codes, hourly in self.clock:
+            rows[:, j] = codes[now.hour if hourly else now.weekday()]
         for j, col, key in self.context:
             rows[:, j] = _encoded(col, [c.get(key) if c else None for c in contexts])
         numbers = self._numbers(features.numeric_names)
