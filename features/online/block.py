@@ -178,7 +178,7 @@ class _Read:
     def key_stats(self, rows: np.ndarray) -> dict[str, KeyStats]:
         """Every table's statistics of the read's customers (``rows``: the known ones)."""
         counts = np.zeros((len(_WIDTHS), len(self.numeric)), dtype=np.intp)
-        counts[:, rows] = np.array(self.counts, dtype=np.intp).reshape(len(_WIDTHS), -1)
+        counts[:, rows] = self.counts
         sizes = [len(k) for k in self.keys]
         keys = np.fromiter(chain.from_iterable(self.keys), dtype=object, count=sum(sizes))
         # every table's values at once, table after table
