@@ -104,7 +104,8 @@ class StoreFeatureSource:
 
 class ReadAhead:
     """A feature source that reads the next chunk of a known plan while the caller works on
-    the current one (batch scoring: the store read and the Arrow parse release the GIL).
+    the current one (batch scoring: the store read releases the GIL; the JSON parse, most of
+    a read's CPU, holds it, so it overlaps only the caller's GIL-free work, e.g. predict).
 
     ``read(chunk k)`` returns the block read in the background and starts reading chunk
     k + 1; ids off the plan are read directly. One background read at a time.
