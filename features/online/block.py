@@ -1,20 +1,23 @@
 """Stored compact vectors -> :class:`~recsys.decision.ports.FeatureBlock`: the one read path.
 
-All the stored JSON of a read is parsed at once by Arrow (in parallel, outside the GIL) into
-columns; unknown customers' rows hold the cold-start values.
+Each stored vector is parsed by orjson; the columns of a read are then assembled with a few
+numpy calls over all its customers (the numbers of ``PARSE_ROWS`` vectors at a time in one
+call, their texts in another, every statistic of a table at once). Unknown customers' rows
+hold the cold-start values, worked out once per layout.
 """
 
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from itertools import accumulate, chain, repeat
 from types import MappingProxyType
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.json as pajson
+import orjson
 
 from features import definitions as d
 from features.online.base import (
@@ -32,24 +35,34 @@ from features.online.base import (
 from features.pipeline import STAT_TABLES
 from recsys.decision.ports import FeatureBlock, KeyStats
 
-
-def _schema() -> pa.Schema:
-    table = pa.struct(
-        [("keys", pa.list_(pa.string())), ("values", pa.list_(pa.list_(pa.float64())))]
-    )
-    return pa.schema(
-        [
-            (NUMBERS_KEY, pa.list_(pa.float64())),
-            (TEXTS_KEY, pa.list_(pa.string())),
-            (AS_OF_KEY, pa.string()),
-            (SPEC_KEY, pa.string()),
-            (STATS_KEY, pa.struct([(name, table) for name in STAT_TABLES])),
-        ]
-    )
-
-
-_PARSE = pajson.ParseOptions(explicit_schema=_schema(), unexpected_field_behavior="ignore")
+#: Stored vectors parsed at a time. Their Python objects (~40 lists and dicts a vector) are
+#: freed before the next ones are parsed: few are alive when the garbage collector's young
+#: generation is collected, so they are never promoted to the old generations, whose full
+#: collections traverse the whole heap (with 256 a read of 5,000 vectors costs 2x the CPU a
+#: vector); the numpy calls of a part cost ~1 us a vector.
+PARSE_ROWS = 8
 _DEFAULTS = {f.name: f for f in d.customer_feature_defs()}
+_NO_LAYOUT = Layout((), ())
+_NO_TABLES: dict[str, Any] = {}
+_TABLE_NAMES = tuple(STAT_TABLES)
+_WIDTHS = tuple(len(table.stats) for table in STAT_TABLES.values())
+
+
+@dataclass(frozen=True)
+class _Columns:
+    """The columns of a block of one layout and their cold-start values: the layout's
+    names, then the customer features it lacks (an older store)."""
+
+    layout: Layout
+    numeric_names: tuple[str, ...]
+    text_names: tuple[str, ...]
+    cold_numbers: np.ndarray  # (1, numeric), float64; None -> NaN
+    cold_texts: np.ndarray  # (text, 1), object
+
+    @property
+    def widths(self) -> tuple[int, int]:
+        """Numbers and texts of a stored vector."""
+        return len(self.layout.numeric), len(self.layout.text)
 
 
 def decode_block(
@@ -69,33 +82,117 @@ def decode_block(
         An entry of another feature spec, or entries that do not fit ``layout``.
     """
     n = len(ids)
-    layout = layout or Layout((), ())
-    known = np.fromiter((raw is not None for raw in raws), dtype=bool, count=n)
-    rows = np.flatnonzero(known)
-    table = _parse([raws[i] for i in rows.tolist()], expected_version, layout)  # type: ignore[misc]
-    numeric_names, cold_numbers, cold_texts = _columns(layout)
-    numeric = np.empty((n, len(numeric_names)), dtype=np.float64)
-    numeric[:] = cold_numbers
-    text = {name: np.full(n, value, dtype=object) for name, value in cold_texts.items()}
+    stored = np.array(raws, dtype=object).reshape(n)  # bytes are scalars to numpy
+    cold_start = stored == None  # noqa: E711 (elementwise)
+    rows = (~cold_start).nonzero()[0]
+    lines = stored[rows].tolist()
+    read = _Read(_columns(layout or _NO_LAYOUT), n, expected_version)
+    for start in range(0, len(lines), PARSE_ROWS):
+        read.add(lines[start : start + PARSE_ROWS], rows[start : start + PARSE_ROWS])
+    columns = read.columns
+    text = np.repeat(columns.cold_texts, n, axis=1)
+    text[: columns.widths[1], rows] = read.texts()
     as_of = np.full(n, np.datetime64("NaT"), dtype="datetime64[us]")
-    stats = {name: _no_stats(n, name) for name in STAT_TABLES}
-    if table is not None:
-        numeric[rows, : len(layout.numeric)] = _flat(table.column(NUMBERS_KEY), len(layout.numeric))
-        texts = _flat(table.column(TEXTS_KEY), len(layout.text))
-        for j, name in enumerate(layout.text):
-            text[name][rows] = texts[:, j]
-        as_of[rows] = _times(table.column(AS_OF_KEY))
-        stats = _all_key_stats(table.column(STATS_KEY).combine_chunks(), n, rows)
+    as_of[rows] = np.array(read.times, dtype="datetime64[us]")
     return FeatureBlock(
         ids=tuple(ids),
-        numeric_names=numeric_names,
-        numeric=numeric,
-        text=MappingProxyType(text),
-        stats=MappingProxyType(stats),
+        numeric_names=columns.numeric_names,
+        numeric=read.numeric,
+        text=MappingProxyType(dict(zip(columns.text_names, text, strict=True))),
+        stats=MappingProxyType(read.key_stats(rows)),
         as_of=as_of,
-        cold_start=~known,
+        cold_start=cold_start,
         spec_version=expected_version,
     )
+
+
+class _Read:
+    """The columns of one read, filled ``PARSE_ROWS`` stored vectors at a time.
+
+    The numbers and the statistics' values of each part are arrays at once (most of a
+    vector's Python objects are freed before the next part is parsed); the texts, as-of
+    times and keys (one Python object each, kept by the block anyway) are arrays at the end.
+    """
+
+    def __init__(self, columns: _Columns, n: int, expected: str):
+        self.columns = columns
+        self.expected = expected
+        self.numeric = np.repeat(columns.cold_numbers, n, axis=0)
+        self.text: list[Any] = []  # every known row's texts, flat
+        self.times: list[str | None] = []
+        self.counts: list[list[int]] = [[] for _ in STAT_TABLES]  # by table, keys a row
+        self.keys: list[list[Any]] = [[] for _ in STAT_TABLES]  # by table, every row's keys
+        self.values: list[list[np.ndarray]] = [[] for _ in STAT_TABLES]  # by table, by part
+
+    def add(self, lines: list[bytes], at: np.ndarray) -> None:
+        """Parse the stored JSON of the known rows ``at``."""
+        try:
+            docs = list(map(orjson.loads, lines))
+            specs = list(map(dict.get, docs, repeat(SPEC_KEY)))
+        except (orjson.JSONDecodeError, TypeError) as exc:  # not a JSON object
+            raise layout_mismatch() from exc
+        if specs.count(self.expected) != len(specs):
+            raise mismatch(next(s for s in specs if s != self.expected), self.expected)
+        try:
+            self._add(docs, at)
+        except (AttributeError, TypeError, ValueError, OverflowError) as exc:
+            raise layout_mismatch() from exc  # a value of another type than the format's
+
+    def _add(self, docs: list[dict[str, Any]], at: np.ndarray) -> None:
+        numbers_width, text_width = self.columns.widths
+        numbers = np.array(list(map(dict.get, docs, repeat(NUMBERS_KEY))), dtype=np.float64)
+        if numbers.shape != (len(docs), numbers_width):
+            raise ValueError(f"lists of {numbers_width} numbers expected")
+        self.numeric[at, :numbers_width] = numbers
+        texts = list(map(dict.get, docs, repeat(TEXTS_KEY)))
+        if set(map(type, texts)) != {list} or set(map(len, texts)) != {text_width}:
+            raise ValueError(f"lists of {text_width} texts expected")
+        self.text.extend(chain.from_iterable(texts))
+        self.times.extend(map(dict.get, docs, repeat(AS_OF_KEY)))
+        rows: list[list[Any]] = [[] for _ in _WIDTHS]  # by table: the part's rows of values
+        before = list(map(len, self.keys))
+        outs = list(zip(_TABLE_NAMES, self.counts, self.keys, rows, strict=True))
+        for stats in map(dict.get, docs, repeat(STATS_KEY)):
+            stats = stats or _NO_TABLES
+            for name, counts, keys, values in outs:
+                table = stats.get(name) or _NO_TABLES
+                table_keys = table.get("keys") or ()
+                counts.append(len(table_keys))
+                keys.extend(table_keys)
+                values.extend(table.get("values") or ())
+        # one row of the table's width a key (the writers' guarantee), checked by totals
+        if list(map(len, rows)) != [len(k) - b for k, b in zip(self.keys, before, strict=True)]:
+            raise ValueError("one row of statistics a key expected")
+        ends = list(accumulate(map(operator.mul, map(len, rows), _WIDTHS), initial=0))
+        flat = np.array(list(chain.from_iterable(chain.from_iterable(rows))), dtype=np.float64)
+        if flat.shape != (ends[-1],):  # null -> NaN
+            raise ValueError("rows of the table's width expected")
+        for values, start, end in zip(self.values, ends, ends[1:], strict=False):
+            values.append(flat[start:end])
+
+    def texts(self) -> np.ndarray:
+        """The known rows' texts, shape (text width, known rows)."""
+        text = np.array(self.text, dtype=object)
+        return text.reshape(len(self.times), self.columns.widths[1]).T
+
+    def key_stats(self, rows: np.ndarray) -> dict[str, KeyStats]:
+        """Every table's statistics of the read's customers (``rows``: the known ones)."""
+        counts = np.zeros((len(_WIDTHS), len(self.numeric)), dtype=np.intp)
+        counts[:, rows] = self.counts
+        sizes = [len(k) for k in self.keys]
+        keys = np.fromiter(chain.from_iterable(self.keys), dtype=object, count=sum(sizes))
+        # every table's values at once, table after table
+        values = np.concatenate([np.zeros(0), *chain.from_iterable(self.values)])
+        key_ends = list(accumulate(sizes, initial=0))
+        value_ends = list(accumulate(map(operator.mul, sizes, _WIDTHS), initial=0))
+        return {
+            name: KeyStats(
+                counts[t],
+                keys[key_ends[t] : key_ends[t + 1]],
+                values[value_ends[t] : value_ends[t + 1]].reshape(-1, _WIDTHS[t]),
+            )
+            for t, name in enumerate(_TABLE_NAMES)
+        }
 
 
 def block_of(
@@ -135,90 +232,9 @@ def describe_row(block: FeatureBlock, i: int) -> dict[str, Any]:
     return out
 
 
-def _parse(lines: list[bytes], expected: str, layout: Layout) -> pa.Table | None:
-    if not lines:
-        return None
-    # one JSON document per line: a compact vector never holds a raw newline
-    if any(b"\n" in line for line in lines):
-        raise layout_mismatch()
-    data = b"\n".join(lines)
-    # One thread: the least CPU per read (the Arrow thread pool's hand-off costs more than a
-    # small read); reads run in parallel across workers and ahead of batch scoring's chunks
-    # (``ReadAhead``). A block must hold the longest line.
-    table = pajson.read_json(
-        pa.BufferReader(data),
-        read_options=pajson.ReadOptions(
-            block_size=max(2 * max(map(len, lines)), min(1 << 20, len(data))), use_threads=False
-        ),
-        parse_options=_PARSE,
-    )
-    wrong = [v for v in table.column(SPEC_KEY).unique().to_pylist() if v != expected]
-    if wrong:
-        raise mismatch(wrong[0], expected)
-    numbers, texts = table.column(NUMBERS_KEY), table.column(TEXTS_KEY)
-    if numbers.null_count or texts.null_count:
-        raise layout_mismatch()  # entries of an older format (JSON objects)
-    for column, width in ((numbers, len(layout.numeric)), (texts, len(layout.text))):
-        for chunk in column.chunks:
-            if (np.diff(chunk.offsets.to_numpy()) != width).any():
-                raise layout_mismatch()
-    return table
-
-
-def _flat(column: pa.ChunkedArray, width: int) -> np.ndarray:
-    """A list column of ``width`` values a row as an array, shape (rows, width); nulls are
-    NaN (numbers) or None (texts)."""
-    flat = pc.list_flatten(column)
-    values = flat.to_numpy(zero_copy_only=False)
-    if pa.types.is_floating(flat.type):
-        values = np.asarray(values, dtype=np.float64)
-    return values.reshape(len(column), width)
-
-
-def _times(column: pa.ChunkedArray) -> np.ndarray:
-    """ISO texts as datetime64[us], shape (rows,); null = NaT."""
-    return column.cast(pa.timestamp("us")).to_numpy()
-
-
-def _all_key_stats(column: pa.StructArray, n: int, rows: np.ndarray) -> dict[str, KeyStats]:
-    """Every table's statistics of every customer (``rows``: the known ones, in order)."""
-    tables = [column.field(name) for name in STAT_TABLES]
-    keys = [table.field("keys") for table in tables]
-    # every table's keys at once; each distinct key one Python str, shared by its holders
-    flat_keys = [k.flatten() for k in keys]
-    encoded = pa.concat_arrays(flat_keys).dictionary_encode()
-    distinct = np.asarray(encoded.dictionary.to_pylist() or [None], dtype=object)
-    all_keys = distinct[encoded.indices.to_numpy(zero_copy_only=False)]
-    out, start = {}, 0
-    for name, table, table_keys, flat in zip(STAT_TABLES, tables, keys, flat_keys, strict=True):
-        width = len(STAT_TABLES[name].stats)
-        rows_of_keys = table.field("values").flatten()  # one row of ``width`` values per key
-        values = rows_of_keys.flatten().to_numpy(zero_copy_only=False)
-        if (
-            len(rows_of_keys) != len(flat)
-            or rows_of_keys.null_count
-            or len(values) != width * len(flat)
-        ):
-            raise layout_mismatch()
-        counts = np.zeros(n, dtype=np.intp)
-        counts[rows] = np.diff(table_keys.offsets.to_numpy())  # null lists: no keys
-        end = start + len(flat)
-        out[name] = KeyStats(
-            counts, all_keys[start:end], np.asarray(values, dtype=np.float64).reshape(-1, width)
-        )
-        start = end
-    return out
-
-
-def _no_stats(n: int, name: str) -> KeyStats:
-    width = len(STAT_TABLES[name].stats)
-    return KeyStats(np.zeros(n, np.intp), np.zeros(0, dtype=object), np.zeros((0, width)))
-
-
 @functools.lru_cache(maxsize=16)
-def _columns(layout: Layout) -> tuple[tuple[str, ...], np.ndarray, dict[str, Any]]:
-    """The numeric names of a block of ``layout``, their cold-start values, and the text
-    names with theirs: the layout's names, then the customer features it lacks."""
+def _columns(layout: Layout) -> _Columns:
+    """The columns of a block of ``layout`` and their cold-start values."""
     numeric = layout.numeric + tuple(
         f for f, spec in _DEFAULTS.items() if spec.kind == "numeric" and f not in layout.numeric
     )
@@ -226,5 +242,7 @@ def _columns(layout: Layout) -> tuple[tuple[str, ...], np.ndarray, dict[str, Any
         f for f, spec in _DEFAULTS.items() if spec.kind != "numeric" and f not in layout.text
     )
     cold = {name: spec.default for name, spec in _DEFAULTS.items()}
-    numbers = np.array([cold.get(name) for name in numeric], dtype=np.float64)  # None -> NaN
-    return numeric, numbers, {name: cold.get(name) for name in text}
+    numbers = np.array([[cold.get(name) for name in numeric]], dtype=np.float64)  # None -> NaN
+    texts = np.empty((len(text), 1), dtype=object)
+    texts[:, 0] = [cold.get(name) for name in text]
+    return _Columns(layout, numeric, text, numbers.reshape(1, len(numeric)), texts)

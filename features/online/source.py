@@ -47,16 +47,24 @@ class CatalogNames:
             )
             for name in sorted(needed)
         }
+        self._aliases: dict[tuple[tuple[str, ...], tuple[str, ...]], Mapping[str, str]] = {}
 
     def __call__(self, block: FeatureBlock) -> FeatureBlock:
-        """``block`` with the catalogue's names it lacks as aliases."""
-        names = set(block.numeric_names) | set(block.text)
-        aliases = {
-            name: next((s for s in sources if s in names), sources[-1])
-            for name, sources in self._sources.items()
-            if name not in names and sources
-        }
-        return dataclasses.replace(block, aliases=MappingProxyType(aliases))
+        """``block`` with the catalogue's names it lacks as aliases (worked out once per set
+        of column names: a store's blocks all have its layout's)."""
+        columns = (block.numeric_names, tuple(block.text))
+        aliases = self._aliases.get(columns)
+        if aliases is None:
+            names = set(block.numeric_names) | set(block.text)
+            aliases = MappingProxyType(
+                {
+                    name: next((s for s in sources if s in names), sources[-1])
+                    for name, sources in self._sources.items()
+                    if name not in names and sources
+                }
+            )
+            self._aliases[columns] = aliases
+        return dataclasses.replace(block, aliases=aliases)
 
 
 class StoreFeatureSource:
@@ -113,7 +121,8 @@ class StoreFeatureSource:
 
 class ReadAhead:
     """A feature source that reads the next chunk of a known plan while the caller works on
-    the current one (batch scoring: the store read and the Arrow parse release the GIL).
+    the current one (batch scoring: the store read releases the GIL; the JSON parse, most of
+    a read's CPU, holds it, so it overlaps only the caller's GIL-free work, e.g. predict).
 
     ``read(chunk k)`` returns the block read in the background and starts reading chunk
     k + 1; ids off the plan are read directly. One background read at a time.
