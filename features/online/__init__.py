@@ -28,7 +28,7 @@ from features.online.materialization import (
     vectors_as_of,
 )
 from features.online.redis import RedisOnlineStore
-from features.online.source import DEFAULT_ALIASES, CatalogNames, ReadAhead, StoreFeatureSource
+from features.online.source import DEFAULT_ALIASES, CatalogNames, StoreFeatureSource
 from features.online.sqlite import SQLiteOnlineStore
 from recsys.errors import ConfigError
 
@@ -54,7 +54,6 @@ __all__ = [
     "CatalogNames",
     "Layout",
     "OnlineStore",
-    "ReadAhead",
     "RedisOnlineStore",
     "SQLiteOnlineStore",
     "StoreFeatureSource",

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
 from features.definitions import ATTRIBUTE_PREFIX, CONSENT_COLUMNS
@@ -13,7 +12,7 @@ from features.online.base import OnlineStore
 from features.online.block import decode_block
 from features.spec import FEATURE_SPEC_VERSION
 from recsys.catalog import Catalog
-from recsys.decision.ports import FeatureBlock, FeatureSource
+from recsys.decision.ports import FeatureBlock
 from recsys.errors import SpecMismatchError
 
 logger = logging.getLogger(__name__)
@@ -117,47 +116,3 @@ class StoreFeatureSource:
 
     def close(self) -> None:
         self.store.close()
-
-
-class ReadAhead:
-    """A feature source that reads the next chunk of a known plan while the caller works on
-    the current one (batch scoring: the store read releases the GIL; the JSON parse, most of
-    a read's CPU, holds it, so it overlaps only the caller's GIL-free work, e.g. predict).
-
-    ``read(chunk k)`` returns the block read in the background and starts reading chunk
-    k + 1; ids off the plan are read directly. One background read at a time.
-
-    Parameters
-    ----------
-    source : FeatureSource
-    chunks : the customer-id chunks the caller will read, in order
-    """
-
-    def __init__(self, source: FeatureSource, chunks: Iterable[Sequence[str]]):
-        self.source = source
-        self._chunks: Iterator[Sequence[str]] = iter(chunks)
-        self._reader = ThreadPoolExecutor(1, thread_name_prefix="feature-read-ahead")
-        self._next: tuple[list[str], Future[FeatureBlock]] | None = None
-        self._start_next()
-
-    def _start_next(self) -> None:
-        chunk = next(self._chunks, None)
-        self._next = None
-        if chunk is not None:
-            ids = list(chunk)
-            self._next = (ids, self._reader.submit(self.source.read, ids))
-
-    def read(self, customer_ids: Sequence[str]) -> FeatureBlock:
-        ids = list(customer_ids)
-        if self._next is None or self._next[0] != ids:
-            return self.source.read(ids)
-        future = self._next[1]
-        self._start_next()
-        return future.result()  # re-raises what the read raised
-
-    def spec_version(self) -> str:
-        return self.source.spec_version()
-
-    def close(self) -> None:
-        """Stop reading ahead (the wrapped source stays open)."""
-        self._reader.shutdown(wait=True, cancel_futures=True)

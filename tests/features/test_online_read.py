@@ -180,20 +180,3 @@ def test_a_wrapped_feature_source_still_reads_columns(logged, tmp_path):
     assert_blocks_equal(block, direct.read(ids))
     assert wrapped.spec_version() == FEATURE_SPEC_VERSION and wrapped.reads == 1
     store.close()
-
-
-def test_read_ahead_gives_the_blocks_of_direct_reads(logged, tmp_path):
-    from features.online import ReadAhead
-
-    store = SQLiteOnlineStore(tmp_path / "online.sqlite")
-    materialize(logged.con, store, as_of=T0)
-    direct = StoreFeatureSource(store, _catalog())
-    ids = _ids(logged.con)[:-1]
-    chunks = [ids[:2], ids[2:4], ids[4:]]
-    ahead = ReadAhead(MeteredFeatures(direct), chunks)
-    for chunk in chunks:
-        assert_blocks_equal(ahead.read(chunk), direct.read(chunk))
-    assert_blocks_equal(ahead.read(ids[1:3]), direct.read(ids[1:3]))  # off the plan
-    assert ahead.source.reads == 4 and ahead.spec_version() == FEATURE_SPEC_VERSION
-    ahead.close()
-    store.close()
