@@ -81,7 +81,9 @@ def test_a_model_of_another_feature_spec_is_refused_with_a_clear_log(demo_env, t
             settings.model_copy(update={"serving": ServingSettings(model_dir=bad)})
         )
     try:
-        assert components.holder.current.is_fallback  # it does not take over
+        served = components.holder.current  # it does not take over: last good copy or fallback
+        assert served.source in ("cache", "none")
+        assert served.model.info.feature_spec_version != "an-old-spec"
         refusal = [r.getMessage() for r in caplog.records if "refusing model" in r.getMessage()]
         assert refusal and "an-old-spec" in refusal[0] and FEATURE_SPEC_VERSION in refusal[0]
     finally:
