@@ -145,9 +145,8 @@ def in_process(env: dict[str, str], n_customers: int | None, chunk: int, out: Pa
     predict = parts[PREDICT]
     rows = {
         **parts,
-        "pipeline: eligibility, grouping, the rest": timings["decide"] - sum(parts.values()),
-        "requests, periodic gc.collect": timings["requests"],
-        "writing (to Arrow + Parquet)": timings["write"],
+        "main thread: waiting for decisions, gc": timings["decide (waiting)"],
+        "main thread: writing (to Arrow + Parquet)": timings["write"],
     }
     pairs = sum(rows_scored)
     return {

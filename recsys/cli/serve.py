@@ -97,6 +97,8 @@ def serve(
 
 #: Customers per pipeline run of ``recsys score``.
 SCORE_CHUNK = 5_000
+#: Chunks ``recsys score`` decides at once, in threads (the model's predict releases the GIL).
+IN_FLIGHT = 2
 #: ``recsys score`` runs Python's cyclic garbage collector once per this many chunks.
 GC_EVERY_CHUNKS = 20
 
@@ -213,17 +215,20 @@ def score_customers(
     no cycles, and full collections triggered by them would traverse everything the process
     has loaded.
 
-    ``timings`` (optional) accumulates seconds spent building requests (``requests``, incl.
-    the periodic collection), deciding (``decide``) and converting + writing (``write``).
+    ``timings`` (optional) accumulates seconds spent waiting for the next chunk's decisions
+    (``decide (waiting)``, incl. the periodic collection) and converting + writing
+    (``write``).
     """
     import gc
+    from collections import deque
+    from concurrent.futures import Future, ThreadPoolExecutor
 
     import numpy as np
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
     from tqdm import tqdm
 
-    from recsys.decision import DecisionRequest
+    from recsys.decision import DecisionBatch, DecisionRequest
 
     schema = score_schema()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -237,30 +242,51 @@ def score_customers(
     def add(label: str, seconds: float) -> None:
         spent[label] = spent.get(label, 0.0) + seconds
 
+    def write(batch: DecisionBatch) -> None:
+        nonlocal n_customers, n_rows
+        n_customers += int(np.count_nonzero(np.diff(batch.row_start)))
+        n_rows += batch.n_rows
+        writer.write_table(decision_table_to_arrow(batch, schema))
+        bar.update()
+
     gc_was_enabled = gc.isenabled()
     gc.collect()
     gc.freeze()  # what start-up loaded is never collected: keep it out of every collection
     gc.disable()
     bar = tqdm(total=-(-len(customer_ids) // chunk), desc="scoring", unit="chunk",
                disable=not progress)  # fmt: skip
+
+    def decide(first: int) -> DecisionBatch:
+        ids = customer_ids[first : first + chunk]
+        return pipeline.run([DecisionRequest(c, touchpoint_id, limit=limit) for c in ids], now,
+                            record=record)  # fmt: skip
+
+    starts = range(0, len(customer_ids), chunk)
+    # Two chunks in flight: while one waits for the model (predict releases the GIL) the other
+    # runs its Python stages. Chunks hold distinct customers, so neither's contacts can
+    # change the other's caps; the log re-counts caps at write time all the same.
+    pool = ThreadPoolExecutor(IN_FLIGHT, thread_name_prefix="score")
+    pending: deque[Future[DecisionBatch]] = deque()
+
+    def write_oldest() -> None:
+        t0 = time.perf_counter()
+        if bar.n and bar.n % GC_EVERY_CHUNKS == 0:
+            gc.collect()
+        batch = pending.popleft().result()
+        t1 = time.perf_counter()
+        write(batch)
+        add("decide (waiting)", t1 - t0)
+        add("write", time.perf_counter() - t1)
+
     try:
-        for k, first in enumerate(range(0, len(customer_ids), chunk)):
-            t0 = time.perf_counter()
-            if k and k % GC_EVERY_CHUNKS == 0:
-                gc.collect()
-            ids = customer_ids[first : first + chunk]
-            requests = [DecisionRequest(c, touchpoint_id, limit=limit) for c in ids]
-            t1 = time.perf_counter()
-            batch = pipeline.run(requests, now, record=record)
-            t2 = time.perf_counter()
-            n_customers += int(np.count_nonzero(np.diff(batch.row_start)))
-            n_rows += batch.n_rows
-            writer.write_table(decision_table_to_arrow(batch, schema))
-            add("requests", t1 - t0)
-            add("decide", t2 - t1)
-            add("write", time.perf_counter() - t2)
-            bar.update()
+        for first in starts:
+            pending.append(pool.submit(decide, first))
+            if len(pending) == IN_FLIGHT:
+                write_oldest()
+        while pending:
+            write_oldest()
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
         writer.close()
         gc.unfreeze()
