@@ -62,7 +62,6 @@ from features.definitions.decision import (
     REQUEST_FEATURES,
     STAT_DEFAULTS,
     TOUCHPOINT_FEATURES,
-    TOUCHPOINT_STATS,
     CrossDef,
     Ops,
 )
@@ -117,7 +116,6 @@ __all__ = [
     "TOP_CATEGORY",
     "TOP_CATEGORY_SHARE",
     "TOUCHPOINT_FEATURES",
-    "TOUCHPOINT_STATS",
     "WINDOWS",
     "AggregateDef",
     "CrossDef",

@@ -34,7 +34,6 @@ OFFER_STATS = (
     "offer_last_shown_secs_ago",
 )
 OFFER_TYPE_STATS = ("type_impressions_365d", "type_accepts_365d", "type_last_shown_secs_ago")
-TOUCHPOINT_STATS = ("tp_impressions_365d", "tp_accepts_365d", "tp_interactions_90d")
 STAT_DEFAULTS = {
     "cat_amount_365d": 0.0,
     "cat_count_365d": 0.0,
