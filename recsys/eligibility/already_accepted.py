@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-from recsys.eligibility.base import (
-    Check,
-    CheckOutcome,
-    EligibilityCheck,
-    EligibilityInput,
-    everyone,
-    removal_of,
-    without,
-)
+from collections.abc import Collection, Sequence
+
+from recsys.eligibility.base import Check, EligibilityInput, NamedOffersCheck
 
 
-class AlreadyAccepted(EligibilityCheck):
+class AlreadyAccepted(NamedOffersCheck):
     name = Check.ALREADY_ACCEPTED
+    detail = "customer already accepted it"
 
-    def run(self, inp: EligibilityInput) -> CheckOutcome:
-        n, _ = inp.shape
-        mask = without(inp.offers, [h.accepted for h in inp.histories])
-        ids = inp.offers.offer_ids
-        detail = "customer already accepted it"
-        return CheckOutcome(
-            mask, everyone(n), explain=lambda i: removal_of(self.name, ids, ~mask[i], detail)
-        )
+    def named(self, inp: EligibilityInput) -> Sequence[Collection[str]]:
+        return [history.accepted for history in inp.histories]

@@ -155,6 +155,26 @@ def without(offers: TouchpointOffers, named: Sequence[Collection[str]]) -> np.nd
     return mask
 
 
+class NamedOffersCheck(EligibilityCheck):
+    """A check that removes, per request, the candidates a collection names (the request's
+    exclusions, the customer's accepted offers); ``detail`` says why in the trace."""
+
+    detail: ClassVar[str]
+
+    @abstractmethod
+    def named(self, inp: EligibilityInput) -> Sequence[Collection[str]]:
+        """Per request, the offer ids to remove."""
+
+    def run(self, inp: EligibilityInput) -> CheckOutcome:
+        mask = without(inp.offers, self.named(inp))
+        ids, detail = inp.offers.offer_ids, self.detail
+        return CheckOutcome(
+            mask,
+            everyone(len(mask)),
+            explain=lambda i: removal_of(self.name, ids, ~mask[i], detail),
+        )
+
+
 def removal_of(
     check: Check, ids: np.ndarray, failed: np.ndarray, detail: str
 ) -> tuple[Removal, ...]:

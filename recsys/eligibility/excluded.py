@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-from recsys.eligibility.base import (
-    Check,
-    CheckOutcome,
-    EligibilityCheck,
-    EligibilityInput,
-    everyone,
-    removal_of,
-    without,
-)
+from collections.abc import Collection, Sequence
+
+from recsys.eligibility.base import Check, EligibilityInput, NamedOffersCheck
 
 
-class Excluded(EligibilityCheck):
+class Excluded(NamedOffersCheck):
     name = Check.EXCLUDED
+    detail = "in the request's exclude_offers"
 
-    def run(self, inp: EligibilityInput) -> CheckOutcome:
-        n, _ = inp.shape
-        mask = without(inp.offers, inp.excludes)
-        ids = inp.offers.offer_ids
-        detail = "in the request's exclude_offers"
-        return CheckOutcome(
-            mask, everyone(n), explain=lambda i: removal_of(self.name, ids, ~mask[i], detail)
-        )
+    def named(self, inp: EligibilityInput) -> Sequence[Collection[str]]:
+        return inp.excludes
