@@ -25,27 +25,20 @@ from itertools import repeat
 from typing import Any
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
 
 from features import definitions as d
 from features.matrix import ColumnEncoding, Encoding
+from features.offers import OFFER_COLUMNS, OfferArrays
 from features.pipeline import STAT_TABLES
 from features.spec import FEATURE_SPEC_VERSION
 from recsys.catalog import Catalog, TouchpointOffers
 from recsys.decision.ports import FeatureBlock, KeyStats
-from recsys.errors import ConfigError, SpecMismatchError
+from recsys.errors import SpecMismatchError
 
 #: Rows of the matrix filled at a time (~1-2 MB: they stay in the CPU cache while their
 #: offer and cross columns are written).
 ROW_BLOCK = 2048
 _SCALARS = frozenset({"touchpoint_id", "tp_channel", "tp_stage", "req_hour", "req_dow"})
-_OFFER_COLUMNS = {
-    "offer_id": "offer_id",
-    "offer_type": "offer_type",
-    "offer_category": "category",
-    "offer_value": "value",
-}
 _AGING = {f.name: f for f in d.customer_feature_defs() if f.ages}
 _CROSSES = {x.feature.name: x for x in d.CROSSES}
 _AGING_STATS = ("offer_last_shown_secs_ago", "type_last_shown_secs_ago")
@@ -55,61 +48,6 @@ _STAT_DEFAULTS = {
     name: np.array([d.STAT_DEFAULTS[s] for s in spec.stats], dtype=np.float64)
     for name, spec in STAT_TABLES.items()
 }
-
-
-@dataclass(frozen=True)
-class OfferArrays:
-    """Candidate offers as column arrays, shape (m,) each."""
-
-    offer_id: np.ndarray
-    offer_type: np.ndarray
-    category: np.ndarray
-    value: np.ndarray  # float64, missing -> 1.0
-
-    def __len__(self) -> int:
-        return len(self.offer_id)
-
-    def feature(self, name: str) -> np.ndarray:
-        """The column of offer feature ``name`` (``offer_id``, ``offer_type``,
-        ``offer_category``, ``offer_value``)."""
-        columns = {
-            "offer_id": self.offer_id,
-            "offer_type": self.offer_type,
-            "offer_category": self.category,
-            "offer_value": self.value,
-        }
-        return columns[name]
-
-
-def offer_arrays(offers: pd.DataFrame | pa.Table | Sequence[Mapping[str, Any]]) -> OfferArrays:
-    """Offers (pandas / Arrow table, or dicts with the contract's offer columns) as arrays."""
-    if isinstance(offers, pd.DataFrame):
-        table = pa.Table.from_pandas(
-            offers[[c for c in _OFFER_COLUMNS.values() if c in offers.columns]],
-            preserve_index=False,
-        )
-    elif isinstance(offers, pa.Table):
-        table = offers
-    elif isinstance(offers, Sequence):
-        present = [c for c in _OFFER_COLUMNS.values() if any(c in o for o in offers[:1])]
-        table = pa.table({c: [o.get(c) for o in offers] for c in present})
-    else:
-        raise ConfigError(
-            "`offers` must be a pandas DataFrame, a pyarrow Table or a list of offer dicts, "
-            f"got {type(offers).__name__}"
-        )
-    n = table.num_rows
-    if n and "offer_id" not in table.column_names:
-        raise ConfigError(f"`offers` must have an 'offer_id' column, got {table.column_names}")
-
-    def col(name: str, default: Any) -> np.ndarray:
-        if name not in table.column_names:
-            return np.full(n, default, dtype=object)
-        return np.asarray(table.column(name).to_pylist(), dtype=object)
-
-    value = col("value", 1.0)
-    value = np.where(pd.isna(value), 1.0, value).astype(np.float64) if n else np.zeros(0)
-    return OfferArrays(col("offer_id", None), col("offer_type", None), col("category", None), value)
 
 
 @dataclass(frozen=True)
@@ -180,7 +118,7 @@ class MatrixColumns:
         self.template = np.full(len(columns), np.nan, dtype=np.float32)
         self.customer: list[tuple[int, ColumnEncoding]] = []
         self.context: list[tuple[int, ColumnEncoding, str]] = []
-        self.offer = [(j, c) for j, c in enumerate(columns) if c.name in _OFFER_COLUMNS]
+        self.offer = [(j, c) for j, c in enumerate(columns) if c.name in OFFER_COLUMNS]
         self.scalar = [(j, c) for j, c in enumerate(columns) if c.name in _SCALARS]
         #: the request time's columns: (position, the codes of each hour or weekday, hourly)
         self.clock = tuple(
@@ -193,7 +131,7 @@ class MatrixColumns:
         self.cross_index = np.array([j for j, _ in crosses], dtype=np.intp)
         self.cross_names = tuple(name for _, name in crosses)
         for j, col in enumerate(columns):
-            if col.name in _OFFER_COLUMNS or col.name in _SCALARS or col.name in _CROSSES:
+            if col.name in OFFER_COLUMNS or col.name in _SCALARS or col.name in _CROSSES:
                 continue
             if col.name.startswith(d.CONTEXT_PREFIX):
                 self.context.append((j, col, col.name[len(d.CONTEXT_PREFIX) :]))

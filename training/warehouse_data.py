@@ -22,9 +22,10 @@ import ibis
 import numpy as np
 import pandas as pd
 
-from features.decision_matrix import DecisionMatrixBuilder, MatrixColumns, offer_arrays
+from features.decision_matrix import DecisionMatrixBuilder, MatrixColumns
 from features.engines import ibis_backend
 from features.matrix import Encoding, encode, fit_encoding
+from features.offers import offer_arrays
 from features.online import CatalogNames, Layout, block_of
 from features.online.base import AS_OF_KEY, SPEC_KEY, STATS_KEY
 from features.pipeline import STAT_TABLES, point_tables, sources

@@ -9,7 +9,7 @@ from datetime import timedelta as td
 import numpy as np
 import pytest
 
-from features.decision_matrix import DecisionMatrixBuilder, MatrixColumns, offer_arrays
+from features.decision_matrix import DecisionMatrixBuilder, MatrixColumns
 from features.matrix import (
     UNKNOWN_CODE,
     ColumnEncoding,
@@ -18,6 +18,7 @@ from features.matrix import (
     fit_encoding,
     model_columns,
 )
+from features.offers import offer_arrays
 from features.online import Layout, SQLiteOnlineStore, block_of, materialize
 from features.online.base import AS_OF_KEY, STATS_KEY
 from features.spec import FEATURE_SPEC_VERSION
