@@ -94,7 +94,7 @@ def to_timestamp(raw: pd.Series) -> pd.Series:
                 dtype="datetime64[us, UTC]",
             )
             parsed = parsed.where(~bad, fixed)
-    if getattr(parsed.dt, "tz", None) is not None:
+    if isinstance(parsed.dtype, pd.DatetimeTZDtype):
         parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
     return parsed.astype("datetime64[us]")
 

@@ -19,7 +19,7 @@ from serving.components import Components
 
 
 async def get_components(request: Request) -> Components:
-    components = getattr(request.app.state, "components", None)
+    components: Components | None = request.app.state.components  # None while starting
     if components is None:
         raise NotReadyError("the service is not ready yet")
     return components

@@ -71,7 +71,7 @@ def create_app(
             async with served_components(app):
                 yield
         finally:
-            access_log = getattr(app.state, "access_log", None)
+            access_log = app.state.access_log
             if access_log is not None:
                 access_log.close()  # write the queued access lines
 
@@ -106,6 +106,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.components = components
+    app.state.access_log = None  # install_hardening sets the JSON access log
     install_error_handlers(app)
     app.include_router(decisions.router)
     app.include_router(events.router)

@@ -49,14 +49,15 @@ class RegistrySource:
 
     def resolve(self) -> str:
         from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
 
         try:
             version = MlflowClient(tracking_uri=self.tracking_uri).get_model_version_by_alias(
                 self.name, self.alias
             )
         except Exception as exc:
-            code = getattr(exc, "error_code", None)
-            if code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            missing = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+            if isinstance(exc, MlflowException) and exc.error_code in missing:
                 raise NoChampion(
                     f"registered model {self.name!r} must have a version under alias "
                     f"{self.alias!r} (train and promote a model first)"

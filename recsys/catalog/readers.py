@@ -71,8 +71,6 @@ def _as_datetime(value: Any, where: str) -> datetime | None:
         return None
     if isinstance(value, datetime):
         return to_utc(value)
-    if hasattr(value, "to_pydatetime"):
-        return to_utc(value.to_pydatetime())
     try:
         return to_utc(datetime.fromisoformat(str(value).replace("Z", "+00:00")))
     except ValueError as exc:

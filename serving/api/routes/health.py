@@ -19,7 +19,7 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", summary="Readiness: model loaded, catalogue non-empty, event log reachable")
 def readyz(request: Request) -> JSONResponse:
-    components = getattr(request.app.state, "components", None)
+    components = request.app.state.components  # None until the lifespan has built them
     if components is None:
         return JSONResponse({"status": "not ready", "reason": "starting"}, status_code=503)
     problems = []
