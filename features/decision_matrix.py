@@ -9,7 +9,8 @@ training-set row of the same (customer features, offer, touchpoint, context, tim
 - days-since features aged by the time elapsed since the features were computed
   (``as_of``; the cold start does not age);
 - the crosses computed from the customer's per-key statistics looked up at the offer's key
-  (offer, offer type, category, touchpoint), as the training set computes them.
+  (offer, offer type, category) or the touchpoint's (touchpoint, channel), as the training
+  set computes them.
 
 :class:`MatrixColumns` is the recipe of one encoding (which column comes from where);
 :class:`DecisionMatrixBuilder` the pipeline's ``MatrixBuilder``, with each touchpoint's
@@ -41,7 +42,8 @@ ROW_BLOCK = 2048
 _SCALARS = frozenset({"touchpoint_id", "tp_channel", "tp_stage", "req_hour", "req_dow"})
 _AGING = {f.name: f for f in d.customer_feature_defs() if f.ages}
 _CROSSES = {x.feature.name: x for x in d.CROSSES}
-_AGING_STATS = ("offer_last_shown_secs_ago", "type_last_shown_secs_ago")
+#: Statistics keyed by the request's touchpoint: offer_key -> the touchpoint's field.
+_TOUCHPOINT_KEYS = {"touchpoint_id": "touchpoint_id", "tp_channel": "channel"}
 _FLOAT_MAX = np.finfo(np.float64).max
 #: Each statistics table's defaults (a customer without statistics for a key), shape (width,)
 _STAT_DEFAULTS = {
@@ -88,7 +90,7 @@ class _Numbers:
     columns: np.ndarray  # (k,) their block columns
     aging: np.ndarray  # positions among the k of the days-since features
     defaults: np.ndarray  # their defaults (they do not age)
-    capped: np.ndarray  # their defaults are the horizon: capped at it
+    capped: np.ndarray  # defaults > 0 are their caps (the horizon, the lifetime)
     others: tuple[tuple[int, ColumnEncoding], ...]  # the other customer columns
 
 
@@ -155,8 +157,8 @@ class MatrixColumns:
         m = len(offers)
         keys = {}
         for name, spec in STAT_TABLES.items():
-            if spec.offer_key == "touchpoint_id":
-                side = np.full(m, touchpoint.get("touchpoint_id"), dtype=object)
+            if spec.offer_key in _TOUCHPOINT_KEYS:
+                side = np.full(m, touchpoint.get(_TOUCHPOINT_KEYS[spec.offer_key]), dtype=object)
             else:
                 side = offers.feature(spec.offer_key)
             texts = [None if _missing(v) else str(v) for v in side.tolist()]
@@ -269,7 +271,7 @@ class MatrixColumns:
             values = features.numeric[:, numbers.columns]
             aging = values[:, numbers.aging]
             grown = aging + elapsed[:, None]
-            grown = np.where(numbers.capped, np.minimum(grown, float(d.HORIZON_DAYS)), grown)
+            grown = np.where(numbers.capped, np.minimum(grown, numbers.defaults), grown)
             grow = (aging != numbers.defaults) & (elapsed[:, None] > 0)
             values[:, numbers.aging] = np.where(grow, grown, aging)
             rows[:, numbers.positions] = values
@@ -299,7 +301,7 @@ class MatrixColumns:
                 columns=np.array([index[c.name] for _, c in numeric], dtype=np.intp),
                 aging=np.array(aging, dtype=np.intp),
                 defaults=np.array(defaults, dtype=np.float64),
-                capped=np.array([x == d.HORIZON_DAYS for x in defaults], dtype=bool),
+                capped=np.array([x > 0 for x in defaults], dtype=bool),
                 others=tuple(
                     (j, c)
                     for j, c in self.customer
@@ -326,16 +328,20 @@ class MatrixColumns:
             )  # fmt: skip
             stats.update({s: found[:, i] for i, s in enumerate(spec.stats)})
         pair_elapsed = elapsed[pair_customer] * d.DAY_SECONDS
-        for s in _AGING_STATS:
+        for s in d.AGING_STATS:
             stats[s] = np.where(stats[s] < d.STAT_DEFAULTS[s], stats[s] + pair_elapsed, stats[s])
-        at = self._numbers(features.numeric_names).index.get("purch_amount_365d")
-        spend = (
-            features.numeric[pair_customer, at] if at is not None else np.zeros(len(pair_customer))
-        )
-        # as np.nan_to_num(spend, nan=0.0) (infinities to the largest floats), by ufuncs: a
-        # tenth of its cost
-        finite = np.minimum(np.maximum(spend, -_FLOAT_MAX), _FLOAT_MAX)
-        stats["purch_amount_365d"] = np.where(np.isnan(spend), 0.0, finite)
+        index = self._numbers(features.numeric_names).index
+        for name in d.CROSS_CUSTOMER_INPUTS:
+            at = index.get(name)
+            value = (
+                features.numeric[pair_customer, at]
+                if at is not None
+                else np.zeros(len(pair_customer))
+            )
+            # as np.nan_to_num(value, nan=0.0) (infinities to the largest floats), by ufuncs:
+            # a tenth of its cost
+            finite = np.minimum(np.maximum(value, -_FLOAT_MAX), _FLOAT_MAX)
+            stats[name] = np.where(np.isnan(value), 0.0, finite)
         built = [_CROSSES[name].build(stats, d.NUMPY_OPS) for name in self.cross_names]
         return np.array(built, dtype=np.float32).reshape(len(built), len(pair_customer)).T
 

@@ -34,13 +34,15 @@ class Sources:
     """The warehouse tables as Ibis tables, shaped for the feature joins."""
 
     customers: ir.Table
-    purchases: ir.Table  # ev_customer_id, ts, amount, category, channel
-    touches: ir.Table  # ev_customer_id, ts, touchpoint_id, event_type, value, channel, tp_stage
+    purchases: ir.Table  # ev_customer_id, ts, amount, units, category, channel
+    touches: ir.Table  # ev_customer_id, ts, touchpoint_id, event_type, value, category,
+    # channel, tp_stage
     offer_log: ir.Table  # ev_customer_id, ts, offer_id, offer_type, touchpoint_id, kind
     offers: ir.Table
     touchpoints: ir.Table
     decisions: ir.Table
     outcomes: ir.Table
+    lifetime: ir.Table  # purchases over LIFETIME_DAYS: ev_customer_id, ts, amount
 
 
 def sources(backend: Any) -> Sources:
@@ -57,8 +59,12 @@ def sources(backend: Any) -> Sources:
         ev_customer_id=tx.customer_id,
         ts=tx.ts,
         amount=tx.amount.cast("float64"),
+        units=tx.quantity.cast("float64").fill_null(1.0),
         category=tx.category,
         channel=tx.channel,
+    )
+    lifetime = tx.select(
+        ev_customer_id=tx.customer_id, ts=tx.ts, amount=tx.amount.cast("float64")
     )
     tp_small = tps.select(tp_id=tps.touchpoint_id, channel=tps.channel, tp_stage=tps.stage)
     touches = inter.left_join(tp_small, inter.touchpoint_id == tp_small.tp_id).select(
@@ -67,6 +73,7 @@ def sources(backend: Any) -> Sources:
         touchpoint_id=inter.touchpoint_id,
         event_type=inter.event_type,
         value=inter.value.cast("float64"),
+        category=inter.category,
         channel=tp_small.channel,
         tp_stage=tp_small.tp_stage,
     )
@@ -107,6 +114,7 @@ def sources(backend: Any) -> Sources:
         touchpoints=tps,
         decisions=dec,
         outcomes=out,
+        lifetime=lifetime,
     )
 
 
@@ -116,13 +124,17 @@ def _epoch(ts: ir.TimestampValue) -> ir.IntegerValue:
 
 
 def _join_points(
-    points: ir.Table, events: ir.Table, key: tuple[str, str] | None = None
+    points: ir.Table,
+    events: ir.Table,
+    key: tuple[str, str] | None = None,
+    days: int = d.HORIZON_DAYS,
 ) -> ir.Table:
-    """Points x their events in ``[as_of - horizon, as_of)``, with ``secs_ago`` per row.
+    """Points x their events in ``[as_of - days, as_of)`` (the horizon), with ``secs_ago``
+    per row.
 
     ``key = (points column, events column)`` also requires those to be equal.
     """
-    horizon = ibis.interval(days=d.HORIZON_DAYS)
+    horizon = ibis.interval(days=days)
     conditions = [
         points.customer_id == events.ev_customer_id,
         events.ts < points.as_of,
@@ -137,16 +149,19 @@ def _join_points(
 
 
 def _window_events(
-    events: ir.Table, as_of: datetime, customers: ir.Table | None = None
+    events: ir.Table,
+    as_of: datetime,
+    customers: ir.Table | None = None,
+    days: int = d.HORIZON_DAYS,
 ) -> ir.Table:
-    """The events of ``[as_of - horizon, as_of)`` as if joined to one point per customer.
+    """The events of ``[as_of - days, as_of)`` as if joined to one point per customer.
 
     All points share ``as_of`` (serving, materialisation), so a time filter replaces the
     range join: same rows and columns as :func:`_join_points` for points at ``as_of``.
     ``customers`` (optional, column ``customer_id``) keeps only those customers' events.
     """
     at = ibis.literal(as_of, type="timestamp")
-    horizon = ibis.interval(days=d.HORIZON_DAYS)
+    horizon = ibis.interval(days=days)
     rows = events.filter(events.ev_customer_id.notnull(), events.ts < at, events.ts >= at - horizon)
     if customers is not None:
         rows = rows.semi_join(customers, rows.ev_customer_id == customers.customer_id)
@@ -176,27 +191,8 @@ class PointTables:
     cached: tuple[ir.Table, ...] = ()  # cached intermediate tables (``.release()`` them)
 
 
-@dataclass(frozen=True)
-class StatTable:
-    """A per-(point, key) statistics table: the key column and the stats it carries."""
-
-    key: str  # column of the stats table
-    offer_key: str  # the training-set / serving column it is matched on
-    stats: tuple[str, ...]
-    source: str  # the Sources table it aggregates
-
-
-STAT_TABLES: dict[str, StatTable] = {
-    "category": StatTable("category", "offer_category", d.CATEGORY_STATS, "purchases"),
-    "offer": StatTable("offer_id", "offer_id", d.OFFER_STATS, "offer_log"),
-    "offer_type": StatTable("offer_type", "offer_type", d.OFFER_TYPE_STATS, "offer_log"),
-    "touchpoint_offers": StatTable(
-        "touchpoint_id", "touchpoint_id", ("tp_impressions_365d", "tp_accepts_365d"), "offer_log"
-    ),
-    "touchpoint_interactions": StatTable(
-        "touchpoint_id", "touchpoint_id", ("tp_interactions_90d",), "touches"
-    ),
-}
+StatTable = d.StatTable
+STAT_TABLES = d.STAT_TABLES
 
 
 def attribute_columns(customers: ir.Table) -> list[str]:
@@ -205,47 +201,12 @@ def attribute_columns(customers: ir.Table) -> list[str]:
     return [c for c in customers.columns if c not in contract]
 
 
-def _stat_aggregates(name: str, e: ir.Table) -> dict[str, ir.Value]:
-    """The per-key statistics of stats table ``name`` over joined events ``e``."""
-    is_impr = e.kind == "impression" if "kind" in e.columns else None
-    is_pos = e.kind.isin(list(d.POSITIVE_RESPONSES)) if "kind" in e.columns else None
-    nohit = ibis.null("int64")
-    if name == "category":
-        return {
-            "cat_amount_365d": e.amount.sum(),
-            "cat_count_365d": e.count().cast("float64"),
-        }
-    if name == "offer":
-        return {
-            "offer_impressions_30d": (is_impr & (e.secs_ago <= 30 * d.DAY_SECONDS))
-            .ifelse(1.0, 0.0)
-            .sum(),
-            "offer_impressions_365d": is_impr.ifelse(1.0, 0.0).sum(),
-            "offer_accepts_365d": is_pos.ifelse(1.0, 0.0).sum(),
-            "offer_last_shown_secs_ago": is_impr.ifelse(e.secs_ago, nohit).min().cast("float64"),
-        }
-    if name == "offer_type":
-        return {
-            "type_impressions_365d": is_impr.ifelse(1.0, 0.0).sum(),
-            "type_accepts_365d": is_pos.ifelse(1.0, 0.0).sum(),
-            "type_last_shown_secs_ago": is_impr.ifelse(e.secs_ago, nohit).min().cast("float64"),
-        }
-    if name == "touchpoint_offers":
-        return {
-            "tp_impressions_365d": is_impr.ifelse(1.0, 0.0).sum(),
-            "tp_accepts_365d": is_pos.ifelse(1.0, 0.0).sum(),
-        }
-    if name == "touchpoint_interactions":
-        return {
-            "tp_interactions_90d": (e.secs_ago <= 90 * d.DAY_SECONDS).ifelse(1.0, 0.0).sum(),
-        }
-    raise KeyError(f"no statistics table named {name!r}")
-
-
 def _stat_table(name: str, joined: ir.Table, keys: Sequence[str] = POINT_KEYS) -> ir.Table:
     key = STAT_TABLES[name].key
     rows = joined.filter(joined[key].notnull())
-    return rows.group_by([*keys, key]).aggregate(**_stat_aggregates(name, rows))
+    return rows.group_by([*keys, key]).aggregate(
+        **{s.name: s.build(rows) for s in STAT_TABLES[name].defs}
+    )
 
 
 def point_tables(
@@ -265,6 +226,7 @@ def point_tables(
         "purchases": _join_points(points, src.purchases),
         "touches": _join_points(points, src.touches),
         "offer_log": _join_points(points, src.offer_log),
+        "lifetime": _join_points(points, src.lifetime, days=d.LIFETIME_DAYS),
     }
     if cache_joins:  # several queries will read them (materialisation): join once
         joined = {name: table.cache() for name, table in joined.items()}
@@ -297,6 +259,7 @@ def customer_tables(
         "purchases": _window_events(src.purchases, as_of, subset),
         "touches": _window_events(src.touches, as_of, subset),
         "offer_log": _window_events(src.offer_log, as_of, subset),
+        "lifetime": _window_events(src.lifetime, as_of, subset, days=d.LIFETIME_DAYS),
     }
     if cache:
         joined = {name: table.cache() for name, table in joined.items()}
@@ -331,6 +294,7 @@ def _point_tables(
     purchases, touches, offer_log = joined["purchases"], joined["touches"], joined["offer_log"]
     purchase_aggs = _aggregate(purchases, d.PURCHASE_AGGREGATES, keys)
     touch_aggs = _aggregate(touches, d.INTERACTION_AGGREGATES, keys)
+    lifetime_aggs = _aggregate(joined["lifetime"], d.LIFETIME_AGGREGATES, keys)
     offer_aggs = _aggregate(offer_log, d.OFFER_HISTORY_AGGREGATES, keys)
 
     cat_stats = _stat_table("category", purchases, keys)
@@ -346,6 +310,8 @@ def _point_tables(
         _top_amount=ranked.cat_amount_365d,
     )
     positive = positives if positives is not None else _positive_responses(offer_log)
+    if d.HORIZON_DAYS > 365:  # the rollup counts the offers of the last 365 days
+        positive = positive.filter(positive.secs_ago <= 365 * d.DAY_SECONDS)
     rollup_sources = {
         "category": cat_stats,
         "accepted_offers": positive.group_by([*keys, "offer_id"]).aggregate(n=positive.count()),
@@ -390,7 +356,7 @@ def _point_tables(
     )
 
     table = points
-    for aggs in (purchase_aggs, touch_aggs, offer_aggs, top, *rollups):
+    for aggs in (purchase_aggs, lifetime_aggs, touch_aggs, offer_aggs, top, *rollups):
         table = table.left_join(aggs, [table[k] == aggs[k] for k in keys])
         table = table.drop(*[c for c in table.columns if c.endswith("_right")])
     table = table.left_join(static, table.customer_id == static.c_customer_id)
@@ -399,6 +365,7 @@ def _point_tables(
         a.feature.name: a.feature.default
         for a in (
             *d.PURCHASE_AGGREGATES,
+            *d.LIFETIME_AGGREGATES,
             *d.INTERACTION_AGGREGATES,
             *d.OFFER_HISTORY_AGGREGATES,
             *d.ROLLUPS,

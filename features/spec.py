@@ -1,6 +1,7 @@
 """The feature spec: every fixed feature's name, kind, meaning and source, and its version.
 
-``FEATURE_SPEC_VERSION`` is a hash of the definitions (metadata and the defining code), so a
+``FEATURE_SPEC_VERSION`` is a hash of the definitions (metadata, the defining code and the
+features config), so a
 model, a training set and an online-store entry can tell whether they were built alike.
 """
 
@@ -45,6 +46,8 @@ def _version(features: tuple[FeatureDef, ...]) -> str:
     # The code that computes the features is part of their definition: every module of the
     # definitions package, in name order.
     digest.update(inspect.getsource(definitions).encode())
+    # So is the features config they were built with (horizons, windows, event vocabulary).
+    digest.update(definitions.CONFIG.model_dump_json().encode())
     for name in sorted(m.name for m in pkgutil.iter_modules(definitions.__path__)):
         module = importlib.import_module(f"{definitions.__name__}.{name}")
         digest.update(inspect.getsource(module).encode())

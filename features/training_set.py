@@ -102,6 +102,12 @@ def training_set_expr(
         w_category=src.offers.category,
     )
     with_offer = known.left_join(offer_keys, known.offer_id == offer_keys.w_offer_id)
+    tp_keys = src.touchpoints.select(
+        w_touchpoint_id=src.touchpoints.touchpoint_id, w_channel=src.touchpoints.channel
+    )
+    with_offer = with_offer.left_join(
+        tp_keys, with_offer.touchpoint_id == tp_keys.w_touchpoint_id
+    )
     wanted = with_offer.select(
         customer_id=with_offer.customer_id,
         as_of=with_offer.ts,
@@ -113,6 +119,7 @@ def training_set_expr(
             ibis.null("string"), with_offer.w_type
         ),
         offer_category=with_offer.w_category,
+        tp_channel=with_offer.w_channel,
     )
     pt = point_tables(src, points, wanted=wanted)
 
@@ -171,7 +178,7 @@ def training_set_expr(
         for stat, default in d.STAT_DEFAULTS.items()
     }
     s.update(_offer_type_stats(t, s))
-    s["purch_amount_365d"] = t.purch_amount_365d.fill_null(0.0)
+    s.update({name: t[name].fill_null(0.0) for name in d.CROSS_CUSTOMER_INPUTS})
     crosses = {x.feature.name: x.build(s, d.IBIS_OPS) for x in d.CROSSES}
     request = {
         "req_hour": t.ts.hour().cast("float64"),
@@ -243,10 +250,11 @@ def _history_for(src: Sources, start: datetime | None, end: datetime | None) -> 
     """``src`` with the event history that decisions in ``[start, end)`` can see: events before
     ``end`` and within the horizon of ``start`` (lets the engine skip the rest early)."""
     events = {}
-    for name in ("purchases", "touches", "offer_log"):
+    for name in ("purchases", "touches", "offer_log", "lifetime"):
         table = getattr(src, name)
         if start is not None:
-            first = naive_utc(start, "start") - timedelta(days=d.HORIZON_DAYS)
+            days = d.LIFETIME_DAYS if name == "lifetime" else d.HORIZON_DAYS
+            first = naive_utc(start, "start") - timedelta(days=days)
             table = table.filter(table.ts >= first)
         if end is not None:
             table = table.filter(table.ts < naive_utc(end, "end"))

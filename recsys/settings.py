@@ -261,6 +261,11 @@ class Settings(BaseSettings):
         description="memory cap of warehouse connections, e.g. 4GB or 512MiB; beyond it "
         "large joins spill to <warehouse>.tmp instead of taking the machine's memory",
     )
+    features_config: Path | None = Field(
+        default=None,
+        description="YAML features config (horizons, windows, event vocabulary; "
+        "docs/features.md); default: the built-in one",
+    )
     online_store: Literal["sqlite", "redis"] = "sqlite"
     online_sqlite_path: Path = Path("data/online_features.sqlite")
     redis_url: str = "redis://127.0.0.1:6379/0"

@@ -9,18 +9,30 @@ from typing import Any, Literal
 
 import ibis.expr.types as ir
 
-HORIZON_DAYS = 365  # history older than this is not looked at (like a Feast ttl)
+from features.config import active_config
+
+# The process's features config (features.config): horizons, windows, event vocabulary.
+CONFIG = active_config()
+HORIZON_DAYS = CONFIG.horizon_days  # history older than this is not looked at (a Feast ttl)
+LIFETIME_DAYS = CONFIG.lifetime_days  # how far back the lifetime purchase features look
 DAY_SECONDS = 86_400
-WINDOWS = (30, 90, 365)
+WINDOWS = CONFIG.windows
 # Response rates are smoothed towards a prior of 0.1 with the weight of 5 impressions.
 PRIOR_POSITIVES = 0.5
 PRIOR_IMPRESSIONS = 5.0
 POSITIVE_RESPONSES = ("accept", "convert")  # what counts as an accepted offer in the history
 PURCHASE_CHANNELS = ("store", "web", "app")
-COMPLAINT_EVENTS = ("complaint",)
-TICKET_EVENTS = ("support_ticket", "ticket", "support", "complaint")
-REVIEW_EVENTS = ("review",)
-NPS_EVENTS = ("nps", "nps_answer", "nps_response", "nps_survey")
+# The event vocabulary: the interaction event types each feature role reads.
+VIEW_EVENTS = CONFIG.events("view")
+CLICK_EVENTS = CONFIG.events("click")
+CART_EVENTS = CONFIG.events("cart")
+VISIT_EVENTS = CONFIG.events("visit")
+CONTACT_EVENTS = CONFIG.events("contact")
+EMAIL_OPEN_EVENTS = CONFIG.events("email_open")
+COMPLAINT_EVENTS = CONFIG.events("complaint")
+TICKET_EVENTS = CONFIG.events("ticket", "complaint")
+REVIEW_EVENTS = CONFIG.events("review")
+NPS_EVENTS = CONFIG.events("nps")
 DECISION_STAGE = "decision"
 
 Kind = Literal["numeric", "categorical"]

@@ -23,31 +23,13 @@ from features.definitions.base import (
     response_rate,
 )
 
-# The pipeline aggregates these per (point, key); the online store keeps them as small maps
-# (key -> list of values, in this order) so serving computes crosses exactly as training does.
-
-CATEGORY_STATS = ("cat_amount_365d", "cat_count_365d")
-OFFER_STATS = (
-    "offer_impressions_30d",
-    "offer_impressions_365d",
-    "offer_accepts_365d",
-    "offer_last_shown_secs_ago",
+#: Customer features the crosses read besides the statistics (0 when missing: anonymous).
+CROSS_CUSTOMER_INPUTS = (
+    "purch_amount_365d",
+    "int_count_90d",
+    "int_category_events_365d",
+    "int_category_views_365d",
 )
-OFFER_TYPE_STATS = ("type_impressions_365d", "type_accepts_365d", "type_last_shown_secs_ago")
-STAT_DEFAULTS = {
-    "cat_amount_365d": 0.0,
-    "cat_count_365d": 0.0,
-    "offer_impressions_30d": 0.0,
-    "offer_impressions_365d": 0.0,
-    "offer_accepts_365d": 0.0,
-    "offer_last_shown_secs_ago": float(HORIZON_DAYS * DAY_SECONDS),
-    "type_impressions_365d": 0.0,
-    "type_accepts_365d": 0.0,
-    "type_last_shown_secs_ago": float(HORIZON_DAYS * DAY_SECONDS),
-    "tp_impressions_365d": 0.0,
-    "tp_accepts_365d": 0.0,
-    "tp_interactions_90d": 0.0,
-}
 
 
 @dataclass(frozen=True)
@@ -77,6 +59,15 @@ def _cross(name: str, description: str, source: str, default: float, ages: bool 
     return FeatureDef(name, "numeric", description, f"{_X}: {source}", "cross", default, ages)
 
 
+def _days(secs: Any, o: Ops) -> Any:
+    """Seconds ago as days, capped at the horizon."""
+    return o.least(secs / DAY_SECONDS, float(HORIZON_DAYS))
+
+
+def _share(part: Any, whole: Any, o: Ops) -> Any:
+    return part / o.greatest(whole, 1.0)
+
+
 CROSSES = (
     CrossDef(
         _cross(
@@ -95,6 +86,90 @@ CROSSES = (
             0.0,
         ),
         lambda s, o: s["cat_count_365d"] * 1.0,
+    ),
+    CrossDef(
+        _cross(
+            "x_category_units_365d",
+            "Units bought in the offer's category in 365 days (quantity; 1 a purchase without).",
+            "transactions x offers.category",
+            0.0,
+        ),
+        lambda s, o: s["cat_units_365d"] * 1.0,
+    ),
+    CrossDef(
+        _cross(
+            "x_category_views_30d",
+            "Views in the offer's category in 30 days (interactions tagged with it).",
+            "interactions x offers.category",
+            0.0,
+        ),
+        lambda s, o: s["ci_views_30d"] * 1.0,
+    ),
+    CrossDef(
+        _cross(
+            "x_category_views_365d",
+            "Views in the offer's category in 365 days.",
+            "interactions x offers.category",
+            0.0,
+        ),
+        lambda s, o: s["ci_views_365d"] * 1.0,
+    ),
+    CrossDef(
+        _cross(
+            "x_category_view_share_365d",
+            "Share of the customer's category-tagged views of 365 days in the offer's category.",
+            "interactions x offers.category",
+            0.0,
+        ),
+        lambda s, o: _share(s["ci_views_365d"], s["int_category_views_365d"], o),
+    ),
+    CrossDef(
+        _cross(
+            "x_category_interaction_share_365d",
+            "Share of the customer's category-tagged interactions of 365 days (any event "
+            "type) in the offer's category.",
+            "interactions x offers.category",
+            0.0,
+        ),
+        lambda s, o: _share(s["ci_events_365d"], s["int_category_events_365d"], o),
+    ),
+    CrossDef(
+        _cross(
+            "x_category_clicks_365d",
+            "Clicks in the offer's category in 365 days.",
+            "interactions x offers.category",
+            0.0,
+        ),
+        lambda s, o: s["ci_clicks_365d"] * 1.0,
+    ),
+    CrossDef(
+        _cross(
+            "x_category_cart_adds_365d",
+            "Cart adds in the offer's category in 365 days.",
+            "interactions x offers.category",
+            0.0,
+        ),
+        lambda s, o: s["ci_cart_adds_365d"] * 1.0,
+    ),
+    CrossDef(
+        _cross(
+            "x_category_days_since_view",
+            "Days since the customer last viewed the offer's category (capped at the horizon).",
+            "interactions x offers.category",
+            float(HORIZON_DAYS),
+            ages=True,
+        ),
+        lambda s, o: _days(s["ci_last_view_secs_ago"], o),
+    ),
+    CrossDef(
+        _cross(
+            "x_category_days_since_interaction",
+            "Days since any interaction tagged with the offer's category (capped).",
+            "interactions x offers.category",
+            float(HORIZON_DAYS),
+            ages=True,
+        ),
+        lambda s, o: _days(s["ci_last_secs_ago"], o),
     ),
     CrossDef(
         _cross(
@@ -122,7 +197,7 @@ CROSSES = (
             float(HORIZON_DAYS),
             ages=True,
         ),
-        lambda s, o: o.least(s["offer_last_shown_secs_ago"] / DAY_SECONDS, float(HORIZON_DAYS)),
+        lambda s, o: _days(s["offer_last_shown_secs_ago"], o),
     ),
     CrossDef(
         _cross(
@@ -141,7 +216,7 @@ CROSSES = (
             float(HORIZON_DAYS),
             ages=True,
         ),
-        lambda s, o: o.least(s["type_last_shown_secs_ago"] / DAY_SECONDS, float(HORIZON_DAYS)),
+        lambda s, o: _days(s["type_last_shown_secs_ago"], o),
     ),
     CrossDef(
         _cross(
@@ -160,6 +235,44 @@ CROSSES = (
             0.0,
         ),
         lambda s, o: s["tp_interactions_90d"] * 1.0,
+    ),
+    CrossDef(
+        _cross(
+            "x_touchpoint_interaction_share_90d",
+            "Share of the customer's 90-day interactions made at this touchpoint.",
+            "interactions x touchpoint",
+            0.0,
+        ),
+        lambda s, o: _share(s["tp_interactions_90d"], s["int_count_90d"], o),
+    ),
+    CrossDef(
+        _cross(
+            "x_touchpoint_days_since_interaction",
+            "Days since the customer's last interaction at this touchpoint (capped).",
+            "interactions x touchpoint",
+            float(HORIZON_DAYS),
+            ages=True,
+        ),
+        lambda s, o: _days(s["tp_last_interaction_secs_ago"], o),
+    ),
+    CrossDef(
+        _cross(
+            "x_channel_interaction_share_90d",
+            "Share of the customer's 90-day interactions made on the touchpoint's channel.",
+            "interactions x touchpoints.channel",
+            0.0,
+        ),
+        lambda s, o: _share(s["ch_interactions_90d"], s["int_count_90d"], o),
+    ),
+    CrossDef(
+        _cross(
+            "x_channel_days_since_interaction",
+            "Days since the customer's last interaction on the touchpoint's channel (capped).",
+            "interactions x touchpoints.channel",
+            float(HORIZON_DAYS),
+            ages=True,
+        ),
+        lambda s, o: _days(s["ch_last_interaction_secs_ago"], o),
     ),
 )
 

@@ -166,6 +166,7 @@ def _in_range(src: Sources, lo: str | None, hi: str | None) -> Sources:
         purchases=keep(src.purchases, "ev_customer_id"),
         touches=keep(src.touches, "ev_customer_id"),
         offer_log=keep(src.offer_log, "ev_customer_id"),
+        lifetime=keep(src.lifetime, "ev_customer_id"),
     )
 
 
@@ -383,9 +384,9 @@ def changed_customers(
     """Customers whose features may differ between ``since`` and ``as_of``.
 
     New events in ``[since, as_of)`` (purchases, interactions, decisions, outcomes), or events
-    that left a feature window (``WINDOWS``, 7 days and the horizon) in that time.
+    that left a feature window (``WINDOWS``, 7 days, the horizon and the lifetime) in that time.
     """
-    spans = sorted({7, *d.WINDOWS, d.HORIZON_DAYS})
+    spans = sorted({7, *d.WINDOWS, d.HORIZON_DAYS, d.LIFETIME_DAYS})
     windows = " OR ".join(
         f"(ts >= $since - INTERVAL {w} DAY AND ts < $as_of - INTERVAL {w} DAY)" for w in spans
     )

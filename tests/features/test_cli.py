@@ -43,7 +43,7 @@ def test_build_materialize_get(env):
     row = json.loads(runner.invoke(app, ["features", "get", "c1"]).output)
     assert row["purch_amount_30d"] == 50.0 and row["as_of"] == T0.isoformat()
     assert row["customer_id"] == "c1" and row["cold_start"] is False
-    assert row["stats"]["category"] == {"bags": [30.0, 1.0], "shoes": [50.0, 1.0]}
+    assert row["stats"]["category"] == {"bags": [30.0, 1.0, 1.0], "shoes": [50.0, 1.0, 1.0]}
     unknown = json.loads(runner.invoke(app, ["features", "get", "nobody"]).output)
     assert unknown["as_of"] is None and unknown["cold_start"] is True
     assert unknown["journey_stage"] == "awareness"
