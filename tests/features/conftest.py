@@ -79,11 +79,12 @@ class Warehouse:
         amount: float,
         category: str | None = "shoes",
         channel: str | None = "web",
+        quantity: int | None = None,
     ) -> None:
         self._insert(
             "transactions",
-            ["customer_id", "ts", "amount", "category", "channel"],
-            [customer_id, ts, amount, category, channel],
+            ["customer_id", "ts", "amount", "category", "channel", "quantity"],
+            [customer_id, ts, amount, category, channel, quantity],
         )
 
     def interaction(
@@ -93,11 +94,12 @@ class Warehouse:
         touchpoint_id: str,
         event_type: str = "page_view",
         value: float | None = None,
+        category: str | None = None,
     ) -> None:
         self._insert(
             "interactions",
-            ["customer_id", "ts", "touchpoint_id", "event_type", "value"],
-            [customer_id, ts, touchpoint_id, event_type, value],
+            ["customer_id", "ts", "touchpoint_id", "event_type", "value", "category"],
+            [customer_id, ts, touchpoint_id, event_type, value, category],
         )
 
     def decision(
@@ -170,8 +172,8 @@ def build_story(w: Warehouse) -> Warehouse:
 
     c1: created 100 days before T0, region north; purchases 2 days (50, shoes, web) and 40 days
         (30, bags, store) before T0 and one AT T0 (999, must never count as of T0); a cart visit
-        1 day before, NPS 9 five days before and NPS 4 three days before; shown o1 at web_home
-        10 days before, accepted 9 days before.
+        1 day before (a page view of shoes), NPS 9 five days before and NPS 4 three days before;
+        shown o1 at web_home 10 days before, accepted 9 days before.
     c2: region south, no history at all (a cold start that is known to the warehouse).
     c3: one complaint on the call centre 20 days before T0, one purchase 400 days before
         (beyond the horizon).
@@ -190,7 +192,7 @@ def build_story(w: Warehouse) -> Warehouse:
     w.purchase("c1", T0 - td(days=2), 50.0)
     w.purchase("c1", T0 - td(days=40), 30.0, category="bags", channel="store")
     w.purchase("c1", T0, 999.0)
-    w.interaction("c1", T0 - td(days=1), "cart")
+    w.interaction("c1", T0 - td(days=1), "cart", category="shoes")
     w.interaction("c1", T0 - td(days=5), "email_w", "nps", 9.0)
     w.interaction("c1", T0 - td(days=3), "email_w", "nps", 4.0)
     w.decision("d1", T0 - td(days=10), "web_home", "o1", "c1")

@@ -265,9 +265,9 @@ def test_crosses_read_each_customers_statistics_at_the_offers_keys(trained):
     _, _, encoding = trained
     vectors = {
         "a": {"purch_amount_365d": 100.0, AS_OF_KEY: T0.isoformat(), STATS_KEY: {
-            "category": {"keys": ["shoes", "bags"], "values": [[60.0, 2.0], [40.0, 1.0]]}}},
+            "category": {"keys": ["shoes", "bags"], "values": [[60.0, 2.0, 2.0], [40.0, 1.0, 1.0]]}}},
         "b": {"purch_amount_365d": 10.0, AS_OF_KEY: T0.isoformat(), STATS_KEY: {
-            "category": {"keys": ["toys", "bags"], "values": [[1.0, 1.0], [5.0, 3.0]]}}},
+            "category": {"keys": ["toys", "bags"], "values": [[1.0, 1.0, 1.0], [5.0, 3.0, 3.0]]}}},
         "cold": None,
     }  # fmt: skip
     block = block_of(vectors, FEATURE_SPEC_VERSION)
@@ -286,7 +286,7 @@ def test_crosses_read_each_customers_statistics_at_the_offers_keys(trained):
 def test_offer_keys_that_are_not_text_match_their_text(trained):
     _, _, encoding = trained
     block = block_of(
-        {"a": {STATS_KEY: {"category": {"keys": ["5", "x"], "values": [[2.0, 1.0], [1.0, 1.0]]}}}},
+        {"a": {STATS_KEY: {"category": {"keys": ["5", "x"], "values": [[2.0, 1.0, 1.0], [1.0, 1.0, 1.0]]}}}},
         FEATURE_SPEC_VERSION,
     )
     columns = MatrixColumns(encoding)

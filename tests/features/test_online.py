@@ -52,7 +52,12 @@ def test_online_features_equal_the_offline_features(story, store):
                     name
                 )
     c1 = online["c1"]["stats"]
-    assert c1["category"] == {"bags": [30.0, 1.0], "shoes": [50.0, 1.0]}
+    assert c1["category"] == {"bags": [30.0, 1.0, 1.0], "shoes": [50.0, 1.0, 1.0]}
+    # the page view of shoes a day before T0: views 30d / 365d, clicks, cart adds, events,
+    # last view and last interaction (secs ago)
+    day = 86_400.0
+    assert c1["category_interactions"] == {"shoes": [1.0, 1.0, 0.0, 0.0, 1.0, day, day]}
+    assert c1["channel_interactions"] == {"web": [1.0, day], "email": [2.0, 3 * day]}
     assert list(c1["offer"]) == ["o1"]
 
 

@@ -232,6 +232,7 @@ def _offer_type_crosses_by_statistics_table(con) -> pd.DataFrame:
         "offer_type",
         as_of=rows.ts,
         offer_category=ibis.null("string"),
+        tp_channel=ibis.null("string"),
     )
     stats = point_tables(src, points, wanted=wanted).stats["offer_type"]
     t = rows.left_join(
