@@ -80,15 +80,21 @@ def load(
     from recsys.errors import ContractError
     from recsys.loading import load_directory
 
+    from features.config import active_config
+    from features.vocabulary import unused_event_types
+
     con = warehouse.connect(_warehouse_path(db), memory_limit=load_settings().duckdb_memory_limit)
     try:
         summary = load_directory(directory, con)
+        unused = unused_event_types(con, active_config())
     except ContractError as err:
         typer.echo(str(err), err=True)
         raise typer.Exit(code=1) from err
     finally:
         con.close()
     typer.echo(summary.format())
+    if unused:
+        typer.echo(unused.format())
 
 
 @app.command()

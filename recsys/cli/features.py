@@ -14,6 +14,10 @@ from recsys.settings import load_settings
 app = typer.Typer(no_args_is_help=True)
 
 DB_HELP = "Warehouse DuckDB file (default: settings warehouse_path)."
+CONFIG_HELP = (
+    "Features config YAML (horizons, windows, event vocabulary; docs/features.md); "
+    "default: the setting features_config, else the built-in one."
+)
 AS_OF_HELP = (
     "Point in time, ISO 8601 (naive = UTC), or 'latest' (just after the warehouse's last "
     "event, e.g. for generated data); default now."
@@ -58,6 +62,25 @@ def _open_warehouse(db: Path | None):
     return warehouse.connect(path, read_only=True, memory_limit=settings.duckdb_memory_limit)
 
 
+def _use_config(path: Path | None):
+    """Choose the features config before the features are defined (``--config``)."""
+    from features.config import configure
+    from recsys.errors import ConfigError
+
+    try:
+        return configure(path)
+    except ConfigError as err:
+        raise typer.BadParameter(str(err), param_hint="--config") from None
+
+
+def _report_unused_event_types(con, config) -> None:
+    from features.vocabulary import unused_event_types
+
+    line = unused_event_types(con, config).format()
+    if line:
+        typer.echo(line)
+
+
 def _write(frame, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".csv":
@@ -78,11 +101,14 @@ def build(
         help="Output file (.parquet or .csv).",
     ),
     engine: str = typer.Option("duckdb", help="duckdb or spark."),
+    config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP),
 ) -> None:
     """Compute every customer's features as of a point in time and write them to a file."""
+    chosen = _use_config(config)
     from features.pipeline import customer_features
 
     con = _open_warehouse(db)
+    _report_unused_event_types(con, chosen)
     ts = _as_of(as_of, con)
     started = time.perf_counter()
     frame = customer_features(con, ts, engine=engine)
@@ -103,8 +129,10 @@ def training_set(
     end: str | None = typer.Option(None, help="Last decision time (exclusive)."),
     attribution_days: float = typer.Option(7.0, help="Attribution window in days."),
     engine: str = typer.Option("duckdb", help="duckdb or spark."),
+    config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP),
 ) -> None:
     """One row per logged decision: label, revenue and every model input."""
+    _use_config(config)
     from features.training_set import build_training_set, write_training_set
 
     con = _open_warehouse(db)
@@ -137,8 +165,10 @@ def materialize(
     db: Path | None = typer.Option(None, "--db", help=DB_HELP),
     as_of: str | None = typer.Option(None, "--as-of", help=AS_OF_HELP),
     incremental: bool = typer.Option(False, help="Only customers changed since the last run."),
+    config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP),
 ) -> None:
     """Write every customer's latest feature vector to the online store."""
+    _use_config(config)
     from features.online import materialize as run_materialize
     from features.online import refresh
 

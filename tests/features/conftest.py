@@ -244,7 +244,8 @@ def story(wh: Warehouse) -> Warehouse:
 
 @pytest.fixture(scope="module")
 def logged():
-    """The story plus a slate at T0 for c1, an anonymous decision and a later c3 decision.
+    """The story plus a slate at T0 for c1, an anonymous decision and a later c3 decision
+    (after a view of bags and a cart add of shoes).
 
     Module-scoped: tests only read it.
     """
@@ -270,6 +271,9 @@ def logged():
         context={"device": "desktop", "basket": 1.5, "seg": 7},
     )
     story.decision("d4", T0 + td(days=3), "call", "o2", "c3", context={"seg": "gold"})
+    # category-tagged interactions after T0 (the story's features as of T0 stay as they are)
+    story.interaction("c3", T0 + td(days=1), "web_home", "product_view", category="bags")
+    story.interaction("c3", T0 + td(days=2), "cart", "add_to_cart", category="shoes")
     story.outcome("d2", "o2", T0 + td(days=1), "click")
     story.outcome("d2", "o2", T0 + td(days=2), "convert", 20.0)
     story.outcome("d2", "o1", T0 + td(days=7), "accept", 4.0)  # exactly at the window's end
