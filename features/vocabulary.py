@@ -28,7 +28,9 @@ class UnusedEventTypes:
         """One line naming every unused type with its rows ("" when there is none)."""
         if not self.counts:
             return ""
-        listed = ", ".join(f"{name} ({rows:,} rows)" for name, rows in self.counts)
+        listed = ", ".join(
+            f"{name} ({rows:,} row{'' if rows == 1 else 's'})" for name, rows in self.counts
+        )
         return (
             f"interactions: event types no feature uses: {listed}; "
             "map them in features config `event_types`"

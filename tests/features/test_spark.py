@@ -21,6 +21,7 @@ from features.pipeline import customer_features
 from features.training_set import build_training_set
 from recsys.errors import ConfigError
 from tests.features.conftest import T0, Warehouse, build_story, mixed_types_warehouse
+from tests.features.test_interactions import affinity_warehouse
 
 pytestmark = pytest.mark.spark
 
@@ -77,6 +78,27 @@ def test_training_sets_match_with_offer_types_outside_the_contract(spark):
         spark_frame = build_training_set(backend, engine="spark")
         assert "legacy_coupon" in set(duck.offer_type)
         pd.testing.assert_frame_equal(spark_frame, duck, check_dtype=False)
+    finally:
+        release_backend(backend)
+        w.con.close()
+
+
+def test_interaction_lifetime_features_and_crosses_match(spark):
+    # category affinity from every interaction, channel and touchpoint shares, lifetime and
+    # RFM features: hand-computed on DuckDB in test_interactions, the same on Spark
+    w = affinity_warehouse()
+    backend = ibis_backend(w.con, "spark", spark=spark)
+    try:
+        pd.testing.assert_frame_equal(
+            customer_features(backend, T0, engine="spark"),
+            customer_features(w.con, T0),
+            check_dtype=False,
+        )
+        pd.testing.assert_frame_equal(
+            build_training_set(backend, engine="spark"),
+            build_training_set(w.con),
+            check_dtype=False,
+        )
     finally:
         release_backend(backend)
         w.con.close()
