@@ -80,7 +80,9 @@ class FeatureConfig(BaseModel):
     horizon_days: int = Field(default=365, ge=365)
     windows: tuple[int, ...] = REQUIRED_WINDOWS
     lifetime_days: int = Field(default=3650, ge=1)
-    event_types: dict[str, tuple[str, ...]] = Field(default_factory=lambda: dict(DEFAULT_EVENT_TYPES))
+    event_types: dict[str, tuple[str, ...]] = Field(
+        default_factory=lambda: dict(DEFAULT_EVENT_TYPES)
+    )
     rfm: RfmThresholds = RfmThresholds()
 
     @model_validator(mode="before")
@@ -143,7 +145,9 @@ def _describe(exc: ValidationError) -> str:
         else:
             message = err["msg"].removeprefix("Value error, ")
             where = f"`{key}` " if key != "<root>" else ""
-            lines.append(f"{where}{message}" + ("" if key == "<root>" else f", got {err['input']!r}"))
+            lines.append(
+                f"{where}{message}" + ("" if key == "<root>" else f", got {err['input']!r}")
+            )
     return "; ".join(lines)
 
 
@@ -156,7 +160,9 @@ def build_feature_config(tree: dict[str, Any] | None = None) -> FeatureConfig:
         An unknown key or a bad value; the message names it.
     """
     if tree is not None and not isinstance(tree, dict):
-        raise ConfigError(f"the features config must be a mapping of keys, got {type(tree).__name__}")
+        raise ConfigError(
+            f"the features config must be a mapping of keys, got {type(tree).__name__}"
+        )
     try:
         return FeatureConfig.model_validate(tree or {})
     except ValidationError as exc:

@@ -63,9 +63,7 @@ def sources(backend: Any) -> Sources:
         category=tx.category,
         channel=tx.channel,
     )
-    lifetime = tx.select(
-        ev_customer_id=tx.customer_id, ts=tx.ts, amount=tx.amount.cast("float64")
-    )
+    lifetime = tx.select(ev_customer_id=tx.customer_id, ts=tx.ts, amount=tx.amount.cast("float64"))
     tp_small = tps.select(tp_id=tps.touchpoint_id, channel=tps.channel, tp_stage=tps.stage)
     touches = inter.left_join(tp_small, inter.touchpoint_id == tp_small.tp_id).select(
         ev_customer_id=inter.customer_id,

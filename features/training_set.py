@@ -105,9 +105,7 @@ def training_set_expr(
     tp_keys = src.touchpoints.select(
         w_touchpoint_id=src.touchpoints.touchpoint_id, w_channel=src.touchpoints.channel
     )
-    with_offer = with_offer.left_join(
-        tp_keys, with_offer.touchpoint_id == tp_keys.w_touchpoint_id
-    )
+    with_offer = with_offer.left_join(tp_keys, with_offer.touchpoint_id == tp_keys.w_touchpoint_id)
     wanted = with_offer.select(
         customer_id=with_offer.customer_id,
         as_of=with_offer.ts,

@@ -7,21 +7,21 @@ from __future__ import annotations
 import ibis
 
 from features.definitions.base import (
+    CART_EVENTS,
+    CLICK_EVENTS,
     COMPLAINT_EVENTS,
+    CONTACT_EVENTS,
     DECISION_STAGE,
+    EMAIL_OPEN_EVENTS,
     HORIZON_DAYS,
     NPS_EVENTS,
     REVIEW_EVENTS,
     TICKET_EVENTS,
     VIEW_EVENTS,
+    VISIT_EVENTS,
     WINDOWS,
     AggregateDef,
     DerivedDef,
-    CLICK_EVENTS,
-    CART_EVENTS,
-    VISIT_EVENTS,
-    CONTACT_EVENTS,
-    EMAIL_OPEN_EVENTS,
 )
 from features.definitions.exprs import count, days_since, in_year, isin, num, within
 from recsys.contract import CHANNELS

@@ -76,12 +76,11 @@ def load(
 
     Loading the same files again adds nothing; a newer batch adds only its new rows.
     """
+    from features.config import active_config
+    from features.vocabulary import unused_event_types
     from recsys import warehouse
     from recsys.errors import ContractError
     from recsys.loading import load_directory
-
-    from features.config import active_config
-    from features.vocabulary import unused_event_types
 
     con = warehouse.connect(_warehouse_path(db), memory_limit=load_settings().duckdb_memory_limit)
     try:

@@ -286,7 +286,13 @@ def test_crosses_read_each_customers_statistics_at_the_offers_keys(trained):
 def test_offer_keys_that_are_not_text_match_their_text(trained):
     _, _, encoding = trained
     block = block_of(
-        {"a": {STATS_KEY: {"category": {"keys": ["5", "x"], "values": [[2.0, 1.0, 1.0], [1.0, 1.0, 1.0]]}}}},
+        {
+            "a": {
+                STATS_KEY: {
+                    "category": {"keys": ["5", "x"], "values": [[2.0, 1.0, 1.0], [1.0, 1.0, 1.0]]}
+                }
+            }
+        },
         FEATURE_SPEC_VERSION,
     )
     columns = MatrixColumns(encoding)

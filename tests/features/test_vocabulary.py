@@ -13,7 +13,12 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from features.config import DEFAULT_EVENT_TYPES, FeatureConfig, build_feature_config, load_feature_config
+from features.config import (
+    DEFAULT_EVENT_TYPES,
+    FeatureConfig,
+    build_feature_config,
+    load_feature_config,
+)
 from features.spec import FEATURE_SPEC_VERSION
 from features.vocabulary import unused_event_types
 from recsys.cli import app
@@ -74,7 +79,9 @@ def test_unused_event_types_are_counted_most_rows_first():
         f"interactions: event types no feature uses: foo (2 rows), bar (1 row); {HINT}"
     )
     mapped = build_feature_config({"event_types": {"visit": ["foo", "bar"]}})
-    assert not unused_event_types(w.con, mapped) and unused_event_types(w.con, mapped).format() == ""
+    assert (
+        not unused_event_types(w.con, mapped) and unused_event_types(w.con, mapped).format() == ""
+    )
     w.con.close()
 
 
