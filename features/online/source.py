@@ -18,11 +18,12 @@ from recsys.errors import SpecMismatchError
 logger = logging.getLogger(__name__)
 
 #: Catalogue names with no feature of the same name -> the feature that measures them.
-#: The features have no all-time purchase count/spend; 365 days is the longest window.
+#: Order count and spend: the customer's purchases over the lifetime lookback
+#: (``lifetime_days`` of the features config).
 DEFAULT_ALIASES: dict[str, str] = {
     **{column: feature for feature, column in CONSENT_COLUMNS.items()},
-    "order_count": "purch_count_365d",
-    "total_spend": "purch_amount_365d",
+    "order_count": "purch_lifetime_orders",
+    "total_spend": "purch_lifetime_spend",
 }
 
 

@@ -12,9 +12,10 @@ import pytest
 from features.decision_matrix import MatrixColumns
 from features.matrix import Encoding, fit_encoding
 from features.offers import offer_arrays
-from features.online import SQLiteOnlineStore, materialize
+from features.online import SQLiteOnlineStore, StoreFeatureSource, materialize
 from features.pipeline import customer_features
 from features.training_set import build_training_set
+from recsys.catalog import catalog_from_records
 from tests.features.conftest import T0, Warehouse
 
 WEB_PRODUCT = {"touchpoint_id": "web_product", "channel": "web", "stage": "consideration"}
@@ -157,4 +158,21 @@ def test_served_crosses_equal_the_training_sets(affinity, tmp_path):
     np.testing.assert_allclose(later[:, at], [3.0, 11.0])
     at = encoding.names.index("x_category_views_365d")
     np.testing.assert_allclose(later[:, at], [2.0, 1.0])
+    store.close()
+
+
+def test_order_count_and_total_spend_rules_read_the_lifetime_purchases(affinity, tmp_path):
+    """A rule on ``order_count`` / ``total_spend`` (all-time in the contract's demo catalogue)
+    reads the lifetime purchases, not the 365-day ones."""
+    catalog = catalog_from_records(
+        [{"offer_id": "o", "name": "o", "offer_type": "discount", "eligibility": [
+            {"feature": "order_count", "op": ">=", "value": 2},
+            {"feature": "total_spend", "op": ">", "value": 50}]}],
+        [{"touchpoint_id": "web_product", "channel": "web"}],
+    )  # fmt: skip
+    store = SQLiteOnlineStore(tmp_path / "online.sqlite")
+    materialize(affinity.con, store, as_of=T0)
+    block = StoreFeatureSource(store, catalog).read(["a", "b"])
+    assert block.column("order_count").tolist() == [3.0, 0.0]  # 1 purchase in 365 days
+    assert block.column("total_spend").tolist() == [100.0, 0.0]
     store.close()
