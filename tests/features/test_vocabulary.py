@@ -130,20 +130,28 @@ def _python(code: str, env: dict[str, str]) -> str:
 
 def test_features_build_with_a_config_reads_its_vocabulary_and_windows(tmp_path):
     """``--config`` (a fresh process: the features are defined once a process): a custom view
-    type counts as a view, a 7-day window appears, the spec version is another."""
+    type counts as a view, a 7-day window appears, a longer horizon reaches older events but
+    not into the 365-day features, the spec version is another."""
     db = tmp_path / "w.duckdb"
     w = build_story(Warehouse(str(db)))
     w.interaction("c1", T0 - td(days=2), "web_home", "my_view", category="shoes")
     w.con.close()
     config = tmp_path / "features.yaml"
-    config.write_text("windows: [7, 30, 90, 365]\nevent_types:\n  view: [my_view]\n")
+    config.write_text(
+        "horizon_days: 730\nwindows: [7, 30, 90, 365]\nevent_types:\n  view: [my_view]\n"
+    )
     out = tmp_path / "cf.parquet"
     args = ["features", "build", "--db", str(db), "--as-of", T0.isoformat(), "--out", str(out),
             "--config", str(config)]  # fmt: skip
     printed = _python(f"from recsys.cli import app; app({args!r})", {})
     assert "no feature uses: page_view (1 row)" in printed  # the cart visit: no longer a view
-    c1 = pd.read_parquet(out).set_index("customer_id").loc["c1"]
+    frame = pd.read_parquet(out).set_index("customer_id")
+    c1 = frame.loc["c1"]
     assert (c1.int_views_7d, c1.int_views_30d, c1.int_count_7d) == (1.0, 1.0, 4.0)
+    # a 730-day horizon sees c3's purchase of 400 days ago; the 365-day features do not
+    c3 = frame.loc["c3"]
+    assert (c3.purch_days_since_last, c3.int_days_since_view) == (400.0, 730.0)
+    assert (c3.purch_count_365d, c3.purch_amount_365d, c3.purch_categories_365d) == (0, 0, 0)
     version = _python(
         "from features.spec import FEATURE_SPEC_VERSION; print(FEATURE_SPEC_VERSION)",
         {"RECSYS_FEATURES_CONFIG": str(config)},
