@@ -119,6 +119,9 @@ class EvaluationConfig(_Strict):
     #: Exploration of the served policy replayed on the test rounds; None = the service's
     #: setting ``serving.epsilon`` (``recsys train`` resolves it; 0 = greedy).
     served_epsilon: float | None = Field(None, ge=0, le=1)
+    #: What a policy is judged by: ``revenue`` (accepted offers' value; the service ranks by
+    #: P(accept) x value x weight) or ``acceptance`` (the share of offers accepted).
+    objective: Literal["revenue", "acceptance"] = "revenue"
 
     @field_validator("k")
     @classmethod
