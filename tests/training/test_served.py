@@ -15,7 +15,6 @@ from recsys.decision import ModelInfo
 from recsys.eligibility import Check
 from tests.training.factories import (
     OFFER_VALUE,
-    OFFER_VALUE,
     OFFERS,
     RESTRICTED_BELOW_SEGMENT,
     RESTRICTED_OFFER,
