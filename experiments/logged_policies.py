@@ -224,7 +224,7 @@ def _interval(lower: float, upper: float, fmt: Any) -> str:
     return f"[{fmt(lower)}, {fmt(upper)}]"
 
 
-def _aligned(rows: list[tuple[str, ...]]) -> list[str]:
+def _aligned(rows: Sequence[tuple[str, ...]]) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
 
