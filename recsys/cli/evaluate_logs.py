@@ -30,8 +30,7 @@ def evaluate_logs(
 ) -> None:
     """Compare POLICY with BASELINE per touchpoint, on the rounds each of them logged.
 
-    Rates with intervals, their difference and lift, and each policy's value estimated
-    off-policy on the other's log (IPS, SNIPS) with effective sample size and largest weight.
+    Rates with intervals, difference, lift, and each policy's value on the other's log (OPE).
     """
     from experiments.logged_policies import compare_logged_policies, read_rounds
     from recsys import warehouse
