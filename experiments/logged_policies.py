@@ -29,6 +29,9 @@ from recsys.contract import OUTCOMES
 from recsys.errors import ConfigError, NotFoundError
 from training.ope import IPS, SNIPS, Estimate, Rounds, estimate_many
 
+# An off-policy estimate behind fewer positives or a smaller effective sample size is "weak".
+MIN_POSITIVES = 10
+MIN_ESS = 100
 ROUND_COLUMNS = ("touchpoint_id", "policy", "position", "offer_id", "propensity", "reward")
 
 _ROUNDS_SQL = """
@@ -200,10 +203,6 @@ class LogComparison:
             *notes,
         ]
         return "\n".join(line.rstrip() for line in lines)
-
-
-MIN_POSITIVES = 10
-MIN_ESS = 100
 
 
 def _pct(value: float) -> str:
