@@ -15,19 +15,22 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 
-from training.ope import ESTIMATORS, Estimate, Rounds, bootstrap
+from training.ope import ESTIMATORS, Estimate, Rounds, SupportLimits, bootstrap, estimators
 
 
 @dataclass(frozen=True)
 class PolicyValue:
-    """One policy's estimates (``ips``, ``snips``, ``dr`` on the label, ``snips_revenue``)."""
+    """One policy's estimates (``ips``, ``snips``, ``dr``, ``ips_clipped``, ``switch_dr`` on
+    the label, ``snips_revenue``), each with its diagnostics."""
 
     policy: str
     estimates: dict[str, Estimate]
     true_value: float | None = None
-    #: ``ips``, ``snips``, ``dr`` divided by the logging policy's observed value, with a
-    #: paired bootstrap interval (the same resamples in numerator and denominator).
+    #: The label estimates divided by the logging policy's observed value, with a paired
+    #: bootstrap interval (the same resamples in numerator and denominator).
     lifts: dict[str, Estimate] = field(default_factory=dict)
+    #: Distinct offers the policy chooses with a positive probability over all rounds.
+    chosen_offers: int = 0
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,27 @@ class PolicyEvaluation:
     policies: dict[str, PolicyValue] = field(default_factory=dict)
     logging_true_value: float | None = None
     oracle_value: float | None = None
+    #: Distinct offers among the rounds' candidates (of the greedy and random policies).
+    candidate_offers: int = 0
+
+    def warnings(self, limits: SupportLimits) -> list[str]:
+        """One line per policy whose estimates rest on too little: the estimators and what
+        they lack (estimators with the same shortfalls share a line)."""
+        lines = []
+        for name, value in self.policies.items():
+            by_problem: dict[str, list[str]] = {}
+            for key, estimate in value.estimates.items():
+                if estimate.diagnostics is None:
+                    continue
+                problems = estimate.diagnostics.problems(limits)
+                if problems:
+                    by_problem.setdefault("; ".join(problems), []).append(key)
+            for problems, keys in by_problem.items():
+                lines.append(
+                    f"{name} {', '.join(keys)} rest on too little over {self.rounds} rounds: "
+                    f"{problems}"
+                )
+        return lines
 
 
 @dataclass(frozen=True)
@@ -182,6 +206,7 @@ def evaluate_policies(
     bootstrap_samples: int = 300,
     confidence: float = 0.95,
     seed: int = 0,
+    clip: float = 100.0,
 ) -> PolicyEvaluation:
     """Estimate each policy's value on the logged rounds.
 
@@ -203,6 +228,8 @@ def evaluate_policies(
         value is None when the truth lacks an offer they may choose.
     truth : DataFrame, optional
         ``decision_id, offer_id, p_accept`` for every candidate (generated data only).
+    clip : float
+        Weight threshold of the clipped variants (``ips_clipped``, ``switch_dr``).
     """
     if logged.empty:
         raise ValueError("`logged` must hold at least one round, got 0")
@@ -233,11 +260,12 @@ def evaluate_policies(
             f"`targets` must not repeat a name of `policy_scores`, got {sorted(clash)}"
         )
     policies_of.update(targets or {})
+    label_estimators = estimators(clip)
     jobs = []
     for name, policy in policies_of.items():
         target_prob, q_target = _target(logged, policy.candidates, policy.prob, policy.q)
         label_rounds = Rounds(reward, propensity, target_prob, q_logged, q_target)
-        for estimator in ESTIMATORS.values():
+        for estimator in label_estimators.values():
             jobs.append((name, estimator.name, estimator, label_rounds))
         revenue_rounds = Rounds(revenue, propensity, target_prob, zeros, zeros)
         jobs.append((name, "snips_revenue", ESTIMATORS["snips"], revenue_rounds))
@@ -263,7 +291,7 @@ def evaluate_policies(
     lifts: dict[str, dict[str, Estimate]] = {name: {} for name in policies_of}
     for j, (name, key, _, _) in enumerate(jobs[:logging_index]):
         per_policy[name][key] = replace(boot.estimate(j, confidence), estimator=key)
-        if key in ESTIMATORS:
+        if key in label_estimators:
             lifts[name][key] = replace(
                 boot.ratio(j, logging_index, confidence), estimator=f"{key}_lift"
             )
@@ -283,6 +311,7 @@ def evaluate_policies(
             if truth_in is not None
             else None,
             lifts[name],
+            chosen_offers=int(pd.unique(policy.offer_id[policy.prob > 0]).size),
         )
         for name, policy in policies_of.items()
     }
@@ -300,4 +329,5 @@ def evaluate_policies(
         policies=policies,
         logging_true_value=logging_true,
         oracle_value=oracle,
+        candidate_offers=int(candidates["offer_id"].nunique()),
     )
