@@ -15,8 +15,10 @@ when any of these holds:
 - **loses to popularity**: the upper bound of its ``gate.estimator`` interval is below the
   popularity policy's ``gate.estimator`` value.
 
-An off-policy comparison without a value (no round where the policy agrees with the log)
-refuses nothing. ``force`` turns a refusal into ``forced``: the model is registered and the
+The off-policy comparisons count only where the estimates compared rest on enough
+(``evaluation.min_matched_rounds``, ``min_positives``, ``min_effective_sample_size``,
+``max_weight``, judged on the raw weights): an estimate from a handful of matched rounds is
+no evidence either way, so it refuses nothing and the verdict notes it was not compared. ``force`` turns a refusal into ``forced``: the model is registered and the
 reasons are kept.
 """
 
@@ -41,6 +43,8 @@ class GateVerdict:
     model: str
     status: GateStatus
     reasons: tuple[str, ...] = ()
+    #: Checks that could not be made (e.g. an off-policy value resting on too little).
+    notes: tuple[str, ...] = ()
 
     @property
     def allows_registration(self) -> bool:
@@ -49,6 +53,10 @@ class GateVerdict:
     def message(self) -> str:
         """One paragraph for the terminal and the log."""
         why = "; ".join(self.reasons)
+        noted = f" Not checked: {'; '.join(self.notes)}." if self.notes else ""
+        return self._verdict(why) + noted
+
+    def _verdict(self, why: str) -> str:
         if self.status == "refused":
             return (
                 f"quality gate: {self.model} was NOT registered because it is degenerate or "
@@ -71,14 +79,16 @@ def quality_gate(result: TrainingResult, *, force: bool = False) -> GateVerdict:
     config = result.config.gate
     if not config.enabled:
         return GateVerdict(result.main, "disabled")
+    notes: list[str] = []
     reasons = [
         *_degenerate(result),
         *_auc(result, config),
-        *_loses(result, config),
+        *_loses(result, config, notes),
     ]
     if not reasons:
-        return GateVerdict(result.main, "passed")
-    return GateVerdict(result.main, "forced" if force else "refused", tuple(reasons))
+        return GateVerdict(result.main, "passed", notes=tuple(notes))
+    status: GateStatus = "forced" if force else "refused"
+    return GateVerdict(result.main, status, tuple(reasons), tuple(notes))
 
 
 def _degenerate(result: TrainingResult) -> list[str]:
@@ -113,26 +123,38 @@ def _auc(result: TrainingResult, config: GateConfig) -> list[str]:
     return []
 
 
-def _loses(result: TrainingResult, config: GateConfig) -> list[str]:
+def _loses(result: TrainingResult, config: GateConfig, notes: list[str]) -> list[str]:
+    """Refusals by off-policy value; comparisons that rest on too little go to ``notes``."""
     policy = result.policy
     if policy is None:
         return []
-    key = config.estimator
+    limits = result.config.evaluation.support_limits()
+    key, name = config.estimator, config.estimator.upper()
+
+    def short(policy_name: str) -> str | None:
+        """Why ``policy_name``'s estimates are no evidence (None if they are)."""
+        diagnostics = policy.policies[policy_name].estimates["ips"].diagnostics
+        problems = [] if diagnostics is None else diagnostics.problems(limits)
+        return f"{policy_name}'s estimates rest on {problems[0]}" if problems else None
+
     mine = policy.policies[result.main]
-    estimate = mine.estimates[key]
+    estimate, lift = mine.estimates[key], mine.lifts[key]
     reasons = []
-    lift = mine.lifts[key]
-    if "logging" in config.compare_to and lift.upper < 1:
-        reasons.append(
-            f"its {key.upper()} value is {lift.value:.2f}x [{lift.lower:.2f}, {lift.upper:.2f}] "
-            f"the logging policy's observed {policy.logging.value:.4g}: below it"
-        )
-    popularity = policy.policies.get("popularity")
-    if "popularity" in config.compare_to and popularity is not None:
-        theirs = popularity.estimates[key].value
-        if estimate.upper < theirs:
+    if "logging" in config.compare_to:
+        if (why := short(result.main)) is not None:
+            notes.append(f"{name} against the logging policy ({why})")
+        elif lift.upper < 1:
             reasons.append(
-                f"its {key.upper()} value {estimate.value:.4g} [{estimate.lower:.4g}, "
+                f"its {name} value is {lift.value:.2f}x [{lift.lower:.2f}, {lift.upper:.2f}] "
+                f"the logging policy's observed {policy.logging.value:.4g}: below it"
+            )
+    if "popularity" in config.compare_to and "popularity" in policy.policies:
+        theirs = policy.policies["popularity"].estimates[key].value
+        if (why := short(result.main) or short("popularity")) is not None:
+            notes.append(f"{name} against popularity ({why})")
+        elif estimate.upper < theirs:
+            reasons.append(
+                f"its {name} value {estimate.value:.4g} [{estimate.lower:.4g}, "
                 f"{estimate.upper:.4g}] lies below popularity's {theirs:.4g}"
             )
     return reasons

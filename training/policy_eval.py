@@ -47,22 +47,15 @@ class PolicyEvaluation:
     candidate_offers: int = 0
 
     def warnings(self, limits: SupportLimits) -> list[str]:
-        """One line per policy whose estimates rest on too little: the estimators and what
-        they lack (estimators with the same shortfalls share a line)."""
+        """One line per policy whose label estimates rest on too little, judged on the raw
+        importance weights (those of IPS, SNIPS and DR; the clipped variants rest on the same
+        matched rounds and positives)."""
         lines = []
         for name, value in self.policies.items():
-            by_problem: dict[str, list[str]] = {}
-            for key, estimate in value.estimates.items():
-                if estimate.diagnostics is None:
-                    continue
-                problems = estimate.diagnostics.problems(limits)
-                if problems:
-                    by_problem.setdefault("; ".join(problems), []).append(key)
-            for problems, keys in by_problem.items():
-                lines.append(
-                    f"{name} {', '.join(keys)} rest on too little over {self.rounds} rounds: "
-                    f"{problems}"
-                )
+            diagnostics = value.estimates["ips"].diagnostics
+            problems = [] if diagnostics is None else diagnostics.problems(limits)
+            if problems:
+                lines.append(f"{name} policy's estimates rest on too little: {'; '.join(problems)}")
         return lines
 
 

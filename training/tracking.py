@@ -143,6 +143,8 @@ def log_training(
     tags = {"quality_gate": verdict.status}
     if verdict.reasons:
         tags["quality_gate.reasons"] = "; ".join(verdict.reasons)
+    if verdict.notes:
+        tags["quality_gate.not_checked"] = "; ".join(verdict.notes)
     if result.ope_warnings:
         tags["ope_warnings"] = "\n".join(result.ope_warnings)
     model = registered.scorer
