@@ -94,8 +94,20 @@ def test_run_has_overall_and_per_touchpoint_metrics(store, logged, trained):
         "oracle_value",
         "popularity.auc",
         "snips_value.web_cart",
+        "auc.lower",
+        "auc.upper",
+        "ips_clipped_value",
+        "switch_dr_value.upper",
+        "snips_value.matched",
+        "snips_value.positives",
+        "snips_value.ess",
+        "snips_value.max_weight",
+        "num_trees",
+        "num_splits",
+        "examples_registered_model",
     ):
         assert key in metrics, key
+    assert metrics["snips_value.matched"] == trained.metrics["snips_value.matched"] > 0
 
 
 def test_run_has_model_spec_catalogue_and_plots(store, logged):
