@@ -89,14 +89,10 @@ def test_a_trained_model_of_each_kind_is_registered_and_served(world, store, kin
     assert np.unique(served).size > 10  # a fitted model, not a constant
     # One decision's matrix, float32 as the service builds it.
     one = result.test.X[:5].astype(np.float32)
-    np.testing.assert_allclose(
-        loaded.scorer.score(one), expected[:5], rtol=0, atol=1e-6
-    )
+    np.testing.assert_allclose(loaded.scorer.score(one), expected[:5], rtol=0, atol=1e-6)
 
     # The registered pyfunc scores the same rows through the same scorer.
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     pyfunc = mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{logged.model_version}")
     frame = pd.DataFrame(result.test.X, columns=list(result.encoder.columns))
-    np.testing.assert_allclose(
-        np.asarray(pyfunc.predict(frame)), expected, rtol=0, atol=1e-9
-    )
+    np.testing.assert_allclose(np.asarray(pyfunc.predict(frame)), expected, rtol=0, atol=1e-9)
