@@ -89,26 +89,24 @@ class RunOutcome:
 
 
 def _lifts(lifts: dict[str, Estimate]) -> str:
-    """``SNIPS 1.20x [0.80, 1.70] (412 matched, 9 positives, ESS 380, max weight 80), DR ...``;
-    the diagnostics are the label estimate's (IPS, SNIPS and DR share the weights)."""
-    parts = []
-    for key in ("snips", "dr"):
-        lift = lifts[key]
-        parts.append(f"{key.upper()} {lift.value:.2f}x [{lift.lower:.2f}, {lift.upper:.2f}]")
-    d = lifts["snips"].diagnostics
-    if d is not None:
-        parts[-1] += (
-            f" ({d.matched:,} matched rounds of {d.rounds:,}, {d.positives:,} positives, "
-            f"ESS {d.effective_sample_size:,.1f}, max weight {d.max_weight:,.0f})"
-        )
-    clipped = lifts.get("ips_clipped"), lifts.get("switch_dr")
-    parts += [
-        f"{e.estimator.removesuffix('_lift').replace('_', '-')} {e.value:.2f}x "
-        f"[{e.lower:.2f}, {e.upper:.2f}]"
-        for e in clipped
-        if e is not None
+    """``SNIPS 1.20x [0.80, 1.70], DR ..., ips-clipped ..., switch-dr ...; rests on 412 matched
+    rounds of 5,000, 9 positives, ESS 380.0, max weight 80`` (the raw weights' diagnostics,
+    shared by IPS, SNIPS and DR)."""
+    keys = ("snips", "dr", "ips_clipped", "switch_dr")
+    parts = [
+        f"{key.upper() if key in ('snips', 'dr') else key.replace('_', '-')} "
+        f"{lifts[key].value:.2f}x [{lifts[key].lower:.2f}, {lifts[key].upper:.2f}]"
+        for key in keys
+        if key in lifts
     ]
-    return ", ".join(parts)
+    text = ", ".join(parts)
+    d = lifts["ips"].diagnostics
+    if d is not None:
+        text += (
+            f"; rests on {d.matched:,} matched rounds of {d.rounds:,}, {d.positives:,} "
+            f"positives, ESS {d.effective_sample_size:,.1f}, max weight {d.max_weight:,.0f}"
+        )
+    return text
 
 
 def run_training(
