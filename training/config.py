@@ -123,6 +123,9 @@ class EvaluationConfig(_Strict):
     #: Exploration of the served policy replayed on the test rounds; None = the service's
     #: setting ``serving.epsilon`` (``recsys train`` resolves it; 0 = greedy).
     served_epsilon: float | None = Field(None, ge=0, le=1)
+    #: What a policy is judged by: ``revenue`` (accepted offers' value; the service ranks by
+    #: P(accept) x value x weight) or ``acceptance`` (the share of offers accepted).
+    objective: Literal["revenue", "acceptance"] = "revenue"
     # What an off-policy estimate must rest on (below: a warning), and the weight threshold
     # of the clipped variants (``ips_clipped``, ``switch_dr``).
     min_matched_rounds: int = Field(100, ge=0)

@@ -24,7 +24,13 @@ from training.evaluation import offline_metrics
 from training.examples import META_COLUMNS, Examples
 from training.metrics import Reliability, reliability
 from training.models import Scorer, ServableScorer, make_scorer
-from training.policy_eval import PolicyEvaluation, TargetPolicy, evaluate_policies, first_shown
+from training.policy_eval import (
+    PolicyEvaluation,
+    TargetPolicy,
+    TrueValue,
+    evaluate_policies,
+    first_shown,
+)
 from training.served import SERVED, ReplayBuilder, ServedRounds, served_rounds
 from training.split import TimeSplit, time_split
 
@@ -345,6 +351,7 @@ def _policy_evaluation(
     for name, scorer in scorers.items():
         policy_scores[name] = None if name == "random" else scorer.predict(cand_X, cand_meta)
     kwargs = {
+        "offer_values": offer_values(inputs.offers),
         "bootstrap_samples": config.evaluation.bootstrap_samples,
         "confidence": config.evaluation.confidence,
         "seed": config.seed,
@@ -388,6 +395,14 @@ def _policy_evaluation(
     return overall, by_touchpoint, served
 
 
+def offer_values(offers: pd.DataFrame | None) -> dict[str, float] | None:
+    """Offer id -> business value of an acceptance (the catalogue's default 1 where unset)."""
+    if offers is None or "value" not in offers:
+        return None
+    values = pd.to_numeric(offers["value"], errors="coerce").fillna(1.0)
+    return dict(zip(offers["offer_id"].astype(str), values.astype(float), strict=True))
+
+
 def _served(
     replay: ReplayBuilder,
     logged: pd.DataFrame,
@@ -419,8 +434,10 @@ def _flat_metrics(
 ) -> dict[str, float]:
     """MLflow metric names: the main model's unprefixed (``auc``, ``auc.web_cart``), baselines
     prefixed (``popularity.auc``); policy values ``snips_value``, ``popularity.dr_value.lower``,
-    ``served.snips_value`` (the served policy), ``logging_value``, ``true_value``,
-    ``oracle_value`` (per touchpoint with ``.<touchpoint>``); overall, each estimate's
+    ``served.snips_value`` (the served policy), ``logging_value``; from the ground truth
+    ``true_value`` / ``true_revenue`` and their ``.of_oracle`` share of the way from a random
+    candidate (``chance_value``, ``chance_revenue``) to the best (``oracle_value``,
+    ``oracle_revenue``), ``logging_true_value`` (per touchpoint with ``.<touchpoint>``); overall, each estimate's
     diagnostics ``snips_value.matched``, ``.positives``, ``.ess``, ``.max_weight``."""
     metrics: dict[str, float] = {}
     for name, values in offline.items():
@@ -435,10 +452,16 @@ def _flat_metrics(
         metrics[f"logging_value.lower{suffix}"] = evaluation.logging.lower
         metrics[f"logging_value.upper{suffix}"] = evaluation.logging.upper
         metrics[f"logging_revenue{suffix}"] = evaluation.logging_revenue.value
-        if evaluation.logging_true_value is not None:
-            metrics[f"logging_true_value{suffix}"] = evaluation.logging_true_value
-        if evaluation.oracle_value is not None:
-            metrics[f"oracle_value{suffix}"] = evaluation.oracle_value
+        truth = {
+            "logging_true": evaluation.logging_true,
+            "oracle": evaluation.oracle,
+            "chance": evaluation.random,
+        }
+        for who, true in truth.items():
+            if true is not None:
+                metrics[f"{who}_value{suffix}"] = true.acceptance
+                if true.revenue is not None:
+                    metrics[f"{who}_revenue{suffix}"] = true.revenue
         for name, value in evaluation.policies.items():
             prefix = "" if name == main else f"{name}."
             for key, estimate in value.estimates.items():
@@ -456,6 +479,29 @@ def _flat_metrics(
                 metrics[f"{prefix}{key}_lift{suffix}"] = lift.value
                 metrics[f"{prefix}{key}_lift.lower{suffix}"] = lift.lower
                 metrics[f"{prefix}{key}_lift.upper{suffix}"] = lift.upper
-            if value.true_value is not None:
-                metrics[f"{prefix}true_value{suffix}"] = value.true_value
+            if value.true is not None:
+                metrics.update(_true_metrics(prefix, value.true, evaluation, suffix))
     return {k: float(v) for k, v in metrics.items()}
+
+
+def _true_metrics(
+    prefix: str, true: TrueValue, evaluation: PolicyEvaluation, suffix: str
+) -> dict[str, float]:
+    """``true_value`` (acceptance), ``true_revenue``, ``true_coverage`` and, for each, the
+    share of the way from a random candidate to the oracle (``.of_oracle``)."""
+    out = {f"{prefix}true_value{suffix}": true.acceptance}
+    if true.coverage < 1.0:
+        out[f"{prefix}true_coverage{suffix}"] = true.coverage
+    if true.revenue is not None:
+        out[f"{prefix}true_revenue{suffix}"] = true.revenue
+    oracle, chance = evaluation.oracle, evaluation.random
+    if oracle is None or chance is None:
+        return out
+    gap = oracle.acceptance - chance.acceptance
+    if gap > 0:
+        out[f"{prefix}true_value.of_oracle{suffix}"] = (true.acceptance - chance.acceptance) / gap
+    if true.revenue is not None and oracle.revenue is not None and chance.revenue is not None:
+        gap = oracle.revenue - chance.revenue
+        if gap > 0:
+            out[f"{prefix}true_revenue.of_oracle{suffix}"] = (true.revenue - chance.revenue) / gap
+    return out

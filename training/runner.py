@@ -64,6 +64,7 @@ class RunOutcome:
                     f"served policy ({r.main}, {r.served.policy}, P x value x weight over the "
                     f"eligible offers) vs {who}: " + _lifts(served.lifts)
                 )
+            lines.append(_objective_line(r))
         lines += [f"warning: {line}" for line in r.ope_warnings]
         registered = r.registered
         lines.append(
@@ -107,6 +108,34 @@ def _lifts(lifts: dict[str, Estimate]) -> str:
             f"positives, ESS {d.effective_sample_size:,.1f}, max weight {d.max_weight:,.0f}"
         )
     return text
+
+
+def _objective_line(r: TrainingResult) -> str:
+    """The served policy's value on the configured objective, next to the logging policy's."""
+    assert r.policy is not None
+    objective = r.config.evaluation.objective
+    served = r.policy.policies.get(SERVED) or r.policy.policies[r.main]
+    if objective == "revenue":
+        estimate, logged = served.estimates["snips_revenue"], r.policy.logging_revenue
+    else:
+        estimate, logged = served.estimates["snips"], r.policy.logging
+    line = (
+        f"objective {objective}: {served.policy} SNIPS {estimate.value:.4f} "
+        f"[{estimate.lower:.4f}, {estimate.upper:.4f}] per decision, logging policy "
+        f"{logged.value:.4f}"
+    )
+    oracle, chance, true = r.policy.oracle, r.policy.random, served.true
+    if true is not None and oracle is not None and chance is not None:
+        pairs = {
+            "acceptance": (true.acceptance, chance.acceptance, oracle.acceptance),
+            "revenue": (true.revenue, chance.revenue, oracle.revenue),
+        }
+        value, low, high = pairs[objective]
+        if value is not None and low is not None and high is not None and high > low:
+            line += (
+                f"; true {value:.4f}, {(value - low) / (high - low):.2f} of the way to the oracle"
+            )
+    return line
 
 
 def run_training(

@@ -37,6 +37,7 @@ from training.encoding import feature_spec
 from training.gate import GateVerdict, quality_gate
 from training.models import LightGBMScorer
 from training.pipeline import TrainingResult
+from training.policy_eval import TrueValue
 
 logger = logging.getLogger(__name__)
 
@@ -251,32 +252,60 @@ def format_policy_table(result: TrainingResult) -> str:
     evaluation = result.policy
     if evaluation is None:
         return ""
-    has_truth = evaluation.oracle_value is not None
-    head = "| policy | IPS | SNIPS | DR |" + (" true value |" if has_truth else "")
+    oracle, chance = evaluation.oracle, evaluation.random
+    has_truth = oracle is not None and chance is not None
+    head = "| policy | IPS | SNIPS | DR |"
+    if has_truth:
+        head += " true acceptance (of oracle) | true revenue (of oracle) |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
 
     def cell(e) -> str:
         return f"{e.value:.4f} [{e.lower:.4f}, {e.upper:.4f}]"
+
+    def true_cells(true: TrueValue | None) -> str:
+        if true is None or oracle is None or chance is None:
+            return ""
+        return (
+            f" {_share(true.acceptance, chance.acceptance, oracle.acceptance)} |"
+            f" {_share(true.revenue, chance.revenue, oracle.revenue)} |"
+        )
 
     for name, value in evaluation.policies.items():
         row = (
             f"| {name} | {cell(value.estimates['ips'])} | {cell(value.estimates['snips'])} | "
             f"{cell(value.estimates['dr'])} |"
         )
-        if has_truth:  # none for a policy that may choose an offer the truth lacks
-            row += " - |" if value.true_value is None else f" {value.true_value:.4f} |"
-        lines.append(row)
-    log = f"| logging (observed) | {cell(evaluation.logging)} | | |"
+        lines.append(row + true_cells(value.true))
+    lines.append(f"| logging (observed) | {cell(evaluation.logging)} | | |" + true_cells(
+        evaluation.logging_true
+    ))  # fmt: skip
     if has_truth:
-        log += f" {evaluation.logging_true_value:.4f} |"
-        lines.append(log)
-        lines.append(f"| oracle | | | | {evaluation.oracle_value:.4f} |")
-    else:
-        lines.append(log)
+        lines.append("| oracle | | | |" + true_cells(oracle))
+    note = ""
+    if has_truth:
+        note = (
+            "\ntrue: from the data's ground truth; (of oracle) = share of the way from a random "
+            "candidate (0) to the best one (1)"
+        )
+        partial = {n: v.true.coverage for n, v in evaluation.policies.items() if v.true}
+        partial = {n: c for n, c in partial.items() if c < 1.0}
+        for name, coverage in partial.items():
+            note += (
+                f"\n{name}: {1 - coverage:.1%} of its choices are offers the ground truth does "
+                "not list as candidates; they count at the round's known mean"
+            )
     return (
         f"Policy value per decision on {evaluation.rounds} test rounds "
-        f"(95% bootstrap intervals)\n\n" + "\n".join(lines) + "\n"
+        f"(95% bootstrap intervals)\n\n" + "\n".join(lines) + "\n" + note + ("\n" if note else "")
     )
+
+
+def _share(value: float | None, chance: float | None, oracle: float | None) -> str:
+    if value is None or chance is None or oracle is None:
+        return "-"
+    if oracle <= chance:
+        return f"{value:.4f}"
+    return f"{value:.4f} ({(value - chance) / (oracle - chance):.2f})"
 
 
 # ---------------------------------------------------------------- registry

@@ -202,13 +202,20 @@ def test_a_target_policy_brings_its_own_candidates_and_may_choose_nothing():
     # DR: sum_a pi(a) q(a) per round plus the weighted residual (q_logged = 0 here)
     q_pi = np.array([0.3, 0.0, 0.6 * 0.2 + 0.4 * 0.1, 0.4])
     assert served.estimates["dr"].value == pytest.approx(np.mean(q_pi + weights * logged["label"]))
-    assert served.true_value is None  # it may choose "w", which the truth lacks
+    # "w" (0.4 of round "c") is unknown to the truth: it counts at the round's known mean
+    assert served.true.acceptance == pytest.approx((0.2 + 0.0 + 0.2 + 0.2) / 4)
+    assert served.true.coverage == pytest.approx((1 + 0.6 + 1) / 3)
+    assert served.true.revenue is None  # no offer values given
     known = target.of_decisions({"a", "b", "d"})
     again = evaluate_policies(
         logged, np.zeros(4), candidates, np.zeros(4), {}, targets={"served": known},
-        truth=truth, bootstrap_samples=10,
+        truth=truth, offer_values={"x": 10.0, "y": 1.0, "z": 5.0}, bootstrap_samples=10,
     )  # fmt: skip
-    assert again.policies["served"].true_value == pytest.approx((0.2 + 0.2) / 4)
+    true = again.policies["served"].true
+    assert true.acceptance == pytest.approx((0.2 + 0.2) / 4) and true.coverage == 1.0
+    assert true.revenue == pytest.approx((0.2 * 10 + 0.2 * 5) / 4)
+    assert again.oracle.revenue == pytest.approx((2.0 + 0.2 + 2.0 + 1.0) / 4)
+    assert again.random.acceptance == pytest.approx(0.2)
 
 
 @pytest.mark.parametrize(
