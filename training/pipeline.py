@@ -76,6 +76,33 @@ class TrainingInputs:
     replay: ReplayBuilder | None = None
 
 
+@dataclass(frozen=True)
+class RegisteredModel:
+    """The model that goes to the registry and how it was fitted.
+
+    With ``model.refit_on_all_data`` it is a new model of the same kind refit on every row
+    (train + valid + test) with an encoder fitted on every row; otherwise the held-out model
+    that was evaluated, with its encoder.
+
+    Attributes
+    ----------
+    scorer : ServableScorer
+    encoder : Encoder
+    rows : int
+        Rows the model was fitted on.
+    refit : bool
+        True if refit on all data.
+    example : ndarray, shape (n_example_rows, n_columns)
+        A few encoded rows (the MLflow signature and input example).
+    """
+
+    scorer: ServableScorer
+    encoder: Encoder
+    rows: int
+    refit: bool
+    example: np.ndarray
+
+
 @dataclass
 class TrainingResult:
     config: TrainingConfig
@@ -90,11 +117,15 @@ class TrainingResult:
     calibration: dict[str, Reliability]
     fingerprint: str
     encoder: Encoder
+    #: The model to register: the held-out model, or the same kind refit on all data.
+    registered: RegisteredModel
     offers: pd.DataFrame | None = None
     source: str = ""
     sizes: dict[str, int] = field(default_factory=dict)
     #: The served policy replayed on the test rounds (None without ``inputs.replay``).
     served: ServedRounds | None = None
+    #: Off-policy estimates that rest on too little (``evaluation.min_*``), one line each.
+    ope_warnings: list[str] = field(default_factory=list)
 
     @property
     def main(self) -> str:
@@ -216,6 +247,9 @@ def train_and_evaluate(inputs: TrainingInputs, config: TrainingConfig) -> Traini
             probabilistic=scorer.probabilistic,
             ks=config.evaluation.k,
             bins=config.evaluation.calibration_bins,
+            bootstrap_samples=config.evaluation.bootstrap_samples,
+            confidence=config.evaluation.confidence,
+            seed=config.seed,
         )
         if scorer.probabilistic:
             calibration[name] = reliability(test.y, scores, config.evaluation.calibration_bins)
@@ -226,10 +260,18 @@ def train_and_evaluate(inputs: TrainingInputs, config: TrainingConfig) -> Traini
             inputs, encoder, config, parts["test"], scorers
         )
 
+    ope_warnings = [] if policy is None else policy.warnings(config.evaluation.support_limits())
+    for line in ope_warnings:
+        logger.warning("off-policy estimate: %s", line)
     metrics = _flat_metrics(config.model.kind, offline, policy, by_touchpoint)
     metrics.update(main_scorer(scorers, config).fit_summary())
     for name, size in sizes.items():
         metrics[f"examples_{name}"] = float(size)
+    registered = _registered_model(
+        inputs, frame, config, main_scorer(scorers, config), encoder, sizes["train"]
+    )
+    metrics["examples_registered_model"] = float(registered.rows)
+    metrics["ope_warnings"] = float(len(ope_warnings))
     return TrainingResult(
         config=config,
         split=split,
@@ -247,7 +289,29 @@ def train_and_evaluate(inputs: TrainingInputs, config: TrainingConfig) -> Traini
         source=inputs.source,
         sizes=sizes,
         served=served,
+        registered=registered,
+        ope_warnings=ope_warnings,
     )
+
+
+def _registered_model(
+    inputs: TrainingInputs,
+    frame: pd.DataFrame,
+    config: TrainingConfig,
+    held_out: ServableScorer,
+    encoder: Encoder,
+    train_rows: int,
+) -> RegisteredModel:
+    """The held-out model (fitted on ``train_rows``), or (``model.refit_on_all_data``) the
+    same kind refit on every row of ``frame`` with an encoder fitted on every row."""
+    if not config.model.refit_on_all_data:
+        example = _examples(frame.head(5), encoder).X
+        return RegisteredModel(held_out, encoder, train_rows, False, example)
+    encoder_all = inputs.encoder_factory(frame)
+    everything = _examples(frame, encoder_all)
+    logger.info("refitting %s on all %d rows", config.model.kind, len(everything))
+    scorer = held_out.refit(everything)
+    return RegisteredModel(scorer, encoder_all, len(everything), True, everything.X[:5])
 
 
 def _policy_evaluation(
@@ -291,6 +355,7 @@ def _policy_evaluation(
         "bootstrap_samples": config.evaluation.bootstrap_samples,
         "confidence": config.evaluation.confidence,
         "seed": config.seed,
+        "clip": config.evaluation.clip_weight,
     }
     served = None
     targets: dict[str, TargetPolicy] = {}
@@ -372,7 +437,8 @@ def _flat_metrics(
     ``served.snips_value`` (the served policy), ``logging_value``; from the ground truth
     ``true_value`` / ``true_revenue`` and their ``.of_oracle`` share of the way from a random
     candidate (``chance_value``, ``chance_revenue``) to the best (``oracle_value``,
-    ``oracle_revenue``), ``logging_true_value`` (per touchpoint with ``.<touchpoint>``)."""
+    ``oracle_revenue``), ``logging_true_value`` (per touchpoint with ``.<touchpoint>``); overall, each estimate's
+    diagnostics ``snips_value.matched``, ``.positives``, ``.ess``, ``.max_weight``."""
     metrics: dict[str, float] = {}
     for name, values in offline.items():
         prefix = "" if name == main else f"{name}."
@@ -403,6 +469,12 @@ def _flat_metrics(
                 metrics[f"{stem}{suffix}"] = estimate.value
                 metrics[f"{stem}.lower{suffix}"] = estimate.lower
                 metrics[f"{stem}.upper{suffix}"] = estimate.upper
+                if not suffix and estimate.diagnostics is not None:
+                    d = estimate.diagnostics
+                    metrics[f"{stem}.matched"] = float(d.matched)
+                    metrics[f"{stem}.positives"] = float(d.positives)
+                    metrics[f"{stem}.ess"] = d.effective_sample_size
+                    metrics[f"{stem}.max_weight"] = d.max_weight
             for key, lift in value.lifts.items():
                 metrics[f"{prefix}{key}_lift{suffix}"] = lift.value
                 metrics[f"{prefix}{key}_lift.lower{suffix}"] = lift.lower

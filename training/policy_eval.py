@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 
-from training.ope import ESTIMATORS, Estimate, Rounds, bootstrap
+from training.ope import ESTIMATORS, Estimate, Rounds, SupportLimits, bootstrap, estimators
 
 
 @dataclass(frozen=True)
@@ -36,14 +36,17 @@ class TrueValue:
 
 @dataclass(frozen=True)
 class PolicyValue:
-    """One policy's estimates (``ips``, ``snips``, ``dr`` on the label, ``snips_revenue``)."""
+    """One policy's estimates (``ips``, ``snips``, ``dr``, ``ips_clipped``, ``switch_dr`` on
+    the label, ``snips_revenue``), each with its diagnostics."""
 
     policy: str
     estimates: dict[str, Estimate]
     true: TrueValue | None = None
-    #: ``ips``, ``snips``, ``dr`` divided by the logging policy's observed value, with a
-    #: paired bootstrap interval (the same resamples in numerator and denominator).
+    #: The label estimates divided by the logging policy's observed value, with a paired
+    #: bootstrap interval (the same resamples in numerator and denominator).
     lifts: dict[str, Estimate] = field(default_factory=dict)
+    #: Distinct offers the policy chooses with a positive probability over all rounds.
+    chosen_offers: int = 0
 
     @property
     def true_value(self) -> float | None:
@@ -64,6 +67,8 @@ class PolicyEvaluation:
     logging_true: TrueValue | None = None
     oracle: TrueValue | None = None
     random: TrueValue | None = None
+    #: Distinct offers among the rounds' candidates (of the greedy and random policies).
+    candidate_offers: int = 0
 
     @property
     def logging_true_value(self) -> float | None:
@@ -72,6 +77,18 @@ class PolicyEvaluation:
     @property
     def oracle_value(self) -> float | None:
         return None if self.oracle is None else self.oracle.acceptance
+
+    def warnings(self, limits: SupportLimits) -> list[str]:
+        """One line per policy whose label estimates rest on too little, judged on the raw
+        importance weights (those of IPS, SNIPS and DR; the clipped variants rest on the same
+        matched rounds and positives)."""
+        lines = []
+        for name, value in self.policies.items():
+            diagnostics = value.estimates["ips"].diagnostics
+            problems = [] if diagnostics is None else diagnostics.problems(limits)
+            if problems:
+                lines.append(f"{name} policy's estimates rest on too little: {'; '.join(problems)}")
+        return lines
 
 
 @dataclass(frozen=True)
@@ -238,6 +255,7 @@ def evaluate_policies(
     bootstrap_samples: int = 300,
     confidence: float = 0.95,
     seed: int = 0,
+    clip: float = 100.0,
 ) -> PolicyEvaluation:
     """Estimate each policy's value on the logged rounds.
 
@@ -260,6 +278,8 @@ def evaluate_policies(
         ``decision_id, offer_id, p_accept`` for every candidate (generated data only).
     offer_values : mapping of offer id -> value, optional
         The business value of an accepted offer: with ``truth``, true values on revenue too.
+    clip : float
+        Weight threshold of the clipped variants (``ips_clipped``, ``switch_dr``).
 
     Raises
     ------
@@ -296,11 +316,12 @@ def evaluate_policies(
             f"`targets` must not repeat a name of `policy_scores`, got {sorted(clash)}"
         )
     policies_of.update(targets or {})
+    label_estimators = estimators(clip)
     jobs = []
     for name, policy in policies_of.items():
         target_prob, q_target = _target(logged, policy.candidates, policy.prob, policy.q)
         label_rounds = Rounds(reward, propensity, target_prob, q_logged, q_target)
-        for estimator in ESTIMATORS.values():
+        for estimator in label_estimators.values():
             jobs.append((name, estimator.name, estimator, label_rounds))
         revenue_rounds = Rounds(revenue, propensity, target_prob, zeros, zeros)
         jobs.append((name, "snips_revenue", ESTIMATORS["snips"], revenue_rounds))
@@ -326,7 +347,7 @@ def evaluate_policies(
     lifts: dict[str, dict[str, Estimate]] = {name: {} for name in policies_of}
     for j, (name, key, _, _) in enumerate(jobs[:logging_index]):
         per_policy[name][key] = replace(boot.estimate(j, confidence), estimator=key)
-        if key in ESTIMATORS:
+        if key in label_estimators:
             lifts[name][key] = replace(
                 boot.ratio(j, logging_index, confidence), estimator=f"{key}_lift"
             )
@@ -349,7 +370,13 @@ def evaluate_policies(
             )
             if name in policy_scores and true.coverage < 1.0:
                 raise ValueError(f"ground truth lacks p_accept for candidates of policy {name!r}")
-        policies[name] = PolicyValue(name, per_policy[name], true, lifts[name])
+        policies[name] = PolicyValue(
+            name,
+            per_policy[name],
+            true,
+            lifts[name],
+            chosen_offers=int(pd.unique(policy.offer_id[policy.prob > 0]).size),
+        )
     logging_true = oracle = random = None
     if truth_in is not None:
         # The logging policy's expected value of its first shown offer, from the truth.
@@ -369,4 +396,5 @@ def evaluate_policies(
         logging_true=logging_true,
         oracle=oracle,
         random=random,
+        candidate_offers=int(candidates["offer_id"].nunique()),
     )

@@ -34,6 +34,7 @@ from recsys.errors import ConfigError, NotFoundError
 from recsys.settings import Settings
 from training import plots
 from training.encoding import feature_spec
+from training.gate import GateVerdict, quality_gate
 from training.models import LightGBMScorer
 from training.pipeline import TrainingResult
 from training.policy_eval import TrueValue
@@ -55,6 +56,7 @@ class LoggedRun:
     experiment_id: str
     model_uri: str
     model_version: str | None
+    gate: GateVerdict
 
 
 @dataclass(frozen=True)
@@ -113,31 +115,51 @@ def log_training(
     *,
     artifact_location: str | None = None,
     run_name: str | None = None,
+    force: bool = False,
 ) -> LoggedRun:
-    """Log ``result`` as one MLflow run and (if configured) register its ``model.kind`` model."""
+    """Log ``result`` as one MLflow run and register its model (``result.registered``) if
+    ``mlflow.register_model`` is set and the quality gate (:func:`training.gate.quality_gate`)
+    lets it through; ``force`` registers a model the gate refuses (tag ``quality_gate=forced``).
+
+    Tags: ``quality_gate`` (passed, refused, forced or disabled) and ``quality_gate.reasons``;
+    ``ope_warnings`` (one line per estimate resting on too little) when there are any.
+    """
     experiment_id = setup(settings, artifact_location)
     config = result.config
+    registered = result.registered
+    verdict = quality_gate(result, force=force)
+    logger.log(logging.WARNING if verdict.reasons else logging.INFO, "%s", verdict.message())
     params = {
         **config.flat(),
         "data.fingerprint": result.fingerprint,
         "data.source": result.source or "unknown",
-        "feature_spec_version": result.encoder.spec_version,
+        "feature_spec_version": registered.encoder.spec_version,
         "code_version": code_version(),
         "split.valid_start": str(result.split.valid_start),
         "split.test_start": str(result.split.test_start),
-        "columns": str(len(result.encoder.columns)),
+        "columns": str(len(registered.encoder.columns)),
+        # What the registered model was fitted on (the metrics are the held-out model's).
+        "refit_on_all_data": str(registered.refit).lower(),
     }
-    model = result.model
+    tags = {"quality_gate": verdict.status}
+    if verdict.reasons:
+        tags["quality_gate.reasons"] = "; ".join(verdict.reasons)
+    if verdict.notes:
+        tags["quality_gate.not_checked"] = "; ".join(verdict.notes)
+    if result.ope_warnings:
+        tags["ope_warnings"] = "\n".join(result.ope_warnings)
+    model = registered.scorer
     with (
         mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run,
         tempfile.TemporaryDirectory() as tmp,
     ):
         mlflow.log_params(params)
+        mlflow.set_tags(tags)
         mlflow.log_metrics({k: v for k, v in result.metrics.items() if np.isfinite(v)})
         tmpdir = Path(tmp)
         model_file = model.save_model(tmpdir)
         spec = {
-            **feature_spec(result.encoder, model_file=model_file.name),
+            **feature_spec(registered.encoder, model_file=model_file.name),
             "flavour": model.flavour,
         }
         spec_file = tmpdir / SPEC_FILE
@@ -154,8 +176,8 @@ def log_training(
         )
         if config.mlflow.log_plots:
             _log_plots(result, tmpdir)
-        input_frame = pd.DataFrame(result.test.X[:5], columns=list(result.encoder.columns))
-        signature = infer_signature(input_frame, result.test_scores[result.main][:5])
+        input_frame = pd.DataFrame(registered.example, columns=list(registered.encoder.columns))
+        signature = infer_signature(input_frame, model.flavour_scorer().score(registered.example))
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(_PYFUNC_CODE),
@@ -168,7 +190,9 @@ def log_training(
                 f"mlflow=={mlflow.__version__}",
                 *map(_requirement, PYFUNC_PACKAGES),
             ],
-            registered_model_name=settings.model_name if config.mlflow.register_model else None,
+            registered_model_name=settings.model_name
+            if config.mlflow.register_model and verdict.allows_registration
+            else None,
         )
         version = info.registered_model_version
         logger.info("logged run %s (model version %s)", run.info.run_id, version)
@@ -177,6 +201,7 @@ def log_training(
             experiment_id,
             info.model_uri,
             None if version is None else str(version),
+            verdict,
         )
 
 

@@ -65,7 +65,9 @@ def per_round(target) -> pd.DataFrame:
 def test_the_served_policy_is_evaluated_next_to_the_baselines_and_logged(result):
     evaluation = result.policy
     served = evaluation.policies["served"]
-    assert set(served.estimates) == {"ips", "snips", "dr", "snips_revenue"}
+    assert set(served.estimates) == {
+        "ips", "snips", "dr", "ips_clipped", "switch_dr", "snips_revenue"
+    }  # fmt: skip
     assert 0 <= served.true_value <= evaluation.oracle_value
     m = result.metrics
     for key in (
