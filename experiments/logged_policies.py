@@ -228,13 +228,6 @@ def _aligned(rows: Sequence[tuple[str, ...]]) -> list[str]:
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
 
 
-def effective_sample_size(weights: np.ndarray) -> float:
-    """Kish's effective sample size of importance weights: (sum w)^2 / sum w^2 (0 if all 0)."""
-    weights = np.asarray(weights, dtype=np.float64)
-    squares = float(np.square(weights).sum())
-    return float(weights.sum() ** 2 / squares) if squares > 0 else 0.0
-
-
 def _action_shares(log: pd.DataFrame) -> pd.Series:
     """Share of each offer among a log's rounds at each position, indexed (position, offer_id)."""
     counts = log.groupby(["position", "offer_id"]).size()
@@ -264,17 +257,18 @@ def _off_policy(
         confidence=confidence,
         seed=seed,
     )
-    weight = rounds.weight
+    behind = ips.diagnostics  # IPS applies the raw weights: what both estimates rest on
+    assert behind is not None  # estimate_many gives every estimate its diagnostics
     return OffPolicy(
         target=target,
         log_of=log_of,
         ips=ips,
         snips=snips,
         rounds=len(log),
-        matched=int((weight > 0).sum()),
-        positives=int(((weight > 0) & (reward > 0)).sum()),
-        effective_sample_size=effective_sample_size(weight),
-        max_weight=float(weight.max()),
+        matched=behind.matched,
+        positives=behind.positives,
+        effective_sample_size=behind.effective_sample_size,
+        max_weight=behind.max_weight,
         observed=observed,
     )
 

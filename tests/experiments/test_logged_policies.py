@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 
 from experiments.logged_policies import (
     compare_logged_policies,
-    effective_sample_size,
     read_rounds,
 )
 from experiments.proportions import Comparison, Rate
@@ -93,12 +92,6 @@ def test_bts_on_the_random_log_equals_a_hand_computed_ips_with_its_diagnostics(c
     # And the other way round: random's value on the bts log.
     random_on_bts = next(o for o in tp.off_policy if o.target == "random")
     assert (random_on_bts.log_of, random_on_bts.rounds) == ("bts", len(bts))
-
-
-def test_effective_sample_size_of_equal_weights_is_their_count_and_of_one_weight_is_one():
-    assert effective_sample_size(np.full(7, 2.5)) == pytest.approx(7)
-    assert effective_sample_size(np.array([0, 0, 30.0, 0])) == pytest.approx(1)
-    assert effective_sample_size(np.zeros(3)) == 0
 
 
 def test_an_outcome_after_the_attribution_window_does_not_count(warehouse, tmp_path):
