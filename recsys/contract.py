@@ -166,6 +166,13 @@ OFFERS = TableSpec(
         ),
         Column("weight", _F, gt=0, default=1.0, nullable=False),
         Column("fallback", _B, default=False, nullable=False),
+        Column(
+            "repeatable",
+            _B,
+            default=False,
+            nullable=False,
+            description="offered again after the customer accepted it",
+        ),
     ),
 )
 

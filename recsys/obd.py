@@ -1,25 +1,32 @@
-"""Import the Open Bandit Dataset (OBD) into the data contract.
+"""Import one campaign of the Open Bandit Dataset (OBD) into the data contract.
 
 OBD (Saito, Aihara, Matsutani, Narita: "Open Bandit Dataset and Pipeline: Towards Realistic
 and Reproducible Off-Policy Evaluation", NeurIPS 2021 Datasets and Benchmarks; CC BY 4.0) is
 logged bandit feedback from ZOZOTOWN's fashion recommendation widget: each row is one item
-(of 80) shown in one of 3 positions, with its click and the logging policy's probability of
-showing that item in that position. The folder holds ``random/<campaign>/`` (uniform random
-policy) and ``bts/<campaign>/`` (Bernoulli Thompson Sampling), each with ``<campaign>.csv``
-and ``item_context.csv``.
+shown in one of 3 positions, with its click and the logging policy's probability of showing
+that item in that position. The dataset root holds ``random/<campaign>/`` (uniform random
+policy) and ``bts/<campaign>/`` (Bernoulli Thompson Sampling) for the campaigns ``all``,
+``men`` and ``women``, each folder with ``<campaign>.csv`` and ``item_context.csv``.
+
+Item ids are per campaign (each campaign folder has its own ``item_context.csv``: 80 items in
+``all``, 34 in ``men``, 46 in ``women``), so one import reads ONE campaign, from both policies
+when given the root (or a policy folder), or from one ``random/<campaign>`` or
+``bts/<campaign>`` folder. Its offers and touchpoint are named after the campaign, so
+campaigns imported one after the other into the same warehouse never share an offer.
 
 Mapping (pure data conversion, no model code):
 
 - each row -> one ``decisions`` row: ``decision_id`` = ``<policy>-<campaign>-<row>``, anonymous
-  (no customer), touchpoint ``zozotown_recommendation`` (web), ``position``, ``propensity`` =
+  (no customer), touchpoint ``zozotown_<campaign>`` (web), ``position``, ``propensity`` =
   ``propensity_score``, ``policy`` = ``random`` / ``bts``, ``context`` = the four hashed user
   features plus the non-zero ``user-item_affinity_<item>`` values (as
   ``user_item_affinity_<item>``; absent = 0);
 - ``click == 1`` -> one ``outcomes`` row, outcome ``click``, one second after the decision
   (OBD has clicks only: train with ``positive_outcomes: [click]``);
-- ``item_context.csv`` of the random policy -> ``offers`` (``item_<id>``, offer_type
-  ``cross_sell``, category = ``item_feature_1``, value 1; item features kept as attributes).
-  The bts folder hashes item categories differently, so its item_context is not used;
+- the campaign's ``item_context.csv`` -> ``offers`` (``<campaign>-<item_id>``, e.g. ``men-12``;
+  offer_type ``cross_sell``, category = ``item_feature_1``, value 1, shown only at the
+  campaign's touchpoint; item features kept as attributes). With both policies, the random
+  folder's file is used: the bts folder hashes item categories differently;
 - one ``touchpoints`` row; an empty ``customers`` table.
 """
 
@@ -38,11 +45,45 @@ from recsys.errors import ContractError
 logger = logging.getLogger(__name__)
 
 POLICIES = ("random", "bts")
-TOUCHPOINT_ID = "zozotown_recommendation"
+CAMPAIGNS = ("all", "men", "women")
+TOUCHPOINT_PREFIX = "zozotown_"
+SLOTS = 3
 USER_FEATURES = tuple(f"user_feature_{i}" for i in range(4))
 AFFINITY_PREFIX = "user-item_affinity_"
 REQUIRED_COLUMNS = ("timestamp", "item_id", "position", "click", "propensity_score")
 OUTCOME_DELAY = pd.Timedelta(seconds=1)
+_EXPECTED_LAYOUT = (
+    "expected the Open Bandit Dataset root (random/ and/or bts/, each holding "
+    "<campaign>/<campaign>.csv), a policy folder (random/ or bts/) or one campaign folder "
+    "such as random/men with men.csv"
+)
+
+
+def touchpoint_id(campaign: str) -> str:
+    """The touchpoint a campaign's decisions are logged at, e.g. ``zozotown_men``."""
+    return f"{TOUCHPOINT_PREFIX}{campaign}"
+
+
+def offer_id(campaign: str, item_id: int) -> str:
+    """The offer id of a campaign's item, e.g. ``men-12``."""
+    return f"{campaign}-{item_id}"
+
+
+@dataclass(frozen=True)
+class CampaignLog:
+    """One logging policy's log of one campaign: ``<policy>/<campaign>/<campaign>.csv``."""
+
+    policy: str
+    campaign: str
+    folder: Path
+
+    @property
+    def log_file(self) -> Path:
+        return self.folder / f"{self.campaign}.csv"
+
+    @property
+    def item_context(self) -> Path:
+        return self.folder / "item_context.csv"
 
 
 @dataclass(frozen=True)
@@ -62,16 +103,22 @@ class ObdImportSummary:
     """What :func:`import_obd` wrote."""
 
     out_dir: Path
+    campaign: str
     offers: int
     decisions: int
     outcomes: int
     per_policy: tuple[PolicyCounts, ...] = field(default_factory=tuple)
 
+    @property
+    def touchpoint_id(self) -> str:
+        return touchpoint_id(self.campaign)
+
     def format(self) -> str:
         lines = [
-            f"Open Bandit Dataset imported into {self.out_dir}",
-            f"  offers: {self.offers}, decisions: {self.decisions}, outcomes (clicks): "
-            f"{self.outcomes}",
+            f"Open Bandit Dataset, campaign '{self.campaign}', imported into {self.out_dir}",
+            f"  touchpoint {self.touchpoint_id}; offers: {self.offers} "
+            f"({offer_id(self.campaign, 0)} ...), decisions: {self.decisions}, "
+            f"outcomes (clicks): {self.outcomes}",
         ]
         for c in self.per_policy:
             lines.append(
@@ -82,20 +129,80 @@ class ObdImportSummary:
         return "\n".join(lines)
 
 
-def _campaign_files(root: Path) -> list[tuple[str, str, Path]]:
-    found = []
-    for policy in POLICIES:
-        policy_dir = root / policy
-        if not policy_dir.is_dir():
-            continue
-        for campaign_dir in sorted(p for p in policy_dir.iterdir() if p.is_dir()):
-            log_file = campaign_dir / f"{campaign_dir.name}.csv"
-            if log_file.is_file():
-                found.append((policy, campaign_dir.name, log_file))
-    return found
+def _campaign_folders(policy_dir: Path) -> dict[str, Path]:
+    """Campaign name -> folder, for the ``<campaign>/<campaign>.csv`` folders of a policy."""
+    return {
+        p.name: p
+        for p in sorted(policy_dir.iterdir())
+        if p.is_dir() and (p / f"{p.name}.csv").is_file()
+    }
 
 
-def _read_log(path: Path, policy: str, campaign: str) -> pd.DataFrame:
+def _found(path: Path) -> str:
+    if not path.is_dir():
+        return "no such folder" if not path.exists() else "a file"
+    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
+    if not entries:
+        return "an empty folder"
+    more = f" and {len(entries) - 6} more" if len(entries) > 6 else ""
+    return ", ".join(entries[:6]) + more
+
+
+def campaign_logs(path: Path, campaign: str | None = None) -> list[CampaignLog]:
+    """The logs of ONE campaign found at ``path`` (dataset root, policy or campaign folder).
+
+    ``campaign`` (``all``, ``men`` or ``women``) may be omitted when ``path`` holds only one.
+
+    Raises
+    ------
+    ContractError
+        If ``path`` has none of the three layouts, ``campaign`` is unknown or not there, or
+        it is omitted while ``path`` holds several campaigns.
+    """
+    path = Path(path)
+    if campaign is not None and campaign not in CAMPAIGNS:
+        raise ContractError(f"`campaign` must be one of {', '.join(CAMPAIGNS)}, got {campaign!r}")
+    if path.is_dir() and (path / f"{path.name}.csv").is_file():  # one campaign folder
+        if path.parent.name not in POLICIES:
+            raise ContractError(
+                f"{path}: expected a campaign folder inside random/ or bts/ (the logging "
+                f"policy), found it inside {path.parent.name}/"
+            )
+        folders = {path.parent.name: {path.name: path}}
+    elif path.is_dir() and path.name in POLICIES:  # a policy folder
+        folders = {path.name: _campaign_folders(path)}
+    elif path.is_dir():  # the dataset root
+        folders = {p: _campaign_folders(path / p) for p in POLICIES if (path / p).is_dir()}
+    else:
+        folders = {}
+    found = sorted({c for by_campaign in folders.values() for c in by_campaign})
+    if not found:
+        raise ContractError(f"{path}: {_EXPECTED_LAYOUT}; found {_found(path)}")
+    unknown = [c for c in found if c not in CAMPAIGNS]
+    if unknown:
+        raise ContractError(
+            f"{path}: expected campaigns {', '.join(CAMPAIGNS)}, found {', '.join(unknown)}"
+        )
+    if campaign is None:
+        if len(found) > 1:
+            raise ContractError(
+                f"{path} holds the campaigns {', '.join(found)} (item ids are per campaign): "
+                "choose one with --campaign"
+            )
+        (campaign,) = found
+    elif campaign not in found:
+        raise ContractError(
+            f"{path}: expected campaign {campaign!r}, found only {', '.join(found)}"
+        )
+    return [
+        CampaignLog(policy, campaign, by_campaign[campaign])
+        for policy, by_campaign in folders.items()
+        if campaign in by_campaign
+    ]
+
+
+def _read_log(log: CampaignLog) -> pd.DataFrame:
+    path, policy, campaign = log.log_file, log.policy, log.campaign
     frame = pd.read_csv(path, index_col=0)
     missing = [c for c in (*REQUIRED_COLUMNS, *USER_FEATURES) if c not in frame.columns]
     if missing:
@@ -120,12 +227,13 @@ def _read_log(path: Path, policy: str, campaign: str) -> pd.DataFrame:
             key = "user_item_affinity_" + affinity_cols[j].removeprefix(AFFINITY_PREFIX)
             context[key] = float(affinities[i, j])
         contexts.append(json.dumps(context, sort_keys=True, separators=(",", ":")))
+    items = frame["item_id"].astype(int)
     return pd.DataFrame(
         {
             "decision_id": [f"{policy}-{campaign}-{i}" for i in frame.index],
             "ts": ts.to_numpy(),
-            "touchpoint_id": TOUCHPOINT_ID,
-            "offer_id": ("item_" + frame["item_id"].astype(int).astype(str)).to_numpy(),
+            "touchpoint_id": touchpoint_id(campaign),
+            "offer_id": [offer_id(campaign, i) for i in items],
             "customer_id": pd.array([None] * len(frame), dtype="string"),
             "position": frame["position"].astype("int64").to_numpy(),
             "propensity": frame["propensity_score"].astype(float).to_numpy(),
@@ -136,17 +244,19 @@ def _read_log(path: Path, policy: str, campaign: str) -> pd.DataFrame:
     )
 
 
-def _offers(item_context: Path) -> pd.DataFrame:
+def _offers(item_context: Path, campaign: str) -> pd.DataFrame:
     items = pd.read_csv(item_context, index_col=0)
     if "item_id" not in items.columns:
         raise ContractError(f"{item_context}: expected column 'item_id', got {list(items.columns)}")
+    ids = items["item_id"].astype(int)
     offers = pd.DataFrame(
         {
-            "offer_id": "item_" + items["item_id"].astype(int).astype(str),
-            "name": "ZOZOTOWN item " + items["item_id"].astype(int).astype(str),
+            "offer_id": [offer_id(campaign, i) for i in ids],
+            "name": [f"ZOZOTOWN {campaign} item {i}" for i in ids],
             "offer_type": "cross_sell",
             "category": items.get("item_feature_1", pd.Series(dtype=str)).astype("string"),
             "value": 1.0,
+            "touchpoints": [[touchpoint_id(campaign)]] * len(items),
         }
     )
     for column in items.columns:
@@ -155,39 +265,39 @@ def _offers(item_context: Path) -> pd.DataFrame:
     return offers
 
 
-def import_obd(path: Path, out_dir: Path) -> ObdImportSummary:
-    """Convert the OBD folder ``path`` into contract Parquet files in ``out_dir``.
+def import_obd(path: Path, out_dir: Path, campaign: str | None = None) -> ObdImportSummary:
+    """Convert one OBD campaign found at ``path`` into contract Parquet files in ``out_dir``.
 
-    Writes ``offers``, ``touchpoints``, ``customers`` (empty), ``decisions`` and ``outcomes``
+    ``path`` is the dataset root, a policy folder (``random/``, ``bts/``) or one campaign
+    folder (``random/men``); ``campaign`` picks one of ``all``, ``men``, ``women`` and may be
+    omitted when ``path`` holds only one (see :func:`campaign_logs`). Writes ``offers``,
+    ``touchpoints``, ``customers`` (empty), ``decisions`` and ``outcomes``
     (``<table>.parquet``), ready for ``recsys data load OUT_DIR``.
 
     Raises
     ------
     ContractError
-        If ``path`` has no ``random/<campaign>/<campaign>.csv`` or ``bts/...`` log, or a log
-        lacks OBD's columns.
+        If ``path`` has none of OBD's layouts, the campaign is not there, a log lacks OBD's
+        columns or logs an item its ``item_context.csv`` does not describe.
     """
     path, out_dir = Path(path), Path(out_dir)
-    files = _campaign_files(path)
-    if not files:
-        raise ContractError(
-            f"{path}: expected the Open Bandit Dataset layout random/<campaign>/<campaign>.csv "
-            "and/or bts/<campaign>/<campaign>.csv, found none"
-        )
+    sources = campaign_logs(path, campaign)
+    campaign = sources[0].campaign
     logs, counts = [], []
-    for policy, campaign, log_file in files:
-        frame = _read_log(log_file, policy, campaign)
+    for source in sources:
+        frame = _read_log(source)
         logs.append(frame)
-        counts.append(PolicyCounts(policy, campaign, len(frame), int(frame["_click"].sum())))
-        logger.info("read %s/%s: %d rows", policy, campaign, len(frame))
+        counts.append(PolicyCounts(source.policy, campaign, len(frame), int(frame["_click"].sum())))
+        logger.info("read %s/%s: %d rows", source.policy, campaign, len(frame))
     decisions = pd.concat(logs, ignore_index=True)
 
-    # Item context of the random policy (see module docstring); else whichever exists.
-    item_files = [log.parent / "item_context.csv" for _, _, log in files]
-    item_files = [f for f in item_files if f.is_file()]
+    # The random folder's item context (see module docstring); else the one there is.
+    item_files = [s.item_context for s in sources if s.item_context.is_file()]
     if not item_files:
-        raise ContractError(f"{path}: expected an item_context.csv next to the logs, found none")
-    offers = _offers(item_files[0])
+        raise ContractError(
+            f"{sources[0].folder}: expected item_context.csv next to {campaign}.csv, found none"
+        )
+    offers = _offers(item_files[0], campaign)
     unknown = sorted(set(decisions["offer_id"]) - set(offers["offer_id"]))
     if unknown:
         raise ContractError(f"{item_files[0]}: items {unknown[:5]} are logged but not described")
@@ -205,10 +315,10 @@ def import_obd(path: Path, out_dir: Path) -> ObdImportSummary:
     decisions = decisions.drop(columns="_click")
     touchpoints = pd.DataFrame(
         {
-            "touchpoint_id": [TOUCHPOINT_ID],
+            "touchpoint_id": [touchpoint_id(campaign)],
             "channel": ["web"],
             "stage": ["consideration"],
-            "slots": [3],
+            "slots": [SLOTS],
             "mode": ["realtime"],
         }
     )
@@ -223,4 +333,6 @@ def import_obd(path: Path, out_dir: Path) -> ObdImportSummary:
         ("outcomes", outcomes),
     ):
         table.to_parquet(out_dir / f"{name}.parquet", index=False)
-    return ObdImportSummary(out_dir, len(offers), len(decisions), len(outcomes), tuple(counts))
+    return ObdImportSummary(
+        out_dir, campaign, len(offers), len(decisions), len(outcomes), tuple(counts)
+    )

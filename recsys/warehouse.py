@@ -7,6 +7,8 @@ named by the contract (customer attributes, ...) are added as they arrive.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +76,43 @@ def one_row(
     if row is None:
         raise DataError(f"`query` must return one row, got none: {query}")
     return row
+
+
+#: Tables whose ``ts`` says how recent the warehouse's history is.
+EVENT_TABLES = ("transactions", "interactions", "decisions", "outcomes")
+#: A history whose last event is older than this is taken to be historical data.
+STALE_HISTORY = timedelta(days=1)
+
+
+def latest_event_time(con: duckdb.DuckDBPyConnection) -> datetime | None:
+    """The time of the warehouse's last event (naive UTC); None when it holds none."""
+    union = " UNION ALL ".join(f'SELECT max(ts) AS ts FROM "{t}"' for t in EVENT_TABLES)
+    (latest,) = one_row(con, f"SELECT max(ts) FROM ({union})")
+    return latest
+
+
+@dataclass(frozen=True)
+class AsOf:
+    """A point in time for features or decisions, and why it was chosen (None: as asked)."""
+
+    ts: datetime
+    note: str | None = None
+
+
+def default_as_of(con: duckdb.DuckDBPyConnection, now: datetime) -> AsOf:
+    """``now``, or just after the last event when the history ended more than a day before.
+
+    Features "as of now" on a history that ended months ago are every customer's cold start
+    (nothing in their windows); decisions as of then are what the data can tell.
+    ``now`` is naive UTC.
+    """
+    latest = latest_event_time(con)
+    if latest is None or now - latest <= STALE_HISTORY:
+        return AsOf(now)
+    ts = latest + timedelta(seconds=1)
+    days = (now - latest) / timedelta(days=1)
+    return AsOf(
+        ts,
+        f"as of {ts.isoformat()}: the warehouse's last event is {days:,.0f} days old "
+        "(pass --as-of to choose another time)",
+    )

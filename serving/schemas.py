@@ -275,6 +275,7 @@ class CatalogOfferOut(BaseModel):
     cap_window_days: int | None
     eligibility: list[EligibilityRuleOut]
     fallback: bool
+    repeatable: bool = Field(description="offered again after the customer accepted it")
 
 
 class OffersOut(BaseModel):

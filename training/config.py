@@ -24,6 +24,7 @@ from pydantic import (
 
 from recsys.contract import OUTCOMES
 from recsys.errors import ConfigError
+from training.ope import SupportLimits
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,9 @@ class ModelConfig(_Strict):
     early_stopping_rounds: int = Field(30, ge=1)
     params: dict[str, Any] = Field(default_factory=dict)
     logistic_regression: LogisticRegressionConfig = LogisticRegressionConfig()
+    #: After evaluation, refit the registered model on train + valid + test (LightGBM with
+    #: the number of trees early stopping found); the evaluation stays the held-out model's.
+    refit_on_all_data: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -119,6 +123,24 @@ class EvaluationConfig(_Strict):
     #: Exploration of the served policy replayed on the test rounds; None = the service's
     #: setting ``serving.epsilon`` (``recsys train`` resolves it; 0 = greedy).
     served_epsilon: float | None = Field(None, ge=0, le=1)
+    #: What a policy is judged by: ``revenue`` (accepted offers' value; the service ranks by
+    #: P(accept) x value x weight) or ``acceptance`` (the share of offers accepted).
+    objective: Literal["revenue", "acceptance"] = "revenue"
+    # What an off-policy estimate must rest on (below: a warning), and the weight threshold
+    # of the clipped variants (``ips_clipped``, ``switch_dr``).
+    min_matched_rounds: int = Field(100, ge=0)
+    min_positives: int = Field(10, ge=0)
+    min_effective_sample_size: float = Field(100.0, ge=0)
+    max_weight: float = Field(1000.0, gt=0)
+    clip_weight: float = Field(100.0, gt=0)
+
+    def support_limits(self) -> SupportLimits:
+        return SupportLimits(
+            min_matched_rounds=self.min_matched_rounds,
+            min_positives=self.min_positives,
+            min_effective_sample_size=self.min_effective_sample_size,
+            max_weight=self.max_weight,
+        )
 
     @field_validator("k")
     @classmethod
@@ -133,6 +155,19 @@ class MlflowConfig(_Strict):
     log_plots: bool = True
 
 
+class GateConfig(_Strict):
+    """The quality gate before the registry (:mod:`training.gate`)."""
+
+    enabled: bool = True
+    #: Off-policy estimator whose interval decides "loses to" (on the label).
+    estimator: Literal["ips", "snips", "dr", "ips_clipped", "switch_dr"] = "snips"
+    #: The model's greedy policy must not lose to these: ``logging`` (its observed value),
+    #: ``popularity`` (the baseline's estimate, when it is trained).
+    compare_to: tuple[Literal["logging", "popularity"], ...] = ("logging", "popularity")
+    #: The AUC interval's lower bound must be above this.
+    min_auc: float = Field(0.5, ge=0, lt=1)
+
+
 BASELINE_NAMES = ("random", "popularity", "logistic_regression")
 
 
@@ -144,6 +179,7 @@ class TrainingConfig(_Strict):
     baselines: tuple[Literal["random", "popularity", "logistic_regression"], ...] = BASELINE_NAMES
     evaluation: EvaluationConfig = EvaluationConfig()
     mlflow: MlflowConfig = MlflowConfig()
+    gate: GateConfig = GateConfig()
 
     def flat(self) -> dict[str, str]:
         """The whole config as ``{"model.params.learning_rate": "0.05", ...}`` (MLflow params)."""

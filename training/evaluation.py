@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from training.examples import Examples
-from training.metrics import auc, logloss, ranking_metrics, reliability
+from training.metrics import auc, auc_interval, logloss, ranking_metrics, reliability
 
 
 def metric_key(name: str) -> str:
@@ -20,8 +20,13 @@ def offline_metrics(
     probabilistic: bool,
     ks: tuple[int, ...],
     bins: int = 10,
+    bootstrap_samples: int = 300,
+    confidence: float = 0.95,
+    seed: int = 0,
 ) -> dict[str, float]:
-    """``{"auc": ..., "auc.web_cart": ..., "hit_at_3": ..., "examples.email": ...}``.
+    """``{"auc": ..., "auc.lower": ..., "auc.web_cart": ..., "hit_at_3": ..., ...}``.
+
+    ``auc.lower`` / ``auc.upper``: the overall AUC's seeded percentile bootstrap interval.
 
     Parameters
     ----------
@@ -46,4 +51,7 @@ def offline_metrics(
             values[metric_key(key)] = value
         for key, value in values.items():
             out[f"{key}{suffix}"] = value
+    out["auc.lower"], out["auc.upper"] = auc_interval(
+        test.y, score, bootstrap_samples=bootstrap_samples, confidence=confidence, seed=seed
+    )
     return out

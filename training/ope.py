@@ -7,13 +7,25 @@ Joachims 2015), all with a seeded bootstrap percentile interval:
 - IPS:   mean(w * r)                     with w = pi(a|x) / p(a|x)
 - SNIPS: sum(w * r) / sum(w)
 - DR:    mean(q_pi(x) + w * (r - q(x, a)))  with q the model's predicted reward
+
+and two variants that bound the variance extreme weights bring, at the price of a bias:
+
+- clipped IPS: mean(min(w, clip) * r)  (Ionides 2008, "Truncated importance sampling", JCGS
+  17(2); Strehl et al. 2010, "Learning from logged implicit exploration data", NeurIPS)
+- switch-DR:   mean(q_pi(x) + 1[w <= clip] * w * (r - q(x, a)))  (Wang, Agarwal & Dudík 2017,
+  "Optimal and adaptive off-policy evaluation in contextual bandits", ICML; the form of
+  Open Bandit Pipeline's ``SwitchDoublyRobust``)
+
+Every estimate carries its :class:`Diagnostics` (matched rounds, positives behind it,
+effective sample size and largest weight); :meth:`Diagnostics.problems` names what it lacks
+against :class:`SupportLimits`.
 """
 
 from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
@@ -66,13 +78,83 @@ class Rounds:
 
 
 @dataclass(frozen=True)
+class SupportLimits:
+    """What an estimate must rest on to be trusted (``evaluation.min_*`` / ``max_weight``)."""
+
+    min_matched_rounds: int = 100
+    min_positives: int = 10
+    min_effective_sample_size: float = 100.0
+    max_weight: float = 1000.0
+
+
+@dataclass(frozen=True)
+class Diagnostics:
+    """What one estimate rests on.
+
+    Attributes
+    ----------
+    rounds : int
+        Logged rounds.
+    matched : int
+        Rounds where the target policy gives the logged action a positive probability.
+    positives : int
+        Matched rounds with a reward > 0.
+    effective_sample_size : float
+        ``(sum w)^2 / sum w^2`` of the weights the estimator applies (0 when all are 0).
+    max_weight : float
+        The largest of those weights.
+    """
+
+    rounds: int
+    matched: int
+    positives: int
+    effective_sample_size: float
+    max_weight: float
+
+    @classmethod
+    def of(cls, weight: np.ndarray, rounds: Rounds) -> Diagnostics:
+        """Diagnostics of ``weight`` (shape (n_rounds,)) applied to ``rounds``."""
+        matched = rounds.target_prob > 0
+        squares = float(np.sum(weight**2))
+        return cls(
+            rounds=len(rounds.reward),
+            matched=int(matched.sum()),
+            positives=int((matched & (rounds.reward > 0)).sum()),
+            effective_sample_size=float(np.sum(weight)) ** 2 / squares if squares > 0 else 0.0,
+            max_weight=float(np.max(weight)),
+        )
+
+    def problems(self, limits: SupportLimits) -> list[str]:
+        """What the estimate lacks, one phrase each (empty when it rests on enough)."""
+        out = []
+        if self.matched < limits.min_matched_rounds:
+            out.append(
+                f"{self.matched} matched rounds of {self.rounds} "
+                f"(`min_matched_rounds` {limits.min_matched_rounds})"
+            )
+        if self.positives < limits.min_positives:
+            out.append(f"{self.positives} positives (`min_positives` {limits.min_positives})")
+        if self.effective_sample_size < limits.min_effective_sample_size:
+            out.append(
+                f"effective sample size {self.effective_sample_size:.1f} "
+                f"(`min_effective_sample_size` {limits.min_effective_sample_size:g})"
+            )
+        if self.max_weight > limits.max_weight:
+            out.append(
+                f"largest weight {self.max_weight:,.0f} (`max_weight` {limits.max_weight:g})"
+            )
+        return out
+
+
+@dataclass(frozen=True)
 class Estimate:
-    """A policy value with its bootstrap interval."""
+    """A policy value with its bootstrap interval and what it rests on."""
 
     estimator: str
     value: float
     lower: float
     upper: float
+    diagnostics: Diagnostics | None = None
 
     def covers(self, value: float) -> bool:
         return self.lower <= value <= self.upper
@@ -99,6 +181,10 @@ class Estimator(ABC):
             seed=seed,
         )
         return estimate
+
+    def weights(self, rounds: Rounds) -> np.ndarray:
+        """The importance weights the estimator applies, shape (n_rounds,)."""
+        return rounds.weight
 
     @abstractmethod
     def _terms(self, rounds: Rounds) -> tuple[np.ndarray, np.ndarray]:
@@ -127,6 +213,41 @@ class DoublyRobust(Estimator):
         return terms, np.ones_like(rounds.reward, dtype=np.float64)
 
 
+class _Thresholded(Estimator):
+    """An estimator with a weight threshold ``clip`` (> 0)."""
+
+    def __init__(self, clip: float) -> None:
+        if not clip > 0:
+            raise ValueError(f"`clip` must be > 0, got {clip}")
+        self.clip = clip
+
+
+class ClippedIPS(_Thresholded):
+    """IPS with each weight capped at ``clip`` (Ionides 2008; Strehl et al. 2010)."""
+
+    name = "ips_clipped"
+
+    def weights(self, rounds: Rounds) -> np.ndarray:
+        return np.minimum(rounds.weight, self.clip)
+
+    def _terms(self, rounds: Rounds) -> tuple[np.ndarray, np.ndarray]:
+        return self.weights(rounds) * rounds.reward, np.ones_like(rounds.reward, dtype=np.float64)
+
+
+class SwitchDR(_Thresholded):
+    """DR whose correction is dropped where the weight exceeds ``clip``: the reward model alone
+    answers there (Wang, Agarwal & Dudík 2017)."""
+
+    name = "switch_dr"
+
+    def weights(self, rounds: Rounds) -> np.ndarray:
+        return np.where(rounds.weight <= self.clip, rounds.weight, 0.0)
+
+    def _terms(self, rounds: Rounds) -> tuple[np.ndarray, np.ndarray]:
+        terms = rounds.q_target + self.weights(rounds) * (rounds.reward - rounds.q_logged)
+        return terms, np.ones_like(rounds.reward, dtype=np.float64)
+
+
 @dataclass(frozen=True)
 class BootstrapResult:
     """Point values (m,) and paired bootstrap values (bootstrap_samples, m) of m jobs."""
@@ -134,6 +255,7 @@ class BootstrapResult:
     names: tuple[str, ...]
     points: np.ndarray
     samples: np.ndarray
+    diagnostics: tuple[Diagnostics, ...]
 
     def interval(self, values: np.ndarray, confidence: float) -> tuple[float, float]:
         """Percentile interval of bootstrap ``values`` (shape (bootstrap_samples,))."""
@@ -146,15 +268,16 @@ class BootstrapResult:
 
     def estimate(self, j: int, confidence: float) -> Estimate:
         lower, upper = self.interval(self.samples[:, j], confidence)
-        return Estimate(self.names[j], float(self.points[j]), lower, upper)
+        return Estimate(self.names[j], float(self.points[j]), lower, upper, self.diagnostics[j])
 
     def ratio(self, j: int, k: int, confidence: float) -> Estimate:
-        """Job j relative to job k (e.g. a policy over the logging policy), paired."""
+        """Job j relative to job k (e.g. a policy over the logging policy), paired; with job
+        j's diagnostics."""
         with np.errstate(invalid="ignore", divide="ignore"):
             point = self.points[j] / self.points[k]
             values = self.samples[:, j] / self.samples[:, k]
         lower, upper = self.interval(values, confidence)
-        return Estimate(f"{self.names[j]}_ratio", float(point), lower, upper)
+        return Estimate(f"{self.names[j]}_ratio", float(point), lower, upper, self.diagnostics[j])
 
 
 def bootstrap(
@@ -186,7 +309,8 @@ def bootstrap(
         for b in range(bootstrap_samples):
             counts = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
             samples[b] = (counts @ numerators) / (counts @ denominators)
-    return BootstrapResult(tuple(est.name for est, _ in jobs), points, samples)
+    diagnostics = tuple(Diagnostics.of(est.weights(r), r) for est, r in jobs)
+    return BootstrapResult(tuple(est.name for est, _ in jobs), points, samples, diagnostics)
 
 
 def estimate_many(
@@ -208,6 +332,11 @@ def estimate_many(
 ESTIMATORS: dict[str, Estimator] = {e.name: e for e in (IPS(), SNIPS(), DoublyRobust())}
 
 
+def estimators(clip: float) -> dict[str, Estimator]:
+    """IPS, SNIPS, DR, then the variants with the weight threshold ``clip``, by name."""
+    return {**ESTIMATORS, **{e.name: e for e in (ClippedIPS(clip), SwitchDR(clip))}}
+
+
 def observed_value(
     reward: np.ndarray, *, bootstrap_samples: int = 300, confidence: float = 0.95, seed: int = 0
 ) -> Estimate:
@@ -218,4 +347,4 @@ def observed_value(
     estimate = IPS().estimate(
         rounds, bootstrap_samples=bootstrap_samples, confidence=confidence, seed=seed
     )
-    return Estimate("observed", estimate.value, estimate.lower, estimate.upper)
+    return replace(estimate, estimator="observed")

@@ -24,7 +24,13 @@ from training.evaluation import offline_metrics
 from training.examples import META_COLUMNS, Examples
 from training.metrics import Reliability, reliability
 from training.models import Scorer, ServableScorer, make_scorer
-from training.policy_eval import PolicyEvaluation, TargetPolicy, evaluate_policies, first_shown
+from training.policy_eval import (
+    PolicyEvaluation,
+    TargetPolicy,
+    TrueValue,
+    evaluate_policies,
+    first_shown,
+)
 from training.served import SERVED, ReplayBuilder, ServedRounds, served_rounds
 from training.split import TimeSplit, time_split
 
@@ -70,6 +76,33 @@ class TrainingInputs:
     replay: ReplayBuilder | None = None
 
 
+@dataclass(frozen=True)
+class RegisteredModel:
+    """The model that goes to the registry and how it was fitted.
+
+    With ``model.refit_on_all_data`` it is a new model of the same kind refit on every row
+    (train + valid + test) with an encoder fitted on every row; otherwise the held-out model
+    that was evaluated, with its encoder.
+
+    Attributes
+    ----------
+    scorer : ServableScorer
+    encoder : Encoder
+    rows : int
+        Rows the model was fitted on.
+    refit : bool
+        True if refit on all data.
+    example : ndarray, shape (n_example_rows, n_columns)
+        A few encoded rows (the MLflow signature and input example).
+    """
+
+    scorer: ServableScorer
+    encoder: Encoder
+    rows: int
+    refit: bool
+    example: np.ndarray
+
+
 @dataclass
 class TrainingResult:
     config: TrainingConfig
@@ -84,11 +117,15 @@ class TrainingResult:
     calibration: dict[str, Reliability]
     fingerprint: str
     encoder: Encoder
+    #: The model to register: the held-out model, or the same kind refit on all data.
+    registered: RegisteredModel
     offers: pd.DataFrame | None = None
     source: str = ""
     sizes: dict[str, int] = field(default_factory=dict)
     #: The served policy replayed on the test rounds (None without ``inputs.replay``).
     served: ServedRounds | None = None
+    #: Off-policy estimates that rest on too little (``evaluation.min_*``), one line each.
+    ope_warnings: list[str] = field(default_factory=list)
 
     @property
     def main(self) -> str:
@@ -210,6 +247,9 @@ def train_and_evaluate(inputs: TrainingInputs, config: TrainingConfig) -> Traini
             probabilistic=scorer.probabilistic,
             ks=config.evaluation.k,
             bins=config.evaluation.calibration_bins,
+            bootstrap_samples=config.evaluation.bootstrap_samples,
+            confidence=config.evaluation.confidence,
+            seed=config.seed,
         )
         if scorer.probabilistic:
             calibration[name] = reliability(test.y, scores, config.evaluation.calibration_bins)
@@ -220,10 +260,18 @@ def train_and_evaluate(inputs: TrainingInputs, config: TrainingConfig) -> Traini
             inputs, encoder, config, parts["test"], scorers
         )
 
+    ope_warnings = [] if policy is None else policy.warnings(config.evaluation.support_limits())
+    for line in ope_warnings:
+        logger.warning("off-policy estimate: %s", line)
     metrics = _flat_metrics(config.model.kind, offline, policy, by_touchpoint)
     metrics.update(main_scorer(scorers, config).fit_summary())
     for name, size in sizes.items():
         metrics[f"examples_{name}"] = float(size)
+    registered = _registered_model(
+        inputs, frame, config, main_scorer(scorers, config), encoder, sizes["train"]
+    )
+    metrics["examples_registered_model"] = float(registered.rows)
+    metrics["ope_warnings"] = float(len(ope_warnings))
     return TrainingResult(
         config=config,
         split=split,
@@ -241,7 +289,29 @@ def train_and_evaluate(inputs: TrainingInputs, config: TrainingConfig) -> Traini
         source=inputs.source,
         sizes=sizes,
         served=served,
+        registered=registered,
+        ope_warnings=ope_warnings,
     )
+
+
+def _registered_model(
+    inputs: TrainingInputs,
+    frame: pd.DataFrame,
+    config: TrainingConfig,
+    held_out: ServableScorer,
+    encoder: Encoder,
+    train_rows: int,
+) -> RegisteredModel:
+    """The held-out model (fitted on ``train_rows``), or (``model.refit_on_all_data``) the
+    same kind refit on every row of ``frame`` with an encoder fitted on every row."""
+    if not config.model.refit_on_all_data:
+        example = _examples(frame.head(5), encoder).X
+        return RegisteredModel(held_out, encoder, train_rows, False, example)
+    encoder_all = inputs.encoder_factory(frame)
+    everything = _examples(frame, encoder_all)
+    logger.info("refitting %s on all %d rows", config.model.kind, len(everything))
+    scorer = held_out.refit(everything)
+    return RegisteredModel(scorer, encoder_all, len(everything), True, everything.X[:5])
 
 
 def _policy_evaluation(
@@ -281,9 +351,11 @@ def _policy_evaluation(
     for name, scorer in scorers.items():
         policy_scores[name] = None if name == "random" else scorer.predict(cand_X, cand_meta)
     kwargs = {
+        "offer_values": offer_values(inputs.offers),
         "bootstrap_samples": config.evaluation.bootstrap_samples,
         "confidence": config.evaluation.confidence,
         "seed": config.seed,
+        "clip": config.evaluation.clip_weight,
     }
     served = None
     targets: dict[str, TargetPolicy] = {}
@@ -323,6 +395,14 @@ def _policy_evaluation(
     return overall, by_touchpoint, served
 
 
+def offer_values(offers: pd.DataFrame | None) -> dict[str, float] | None:
+    """Offer id -> business value of an acceptance (the catalogue's default 1 where unset)."""
+    if offers is None or "value" not in offers:
+        return None
+    values = pd.to_numeric(offers["value"], errors="coerce").fillna(1.0)
+    return dict(zip(offers["offer_id"].astype(str), values.astype(float), strict=True))
+
+
 def _served(
     replay: ReplayBuilder,
     logged: pd.DataFrame,
@@ -354,8 +434,11 @@ def _flat_metrics(
 ) -> dict[str, float]:
     """MLflow metric names: the main model's unprefixed (``auc``, ``auc.web_cart``), baselines
     prefixed (``popularity.auc``); policy values ``snips_value``, ``popularity.dr_value.lower``,
-    ``served.snips_value`` (the served policy), ``logging_value``, ``true_value``,
-    ``oracle_value`` (per touchpoint with ``.<touchpoint>``)."""
+    ``served.snips_value`` (the served policy), ``logging_value``; from the ground truth
+    ``true_value`` / ``true_revenue`` and their ``.of_oracle`` share of the way from a random
+    candidate (``chance_value``, ``chance_revenue``) to the best (``oracle_value``,
+    ``oracle_revenue``), ``logging_true_value`` (per touchpoint with ``.<touchpoint>``); overall, each estimate's
+    diagnostics ``snips_value.matched``, ``.positives``, ``.ess``, ``.max_weight``."""
     metrics: dict[str, float] = {}
     for name, values in offline.items():
         prefix = "" if name == main else f"{name}."
@@ -369,10 +452,16 @@ def _flat_metrics(
         metrics[f"logging_value.lower{suffix}"] = evaluation.logging.lower
         metrics[f"logging_value.upper{suffix}"] = evaluation.logging.upper
         metrics[f"logging_revenue{suffix}"] = evaluation.logging_revenue.value
-        if evaluation.logging_true_value is not None:
-            metrics[f"logging_true_value{suffix}"] = evaluation.logging_true_value
-        if evaluation.oracle_value is not None:
-            metrics[f"oracle_value{suffix}"] = evaluation.oracle_value
+        truth = {
+            "logging_true": evaluation.logging_true,
+            "oracle": evaluation.oracle,
+            "chance": evaluation.random,
+        }
+        for who, true in truth.items():
+            if true is not None:
+                metrics[f"{who}_value{suffix}"] = true.acceptance
+                if true.revenue is not None:
+                    metrics[f"{who}_revenue{suffix}"] = true.revenue
         for name, value in evaluation.policies.items():
             prefix = "" if name == main else f"{name}."
             for key, estimate in value.estimates.items():
@@ -380,10 +469,39 @@ def _flat_metrics(
                 metrics[f"{stem}{suffix}"] = estimate.value
                 metrics[f"{stem}.lower{suffix}"] = estimate.lower
                 metrics[f"{stem}.upper{suffix}"] = estimate.upper
+                if not suffix and estimate.diagnostics is not None:
+                    d = estimate.diagnostics
+                    metrics[f"{stem}.matched"] = float(d.matched)
+                    metrics[f"{stem}.positives"] = float(d.positives)
+                    metrics[f"{stem}.ess"] = d.effective_sample_size
+                    metrics[f"{stem}.max_weight"] = d.max_weight
             for key, lift in value.lifts.items():
                 metrics[f"{prefix}{key}_lift{suffix}"] = lift.value
                 metrics[f"{prefix}{key}_lift.lower{suffix}"] = lift.lower
                 metrics[f"{prefix}{key}_lift.upper{suffix}"] = lift.upper
-            if value.true_value is not None:
-                metrics[f"{prefix}true_value{suffix}"] = value.true_value
+            if value.true is not None:
+                metrics.update(_true_metrics(prefix, value.true, evaluation, suffix))
     return {k: float(v) for k, v in metrics.items()}
+
+
+def _true_metrics(
+    prefix: str, true: TrueValue, evaluation: PolicyEvaluation, suffix: str
+) -> dict[str, float]:
+    """``true_value`` (acceptance), ``true_revenue``, ``true_coverage`` and, for each, the
+    share of the way from a random candidate to the oracle (``.of_oracle``)."""
+    out = {f"{prefix}true_value{suffix}": true.acceptance}
+    if true.coverage < 1.0:
+        out[f"{prefix}true_coverage{suffix}"] = true.coverage
+    if true.revenue is not None:
+        out[f"{prefix}true_revenue{suffix}"] = true.revenue
+    oracle, chance = evaluation.oracle, evaluation.random
+    if oracle is None or chance is None:
+        return out
+    gap = oracle.acceptance - chance.acceptance
+    if gap > 0:
+        out[f"{prefix}true_value.of_oracle{suffix}"] = (true.acceptance - chance.acceptance) / gap
+    if true.revenue is not None and oracle.revenue is not None and chance.revenue is not None:
+        gap = oracle.revenue - chance.revenue
+        if gap > 0:
+            out[f"{prefix}true_revenue.of_oracle{suffix}"] = (true.revenue - chance.revenue) / gap
+    return out

@@ -15,19 +15,43 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 
-from training.ope import ESTIMATORS, Estimate, Rounds, bootstrap
+from training.ope import ESTIMATORS, Estimate, Rounds, SupportLimits, bootstrap, estimators
+
+
+@dataclass(frozen=True)
+class TrueValue:
+    """A policy's value per round from the ground truth, on both objectives.
+
+    ``acceptance``: mean over rounds of sum_a pi(a|x) p_accept(x, a); ``revenue``: the same
+    with p_accept(x, a) x value(a) (None without offer values); ``coverage``: the share of the
+    policy's choices that the truth knows (the served policy may find an offer eligible that
+    the data's generator did not; such a choice counts at the mean true value of the round's
+    known choices).
+    """
+
+    acceptance: float
+    revenue: float | None = None
+    coverage: float = 1.0
 
 
 @dataclass(frozen=True)
 class PolicyValue:
-    """One policy's estimates (``ips``, ``snips``, ``dr`` on the label, ``snips_revenue``)."""
+    """One policy's estimates (``ips``, ``snips``, ``dr``, ``ips_clipped``, ``switch_dr`` on
+    the label, ``snips_revenue``), each with its diagnostics."""
 
     policy: str
     estimates: dict[str, Estimate]
-    true_value: float | None = None
-    #: ``ips``, ``snips``, ``dr`` divided by the logging policy's observed value, with a
-    #: paired bootstrap interval (the same resamples in numerator and denominator).
+    true: TrueValue | None = None
+    #: The label estimates divided by the logging policy's observed value, with a paired
+    #: bootstrap interval (the same resamples in numerator and denominator).
     lifts: dict[str, Estimate] = field(default_factory=dict)
+    #: Distinct offers the policy chooses with a positive probability over all rounds.
+    chosen_offers: int = 0
+
+    @property
+    def true_value(self) -> float | None:
+        """The true value on acceptance (None without ground truth)."""
+        return None if self.true is None else self.true.acceptance
 
 
 @dataclass(frozen=True)
@@ -38,8 +62,33 @@ class PolicyEvaluation:
     logging: Estimate
     logging_revenue: Estimate
     policies: dict[str, PolicyValue] = field(default_factory=dict)
-    logging_true_value: float | None = None
-    oracle_value: float | None = None
+    #: From the ground truth (generated data only): the logging policy's first shown offer,
+    #: the best candidate of every round (``oracle``) and a uniformly random candidate.
+    logging_true: TrueValue | None = None
+    oracle: TrueValue | None = None
+    random: TrueValue | None = None
+    #: Distinct offers among the rounds' candidates (of the greedy and random policies).
+    candidate_offers: int = 0
+
+    @property
+    def logging_true_value(self) -> float | None:
+        return None if self.logging_true is None else self.logging_true.acceptance
+
+    @property
+    def oracle_value(self) -> float | None:
+        return None if self.oracle is None else self.oracle.acceptance
+
+    def warnings(self, limits: SupportLimits) -> list[str]:
+        """One line per policy whose label estimates rest on too little, judged on the raw
+        importance weights (those of IPS, SNIPS and DR; the clipped variants rest on the same
+        matched rounds and positives)."""
+        lines = []
+        for name, value in self.policies.items():
+            diagnostics = value.estimates["ips"].diagnostics
+            problems = [] if diagnostics is None else diagnostics.problems(limits)
+            if problems:
+                lines.append(f"{name} policy's estimates rest on too little: {'; '.join(problems)}")
+        return lines
 
 
 @dataclass(frozen=True)
@@ -132,42 +181,65 @@ def _target(
     return target_prob, q_target
 
 
-def true_policy_value(candidates: pd.DataFrame, prob: np.ndarray, truth: pd.DataFrame) -> float:
-    """Mean over decisions of sum_a pi(a|x) p_accept(x, a) from the ground truth."""
-    merged = pd.DataFrame(
-        {
-            "decision_id": candidates["decision_id"].to_numpy(),
-            "offer_id": candidates["offer_id"].to_numpy(),
-            "prob": prob,
-        }
-    ).merge(
-        truth[["decision_id", "offer_id", "p_accept"]], on=["decision_id", "offer_id"], how="left"
-    )
-    if merged["p_accept"].isna().any():
-        missing = int(merged["p_accept"].isna().sum())
-        raise ValueError(f"ground truth lacks p_accept for {missing} candidate rows")
-    per_decision = (merged["prob"] * merged["p_accept"]).groupby(merged["decision_id"]).sum()
-    return float(per_decision.mean())
+def true_value(
+    decision_id: np.ndarray,
+    offer_id: np.ndarray,
+    prob: np.ndarray,
+    truth: pd.DataFrame,
+    rounds: int,
+) -> TrueValue:
+    """A policy's :class:`TrueValue` over ``rounds`` rounds from its choice probabilities.
+
+    ``decision_id, offer_id, prob`` (each shape (n,)) give the probability of each offer being
+    chosen first (a round with none chosen is worth 0); ``truth`` has ``decision_id, offer_id,
+    p_accept`` and, for revenue, ``value``.
+    """
+    chosen = pd.DataFrame({"decision_id": decision_id, "offer_id": offer_id, "prob": prob})
+    chosen = chosen[chosen["prob"] > 0]
+    columns = ["decision_id", "offer_id", "p_accept", *(["value"] if "value" in truth else [])]
+    merged = chosen.merge(truth[columns], on=["decision_id", "offer_id"], how="left")
+    known = merged["p_accept"].notna().to_numpy()
+    mass = merged.groupby("decision_id")["prob"].sum()
+    known_mass = merged[known].groupby("decision_id")["prob"].sum().reindex(mass.index)
+    # A round's choices the truth lacks count at the mean of its known choices.
+    scale = (mass / known_mass).where(known_mass > 0, 0.0)
+    known_rows = merged[known]
+    weight = known_rows["prob"] * known_rows["decision_id"].map(scale)
+    acceptance = float((weight * known_rows["p_accept"]).sum() / rounds)
+    revenue = None
+    if "value" in known_rows:
+        revenue = float((weight * known_rows["p_accept"] * known_rows["value"]).sum() / rounds)
+    total = float(mass.sum())
+    coverage = float(known_mass.where(known_mass > 0, 0.0).sum() / total) if total else 1.0
+    return TrueValue(acceptance, revenue, coverage)
 
 
-def _true_value(
-    policy: TargetPolicy, truth: pd.DataFrame, rounds: int, *, strict: bool
-) -> float | None:
-    """The policy's true value per round. A greedy or random policy chooses in every round
-    among candidates the truth has (``strict``: else an error); a target policy may choose
-    nothing in a round (value 0 there) and has no true value when it may choose an offer the
-    truth lacks."""
-    if strict:
-        return true_policy_value(policy.candidates, policy.prob, truth)
-    chosen = policy.prob > 0
-    merged = (
-        policy.candidates[chosen]
-        .assign(prob=policy.prob[chosen])
-        .merge(truth[["decision_id", "offer_id", "p_accept"]], how="left")
+def truth_with_values(
+    truth: pd.DataFrame, offer_values: Mapping[str, float] | None
+) -> pd.DataFrame:
+    """``truth`` with each offer's business value (column ``value``) when values are given;
+    an offer the catalogue lacks is an error naming it."""
+    if offer_values is None:
+        return truth
+    value = truth["offer_id"].map(offer_values)
+    if value.isna().any():
+        missing = sorted(set(truth.loc[value.isna(), "offer_id"]))
+        raise ValueError(f"`offer_values` lacks offers of the ground truth: {missing[:5]}")
+    return truth.assign(value=value.astype(np.float64))
+
+
+def _truth_extremes(truth: pd.DataFrame) -> tuple[TrueValue, TrueValue]:
+    """(oracle, random): the best candidate of every round on each objective, and the mean."""
+    rounds = truth.groupby("decision_id")
+    oracle_revenue = random_revenue = None
+    if "value" in truth:
+        gain = truth["p_accept"] * truth["value"]
+        oracle_revenue = float(gain.groupby(truth["decision_id"]).max().mean())
+        random_revenue = float(gain.groupby(truth["decision_id"]).mean().mean())
+    return (
+        TrueValue(float(rounds["p_accept"].max().mean()), oracle_revenue),
+        TrueValue(float(rounds["p_accept"].mean().mean()), random_revenue),
     )
-    if merged["p_accept"].isna().any():
-        return None
-    return float((merged["prob"] * merged["p_accept"]).sum() / rounds)
 
 
 def evaluate_policies(
@@ -179,9 +251,11 @@ def evaluate_policies(
     *,
     targets: Mapping[str, TargetPolicy] | None = None,
     truth: pd.DataFrame | None = None,
+    offer_values: Mapping[str, float] | None = None,
     bootstrap_samples: int = 300,
     confidence: float = 0.95,
     seed: int = 0,
+    clip: float = 100.0,
 ) -> PolicyEvaluation:
     """Estimate each policy's value on the logged rounds.
 
@@ -199,10 +273,19 @@ def evaluate_policies(
         Policy name -> candidate scores (n_cand,) for a greedy policy, or None for the
         uniform random policy.
     targets : mapping of policy name -> TargetPolicy, optional
-        Policies with their own candidates and probabilities (e.g. ``served``). Their true
-        value is None when the truth lacks an offer they may choose.
+        Policies with their own candidates and probabilities (e.g. ``served``).
     truth : DataFrame, optional
         ``decision_id, offer_id, p_accept`` for every candidate (generated data only).
+    offer_values : mapping of offer id -> value, optional
+        The business value of an accepted offer: with ``truth``, true values on revenue too.
+    clip : float
+        Weight threshold of the clipped variants (``ips_clipped``, ``switch_dr``).
+
+    Raises
+    ------
+    ValueError
+        A greedy or random policy's candidate that the truth lacks (its candidates are the
+        logged decisions'), or an offer of the truth without a value.
     """
     if logged.empty:
         raise ValueError("`logged` must hold at least one round, got 0")
@@ -233,11 +316,12 @@ def evaluate_policies(
             f"`targets` must not repeat a name of `policy_scores`, got {sorted(clash)}"
         )
     policies_of.update(targets or {})
+    label_estimators = estimators(clip)
     jobs = []
     for name, policy in policies_of.items():
         target_prob, q_target = _target(logged, policy.candidates, policy.prob, policy.q)
         label_rounds = Rounds(reward, propensity, target_prob, q_logged, q_target)
-        for estimator in ESTIMATORS.values():
+        for estimator in label_estimators.values():
             jobs.append((name, estimator.name, estimator, label_rounds))
         revenue_rounds = Rounds(revenue, propensity, target_prob, zeros, zeros)
         jobs.append((name, "snips_revenue", ESTIMATORS["snips"], revenue_rounds))
@@ -263,7 +347,7 @@ def evaluate_policies(
     lifts: dict[str, dict[str, Estimate]] = {name: {} for name in policies_of}
     for j, (name, key, _, _) in enumerate(jobs[:logging_index]):
         per_policy[name][key] = replace(boot.estimate(j, confidence), estimator=key)
-        if key in ESTIMATORS:
+        if key in label_estimators:
             lifts[name][key] = replace(
                 boot.ratio(j, logging_index, confidence), estimator=f"{key}_lift"
             )
@@ -274,30 +358,43 @@ def evaluate_policies(
 
     truth_in = None
     if truth is not None:
-        truth_in = truth[truth["decision_id"].isin(set(logged["decision_id"]))]
-    policies = {
-        name: PolicyValue(
+        truth_in = truth_with_values(
+            truth[truth["decision_id"].isin(set(logged["decision_id"]))], offer_values
+        )
+    policies = {}
+    for name, policy in policies_of.items():
+        true = None
+        if truth_in is not None:
+            true = true_value(
+                policy.decision_id, policy.offer_id, policy.prob, truth_in, len(logged)
+            )
+            if name in policy_scores and true.coverage < 1.0:
+                raise ValueError(f"ground truth lacks p_accept for candidates of policy {name!r}")
+        policies[name] = PolicyValue(
             name,
             per_policy[name],
-            _true_value(policy, truth_in, len(logged), strict=name in policy_scores)
-            if truth_in is not None
-            else None,
+            true,
             lifts[name],
+            chosen_offers=int(pd.unique(policy.offer_id[policy.prob > 0]).size),
         )
-        for name, policy in policies_of.items()
-    }
-    logging_true = oracle = None
+    logging_true = oracle = random = None
     if truth_in is not None:
         # The logging policy's expected value of its first shown offer, from the truth.
-        logging_true = true_policy_value(
-            logged[["decision_id", "offer_id"]], np.ones(len(logged)), truth_in
+        logging_true = true_value(
+            logged["decision_id"].to_numpy(),
+            logged["offer_id"].to_numpy(),
+            np.ones(len(logged)),
+            truth_in,
+            len(logged),
         )
-        oracle = float(truth_in.groupby("decision_id")["p_accept"].max().mean())
+        oracle, random = _truth_extremes(truth_in)
     return PolicyEvaluation(
         rounds=len(logged),
         logging=logging,
         logging_revenue=logging_revenue,
         policies=policies,
-        logging_true_value=logging_true,
-        oracle_value=oracle,
+        logging_true=logging_true,
+        oracle=oracle,
+        random=random,
+        candidate_offers=int(candidates["offer_id"].nunique()),
     )

@@ -11,6 +11,7 @@ from recsys.errors import NotFoundError
 from recsys.settings import Settings
 from recsys.warehouse import connect
 from training.config import TrainingConfig
+from training.ope import Estimate
 from training.pipeline import TrainingResult, train_and_evaluate
 from training.served import SERVED
 from training.tracking import LoggedRun, format_policy_table, log_training
@@ -44,26 +45,38 @@ class RunOutcome:
                 f"{name:<20} {fmt('auc'):>7} {fmt('logloss'):>8} {fmt('ece'):>7} "
                 f"{fmt('hit_at_1'):>7} {fmt('ndcg_at_3'):>7}"
             )
+        main = r.offline[r.main]
+        lines.append(
+            f"{r.main} test AUC {main['auc']:.4f} [{main['auc.lower']:.4f}, "
+            f"{main['auc.upper']:.4f}] (bootstrap)"
+        )
         if r.policy is not None:
             lines += ["", format_policy_table(r).rstrip()]
             wanted = r.config.evaluation.logging_policy
             who = f"the logged {wanted} policy" if wanted else "the logging policy"
-            lifts = r.policy.policies[r.main].lifts
-            snips, dr = lifts["snips"], lifts["dr"]
             lines.append(
-                f"\n{r.main} policy vs {who} (paired bootstrap): SNIPS {snips.value:.2f}x "
-                f"[{snips.lower:.2f}, {snips.upper:.2f}], DR {dr.value:.2f}x "
-                f"[{dr.lower:.2f}, {dr.upper:.2f}]"
+                f"\n{r.main} policy vs {who} (paired bootstrap): "
+                + _lifts(r.policy.policies[r.main].lifts)
             )
             served = r.policy.policies.get(SERVED)
             if served is not None and r.served is not None:
-                snips, dr = served.lifts["snips"], served.lifts["dr"]
                 lines.append(
                     f"served policy ({r.main}, {r.served.policy}, P x value x weight over the "
-                    f"eligible offers) vs {who}: SNIPS {snips.value:.2f}x "
-                    f"[{snips.lower:.2f}, {snips.upper:.2f}], DR {dr.value:.2f}x "
-                    f"[{dr.lower:.2f}, {dr.upper:.2f}]"
+                    f"eligible offers) vs {who}: " + _lifts(served.lifts)
                 )
+            lines.append(_objective_line(r))
+        lines += [f"warning: {line}" for line in r.ope_warnings]
+        registered = r.registered
+        lines.append(
+            f"\nlogged model: {r.main} "
+            + (
+                f"refit on all {registered.rows:,} rows (train + valid + test); the "
+                "evaluation above is the held-out model's"
+                if registered.refit
+                else f"the held-out model, fitted on {registered.rows:,} train rows"
+            )
+        )
+        lines.append(self.logged.gate.message())
         lines += [
             "",
             f"MLflow run {self.logged.run_id}"
@@ -76,10 +89,66 @@ class RunOutcome:
         return "\n".join(lines)
 
 
+def _lifts(lifts: dict[str, Estimate]) -> str:
+    """``SNIPS 1.20x [0.80, 1.70], DR ..., ips-clipped ..., switch-dr ...; rests on 412 matched
+    rounds of 5,000, 9 positives, ESS 380.0, max weight 80`` (the raw weights' diagnostics,
+    shared by IPS, SNIPS and DR)."""
+    keys = ("snips", "dr", "ips_clipped", "switch_dr")
+    parts = [
+        f"{key.upper() if key in ('snips', 'dr') else key.replace('_', '-')} "
+        f"{lifts[key].value:.2f}x [{lifts[key].lower:.2f}, {lifts[key].upper:.2f}]"
+        for key in keys
+        if key in lifts
+    ]
+    text = ", ".join(parts)
+    d = lifts["ips"].diagnostics
+    if d is not None:
+        text += (
+            f"; rests on {d.matched:,} matched rounds of {d.rounds:,}, {d.positives:,} "
+            f"positives, ESS {d.effective_sample_size:,.1f}, max weight {d.max_weight:,.0f}"
+        )
+    return text
+
+
+def _objective_line(r: TrainingResult) -> str:
+    """The served policy's value on the configured objective, next to the logging policy's."""
+    assert r.policy is not None
+    objective = r.config.evaluation.objective
+    served = r.policy.policies.get(SERVED) or r.policy.policies[r.main]
+    if objective == "revenue":
+        estimate, logged = served.estimates["snips_revenue"], r.policy.logging_revenue
+    else:
+        estimate, logged = served.estimates["snips"], r.policy.logging
+    line = (
+        f"objective {objective}: {served.policy} SNIPS {estimate.value:.4f} "
+        f"[{estimate.lower:.4f}, {estimate.upper:.4f}] per decision, logging policy "
+        f"{logged.value:.4f}"
+    )
+    oracle, chance, true = r.policy.oracle, r.policy.random, served.true
+    if true is not None and oracle is not None and chance is not None:
+        pairs = {
+            "acceptance": (true.acceptance, chance.acceptance, oracle.acceptance),
+            "revenue": (true.revenue, chance.revenue, oracle.revenue),
+        }
+        value, low, high = pairs[objective]
+        if value is not None and low is not None and high is not None and high > low:
+            line += (
+                f"; true {value:.4f}, {(value - low) / (high - low):.2f} of the way to the oracle"
+            )
+    return line
+
+
 def run_training(
-    config: TrainingConfig, settings: Settings, artifact_location: str | None = None
+    config: TrainingConfig,
+    settings: Settings,
+    artifact_location: str | None = None,
+    *,
+    force: bool = False,
 ) -> RunOutcome:
     """Train on the warehouse at ``settings.warehouse_path`` and log the run to MLflow.
+
+    The model is registered only if the quality gate lets it through
+    (:func:`training.gate.quality_gate`), or with ``force``.
 
     The served policy is evaluated with ``evaluation.served_epsilon``, or when that is not
     set with the service's ``serving.epsilon`` (logged as the param either way)."""
@@ -102,5 +171,5 @@ def run_training(
         result = train_and_evaluate(inputs, config)
     finally:
         con.close()
-    logged = log_training(result, settings, artifact_location=artifact_location)
+    logged = log_training(result, settings, artifact_location=artifact_location, force=force)
     return RunOutcome(result, logged)

@@ -34,8 +34,10 @@ from recsys.errors import ConfigError, NotFoundError
 from recsys.settings import Settings
 from training import plots
 from training.encoding import feature_spec
+from training.gate import GateVerdict, quality_gate
 from training.models import LightGBMScorer
 from training.pipeline import TrainingResult
+from training.policy_eval import TrueValue
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ class LoggedRun:
     experiment_id: str
     model_uri: str
     model_version: str | None
+    gate: GateVerdict
 
 
 @dataclass(frozen=True)
@@ -112,31 +115,51 @@ def log_training(
     *,
     artifact_location: str | None = None,
     run_name: str | None = None,
+    force: bool = False,
 ) -> LoggedRun:
-    """Log ``result`` as one MLflow run and (if configured) register its ``model.kind`` model."""
+    """Log ``result`` as one MLflow run and register its model (``result.registered``) if
+    ``mlflow.register_model`` is set and the quality gate (:func:`training.gate.quality_gate`)
+    lets it through; ``force`` registers a model the gate refuses (tag ``quality_gate=forced``).
+
+    Tags: ``quality_gate`` (passed, refused, forced or disabled) and ``quality_gate.reasons``;
+    ``ope_warnings`` (one line per estimate resting on too little) when there are any.
+    """
     experiment_id = setup(settings, artifact_location)
     config = result.config
+    registered = result.registered
+    verdict = quality_gate(result, force=force)
+    logger.log(logging.WARNING if verdict.reasons else logging.INFO, "%s", verdict.message())
     params = {
         **config.flat(),
         "data.fingerprint": result.fingerprint,
         "data.source": result.source or "unknown",
-        "feature_spec_version": result.encoder.spec_version,
+        "feature_spec_version": registered.encoder.spec_version,
         "code_version": code_version(),
         "split.valid_start": str(result.split.valid_start),
         "split.test_start": str(result.split.test_start),
-        "columns": str(len(result.encoder.columns)),
+        "columns": str(len(registered.encoder.columns)),
+        # What the registered model was fitted on (the metrics are the held-out model's).
+        "refit_on_all_data": str(registered.refit).lower(),
     }
-    model = result.model
+    tags = {"quality_gate": verdict.status}
+    if verdict.reasons:
+        tags["quality_gate.reasons"] = "; ".join(verdict.reasons)
+    if verdict.notes:
+        tags["quality_gate.not_checked"] = "; ".join(verdict.notes)
+    if result.ope_warnings:
+        tags["ope_warnings"] = "\n".join(result.ope_warnings)
+    model = registered.scorer
     with (
         mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run,
         tempfile.TemporaryDirectory() as tmp,
     ):
         mlflow.log_params(params)
+        mlflow.set_tags(tags)
         mlflow.log_metrics({k: v for k, v in result.metrics.items() if np.isfinite(v)})
         tmpdir = Path(tmp)
         model_file = model.save_model(tmpdir)
         spec = {
-            **feature_spec(result.encoder, model_file=model_file.name),
+            **feature_spec(registered.encoder, model_file=model_file.name),
             "flavour": model.flavour,
         }
         spec_file = tmpdir / SPEC_FILE
@@ -153,8 +176,8 @@ def log_training(
         )
         if config.mlflow.log_plots:
             _log_plots(result, tmpdir)
-        input_frame = pd.DataFrame(result.test.X[:5], columns=list(result.encoder.columns))
-        signature = infer_signature(input_frame, result.test_scores[result.main][:5])
+        input_frame = pd.DataFrame(registered.example, columns=list(registered.encoder.columns))
+        signature = infer_signature(input_frame, model.flavour_scorer().score(registered.example))
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(_PYFUNC_CODE),
@@ -167,7 +190,9 @@ def log_training(
                 f"mlflow=={mlflow.__version__}",
                 *map(_requirement, PYFUNC_PACKAGES),
             ],
-            registered_model_name=settings.model_name if config.mlflow.register_model else None,
+            registered_model_name=settings.model_name
+            if config.mlflow.register_model and verdict.allows_registration
+            else None,
         )
         version = info.registered_model_version
         logger.info("logged run %s (model version %s)", run.info.run_id, version)
@@ -176,6 +201,7 @@ def log_training(
             experiment_id,
             info.model_uri,
             None if version is None else str(version),
+            verdict,
         )
 
 
@@ -226,32 +252,60 @@ def format_policy_table(result: TrainingResult) -> str:
     evaluation = result.policy
     if evaluation is None:
         return ""
-    has_truth = evaluation.oracle_value is not None
-    head = "| policy | IPS | SNIPS | DR |" + (" true value |" if has_truth else "")
+    oracle, chance = evaluation.oracle, evaluation.random
+    has_truth = oracle is not None and chance is not None
+    head = "| policy | IPS | SNIPS | DR |"
+    if has_truth:
+        head += " true acceptance (of oracle) | true revenue (of oracle) |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
 
     def cell(e) -> str:
         return f"{e.value:.4f} [{e.lower:.4f}, {e.upper:.4f}]"
+
+    def true_cells(true: TrueValue | None) -> str:
+        if true is None or oracle is None or chance is None:
+            return ""
+        return (
+            f" {_share(true.acceptance, chance.acceptance, oracle.acceptance)} |"
+            f" {_share(true.revenue, chance.revenue, oracle.revenue)} |"
+        )
 
     for name, value in evaluation.policies.items():
         row = (
             f"| {name} | {cell(value.estimates['ips'])} | {cell(value.estimates['snips'])} | "
             f"{cell(value.estimates['dr'])} |"
         )
-        if has_truth:  # none for a policy that may choose an offer the truth lacks
-            row += " - |" if value.true_value is None else f" {value.true_value:.4f} |"
-        lines.append(row)
-    log = f"| logging (observed) | {cell(evaluation.logging)} | | |"
+        lines.append(row + true_cells(value.true))
+    lines.append(f"| logging (observed) | {cell(evaluation.logging)} | | |" + true_cells(
+        evaluation.logging_true
+    ))  # fmt: skip
     if has_truth:
-        log += f" {evaluation.logging_true_value:.4f} |"
-        lines.append(log)
-        lines.append(f"| oracle | | | | {evaluation.oracle_value:.4f} |")
-    else:
-        lines.append(log)
+        lines.append("| oracle | | | |" + true_cells(oracle))
+    note = ""
+    if has_truth:
+        note = (
+            "\ntrue: from the data's ground truth; (of oracle) = share of the way from a random "
+            "candidate (0) to the best one (1)"
+        )
+        partial = {n: v.true.coverage for n, v in evaluation.policies.items() if v.true}
+        partial = {n: c for n, c in partial.items() if c < 1.0}
+        for name, coverage in partial.items():
+            note += (
+                f"\n{name}: {1 - coverage:.1%} of its choices are offers the ground truth does "
+                "not list as candidates; they count at the round's known mean"
+            )
     return (
         f"Policy value per decision on {evaluation.rounds} test rounds "
-        f"(95% bootstrap intervals)\n\n" + "\n".join(lines) + "\n"
+        f"(95% bootstrap intervals)\n\n" + "\n".join(lines) + "\n" + note + ("\n" if note else "")
     )
+
+
+def _share(value: float | None, chance: float | None, oracle: float | None) -> str:
+    if value is None or chance is None or oracle is None:
+        return "-"
+    if oracle <= chance:
+        return f"{value:.4f}"
+    return f"{value:.4f} ({(value - chance) / (oracle - chance):.2f})"
 
 
 # ---------------------------------------------------------------- registry

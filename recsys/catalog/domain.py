@@ -105,6 +105,9 @@ class Offer:
     eligibility: tuple[EligibilityRule, ...] = ()
     weight: float = 1.0
     fallback: bool = False
+    #: Offered again after the customer accepted it (content, service); by default an
+    #: accepted offer is not offered to that customer again.
+    repeatable: bool = False
     attributes: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
@@ -214,6 +217,8 @@ class TouchpointOffers:
     index : mapping of offer_id -> position in ``offers``
     capped : ndarray of bool, shape (n,)
         Offers with a contact cap.
+    repeatable : ndarray of bool, shape (n,)
+        Offers offered again after the customer accepted them.
     rules : tuple of EligibilityRule, shape (r,)
         The distinct customer rules of these offers.
     rule_offers : ndarray of bool, shape (r, n)
@@ -231,6 +236,7 @@ class TouchpointOffers:
     weight: np.ndarray
     index: Mapping[str, int]
     capped: np.ndarray
+    repeatable: np.ndarray
     rules: tuple[EligibilityRule, ...]
     rule_offers: np.ndarray
     fallback: tuple[Offer, ...]
@@ -273,6 +279,7 @@ class TouchpointOffers:
             weight=np.array([o.weight for o in candidates], dtype=np.float64),
             index=MappingProxyType({o.offer_id: j for j, o in enumerate(candidates)}),
             capped=np.array([o.capped for o in candidates], dtype=bool),
+            repeatable=np.array([o.repeatable for o in candidates], dtype=bool),
             rules=rules,
             rule_offers=rule_offers,
             fallback=fallback,

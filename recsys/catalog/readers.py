@@ -31,6 +31,7 @@ _OFFER_FIELDS = (
     "eligibility",
     "weight",
     "fallback",
+    "repeatable",
 )
 
 
@@ -125,6 +126,7 @@ def offer_from_record(record: Mapping[str, Any], where: str = "offers") -> Offer
             eligibility=rules,
             weight=_as_float(record.get("weight"), 1.0),
             fallback=_as_bool(record.get("fallback")),
+            repeatable=_as_bool(record.get("repeatable")),
             attributes={k: v for k, v in attributes.items() if not _is_missing(v)},
         )
     except (KeyError, TypeError, ValueError) as exc:

@@ -51,13 +51,31 @@ def generate(
 
 @app.command("import-obd")
 def import_obd(
-    path: Path = typer.Argument(..., help="Open Bandit Dataset folder (with random/ and bts/)."),
+    path: Path = typer.Argument(
+        ...,
+        help="Open Bandit Dataset root (random/ and bts/, each with all/ men/ women/), a "
+        "policy folder (random/ or bts/) or one campaign folder (e.g. random/men).",
+    ),
     out_dir: Path = typer.Argument(..., help="Where to write the contract tables."),
+    campaign: str | None = typer.Option(
+        None,
+        help="all, men or women: the campaign to import (item ids are per campaign, so one "
+        "at a time); may be omitted when PATH holds only one.",
+    ),
 ) -> None:
-    """Convert the Open Bandit Dataset (ZOZOTOWN, CC BY 4.0) into the data contract."""
+    """Convert one campaign of the Open Bandit Dataset (ZOZOTOWN, CC BY 4.0) to the contract.
+
+    Offers are named <campaign>-<item_id> (e.g. men-12) at touchpoint zozotown_<campaign>, so
+    campaigns loaded one after another into one warehouse keep their own catalogues.
+    """
+    from recsys.errors import ContractError
     from recsys.obd import import_obd as run_import
 
-    summary = run_import(path, out_dir)
+    try:
+        summary = run_import(path, out_dir, campaign)
+    except ContractError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(code=1) from err
     typer.echo(summary.format())
 
 

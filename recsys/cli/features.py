@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import typer
 
+from recsys.cli.as_of import AS_OF_HELP, parse_time, resolve_as_of
 from recsys.settings import load_settings
 
 app = typer.Typer(no_args_is_help=True)
@@ -18,36 +18,6 @@ CONFIG_HELP = (
     "Features config YAML (horizons, windows, event vocabulary; docs/features.md); "
     "default: the setting features_config, else the built-in one."
 )
-AS_OF_HELP = (
-    "Point in time, ISO 8601 (naive = UTC), or 'latest' (just after the warehouse's last "
-    "event, e.g. for generated data); default now."
-)
-
-
-def _latest(con) -> datetime:
-    """Just after the last event of the warehouse."""
-    row = con.execute(
-        "SELECT max(ts) FROM (SELECT max(ts) AS ts FROM transactions UNION ALL "
-        "SELECT max(ts) FROM interactions UNION ALL SELECT max(ts) FROM decisions UNION ALL "
-        "SELECT max(ts) FROM outcomes)"
-    ).fetchone()
-    if row is None or row[0] is None:
-        raise typer.BadParameter("`--as-of latest` needs events in the warehouse, found none")
-    return row[0] + timedelta(seconds=1)
-
-
-def _as_of(value: str | None, con=None) -> datetime:
-    if value is None:
-        return datetime.now(UTC).replace(tzinfo=None)
-    if value == "latest" and con is not None:
-        return _latest(con)
-    try:
-        ts = datetime.fromisoformat(value)
-    except ValueError:
-        raise typer.BadParameter(
-            f"`--as-of` must be an ISO 8601 timestamp, got {value!r}"
-        ) from None
-    return ts.astimezone(UTC).replace(tzinfo=None) if ts.tzinfo else ts
 
 
 def _open_warehouse(db: Path | None):
@@ -109,7 +79,7 @@ def build(
 
     con = _open_warehouse(db)
     _report_unused_event_types(con, chosen)
-    ts = _as_of(as_of, con)
+    ts = resolve_as_of(as_of, con)
     started = time.perf_counter()
     frame = customer_features(con, ts, engine=engine)
     _write(frame, out)
@@ -137,8 +107,8 @@ def training_set(
 
     con = _open_warehouse(db)
     started = time.perf_counter()
-    first = _as_of(start) if start else None
-    last = _as_of(end) if end else None
+    first = parse_time(start, "--start") if start else None
+    last = parse_time(end, "--end") if end else None
     if out.suffix == ".parquet":  # streamed to the file, never held in memory
         rows = write_training_set(
             con, out, start=first, end=last, attribution_days=attribution_days, engine=engine
@@ -176,7 +146,7 @@ def materialize(
     online = _store(store)
     started = time.perf_counter()
     try:
-        ts = _as_of(as_of, con)
+        ts = resolve_as_of(as_of, con)
         count = (
             refresh(con, online, as_of=ts)
             if incremental

@@ -6,9 +6,12 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
+
+from recsys.cli.as_of import AS_OF_HELP, resolve_as_of
 
 logger = logging.getLogger(__name__)
 
@@ -118,10 +121,18 @@ def score(
         True, "--record/--dry-run", help="Log the decisions (contacts count toward caps)."
     ),
     max_customers: int = typer.Option(None, min=1, help="Only the first N customers."),
+    as_of: str = typer.Option(None, "--as-of", help=AS_OF_HELP),
+    epsilon: float = typer.Option(
+        None,
+        min=0.0,
+        max=1.0,
+        help="Exploration share (default: settings serving.epsilon; 0 = greedy).",
+    ),
 ) -> None:
     """Top-k offers for every eligible customer of a batch touchpoint (e.g. an email).
 
-    Uses the same decision pipeline as the HTTP service and logs decisions the same way.
+    Uses the same decision pipeline as the HTTP service and logs decisions the same way,
+    deciding as of ``--as-of`` (features materialised before then are aged to it).
     """
     import duckdb
 
@@ -133,7 +144,7 @@ def score(
         raise typer.BadParameter(
             f"must end in .parquet or .csv, got {out.name!r}", param_hint="--out"
         )
-    settings = load_settings()
+    settings = load_settings(serving=None if epsilon is None else {"epsilon": epsilon})
     components = build_components(settings)
     try:
         tp_id = _resolve_touchpoint(components.catalog, touchpoint)
@@ -148,10 +159,11 @@ def score(
         if max_customers:
             query += f" LIMIT {int(max_customers)}"
         customer_ids = [r[0] for r in con.execute(query).fetchall()]
+        now = resolve_as_of(as_of, con).replace(tzinfo=UTC)
         con.close()
         summary = score_customers(
             components.pipeline, customer_ids, tp_id, out, chunk=chunk, record=record,
-            limit=limit,
+            limit=limit, now=now,
         )  # fmt: skip
         typer.echo(
             f"{summary.customers_with_offers:,} of {summary.customers:,} customers got offers "
@@ -203,11 +215,12 @@ def score_customers(
     limit: int | None = None,
     progress: bool = True,
     timings: dict[str, float] | None = None,
+    now: datetime | None = None,
 ) -> ScoreSummary:
     """Decide ``touchpoint_id`` for every customer, ``chunk`` at a time; write ``out``.
 
-    Every chunk is one run of the decision pipeline at the time the run started (the
-    decisions the HTTP service gives those customers at that time), written straight from
+    Every chunk is one run of the decision pipeline at ``now`` (default: the pipeline's clock
+    when the run started; the decisions the HTTP service gives those customers at that time), written straight from
     the batch's columns to Arrow: no Python object per decision unless they are recorded.
 
     Python's cyclic garbage collector is paused while chunks are decided (and run every
@@ -235,7 +248,7 @@ def score_customers(
     parquet = out.suffix.lower() == ".parquet"
     writer = pq.ParquetWriter(out, schema) if parquet else pacsv.CSVWriter(out, schema)
     started = time.perf_counter()
-    now = pipeline.clock()
+    now = now or pipeline.clock()
     n_customers = n_rows = 0
     spent = timings if timings is not None else {}
 

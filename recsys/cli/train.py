@@ -21,9 +21,16 @@ def train(
         "--promote-if-no-champion",
         help="After registering, make the new version champion if there is none.",
     ),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Register the model even when the quality gate refuses it (and say so).",
+    ),
 ) -> None:
     """Train LightGBM and the baselines on a time split, evaluate (offline and off-policy),
-    log the run to MLflow and register the model."""
+    log the run to MLflow and register the model if it passes the quality gate.
+
+    Exits with code 1 when the gate refuses the model (nothing registered; see --force)."""
     from training.config import load_config
     from training.runner import run_training
     from training.tracking import ensure_champion
@@ -31,8 +38,10 @@ def train(
     settings = load_settings(warehouse_path=db, mlflow_tracking_uri=tracking_uri)
     try:
         cfg = load_config(config)
-        outcome = run_training(cfg, settings)
+        outcome = run_training(cfg, settings, force=force)
         typer.echo(outcome.format())
+        if not outcome.logged.gate.allows_registration:
+            raise typer.Exit(code=1)
         if promote_if_no_champion and outcome.logged.model_version is not None:
             champion = ensure_champion(settings)
             typer.echo(f"{settings.model_name} champion: version {champion}")

@@ -130,6 +130,9 @@ class OfferDef:
             "eligibility": [rule.to_record() for rule in self.eligibility],
             "weight": self.weight,
             "fallback": self.fallback,
+            # The simulated customers may accept an offer again (fatigue, not acceptance,
+            # holds it back), so every offer is offered again after an acceptance.
+            "repeatable": True,
         }
 
 

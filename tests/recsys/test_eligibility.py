@@ -137,6 +137,17 @@ def test_already_accepted_and_excluded_offers_are_removed():
     assert "o_tv" not in ids and "o_dress" not in ids and "o_sofa" in ids
 
 
+def test_a_repeatable_offer_is_offered_again_after_an_acceptance():
+    from tests.recsys.factories import OFFERS
+
+    offers = [dict(o, repeatable=True) if o["offer_id"] == "o_tv" else o for o in OFFERS]
+    touchpoint = make_catalog(offers).for_touchpoint("web_home")
+    history = ContactHistory(accepted=frozenset({"o_tv", "o_sofa"}))
+    result = check(touchpoint, [CUSTOMERS["c1"]], [history], [()])
+    eligible = set(touchpoint.offer_ids[result.mask[0]])
+    assert "o_tv" in eligible and "o_sofa" not in eligible  # only the repeatable one comes back
+
+
 def test_cap_counts_contacts_inside_the_window_only():
     old = NOW_US - 8 * DAY_US
     recent = NOW_US - 1 * DAY_US

@@ -126,6 +126,31 @@ def test_score_command_writes_top_k_per_eligible_customer(demo_env, tmp_path, mo
     assert (both.position == both["rank"]).all()
 
 
+def test_score_decides_as_of_a_given_time_without_exploring_on_request(
+    demo_env, tmp_path, monkeypatch
+):
+    from recsys.cli import app
+
+    settings = demo_env["settings"]
+    monkeypatch.setenv("RECSYS_WAREHOUSE_PATH", str(settings.warehouse_path))
+    monkeypatch.setenv("RECSYS_ONLINE_SQLITE_PATH", str(settings.online_sqlite_path))
+    monkeypatch.setenv("RECSYS_EVENT_LOG_URL", f"sqlite:///{tmp_path / 'events.sqlite'}")
+    monkeypatch.setenv("RECSYS_SERVING__MODEL_DIR", str(demo_env["model_dir"]))
+    monkeypatch.setenv("RECSYS_SERVING__EPSILON", "1.0")  # the flag must win over it
+    out = tmp_path / "email.parquet"
+    args = ["score", "--touchpoint", "email_newsletter", "--out", str(out), "--dry-run"]
+
+    result = CliRunner().invoke(app, [*args, "--as-of", "2030-01-02T03:04:05", "--epsilon", "0"])
+
+    assert result.exit_code == 0, result.output
+    rows = pd.read_parquet(out)
+    assert not rows.empty and not rows.explored.any()
+    assert (rows.ts == pd.Timestamp("2030-01-02T03:04:05", tz="UTC")).all()
+    explored = CliRunner().invoke(app, [*args, "--as-of", "2030-01-02T03:04:05"])
+    assert explored.exit_code == 0, explored.output
+    assert pd.read_parquet(out).explored.mean() > 0.5  # epsilon 1 from the settings
+
+
 def test_an_online_store_of_another_feature_spec_is_refused(demo_env, tmp_path, caplog):
     from features.online import SQLiteOnlineStore
 

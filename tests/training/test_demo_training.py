@@ -81,6 +81,14 @@ def test_the_run_is_reported_per_touchpoint_and_printed(demo):
     assert 0 <= float(run.data.params["evaluation.served_epsilon"]) <= 1
     assert "served.snips_value" in run.data.metrics and "served.dr_lift" in run.data.metrics
     assert "champion: version 1" in output
+    # The demo model passes the quality gate and is registered refit on every row.
+    assert "quality gate: lightgbm passed." in output
+    assert run.data.tags["quality_gate"] == "passed"
+    assert run.data.params["refit_on_all_data"] == "true"
+    assert run.data.metrics["examples_registered_model"] == sum(
+        run.data.metrics[f"examples_{part}"] for part in ("train", "valid", "test")
+    )
+    assert run.data.metrics["snips_value.matched"] >= run.data.metrics["snips_value.ess"] > 0
 
 
 def test_models_list_and_promote(demo):

@@ -45,3 +45,30 @@ def test_hit_and_ndcg_rank_each_decision_by_score():
 def test_constant_scores_get_no_credit_from_ties():
     out = ranking_metrics(np.array(["a", "a"]), np.array([0, 1]), np.array([0.5, 0.5]), ks=(1,))
     assert out["hit@1"] == 0.0
+
+
+def test_auc_interval_is_the_percentile_bootstrap_of_resampled_rows():
+    from sklearn.metrics import roc_auc_score
+
+    from training.metrics import auc_interval
+
+    rng = np.random.default_rng(0)
+    y = (rng.random(2_000) < 0.2).astype(int)
+    score = np.round(rng.normal(size=2_000) + 0.6 * y, 1)  # ties on purpose
+    lower, upper = auc_interval(y, score, bootstrap_samples=50, seed=3)
+    # The same resamples (seed 3) scored by scikit-learn give the same percentiles.
+    draws = np.random.default_rng(3)
+    values = []
+    for _ in range(50):
+        rows = draws.integers(0, len(y), len(y))
+        values.append(roc_auc_score(y[rows], score[rows]))
+    assert (lower, upper) == pytest.approx(tuple(np.quantile(values, [0.025, 0.975])))
+    assert lower < auc(y, score) < upper
+
+
+def test_auc_interval_of_a_constant_score_is_one_half_and_nan_for_one_class():
+    from training.metrics import auc_interval
+
+    y = np.array([0, 1] * 50)
+    assert auc_interval(y, np.zeros(100), bootstrap_samples=20) == (0.5, 0.5)
+    assert all(math.isnan(v) for v in auc_interval(np.ones(10), np.arange(10.0)))

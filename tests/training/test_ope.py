@@ -202,13 +202,20 @@ def test_a_target_policy_brings_its_own_candidates_and_may_choose_nothing():
     # DR: sum_a pi(a) q(a) per round plus the weighted residual (q_logged = 0 here)
     q_pi = np.array([0.3, 0.0, 0.6 * 0.2 + 0.4 * 0.1, 0.4])
     assert served.estimates["dr"].value == pytest.approx(np.mean(q_pi + weights * logged["label"]))
-    assert served.true_value is None  # it may choose "w", which the truth lacks
+    # "w" (0.4 of round "c") is unknown to the truth: it counts at the round's known mean
+    assert served.true.acceptance == pytest.approx((0.2 + 0.0 + 0.2 + 0.2) / 4)
+    assert served.true.coverage == pytest.approx((1 + 0.6 + 1) / 3)
+    assert served.true.revenue is None  # no offer values given
     known = target.of_decisions({"a", "b", "d"})
     again = evaluate_policies(
         logged, np.zeros(4), candidates, np.zeros(4), {}, targets={"served": known},
-        truth=truth, bootstrap_samples=10,
+        truth=truth, offer_values={"x": 10.0, "y": 1.0, "z": 5.0}, bootstrap_samples=10,
     )  # fmt: skip
-    assert again.policies["served"].true_value == pytest.approx((0.2 + 0.2) / 4)
+    true = again.policies["served"].true
+    assert true.acceptance == pytest.approx((0.2 + 0.2) / 4) and true.coverage == 1.0
+    assert true.revenue == pytest.approx((0.2 * 10 + 0.2 * 5) / 4)
+    assert again.oracle.revenue == pytest.approx((2.0 + 0.2 + 2.0 + 1.0) / 4)
+    assert again.random.acceptance == pytest.approx(0.2)
 
 
 @pytest.mark.parametrize(
@@ -221,3 +228,119 @@ def test_a_target_policy_brings_its_own_candidates_and_may_choose_nothing():
 def test_a_bad_target_policy_is_refused_naming_the_field(prob, offer_id, message):
     with pytest.raises(ValueError, match=message):
         TargetPolicy(np.array(["a"], dtype=object), offer_id, prob, np.zeros(1))
+
+
+def _extreme() -> Rounds:
+    """1,000 rounds logged with propensity 0.5, except 3 with 1e-4; the target plays the
+    logged action on 40 rounds (1/2 of them with reward), among them the 3 extreme ones."""
+    n = 1_000
+    propensity = np.full(n, 0.5)
+    propensity[:3] = 1e-4
+    target = np.zeros(n)
+    target[:40] = 1.0
+    reward = np.zeros(n)
+    reward[[0, 10, 20]] = 1.0
+    zeros = np.zeros(n)
+    return Rounds(reward, propensity, target, zeros, zeros)
+
+
+def test_diagnostics_count_matched_rounds_positives_ess_and_the_largest_weight():
+    rounds = _extreme()
+    estimate = SNIPS().estimate(rounds, bootstrap_samples=20)
+    d = estimate.diagnostics
+    w = np.r_[np.full(3, 1e4), np.full(37, 2.0)]
+    assert (d.rounds, d.matched, d.positives) == (1_000, 40, 3)
+    assert d.max_weight == pytest.approx(1e4)
+    assert d.effective_sample_size == pytest.approx(w.sum() ** 2 / (w**2).sum())
+    assert d.effective_sample_size < 3.1  # three rounds carry the estimate
+
+
+def test_extreme_propensities_raise_the_warning_naming_each_shortfall():
+    from training.ope import SupportLimits
+
+    problems = (
+        SNIPS()
+        .estimate(_extreme(), bootstrap_samples=20)
+        .diagnostics.problems(
+            SupportLimits(
+                min_matched_rounds=100,
+                min_positives=10,
+                min_effective_sample_size=50,
+                max_weight=1000,
+            )
+        )
+    )
+    assert problems == [
+        "40 matched rounds of 1000 (`min_matched_rounds` 100)",
+        "3 positives (`min_positives` 10)",
+        "effective sample size 3.0 (`min_effective_sample_size` 50)",
+        "largest weight 10,000 (`max_weight` 1000)",
+    ]
+    assert (
+        SNIPS()
+        .estimate(_bandit(n=4_000)[0], bootstrap_samples=20)
+        .diagnostics.problems(SupportLimits(max_weight=1000))
+        == []
+    )
+
+
+def test_policy_evaluation_warns_about_the_policy_resting_on_extreme_weights():
+    import pandas as pd
+
+    from training.ope import SupportLimits
+
+    rounds = _extreme()
+    n = len(rounds.reward)
+    decisions = np.array([f"d{i}" for i in range(n)])
+    logged = pd.DataFrame(
+        {
+            "decision_id": decisions,
+            "offer_id": np.where(rounds.target_prob > 0, "a", "b"),
+            "propensity": rounds.propensity,
+            "label": rounds.reward,
+            "revenue": rounds.reward,
+        }
+    )
+    candidates = pd.DataFrame(
+        {"decision_id": np.repeat(decisions, 2), "offer_id": np.tile(["a", "b"], n)}
+    )
+    always_a = np.tile([1.0, 0.0], n)
+    result = evaluate_policies(
+        logged, np.zeros(n), candidates, np.zeros(2 * n), {"always_a": always_a},
+        bootstrap_samples=20,
+    )  # fmt: skip
+    value = result.policies["always_a"]
+    for key in ("ips", "snips", "dr", "ips_clipped", "switch_dr", "snips_revenue"):
+        assert value.estimates[key].diagnostics.matched == 40, key
+    assert value.lifts["snips"].diagnostics == value.estimates["snips"].diagnostics
+    (line,) = result.warnings(SupportLimits(min_matched_rounds=10, min_positives=1))
+    assert line.startswith("always_a policy's estimates rest on too little: ")
+    assert "effective sample size 3.0" in line and "largest weight 10,000" in line
+    assert value.chosen_offers == 1 and result.candidate_offers == 2
+
+
+def test_clipped_ips_and_switch_dr_by_hand():
+    from training.ope import ClippedIPS, SwitchDR
+
+    reward = np.array([1.0, 0.0, 1.0, 1.0])
+    propensity = np.array([0.5, 0.5, 0.01, 0.25])
+    target = np.array([1.0, 1.0, 1.0, 0.0])  # weights 2, 2, 100, 0
+    q_logged = np.array([0.3, 0.2, 0.4, 0.1])
+    q_target = np.array([0.5, 0.5, 0.6, 0.2])
+    rounds = Rounds(reward, propensity, target, q_logged, q_target)
+    clipped = ClippedIPS(clip=10).estimate(rounds, bootstrap_samples=10)
+    assert clipped.value == pytest.approx((2 * 1 + 0 + 10 * 1 + 0) / 4)
+    assert clipped.diagnostics.max_weight == 10
+    switch = SwitchDR(clip=10).estimate(rounds, bootstrap_samples=10)
+    # The round of weight 100 keeps only the reward model's value q_target.
+    by_hand = [0.5 + 2 * (1 - 0.3), 0.5 + 2 * (0 - 0.2), 0.6, 0.2]
+    assert switch.value == pytest.approx(np.mean(by_hand))
+    # A threshold above every weight gives plain IPS and DR back.
+    assert ClippedIPS(clip=1e9).estimate(rounds, bootstrap_samples=10).value == pytest.approx(
+        IPS().estimate(rounds, bootstrap_samples=10).value
+    )
+    assert SwitchDR(clip=1e9).estimate(rounds, bootstrap_samples=10).value == pytest.approx(
+        DoublyRobust().estimate(rounds, bootstrap_samples=10).value
+    )
+    with pytest.raises(ValueError, match="`clip` must be > 0, got 0"):
+        ClippedIPS(clip=0)

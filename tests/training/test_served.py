@@ -42,8 +42,9 @@ def world():
 
 @pytest.fixture(scope="module")
 def result(world):
+    offers = pd.DataFrame({"offer_id": list(OFFERS), "value": OFFER_VALUE})
     inputs = TrainingInputs(
-        world.frame, frame_encoder, world.candidates, world.truth, replay=world.replay
+        world.frame, frame_encoder, world.candidates, world.truth, offers, replay=world.replay
     )
     return train_and_evaluate(inputs, build_config(CONFIG))
 
@@ -64,7 +65,9 @@ def per_round(target) -> pd.DataFrame:
 def test_the_served_policy_is_evaluated_next_to_the_baselines_and_logged(result):
     evaluation = result.policy
     served = evaluation.policies["served"]
-    assert set(served.estimates) == {"ips", "snips", "dr", "snips_revenue"}
+    assert set(served.estimates) == {
+        "ips", "snips", "dr", "ips_clipped", "switch_dr", "snips_revenue"
+    }  # fmt: skip
     assert 0 <= served.true_value <= evaluation.oracle_value
     m = result.metrics
     for key in (
@@ -76,6 +79,11 @@ def test_the_served_policy_is_evaluated_next_to_the_baselines_and_logged(result)
         "served.snips_value.email",
     ):
         assert key in m, key  # fmt: skip
+    assert m["chance_revenue"] < m["served.true_revenue"] <= m["oracle_revenue"]
+    assert 0 < m["served.true_revenue.of_oracle"] <= 1
+    assert m["served.true_value.of_oracle"] == pytest.approx(
+        (m["served.true_value"] - m["chance_value"]) / (m["oracle_value"] - m["chance_value"])
+    )
     assert m["snips_value"] == evaluation.policies["lightgbm"].estimates["snips"].value
 
 

@@ -94,8 +94,20 @@ def test_run_has_overall_and_per_touchpoint_metrics(store, logged, trained):
         "oracle_value",
         "popularity.auc",
         "snips_value.web_cart",
+        "auc.lower",
+        "auc.upper",
+        "ips_clipped_value",
+        "switch_dr_value.upper",
+        "snips_value.matched",
+        "snips_value.positives",
+        "snips_value.ess",
+        "snips_value.max_weight",
+        "num_trees",
+        "num_splits",
+        "examples_registered_model",
     ):
         assert key in metrics, key
+    assert metrics["snips_value.matched"] == trained.metrics["snips_value.matched"] > 0
 
 
 def test_run_has_model_spec_catalogue_and_plots(store, logged):
@@ -117,23 +129,27 @@ def test_run_has_model_spec_catalogue_and_plots(store, logged):
 
 
 def test_registered_model_loads_and_predicts_the_training_scores(store, logged, trained):
+    """The registered model is the one refit on all data (``result.registered``)."""
     settings, _ = store
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     version = logged[0].model_version
     uri = f"models:/{settings.model_name}/{version}"
-    frame = pd.DataFrame(trained.test.X, columns=list(trained.encoder.columns))
+    registered = trained.registered
+    assert registered.refit
+    expected = registered.scorer.predict(trained.test.X, trained.test.meta)
+    frame = pd.DataFrame(trained.test.X, columns=list(registered.encoder.columns))
     pyfunc = mlflow.pyfunc.load_model(uri)
-    assert np.allclose(np.asarray(pyfunc.predict(frame)), trained.test_scores["lightgbm"])
-    assert pyfunc.metadata.get_input_schema().input_names() == list(trained.encoder.columns)
+    assert np.allclose(np.asarray(pyfunc.predict(frame)), expected)
+    assert pyfunc.metadata.get_input_schema().input_names() == list(registered.encoder.columns)
 
     # What serving does: download, read the spec, load the native booster.
     directory = Path(mlflow.artifacts.download_artifacts(uri))
     spec = json.loads((directory / SPEC_PATH_IN_ARTIFACT).read_text())
-    assert spec["columns"] == list(trained.encoder.columns)
-    assert spec["categorical"] == list(trained.encoder.categorical)
+    assert spec["columns"] == list(registered.encoder.columns)
+    assert spec["categorical"] == list(registered.encoder.categorical)
     assert spec["feature_spec_version"] == "test-1"
     booster = lgb.Booster(model_file=str(directory / MODEL_PATH_IN_ARTIFACT))
-    assert np.allclose(booster.predict(trained.test.X), trained.test_scores["lightgbm"])
+    assert np.allclose(booster.predict(trained.test.X), expected)
 
 
 def test_versions_are_listed_newest_first_and_promoted_by_alias(store, logged):

@@ -92,6 +92,15 @@ class ServableScorer(Scorer):
         """Numbers about the fit, logged as metrics (e.g. ``best_iteration``); none by default."""
         return {}
 
+    @abstractmethod
+    def degenerate(self) -> str | None:
+        """Why the fitted model cannot rank anything (e.g. "no split"), or None if it can."""
+
+    @abstractmethod
+    def refit(self, examples: Examples) -> ServableScorer:
+        """A new model of the same kind and parameters fitted on ``examples`` alone, with what
+        this fit learnt about its size (LightGBM: the number of trees early stopping chose)."""
+
     def feature_importance(self) -> pd.Series | None:
         """Importance per input column, largest first; None if the model has none per column."""
         return None

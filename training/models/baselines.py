@@ -158,3 +158,14 @@ class LogisticRegressionScorer(ServableScorer):
 
     def fit_summary(self) -> dict[str, float]:
         return {"iterations": float(self.pipeline_[-1].n_iter_[0])}
+
+    def degenerate(self) -> str | None:
+        """Every coefficient 0: the same score for every row."""
+        if not np.any(self.pipeline_[-1].coef_):
+            return "the logistic regression has every coefficient 0"
+        return None
+
+    def refit(self, examples: Examples) -> LogisticRegressionScorer:
+        return LogisticRegressionScorer(C=self.C, max_iter=self.max_iter, seed=self.seed).fit(
+            examples
+        )

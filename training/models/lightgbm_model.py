@@ -12,7 +12,7 @@ import pandas as pd
 
 from recsys.scoring import LightGBMScorer as LightGBMFlavour
 from training.examples import Examples
-from training.models.base import ServableScorer
+from training.models.base import NotFittedError, ServableScorer
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +125,36 @@ class LightGBMScorer(ServableScorer):
         return self.scorer_.save(path)
 
     def fit_summary(self) -> dict[str, float]:
-        return {"best_iteration": float(self.best_iteration_)}
+        """``best_iteration``, ``num_trees`` of the saved model and its ``num_splits``."""
+        return {
+            "best_iteration": float(self.best_iteration_),
+            "num_trees": float(self.booster_.num_trees()),
+            "num_splits": float(self.booster_.feature_importance(importance_type="split").sum()),
+        }
+
+    def degenerate(self) -> str | None:
+        """A model of one tree (nothing learnt after the first step) or without any split."""
+        summary = self.fit_summary()
+        if summary["num_splits"] == 0:
+            return f"LightGBM has no split in its {summary['num_trees']:g} trees"
+        if summary["num_trees"] <= 1:
+            return (
+                f"LightGBM stopped at {summary['num_trees']:g} tree (early stopping found "
+                "nothing to learn after the first)"
+            )
+        return None
+
+    def refit(self, examples: Examples) -> LightGBMScorer:
+        """The same parameters with ``best_iteration_`` trees, no early stopping."""
+        if not self._is_fitted():
+            raise NotFittedError(f"{type(self).__name__} must be fitted before refit")
+        return LightGBMScorer(
+            objective=self.objective,
+            params=self.params,
+            num_boost_round=self.best_iteration_,
+            early_stopping_rounds=self.early_stopping_rounds,
+            seed=self.seed,
+        ).fit(examples)
 
     def feature_importance(self) -> pd.Series:
         """Total gain per column, largest first."""

@@ -53,6 +53,7 @@ def list_offers(
                     for r in o.eligibility
                 ],
                 fallback=o.fallback,
+                repeatable=o.repeatable,
             )
             for o in offers
         ],
