@@ -59,9 +59,18 @@ def context_sql(keys: Sequence[tuple[str, bool]], column: str = "context") -> li
     return out
 
 
+def context_match_sql(column: str = "context") -> str:
+    """SQL select expression of ``x_context_category_match``: 1.0 when a value of the JSON
+    object ``column`` equals ``offer_category``, else 0.0 (no context, no category: 0.0)."""
+    values = f"json_extract_string(CAST({column} AS JSON), '$.*')"
+    match = f"COALESCE(list_contains({values}, offer_category), false)"
+    return f'CAST({match} AS DOUBLE) AS "{d.CONTEXT_CATEGORY_MATCH.name}"'
+
+
 def flattened_sql(source: str, keys: Sequence[tuple[str, bool]]) -> str:
-    """Flatten the context of ``source`` (table or subquery) and sort the rows."""
-    select = ", ".join(["* EXCLUDE (context)", *context_sql(keys)])
+    """Flatten the context of ``source`` (table or subquery), add the context x offer
+    category cross, and sort the rows."""
+    select = ", ".join(["* EXCLUDE (context)", *context_sql(keys), context_match_sql()])
     return f"SELECT {select} FROM {source} ORDER BY ts, decision_id, offer_id"
 
 

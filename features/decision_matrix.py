@@ -19,6 +19,7 @@ candidate offers prepared once.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -132,8 +133,14 @@ class MatrixColumns:
         crosses = [(j, c.name) for j, c in enumerate(columns) if c.name in _CROSSES]
         self.cross_index = np.array([j for j, _ in crosses], dtype=np.intp)
         self.cross_names = tuple(name for _, name in crosses)
+        #: the column of the request context x offer category cross (None: not a model input)
+        self.context_match = next(
+            (j for j, c in enumerate(columns) if c.name == d.CONTEXT_CATEGORY_MATCH.name), None
+        )
         for j, col in enumerate(columns):
             if col.name in OFFER_COLUMNS or col.name in _SCALARS or col.name in _CROSSES:
+                continue
+            if j == self.context_match:
                 continue
             if col.name.startswith(d.CONTEXT_PREFIX):
                 self.context.append((j, col, col.name[len(d.CONTEXT_PREFIX) :]))
@@ -245,10 +252,15 @@ class MatrixColumns:
         crossed = None
         if len(self.cross_index):
             crossed = self._crosses(features, offers, elapsed, pair_customer, pair_offer)
-        return _fill_rows(
+        X = _fill_rows(
             shared.astype(dtype, copy=False), offers.codes, self.cross_index, crossed,
             pair_customer, pair_offer,
         )  # fmt: skip
+        if self.context_match is not None:
+            X[:, self.context_match] = _context_matches(
+                contexts, offers.keys["category"], pair_customer, pair_offer
+            )
+        return X
 
     def _shared(
         self,
@@ -414,6 +426,34 @@ def _number(value: Any) -> float:
         except ValueError:
             return np.nan
     return np.nan
+
+
+def _context_matches(
+    contexts: Sequence[Mapping[str, Any] | None],
+    categories: tuple[Mapping[str, int], np.ndarray],
+    pair_customer: np.ndarray,
+    pair_offer: np.ndarray,
+) -> np.ndarray:
+    """``x_context_category_match`` of each pair, shape (p,) float: 1.0 when a value of the
+    customer's request context is the offer's category (compared as text, as the training
+    set's SQL compares JSON values)."""
+    distinct, key_of = categories
+    named = np.zeros((len(contexts), len(distinct) + 1), dtype=bool)  # last: no category
+    for i, context in enumerate(contexts):
+        if not context:
+            continue
+        for value in context.values():
+            at = distinct.get(_as_json_text(value))
+            if at is not None:
+                named[i, at] = True
+    return named[pair_customer, np.where(key_of < 0, len(distinct), key_of)[pair_offer]]
+
+
+def _as_json_text(value: Any) -> str | None:
+    """A context value as DuckDB's ``json_extract_string`` gives it (None for null)."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value)
 
 
 def _fill_rows(

@@ -62,6 +62,7 @@ from features.definitions.customer import (
     customer_feature_defs,
 )
 from features.definitions.decision import (
+    CONTEXT_CATEGORY_MATCH,
     CONTEXT_PREFIX,
     CROSS_CUSTOMER_INPUTS,
     CROSSES,
@@ -103,6 +104,7 @@ def all_feature_defs() -> tuple[FeatureDef, ...]:
         *OFFER_FEATURES,
         *TOUCHPOINT_FEATURES,
         *(c.feature for c in CROSSES),
+        CONTEXT_CATEGORY_MATCH,
         *REQUEST_FEATURES,
     )
 
@@ -117,6 +119,7 @@ __all__ = [
     "CONFIG",
     "CONSENT_COLUMNS",
     "CONTACT_EVENTS",
+    "CONTEXT_CATEGORY_MATCH",
     "CONTEXT_PREFIX",
     "CROSSES",
     "CROSS_CUSTOMER_INPUTS",

@@ -308,3 +308,14 @@ REQUEST_FEATURES = (
     ),
 )
 CONTEXT_PREFIX = "ctx_"  # every key of decisions.context becomes ctx_<key>
+#: The request context x the offer: the page (or search, or campaign) a customer is on names a
+#: category, and offers of that category are the ones that page is about.
+CONTEXT_CATEGORY_MATCH = FeatureDef(
+    "x_context_category_match",
+    "numeric",
+    "1 if a value of the request context equals the offer's category (e.g. the category of "
+    "the page the customer is on), else 0.",
+    "cross: decisions.context x offers.category",
+    "cross",
+    0.0,
+)

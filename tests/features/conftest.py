@@ -270,7 +270,8 @@ def logged():
         None,
         context={"device": "desktop", "basket": 1.5, "seg": 7},
     )
-    story.decision("d4", T0 + td(days=3), "call", "o2", "c3", context={"seg": "gold"})
+    # the context names o2's category: x_context_category_match is 1 for this row only
+    story.decision("d4", T0 + td(days=3), "call", "o2", "c3", context={"seg": "bags"})
     # category-tagged interactions after T0 (the story's features as of T0 stay as they are)
     story.interaction("c3", T0 + td(days=1), "web_home", "product_view", category="bags")
     story.interaction("c3", T0 + td(days=2), "cart", "add_to_cart", category="shoes")

@@ -258,7 +258,7 @@ def test_encoding_round_trips_through_json(trained):
     _, _, encoding = trained
     again = Encoding.from_dict(json.loads(encoding.to_json()))
     assert again == encoding
-    assert again.column("ctx_seg") == ColumnEncoding("ctx_seg", "categorical", ("7", "gold"))
+    assert again.column("ctx_seg") == ColumnEncoding("ctx_seg", "categorical", ("7", "bags"))
 
 
 def test_crosses_read_each_customers_statistics_at_the_offers_keys(trained):

@@ -101,7 +101,13 @@ def test_context_keys_become_typed_ctx_columns(training_frame):
     assert rows.loc[("d2", "o1"), "ctx_device"] == "mobile"
     # seg has a number and a string: categorical, numbers as their JSON text
     assert rows.loc[("d3", "o1"), "ctx_seg"] == "7"
-    assert rows.loc[("d4", "o2"), "ctx_seg"] == "gold"
+    assert rows.loc[("d4", "o2"), "ctx_seg"] == "bags"
+
+
+def test_a_context_that_names_the_offers_category_is_a_match(training_frame):
+    match = _by_key(training_frame)["x_context_category_match"]
+    assert match.loc[("d4", "o2")] == 1.0  # context {"seg": "bags"}, o2 is a bags offer
+    assert (match.drop(("d4", "o2")) == 0.0).all()  # other contexts, or no context at all
 
 
 def test_offer_touchpoint_and_request_attributes(training_frame):
