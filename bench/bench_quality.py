@@ -36,24 +36,23 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from quality_features import HistoryFeatures
 from quality_peers import OBJECTIVES, LightGBMPeer, LinUCBPeer, VWPeer, category_levels
+
 from recsys.arbitration import EpsilonGreedy
-from recsys.catalog import Catalog, load_catalog_from_warehouse
+from recsys.catalog import Catalog
 from recsys.datagen import generate_dataset
 from recsys.decision import ModelInfo
 from recsys.loading import load_directory
 from recsys.settings import ServingSettings
 from recsys.warehouse import connect
 from training.config import build_config
+from training.encoding import Encoder
 from training.examples import META_COLUMNS
 from training.pipeline import TrainingInputs, TrainingResult, train_and_evaluate
 from training.policy_eval import TargetPolicy, evaluate_policies, first_shown
-from training.served import served_rounds
-from training.warehouse_data import FeaturesEncoder, build_inputs
-
-logger = logging.getLogger("bench_quality")
+from training.served import Replay, ReplayBuilder, served_rounds
+from training.warehouse_data import build_inputs
 
 RANDOM, LOGGING, ORACLE = "random", "logging policy (observed)", "oracle"
 SERVED, MODEL = "recsys served", "recsys model, greedy"
@@ -92,28 +91,37 @@ def weighted(catalog: Catalog, objective: str) -> Catalog:
     return Catalog(offers, list(catalog.touchpoints.values()))
 
 
-def served_targets(
-    inputs: TrainingInputs, result: TrainingResult, logged: pd.DataFrame, epsilon: float
-) -> dict[str, TargetPolicy]:
-    """The served policy replayed on ``logged`` with each objective's catalogue."""
-    assert inputs.replay is not None
-    replay = inputs.replay(logged, result.encoder)
+class RevenueReplay:
+    """Training's replay builder (``TrainingInputs.replay``) with the revenue catalogue; it
+    keeps the rounds training replays (its test rounds) and their replay."""
+
+    def __init__(self, build: ReplayBuilder) -> None:
+        self.build = build
+        self.logged: pd.DataFrame | None = None
+        self.replay: Replay | None = None
+
+    def __call__(self, logged: pd.DataFrame, encoder: Encoder) -> Replay:
+        replay = self.build(logged, encoder)
+        self.logged = logged
+        self.replay = dataclasses.replace(replay, catalog=weighted(replay.catalog, "revenue"))
+        return self.replay
+
+
+def served_acceptance(
+    result: TrainingResult, logged: pd.DataFrame, replay: Replay, epsilon: float
+) -> TargetPolicy:
+    """The served policy replayed on ``logged`` with the acceptance catalogue."""
     model = result.model
-    assert isinstance(result.encoder, FeaturesEncoder)
-    out = {}
-    for objective in OBJECTIVES:
-        catalog = weighted(replay.catalog, objective)
-        served = served_rounds(
-            logged,
-            dataclasses.replace(replay, catalog=catalog),
-            model.flavour_scorer(),
-            ModelInfo(result.main, "candidate", result.encoder.spec_version),
-            EpsilonGreedy(epsilon),
-            probabilistic=model.probabilistic,
-            seed=result.config.seed,
-        )
-        out[objective] = served.target
-    return out
+    served = served_rounds(
+        logged,
+        dataclasses.replace(replay, catalog=weighted(replay.catalog, "acceptance")),
+        model.flavour_scorer(),
+        ModelInfo(result.main, "candidate", result.encoder.spec_version),
+        EpsilonGreedy(epsilon),
+        probabilistic=model.probabilistic,
+        seed=result.config.seed,
+    )
+    return served.target
 
 
 def with_context(frame: pd.DataFrame) -> pd.DataFrame:
@@ -194,20 +202,23 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     try:
         t0 = time.perf_counter()
         inputs = build_inputs(con, config, warehouse_path=db)
-        if inputs.truth is None:
+        if inputs.truth is None or inputs.replay is None:
             raise SystemExit(f"no ground truth found next to {db}")
+        replay = RevenueReplay(inputs.replay)
+        inputs = dataclasses.replace(inputs, replay=replay)
         result = train_and_evaluate(inputs, config)
-        assert result.served is not None
-        seconds["recsys train + evaluate"] = time.perf_counter() - t0
-        frame = with_context(inputs.frame)
-        logged = frame[frame["decision_id"].isin(set(result.served.traces))]
-        logged = logged[first_shown(logged)].reset_index(drop=True)
+        assert result.served is not None and replay.logged is not None and replay.replay
+        seconds["recsys train + evaluate (revenue replay)"] = time.perf_counter() - t0
+        logged = with_context(replay.logged)
         print(f"recsys trained on {result.sizes}; {len(logged):,} test rounds "
               f"from {result.split.test_start}")  # fmt: skip
 
         t0 = time.perf_counter()
-        served = served_targets(inputs, result, logged, epsilon)
-        seconds["recsys served replay (2 catalogues)"] = time.perf_counter() - t0
+        served = {
+            "revenue": result.served.target,
+            "acceptance": served_acceptance(result, logged, replay.replay, epsilon),
+        }
+        seconds["recsys acceptance replay"] = time.perf_counter() - t0
         candidates, cand_X = inputs.candidates(logged, result.encoder)
         candidates = candidates.reset_index(drop=True)
         model_p = result.model.predict(cand_X, candidates.reindex(columns=list(META_COLUMNS)))

@@ -63,7 +63,9 @@ class HistoryFeatures:
         ]
         self.event_types = [
             r[0]
-            for r in con.execute("SELECT DISTINCT event_type FROM interactions ORDER BY 1").fetchall()
+            for r in con.execute(
+                "SELECT DISTINCT event_type FROM interactions ORDER BY 1"
+            ).fetchall()
         ]
         self.offers = con.execute(
             f"SELECT {', '.join(OFFER_COLUMNS)} FROM offers ORDER BY offer_id"
