@@ -170,19 +170,70 @@ def true_values(
     logged: pd.DataFrame,
     candidates: pd.DataFrame,
     scores: dict[str, np.ndarray | None],
+    targets: dict[str, TargetPolicy],
+    truth: pd.DataFrame,
+    seed: int,
+) -> dict[str, dict[str, float | None]]:
+    """Each policy's true value on ``logged`` (``raw``), with random's and the oracle's on the
+    same rounds, their number, and the logging policy and the oracle as policies."""
+    zeros = np.zeros(len(logged))
+    evaluation = evaluate_policies(
+        logged, zeros, candidates, np.zeros(len(candidates)), {RANDOM: None, **scores},
+        targets=targets, truth=truth, bootstrap_samples=10, seed=seed,
+    )  # fmt: skip
+    values = {n: v.true_value for n, v in evaluation.policies.items()}
+    values[LOGGING] = evaluation.logging_true_value
+    values[ORACLE] = evaluation.oracle_value
+    low, high = values[RANDOM], values[ORACLE]
+    assert low is not None and high is not None
+    return {
+        name: {
+            "raw": raw,
+            "normalised": None if raw is None else (raw - low) / (high - low),
+            "random": low,
+            "oracle": high,
+            "rounds": len(logged),
+        }
+        for name, raw in values.items()
+    }
+
+
+def outside_truth(target: TargetPolicy, truth: pd.DataFrame) -> pd.DataFrame:
+    """``decision_id, offer_id`` that ``target`` may serve (probability > 0) and the ground
+    truth does not list as a candidate (its true value is unknown there)."""
+    chosen = target.candidates[target.prob > 0]
+    known = truth[["decision_id", "offer_id"]].assign(_known=True)
+    merged = chosen.merge(known, on=["decision_id", "offer_id"], how="left")
+    return chosen[merged["_known"].isna().to_numpy()]
+
+
+def evaluate(
+    logged: pd.DataFrame,
+    candidates: pd.DataFrame,
+    scores: dict[str, np.ndarray | None],
     served: TargetPolicy,
     truth: pd.DataFrame,
     seed: int,
-) -> dict[str, float | None]:
-    """Each policy's true value on ``logged``, with the logging policy's and the oracle's."""
-    zeros = np.zeros(len(logged))
-    evaluation = evaluate_policies(
-        logged, zeros, candidates, np.zeros(len(candidates)), scores,
-        targets={SERVED: served}, truth=truth, bootstrap_samples=10, seed=seed,
-    )  # fmt: skip
-    out: dict[str, float | None] = {n: v.true_value for n, v in evaluation.policies.items()}
-    out[LOGGING] = evaluation.logging_true_value
-    out[ORACLE] = evaluation.oracle_value
+) -> dict[str, dict[str, float | None]]:
+    """Every policy on every round; the served policy on the rounds where the truth knows
+    every offer it may serve (random and oracle of those rounds normalise it)."""
+    out = true_values(logged, candidates, scores, {}, truth, seed)
+    unknown = outside_truth(served, truth)
+    if len(unknown):
+        print(f"{SERVED}: {len(unknown):,} offers outside the ground truth's candidates in "
+              f"{unknown['decision_id'].nunique():,} rounds, left out of its row; most "
+              f"frequent: {unknown['offer_id'].value_counts().head(5).to_dict()}")  # fmt: skip
+    keep = ~logged["decision_id"].isin(set(unknown["decision_id"])).to_numpy()
+    kept = set(logged.loc[keep, "decision_id"])
+    sub = true_values(
+        logged[keep].reset_index(drop=True),
+        candidates[candidates["decision_id"].isin(kept)].reset_index(drop=True),
+        {},
+        {SERVED: served.of_decisions(kept)},
+        truth[truth["decision_id"].isin(kept)],
+        seed,
+    )
+    out[SERVED] = sub[SERVED]
     return out
 
 
@@ -245,7 +296,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     ]
     value = test_rows["value"].to_numpy()
     scores: dict[str, dict[str, np.ndarray | None]] = {
-        o: {RANDOM: None, MODEL: model_p * (value if o == "revenue" else 1.0)} for o in OBJECTIVES
+        o: {MODEL: model_p * (value if o == "revenue" else 1.0)} for o in OBJECTIVES
     }
     for peer in peers:
         t0 = time.perf_counter()
@@ -262,7 +313,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         t = truth
         if objective == "revenue":
             t = truth.assign(p_accept=truth["p_accept"] * truth["offer_id"].map(offer_value))
-        values[objective] = true_values(
+        values[objective] = evaluate(
             logged, candidates, scores[objective], served[objective], t, args.seed
         )
     return {
@@ -278,19 +329,11 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     }
 
 
-def table(values: dict[str, dict[str, float | None]]) -> dict[str, dict]:
-    """Per policy and objective: the raw true value and the normalised one."""
-    order = [RANDOM, LOGGING, SERVED, MODEL, *(n for n in values["acceptance"] if n not in (
-        RANDOM, LOGGING, SERVED, MODEL, ORACLE)), ORACLE]  # fmt: skip
-    out: dict[str, dict] = {}
-    for name in order:
-        out[name] = {}
-        for objective, by_name in values.items():
-            raw, low, high = by_name[name], by_name[RANDOM], by_name[ORACLE]
-            assert low is not None and high is not None
-            norm = None if raw is None else (raw - low) / (high - low)
-            out[name][objective] = {"raw": raw, "normalised": norm}
-    return out
+def table(values: dict[str, dict[str, dict]]) -> dict[str, dict]:
+    """Policy -> objective -> its values, in the table's order."""
+    first = [RANDOM, LOGGING, SERVED, MODEL]
+    names = [*first, *(n for n in values["acceptance"] if n not in (*first, ORACLE)), ORACLE]
+    return {name: {o: by_name[name] for o, by_name in values.items()} for name in names}
 
 
 def format_table(results: dict) -> str:
@@ -306,9 +349,10 @@ def format_table(results: dict) -> str:
     ]
     for name, row in results["policies"].items():
         label = f"{name} (epsilon {results['epsilon']:g})" if name == SERVED else name
+        rounds = sorted({row[o]["rounds"] for o in OBJECTIVES})
         lines.append(
             f"| {label} | {cell(row['acceptance'])} | {cell(row['revenue'])} | "
-            f"{results['rounds']:,} |"
+            f"{' / '.join(f'{r:,}' for r in rounds)} |"
         )
     return "\n".join(lines)
 
