@@ -291,7 +291,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     levels = category_levels([shown, slates, test_rows])
     peers = [
         LightGBMPeer(context, levels, args.threads, args.seed),
-        LinUCBPeer(context, levels, args.seed),
+        LinUCBPeer(features.share_columns(), levels, args.seed),
         VWPeer(context, args.seed),
     ]
     value = test_rows["value"].to_numpy()

@@ -192,16 +192,19 @@ class HistoryFeatures:
         frame["x_offer_shown_14d"] = np.log1p(self.fatigue(frame))
         return frame
 
+    def share_columns(self) -> list[str]:
+        """The customer's share of purchases and of views per category (of :meth:`customer`)."""
+        names = [_name(c) for c in self.categories]
+        return [*(f"share_purch_{n}" for n in names), *(f"share_view_{n}" for n in names)]
+
     def context_columns(self) -> list[str]:
         """The numeric context columns of :meth:`customer`, in a fixed order."""
-        names = [_name(c) for c in self.categories]
         return [
             "n_purch", "spend", "days_purch", "n_view", "days_issue", "nps_last", "n_shown",
             "n_shown_7d", "n_accepted", "accept_rate", "tenure_days", "email_opt_in",
             "sms_opt_in", "push_opt_in",
             *(f"n_event_{_name(e)}" for e in self.event_types),
-            *(f"share_purch_{n}" for n in names),
-            *(f"share_view_{n}" for n in names),
+            *self.share_columns(),
         ]  # fmt: skip
 
 
