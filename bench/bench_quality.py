@@ -56,6 +56,7 @@ from training.warehouse_data import build_inputs
 
 RANDOM, LOGGING, ORACLE = "random", "logging policy (observed)", "oracle"
 SERVED, MODEL = "recsys served", "recsys model, greedy"
+ELIGIBLE_ORACLE = "oracle among the offers the service finds eligible"
 CONTEXT = ("customer_id", "ts", "touchpoint_id", "ctx_device", "ctx_page_category")
 
 
@@ -234,7 +235,31 @@ def evaluate(
         seed,
     )
     out[SERVED] = sub[SERVED]
+    eligible = served.candidates.merge(truth, on=["decision_id", "offer_id"])
+    eligible = eligible[eligible["decision_id"].isin(kept)]
+    best = eligible.groupby("decision_id")["p_accept"].max().reindex(sorted(kept)).fillna(0.0)
+    low, high = sub[SERVED]["random"], sub[SERVED]["oracle"]
+    assert low is not None and high is not None
+    out[ELIGIBLE_ORACLE] = {
+        **sub[SERVED],
+        "raw": float(best.mean()),
+        "normalised": (float(best.mean()) - low) / (high - low),
+    }
     return out
+
+
+def eligibility(served: TargetPolicy, truth: pd.DataFrame) -> dict[str, float]:
+    """How the offers the service finds eligible compare with the truth's candidates."""
+    pairs = truth[["decision_id", "offer_id"]]
+    both = pairs.merge(served.candidates, on=["decision_id", "offer_id"])
+    per_round = pairs.groupby("decision_id").size()
+    eligible = both.groupby("decision_id").size().reindex(per_round.index, fill_value=0)
+    return {
+        "truth_candidates_per_round": float(per_round.mean()),
+        "service_eligible_per_round": len(served.candidates) / len(per_round),
+        "truth_candidates_not_eligible": 1 - len(both) / len(pairs),
+        "rounds_with_a_truth_candidate_not_eligible": float((eligible < per_round).mean()),
+    }
 
 
 def run(args: argparse.Namespace, work: Path) -> dict:
@@ -325,14 +350,15 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         "test_start": str(result.split.test_start),
         "train_sizes": result.sizes,
         "policies": table(values),
+        "eligibility": eligibility(served["revenue"], truth),
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
     }
 
 
 def table(values: dict[str, dict[str, dict]]) -> dict[str, dict]:
     """Policy -> objective -> its values, in the table's order."""
-    first = [RANDOM, LOGGING, SERVED, MODEL]
-    names = [*first, *(n for n in values["acceptance"] if n not in (*first, ORACLE)), ORACLE]
+    first, last = [RANDOM, LOGGING, SERVED, MODEL], [ELIGIBLE_ORACLE, ORACLE]
+    names = [*first, *(n for n in values["acceptance"] if n not in (*first, *last)), *last]
     return {name: {o: by_name[name] for o, by_name in values.items()} for name in names}
 
 
@@ -383,6 +409,10 @@ def main() -> None:
     print(f"\n== decision quality: {args.customers:,} customers x {args.days} days, seed "
           f"{args.seed}; true value on the test rounds (random 0, oracle 1)\n")  # fmt: skip
     print(format_table(results))
+    print(
+        "\n"
+        + ", ".join(f"{k.replace('_', ' ')} {v:.3g}" for k, v in results["eligibility"].items())
+    )
     print("\nseconds: " + ", ".join(f"{k} {v}" for k, v in results["seconds"].items()))
     if args.out is not None:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
