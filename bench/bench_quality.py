@@ -56,7 +56,8 @@ from training.warehouse_data import build_inputs
 
 RANDOM, LOGGING, ORACLE = "random", "logging policy (observed)", "oracle"
 SERVED, MODEL = "recsys served", "recsys model, greedy"
-ELIGIBLE_ORACLE = "oracle among the offers the service finds eligible"
+ELIGIBLE = ", service-eligible offers"
+ELIGIBLE_ORACLE = f"oracle{ELIGIBLE}"
 CONTEXT = ("customer_id", "ts", "touchpoint_id", "ctx_device", "ctx_page_category")
 
 
@@ -330,6 +331,18 @@ def run(args: argparse.Namespace, work: Path) -> dict:
             scores[objective][peer.name] = peer.score(test_rows, objective)
         seconds[peer.name] = time.perf_counter() - t0
         print(f"{peer.name}: fitted and scored in {seconds[peer.name]:.1f} s")
+    # The same policies choosing only among the offers the service finds eligible.
+    pairs = served["revenue"].candidates.assign(_eligible=True)
+    eligible = (
+        candidates[["decision_id", "offer_id"]]
+        .merge(pairs, on=["decision_id", "offer_id"], how="left")["_eligible"]
+        .notna()
+        .to_numpy()
+    )
+    for objective in OBJECTIVES:
+        for name, score in list(scores[objective].items()):
+            assert score is not None
+            scores[objective][f"{name}{ELIGIBLE}"] = np.where(eligible, score, -np.inf)
 
     truth = inputs.truth[inputs.truth["decision_id"].isin(set(logged["decision_id"]))]
     offer_value = features.offers.set_index("offer_id")["value"]
