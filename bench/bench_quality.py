@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from quality_features import HistoryFeatures
-from quality_peers import OBJECTIVES, LightGBMPeer, LinUCBPeer, VWPeer, category_levels
+from quality_peers import OBJECTIVES, LightGBMPeer, LinUCBPeer, Peer, VWPeer, category_levels
 
 from recsys.arbitration import EpsilonGreedy
 from recsys.catalog import Catalog
@@ -315,7 +315,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         con.close()
     context = features.context_columns()
     levels = category_levels([shown, slates, test_rows])
-    peers = [
+    peers: list[Peer] = [
         LightGBMPeer(context, levels, args.threads, args.seed),
         LinUCBPeer(features.share_columns(), levels, args.seed),
         VWPeer(context, args.seed),

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Protocol
 
 import lightgbm as lgb
 import numpy as np
@@ -40,6 +41,16 @@ from quality_features import CONTEXT_CATEGORIES, CROSS_COLUMNS
 
 OFFER_CATEGORIES = ("offer_id", "offer_type", "category")
 OBJECTIVES = ("acceptance", "revenue")
+
+
+class Peer(Protocol):
+    """A peer: learns from logged rows before the test period, scores test candidates."""
+
+    name: str
+
+    def fit(self, rows: pd.DataFrame) -> None: ...
+
+    def score(self, candidates: pd.DataFrame, objective: str) -> np.ndarray: ...
 
 
 def _categorical(frame: pd.DataFrame, columns: Sequence[str], levels: dict) -> pd.DataFrame:
@@ -102,7 +113,7 @@ class LightGBMPeer:
     def score(self, candidates: pd.DataFrame, objective: str) -> np.ndarray:
         assert self.booster is not None, "fit first"
         X = self._matrix(candidates, np.ones(len(candidates)))
-        p = self.booster.predict(X, num_iteration=self.booster.best_iteration)
+        p = np.asarray(self.booster.predict(X, num_iteration=self.booster.best_iteration))
         return p * candidates["value"].to_numpy() if objective == "revenue" else p
 
 
@@ -141,8 +152,8 @@ class LinUCBPeer:
         if isinstance(expectations, dict):  # a single round
             expectations = [expectations]
         table = pd.DataFrame(expectations, index=rounds["decision_id"].to_numpy())
-        rows = table.index.get_indexer(candidates["decision_id"].to_numpy())
-        cols = table.columns.get_indexer(candidates["offer_id"].astype(str).to_numpy())
+        rows = table.index.get_indexer(pd.Index(candidates["decision_id"]))
+        cols = table.columns.get_indexer(pd.Index(candidates["offer_id"].astype(str)))
         if (cols < 0).any():
             raise ValueError(
                 f"offers without an arm: {sorted(set(candidates['offer_id'][cols < 0]))}"
