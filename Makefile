@@ -8,7 +8,8 @@ DEMO_CUSTOMERS ?= 10000
 DEMO_DAYS ?= 90
 SEED ?= 7
 
-.PHONY: setup run test lint bench bench-data bench-features bench-training bench-serving bench-score clean
+.PHONY: setup run test lint bench bench-data bench-features bench-training bench-serving bench-score \
+	bench-quality clean
 
 setup: $(STAMP)
 
@@ -41,7 +42,7 @@ lint: setup
 	$(BIN)/mypy
 
 # ARGS passes options to a bench, e.g. make bench-serving ARGS="--baseline REF" (bench/RESULTS.md)
-bench: bench-data bench-features bench-training bench-serving bench-score
+bench: bench-data bench-features bench-training bench-serving bench-score bench-quality
 
 bench-data: setup
 	$(BIN)/python bench/bench_data.py $(ARGS)
@@ -58,6 +59,16 @@ bench-serving: setup
 # recsys score of 1M customers (data built once under data/bench_score; needs bench-serving's model)
 bench-score: setup
 	$(BIN)/python bench/bench_score.py --record $(ARGS)
+
+# The peers of bench-quality (MABWiser, Vowpal Wabbit) are the `bench` extra, not the service's.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+# recsys's served policy against LightGBM, LinUCB and VW on the demo's ground truth (bench/RESULTS.md)
+bench-quality: $(BENCH_STAMP)
+	$(BIN)/python bench/bench_quality.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(DATA_DIR) mlruns mlflow.db .pytest_cache
