@@ -202,8 +202,11 @@ def attribute_columns(customers: ir.Table) -> list[str]:
 def _stat_table(name: str, joined: ir.Table, keys: Sequence[str] = POINT_KEYS) -> ir.Table:
     key = STAT_TABLES[name].key
     rows = joined.filter(joined[key].notnull())
+    # A key with events but none a statistic counts (a category viewed never, only bought)
+    # gets the statistic's default, as a key without any event does: the same value in the
+    # training set and in the online store's maps.
     return rows.group_by([*keys, key]).aggregate(
-        **{s.name: s.build(rows) for s in STAT_TABLES[name].defs}
+        **{s.name: s.build(rows).fill_null(s.default) for s in STAT_TABLES[name].defs}
     )
 
 

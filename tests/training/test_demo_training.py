@@ -174,4 +174,7 @@ def test_candidate_rows_reproduce_the_training_row_of_the_shown_offer(demo):
     )
     assert len(shown) == len(logged)
     expected = encoder.transform(logged)[shown["index_y"].to_numpy()]
-    assert np.allclose(X[shown["index_x"].to_numpy()], expected, equal_nan=True, atol=1e-4)
+    got = X[shown["index_x"].to_numpy()]
+    close = np.isclose(got, expected, equal_nan=True, atol=1e-4)
+    differ = [encoder.columns[j] for j in np.flatnonzero(~close.all(axis=0))]
+    assert not differ, f"candidate rows differ from the training rows in {differ}"
