@@ -87,7 +87,10 @@ def weighted(catalog: Catalog, objective: str) -> Catalog:
     """The catalogue whose priority P x value x weight ranks by the objective: weight 1
     (revenue) or 1 / value (acceptance)."""
     offers = [
-        dataclasses.replace(o, weight=1.0 if objective == "revenue" else 1.0 / o.value)
+        # an offer worth 0 has priority 0 whatever its weight: it keeps weight 1
+        dataclasses.replace(
+            o, weight=1.0 if objective == "revenue" or o.value == 0 else 1.0 / o.value
+        )
         for o in catalog.offers.values()
     ]
     return Catalog(offers, list(catalog.touchpoints.values()))

@@ -166,12 +166,15 @@ class LogComparison:
                      f"{_pct(rate.value)} {_interval(rate.lower, rate.upper, _pct)}")
                 )  # fmt: skip
             c = tp.comparison
-            lift = "n/a" if np.isnan(c.lift) else _signed_pct(c.lift)
+            lift = (  # no lift without a baseline rate, and no interval of it either
+                "n/a" if np.isnan(c.lift)
+                else f"{_signed_pct(c.lift)} {_interval(c.lift_lower, c.lift_upper, _signed_pct)}"
+            )  # fmt: skip
             diffs.append(
                 (tp.touchpoint_id,
                  f"{_pp(c.difference)} {_interval(c.difference_lower, c.difference_upper, _pp)}",
                  f"{c.p_value:.3f}",
-                 f"{lift} {_interval(c.lift_lower, c.lift_upper, _signed_pct)}")
+                 lift)
             )  # fmt: skip
             for o in tp.off_policy:
                 weak = o.positives < MIN_POSITIVES or o.effective_sample_size < MIN_ESS

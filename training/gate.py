@@ -107,6 +107,10 @@ def _degenerate(result: TrainingResult) -> list[str]:
     why = result.model.degenerate()
     if why is not None:
         reasons.append(why)
+    if result.registered.refit:  # the model registered is the refit one: it must hold too
+        refit_why = result.registered.scorer.degenerate()
+        if refit_why is not None and refit_why != why:
+            reasons.append(f"refit on all data, {refit_why}")
     return reasons
 
 

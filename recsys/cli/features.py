@@ -141,17 +141,26 @@ def materialize(
     _use_config(config)
     from features.online import materialize as run_materialize
     from features.online import refresh
+    from recsys.errors import RecsysError
 
     con = _open_warehouse(db)
     online = _store(store)
     started = time.perf_counter()
     try:
         ts = resolve_as_of(as_of, con)
+        last = online.last_as_of() if incremental and as_of is None else None
+        if last is not None and last > ts:
+            # A refresh never goes back in time: a history that stopped after the last run
+            # (ingestion stalled) refreshes nothing new rather than failing.
+            ts = last
         count = (
             refresh(con, online, as_of=ts)
             if incremental
             else run_materialize(con, online, as_of=ts)
         )
+    except RecsysError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(code=1) from err
     finally:
         online.close()
     typer.echo(

@@ -58,3 +58,23 @@ def test_materialize_without_as_of_on_an_old_history_says_so_and_writes_real_vec
     row = json.loads(runner.invoke(app, ["features", "get", "c1"]).output)
     assert row["as_of"] == expected.isoformat() and row["cold_start"] is False
     assert row["purch_count_365d"] > 0
+
+
+def test_an_incremental_refresh_after_the_history_stalled_never_goes_back_in_time(
+    tmp_path, monkeypatch
+):
+    db = tmp_path / "warehouse.duckdb"
+    build_story(Warehouse(str(db))).con.close()
+    monkeypatch.setenv("RECSYS_ONLINE_SQLITE_PATH", str(tmp_path / "online.sqlite"))
+    monkeypatch.setenv("RECSYS_ONLINE_STORE", "sqlite")
+    runner = CliRunner()
+    later = "2026-12-06T00:00:00"  # a run while the data was fresh, long after its last event
+    first = runner.invoke(app, ["features", "materialize", "--db", str(db), "--as-of", later])
+    assert first.exit_code == 0, first.output
+
+    result = runner.invoke(app, ["features", "materialize", "--db", str(db), "--incremental"])
+
+    assert result.exit_code == 0, result.output
+    assert f"as of {later}" in result.output
+    row = json.loads(runner.invoke(app, ["features", "get", "c1"]).output)
+    assert row["as_of"] == later
