@@ -92,6 +92,10 @@ class ModelConfig(_Strict):
     #: After evaluation, refit the registered model on train + valid + test (LightGBM with
     #: the number of trees early stopping found); the evaluation stays the held-out model's.
     refit_on_all_data: bool = True
+    #: Test the model refit on train + valid (LightGBM with the trees early stopping found on
+    #: valid), as the registered one is refit on everything: the evaluation then describes a
+    #: model that has seen the data up to the test period.
+    refit_before_test: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:

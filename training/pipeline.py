@@ -233,12 +233,16 @@ def train_and_evaluate(inputs: TrainingInputs, config: TrainingConfig) -> Traini
 
     scorers = build_scorers(config)
     test = examples["test"]
+    before_test = _examples(frame[period != "test"].reset_index(drop=True), encoder)
     offline: dict[str, dict[str, float]] = {}
     test_scores: dict[str, np.ndarray] = {}
     calibration: dict[str, Reliability] = {}
     for name, scorer in scorers.items():
         logger.info("fitting %s", name)
         scorer.fit(examples["train"], examples["valid"])
+        if config.model.refit_before_test and isinstance(scorer, ServableScorer):
+            scorer = scorer.refit(before_test)  # early stopping's size, on train + valid
+            scorers[name] = scorer
         scores = scorer.predict(test.X, test.meta)
         test_scores[name] = scores
         offline[name] = offline_metrics(
@@ -267,8 +271,10 @@ def train_and_evaluate(inputs: TrainingInputs, config: TrainingConfig) -> Traini
     metrics.update(main_scorer(scorers, config).fit_summary())
     for name, size in sizes.items():
         metrics[f"examples_{name}"] = float(size)
+    fitted_rows = len(before_test) if config.model.refit_before_test else sizes["train"]
+    metrics["examples_evaluated_model"] = float(fitted_rows)
     registered = _registered_model(
-        inputs, frame, config, main_scorer(scorers, config), encoder, sizes["train"]
+        inputs, frame, config, main_scorer(scorers, config), encoder, fitted_rows
     )
     metrics["examples_registered_model"] = float(registered.rows)
     metrics["ope_warnings"] = float(len(ope_warnings))
@@ -300,13 +306,13 @@ def _registered_model(
     config: TrainingConfig,
     held_out: ServableScorer,
     encoder: Encoder,
-    train_rows: int,
+    fitted_rows: int,
 ) -> RegisteredModel:
-    """The held-out model (fitted on ``train_rows``), or (``model.refit_on_all_data``) the
+    """The held-out model (fitted on ``fitted_rows``), or (``model.refit_on_all_data``) the
     same kind refit on every row of ``frame`` with an encoder fitted on every row."""
     if not config.model.refit_on_all_data:
         example = _examples(frame.head(5), encoder).X
-        return RegisteredModel(held_out, encoder, train_rows, False, example)
+        return RegisteredModel(held_out, encoder, fitted_rows, False, example)
     encoder_all = inputs.encoder_factory(frame)
     everything = _examples(frame, encoder_all)
     logger.info("refitting %s on all %d rows", config.model.kind, len(everything))

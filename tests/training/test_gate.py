@@ -182,7 +182,7 @@ def test_without_refit_the_held_out_model_is_registered(good):
     result = train_and_evaluate(inputs, config)
     assert not result.registered.refit
     assert result.registered.scorer is result.model
-    assert result.registered.rows == result.sizes["train"]
+    assert result.registered.rows == result.sizes["train"] + result.sizes["valid"]
 
 
 def test_recsys_train_refuses_a_constant_model_and_force_registers_it(tmp_path):

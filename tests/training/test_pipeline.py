@@ -74,6 +74,17 @@ def test_metrics_are_reported_overall_and_per_touchpoint(result):
     assert 0.45 < m["random.auc"] < 0.55
 
 
+def test_the_tested_model_is_refit_on_train_and_valid_with_the_early_stopping_size(world, result):
+    m = result.metrics
+    assert m["examples_evaluated_model"] == m["examples_train"] + m["examples_valid"]
+    assert result.model.fit_summary()["num_trees"] == m["best_iteration"]
+    inputs = TrainingInputs(world.frame, frame_encoder)
+    config = {**FAST, "model": {**FAST["model"], "refit_before_test": False}}
+    held_out = train_and_evaluate(inputs, build_config(config))
+    assert held_out.metrics["examples_evaluated_model"] == m["examples_train"]
+    assert held_out.metrics["auc"] != m["auc"]  # another model was tested
+
+
 def test_same_data_config_and_seed_give_the_same_metrics(world, result):
     inputs = TrainingInputs(world.frame, frame_encoder, world.candidates, world.truth)
     again = train_and_evaluate(inputs, build_config(FAST))
