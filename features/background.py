@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from queue import Empty, Full, Queue
 from typing import Any
 
@@ -80,6 +80,5 @@ def _produce(items: Iterator[Any], queue: Queue[tuple[bool, Any]], stop: threadi
     finally:
         # A consumer that stopped early: close a generator here, in the thread that ran it,
         # so its own clean-up (temporary tables) runs now.
-        close = getattr(items, "close", None)
-        if close is not None:
-            close()
+        if isinstance(items, Generator):
+            items.close()

@@ -65,8 +65,9 @@ class RfmThresholds(BaseModel):
 
     @model_validator(mode="after")
     def _increasing(self) -> RfmThresholds:
-        for name in ("recency_days", "frequency", "monetary"):
-            values = getattr(self, name)
+        named = {"recency_days": self.recency_days, "frequency": self.frequency,
+                 "monetary": self.monetary}  # fmt: skip
+        for name, values in named.items():
             if list(values) != sorted(set(values)):
                 raise ValueError(f"`rfm.{name}` must be strictly increasing, got {list(values)}")
         return self

@@ -99,7 +99,7 @@ class JsonLogFormatter(logging.Formatter):
             "logger": record.name,
             "msg": redact(record.getMessage()),
         }
-        request_id = getattr(record, "request_id", None) or request_id_var.get()
+        request_id = record.__dict__.get("request_id") or request_id_var.get()
         if request_id:
             entry["request_id"] = request_id
         for key, value in record.__dict__.items():
@@ -115,7 +115,7 @@ class RedactingFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = redact(super().format(record))
-        request_id = getattr(record, "request_id", None) or request_id_var.get()
+        request_id = record.__dict__.get("request_id") or request_id_var.get()
         return f"{line} [request_id={request_id}]" if request_id else line
 
 

@@ -22,6 +22,7 @@ from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from recsys.settings import ObservabilitySettings
@@ -154,9 +155,8 @@ class ObservabilityMiddleware:
 
 def _route_template(scope: Scope) -> str:
     route = scope.get("route")
-    path = getattr(route, "path", None)
-    if path:
-        return path
+    if isinstance(route, Route | WebSocketRoute | Mount) and route.path:
+        return route.path
     # Unmatched paths are not label values (a scanner would create one series per URL).
     return "unmatched"
 

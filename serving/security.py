@@ -146,7 +146,8 @@ async def token_customer(
     PermissionDeniedError
         A publishable key asking for the trace (403).
     """
-    principal: Principal | None = getattr(request.state, "principal", None)
+    # set by SecurityMiddleware when the service checks keys; absent when it does not
+    principal: Principal | None = request.scope.get("state", {}).get("principal")
     if principal is None or principal.scope != KeyScope.publishable:
         return None
     authenticator: Authenticator = request.app.state.authenticator

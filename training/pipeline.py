@@ -25,6 +25,7 @@ from training.examples import META_COLUMNS, Examples
 from training.metrics import Reliability, reliability
 from training.models import Scorer, ServableScorer, make_scorer
 from training.policy_eval import (
+    OBJECTIVES,
     PolicyEvaluation,
     TargetPolicy,
     TrueValue,
@@ -500,14 +501,8 @@ def _true_metrics(
         out[f"{prefix}true_coverage{suffix}"] = true.coverage
     if true.revenue is not None:
         out[f"{prefix}true_revenue{suffix}"] = true.revenue
-    oracle, chance = evaluation.oracle, evaluation.random
-    if oracle is None or chance is None:
-        return out
-    gap = oracle.acceptance - chance.acceptance
-    if gap > 0:
-        out[f"{prefix}true_value.of_oracle{suffix}"] = (true.acceptance - chance.acceptance) / gap
-    if true.revenue is not None and oracle.revenue is not None and chance.revenue is not None:
-        gap = oracle.revenue - chance.revenue
-        if gap > 0:
-            out[f"{prefix}true_revenue.of_oracle{suffix}"] = (true.revenue - chance.revenue) / gap
+    for objective, stem in zip(OBJECTIVES, ("true_value", "true_revenue"), strict=True):
+        share = evaluation.of_oracle(true, objective)
+        if share is not None:
+            out[f"{prefix}{stem}.of_oracle{suffix}"] = share
     return out

@@ -11,11 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
 from training.ope import ESTIMATORS, Estimate, Rounds, SupportLimits, bootstrap, estimators
+
+#: What a policy's true value is measured on.
+Objective = Literal["acceptance", "revenue"]
+OBJECTIVES: tuple[Objective, ...] = ("acceptance", "revenue")
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,10 @@ class TrueValue:
     acceptance: float
     revenue: float | None = None
     coverage: float = 1.0
+
+    def on(self, objective: Objective) -> float | None:
+        """The value on ``objective`` (``acceptance`` or ``revenue``)."""
+        return self.acceptance if objective == "acceptance" else self.revenue
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,16 @@ class PolicyEvaluation:
     random: TrueValue | None = None
     #: Distinct offers among the rounds' candidates (of the greedy and random policies).
     candidate_offers: int = 0
+
+    def of_oracle(self, true: TrueValue | None, objective: Objective) -> float | None:
+        """Where ``true`` stands on ``objective`` between a random candidate (0) and the
+        oracle (1); None without ground truth or when the two coincide."""
+        if true is None or self.oracle is None or self.random is None:
+            return None
+        value, low, high = (t.on(objective) for t in (true, self.random, self.oracle))
+        if value is None or low is None or high is None or high <= low:
+            return None
+        return (value - low) / (high - low)
 
     @property
     def logging_true_value(self) -> float | None:

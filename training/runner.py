@@ -124,17 +124,9 @@ def _objective_line(r: TrainingResult) -> str:
         f"[{estimate.lower:.4f}, {estimate.upper:.4f}] per decision, logging policy "
         f"{logged.value:.4f}"
     )
-    oracle, chance, true = r.policy.oracle, r.policy.random, served.true
-    if true is not None and oracle is not None and chance is not None:
-        pairs = {
-            "acceptance": (true.acceptance, chance.acceptance, oracle.acceptance),
-            "revenue": (true.revenue, chance.revenue, oracle.revenue),
-        }
-        value, low, high = pairs[objective]
-        if value is not None and low is not None and high is not None and high > low:
-            line += (
-                f"; true {value:.4f}, {(value - low) / (high - low):.2f} of the way to the oracle"
-            )
+    share = r.policy.of_oracle(served.true, objective)
+    if served.true is not None and share is not None:
+        line += f"; true {served.true.on(objective):.4f}, {share:.2f} of the way to the oracle"
     return line
 
 

@@ -37,7 +37,7 @@ from training.encoding import feature_spec
 from training.gate import GateVerdict, quality_gate
 from training.models import LightGBMScorer
 from training.pipeline import TrainingResult
-from training.policy_eval import TrueValue
+from training.policy_eval import OBJECTIVES, TrueValue
 
 logger = logging.getLogger(__name__)
 
@@ -263,12 +263,14 @@ def format_policy_table(result: TrainingResult) -> str:
         return f"{e.value:.4f} [{e.lower:.4f}, {e.upper:.4f}]"
 
     def true_cells(true: TrueValue | None) -> str:
-        if true is None or oracle is None or chance is None:
+        if true is None or not has_truth:
             return ""
-        return (
-            f" {_share(true.acceptance, chance.acceptance, oracle.acceptance)} |"
-            f" {_share(true.revenue, chance.revenue, oracle.revenue)} |"
-        )
+        cells = ""
+        for objective in OBJECTIVES:
+            value, share = true.on(objective), evaluation.of_oracle(true, objective)
+            cell = "-" if value is None else f"{value:.4f}"
+            cells += f" {cell}{'' if share is None else f' ({share:.2f})'} |"
+        return cells
 
     for name, value in evaluation.policies.items():
         row = (
@@ -298,14 +300,6 @@ def format_policy_table(result: TrainingResult) -> str:
         f"Policy value per decision on {evaluation.rounds} test rounds "
         f"(95% bootstrap intervals)\n\n" + "\n".join(lines) + "\n" + note + ("\n" if note else "")
     )
-
-
-def _share(value: float | None, chance: float | None, oracle: float | None) -> str:
-    if value is None or chance is None or oracle is None:
-        return "-"
-    if oracle <= chance:
-        return f"{value:.4f}"
-    return f"{value:.4f} ({(value - chance) / (oracle - chance):.2f})"
 
 
 # ---------------------------------------------------------------- registry
