@@ -12,10 +12,12 @@ from numpy.typing import ArrayLike
 from recsys.datagen.catalog import (
     CATEGORY_BASE_PRICE,
     ELIGIBILITY_FEATURES,
+    HABIT_CHANNELS,
+    SERVICE_TOUCHPOINTS,
     Catalog,
 )
-from recsys.datagen.params import N_CAT, SimParams
-from recsys.datagen.population import DAY
+from recsys.datagen.params import N_CAT, N_CH, TYPE, SimParams
+from recsys.datagen.population import DAY, Population
 
 
 class Accumulator:
@@ -57,6 +59,110 @@ def seconds_in_day(rng: np.random.Generator, m: int) -> np.ndarray:
     """Time of day, more activity in the afternoon/evening; (m,) int seconds."""
     hours = np.clip(rng.normal(15.0, 4.5, size=m), 0.0, 23.999)
     return (hours * 3600).astype(np.int64)
+
+
+class AcceptanceModel:
+    """The hidden acceptance model of one block of customers (module doc of
+    :mod:`recsys.datagen.simulate`): its static terms, and the logit of every offer for
+    requests in a given state."""
+
+    def __init__(self, catalog: Catalog, pop: Population, params: SimParams):
+        p = self.p = params
+        self.catalog = catalog
+        otype, ocat = catalog.offer_type, catalog.offer_category
+        taste_at = np.where(ocat >= 0, pop.taste[:, np.maximum(ocat, 0)], 1.0 / N_CAT)
+        #: (n, n_offers) the customer x offer terms
+        self.static_logit = (
+            catalog.base_logit[None, :]
+            + pop.responsiveness[:, None]
+            + p.satisfaction_coef * pop.satisfaction[:, None]
+            + np.array(p.affinity_coef)[otype][None, :]
+            * np.log(N_CAT * taste_at + 0.1)
+            * (ocat >= 0)[None, :]
+            + np.array(p.price_coef)[otype][None, :] * (2 * pop.price_sensitivity - 1)[:, None]
+            + p.tier_coef * pop.loyalty_tier[:, None] * (otype == TYPE["loyalty_reward"])[None, :]
+        ).astype(np.float32)
+        #: (n, n_channels)
+        self.chan_term = p.channel_coef * np.log(N_CH * pop.channel_habit + 0.2)
+        #: (n_touchpoints, n_offers)
+        self.stage_type = np.array(p.stage_type)[catalog.tp_stage][:, otype]
+        self.complaint_shift = np.where(
+            otype == TYPE["service"], p.complaint_service_coef, p.complaint_coef
+        )
+
+    def p_accept(
+        self,
+        cust: np.ndarray,
+        tp: np.ndarray,
+        page: np.ndarray,
+        fat_offer: np.ndarray,
+        fat_type: np.ndarray,
+        complaint_effect: np.ndarray,
+    ) -> np.ndarray:
+        """P(accept at position 1) of every offer for m requests -> (m, n_offers).
+
+        ``cust``, ``tp``, ``page`` (category code, -1 none), ``complaint_effect``: (m,);
+        ``fat_offer`` (m, n_offers) and ``fat_type`` (m, n_types): the customers' fatigue.
+        """
+        p, ocat = self.p, self.catalog.offer_category
+        logit = (
+            self.static_logit[cust]
+            + self.chan_term[cust, self.catalog.tp_channel[tp]][:, None]
+            + self.stage_type[tp]
+            + p.context_coef * (ocat[None, :] == page[:, None]) * (ocat >= 0)[None, :]
+            - p.fatigue_offer_coef * fat_offer
+            - p.fatigue_type_coef * fat_type[:, self.catalog.offer_type]
+            + complaint_effect[:, None] * self.complaint_shift[None, :]
+        )
+        return np.clip(sigmoid(logit), *p.p_clip)
+
+
+@dataclass(frozen=True)
+class Visits:
+    """Realtime visits of one day, shape (m,) each: customer row, touchpoint code, second of
+    the day, device code (desktop, mobile, tablet, other) and the page's category code (-1 for
+    a page without one)."""
+
+    cust: np.ndarray
+    tp: np.ndarray
+    sec: np.ndarray
+    device: np.ndarray
+    page: np.ndarray
+
+
+class VisitModel:
+    """Who visits which realtime touchpoint on a day, by activity and channel habits."""
+
+    def __init__(self, catalog: Catalog, pop: Population, params: SimParams):
+        self.catalog, self.pop, self.p = catalog, pop, params
+        tpi = {tp.touchpoint_id: i for i, tp in enumerate(catalog.touchpoints)}
+        visit_w = np.array([tp.visit_weight for tp in catalog.touchpoints])
+        self.visit_base = visit_w[None, :] * N_CH * pop.channel_habit[:, catalog.tp_channel]
+        n_tp = len(catalog.touchpoints)
+        self.service_tp = np.isin(np.arange(n_tp), [tpi[t] for t in SERVICE_TOUCHPOINTS])
+        self.rt_cols = np.flatnonzero([tp.mode == "realtime" for tp in catalog.touchpoints])
+        self.category_pages = [tpi["web_product"], tpi["web_cart"]]
+        self.cum_taste = np.cumsum(pop.taste, axis=1)
+
+    def draw(self, complaint_effect: np.ndarray, rng: np.random.Generator) -> Visits:
+        """One day's visits; a recent complaint (``complaint_effect`` (n,)) draws customers to
+        service touchpoints."""
+        p, pop = self.p, self.pop
+        cust = np.repeat(np.arange(len(pop)), rng.poisson(p.visit_rate * pop.activity))
+        w = self.visit_base[cust][:, self.rt_cols]
+        boost = 1 + p.complaint_service_visit_boost * complaint_effect[cust]
+        w = w * np.where(self.service_tp[self.rt_cols][None, :], boost[:, None], 1.0)
+        tp = self.rt_cols[pick_rows(w, rng)]
+        sec = seconds_in_day(rng, len(cust))
+        ch = self.catalog.tp_channel[tp]
+        device = np.where(
+            ch == HABIT_CHANNELS.index("web"),
+            rng.choice(3, size=len(cust), p=[0.45, 0.45, 0.1]),
+            np.where(ch == HABIT_CHANNELS.index("app"), 1, 3),
+        )
+        shows_category = np.isin(tp, self.category_pages)
+        page = np.where(shows_category, draw_categories(self.cum_taste[cust], rng, 0.2), -1)
+        return Visits(cust, tp, sec, device, page)
 
 
 class RuleEligibility:

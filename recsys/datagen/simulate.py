@@ -28,24 +28,22 @@ from recsys.datagen.catalog import (
     Catalog,
 )
 from recsys.datagen.mechanics import (
+    AcceptanceModel,
     Accumulator,
     DayEvents,
     Requests,
     RuleEligibility,
+    VisitModel,
     draw_categories,
     draw_outcomes,
     pick_rows,
     seconds_in_day,
-    sigmoid,
 )
 from recsys.datagen.params import (
     EV,
-    N_CAT,
-    N_CH,
     NEVER,
     PRODUCTS_PER_CATEGORY,
     TRANSACTION_CHANNELS,
-    TYPE,
     BlockOutput,
     SimParams,
 )
@@ -62,7 +60,6 @@ class _BlockSimulator:
         p = self.p = params
         self.catalog, self.pop, self.rng = catalog, pop, rng
         n, n_off = len(pop), catalog.n_offers
-        otype, ocat = catalog.offer_type, catalog.offer_category
         n_tp = len(catalog.touchpoints)
         self.tpi = {tp.touchpoint_id: i for i, tp in enumerate(catalog.touchpoints)}
         self.tp_realtime = np.array([tp.mode == "realtime" for tp in catalog.touchpoints])
@@ -75,23 +72,7 @@ class _BlockSimulator:
                 f"got {len(self.position_bias)}"
             )
 
-        # static parts of the acceptance logit, (n, n_offers)
-        taste_at = np.where(ocat >= 0, pop.taste[:, np.maximum(ocat, 0)], 1.0 / N_CAT)
-        self.static_logit = (
-            catalog.base_logit[None, :]
-            + pop.responsiveness[:, None]
-            + p.satisfaction_coef * pop.satisfaction[:, None]
-            + np.array(p.affinity_coef)[otype][None, :]
-            * np.log(N_CAT * taste_at + 0.1)
-            * (ocat >= 0)[None, :]
-            + np.array(p.price_coef)[otype][None, :] * (2 * pop.price_sensitivity - 1)[:, None]
-            + p.tier_coef * pop.loyalty_tier[:, None] * (otype == TYPE["loyalty_reward"])[None, :]
-        ).astype(np.float32)
-        self.chan_term = p.channel_coef * np.log(N_CH * pop.channel_habit + 0.2)
-        self.stage_type = np.array(p.stage_type)[catalog.tp_stage][:, otype]  # (n_tp, n_offers)
-        self.complaint_shift = np.where(
-            otype == TYPE["service"], p.complaint_service_coef, p.complaint_coef
-        )
+        self.acceptance = AcceptanceModel(catalog, pop, p)
         self.consent = np.ones((n, n_tp), dtype=bool)
         opt_in = {"email_opt_in": pop.email, "sms_opt_in": pop.sms, "push_opt_in": pop.push}
         for t, column in enumerate(catalog.tp_consent):
@@ -99,11 +80,7 @@ class _BlockSimulator:
                 self.consent[:, t] = opt_in[column]
         self.cum_taste = np.cumsum(pop.taste, axis=1)
 
-        # realtime visit weights per customer and touchpoint, (n, n_tp)
-        visit_w = np.array([tp.visit_weight for tp in catalog.touchpoints])
-        self.visit_base = visit_w[None, :] * N_CH * pop.channel_habit[:, catalog.tp_channel]
-        self.service_tp = np.isin(np.arange(n_tp), [self.tpi[t] for t in SERVICE_TOUCHPOINTS])
-        self.rt_cols = np.flatnonzero(self.tp_realtime)
+        self.visits = VisitModel(catalog, pop, p)
         visit_event = {
             "web": EV["page_view"],
             "app": EV["app_open"],
@@ -271,20 +248,14 @@ class _BlockSimulator:
     ) -> Requests:
         """Realtime visits and batch campaign sends of day ``d``, with point-in-time features."""
         p, pop, rng, tpi, n = self.p, self.pop, self.rng, self.tpi, len(self.pop)
-        v_cust = np.repeat(np.arange(n), rng.poisson(p.visit_rate * pop.activity))
-        w = self.visit_base[v_cust][:, self.rt_cols]
-        boost = 1 + p.complaint_service_visit_boost * complaint_effect[v_cust]
-        w = w * np.where(self.service_tp[self.rt_cols][None, :], boost[:, None], 1.0)
-        v_tp = self.rt_cols[pick_rows(w, rng)]
-        v_sec = seconds_in_day(rng, len(v_cust))
-        ch = self.catalog.tp_channel[v_tp]
-        v_device = np.where(
-            ch == HABIT_CHANNELS.index("web"),
-            rng.choice(3, size=len(v_cust), p=[0.45, 0.45, 0.1]),
-            np.where(ch == HABIT_CHANNELS.index("app"), 1, 3),
+        visits = self.visits.draw(complaint_effect, rng)
+        v_cust, v_tp, v_sec, v_device, v_page = (
+            visits.cust,
+            visits.tp,
+            visits.sec,
+            visits.device,
+            visits.page,
         )
-        shows_category = np.isin(v_tp, [tpi["web_product"], tpi["web_cart"]])
-        v_page = np.where(shows_category, draw_categories(self.cum_taste[v_cust], rng, 0.2), -1)
         self._interactions(v_cust, day0 + v_sec, v_tp, self.event_of_tp[v_tp], category=v_page)
 
         batch: list[tuple[np.ndarray, int, int]] = []  # (customers, touchpoint, hour of day)
@@ -387,16 +358,9 @@ class _BlockSimulator:
         if m == 0:
             return
         c, t, ts = r.cust[sel], r.tp[sel], r.ts[sel]
-        logit = (
-            self.static_logit[c]
-            + self.chan_term[c, cat.tp_channel[t]][:, None]
-            + self.stage_type[t]
-            + p.context_coef * (ocat[None, :] == r.page[sel][:, None]) * (ocat >= 0)[None, :]
-            - p.fatigue_offer_coef * self.fat_offer[c]
-            - p.fatigue_type_coef * self.fat_type[c][:, otype]
-            + r.complaint_effect[sel][:, None] * self.complaint_shift[None, :]
+        p_true = self.acceptance.p_accept(
+            c, t, r.page[sel], self.fat_offer[c], self.fat_type[c], r.complaint_effect[sel]
         )
-        p_true = np.clip(sigmoid(logit), *p.p_clip)
         ids = self.next_decision + np.arange(m)
         self.next_decision += m
         tr, to = np.nonzero(cand)
