@@ -38,7 +38,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from recsys.eligibility import ContactHistory
-from recsys.errors import ConfigError, DataError
+from recsys.errors import ConfigError, DataError, EventLogUnavailable
 from recsys.eventlog.base import (
     OUTCOME_TYPES,
     CapProbe,
@@ -172,11 +172,16 @@ class PostgresEventLog(EventLog):
         self._closed = False
         self._t_decisions = sql.SQL("{}.decisions").format(sql.Identifier(schema))
         self._t_events = sql.SQL("{}.events").format(sql.Identifier(schema))
-        with self._connection() as con, con.transaction():
-            con.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-            for statement in _ddl(schema):
-                con.execute(statement)
+        with self._connection() as con:
+            self._create_schema(con)
         logger.info("event log opened: postgresql schema %s", schema)
+
+    def _create_schema(self, con: psycopg.Connection) -> None:
+        """Create the schema and tables that are missing (replicas wait on one lock)."""
+        with con.transaction():
+            con.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            for statement in _ddl(self.schema):
+                con.execute(statement)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> PostgresEventLog:
@@ -208,15 +213,46 @@ class PostgresEventLog(EventLog):
             if con.closed:
                 con = self._connect()
             yield con
-        except psycopg.OperationalError:
-            if con is not None:
-                con.close()  # a broken connection is not reused
-            con = None
+        except psycopg.Error as exc:
+            con = self._heal(fault_kind(exc), con)
+            raise EventLogUnavailable(fault_kind(exc), _describe(exc)) from exc
+        except EventLogUnavailable as exc:  # found by ping
+            con = self._heal(exc.kind, con)
             raise
         finally:
             if con is not None and not con.closed:
                 self._pool.put(con)
             self._slots.release()
+
+    def _heal(self, kind: str, con: psycopg.Connection | None) -> psycopg.Connection | None:
+        """Act on a fault of ``con``; return the connection if it may go back to the pool."""
+        if kind in ("unavailable", "read_only"):
+            # Broken, or a session that keeps the read-only default it started with: none
+            # of the pooled connections is reused; new ones see the server as it is now.
+            if con is not None:
+                con.close()
+            self._drop_pool()
+            return None
+        if kind == "schema_missing" and con is not None:
+            self._recreate_schema(con)
+        return con
+
+    def _drop_pool(self) -> None:
+        while True:
+            try:
+                self._pool.get_nowait().close()
+            except queue.Empty:
+                return
+
+    def _recreate_schema(self, con: psycopg.Connection) -> None:
+        """Tables dropped under the service: create them again (the next call succeeds)."""
+        try:
+            self._create_schema(con)
+        except psycopg.Error as exc:  # read-only or gone too: the next failure tries again
+            logger.warning("event log tables missing and not created again: %s", _describe(exc))
+            con.close()
+            return
+        logger.warning("event log tables were missing: created again in schema %s", self.schema)
 
     # ----------------------------------------------------------------- writes
 
@@ -431,16 +467,42 @@ class PostgresEventLog(EventLog):
         return {"decision_rows": decisions, "events": events}
 
     def ping(self) -> None:
+        """Raise :class:`EventLogUnavailable` unless both tables are there and writable."""
         with self._connection() as con:
-            con.execute("SELECT 1").fetchone()
+            row = con.execute(
+                "SELECT current_setting('transaction_read_only'), to_regclass(%s), to_regclass(%s)",
+                (f'"{self.schema}".decisions', f'"{self.schema}".events'),
+            ).fetchone()
+            read_only, decisions, events = row if row is not None else ("on", None, None)
+            if read_only == "on":
+                raise EventLogUnavailable("read_only", "the database is read-only")
+            if decisions is None or events is None:
+                raise EventLogUnavailable("schema_missing", "the tables are missing")
 
     def close(self) -> None:
         self._closed = True
-        while True:
-            try:
-                self._pool.get_nowait().close()
-            except queue.Empty:
-                break
+        self._drop_pool()
+
+
+#: SQLSTATE classes and codes -> the kind of fault (:data:`recsys.errors.EVENT_LOG_FAULTS`).
+_FAULT_BY_SQLSTATE = {
+    "25006": "read_only",  # read_only_sql_transaction
+    "42P01": "schema_missing",  # undefined_table
+    "3F000": "schema_missing",  # invalid_schema_name
+    "23": "constraint",  # integrity constraint violation
+}
+
+
+def fault_kind(exc: psycopg.Error) -> str:
+    """The kind of an error of PostgreSQL: read_only, schema_missing, constraint, else
+    unavailable (connection lost or refused, server shutting down, disk full, ...)."""
+    state = exc.sqlstate or ""
+    return _FAULT_BY_SQLSTATE.get(state) or _FAULT_BY_SQLSTATE.get(state[:2]) or "unavailable"
+
+
+def _describe(exc: psycopg.Error) -> str:
+    """One short line about ``exc`` (no SQL, no values: they may carry customer ids)."""
+    return f"{type(exc).__name__} {exc.sqlstate or ''}".strip()
 
 
 def _count(con: psycopg.Connection, table: sql.Composable) -> int:
