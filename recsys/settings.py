@@ -269,6 +269,18 @@ class Settings(BaseSettings):
     online_store: Literal["sqlite", "redis"] = "sqlite"
     online_sqlite_path: Path = Path("data/online_features.sqlite")
     redis_url: str = "redis://127.0.0.1:6379/0"
+    online_store_timeout_ms: int = Field(
+        default=250,
+        ge=1,
+        description="the one deadline a request spends on the online store (Redis: socket "
+        "and connect timeout, no retries); past it the request is served cold starts",
+    )
+    online_store_probe_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="while the online store is down, how often it is asked whether it "
+        "answers again (requests do not touch it meanwhile)",
+    )
     event_log_url: str = Field(
         default="sqlite:///data/events.sqlite", description="sqlite:///PATH or postgresql://..."
     )
