@@ -6,6 +6,7 @@ ones on 5432 / 6379. PostgreSQL refuses to run as root: the cluster belongs to `
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -73,7 +74,7 @@ class PostgresCluster:
                     str(self.root / "server.log"),
                     "start",
                 ]
-            ),  # fmt: skip
+            ),
             check=True,
             capture_output=True,
         )
@@ -106,10 +107,8 @@ class PostgresCluster:
                 )
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):
             self.stop()
-        except subprocess.CalledProcessError:
-            pass
 
 
 class RedisServer:
