@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,13 +34,14 @@ def _as_postgres(args: list[str]) -> list[str]:
 class PostgresCluster:
     """A throw-away PostgreSQL cluster (trust auth, db ``faults``); start/stop on demand."""
 
-    def __init__(self, root: Path):
-        self.root = root
-        self.data = root / "pgdata"
+    def __init__(self) -> None:
+        # Its own folder in /tmp: user postgres cannot enter pytest's (root-only) folders.
+        self.root = Path(tempfile.mkdtemp(prefix="recsys-faults-pg-"))
+        self.root.chmod(0o755)
+        self.data = self.root / "pgdata"
         self.port = free_port()
-        root.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
-            shutil.chown(root, "postgres")
+            shutil.chown(self.root, "postgres")
         subprocess.run(
             _as_postgres(
                 [str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres"]
@@ -109,6 +111,7 @@ class PostgresCluster:
     def close(self) -> None:
         with contextlib.suppress(subprocess.CalledProcessError):
             self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 class RedisServer:
