@@ -40,6 +40,7 @@ SCHEMA = "faults"
 FAULT_SECONDS = 3.0
 RECOVERY_LIMIT_S = 10.0
 CLIENTS = 4
+HEADER_TIMEOUT_S = 2.0  # serving.header_timeout_seconds of the service under test
 DECIDE = {"customer_id": "c1", "touchpoint": "web_home"}
 
 
@@ -253,6 +254,7 @@ def bench(tmp_path_factory) -> Iterator[Bench]:
         "RECSYS_SERVING_API_KEYS": json.dumps(
             [ApiKeyRecord(id="faults", scope="secret", hash=hash_key(key)).model_dump()]
         ),
+        "RECSYS_SERVING__HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT_S),
         "PYTHONPATH": str(ROOT),
     })  # fmt: skip
     service = Service(env)
@@ -267,12 +269,12 @@ def bench(tmp_path_factory) -> Iterator[Bench]:
 
 
 def print_table(rows: list[Tally]) -> None:
-    head = f"{'fault':<34} {'requests':>8} {'200':>6} {'fallback':>8} {'503':>6} {'500':>4} "
+    head = f"{'fault':<40} {'requests':>8} {'200':>6} {'fallback':>8} {'503':>6} {'500':>4} "
     head += f"{'dropped':>7} {'recover s':>9}  note"
     lines = [head, "-" * len(head)]
     for t in rows:
         lines.append(
-            f"{t.fault:<34} {t.requests:>8} {t.ok:>6} {t.fallback:>8} {t.unavailable:>6} "
+            f"{t.fault:<40} {t.requests:>8} {t.ok:>6} {t.fallback:>8} {t.unavailable:>6} "
             f"{t.server_errors:>4} {t.dropped:>7} {t.recover_s:>9.2f}  {t.note}"
         )
     table = "\n".join(lines)
@@ -420,3 +422,37 @@ def test_slow_bodies_without_a_key(bench):
     assert refused == 400, f"only {refused} of 400 got 401 before their body"
     assert grown < 100, f"workers grew by {grown:.0f} MB"
     tally.note = f"401 to {refused}/400 from the head; +{grown:.0f} MB"
+
+
+def test_stalled_request_heads(bench):
+    held: list[socket.socket] = []
+
+    def stall() -> None:
+        for i in range(500):
+            s = socket.create_connection(("127.0.0.1", bench.service.port), timeout=5)
+            if i % 2:  # half send part of a head and stall, half send nothing
+                s.sendall(b"POST /v1/decisions HTTP/1.1\r\nhost: x\r\nx-api-key: ")
+            held.append(s)
+
+    closed: list[bool] = []
+
+    def check_closed() -> None:
+        for s in held:
+            s.settimeout(HEADER_TIMEOUT_S + 3)
+            try:
+                closed.append(s.recv(1) == b"")
+            except OSError:  # reset: closed too
+                closed.append(True)
+
+    try:
+        tally = bench.run(
+            "stalled request heads (500, slowloris)",
+            start=stall,
+            end=check_closed,
+            hold=HEADER_TIMEOUT_S + 1,
+        )
+    finally:
+        for s in held:
+            s.close()
+    assert sum(closed) == 500, f"{500 - sum(closed)} stalled connections were left open"
+    tally.note = f"{sum(closed)}/500 closed by the {HEADER_TIMEOUT_S:g} s head deadline"
