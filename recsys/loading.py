@@ -438,7 +438,6 @@ def _staged_columns(con: duckdb.DuckDBPyConnection, spec: TableSpec) -> list[str
 
 def _merge(con: duckdb.DuckDBPyConnection, spec: TableSpec, load: TableLoad) -> None:
     """Merge the staged rows of ``spec`` into the warehouse; fill ``load``'s counts."""
-    stage = _stage_name(spec.name)
     target = _quote(spec.name)
     _add_extra_columns(con, spec)
     columns = _staged_columns(con, spec)
