@@ -48,6 +48,7 @@ from recsys.eventlog.base import (
     EventWriteResult,
     _check_event,
     _decision_rows,
+    _empty_decision_rows,
     _from_us,
     _outcome_dicts,
     _us,
@@ -104,6 +105,19 @@ def _ddl(schema: str) -> list[sql.Composed]:
             "CREATE INDEX IF NOT EXISTS events_customer_type ON {}.events (customer_id, type)"
         ).format(s),
         sql.SQL("CREATE INDEX IF NOT EXISTS events_decision ON {}.events (decision_id)").format(s),
+        sql.SQL(
+            """CREATE TABLE IF NOT EXISTS {}.decisions_without_offers (
+                decision_id TEXT PRIMARY KEY,
+                ts_us BIGINT NOT NULL,
+                touchpoint_id TEXT NOT NULL,
+                channel TEXT,
+                customer_id TEXT,
+                policy TEXT,
+                fallback BOOLEAN NOT NULL,
+                model_name TEXT,
+                model_version TEXT,
+                context TEXT)"""
+        ).format(s),
     ]
 
 
@@ -172,6 +186,7 @@ class PostgresEventLog(EventLog):
         self._closed = False
         self._t_decisions = sql.SQL("{}.decisions").format(sql.Identifier(schema))
         self._t_events = sql.SQL("{}.events").format(sql.Identifier(schema))
+        self._t_empty = sql.SQL("{}.decisions_without_offers").format(sql.Identifier(schema))
         with self._connection() as con:
             self._create_schema(con)
         logger.info("event log opened: postgresql schema %s", schema)
@@ -274,12 +289,28 @@ class PostgresEventLog(EventLog):
             rows,
         )
 
+    def _empty_rows(self, decisions: Sequence[Decision]) -> list[tuple]:
+        rows = [(*r[:6], bool(r[6]), *r[7:]) for r in _empty_decision_rows(decisions)]
+        _no_nul("customer_id", [r[4] for r in rows])
+        return rows
+
+    def _insert_empty(self, cur: psycopg.Cursor, rows: list[tuple]) -> None:
+        if rows:
+            cur.executemany(
+                sql.SQL("INSERT INTO {} VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)").format(
+                    self._t_empty
+                ),
+                rows,
+            )
+
     def record_decisions(self, decisions: Sequence[Decision]) -> None:
-        rows = self._decision_rows(decisions)
-        if not rows:
+        rows, empty = self._decision_rows(decisions), self._empty_rows(decisions)
+        if not rows and not empty:
             return
         with self._connection() as con, con.transaction(), con.cursor() as cur:
-            self._insert_decisions(cur, rows)
+            if rows:
+                self._insert_decisions(cur, rows)
+            self._insert_empty(cur, empty)
 
     def record_decisions_within_caps(
         self, decisions: Sequence[Decision], caps: Mapping[str, tuple[int, int]]
@@ -303,6 +334,7 @@ class PostgresEventLog(EventLog):
             rows = self._decision_rows(keep)
             if rows:
                 self._insert_decisions(cur, rows)
+            self._insert_empty(cur, self._empty_rows(keep))  # no offer: no cap to break
         return refused
 
     def _cap_counts(self, cur: psycopg.Cursor, probes: list[CapProbe]) -> dict[CapProbe, int]:
@@ -463,20 +495,25 @@ class PostgresEventLog(EventLog):
     def counts(self) -> dict[str, int]:
         with self._connection() as con:
             decisions = _count(con, self._t_decisions)
+            empty = _count(con, self._t_empty)
             events = _count(con, self._t_events)
-        return {"decision_rows": decisions, "events": events}
+        return {"decision_rows": decisions, "decisions_without_offers": empty, "events": events}
 
     def ping(self) -> None:
-        """Raise :class:`EventLogUnavailable` unless both tables are there and writable."""
+        """Raise :class:`EventLogUnavailable` unless the tables are there and writable."""
         with self._connection() as con:
             row = con.execute(
-                "SELECT current_setting('transaction_read_only'), to_regclass(%s), to_regclass(%s)",
-                (f'"{self.schema}".decisions', f'"{self.schema}".events'),
+                "SELECT current_setting('transaction_read_only'), "
+                "to_regclass(%s), to_regclass(%s), to_regclass(%s)",
+                [
+                    f'"{self.schema}".{t}'
+                    for t in ("decisions", "events", "decisions_without_offers")
+                ],
             ).fetchone()
-            read_only, decisions, events = row if row is not None else ("on", None, None)
+            read_only, *tables = row if row is not None else ("on", None)
             if read_only == "on":
                 raise EventLogUnavailable("read_only", "the database is read-only")
-            if decisions is None or events is None:
+            if None in tables:
                 raise EventLogUnavailable("schema_missing", "the tables are missing")
 
     def close(self) -> None:

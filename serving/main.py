@@ -89,9 +89,11 @@ def create_app(
                 observer=metrics if hardened else None,
                 wrap_event_log=(lambda log: MeteredEventLog(log, metrics)) if hardened else None,
             )
-        except RecsysError as exc:
-            # One clear line for the operator; uvicorn then exits ("startup failed").
-            logger.error("the decision service cannot start: %s", exc)
+        except Exception as exc:
+            # One clear line for the operator (StartupFailureFilter keeps uvicorn's copy of
+            # the traceback out of the service's log); uvicorn then exits.
+            reason = str(exc) if isinstance(exc, RecsysError) else f"{type(exc).__name__}: {exc}"
+            logger.error("the decision service cannot start: %s", reason)
             raise
         app.state.components = built
         configure_connections(loaded.serving)
@@ -183,6 +185,9 @@ def run_server(settings: Settings) -> None:
         "class": "logging.StreamHandler",
         "stream": "ext://sys.stderr",
     }
+    # A failed start is one "cannot start" line (logged by the app), not a traceback.
+    log_config.setdefault("filters", {})["startup"] = {"()": "serving.logs.StartupFailureFilter"}
+    log_config["handlers"]["default"].setdefault("filters", []).append("startup")
     observability = settings.observability
     log_format = observability.log_format
     if log_format == "auto":

@@ -29,6 +29,7 @@ from recsys.eventlog.base import (
     EventWriteResult,
     _check_event,
     _decision_rows,
+    _empty_decision_rows,
     _from_us,
     _outcome_dicts,
     _us,
@@ -42,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 
 _INSERT_DECISION = "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_EMPTY = "INSERT INTO decisions_without_offers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 _SCHEMA = (
@@ -76,7 +78,20 @@ _SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS events_customer_type ON events (customer_id, type)",
     "CREATE INDEX IF NOT EXISTS events_decision ON events (decision_id)",
+    """CREATE TABLE IF NOT EXISTS decisions_without_offers (
+        decision_id TEXT PRIMARY KEY,
+        ts_us INTEGER NOT NULL,
+        touchpoint_id TEXT NOT NULL,
+        channel TEXT,
+        customer_id TEXT,
+        policy TEXT,
+        fallback INTEGER NOT NULL,
+        model_name TEXT,
+        model_version TEXT,
+        context TEXT
+    )""",
 )
+_TABLES = ("decisions", "events", "decisions_without_offers")
 
 
 class SQLiteEventLog(EventLog):
@@ -263,11 +278,12 @@ class SQLiteEventLog(EventLog):
     # ---------------------------------------------------------------- writes
 
     def record_decisions(self, decisions: Sequence[Decision]) -> None:
-        rows = _decision_rows(decisions)
-        if not rows:
+        rows, empty = _decision_rows(decisions), _empty_decision_rows(decisions)
+        if not rows and not empty:
             return
         with self._write():
             self._con.executemany(_INSERT_DECISION, rows)
+            self._con.executemany(_INSERT_EMPTY, empty)
 
     def record_decisions_within_caps(
         self, decisions: Sequence[Decision], caps: Mapping[str, tuple[int, int]]
@@ -275,7 +291,7 @@ class SQLiteEventLog(EventLog):
         if not decisions:
             return set()
         # Rows are built before the lock: every worker waits for whoever holds it.
-        rows = _decision_rows(decisions)
+        rows, empty = _decision_rows(decisions), _empty_decision_rows(decisions)
         # The write lock is held from the count to the insert: no other process can add a
         # contact in between.
         with self._write():
@@ -284,6 +300,8 @@ class SQLiteEventLog(EventLog):
                 rows = [row for row in rows if row[0] not in refused]
             if rows:
                 self._con.executemany(_INSERT_DECISION, rows)
+            if empty:  # no offer: no cap to break
+                self._con.executemany(_INSERT_EMPTY, empty)
         return refused
 
     def _cap_counts(self, probes: list[CapProbe]) -> dict[CapProbe, int]:
@@ -418,8 +436,13 @@ class SQLiteEventLog(EventLog):
     def counts(self) -> dict[str, int]:
         with self._read():
             decisions = self._con.execute("SELECT count(*) FROM decisions").fetchone()[0]
+            empty = self._con.execute("SELECT count(*) FROM decisions_without_offers").fetchone()[0]
             events = self._con.execute("SELECT count(*) FROM events").fetchone()[0]
-        return {"decision_rows": int(decisions), "events": int(events)}
+        return {
+            "decision_rows": int(decisions),
+            "decisions_without_offers": int(empty),
+            "events": int(events),
+        }
 
     def ping(self) -> None:
         """Raise :class:`EventLogUnavailable` unless the file is ours, has both tables and
@@ -431,11 +454,9 @@ class SQLiteEventLog(EventLog):
         with self._read():
             tables = {
                 r[0]
-                for r in self._con.execute(
-                    "SELECT name FROM sqlite_schema WHERE name IN ('decisions', 'events')"
-                )
+                for r in self._con.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")
             }
-        if len(tables) < 2:
+        if not tables.issuperset(_TABLES):
             logger.warning("event log tables were missing: creating them again in %s", self.path)
             self._create_schema()
         elif self._last_fault is not None:

@@ -56,7 +56,7 @@ def test_same_event_id_is_stored_once(served):
     again = log.record_events([event("e1", d1), event("e3", d1, EventType.CONVERT, revenue=9.5)])
     assert (first.new, first.duplicates) == (("e1", "e2"), ())
     assert (again.new, again.duplicates) == (("e3",), ("e1",))
-    assert log.counts() == {"decision_rows": 3, "events": 3}
+    assert log.counts() == {"decision_rows": 3, "decisions_without_offers": 0, "events": 3}
 
 
 def test_committed_events_are_seen_by_a_new_connection(served, schema):
@@ -216,7 +216,7 @@ def test_ping_recreates_a_dropped_schema(served, schema):
         log.ping()
     assert refused.value.kind == "schema_missing"
     log.ping()
-    assert log.counts() == {"decision_rows": 0, "events": 0}
+    assert log.counts() == {"decision_rows": 0, "decisions_without_offers": 0, "events": 0}
 
 
 def test_lost_connections_are_replaced(served):
