@@ -95,8 +95,11 @@ class ObservabilityMiddleware:
             if name == b"x-request-id":
                 incoming = value.decode("latin-1")
                 break
-        well_formed = incoming and _REQUEST_ID.match(incoming) and redact(incoming) == incoming
-        request_id = incoming if well_formed else new_request_id()
+        request_id = (
+            incoming
+            if incoming and _REQUEST_ID.match(incoming) and redact(incoming) == incoming
+            else new_request_id()
+        )
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = {"code": 500}

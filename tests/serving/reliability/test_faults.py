@@ -279,7 +279,7 @@ def print_table(rows: list[Tally]) -> None:
         )
     table = "\n".join(lines)
     print("\n" + table)
-    (LOG_DIR.parent / "faults-table.txt").write_text(table + "\n")
+    (LOG_DIR / "faults-table.txt").write_text(table + "\n")
 
 
 # --------------------------------------------------------------------------- the cases
