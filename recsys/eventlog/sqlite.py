@@ -170,7 +170,7 @@ class SQLiteEventLog(EventLog):
     def _fault(self, exc: sqlite3.Error) -> EventLogUnavailable:
         """Heal what can be healed after ``exc`` (no lock held); the error for the caller."""
         kind = fault_kind(exc)
-        if kind in ("unavailable", "read_only") and self.path != ":memory:":
+        if (kind == "read_only" or _broken_file(exc)) and self.path != ":memory:":
             self._reopen()
         elif kind == "schema_missing":
             try:
@@ -485,6 +485,15 @@ def fault_kind(exc: sqlite3.Error) -> str:
     if str(exc).startswith("no such table"):
         return "schema_missing"
     return "unavailable"
+
+
+#: Errors after which the connection is opened again (the file may have been replaced or
+#: repaired); a busy or locked database is not one of them: it only has to be waited for.
+_REOPEN_ERRORS = ("SQLITE_IOERR", "SQLITE_CANTOPEN", "SQLITE_CORRUPT", "SQLITE_NOTADB")
+
+
+def _broken_file(exc: sqlite3.Error) -> bool:
+    return (exc.sqlite_errorname or "").startswith(_REOPEN_ERRORS)
 
 
 def _describe(exc: sqlite3.Error) -> str:
