@@ -9,7 +9,8 @@ protocol callbacks it already implements:
 
 - **header timeout**: a connection that has not sent a complete request head within
   ``header_timeout_seconds`` of being opened (or of its last response) is closed;
-- **header size**: a head still incomplete past ``max_header_bytes`` gets 431 and is closed;
+- **header size**: a head longer than ``max_header_bytes`` gets 431 and is closed, before
+  the parser sees it (at most that much of a head is ever buffered);
 - **connection cap**: past ``max_connections`` open connections in the worker, a new one
   closes the oldest connection that never sent a complete head (an idle or stalled client),
   else the oldest idle keep-alive one; if every one is busy with a request, the new one gets
@@ -86,6 +87,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.guard_waiting = True  # for a (next) request head
         self.guard_served = False  # has sent a complete request head
         self.guard_head_bytes = 0
+        self.guard_tail = b""  # last bytes of the head so far (a blank line may straddle)
         self.guard_deadline: asyncio.TimerHandle | None = None
         _open[self] = None
         if len(_open) > _limits.max_connections and not self._make_room():
@@ -112,7 +114,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def _arm(self) -> None:
         self._disarm()
-        self.guard_waiting, self.guard_head_bytes = True, 0
+        self.guard_waiting, self.guard_head_bytes, self.guard_tail = True, 0, b""
         self.guard_deadline = asyncio.get_running_loop().call_later(
             _limits.header_timeout_seconds, self._head_too_slow
         )
@@ -137,17 +139,22 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self.transport.is_closing():
             return
-        waiting = self.guard_waiting
-        if waiting:
-            self.guard_head_bytes += len(data)
+        if self.guard_waiting:
+            # The head ends at the first blank line; what follows in the chunk is body.
+            seen = self.guard_tail + data
+            end = seen.find(b"\r\n\r\n")
+            head = len(data) if end < 0 else end + 4 - len(self.guard_tail)
+            self.guard_head_bytes += head
+            self.guard_tail = seen[-3:]
+            if self.guard_head_bytes > _limits.max_header_bytes:
+                self._refuse(
+                    431,
+                    "Request Header Fields Too Large",
+                    f"the request head must be at most {_limits.max_header_bytes} bytes",
+                    None,
+                )
+                return
         super().data_received(data)
-        if waiting and self.guard_waiting and self.guard_head_bytes > _limits.max_header_bytes:
-            self._refuse(
-                431,
-                "Request Header Fields Too Large",
-                f"the request head must be at most {_limits.max_header_bytes} bytes",
-                None,
-            )
 
     def on_headers_complete(self) -> None:
         self._disarm()
