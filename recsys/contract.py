@@ -212,7 +212,9 @@ TRANSACTIONS = TableSpec(
 INTERACTIONS = TableSpec(
     name="interactions",
     key=("customer_id", "ts", "touchpoint_id", "event_type"),
-    unique_key=False,  # the same event twice is plausible in raw logs; stored once
+    # Not refused when repeated: without an event_id column, identical rows are kept (a row
+    # is its content plus its ordinal among identical rows of the file; recsys.loading).
+    unique_key=False,
     references=(
         Reference(("customer_id",), "customers", ("customer_id",)),
         Reference(("touchpoint_id",), "touchpoints", ("touchpoint_id",)),

@@ -113,3 +113,30 @@ class SpecMismatchError(RecsysError):
 
 class DataError(RecsysError, ValueError):
     """There is not enough (or not the right) data to do what was asked."""
+
+
+class EventLogUnavailable(UnavailableError):
+    """The event log cannot store or read now; ``kind`` says why (:data:`EVENT_LOG_FAULTS`).
+
+    Served as 503 with ``Retry-After``; ``/readyz`` is 503 while it lasts. The log heals
+    itself where it can (drops its connections, creates missing tables again).
+    """
+
+    def __init__(self, kind: str, message: str, retry_after: float = 1.0):
+        if kind not in EVENT_LOG_FAULTS:
+            raise ValueError(f"`kind` must be one of {EVENT_LOG_FAULTS}, got {kind!r}")
+        super().__init__(
+            f"the event log is {EVENT_LOG_FAULTS[kind]} ({message}); retry later",
+            expected="a writable event log",
+            retry_after=retry_after,
+        )
+        self.kind = kind
+
+
+#: Kinds of event-log fault -> what the client is told the log is.
+EVENT_LOG_FAULTS: dict[str, str] = {
+    "unavailable": "unavailable",
+    "read_only": "read-only",
+    "schema_missing": "missing its tables (being created again)",
+    "constraint": "refusing a write (constraint violated)",
+}

@@ -38,7 +38,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from recsys.eligibility import ContactHistory
-from recsys.errors import ConfigError, DataError
+from recsys.errors import ConfigError, DataError, EventLogUnavailable
 from recsys.eventlog.base import (
     OUTCOME_TYPES,
     CapProbe,
@@ -48,6 +48,7 @@ from recsys.eventlog.base import (
     EventWriteResult,
     _check_event,
     _decision_rows,
+    _empty_decision_rows,
     _from_us,
     _outcome_dicts,
     _us,
@@ -104,6 +105,19 @@ def _ddl(schema: str) -> list[sql.Composed]:
             "CREATE INDEX IF NOT EXISTS events_customer_type ON {}.events (customer_id, type)"
         ).format(s),
         sql.SQL("CREATE INDEX IF NOT EXISTS events_decision ON {}.events (decision_id)").format(s),
+        sql.SQL(
+            """CREATE TABLE IF NOT EXISTS {}.decisions_without_offers (
+                decision_id TEXT PRIMARY KEY,
+                ts_us BIGINT NOT NULL,
+                touchpoint_id TEXT NOT NULL,
+                channel TEXT,
+                customer_id TEXT,
+                policy TEXT,
+                fallback BOOLEAN NOT NULL,
+                model_name TEXT,
+                model_version TEXT,
+                context TEXT)"""
+        ).format(s),
     ]
 
 
@@ -172,11 +186,17 @@ class PostgresEventLog(EventLog):
         self._closed = False
         self._t_decisions = sql.SQL("{}.decisions").format(sql.Identifier(schema))
         self._t_events = sql.SQL("{}.events").format(sql.Identifier(schema))
-        with self._connection() as con, con.transaction():
-            con.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-            for statement in _ddl(schema):
-                con.execute(statement)
+        self._t_empty = sql.SQL("{}.decisions_without_offers").format(sql.Identifier(schema))
+        with self._connection() as con:
+            self._create_schema(con)
         logger.info("event log opened: postgresql schema %s", schema)
+
+    def _create_schema(self, con: psycopg.Connection) -> None:
+        """Create the schema and tables that are missing (replicas wait on one lock)."""
+        with con.transaction():
+            con.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            for statement in _ddl(self.schema):
+                con.execute(statement)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> PostgresEventLog:
@@ -208,15 +228,46 @@ class PostgresEventLog(EventLog):
             if con.closed:
                 con = self._connect()
             yield con
-        except psycopg.OperationalError:
-            if con is not None:
-                con.close()  # a broken connection is not reused
-            con = None
+        except psycopg.Error as exc:
+            con = self._heal(fault_kind(exc), con)
+            raise EventLogUnavailable(fault_kind(exc), _describe(exc)) from exc
+        except EventLogUnavailable as exc:  # found by ping
+            con = self._heal(exc.kind, con)
             raise
         finally:
             if con is not None and not con.closed:
                 self._pool.put(con)
             self._slots.release()
+
+    def _heal(self, kind: str, con: psycopg.Connection | None) -> psycopg.Connection | None:
+        """Act on a fault of ``con``; return the connection if it may go back to the pool."""
+        if kind in ("unavailable", "read_only"):
+            # Broken, or a session that keeps the read-only default it started with: none
+            # of the pooled connections is reused; new ones see the server as it is now.
+            if con is not None:
+                con.close()
+            self._drop_pool()
+            return None
+        if kind == "schema_missing" and con is not None:
+            self._recreate_schema(con)
+        return con
+
+    def _drop_pool(self) -> None:
+        while True:
+            try:
+                self._pool.get_nowait().close()
+            except queue.Empty:
+                return
+
+    def _recreate_schema(self, con: psycopg.Connection) -> None:
+        """Tables dropped under the service: create them again (the next call succeeds)."""
+        try:
+            self._create_schema(con)
+        except psycopg.Error as exc:  # read-only or gone too: the next failure tries again
+            logger.warning("event log tables missing and not created again: %s", _describe(exc))
+            con.close()
+            return
+        logger.warning("event log tables were missing: created again in schema %s", self.schema)
 
     # ----------------------------------------------------------------- writes
 
@@ -238,12 +289,28 @@ class PostgresEventLog(EventLog):
             rows,
         )
 
+    def _empty_rows(self, decisions: Sequence[Decision]) -> list[tuple]:
+        rows = [(*r[:6], bool(r[6]), *r[7:]) for r in _empty_decision_rows(decisions)]
+        _no_nul("customer_id", [r[4] for r in rows])
+        return rows
+
+    def _insert_empty(self, cur: psycopg.Cursor, rows: list[tuple]) -> None:
+        if rows:
+            cur.executemany(
+                sql.SQL("INSERT INTO {} VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)").format(
+                    self._t_empty
+                ),
+                rows,
+            )
+
     def record_decisions(self, decisions: Sequence[Decision]) -> None:
-        rows = self._decision_rows(decisions)
-        if not rows:
+        rows, empty = self._decision_rows(decisions), self._empty_rows(decisions)
+        if not rows and not empty:
             return
         with self._connection() as con, con.transaction(), con.cursor() as cur:
-            self._insert_decisions(cur, rows)
+            if rows:
+                self._insert_decisions(cur, rows)
+            self._insert_empty(cur, empty)
 
     def record_decisions_within_caps(
         self, decisions: Sequence[Decision], caps: Mapping[str, tuple[int, int]]
@@ -267,6 +334,7 @@ class PostgresEventLog(EventLog):
             rows = self._decision_rows(keep)
             if rows:
                 self._insert_decisions(cur, rows)
+            self._insert_empty(cur, self._empty_rows(keep))  # no offer: no cap to break
         return refused
 
     def _cap_counts(self, cur: psycopg.Cursor, probes: list[CapProbe]) -> dict[CapProbe, int]:
@@ -427,20 +495,51 @@ class PostgresEventLog(EventLog):
     def counts(self) -> dict[str, int]:
         with self._connection() as con:
             decisions = _count(con, self._t_decisions)
+            empty = _count(con, self._t_empty)
             events = _count(con, self._t_events)
-        return {"decision_rows": decisions, "events": events}
+        return {"decision_rows": decisions, "decisions_without_offers": empty, "events": events}
 
     def ping(self) -> None:
+        """Raise :class:`EventLogUnavailable` unless the tables are there and writable."""
         with self._connection() as con:
-            con.execute("SELECT 1").fetchone()
+            row = con.execute(
+                "SELECT current_setting('transaction_read_only'), "
+                "to_regclass(%s), to_regclass(%s), to_regclass(%s)",
+                [
+                    f'"{self.schema}".{t}'
+                    for t in ("decisions", "events", "decisions_without_offers")
+                ],
+            ).fetchone()
+            read_only, *tables = row if row is not None else ("on", None)
+            if read_only == "on":
+                raise EventLogUnavailable("read_only", "the database is read-only")
+            if None in tables:
+                raise EventLogUnavailable("schema_missing", "the tables are missing")
 
     def close(self) -> None:
         self._closed = True
-        while True:
-            try:
-                self._pool.get_nowait().close()
-            except queue.Empty:
-                break
+        self._drop_pool()
+
+
+#: SQLSTATE classes and codes -> the kind of fault (:data:`recsys.errors.EVENT_LOG_FAULTS`).
+_FAULT_BY_SQLSTATE = {
+    "25006": "read_only",  # read_only_sql_transaction
+    "42P01": "schema_missing",  # undefined_table
+    "3F000": "schema_missing",  # invalid_schema_name
+    "23": "constraint",  # integrity constraint violation
+}
+
+
+def fault_kind(exc: psycopg.Error) -> str:
+    """The kind of an error of PostgreSQL: read_only, schema_missing, constraint, else
+    unavailable (connection lost or refused, server shutting down, disk full, ...)."""
+    state = exc.sqlstate or ""
+    return _FAULT_BY_SQLSTATE.get(state) or _FAULT_BY_SQLSTATE.get(state[:2]) or "unavailable"
+
+
+def _describe(exc: psycopg.Error) -> str:
+    """One short line about ``exc`` (no SQL, no values: they may carry customer ids)."""
+    return f"{type(exc).__name__} {exc.sqlstate or ''}".strip()
 
 
 def _count(con: psycopg.Connection, table: sql.Composable) -> int:

@@ -7,7 +7,12 @@ what the warehouse holds), and merges in ONE transaction:
 
 - dimension tables (customers, offers, touchpoints) are upserted by key;
 - event tables append only rows whose key is not yet stored, so loading the same files
-  twice adds nothing and a newer batch adds only its new rows.
+  twice adds nothing and a newer batch adds only its new rows. Purchases without a
+  ``transaction_id`` (interactions without an ``event_id``) are identified by their content
+  plus their ordinal among identical rows of the file: two identical purchases stay two.
+
+The summary says, per file, how many rows are new, updated (catalogue), already stored, and
+repeats of another row of the file that the table keeps once (and why).
 
 Any problem rolls the whole load back: a refused load keeps nothing of itself.
 """
@@ -41,14 +46,22 @@ SUFFIXES = (".parquet", ".csv", ".yaml", ".yml")
 
 @dataclass
 class TableLoad:
+    """What a load did with one file's rows: each row read is new, updated (a catalogue row
+    whose key was stored with other values), already stored, or a repeat of another row of
+    the same file that the table keeps once (``duplicates``, said why in ``duplicate_rule``).
+    """
+
     table: str
     file: str
     rows_read: int = 0
     rows_new: int = 0
+    rows_updated: int = 0
+    duplicates: int = 0
+    duplicate_rule: str = ""
 
     @property
-    def rows_skipped(self) -> int:
-        return self.rows_read - self.rows_new
+    def rows_already_stored(self) -> int:
+        return self.rows_read - self.rows_new - self.rows_updated - self.duplicates
 
 
 @dataclass
@@ -57,11 +70,18 @@ class LoadSummary:
     seconds: float = 0.0
 
     def format(self) -> str:
-        lines = [f"{'table':<14}{'read':>12}{'new':>12}{'already stored':>16}  file"]
+        lines = [
+            f"{'table':<14}{'read':>12}{'new':>12}{'updated':>12}{'already stored':>16}"
+            f"{'duplicates':>12}  file"
+        ]
         for t in self.tables:
             lines.append(
-                f"{t.table:<14}{t.rows_read:>12,}{t.rows_new:>12,}{t.rows_skipped:>16,}  {t.file}"
+                f"{t.table:<14}{t.rows_read:>12,}{t.rows_new:>12,}{t.rows_updated:>12,}"
+                f"{t.rows_already_stored:>16,}{t.duplicates:>12,}  {t.file}"
             )
+        for t in self.tables:
+            if t.duplicates:
+                lines.append(f"{t.table}: {t.duplicates:,} rows stored once: {t.duplicate_rule}")
         lines.append(f"loaded in {self.seconds:.1f} s")
         return "\n".join(lines)
 
@@ -401,38 +421,85 @@ def _add_extra_columns(con: duckdb.DuckDBPyConnection, spec: TableSpec) -> None:
             con.execute(f"ALTER TABLE {_quote(spec.name)} ADD COLUMN {_quote(name)} {dtype}")
 
 
-def _merge(con: duckdb.DuckDBPyConnection, spec: TableSpec) -> int:
-    stage = _stage_name(spec.name)
+#: Event tables whose rows may come without an id, and the id column they may carry.
+ROW_IDS = {"transactions": "transaction_id", "interactions": "event_id"}
+
+
+def _staged_columns(con: duckdb.DuckDBPyConnection, spec: TableSpec) -> list[str]:
+    return [
+        name
+        for (name,) in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_catalog = ? "
+            "AND table_name = ? AND column_name <> '_row' ORDER BY ordinal_position",
+            [STAGING, f"_stage_{spec.name}"],
+        ).fetchall()
+    ]
+
+
+def _merge(con: duckdb.DuckDBPyConnection, spec: TableSpec, load: TableLoad) -> None:
+    """Merge the staged rows of ``spec`` into the warehouse; fill ``load``'s counts."""
     target = _quote(spec.name)
     _add_extra_columns(con, spec)
+    columns = _staged_columns(con, spec)
     before = warehouse.one_row(con, f"SELECT count(*) FROM {target}")[0]
     if spec.kind == "dimension":
-        # Upsert: a newer catalogue replaces the rows it names (last row of a key wins).
-        keys = ", ".join(map(_quote, spec.key))
-        new = warehouse.one_row(
+        _upsert(con, spec, columns, load)
+        return
+    id_column = ROW_IDS.get(spec.name)
+    if id_column is not None:
+        # With an id, the id is the row (a transaction_id is unique in its file; an
+        # interaction's event_id is stored once). Without one, a row is its content plus
+        # its ordinal among identical rows of the file: two identical purchases on one
+        # day are two purchases, and loading the same file again adds nothing.
+        has_id = id_column in columns
+        if has_id:
+            load.duplicates += _append_new(
+                con, spec, (id_column,), f"{_quote(id_column)} IS NOT NULL", True
+            )
+        without_id = f"{_quote(id_column)} IS NULL"
+        stored_id = id_column in warehouse.existing_columns(con, spec.name)
+        _append_by_content(
             con,
-            f"SELECT count(DISTINCT ({keys})) FROM {stage} s WHERE NOT EXISTS "
-            f"(SELECT 1 FROM {target} t WHERE {_key_condition(spec, 't', 's')})",
-        )[0]
-        con.execute(
-            f"DELETE FROM {target} t WHERE EXISTS "
-            f"(SELECT 1 FROM {stage} s WHERE {_key_condition(spec, 't', 's')})"
+            spec,
+            [c for c in columns if c != id_column],
+            without_id if has_id else "TRUE",
+            without_id if stored_id else "TRUE",
         )
-        con.execute(
-            f"INSERT INTO {target} BY NAME SELECT * EXCLUDE (_row, _k) FROM "
-            f"(SELECT *, row_number() OVER (PARTITION BY {keys} ORDER BY _row DESC) AS _k "
-            f"FROM {stage}) WHERE _k = 1 ORDER BY _row"
-        )
-        return int(new)
-    # Events: append rows whose key is not stored yet (and once per key within the batch).
-    if spec.name == "transactions":
-        # With a transaction_id, that id is the key (already unique in the batch); without
-        # one, a purchase is identified by all its contract columns.
-        _append_new(con, spec, ("transaction_id",), "transaction_id IS NOT NULL", False)
-        _append_new(con, spec, spec.column_names, "transaction_id IS NULL", True)
+        load.duplicate_rule = f"repeated {id_column} in the file"
     else:
-        _append_new(con, spec, spec.key, "TRUE", not spec.unique_key)
-    return warehouse.one_row(con, f"SELECT count(*) FROM {target}")[0] - before
+        load.duplicates += _append_new(con, spec, spec.key, "TRUE", not spec.unique_key)
+        load.duplicate_rule = (
+            f"repeated ({', '.join(spec.key)}) in the file: the same {spec.name} row once"
+        )
+    load.rows_new = warehouse.one_row(con, f"SELECT count(*) FROM {target}")[0] - before
+
+
+def _upsert(
+    con: duckdb.DuckDBPyConnection, spec: TableSpec, columns: list[str], load: TableLoad
+) -> None:
+    """A newer catalogue replaces the rows it names (last row of a key wins)."""
+    stage, target = _stage_name(spec.name), _quote(spec.name)
+    keys = ", ".join(map(_quote, spec.key))
+    latest = (
+        f"(SELECT * EXCLUDE (_k) FROM (SELECT *, row_number() OVER (PARTITION BY {keys} "
+        f"ORDER BY _row DESC) AS _k FROM {stage}) WHERE _k = 1)"
+    )
+    same = " AND ".join(f"t.{_quote(c)} IS NOT DISTINCT FROM s.{_quote(c)}" for c in columns)
+    new, updated = warehouse.one_row(
+        con,
+        f"SELECT count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM {target} t "
+        f"WHERE {_key_condition(spec, 't', 's')})), "
+        f"count(*) FILTER (WHERE EXISTS (SELECT 1 FROM {target} t "
+        f"WHERE {_key_condition(spec, 't', 's')}) AND NOT EXISTS (SELECT 1 FROM {target} t "
+        f"WHERE {same})) FROM {latest} s",
+    )
+    con.execute(
+        f"DELETE FROM {target} t WHERE EXISTS "
+        f"(SELECT 1 FROM {stage} s WHERE {_key_condition(spec, 't', 's')})"
+    )
+    con.execute(f"INSERT INTO {target} BY NAME SELECT * EXCLUDE (_row) FROM {latest} ORDER BY _row")
+    load.rows_new, load.rows_updated = int(new), int(updated)
+    # a key repeated in the file is refused before (unique keys); nothing is collapsed
 
 
 def _append_new(
@@ -441,11 +508,18 @@ def _append_new(
     key: tuple[str, ...],
     where: str,
     dedup_batch: bool,
-) -> None:
+) -> int:
+    """Append the rows whose ``key`` is not stored; returns the rows of the file that
+    repeat a key of an earlier row of the file (kept once when ``dedup_batch``)."""
     stage, target = _stage_name(spec.name), _quote(spec.name)
     source = f"(SELECT * FROM {stage} WHERE {where})"
+    repeated = 0
     if dedup_batch:
         partition = ", ".join(_quote(k) for k in key)
+        repeated = warehouse.one_row(
+            con,
+            f"SELECT count(*) - count(DISTINCT ({partition})) FROM {stage} WHERE {where}",
+        )[0]
         source = (
             f"(SELECT * FROM {stage} WHERE {where} "
             f"QUALIFY row_number() OVER (PARTITION BY {partition} ORDER BY _row) = 1)"
@@ -454,6 +528,29 @@ def _append_new(
     con.execute(
         f"INSERT INTO {target} BY NAME SELECT * EXCLUDE (_row) FROM {source} s "
         f"WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE {condition})"
+    )
+    return int(repeated)
+
+
+def _append_by_content(
+    con: duckdb.DuckDBPyConnection,
+    spec: TableSpec,
+    content: list[str],
+    where: str,
+    stored_where: str,
+) -> None:
+    """Append the k-th of n identical rows of the file unless k identical rows are stored."""
+    stage, target = _stage_name(spec.name), _quote(spec.name)
+    cols = ", ".join(_quote(c) for c in content)
+    match = " AND ".join(f"s.{_quote(c)} IS NOT DISTINCT FROM t.{_quote(c)}" for c in content)
+    con.execute(
+        f"INSERT INTO {target} BY NAME "
+        f"WITH staged AS (SELECT *, row_number() OVER (PARTITION BY {cols} ORDER BY _row) "
+        f"AS _k FROM {stage} WHERE {where}), "
+        f"stored AS (SELECT {cols}, count(*) AS _n FROM {target} WHERE {stored_where} "
+        "GROUP BY ALL) "
+        f"SELECT s.* EXCLUDE (_row, _k) FROM staged s LEFT JOIN stored t ON {match} "
+        f"WHERE s._k > coalesce(t._n, 0) ORDER BY s._row"
     )
 
 
@@ -495,8 +592,9 @@ def load_directory(directory: str | Path, con: duckdb.DuckDBPyConnection) -> Loa
             con.execute("BEGIN TRANSACTION")
             try:
                 for name, path in files.items():
-                    new = _merge(con, TABLES[name])
-                    summary.tables.append(TableLoad(name, path.name, rows_read[name], new))
+                    load = TableLoad(name, path.name, rows_read[name])
+                    _merge(con, TABLES[name], load)
+                    summary.tables.append(load)
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")

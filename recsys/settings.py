@@ -111,6 +111,26 @@ class ServingSettings(_Section):
     event_time_skew_seconds: int = Field(
         default=300, ge=0, description="how far in the future an event ts may be (clock skew)"
     )
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="a connection must send a complete request head within this long of "
+        "being opened (or of its last response); else it is closed",
+    )
+    max_header_bytes: int = Field(
+        default=16_384,
+        ge=1_024,
+        description="largest request head (request line and headers); beyond it 431",
+    )
+    max_connections: int = Field(
+        default=2_048,
+        ge=1,
+        description="open connections per worker; a new one beyond it closes the oldest "
+        "connection still waiting for its request head (else it gets 503)",
+    )
+    keep_alive_seconds: int = Field(
+        default=5, ge=1, description="an idle keep-alive connection is closed after this long"
+    )
 
 
 class ApiKeyRecord(BaseModel):
@@ -269,6 +289,18 @@ class Settings(BaseSettings):
     online_store: Literal["sqlite", "redis"] = "sqlite"
     online_sqlite_path: Path = Path("data/online_features.sqlite")
     redis_url: str = "redis://127.0.0.1:6379/0"
+    online_store_timeout_ms: int = Field(
+        default=250,
+        ge=1,
+        description="the one deadline a request spends on the online store (Redis: socket "
+        "and connect timeout, no retries); past it the request is served cold starts",
+    )
+    online_store_probe_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="while the online store is down, how often it is asked whether it "
+        "answers again (requests do not touch it meanwhile)",
+    )
     event_log_url: str = Field(
         default="sqlite:///data/events.sqlite", description="sqlite:///PATH or postgresql://..."
     )

@@ -58,6 +58,8 @@ class Components:
     settings: Settings
     observer: DecisionObserver | None = None
     closers: tuple[Callable[[], None], ...] = ()
+    #: The online store as the pipeline reads it (its state is part of /readyz).
+    features: ResilientFeatures | None = None
     _batcher: DecisionBatcher | None = field(default=None, init=False, repr=False)
 
     @property
@@ -102,6 +104,8 @@ class Components:
         if self._batcher is not None:
             self._batcher.close()  # queued decisions are finished and logged first
         self.holder.stop()
+        if self.features is not None:
+            self.features.stop()
         self.event_log.close()
         for close in self.closers:
             close()
@@ -150,6 +154,9 @@ def assemble_components(
         The followed alias names no version and ``start_without_model`` is off.
     """
     pipeline_ref: list[DecisionPipeline] = []
+    resilient = ResilientFeatures(
+        features, cold_start, probe_seconds=settings.online_store_probe_seconds
+    )
 
     def trial(model: ServedModel) -> None:
         trial_decisions(pipeline_ref[0], model)
@@ -166,7 +173,7 @@ def assemble_components(
     arms = HolderArms(holder, EpsilonGreedy(settings.serving.epsilon))
     pipeline = DecisionPipeline(
         catalog=catalog,
-        features=ResilientFeatures(features, cold_start),
+        features=resilient,
         history=event_log,
         sink=event_log,
         arms=arms,
@@ -175,7 +182,9 @@ def assemble_components(
         max_limit=settings.serving.max_limit,
     )
     pipeline_ref.append(pipeline)
-    components = Components(pipeline, holder, arms, event_log, settings, observer, closers)
+    components = Components(
+        pipeline, holder, arms, event_log, settings, observer, closers, features=resilient
+    )
     if not start:
         return components
     try:
@@ -271,7 +280,9 @@ def build_components(
         source = RegistrySource(
             settings.mlflow_tracking_uri, settings.model_name, settings.model_alias
         )
-    store = StoreFeatureSource(open_online_store(settings), catalog)
+    store = StoreFeatureSource(
+        open_online_store(settings, timeout_s=settings.online_store_timeout_ms / 1000), catalog
+    )
     try:
         store.spec_version()  # a store of another feature spec is a deployment error: stop
     except SpecMismatchError as exc:

@@ -10,6 +10,7 @@ and the ASGI layers that refuse a request before the app use the same function).
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 from typing import Any
 
@@ -41,9 +42,21 @@ logger = logging.getLogger(__name__)
 MAX_RECEIVED_CHARS = 200
 
 
+def _encodable(text: str) -> str:
+    """``text`` as valid UTF-8: a lone surrogate (legal in JSON ``\\ud800``, not in UTF-8)
+    is shown escaped instead of failing the response."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def _received(value: Any) -> Any:
     """The received value, made JSON-safe and short (never echo a megabyte back)."""
     if value is None or isinstance(value, bool | int | str):
+        if isinstance(value, str):
+            value = _encodable(value)
         if isinstance(value, str) and len(value) > MAX_RECEIVED_CHARS:
             return value[:MAX_RECEIVED_CHARS] + "..."
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53:
@@ -83,6 +96,8 @@ _EXPECTED = {
     "datetime_from_date_parsing": lambda ctx: "an ISO 8601 timestamp with a timezone",
     "json_invalid": lambda ctx: "a valid JSON document",
     "string_pattern_mismatch": lambda ctx: "printable text (no control characters)",
+    "string_unicode": lambda ctx: "valid Unicode text",
+    "value_error": lambda ctx: str(ctx.get("error", "a valid value")),
 }
 
 
@@ -137,6 +152,29 @@ def validation_items(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return items
 
 
+_KEY = re.compile(r'"((?:[^"\\]|\\.)*)"\s*:')
+
+
+def malformed_json_item(err: dict[str, Any], document: Any) -> dict[str, Any]:
+    """The error item of a body that is not JSON: where it breaks (line, column) and the
+    field it breaks in or after (the last key before that point; ``body`` if none)."""
+    loc = err.get("loc", ())
+    reason = (err.get("ctx") or {}).get("error", err.get("msg", ""))
+    text = document.decode("utf-8", "replace") if isinstance(document, bytes) else document
+    if not isinstance(text, str) or len(loc) < 2 or not isinstance(loc[1], int):
+        message = f"request body must be valid JSON: {reason}"
+        return error_item("body", "a valid JSON document", None, message)
+    pos = loc[1]
+    line = text.count("\n", 0, pos) + 1
+    column = pos - (text.rfind("\n", 0, pos) + 1) + 1
+    keys = _KEY.findall(text, 0, pos)
+    field = keys[-1] if keys else "body"
+    where = f"line {line}, column {column}" + (f", in or after `{field}`" if keys else "")
+    message = f"request body must be valid JSON: {reason} at {where}"
+    snippet = text[max(0, pos - 30) : pos + 10]
+    return error_item(field, "a valid JSON document", snippet, message)
+
+
 def _expected(err: dict[str, Any]) -> str:
     ctx = err.get("ctx") or {}
     describe = _EXPECTED.get(err.get("type", ""))
@@ -146,10 +184,10 @@ def _expected(err: dict[str, Any]) -> str:
 def error_item(field: str, expected: str, received: Any, message: str) -> dict[str, Any]:
     """One problem of an error body; ``received`` made JSON-safe and short."""
     return {
-        "field": field,
-        "expected": expected,
+        "field": _encodable(field),
+        "expected": _encodable(expected),
         "received": _received(received),
-        "message": message,
+        "message": _encodable(message),
     }
 
 
@@ -227,6 +265,16 @@ def error_response(exc: Exception) -> JSONResponse:
     return JSONResponse(error_body(detail, items), status_code=status, headers=headers or None)
 
 
+INTERNAL_ERROR = "the service failed on this request; quote its x-request-id to the operator"
+
+
+def internal_error_response() -> JSONResponse:
+    """The 500 of a bug: the error shape, no details (they are in the log, by request id)."""
+    return JSONResponse(
+        error_body(INTERNAL_ERROR, [error_item("", "", None, INTERNAL_ERROR)]), status_code=500
+    )
+
+
 def unavailable_types() -> tuple[type[Exception], ...]:
     """Exceptions of backends that are down, locked or full (served as 503 + Retry-After)."""
     types: list[type[Exception]] = [sqlite3.OperationalError]
@@ -251,8 +299,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = list(exc.errors())
-        items = validation_items(errors)
         malformed = any(e.get("type") == "json_invalid" for e in errors)
+        if malformed:
+            items = [malformed_json_item(e, exc.body) for e in errors[:1]]
+        else:
+            items = validation_items(errors)
         status = 400 if malformed else 422
         detail = items[0]["message"] if len(items) == 1 else f"{len(items)} invalid fields"
         return JSONResponse(error_body(detail, items), status_code=status)

@@ -101,7 +101,7 @@ class JsonLogFormatter(logging.Formatter):
         }
         request_id = record.__dict__.get("request_id") or request_id_var.get()
         if request_id:
-            entry["request_id"] = request_id
+            entry["request_id"] = redact(str(request_id))
         for key, value in record.__dict__.items():
             if key not in _STANDARD_ATTRS and key != "request_id" and not key.startswith("_"):
                 entry[key] = redact(value) if isinstance(value, str) else value
@@ -116,7 +116,22 @@ class RedactingFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = redact(super().format(record))
         request_id = record.__dict__.get("request_id") or request_id_var.get()
-        return f"{line} [request_id={request_id}]" if request_id else line
+        return f"{line} [request_id={redact(str(request_id))}]" if request_id else line
+
+
+class StartupFailureFilter(logging.Filter):
+    """Drops the traceback uvicorn logs when the app's start fails: the app has logged one
+    line saying why ("the decision service cannot start: ..."), which is what an operator
+    needs; the traceback of a configuration error is noise (and may quote settings)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name != "uvicorn.error":
+            return True
+        message = record.getMessage()
+        return not (
+            message.startswith("Traceback (most recent call last)")
+            or message.startswith("Exception in 'lifespan' protocol")
+        )
 
 
 def configure_logging(settings: ObservabilitySettings, environment: str = "development") -> None:

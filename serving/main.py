@@ -21,6 +21,7 @@ from recsys.errors import RecsysError
 from recsys.settings import ServingSettings, Settings, load_settings
 from serving.api.routes import admin, decisions, events, health, offers, touchpoints
 from serving.components import Components, build_components
+from serving.connections import configure_connections
 from serving.errors import install_error_handlers
 from serving.limits import install_limits, rate_limiter
 from serving.observability import MeteredEventLog, ServiceMetrics, install_observability
@@ -79,6 +80,7 @@ def create_app(
     async def served_components(app: FastAPI) -> AsyncIterator[None]:
         if components is not None:
             app.state.components = components
+            configure_connections(components.serving)
             yield
             return
         try:
@@ -87,11 +89,14 @@ def create_app(
                 observer=metrics if hardened else None,
                 wrap_event_log=(lambda log: MeteredEventLog(log, metrics)) if hardened else None,
             )
-        except RecsysError as exc:
-            # One clear line for the operator; uvicorn then exits ("startup failed").
-            logger.error("the decision service cannot start: %s", exc)
+        except Exception as exc:
+            # One clear line for the operator (StartupFailureFilter keeps uvicorn's copy of
+            # the traceback out of the service's log); uvicorn then exits.
+            reason = str(exc) if isinstance(exc, RecsysError) else f"{type(exc).__name__}: {exc}"
+            logger.error("the decision service cannot start: %s", reason)
             raise
         app.state.components = built
+        configure_connections(loaded.serving)
         tune_runtime(loaded.serving)
         built.holder.start_polling()
         try:
@@ -140,7 +145,7 @@ def install_hardening(
 
     The last layer added runs first: request id and metrics see every response (also
     401/413/429), CORS headers are on refusals too, the key is checked before the body is
-    read (and limited). The settings' ``security``, ``limits`` and ``observability``
+    read (then the body is limited in size and time). The settings' ``security``, ``limits`` and ``observability``
     sections configure them.
 
     Raises
@@ -148,8 +153,10 @@ def install_hardening(
     ConfigError
         An unsafe setup (production without keys, ``*`` origins with credentials, ...).
     """
-    install_security(app, settings, rate_check=rate_limiter(settings.limits))
+    # Limits first, so they run after the key check: an unauthenticated request is refused
+    # from its head, before a byte of its body is read.
     install_limits(app, settings.limits)
+    install_security(app, settings, rate_check=rate_limiter(settings.limits))
     install_cors(app, settings.security)
     return install_observability(app, settings.observability, metrics)
 
@@ -178,6 +185,9 @@ def run_server(settings: Settings) -> None:
         "class": "logging.StreamHandler",
         "stream": "ext://sys.stderr",
     }
+    # A failed start is one "cannot start" line (logged by the app), not a traceback.
+    log_config.setdefault("filters", {})["startup"] = {"()": "serving.logs.StartupFailureFilter"}
+    log_config["handlers"]["default"].setdefault("filters", []).append("startup")
     observability = settings.observability
     log_format = observability.log_format
     if log_format == "auto":
@@ -203,4 +213,7 @@ def run_server(settings: Settings) -> None:
         log_level="info",
         log_config=log_config,
         access_log=False,
+        # header deadline, header size limit, connection cap (serving.connections)
+        http="serving.connections:GuardedHttpProtocol",
+        timeout_keep_alive=serving.keep_alive_seconds,
     )

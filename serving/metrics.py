@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
+from recsys.errors import EventLogUnavailable
 from recsys.eventlog import Event, EventLog, EventWriteResult
 
 if TYPE_CHECKING:
@@ -167,7 +168,8 @@ class MeteredEventLog(EventLog):
 
     def _failed(self, operation: str, exc: BaseException) -> None:
         self.metrics.event_log_errors.labels(operation).inc()
-        logger.warning("event log %s failed: %s", operation, type(exc).__name__)
+        reason = exc.kind if isinstance(exc, EventLogUnavailable) else type(exc).__name__
+        logger.warning("event log %s failed: %s", operation, reason)
 
     def record_decisions(self, decisions: Sequence[Decision]) -> None:
         try:

@@ -1,7 +1,8 @@
 """Request ids, latency metrics and access lines for every request; ``GET /metrics``.
 
-- ``X-Request-ID``: taken from the request when well-formed, else made; returned on every
-  response and put on every log line of the request.
+- ``X-Request-ID``: taken from the request when well-formed (and not shaped like a key or
+  token: a secret pasted there is never echoed or logged), else made; returned on every
+  response, a 500 included, and put on every log line of the request.
 - One latency observation per request (route, method, status; the touchpoint on the decision
   routes, which the routes put in the scope once they have validated the body:
   :func:`label_touchpoint`).
@@ -26,6 +27,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from recsys.settings import ObservabilitySettings
+from serving.errors import internal_error_response
 from serving.logs import (
     AccessLog,
     CustomerHasher,
@@ -93,15 +95,22 @@ class ObservabilityMiddleware:
             if name == b"x-request-id":
                 incoming = value.decode("latin-1")
                 break
-        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else new_request_id()
+        request_id = (
+            incoming
+            if incoming and _REQUEST_ID.match(incoming) and redact(incoming) == incoming
+            else new_request_id()
+        )
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = {"code": 500}
         decision_route = scope["path"] in DECISION_ROUTES and scope["method"] == "POST"
 
+        started_response = {"sent": False}
+
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+                started_response["sent"] = True
                 message["headers"] = [
                     *message.get("headers", []),
                     (b"x-request-id", request_id.encode()),
@@ -110,6 +119,13 @@ class ObservabilityMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            # A bug, not the client's: logged here (with this request's id); the client gets
+            # the one error shape and the id to quote, never a traceback.
+            logger.exception("unhandled error on %s %s", scope["method"], _route_template(scope))
+            if started_response["sent"]:
+                raise
+            await internal_error_response()(scope, receive, send_with_id)
         finally:
             seconds = time.perf_counter() - started
             route = _route_template(scope)

@@ -8,7 +8,8 @@
 - :class:`PopularityScorer`: each offer's acceptance rate at the touchpoint (or overall)
   from the warehouse, else one prior rate (``rules``: priority = value x weight).
 - :class:`ResilientFeatures` (a :class:`~recsys.decision.FeatureSource`): the online store's
-  features, or every customer as a cold start (``degraded: features_down``) when it fails.
+  features, or every customer as a cold start (``degraded: features_down``) when it fails;
+  a failed store is not read again until a background probe finds it answering.
 
 Each wrapper implements the whole port it wraps; the pipeline never knows.
 """
@@ -35,6 +36,7 @@ from recsys.decision import (
     Scores,
     ScoringRows,
 )
+from recsys.errors import SpecMismatchError
 
 logger = logging.getLogger(__name__)
 
@@ -191,28 +193,101 @@ class ResilientScorer:
 
 
 class ResilientFeatures:
-    """The online store; when a read fails, every customer is served as a cold start.
+    """The online store; while it fails, every customer is served as a cold start.
+
+    One failed read (an error, or no answer within the store's own timeout: the one
+    deadline a request spends on it) marks the store down. While it is down no request
+    touches it: the cold start is built from memory, at once, and a background thread asks
+    the store every ``probe_seconds`` whether it answers again (its spec version, with the
+    same timeout); the first answer of the right spec brings it back. So a hung or absent
+    store costs one request at most its timeout, and the service starts without it.
 
     Parameters
     ----------
     inner : FeatureSource
     cold_start : callable(customer_ids) -> FeatureBlock
         The cold-start block of some ids (no store read).
+    probe_seconds : float
+        How often a down store is asked again.
     """
 
-    def __init__(self, inner: FeatureSource, cold_start: Callable[[Sequence[str]], FeatureBlock]):
+    def __init__(
+        self,
+        inner: FeatureSource,
+        cold_start: Callable[[Sequence[str]], FeatureBlock],
+        probe_seconds: float = 1.0,
+    ):
         self.inner = inner
         self.cold_start = cold_start
+        self.probe_seconds = probe_seconds
+        self._lock = threading.Lock()
+        self._down_reason: str | None = None
+        self._spec = cold_start([]).spec_version  # what this code computes
+        self._prober: threading.Thread | None = None
+        self._stopped = threading.Event()
+
+    @property
+    def down_reason(self) -> str | None:
+        """Why the store is not read now (None: it is)."""
+        return self._down_reason
 
     def read(self, customer_ids: Sequence[str]) -> FeatureBlock:
-        try:
-            return self.inner.read(customer_ids)
-        except Exception as exc:
-            logger.warning("online store read failed (%s): serving cold starts", type(exc).__name__)
-            return replace(self.cold_start(customer_ids), degraded="features_down")
+        if self._down_reason is None:
+            try:
+                return self.inner.read(customer_ids)
+            except Exception as exc:
+                self.mark_down(type(exc).__name__)
+        return replace(self.cold_start(customer_ids), degraded="features_down")
 
     def spec_version(self) -> str:
-        return self.inner.spec_version()
+        """The store's spec version; while it is down, the last one known (or this code's)."""
+        if self._down_reason is None:
+            try:
+                self._spec = self.inner.spec_version()
+            except SpecMismatchError:
+                raise
+            except Exception as exc:
+                self.mark_down(type(exc).__name__)
+        return self._spec
+
+    def mark_down(self, reason: str) -> None:
+        """Stop reading the store and start asking it in the background whether it is back."""
+        with self._lock:
+            if self._down_reason is not None or self._stopped.is_set():
+                return
+            self._down_reason = reason
+            logger.warning(
+                "online store down (%s): serving cold starts, asking it again every %.1f s",
+                reason,
+                self.probe_seconds,
+            )
+            if self._prober is None or not self._prober.is_alive():
+                self._prober = threading.Thread(
+                    target=self._probe_until_back, name="online-store-probe", daemon=True
+                )
+                self._prober.start()
+
+    def _probe_until_back(self) -> None:
+        while not self._stopped.wait(self.probe_seconds):
+            try:
+                spec = self.inner.spec_version()
+            except SpecMismatchError as exc:
+                reason = "SpecMismatchError"
+                logger.error("online store answers again but is refused: %s", exc)
+            except Exception as exc:
+                reason = type(exc).__name__
+            else:
+                with self._lock:
+                    self._spec, self._down_reason = spec, None
+                logger.warning("online store answers again: reading features from it")
+                return
+            self._down_reason = reason
+
+    def stop(self) -> None:
+        """Stop the background probe (at shutdown)."""
+        self._stopped.set()
+        if self._prober is not None:
+            self._prober.join()
 
 
 def popularity_rates(warehouse_path: Path | None) -> dict[tuple[str, str] | str, float]:

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+)
 
 from recsys.eventlog import EventType
 
@@ -183,6 +192,19 @@ class BatchDecisionOut(BaseModel):
     decisions: list[DecisionOut]
 
 
+def _in_utc_range(value: datetime) -> datetime:
+    """A time that has a UTC value (0001-01-01T00:30+01:00 is in year 0 in UTC: refused)."""
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("a time between 0001-01-01 and 9999-12-31 in UTC") from None
+    return value
+
+
+#: An ISO 8601 time with a timezone that has a UTC value.
+UtcTime = Annotated[AwareDatetime, AfterValidator(_in_utc_range)]
+
+
 class EventIn(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -203,7 +225,7 @@ class EventIn(BaseModel):
     decision_id: Id
     offer_id: Id
     type: EventType
-    ts: AwareDatetime = Field(description="When it happened, with a timezone; not in the future.")
+    ts: UtcTime = Field(description="When it happened, with a timezone; not in the future.")
     revenue: FiniteFloat | None = Field(default=None, ge=0)
 
 

@@ -32,19 +32,23 @@ from features.online.source import DEFAULT_ALIASES, CatalogNames, StoreFeatureSo
 from features.online.sqlite import SQLiteOnlineStore
 from recsys.errors import ConfigError
 
-#: ``online_store`` setting -> the store it opens (from the settings).
-STORES: dict[str, Callable[[Any], OnlineStore]] = {
-    "sqlite": lambda settings: SQLiteOnlineStore(settings.online_sqlite_path),
-    "redis": lambda settings: RedisOnlineStore(settings.redis_url),
+#: ``online_store`` setting -> the store it opens (from the settings and a read timeout).
+STORES: dict[str, Callable[[Any, float | None], OnlineStore]] = {
+    "sqlite": lambda settings, timeout_s: SQLiteOnlineStore(settings.online_sqlite_path),
+    "redis": lambda settings, timeout_s: RedisOnlineStore(settings.redis_url, timeout_s=timeout_s),
 }
 
 
-def open_online_store(settings: Any) -> OnlineStore:
-    """The store the settings name (``online_store``: one of ``STORES``)."""
+def open_online_store(settings: Any, timeout_s: float | None = None) -> OnlineStore:
+    """The store the settings name (``online_store``: one of ``STORES``).
+
+    ``timeout_s``: the most one call may wait for a networked store, without retries (the
+    service's per-request budget); None: the client's defaults (batch jobs).
+    """
     kind = settings.online_store
     if kind not in STORES:
         raise ConfigError(f"`online_store` must be one of {sorted(STORES)}, got {kind!r}")
-    return STORES[kind](settings)
+    return STORES[kind](settings, timeout_s)
 
 
 __all__ = [

@@ -21,13 +21,27 @@ class RedisOnlineStore:
         prefix: str = "recsys:features",
         expected_version: str = FEATURE_SPEC_VERSION,
         client: Any = None,
+        timeout_s: float | None = None,
     ):
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
         self.prefix = prefix
         self.expected_version = expected_version
+        # timeout_s (serving): one bounded wait per call; redis-py would otherwise retry a
+        # timed-out call (10 times by default), multiplying the wait of a hung server.
+        bounded: dict[str, Any] = (
+            {}
+            if timeout_s is None
+            else {
+                "socket_timeout": timeout_s,
+                "socket_connect_timeout": timeout_s,
+                "retry": Retry(NoBackoff(), 0),
+            }
+        )
         # Any: redis-py types its replies str | bytes (decode_responses); this client: bytes
-        self._redis: Any = client if client is not None else redis.Redis.from_url(url)
+        self._redis: Any = client if client is not None else redis.Redis.from_url(url, **bounded)
         self._layout: Layout | None = None
 
     def _key(self, customer_id: str) -> str:

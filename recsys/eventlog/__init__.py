@@ -1,6 +1,6 @@
 """The event log: every decision served and every feedback event, durable and idempotent.
 
-Two tables, both append-only:
+Three tables, all append-only:
 
 - ``decisions``: one row per offer served (the contract's ``decisions`` table plus model,
   score, explored and fallback flags). Decisions are the contact history: an offer served
@@ -8,6 +8,12 @@ Two tables, both append-only:
 - ``events``: impression / click / accept / convert / dismiss, keyed by ``event_id``; the
   same id twice is stored once. ``record_events`` returns only after the commit, with
   ``synchronous=FULL`` so an acknowledged event survives a crash of the process or the OS.
+- ``decisions_without_offers``: one row per decision that served no offer (no eligible
+  offer, no consent), so every acknowledged decision leaves a row.
+
+Every backend error comes out as :class:`~recsys.errors.EventLogUnavailable` with its kind
+(unavailable, read-only, schema missing, constraint); the backends drop broken or read-only
+connections and create missing tables again, so they recover without a restart.
 
 The default backend is a SQLite file in WAL mode (``sqlite:///data/events.sqlite``). The
 :class:`EventLog` interface and the URL registry (:data:`BACKENDS`) let a PostgreSQL

@@ -124,7 +124,7 @@ class EventLog(ABC):
 
     @abstractmethod
     def counts(self) -> dict[str, int]:
-        """Row counts: decisions (served offers), events."""
+        """Row counts: decision_rows (served offers), decisions_without_offers, events."""
 
     @abstractmethod
     def ping(self) -> None:
@@ -217,6 +217,27 @@ def _decision_rows(decisions: Sequence[Decision]) -> list[tuple]:
         )
         for d in decisions
         for o in d.offers
+    ]
+
+
+def _empty_decision_rows(decisions: Sequence[Decision]) -> list[tuple]:
+    """One row per decision that served no offer (``decisions`` has one row per offer, so
+    these go to ``decisions_without_offers``: every acknowledged decision leaves a row)."""
+    return [
+        (
+            d.decision_id,
+            _us(d.ts),
+            d.touchpoint_id,
+            d.channel,
+            d.customer_id,
+            d.policy,
+            int(d.fallback),
+            d.model.name,
+            d.model.version,
+            json.dumps(dict(d.context), sort_keys=True, default=str) if d.context else None,
+        )
+        for d in decisions
+        if not d.offers
     ]
 
 

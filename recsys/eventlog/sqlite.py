@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import os
 import sqlite3
 import threading
 from collections import defaultdict
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from recsys.eligibility import ContactHistory
-from recsys.errors import ConfigError
+from recsys.errors import ConfigError, EventLogUnavailable
 from recsys.eventlog.base import (
     CAP_PROBES_PER_QUERY,
     OUTCOME_TYPES,
@@ -28,6 +29,7 @@ from recsys.eventlog.base import (
     EventWriteResult,
     _check_event,
     _decision_rows,
+    _empty_decision_rows,
     _from_us,
     _outcome_dicts,
     _us,
@@ -41,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 
 _INSERT_DECISION = "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_EMPTY = "INSERT INTO decisions_without_offers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 _SCHEMA = (
@@ -75,7 +78,20 @@ _SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS events_customer_type ON events (customer_id, type)",
     "CREATE INDEX IF NOT EXISTS events_decision ON events (decision_id)",
+    """CREATE TABLE IF NOT EXISTS decisions_without_offers (
+        decision_id TEXT PRIMARY KEY,
+        ts_us INTEGER NOT NULL,
+        touchpoint_id TEXT NOT NULL,
+        channel TEXT,
+        customer_id TEXT,
+        policy TEXT,
+        fallback INTEGER NOT NULL,
+        model_name TEXT,
+        model_version TEXT,
+        context TEXT
+    )""",
 )
+_TABLES = ("decisions", "events", "decisions_without_offers")
 
 
 class SQLiteEventLog(EventLog):
@@ -100,24 +116,91 @@ class SQLiteEventLog(EventLog):
         self._clock = clock or (lambda: datetime.now(UTC))
         self._lock = threading.Lock()  # the connection: one statement at a time
         self._write_lock = threading.Lock()  # one writer of this process at a time
-        # isolation_level=None: explicit BEGIN/COMMIT, no implicit transactions.
-        self._con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._con.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        mode = self._con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if self.path != ":memory:" and str(mode).lower() != "wal":
-            raise ConfigError(f"event log {self.path!r} must support WAL mode, got {mode!r}")
-        # Decisions: NORMAL (durable against a process crash, fast). Events: FULL per commit.
-        self._con.execute("PRAGMA synchronous = NORMAL")
+        self._busy_timeout_ms = int(busy_timeout_ms)
+        self._checkpointer: threading.Thread | None = None
+        self._stop_checkpoints = threading.Event()
+        self._last_fault: str | None = None  # of the last write; cleared by the next one
+        self._con, self._file_id = self._open()
         # Writers of all processes queue on an flock of a side file before BEGIN IMMEDIATE:
         # a blocked writer wakes the moment the lock is free, where SQLite's own busy
         # handler would sleep in steps of up to 100 ms (the latency tail under load).
         self._lock_file = None if self.path == ":memory:" else open(f"{self.path}.lock", "a+b")  # noqa: SIM115
+        self._create_schema()
+        logger.info("event log opened: sqlite %s (WAL)", self.path)
+
+    def _open(self) -> tuple[sqlite3.Connection, tuple[int, int] | None]:
+        """A connection to the file (isolation_level=None: explicit BEGIN/COMMIT) and the
+        file's identity (device, inode), to notice a file deleted or replaced under us."""
+        con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        con.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+        mode = con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if self.path != ":memory:" and str(mode).lower() != "wal":
+            raise ConfigError(f"event log {self.path!r} must support WAL mode, got {mode!r}")
+        # Decisions: NORMAL (durable against a process crash, fast). Events: FULL per commit.
+        con.execute("PRAGMA synchronous = NORMAL")
+        if self._checkpointer is not None:
+            con.execute("PRAGMA wal_autocheckpoint = 0")
+        return con, self._current_file_id()
+
+    def _current_file_id(self) -> tuple[int, int] | None:
+        if self.path == ":memory:":
+            return None
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return stat.st_dev, stat.st_ino
+
+    def _create_schema(self) -> None:
         with self._write():
             for statement in _SCHEMA:
                 self._con.execute(statement)
-        self._checkpointer: threading.Thread | None = None
-        self._stop_checkpoints = threading.Event()
-        logger.info("event log opened: sqlite %s (WAL)", self.path)
+
+    def _reopen(self) -> None:
+        """A fresh connection (the file may have been replaced, or been read-only)."""
+        with self._lock:
+            try:
+                con, file_id = self._open()
+            except sqlite3.Error as exc:  # still broken: the next failure tries again
+                logger.warning("event log %s not reopened: %s", self.path, _describe(exc))
+                return
+            self._con.close()
+            self._con, self._file_id = con, file_id
+
+    def _fault(self, exc: sqlite3.Error) -> EventLogUnavailable:
+        """Heal what can be healed after ``exc`` (no lock held); the error for the caller."""
+        kind = fault_kind(exc)
+        if (kind == "read_only" or _broken_file(exc)) and self.path != ":memory:":
+            self._reopen()
+        elif kind == "schema_missing":
+            try:
+                self._create_schema()
+            except EventLogUnavailable as again:
+                logger.warning("event log tables missing and not created again: %s", again)
+            else:
+                logger.warning("event log tables were missing: created again in %s", self.path)
+        return EventLogUnavailable(kind, _describe(exc))
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[None]:
+        """The connection for reading; a failure comes out classified."""
+        try:
+            with self._lock:
+                yield
+        except sqlite3.Error as exc:
+            raise self._fault(exc) from exc
+
+    @contextlib.contextmanager
+    def _write(self, durable: bool = False) -> Iterator[None]:
+        """:meth:`_transaction`; a failure comes out classified (after the locks are free)."""
+        try:
+            with self._transaction(durable):
+                yield
+        except sqlite3.Error as exc:
+            fault = self._fault(exc)
+            self._last_fault = fault.kind
+            raise fault from exc
+        self._last_fault = None
 
     def checkpoint_in_background(self, every_s: float) -> None:
         """Move WAL checkpoints off the write path: a thread checkpoints every ``every_s``.
@@ -153,7 +236,7 @@ class SQLiteEventLog(EventLog):
                 logger.warning("event log checkpoint failed: %s", exc)
 
     @contextlib.contextmanager
-    def _write(self, durable: bool = False) -> Iterator[None]:
+    def _transaction(self, durable: bool = False) -> Iterator[None]:
         """One write transaction, serialised within the process and across processes.
 
         ``durable``: synced to disk at commit (acknowledged events); decisions are not
@@ -195,11 +278,12 @@ class SQLiteEventLog(EventLog):
     # ---------------------------------------------------------------- writes
 
     def record_decisions(self, decisions: Sequence[Decision]) -> None:
-        rows = _decision_rows(decisions)
-        if not rows:
+        rows, empty = _decision_rows(decisions), _empty_decision_rows(decisions)
+        if not rows and not empty:
             return
         with self._write():
             self._con.executemany(_INSERT_DECISION, rows)
+            self._con.executemany(_INSERT_EMPTY, empty)
 
     def record_decisions_within_caps(
         self, decisions: Sequence[Decision], caps: Mapping[str, tuple[int, int]]
@@ -207,7 +291,7 @@ class SQLiteEventLog(EventLog):
         if not decisions:
             return set()
         # Rows are built before the lock: every worker waits for whoever holds it.
-        rows = _decision_rows(decisions)
+        rows, empty = _decision_rows(decisions), _empty_decision_rows(decisions)
         # The write lock is held from the count to the insert: no other process can add a
         # contact in between.
         with self._write():
@@ -216,6 +300,8 @@ class SQLiteEventLog(EventLog):
                 rows = [row for row in rows if row[0] not in refused]
             if rows:
                 self._con.executemany(_INSERT_DECISION, rows)
+            if empty:  # no offer: no cap to break
+                self._con.executemany(_INSERT_EMPTY, empty)
         return refused
 
     def _cap_counts(self, probes: list[CapProbe]) -> dict[CapProbe, int]:
@@ -289,7 +375,7 @@ class SQLiteEventLog(EventLog):
         since_us = _us(since)
         contacts: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
         accepted: dict[str, set[str]] = defaultdict(set)
-        with self._lock:
+        with self._read():
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 marks = ",".join("?" * len(chunk))
@@ -317,7 +403,7 @@ class SQLiteEventLog(EventLog):
         }
 
     def decision_rows(self) -> list[dict[str, Any]]:
-        with self._lock:
+        with self._read():
             cursor = self._con.execute(
                 "SELECT decision_id, ts_us, touchpoint_id, offer_id, customer_id, position, "
                 "propensity, policy, context, channel, score, explored, fallback, model_name, "
@@ -336,7 +422,7 @@ class SQLiteEventLog(EventLog):
 
     def outcome_rows(self) -> list[dict[str, Any]]:
         types = ",".join(f"'{t}'" for t in OUTCOME_TYPES)
-        with self._lock:
+        with self._read():
             rows = self._con.execute(
                 "SELECT decision_id, offer_id, ts_us, type, revenue, event_id FROM events "
                 f"WHERE type IN ({types}) ORDER BY ts_us, event_id"
@@ -344,18 +430,39 @@ class SQLiteEventLog(EventLog):
         return _outcome_dicts(rows)
 
     def event_ids(self) -> set[str]:
-        with self._lock:
+        with self._read():
             return {r[0] for r in self._con.execute("SELECT event_id FROM events")}
 
     def counts(self) -> dict[str, int]:
-        with self._lock:
+        with self._read():
             decisions = self._con.execute("SELECT count(*) FROM decisions").fetchone()[0]
+            empty = self._con.execute("SELECT count(*) FROM decisions_without_offers").fetchone()[0]
             events = self._con.execute("SELECT count(*) FROM events").fetchone()[0]
-        return {"decision_rows": int(decisions), "events": int(events)}
+        return {
+            "decision_rows": int(decisions),
+            "decisions_without_offers": int(empty),
+            "events": int(events),
+        }
 
     def ping(self) -> None:
-        with self._lock:
-            self._con.execute("SELECT 1").fetchone()
+        """Raise :class:`EventLogUnavailable` unless the file is ours, has both tables and
+        takes writes. A file deleted or replaced under the service is opened again."""
+        if self._current_file_id() != self._file_id:
+            logger.warning("event log %s was deleted or replaced: opening it again", self.path)
+            self._reopen()
+            self._create_schema()
+        with self._read():
+            tables = {
+                r[0]
+                for r in self._con.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")
+            }
+        if not tables.issuperset(_TABLES):
+            logger.warning("event log tables were missing: creating them again in %s", self.path)
+            self._create_schema()
+        elif self._last_fault is not None:
+            with self._write():  # does it take writes again? (rewrites the same version)
+                version = int(self._con.execute("PRAGMA user_version").fetchone()[0])
+                self._con.execute(f"PRAGMA user_version = {version}")
 
     def close(self) -> None:
         self._stop_checkpoints.set()
@@ -365,3 +472,30 @@ class SQLiteEventLog(EventLog):
             self._con.close()
             if self._lock_file is not None:
                 self._lock_file.close()
+
+
+def fault_kind(exc: sqlite3.Error) -> str:
+    """The kind of an error of SQLite: read_only, schema_missing, constraint, else
+    unavailable (locked, disk I/O, full, damaged file)."""
+    if isinstance(exc, sqlite3.IntegrityError):
+        return "constraint"
+    name = exc.sqlite_errorname or ""
+    if name.startswith("SQLITE_READONLY"):
+        return "read_only"
+    if str(exc).startswith("no such table"):
+        return "schema_missing"
+    return "unavailable"
+
+
+#: Errors after which the connection is opened again (the file may have been replaced or
+#: repaired); a busy or locked database is not one of them: it only has to be waited for.
+_REOPEN_ERRORS = ("SQLITE_IOERR", "SQLITE_CANTOPEN", "SQLITE_CORRUPT", "SQLITE_NOTADB")
+
+
+def _broken_file(exc: sqlite3.Error) -> bool:
+    return (exc.sqlite_errorname or "").startswith(_REOPEN_ERRORS)
+
+
+def _describe(exc: sqlite3.Error) -> str:
+    """One short line about ``exc`` (no SQL, no values)."""
+    return f"{type(exc).__name__} {exc.sqlite_errorname or ''}".strip()

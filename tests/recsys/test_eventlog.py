@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from recsys.decision import DecisionRequest
-from recsys.errors import ConfigError
+from recsys.errors import ConfigError, EventLogUnavailable
 from recsys.eventlog import Event, EventType, SQLiteEventLog, export_contract, open_event_log
 from tests.recsys.factories import NOW, decide, decide_many, make_pipeline
 
@@ -252,4 +252,73 @@ def test_cap_checks_at_write_time_count_every_customer_of_a_large_batch(tmp_path
     stored = {r["decision_id"] for r in log.decision_rows()}
     assert {d.decision_id for d in batch[350:]} <= stored
     assert not refused & stored
+    log.close()
+
+
+# --------------------------------------------------------------- faults: classify and heal
+
+
+def test_tables_dropped_under_the_log_are_created_again(served):
+    path, log, (d1, _) = served
+    other = sqlite3.connect(path)
+    other.executescript("DROP TABLE events; DROP TABLE decisions;")
+    other.close()
+    with pytest.raises(EventLogUnavailable) as refused:
+        log.record_events([event("e1", d1)])
+    assert refused.value.kind == "schema_missing"
+    assert refused.value.retry_after == 1.0
+    engine = make_pipeline(log)
+    fresh = decide(engine, DecisionRequest("c1", "web_home"))
+    assert log.record_events([event("e2", fresh)]).new == ("e2",)
+    log.ping()
+
+
+def test_ping_recreates_missing_tables(served):
+    path, log, _ = served
+    other = sqlite3.connect(path)
+    other.execute("DROP TABLE events")
+    other.close()
+    log.ping()
+    assert log.counts()["events"] == 0
+
+
+def test_a_deleted_file_is_opened_again(served):
+    path, log, _ = served
+    for suffix in ("", "-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+    log.ping()  # notices, opens the new file, creates the tables
+    engine = make_pipeline(log)
+    fresh = decide(engine, DecisionRequest("c1", "web_home"))
+    assert log.record_events([event("e9", fresh)]).new == ("e9",)
+    other = sqlite3.connect(path)
+    assert other.execute("SELECT event_id FROM events").fetchall() == [("e9",)]
+    other.close()
+
+
+def test_a_constraint_violation_is_classified(served):
+    _, log, (d1, _) = served
+    with pytest.raises(EventLogUnavailable) as refused:
+        log.record_decisions([d1])  # already stored: primary key (decision_id, offer_id)
+    assert refused.value.kind == "constraint"
+    assert "constraint" in refused.value.message
+
+
+def test_a_read_only_file_is_classified_and_reopened(tmp_path):
+    path = tmp_path / "events.sqlite"
+    log = SQLiteEventLog(path)
+    engine = make_pipeline(log)
+    decision = decide(engine, DecisionRequest("c1", "web_home"))
+    log.close()
+    # Another process holds the file read-only: a second log opened with immutable=... is
+    # not our code; a read-only connection of our log is what a read-only mount gives.
+    log = SQLiteEventLog(path)
+    log._con.close()
+    log._con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
+                               check_same_thread=False)  # fmt: skip
+    with pytest.raises(EventLogUnavailable) as refused:
+        log.record_events([event("e1", decision)])
+    assert refused.value.kind == "read_only"
+    # the log opened the file again: writable now
+    assert log.record_events([event("e1", decision)]).new == ("e1",)
+    log.ping()
     log.close()

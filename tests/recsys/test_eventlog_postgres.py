@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from recsys.decision import DecisionRequest
-from recsys.errors import ConfigError, DataError
+from recsys.errors import ConfigError, DataError, EventLogUnavailable
 from recsys.eventlog import Event, EventType, export_contract
 from recsys.eventlog_postgres import PostgresEventLog, parse_url
 from tests.recsys.factories import NOW, decide, decide_many, make_pipeline
@@ -56,7 +56,7 @@ def test_same_event_id_is_stored_once(served):
     again = log.record_events([event("e1", d1), event("e3", d1, EventType.CONVERT, revenue=9.5)])
     assert (first.new, first.duplicates) == (("e1", "e2"), ())
     assert (again.new, again.duplicates) == (("e3",), ("e1",))
-    assert log.counts() == {"decision_rows": 3, "events": 3}
+    assert log.counts() == {"decision_rows": 3, "decisions_without_offers": 0, "events": 3}
 
 
 def test_committed_events_are_seen_by_a_new_connection(served, schema):
@@ -168,3 +168,71 @@ def test_contact_caps_hold_across_replicas_racing(served, schema):
     assert sum(len(r) for r in refused) == 2  # two of the four lost the race
     history = log.contact_history(["c3"], NOW - timedelta(days=7))
     assert len(history["c3"].contacts["o_capped"]) == 2
+
+
+# --------------------------------------------------------------- faults: classify and heal
+
+
+def test_read_only_sessions_are_dropped_from_the_pool(served):
+    log, (d1, _) = served
+    # A pooled session that went read-only (ALTER DATABASE ... SET
+    # default_transaction_read_only: sessions keep the default they started with).
+    with log._connection() as con:
+        con.execute("SET default_transaction_read_only = on")
+    with pytest.raises(EventLogUnavailable) as refused:
+        log.record_events([event("e1", d1)])
+    assert refused.value.kind == "read_only"
+    assert log.record_events([event("e1", d1)]).new == ("e1",)  # a new, writable session
+
+
+def test_ping_reports_a_read_only_session_and_drops_it(served):
+    log, _ = served
+    with log._connection() as con:
+        con.execute("SET default_transaction_read_only = on")
+    with pytest.raises(EventLogUnavailable, match="read-only") as refused:
+        log.ping()
+    assert refused.value.kind == "read_only"
+    log.ping()
+
+
+def test_dropped_tables_are_created_again(served, schema):
+    log, (d1, _) = served
+    with psycopg.connect(PG, autocommit=True) as con:
+        con.execute(f'DROP TABLE "{schema}".events, "{schema}".decisions')
+    with pytest.raises(EventLogUnavailable) as refused:
+        log.record_events([event("e1", d1)])
+    assert refused.value.kind == "schema_missing"
+    log.ping()
+    engine = make_pipeline(log)
+    fresh = decide(engine, DecisionRequest("c1", "web_home"))
+    assert log.record_events([event("e2", fresh)]).new == ("e2",)
+
+
+def test_ping_recreates_a_dropped_schema(served, schema):
+    log, _ = served
+    with psycopg.connect(PG, autocommit=True) as con:
+        con.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    with pytest.raises(EventLogUnavailable) as refused:
+        log.ping()
+    assert refused.value.kind == "schema_missing"
+    log.ping()
+    assert log.counts() == {"decision_rows": 0, "decisions_without_offers": 0, "events": 0}
+
+
+def test_lost_connections_are_replaced(served):
+    log, (d1, _) = served
+    with log._connection() as con:
+        pid = con.info.backend_pid
+    with psycopg.connect(PG, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    with pytest.raises(EventLogUnavailable) as refused:
+        log.record_events([event("e1", d1)])
+    assert refused.value.kind == "unavailable"
+    assert log.record_events([event("e1", d1)]).new == ("e1",)
+
+
+def test_a_constraint_violation_is_classified(served):
+    log, (d1, _) = served
+    with pytest.raises(EventLogUnavailable) as refused:
+        log.record_decisions([d1])
+    assert refused.value.kind == "constraint"

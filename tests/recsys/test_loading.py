@@ -310,3 +310,83 @@ def test_transactions_without_an_id_are_deduplicated_by_their_columns(tmp_path, 
 
     assert again.tables[0].rows_new == 1
     assert con.execute("SELECT count(*) FROM transactions").fetchone()[0] == 4
+
+
+# ------------------------------------------------- rows without an id: content + ordinal
+
+PURCHASES = (
+    "customer_id,ts,amount\n"
+    "C1,2025-03-01,4.50\n"
+    "C1,2025-03-01,4.50\n"  # the same coffee twice on one day: two purchases
+    "C2,2025-03-01,10.00\n"
+    "C1,2025-03-01,4.50\n"
+)
+
+
+def test_identical_purchases_without_an_id_are_all_kept_and_a_reload_adds_nothing(
+    tmp_path, valid_folder
+):
+    con = warehouse.connect(":memory:")
+    load_directory(valid_folder, con)
+    stored = con.execute("SELECT count(*) FROM transactions").fetchone()[0]
+    folder = write_folder(tmp_path / "shop", {"transactions.csv": PURCHASES})
+
+    first = load_directory(folder, con).tables[0]
+    again = load_directory(folder, con).tables[0]
+
+    assert (first.rows_read, first.rows_new, first.rows_already_stored) == (4, 4, 0)
+    assert first.duplicates == 0
+    assert (again.rows_new, again.rows_already_stored, again.duplicates) == (0, 4, 0)
+    coffees = con.execute(
+        "SELECT count(*), sum(amount) FROM transactions WHERE customer_id = 'C1' "
+        "AND transaction_id IS NULL"
+    ).fetchone()
+    assert coffees == (3, 13.5)
+    assert con.execute("SELECT count(*) FROM transactions").fetchone()[0] == stored + 4
+
+
+def test_a_later_file_with_one_more_identical_purchase_adds_one(tmp_path, valid_folder):
+    con = warehouse.connect(":memory:")
+    load_directory(valid_folder, con)
+    load_directory(write_folder(tmp_path / "a", {"transactions.csv": PURCHASES}), con)
+    more = PURCHASES + "C1,2025-03-01,4.50\n"
+    summary = load_directory(write_folder(tmp_path / "b", {"transactions.csv": more}), con)
+
+    assert (summary.tables[0].rows_new, summary.tables[0].rows_already_stored) == (1, 4)
+    assert "1" in summary.format().splitlines()[1]
+
+
+def test_identical_interactions_without_an_event_id_are_kept(tmp_path, valid_folder):
+    con = warehouse.connect(":memory:")
+    load_directory(valid_folder, con)
+    before = con.execute("SELECT count(*) FROM interactions").fetchone()[0]
+    rows = "customer_id,ts,touchpoint_id,event_type,value\n" + (
+        "C1,2025-03-01T10:00:00Z,web_home,page_view,1\n" * 2
+    )
+    folder = write_folder(tmp_path / "i", {"interactions.csv": rows})
+    load_directory(folder, con)
+    again = load_directory(folder, con)
+
+    assert con.execute("SELECT count(*) FROM interactions").fetchone()[0] == before + 2
+    assert again.tables[0].rows_new == 0
+
+
+def test_the_summary_tells_new_updated_already_stored_and_duplicates(tmp_path, valid_folder):
+    con = warehouse.connect(":memory:")
+    load_directory(valid_folder, con)
+    newer = {
+        "offers.yaml": VALID_FILES["offers.yaml"].replace("name: Style guide", "name: Style v2"),
+        "outcomes.csv": "decision_id,offer_id,ts,outcome\n"  # 1 stored, 1 new twice
+        "D1,O1,2025-03-01T10:05:00,accept\n"
+        "D1,O1,2025-03-01T10:06:00,click\nD1,O1,2025-03-01T10:06:00,click\n",
+    }
+    summary = load_directory(write_folder(tmp_path / "newer", newer), con)
+    by_table = {t.table: t for t in summary.tables}
+
+    offers = by_table["offers"]
+    assert (offers.rows_new, offers.rows_updated, offers.rows_already_stored) == (0, 1, 1)
+    outcomes = by_table["outcomes"]
+    assert (outcomes.rows_new, outcomes.duplicates, outcomes.rows_already_stored) == (1, 1, 1)
+    text = summary.format()
+    assert "updated" in text and "duplicates" in text
+    assert "outcomes: 1 rows stored once: repeated (decision_id, offer_id, outcome, ts)" in text

@@ -141,3 +141,30 @@ def make_components(
         clock=clock or FixedClock(),
         start=start,
     )
+
+
+class RedisBackedFeatures(DictFeatureSource):
+    """The factories' vectors, read only after a real round trip to a Redis server.
+
+    Every read and spec check goes through a :class:`~features.online.RedisOnlineStore` with
+    the service's timeout and no retries, so a stopped, paused or absent server fails (or
+    stalls) exactly as the production store does; the vectors themselves are the
+    factories' (the tiny model's spec).
+    """
+
+    def __init__(self, url: str, timeout_s: float = 0.25):
+        from features.online import RedisOnlineStore
+
+        super().__init__()
+        self.store = RedisOnlineStore(url, prefix="faults:features", timeout_s=timeout_s)
+        self.reads = 0  # round trips asked of the server
+
+    def read(self, customer_ids: Sequence[str]) -> FeatureBlock:
+        self.reads += 1
+        self.store.read_block(customer_ids)
+        return super().read(customer_ids)
+
+    def spec_version(self) -> str:
+        self.reads += 1
+        self.store.spec_version()
+        return super().spec_version()

@@ -76,7 +76,7 @@ def test_bad_decision_requests(client, body, status, field, expected, received):
 @pytest.mark.parametrize(
     ("raw", "status", "field"),
     [
-        (b'{"customer_id": "c1", "touchpoint": ', 400, "body"),
+        (b'{"customer_id": "c1", "touchpoint": ', 400, "touchpoint"),  # breaks in or after it
         (b"not json at all", 400, "body"),
         (b"", 422, "body"),
         (b'[{"customer_id": "c1"}]', 422, "body"),

@@ -264,3 +264,35 @@ def test_the_service_checkpoints_its_event_log_off_the_request_path(demo_env, tm
                 con.close()
     assert served > 0
     assert in_file == served
+
+
+def test_the_service_starts_without_redis_and_reads_it_once_it_answers(demo_env, tmp_path):
+    """The composition root with the Redis online store down at start (issue 30)."""
+    import time
+
+    from tests.serving.reliability.servers import RedisServer
+
+    redis_server = RedisServer(tmp_path / "redis")  # not started yet
+    settings = demo_env["settings"].model_copy(
+        update={
+            "event_log_url": f"sqlite:///{tmp_path / 'events.sqlite'}",
+            "online_store": "redis",
+            "redis_url": redis_server.url,
+            "serving": ServingSettings(model_dir=demo_env["model_dir"], epsilon=0.0),
+        }
+    )
+    body = {"customer_id": sorted(demo_env["customers"])[0], "touchpoint": "web_home"}
+    try:
+        with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+            down = client.post("/v1/decisions", json=body)
+            assert down.status_code == 200 and down.json()["fallback"] is True
+            assert client.get("/readyz").json()["status"] == "degraded"
+            redis_server.start()
+            deadline = time.monotonic() + 10
+            while client.get("/readyz").json()["status"] != "ready":
+                assert time.monotonic() < deadline, "Redis answers but is not read"
+                time.sleep(0.1)
+            up = client.post("/v1/decisions", json=body)
+            assert up.status_code == 200 and up.json()["fallback"] is False
+    finally:
+        redis_server.close()

@@ -2,7 +2,9 @@
 
 ``RECSYS_EVENT_LOG_URL`` (sqlite:/// or postgresql://), ``RECSYS_TEST_MODEL_DIR`` (a model
 folder), keys and token secret as in production (``RECSYS_SECURITY__API_KEYS`` ...). Logs are
-JSON lines on stderr. The catalogue and features are the factories' small real ones.
+JSON lines on stderr. The catalogue and features are the factories' small real ones; with
+``RECSYS_TEST_REDIS_URL`` every feature read is a real round trip to that Redis first
+(:class:`~tests.serving.factories.RedisBackedFeatures`, the service's timeout).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from recsys.settings import LifecycleSettings, ObservabilitySettings, Settings
 from serving.main import create_app
 from serving.model_sources import LocalDirSource
 from serving.observability import MeteredEventLog, ServiceMetrics, configure_logging
-from tests.serving.factories import make_components
+from tests.serving.factories import RedisBackedFeatures, make_components
 from tests.serving.reliability.wiring import harden
 
 
@@ -46,9 +48,18 @@ def create() -> FastAPI:
         model_poll_seconds=0,
         compiled_scorer=False,
     )
+    redis_url = os.environ.get("RECSYS_TEST_REDIS_URL")
+    features = (
+        RedisBackedFeatures(redis_url, timeout_s=settings.online_store_timeout_ms / 1000)
+        if redis_url
+        else None
+    )
     components = make_components(
         log,
-        settings=Settings(lifecycle=lifecycle, serving={"epsilon": 0.0}),
+        features=features,
+        settings=Settings(
+            lifecycle=lifecycle, serving=settings.serving.model_copy(update={"epsilon": 0.0})
+        ),
         source=LocalDirSource(Path(os.environ["RECSYS_TEST_MODEL_DIR"])),
         observer=metrics,
         clock=_now,

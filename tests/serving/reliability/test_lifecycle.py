@@ -296,7 +296,11 @@ def test_online_store_down_serves_cold_start_fallback(stack_factory):
         "recsys_fallback_decisions_total", {"reason": "features_down"}
     )
     assert reason == 2.0
-    store.down = False
+    store.down = False  # the background probe (every second) finds it answering
+    deadline = time.monotonic() + 10
+    while stack.client.get("/readyz").json()["status"] != "ready":
+        assert time.monotonic() < deadline, "the store came back but is not read again"
+        time.sleep(0.1)
     assert decide(stack).json()["fallback"] is False
 
 
