@@ -328,6 +328,9 @@ def test_requests_of_two_arms_are_decided_by_their_own_model_and_policy():
         def resolve(self, requests):
             return [greedy if i % 2 == 0 else explore for i in range(len(requests))]
 
+        def shadows(self, requests):
+            return ()
+
     pipeline = make_pipeline(None)
     pipeline.arms = Alternate()
     requests = [DecisionRequest(c, "web_home", limit=3) for c in ("c1", "c2", "c3", "c4")]
