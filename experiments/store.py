@@ -25,7 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from experiments.assignment import Assigner, Placement, allocate_range
-from experiments.definition import ArmKind, Experiment, Levers, Status, parse_experiment
+from experiments.definition import (
+    ArmKind,
+    ArmSpec,
+    Experiment,
+    Levers,
+    Status,
+    parse_experiment,
+)
 from recsys.errors import ConfigError, NotFoundError
 
 #: Allowed status changes: action -> (statuses it starts from, status it leads to).
@@ -122,6 +129,10 @@ class ExperimentStore(ABC):
         if not rows:
             raise NotFoundError(f"`experiment` must name a stored experiment, got {name!r}")
         return _stored(rows[0])
+
+    def promotable(self, name: str, arm_name: str) -> ArmSpec:
+        """The arm ``promote`` would roll out; raises what :meth:`promote` would."""
+        return _promotable(self.get(name), arm_name)
 
     def default_levers(self) -> Levers:
         with self._read() as cur:
@@ -225,17 +236,7 @@ class ExperimentStore(ABC):
         """
         with self._transaction() as cur:
             stored = self._get(cur, name)
-            arm = stored.experiment.arm(arm_name)
-            if stored.status not in (Status.RUNNING, Status.STOPPED):
-                raise ConfigError(
-                    f"experiment {name} must be running or stopped to promote, got {stored.status}"
-                )
-            if arm.kind in (ArmKind.HOLDOUT_RANDOM, ArmKind.HOLDOUT_POPULARITY):
-                raise ConfigError(
-                    f"`arm` must be an arm with a model recipe to promote, got {arm_name!r} "
-                    f"({arm.kind})"
-                )
-            levers = arm.levers
+            levers = _promotable(stored, arm_name).levers
             entry = _entry(
                 "promote", by, arm=arm_name, model_version=model_version,
                 levers=levers.model_dump(mode="json"),
@@ -250,6 +251,19 @@ class ExperimentStore(ABC):
                                                     history, now)))  # fmt: skip
             self._set_default(cur, levers.model_dump_json(), now)
         return levers
+
+
+def _promotable(stored: StoredExperiment, arm_name: str) -> ArmSpec:
+    arm = stored.experiment.arm(arm_name)
+    if stored.status not in (Status.RUNNING, Status.STOPPED):
+        raise ConfigError(
+            f"experiment {stored.name} must be running or stopped to promote, got {stored.status}"
+        )
+    if arm.kind in (ArmKind.HOLDOUT_RANDOM, ArmKind.HOLDOUT_POPULARITY):
+        raise ConfigError(
+            f"`arm` must be an arm with a model recipe to promote, got {arm_name!r} ({arm.kind})"
+        )
+    return arm
 
 
 def _row(s: StoredExperiment) -> tuple:
