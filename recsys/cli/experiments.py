@@ -9,7 +9,6 @@ from __future__ import annotations
 import getpass
 import json
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import typer
