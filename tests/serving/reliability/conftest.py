@@ -144,6 +144,7 @@ def build_stack(
     serving: ServingSettings | None = None,
     start: bool = True,
     rates: dict | None = None,
+    experiment_store: Any = None,
 ) -> Stack:
     metrics = ServiceMetrics()
     raw_log = log if log is not None else SQLiteEventLog(tmp_path / "events.sqlite")
@@ -165,6 +166,7 @@ def build_stack(
         load_model=model_loader(scorer_wrapper),
         start=start,
         rates=rates,
+        experiment_store=experiment_store,
     )
     holder = components.holder
     app = create_app(components=components, hardened=False)
