@@ -137,6 +137,9 @@ class DecisionPipeline:
             if o.cap_per_customer is not None and o.cap_window_days is not None
         }
         self.cap_lookback_days = max((w for _, w in self.caps.values()), default=0)
+        self._arm_caps: dict[
+            tuple[int, ...], tuple[list[Catalog], dict[str, tuple[int, int]], int]
+        ] = {}
 
     # ------------------------------------------------------------------ public
 
@@ -221,28 +224,41 @@ class DecisionPipeline:
                     [position[i] for i in range(len(requests), len(everything))]
                 ).decisions()
             ]
-            caps = self._caps_of(served_arms)
+            caps, _ = self._caps_of(served_arms)
             batch = self._record(batch, trace, now, arms, attempt, caps, shadow_decisions)
         return batch
 
-    def _caps_of(self, arms: Sequence[Arm]) -> dict[str, tuple[int, int]]:
-        """The contact caps re-checked when decisions are recorded: the catalogue's, or for
-        an offer whose cap an arm's levers change, the loosest of them (each arm's own cap
-        was applied by eligibility when it decided)."""
+    def _caps_of(self, arms: Sequence[Arm]) -> tuple[dict[str, tuple[int, int]], int]:
+        """The contact caps re-checked when decisions of ``arms`` are recorded, and how many
+        days of contact history their eligibility needs.
+
+        Caps: the catalogue's, or for an offer whose cap an arm's levers change, the loosest
+        of them (each arm's own cap was applied by eligibility when it decided). Days: the
+        longest cap window of any of their catalogues."""
         catalogs = {id(a.catalog): a.catalog for a in arms if a.catalog is not None}
         if not catalogs:
-            return self.caps
+            return self.caps, self.cap_lookback_days
+        key = tuple(sorted(catalogs))
+        cached = self._arm_caps.get(key)
+        if cached is not None:
+            return cached[1], cached[2]
+        if len(self._arm_caps) >= 64:  # arms' catalogues change with experiments: forget old
+            self._arm_caps.clear()
         caps = dict(self.caps)
+        days = self.cap_lookback_days
         for catalog in catalogs.values():
             for offer in catalog.offers.values():
                 cap = (offer.cap_per_customer, offer.cap_window_days)
+                days = max(days, cap[1] or 0)
                 if cap[0] is None or cap[1] is None:
                     caps.pop(offer.offer_id, None)  # uncapped in one arm: not re-checked
                     continue
                 have = caps.get(offer.offer_id)
                 if have is not None and (cap[0] >= have[0] and cap[1] <= have[1]):
                     caps[offer.offer_id] = (cap[0], cap[1])
-        return caps
+        # the catalogues are kept with their caps: their ids stay theirs while cached
+        self._arm_caps[key] = (list(catalogs.values()), caps, days)
+        return caps, days
 
     def _validate(self, requests: Sequence[DecisionRequest]) -> None:
         for request in requests:
@@ -277,8 +293,9 @@ class DecisionPipeline:
             for model in {arm.model for arm in arms}:
                 _check_spec(model.info, block.spec_version)
         at = {c: i for i, c in enumerate(customer_ids)}
-        # Read even without caps: "already accepted" needs the history too.
-        since = now - timedelta(days=max(self.cap_lookback_days, 1))
+        # Read even without caps: "already accepted" needs the history too. An arm's levers
+        # may cap an offer over a longer window than the catalogue does.
+        since = now - timedelta(days=max(self._caps_of(arms)[1], 1))
         histories = self.history.contact_history(customer_ids, since)
         groups = []
         for (tp_id, arm), rows in by_group.items():

@@ -196,3 +196,17 @@ def test_offer_weights_multiply_the_priority(service):
     body = decide(client, "c1", limit=5)
     sofa = next(o for o in body["offers"] if o["offer_id"] == "o_sofa")
     assert sofa["priority"] == pytest.approx(sofa["score"] * 2.0 * 3.0)  # P x value x weight
+
+
+def test_a_cap_lever_replaces_the_offer_s_cap_in_its_arm(service):
+    client, _, run = service
+    run(
+        arms=[{"name": "capped", "share": 1.0,
+               "levers": {"caps": {"o_tv": {"per_customer": 1, "window_days": 30}}}}]
+    )  # fmt: skip
+    first = decide(client, "c1", limit=5)
+    assert "o_tv" in [o["offer_id"] for o in first["offers"]]
+    again = decide(client, "c1", limit=5)
+    assert "o_tv" not in [o["offer_id"] for o in again["offers"]]
+    # outside the experiment (another touchpoint) the catalogue's cap (none) applies
+    assert "o_tv" in [o["offer_id"] for o in decide(client, "c1", "app_home", limit=5)["offers"]]
