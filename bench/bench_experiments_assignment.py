@@ -9,9 +9,12 @@ more. The experiment covers every touchpoint and splits units 50/50 between two 
 champion's recipe (no levers): the only difference between the sides is the assignment (two
 BLAKE2b hashes and a bucket search per request) and the arm objects.
 
-Rounds alternate the sides (``--rounds`` x ``--decisions`` single-request decisions each, for
-random customers and touchpoints); the result is the median CPU per decision of each side and
-their ratio (goal: <= 1.05, issue 28). Also the cost of one ``Assigner.assign`` call alone.
+Each request (``--rounds`` x ``--decisions`` single-request decisions, random customers and
+touchpoints) is decided by both sides back to back, the first side alternating, and timed by
+the CPU clock of the deciding thread, so that load from other processes on a shared host
+drifts both sides alike. The result is each side's mean CPU per decision (median over rounds)
+and the median of the per-round ratios (goal: <= 1.05, issue 28). Also the cost of one
+``Assigner.assign`` call alone.
 
 Run: ``python bench/bench_experiments_assignment.py`` (about a minute). Prints a table and a
 line ``RESULT {json}``.
@@ -67,20 +70,26 @@ def requests(n: int, seed: int) -> list[DecisionRequest]:
     return [DecisionRequest(f"u{rng.randrange(1_000_000)}", rng.choice(tps)) for _ in range(n)]
 
 
-def cpu_per_decision(components, batch: list[DecisionRequest]) -> float:
-    started = time.process_time()
-    for request in batch:
-        components.decide([request])
-    return (time.process_time() - started) / len(batch) * 1e6
+def paired_cpu(plain, experiment, batch: list[DecisionRequest]) -> tuple[list, list]:
+    """CPU (us, this thread) of each request decided by both sides, back to back, the side
+    that goes first alternating: load on the host drifts the same for both."""
+    plain_us, experiment_us = [], []
+    for k, request in enumerate(batch):
+        sides = [(plain, plain_us), (experiment, experiment_us)]
+        for components, out in sides if k % 2 == 0 else sides[::-1]:
+            started = time.thread_time()
+            components.decide([request])
+            out.append((time.thread_time() - started) * 1e6)
+    return plain_us, experiment_us
 
 
 def assign_cost(n: int) -> float:
     assigner = Assigner([Placement(parse_experiment(EXPERIMENT), (0, BUCKETS))])
     units = [f"u{i}" for i in range(n)]
-    started = time.process_time()
+    started = time.thread_time()
     for unit in units:
         assigner.assign("web_home", unit, NOW)
-    return (time.process_time() - started) / n * 1e6
+    return (time.thread_time() - started) / n * 1e6
 
 
 def main() -> None:
@@ -92,20 +101,19 @@ def main() -> None:
     plain = side(scratch, "plain", with_experiment=False)
     experiment = side(scratch, "experiment", with_experiment=True)
     assert experiment.arms.status()["running"] == ["bench-assignment"]
-    warm = requests(300, 0)
-    cpu_per_decision(plain, warm)
-    cpu_per_decision(experiment, warm)
-    us: dict[str, list[float]] = {"plain": [], "experiment": []}
+    paired_cpu(plain, experiment, requests(300, 0))  # warm-up
+    rounds: list[tuple[float, float]] = []
     for r in range(args.rounds):
-        batch = requests(args.decisions, r + 1)
-        order = [("plain", plain), ("experiment", experiment)]
-        for name, components in order if r % 2 == 0 else order[::-1]:
-            us[name].append(cpu_per_decision(components, batch))
-    plain_us, experiment_us = (statistics.median(us[k]) for k in ("plain", "experiment"))
+        plain_us, experiment_us = paired_cpu(plain, experiment, requests(args.decisions, r + 1))
+        rounds.append((statistics.fmean(plain_us), statistics.fmean(experiment_us)))
+    plain_us = statistics.median(p for p, _ in rounds)
+    experiment_us = statistics.median(e for _, e in rounds)
+    ratio = statistics.median(e / p for p, e in rounds)
     result = {
         "plain_cpu_us": round(plain_us, 1),
         "experiment_cpu_us": round(experiment_us, 1),
-        "ratio": round(experiment_us / plain_us, 4),
+        "ratio": round(ratio, 4),
+        "ratio_per_round": [round(e / p, 4) for p, e in rounds],
         "assign_us": round(assign_cost(200_000), 3),
         "rounds": args.rounds,
         "decisions_per_round": args.decisions,
