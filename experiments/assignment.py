@@ -126,7 +126,12 @@ class Assigner:
                         f"layer {self.placements[a].experiment.layer!r}, got overlapping ranges"
                     )
             self._layers[tp] = (salt, [lo for lo, _, _ in ranges], ranges)
-        # per placement: cumulative bucket bounds of its served arms
+        # per placement: its dates and salt (read per request), cumulative bucket bounds of
+        # its served arms
+        self._windows = [
+            (p.experiment.start, p.experiment.end, p.experiment.assignment_salt)
+            for p in self.placements
+        ]
         self._arms: list[tuple[list[int], list[ArmSpec]]] = []
         for placement in self.placements:
             served = [a for a in placement.experiment.arms if a.served]
@@ -153,9 +158,8 @@ class Assigner:
         lo, hi, k = ranges[at]
         if not (lo <= b < hi):
             return None
-        experiment = self.placements[k].experiment
-        if not experiment.active_at(now):
+        start, end, salt = self._windows[k]
+        if (start is not None and now < start) or (end is not None and now >= end):
             return None
         bounds, served = self._arms[k]
-        arm = served[bisect.bisect_right(bounds, bucket(experiment.assignment_salt, unit))]
-        return Assignment(k, arm)
+        return Assignment(k, served[bisect.bisect_right(bounds, bucket(salt, unit))])

@@ -43,8 +43,9 @@ def _version_of(settings: Settings, ref: ModelRef) -> str:
     )
 
 
-def promote_arm(settings: Settings, store: ExperimentStore, name: str, arm_name: str,
-                by: str) -> Promotion:  # fmt: skip
+def promote_arm(
+    settings: Settings, store: ExperimentStore, name: str, arm_name: str, by: str
+) -> Promotion:
     """Make ``arm_name`` of experiment ``name`` the default recipe (see the module docstring).
 
     Raises
@@ -64,6 +65,5 @@ def promote_arm(settings: Settings, store: ExperimentStore, name: str, arm_name:
         version = _version_of(settings, arm.model)
         promote(settings, version, "champion")
     levers = store.promote(name, arm_name, by, version)
-    logger.info("experiment %s: arm %s promoted (champion v%s, levers %s)", name, arm_name,
-                version, levers.model_dump(mode="json"))  # fmt: skip
+    logger.info("experiment %s: arm %s promoted (champion v%s)", name, arm_name, version)
     return Promotion(name, arm_name, version, version != before, levers.model_dump(mode="json"))

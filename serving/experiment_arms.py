@@ -16,7 +16,8 @@ the default levers once an experiment's arm has been promoted). Arms by kind:
   the levers applied, so eligibility and priority read them);
 - ``holdout_random``: the champion scores, but every slot is drawn uniformly among the
   eligible offers (epsilon 1);
-- ``holdout_popularity``: eligibility + the popularity ranking of the fallback scorer, greedy;
+- ``holdout_popularity``: eligibility + the popularity ranking of the fallback scorer, greedy
+  (its decisions are not marked ``fallback``: that is their recipe, not a failure);
 - ``holdout_champion``: the champion with the service's policy and no levers at all.
 
 Shadow arms decide a copy of every request their experiment's served arms decide; those
@@ -28,7 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from recsys.decision import Arm, DecisionRequest, ServedModel
 from recsys.errors import NotFoundError
 from serving.lifecycle import ModelHolder
 from serving.model_sources import RegistrySource
+from serving.resilience import NoMatrix, PopularityScorer
 
 logger = logging.getLogger(__name__)
 
@@ -77,16 +79,24 @@ class _Recipe:
     policy: Policy
     catalog: Catalog | None
     model: Callable[[], ServedModel]
+    # the last Arm made, reused while its model is the one served (one list slot: a race
+    # between two decision threads makes two equal arms, which is harmless)
+    _last: list[Arm] = field(default_factory=list, compare=False, repr=False)
 
     def arm(self) -> Arm:
-        return Arm(
+        model = self.model()
+        if self._last and self._last[0].model is model:
+            return self._last[0]
+        arm = Arm(
             self.spec.name,
-            self.model(),
+            model,
             self.policy,
             self.experiment_id,
             self.catalog,
             shadow=self.spec.kind == ArmKind.SHADOW,
         )
+        self._last[:] = [arm]
+        return arm
 
 
 @dataclass(frozen=True)
@@ -247,8 +257,10 @@ class ExperimentArms:
         if spec.kind == ArmKind.HOLDOUT_RANDOM:
             return _Recipe(spec, exp.name, EpsilonGreedy(1.0), None, champion)
         if spec.kind == ArmKind.HOLDOUT_POPULARITY:
-            fallback = self.holder.fallback_model
-            return _Recipe(spec, exp.name, EpsilonGreedy(0.0), None, lambda: fallback)
+            # the fallback's ranking, as a control on purpose: its decisions are no fallback
+            popular = PopularityScorer(self.holder.fallback.rates, reason=None)
+            model = ServedModel(popular.model, NoMatrix(), popular)
+            return _Recipe(spec, exp.name, EpsilonGreedy(0.0), None, lambda: model)
         if spec.kind == ArmKind.HOLDOUT_CHAMPION:
             return _Recipe(spec, exp.name, self.policy, None, champion)
         policy = self.policy if spec.policy.epsilon is None else EpsilonGreedy(spec.policy.epsilon)

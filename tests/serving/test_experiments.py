@@ -3,6 +3,7 @@ event log and the export, shadow arms, holdout controls, levers, and changes wit
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -11,7 +12,7 @@ import pandas as pd
 import pytest
 
 from experiments.definition import parse_experiment
-from experiments.store import open_experiment_store
+from experiments.store import SQLiteExperimentStore, open_experiment_store
 from recsys.eventlog import Event, EventType, export_contract
 from tests.experiments.factories import definition
 from tests.serving.factories import NOW
@@ -22,9 +23,11 @@ CUSTOMERS = [f"v{i:04d}" for i in range(60)]  # cold starts: every offer without
 @pytest.fixture
 def service(client_factory, tmp_path):
     """(client, store of the same database, run(definition) -> started experiment)."""
-    store = open_experiment_store(f"sqlite:///{tmp_path / 'events.sqlite'}")
-    client = client_factory(experiment_store=open_experiment_store(
-        f"sqlite:///{tmp_path / 'events.sqlite'}"), experiments_poll_seconds=0.1)  # fmt: skip
+    url = f"sqlite:///{tmp_path / 'events.sqlite'}"  # the store shares the event log's file
+    store = open_experiment_store(url)
+    client = client_factory(
+        experiment_store=open_experiment_store(url), experiments_poll_seconds=0.1
+    )
 
     def run(**overrides) -> None:
         exp = parse_experiment(definition(**overrides))
@@ -154,6 +157,7 @@ def test_holdout_popularity_decides_as_the_fallback_ranking(service, client_fact
         assert holdout["experiment"]["arm"] == "popular"
         fallback = decide(no_model, c)
         assert holdout["model"] == fallback["model"]
+        assert (holdout["fallback"], fallback["fallback"]) == (False, True)  # a control, no fault
         assert [o["offer_id"] for o in holdout["offers"]] == [
             o["offer_id"] for o in fallback["offers"]
         ]
@@ -210,3 +214,39 @@ def test_a_cap_lever_replaces_the_offer_s_cap_in_its_arm(service):
     assert "o_tv" not in [o["offer_id"] for o in again["offers"]]
     # outside the experiment (another touchpoint) the catalogue's cap (none) applies
     assert "o_tv" in [o["offer_id"] for o in decide(client, "c1", "app_home", limit=5)["offers"]]
+
+
+def test_outside_running_experiments_decisions_are_exactly_today_s(service, client_factory):
+    client, _, run = service
+    run(arms=[{"name": "boost", "share": 1.0, "levers": {"offer_weights": {"o_sofa": 9.0}}}])
+    plain = client_factory("plain.sqlite")  # a service without experiments
+    for c in ["c1", "c2", "c3", *CUSTOMERS[:10]]:
+        mine, today = decide(client, c, "app_home"), decide(plain, c, "app_home")
+        assert mine["experiment"] is None
+        for key in ("offers", "model", "policy", "fallback", "cold_start"):
+            assert mine[key] == today[key], key
+
+
+class FlakyStore(SQLiteExperimentStore):
+    """The real store, made unreadable on demand (a database outage)."""
+
+    down = False
+
+    def snapshot(self):
+        if self.down:
+            raise sqlite3.OperationalError("database is locked")
+        return super().snapshot()
+
+
+def test_a_failed_poll_keeps_the_last_known_experiments(client_factory, tmp_path):
+    store = FlakyStore(tmp_path / "events.sqlite")
+    store.create(parse_experiment(definition()), "test")
+    store.transition("exp-home", "start", "test")
+    client = client_factory(experiment_store=store, experiments_poll_seconds=0.05)
+    arms = client.app.state.components.arms
+    assert arms.status()["running"] == ["exp-home"]
+    store.down = True
+    assert wait_for(lambda: arms.last_error is not None)
+    assert "experiment store unreadable: OperationalError" in arms.last_error
+    assert decide(client, "c1")["experiment"]["id"] == "exp-home"
+    assert arms.status()["running"] == ["exp-home"]
