@@ -16,7 +16,7 @@ was expected and what came (``arms[1].share: Input should be less than or equal 
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -399,7 +399,3 @@ def load_experiment(path: str | Path) -> Experiment:
     except yaml.YAMLError as exc:
         raise ExperimentDefinitionError(str(path), [f"not valid YAML: {exc}"]) from None
     return parse_experiment(data, str(path))
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)

@@ -370,7 +370,10 @@ class PostgresExperimentStore(ExperimentStore):
 
         self._sql = sql
         self._lock = threading.Lock()
-        self._con = psycopg.connect(conninfo, autocommit=True, connect_timeout=connect_timeout)
+        self._connect = lambda: psycopg.connect(
+            conninfo, autocommit=True, connect_timeout=connect_timeout
+        )
+        self._con = self._connect()
         self._t = sql.SQL("{}.experiments").format(sql.Identifier(schema))
         self._t_defaults = sql.SQL("{}.experiment_defaults").format(sql.Identifier(schema))
         with self._transaction() as cur:
@@ -389,15 +392,24 @@ class PostgresExperimentStore(ExperimentStore):
                 ).format(self._t_defaults)
             )
 
+    def _connection(self) -> Any:
+        """The connection, opened again after the server dropped it (a restart, a failover):
+        a worker's next poll then reads again instead of failing forever."""
+        if self._con.broken or self._con.closed:
+            self._con = self._connect()
+        return self._con
+
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[Any]:
-        with self._lock, self._con.transaction(), self._con.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (self._LOCK,))
-            yield cur
+        with self._lock:
+            con = self._connection()
+            with con.transaction(), con.cursor() as cur:
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (self._LOCK,))
+                yield cur
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[Any]:
-        with self._lock, self._con.cursor() as cur:
+        with self._lock, self._connection().cursor() as cur:
             yield cur
 
     def _rows(self, cur: Any, where_name: str | None = None) -> list[tuple]:

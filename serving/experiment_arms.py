@@ -253,21 +253,9 @@ class ExperimentArms:
         return _State(Assigner(placements), recipes, shadows, catalog, snapshot.version)
 
     def _recipe(self, exp: Experiment, spec: ArmSpec) -> _Recipe:
-        champion = self._model_of(ModelRef(alias=self.followed_alias))
-        if spec.kind == ArmKind.HOLDOUT_RANDOM:
-            return _Recipe(spec, exp.name, EpsilonGreedy(1.0), None, champion)
-        if spec.kind == ArmKind.HOLDOUT_POPULARITY:
-            # the fallback's ranking, as a control on purpose: its decisions are no fallback
-            popular = PopularityScorer(self.holder.fallback.rates, reason=None)
-            model = ServedModel(popular.model, NoMatrix(), popular)
-            return _Recipe(spec, exp.name, EpsilonGreedy(0.0), None, lambda: model)
-        if spec.kind == ArmKind.HOLDOUT_CHAMPION:
-            return _Recipe(spec, exp.name, self.policy, None, champion)
-        policy = self.policy if spec.policy.epsilon is None else EpsilonGreedy(spec.policy.epsilon)
-        catalog = levers_catalog(self.catalog, spec.levers)
-        return _Recipe(spec, exp.name, policy, catalog, self._model_of(spec.model))
+        return RECIPES[spec.kind](self, exp.name, spec)
 
-    def _model_of(self, ref: ModelRef) -> Callable[[], ServedModel]:
+    def model_of(self, ref: ModelRef) -> Callable[[], ServedModel]:
         """The current model of ``ref``'s holder (loaded now if it is a new one)."""
         holder = self.holder if ref.alias == self.followed_alias else self._holders.get(ref.key)
         if holder is None:
@@ -323,6 +311,49 @@ class ExperimentArms:
             holder.stop()
         if self.store is not None:
             self.store.close()
+
+
+# ---------------------------------------------------------------- recipes by kind of arm
+#: How an arm of each kind decides: (resolver, experiment id, arm) -> recipe.
+Recipe = Callable[[ExperimentArms, str, ArmSpec], _Recipe]
+
+
+def _as_written(arms: ExperimentArms, experiment_id: str, spec: ArmSpec) -> _Recipe:
+    """treatment, control, shadow: the arm's model, epsilon (default the service's) and levers."""
+    epsilon = spec.policy.epsilon
+    policy = arms.policy if epsilon is None else EpsilonGreedy(epsilon)
+    catalog = levers_catalog(arms.catalog, spec.levers)
+    return _Recipe(spec, experiment_id, policy, catalog, arms.model_of(spec.model))
+
+
+def _random(arms: ExperimentArms, experiment_id: str, spec: ArmSpec) -> _Recipe:
+    """Every slot drawn uniformly among the eligible offers (the champion only scores)."""
+    champion = arms.model_of(ModelRef(alias=arms.followed_alias))
+    return _Recipe(spec, experiment_id, EpsilonGreedy(1.0), None, champion)
+
+
+def _popularity(arms: ExperimentArms, experiment_id: str, spec: ArmSpec) -> _Recipe:
+    """Eligibility + the fallback's popularity ranking, greedy; a control on purpose, so its
+    decisions are not marked fallback."""
+    popular = PopularityScorer(arms.holder.fallback.rates, reason=None)
+    model = ServedModel(popular.model, NoMatrix(), popular)
+    return _Recipe(spec, experiment_id, EpsilonGreedy(0.0), None, lambda: model)
+
+
+def _champion(arms: ExperimentArms, experiment_id: str, spec: ArmSpec) -> _Recipe:
+    """The champion with the service's policy and no levers (not even the default ones)."""
+    champion = arms.model_of(ModelRef(alias=arms.followed_alias))
+    return _Recipe(spec, experiment_id, arms.policy, None, champion)
+
+
+RECIPES: dict[ArmKind, Recipe] = {
+    ArmKind.TREATMENT: _as_written,
+    ArmKind.CONTROL: _as_written,
+    ArmKind.SHADOW: _as_written,
+    ArmKind.HOLDOUT_RANDOM: _random,
+    ArmKind.HOLDOUT_POPULARITY: _popularity,
+    ArmKind.HOLDOUT_CHAMPION: _champion,
+}
 
 
 def levers_catalog(catalog: Catalog, levers: Levers) -> Catalog | None:

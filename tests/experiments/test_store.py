@@ -114,3 +114,22 @@ def test_promote_sets_default_levers_and_stops_the_experiment(store):
         "promote", "treatment", "cli:ana", "7",
     )  # fmt: skip
     assert store.snapshot().default_levers == levers
+
+
+def test_a_dropped_postgres_connection_is_opened_again():
+    schema = f"recsys_exp_{uuid.uuid4().hex[:10]}"
+    store = open_experiment_store(f"{PG}?schema={schema}")
+    try:
+        store.create(experiment(), "t")
+        with store._read() as cur:  # the store's own session
+            cur.execute("SELECT pg_backend_pid()")
+            pid = cur.fetchone()[0]
+        with psycopg.connect(PG, autocommit=True) as admin:  # a server restart, for it
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(psycopg.OperationalError):
+            store.snapshot()  # this poll fails (the worker keeps its last set) ...
+        assert store.get("exp-home").status == Status.DRAFT  # ... the next one reads again
+    finally:
+        store.close()
+        with psycopg.connect(PG, autocommit=True) as con:
+            con.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
