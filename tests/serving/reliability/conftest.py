@@ -28,6 +28,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from experiments.store import open_experiment_store
 from recsys.eventlog import EventLog, SQLiteEventLog
 from recsys.settings import (
     ApiKeyRecord,
@@ -166,7 +167,9 @@ def build_stack(
         load_model=model_loader(scorer_wrapper),
         start=start,
         rates=rates,
-        experiment_store=experiment_store,
+        # as in production: experiments live beside the decisions
+        experiment_store=experiment_store
+        or open_experiment_store(f"sqlite:///{tmp_path / 'events.sqlite'}"),
     )
     holder = components.holder
     app = create_app(components=components, hardened=False)
@@ -199,6 +202,7 @@ def stack_factory(tmp_path, keys):
 
     yield factory
     for made in stacks:
+        made.app.state.components.arms.stop()  # its store poller
         made.holder.stop()
         made.client.__exit__(None, None, None)
         made.log.close()
