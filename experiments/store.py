@@ -95,8 +95,11 @@ class ExperimentStore(ABC):
         """A write transaction holding the store's lock (a cursor-like object)."""
 
     @abstractmethod
-    def _rows(self, cur: Any, where_name: str | None = None) -> list[tuple]:
-        """(name, definition, status, bucket_start, bucket_end, history, updated_us) rows."""
+    def _rows(
+        self, cur: Any, where_name: str | None = None, running_only: bool = False
+    ) -> list[tuple]:
+        """(name, definition, status, bucket_start, bucket_end, history, updated_us) rows of
+        one experiment, the running ones, or all."""
 
     @abstractmethod
     def _upsert(self, cur: Any, row: tuple) -> None: ...
@@ -142,7 +145,7 @@ class ExperimentStore(ABC):
     def snapshot(self) -> Snapshot:
         """The running experiments and default levers (what workers poll)."""
         with self._read() as cur:
-            running = [_stored(r) for r in self._rows(cur) if r[2] == Status.RUNNING]
+            running = [_stored(r) for r in self._rows(cur, running_only=True)]
             default = self._get_default(cur)
         placements = tuple(
             Placement(s.experiment, s.buckets) for s in running if s.buckets is not None
@@ -204,7 +207,7 @@ class ExperimentStore(ABC):
             buckets = stored.buckets
             detail: dict[str, Any] = {}
             if action == "start":
-                running = [_stored(r) for r in self._rows(cur) if r[2] == Status.RUNNING]
+                running = [_stored(r) for r in self._rows(cur, running_only=True)]
                 taken = [
                     s.buckets
                     for s in running
@@ -331,7 +334,13 @@ class SQLiteExperimentStore(ExperimentStore):
         with self._lock:
             yield self._con
 
-    def _rows(self, cur: Any, where_name: str | None = None) -> list[tuple]:
+    def _rows(
+        self, cur: Any, where_name: str | None = None, running_only: bool = False
+    ) -> list[tuple]:
+        if running_only:
+            return cur.execute(
+                f"SELECT {_COLUMNS} FROM experiments WHERE status = 'running' ORDER BY name"
+            ).fetchall()
         if where_name is None:
             return cur.execute(f"SELECT {_COLUMNS} FROM experiments ORDER BY name").fetchall()
         return cur.execute(
@@ -412,9 +421,17 @@ class PostgresExperimentStore(ExperimentStore):
         with self._lock, self._connection().cursor() as cur:
             yield cur
 
-    def _rows(self, cur: Any, where_name: str | None = None) -> list[tuple]:
+    def _rows(
+        self, cur: Any, where_name: str | None = None, running_only: bool = False
+    ) -> list[tuple]:
         sql = self._sql
-        if where_name is None:
+        if running_only:
+            cur.execute(
+                sql.SQL(
+                    "SELECT " + _COLUMNS + " FROM {} WHERE status = 'running' ORDER BY name"
+                ).format(self._t)
+            )
+        elif where_name is None:
             cur.execute(sql.SQL("SELECT " + _COLUMNS + " FROM {} ORDER BY name").format(self._t))
         else:
             cur.execute(
