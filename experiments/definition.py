@@ -80,7 +80,7 @@ class _Strict(BaseModel):
 
 def _check_name(value: str, what: str) -> str:
     if not _NAME.match(value):
-        raise ValueError(f"{what} must be {_NAME_RULE}")
+        raise ValueError(f"{what} of {_NAME_RULE}")
     return value
 
 
@@ -107,7 +107,7 @@ class Levers(_Strict):
     def _positive_weights(cls, weights: dict[str, float]) -> dict[str, float]:
         for offer_id, weight in weights.items():
             if not weight > 0:
-                raise ValueError(f"the weight of offer {offer_id!r} must be > 0")
+                raise ValueError(f"weights > 0 (offer {offer_id!r} has {weight})")
         return weights
 
     @property
@@ -133,7 +133,7 @@ class ModelRef(_Strict):
     @model_validator(mode="after")
     def _one_of(self) -> ModelRef:
         if (self.alias is None) == (self.version is None):
-            raise ValueError("give exactly one of `alias` or `version`")
+            raise ValueError("exactly one of `alias` or `version`")
         return self
 
     @property
@@ -181,13 +181,14 @@ class ArmSpec(_Strict):
                 given.append("levers")
             if given:
                 raise ValueError(
-                    f"a {self.kind} arm's recipe is fixed by its kind: remove "
+                    f"a {self.kind} arm without "
                     + ", ".join(f"`{g}`" for g in given)
+                    + " (its recipe is fixed by its kind)"
                 )
         if self.kind == ArmKind.SHADOW and self.share != 0:
-            raise ValueError("a shadow arm is never served: its `share` must be 0 (or left out)")
+            raise ValueError("a shadow arm with `share` 0 or left out (it is never served)")
         if self.kind != ArmKind.SHADOW and self.share <= 0:
-            raise ValueError(f"a {self.kind} arm is served: its `share` must be > 0")
+            raise ValueError(f"a {self.kind} arm with `share` > 0 (it is served)")
         return self
 
     @property
@@ -210,15 +211,15 @@ class Guardrail(_Strict):
     @model_validator(mode="after")
     def _threshold(self) -> Guardrail:
         if self.max is None and self.min is None:
-            raise ValueError("give a threshold: `max` and/or `min`")
+            raise ValueError("a threshold: `max` and/or `min`")
         if self.max is not None and self.min is not None and self.min > self.max:
-            raise ValueError(f"`min` ({self.min}) must be <= `max` ({self.max})")
+            raise ValueError(f"`min` <= `max` (min {self.min}, max {self.max})")
         return self
 
 
 def _known_metric(value: str) -> str:
     if value not in METRICS:
-        raise ValueError(f"metric must be one of {', '.join(METRICS)}")
+        raise ValueError(f"a metric among {', '.join(METRICS)}")
     return value
 
 
@@ -259,7 +260,7 @@ class Experiment(_Strict):
     @classmethod
     def _distinct_touchpoints(cls, values: tuple[str, ...]) -> tuple[str, ...]:
         if len(set(values)) != len(values):
-            raise ValueError("touchpoints must be distinct")
+            raise ValueError("distinct touchpoints")
         return values
 
     @model_validator(mode="after")
@@ -372,12 +373,16 @@ def parse_experiment(data: Any, source: str = "experiment") -> Experiment:
     except ValidationError as exc:
         problems = []
         for error in exc.errors(include_url=False):
-            message = str(error["msg"]).removeprefix("Value error, ")
             field, received = _loc(error["loc"]), error.get("input")
-            if message.startswith("`") and field == "(experiment)":
-                problems.append(message)  # a rule over several fields names them itself
-            elif isinstance(received, dict):
-                problems.append(f"`{field}`: {message}")  # the message says what came
+            if error["type"] != "value_error":  # pydantic's own: "Input should be ..."
+                message = str(error["msg"])
+            elif field == "(experiment)":  # a rule over several fields names them itself
+                problems.append(str(error["ctx"]["error"]))
+                continue
+            else:  # ours say what was expected
+                message = f"expected {error['ctx']['error']}"
+            if isinstance(received, dict):
+                problems.append(f"`{field}`: {message}")  # a whole mapping: the message says
             else:
                 problems.append(f"`{field}`: {message}, got {received!r}")
         raise ExperimentDefinitionError(source, problems) from None

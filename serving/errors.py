@@ -83,6 +83,8 @@ _EXPECTED = {
     "datetime_from_date_parsing": lambda ctx: "an ISO 8601 timestamp with a timezone",
     "json_invalid": lambda ctx: "a valid JSON document",
     "string_pattern_mismatch": lambda ctx: "printable text (no control characters)",
+    # a model's own check (e.g. an experiment definition): its message says what is expected
+    "value_error": lambda ctx: str(ctx.get("error", "a valid value")),
 }
 
 

@@ -136,8 +136,10 @@ def promote(
     event_log_url: str = URL,
     tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: settings)."),
 ) -> None:
-    """Make ARM's recipe the default: champion alias -> its model version, its levers -> the
-    default levers; recorded with the experiment (which stops if running)."""
+    """Roll out ARM: champion alias -> its model version, its levers -> the default levers.
+
+    Recorded with the experiment (who, when, what), which stops if it was running.
+    """
     from experiments.rollout import promote_arm
 
     settings = load_settings(event_log_url=event_log_url, mlflow_tracking_uri=tracking_uri)

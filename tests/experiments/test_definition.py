@@ -51,12 +51,12 @@ ARMS = definition()["arms"]
         ),
         (
             {"arms": [*ARMS, {"name": "s", "kind": "shadow", "share": 0.2}]},
-            r"`arms\[2\]`: a shadow arm is never served: its `share` must be 0",
+            r"`arms\[2\]`: expected a shadow arm with `share` 0 or left out \(it is never served\)",
         ),
         (
             {"arms": [*ARMS[:1], {"name": "r", "kind": "holdout_random", "share": 0.5,
                                   "levers": {"excluded_offers": ["o_tv"]}}]},
-            r"`arms\[1\]`: a holdout_random arm's recipe is fixed by its kind: remove `levers`",
+            r"`arms\[1\]`: expected a holdout_random arm without `levers` \(its recipe is fixed",
         ),
         (
             {"arms": [*ARMS[:1], {"name": "t", "share": 0.5, "kind": "winner"}]},
@@ -65,20 +65,20 @@ ARMS = definition()["arms"]
         (
             {"arms": [*ARMS[:1], {"name": "t", "share": 0.5,
                                   "levers": {"offer_weights": {"o_tv": 0}}}]},
-            r"`arms\[1\]\.levers\.offer_weights`: the weight of offer 'o_tv' must be > 0",
+            r"`arms\[1\]\.levers\.offer_weights`: expected weights > 0 \(offer 'o_tv' has 0\.0\)",
         ),
         (
             {"arms": [*ARMS[:1], {"name": "t", "share": 0.5,
                                   "model": {"alias": "challenger", "version": 3}}]},
-            r"`arms\[1\]\.model`: give exactly one of `alias` or `version`",
+            r"`arms\[1\]\.model`: expected exactly one of `alias` or `version`",
         ),
         (
             {"primary_metric": "happiness"},
-            r"`primary_metric`: metric must be one of acceptance_rate, .*got 'happiness'",
+            r"`primary_metric`: expected a metric among acceptance_rate, .*got 'happiness'",
         ),
         (
             {"guardrails": [{"metric": "dismiss_rate"}]},
-            r"`guardrails\[0\]`: give a threshold: `max` and/or `min`",
+            r"`guardrails\[0\]`: expected a threshold: `max` and/or `min`",
         ),
         (
             {"start": "2026-06-02T00:00:00Z", "end": "2026-06-01T00:00:00Z"},
@@ -86,7 +86,7 @@ ARMS = definition()["arms"]
             r"2026-06-01T00:00:00\+00:00",
         ),
         ({"start": "2026-06-02T00:00:00"}, r"`start`: Input should have timezone info"),
-        ({"name": "Exp 1"}, r"`name`: a name must be 1-63 lowercase letters.*got 'Exp 1'"),
+        ({"name": "Exp 1"}, r"`name`: expected a name of 1-63 lowercase letters.*got 'Exp 1'"),
         ({"touchpoints": []}, r"`touchpoints`: Tuple should have at least 1 item after validation, not 0, got \[\]"),
         ({"colour": "red"}, r"`colour`: Extra inputs are not permitted, got 'red'"),
         ({"arms": [*ARMS, ARMS[0]]}, r"`arms\[\]\.name`: expected distinct names, got control"),
@@ -108,7 +108,7 @@ def test_a_yaml_file_error_names_the_file_and_every_bad_field(tmp_path):
     assert str(path) in str(caught.value)
     assert caught.value.problems == [
         "`traffic`: Input should be less than or equal to 1, got 2",
-        "`arms[1]`: a shadow arm is never served: its `share` must be 0 (or left out)",
+        "`arms[1]`: expected a shadow arm with `share` 0 or left out (it is never served)",
     ]
 
 
