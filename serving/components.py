@@ -197,7 +197,6 @@ def assemble_components(
         poll_seconds=settings.serving.experiments_poll_seconds,
         make_holder=make_holder if isinstance(source, RegistrySource) else None,
         followed_alias=settings.model_alias,
-        clock=clock,
     )
     pipeline = DecisionPipeline(
         catalog=catalog,

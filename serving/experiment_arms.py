@@ -38,7 +38,7 @@ from experiments.definition import ArmKind, ArmSpec, Experiment, Levers, ModelRe
 from experiments.levers import apply_levers
 from experiments.store import ExperimentStore, Snapshot
 from recsys.arbitration import EpsilonGreedy, Policy
-from recsys.catalog import Catalog, now_utc
+from recsys.catalog import Catalog
 from recsys.decision import Arm, DecisionRequest, ServedModel
 from recsys.errors import NotFoundError
 from serving.lifecycle import ModelHolder
@@ -130,7 +130,6 @@ class ExperimentArms:
         (e.g. a local model folder), experiments naming other models are not applied.
     followed_alias : str
         The alias the champion holder follows (``model_alias``).
-    clock : callable returning an aware datetime
     """
 
     name = "champion"
@@ -144,7 +143,6 @@ class ExperimentArms:
         poll_seconds: float = 5.0,
         make_holder: HolderFactory | None = None,
         followed_alias: str = "champion",
-        clock: Callable[[], datetime] = now_utc,
     ):
         self.holder = holder
         self.policy = policy
@@ -153,7 +151,6 @@ class ExperimentArms:
         self.poll_seconds = poll_seconds
         self.make_holder = make_holder
         self.followed_alias = followed_alias
-        self.clock = clock
         self._holders: dict[str, ModelHolder] = {}
         self._state = _State(Assigner([]), {}, {}, None, None)
         self._lock = threading.Lock()
@@ -163,13 +160,12 @@ class ExperimentArms:
 
     # ------------------------------------------------------------ resolver port
 
-    def resolve(self, requests: Sequence[DecisionRequest]) -> Sequence[Arm]:
+    def resolve(self, requests: Sequence[DecisionRequest], now: datetime) -> Sequence[Arm]:
         state = self._state  # one read: a swap applies from the next batch on
         default = Arm(self.name, self.holder.current.model, self.policy,
                       catalog=state.default_catalog)  # fmt: skip
         if not state.assigner:
             return [default] * len(requests)
-        now = self.clock()
         arms: dict[tuple[int, str], Arm] = {}  # one Arm object per recipe and batch
         out: list[Arm] = []
         for request in requests:
@@ -184,11 +180,12 @@ class ExperimentArms:
             out.append(arm)
         return out
 
-    def shadows(self, requests: Sequence[DecisionRequest]) -> Sequence[tuple[int, Arm]]:
+    def shadows(
+        self, requests: Sequence[DecisionRequest], now: datetime
+    ) -> Sequence[tuple[int, Arm]]:
         state = self._state
         if not state.shadows:
             return ()
-        now = self.clock()
         arms: dict[tuple[int, str], Arm] = {}
         out: list[tuple[int, Arm]] = []
         for i, request in enumerate(requests):

@@ -198,10 +198,10 @@ class DecisionPipeline:
     ) -> DecisionBatch:
         self._validate(requests)
         now_us = int(now.timestamp() * 1_000_000)
-        served_arms = list(arms.resolve(requests))
+        served_arms = list(arms.resolve(requests, now))
         # Shadow arms decide copies of their requests in the same groups and scoring calls;
         # their decisions are only logged (once: not again when a cap race is retried).
-        shadows = list(arms.shadows(requests)) if record and attempt == 0 else []
+        shadows = list(arms.shadows(requests, now)) if record and attempt == 0 else []
         everything = requests + tuple(requests[i] for i, _ in shadows)
         all_arms = served_arms + [arm for _, arm in shadows]
         groups = self._groups(everything, all_arms, now, now_us)

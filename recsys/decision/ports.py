@@ -299,11 +299,14 @@ class Arm:
 class ArmResolver(Protocol):
     """Which arm decides each request, and which shadow arms also decide it."""
 
-    def resolve(self, requests: Sequence[DecisionRequest]) -> Sequence[Arm]:
-        """One arm per request, in request order."""
+    def resolve(self, requests: Sequence[DecisionRequest], now: datetime) -> Sequence[Arm]:
+        """One arm per request, in request order, for decisions at ``now`` (an experiment's
+        dates are checked against the decision time, not the wall clock)."""
         ...
 
-    def shadows(self, requests: Sequence[DecisionRequest]) -> Sequence[tuple[int, Arm]]:
+    def shadows(
+        self, requests: Sequence[DecisionRequest], now: datetime
+    ) -> Sequence[tuple[int, Arm]]:
         """(position of a request, shadow arm) for every shadow decision to log besides
         the served ones (empty outside experiments with shadow arms)."""
         ...
@@ -317,9 +320,11 @@ class SingleArm:
     policy: Policy
     name: str = "champion"
 
-    def resolve(self, requests: Sequence[DecisionRequest]) -> Sequence[Arm]:
+    def resolve(self, requests: Sequence[DecisionRequest], now: datetime) -> Sequence[Arm]:
         arm = Arm(self.name, self.model, self.policy)
         return [arm] * len(requests)
 
-    def shadows(self, requests: Sequence[DecisionRequest]) -> Sequence[tuple[int, Arm]]:
+    def shadows(
+        self, requests: Sequence[DecisionRequest], now: datetime
+    ) -> Sequence[tuple[int, Arm]]:
         return ()

@@ -13,6 +13,7 @@ import pytest
 
 from experiments.definition import parse_experiment
 from experiments.store import SQLiteExperimentStore, open_experiment_store
+from recsys.decision import DecisionRequest
 from recsys.eventlog import Event, EventType, export_contract
 from tests.experiments.factories import definition
 from tests.serving.factories import NOW
@@ -250,3 +251,14 @@ def test_a_failed_poll_keeps_the_last_known_experiments(client_factory, tmp_path
     assert "experiment store unreadable: OperationalError" in arms.last_error
     assert decide(client, "c1")["experiment"]["id"] == "exp-home"
     assert arms.status()["running"] == ["exp-home"]
+
+
+def test_an_experiment_s_dates_are_checked_at_the_decision_time(service):
+    client, _, run = service
+    run(start="2026-06-02T00:00:00Z", end="2026-06-09T00:00:00Z")
+    assert decide(client, "c1")["experiment"] is None  # the service's clock: NOW, June 1
+    pipeline = client.app.state.components.pipeline
+    request = DecisionRequest("c1", "web_home")
+    for day, inside in ((3, True), (9, False)):  # e.g. simulated days played through it
+        (decision,) = pipeline.run([request], now=NOW.replace(day=day)).decisions()
+        assert (decision.experiment_id == "exp-home") is inside
