@@ -12,6 +12,7 @@ from experiments.definition import (
     load_experiment,
     parse_experiment,
 )
+from recsys.datagen.catalog import OFFERS, TOUCHPOINTS
 from tests.experiments.factories import definition
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "experiments"
@@ -32,6 +33,8 @@ def test_the_documented_example_loads():
     assert challenger.levers.offer_weights == {"OF003": 1.5}
     assert challenger.levers.caps["OF006"].per_customer == 2
     assert exp.assignment_salt == "web-home-challenger-1"
+    # written for the demo business: its touchpoints and offers exist there
+    exp.check_catalog({o.offer_id for o in OFFERS}, {t.touchpoint_id for t in TOUCHPOINTS})
 
 
 ARMS = definition()["arms"]
