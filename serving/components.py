@@ -42,7 +42,13 @@ from recsys.settings import ServingSettings, Settings
 from serving.batching import DecisionBatcher
 from serving.experiment_arms import ExperimentArms, PinnedVersion
 from serving.lifecycle import DecisionObserver, ModelHolder, ModelLoader
-from serving.model_sources import LocalDirSource, ModelSource, RegistrySource, compiled_model_dir
+from serving.model_sources import (
+    LocalDirSource,
+    ModelSource,
+    NoChampion,
+    RegistrySource,
+    compiled_model_dir,
+)
 from serving.resilience import PopularityScorer, ResilientFeatures, popularity_rates
 
 logger = logging.getLogger(__name__)
@@ -184,7 +190,11 @@ def assemble_components(
         # its own name: its last good copy must never stand in for the champion's
         arm_holder = ModelHolder(load_model, trial, PopularityScorer(rates or {}), arm_source,
                                  settings.lifecycle, f"{settings.model_name}{ref.key}")  # fmt: skip
-        if arm_holder.start().is_fallback:
+        try:
+            served = arm_holder.start()
+        except NoChampion:
+            raise ModelRefused(f"model {ref.key} names no version of the registry") from None
+        if served.is_fallback:
             raise ModelRefused(f"model {ref.key} is not servable: {arm_holder.last_error}")
         arm_holder.start_polling()
         return arm_holder

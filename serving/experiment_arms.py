@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from experiments.assignment import Assigner, Placement
 from experiments.definition import ArmKind, ArmSpec, Experiment, Levers, ModelRef
@@ -108,6 +109,7 @@ class _State:
     shadows: dict[int, tuple[_Recipe, ...]]  # placement -> its shadow arms
     default_catalog: Catalog | None
     version: tuple | None
+    incomplete: bool = False  # an experiment was left out (its model did not load): retried
 
 
 class ExperimentArms:
@@ -202,7 +204,9 @@ class ExperimentArms:
 
     # ------------------------------------------------------------ following the store
 
-    def status(self) -> dict[str, object]:
+    def status(self) -> dict[str, Any]:
+        """What this worker applies: the running experiments it decides by, whether default
+        levers apply, its poll interval and its last failure to read or apply."""
         state = self._state
         return {
             "running": [p.experiment.name for p in state.assigner.placements],
@@ -219,7 +223,7 @@ class ExperimentArms:
             return False
         snapshot = self.store.snapshot()
         with self._lock:
-            if snapshot.version == self._state.version:
+            if snapshot.version == self._state.version and not self._state.incomplete:
                 return False
             self._state = self._build(snapshot)
             self._drop_unused_holders()
@@ -229,6 +233,7 @@ class ExperimentArms:
 
     def _build(self, snapshot: Snapshot) -> _State:
         placements: list[Placement] = []
+        incomplete = False
         recipes: dict[tuple[int, str], _Recipe] = {}
         shadows: dict[int, tuple[_Recipe, ...]] = {}
         for placement in snapshot.placements:
@@ -237,7 +242,8 @@ class ExperimentArms:
                 mine = [self._recipe(exp, spec) for spec in exp.arms]
             except Exception as exc:  # one bad experiment does not stop the others
                 self.last_error = f"experiment {exp.name} not applied: {exc}"
-                logger.error("%s", self.last_error)
+                logger.error("%s (retried at the next poll)", self.last_error)
+                incomplete = True
                 continue
             k = len(placements)
             placements.append(placement)
@@ -247,7 +253,9 @@ class ExperimentArms:
             if shadow:
                 shadows[k] = shadow
         catalog = levers_catalog(self.catalog, snapshot.default_levers)
-        return _State(Assigner(placements), recipes, shadows, catalog, snapshot.version)
+        if not incomplete:
+            self.last_error = None
+        return _State(Assigner(placements), recipes, shadows, catalog, snapshot.version, incomplete)
 
     def _recipe(self, exp: Experiment, spec: ArmSpec) -> _Recipe:
         return RECIPES[spec.kind](self, exp.name, spec)

@@ -11,8 +11,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
-from experiments.definition import Experiment
-from experiments.store import ExperimentStore
+from experiments.definition import Experiment, Status
+from experiments.store import ExperimentStore, StoredExperiment
 from recsys.errors import UnavailableError
 from serving.deps import ComponentsDep
 from serving.experiment_arms import ExperimentArms
@@ -48,6 +48,14 @@ class ExperimentOut(BaseModel):
     buckets: list[int] | None = Field(description="layer buckets [start, end) while running")
     definition: dict[str, Any]
     history: list[dict[str, Any]] = Field(description="every change: at, action, by, ...")
+    applied: bool = Field(
+        description="whether the worker that answered decides by it now (a running experiment "
+        "is not applied until the worker's next poll, or when an arm's model cannot load: "
+        "see `serving_error`)"
+    )
+    serving_error: str | None = Field(
+        default=None, description="why the answering worker last failed to apply experiments"
+    )
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -59,9 +67,15 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+def _out(arms: ExperimentArms, stored: StoredExperiment) -> dict[str, Any]:
+    applied = stored.name in arms.status()["running"]
+    error = arms.last_error if stored.status == Status.RUNNING and not applied else None
+    return {**stored.to_dict(), "applied": applied, "serving_error": error}
+
+
 @router.get("", response_model=list[ExperimentOut], responses=_ERRORS, summary="Experiments")
 def list_experiments(arms: ArmsDep) -> list[dict[str, Any]]:
-    return [s.to_dict() for s in _store(arms).experiments()]
+    return [_out(arms, s) for s in _store(arms).experiments()]
 
 
 @router.post(
@@ -75,12 +89,12 @@ def create_experiment(
 ) -> dict[str, Any]:
     """Store a draft experiment (the YAML definition as JSON); it serves nothing until started."""
     body.check_catalog(set(arms.catalog.offers), set(arms.catalog.touchpoints))
-    return _store(arms).create(body, _who(request), replace=replace).to_dict()
+    return _out(arms, _store(arms).create(body, _who(request), replace=replace))
 
 
 @router.get("/{name}", response_model=ExperimentOut, responses=_ERRORS, summary="One experiment")
 def show_experiment(name: str, arms: ArmsDep) -> dict[str, Any]:
-    return _store(arms).get(name).to_dict()
+    return _out(arms, _store(arms).get(name))
 
 
 @router.post(
@@ -95,4 +109,4 @@ def change_experiment(
     """Starting gives the experiment a free range of its layer; stopping frees it."""
     stored = _store(arms).transition(name, action, _who(request))
     arms.refresh()  # this worker at once; the others at their next poll
-    return stored.to_dict()
+    return _out(arms, stored)

@@ -87,3 +87,15 @@ def test_an_experiment_whose_model_cannot_load_is_not_applied(stack_factory, reg
         headers=stack.keys.headers("secret"),
     ).json()
     assert body["experiment"] is None
+    shown = stack.client.get("/admin/experiments/exp-home", headers=stack.keys.headers("admin"))
+    assert shown.json()["status"] == "running"
+    assert shown.json()["applied"] is False
+    assert "model @no-such-alias" in shown.json()["serving_error"]
+    # the alias gets a version: the next poll applies the experiment
+    reg.promote(reg.client.get_model_version_by_alias(NAME, "champion").version, "no-such-alias")
+    try:
+        assert components.arms.refresh()
+        assert components.arms.last_error is None
+        assert components.arms.status()["running"] == ["exp-home"]
+    finally:
+        reg.client.delete_registered_model_alias(NAME, "no-such-alias")

@@ -52,6 +52,7 @@ def test_an_admin_runs_an_experiment_over_http(admin_stack, keys):
     started = client.post("/admin/experiments/exp-home/start", headers=admin)
     assert started.json()["status"] == "running"
     assert started.json()["history"][-1]["by"] == "key:ops"  # the admin key's id
+    assert started.json()["applied"] is True
     decision = client.post(
         "/v1/decisions",
         json={"customer_id": "c1", "touchpoint": "web_home"},
