@@ -40,6 +40,8 @@ from psycopg.rows import dict_row
 from recsys.eligibility import ContactHistory
 from recsys.errors import ConfigError, DataError, EventLogUnavailable
 from recsys.eventlog.base import (
+    ADDED_DECISION_COLUMNS,
+    DECISION_COLUMNS,
     OUTCOME_TYPES,
     CapProbe,
     Event,
@@ -85,8 +87,19 @@ def _ddl(schema: str) -> list[sql.Composed]:
                 model_name TEXT,
                 model_version TEXT,
                 context TEXT,
+                experiment_id TEXT NULL,
+                arm TEXT NULL,
+                unit_id TEXT NULL,
+                shadow INTEGER NOT NULL DEFAULT 0,
                 PRIMARY KEY (decision_id, offer_id))"""
         ).format(s),
+        # an older log gets the columns added since (in place)
+        *(
+            sql.SQL("ALTER TABLE {}.decisions ADD COLUMN IF NOT EXISTS {} {}").format(
+                s, sql.Identifier(name), sql.SQL(kind)
+            )
+            for name, kind in ADDED_DECISION_COLUMNS.items()
+        ),
         sql.SQL(
             "CREATE INDEX IF NOT EXISTS decisions_customer_ts ON {}.decisions (customer_id, ts_us)"
         ).format(s),
@@ -283,9 +296,11 @@ class PostgresEventLog(EventLog):
 
     def _insert_decisions(self, cur: psycopg.Cursor, rows: list[tuple]) -> None:
         cur.executemany(
-            sql.SQL(
-                "INSERT INTO {} VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-            ).format(self._t_decisions),
+            sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+                self._t_decisions,
+                sql.SQL(", ").join(sql.Identifier(c) for c in DECISION_COLUMNS),
+                sql.SQL(", ").join(sql.Placeholder() * len(DECISION_COLUMNS)),
+            ),
             rows,
         )
 
@@ -343,7 +358,7 @@ class PostgresEventLog(EventLog):
         cur.execute(
             sql.SQL(
                 "SELECT p.c, p.o, p.s, (SELECT count(*) FROM {} d WHERE d.customer_id = p.c "
-                "AND d.offer_id = p.o AND d.ts_us >= p.s) "
+                "AND d.offer_id = p.o AND d.ts_us >= p.s AND d.shadow = 0) "
                 "FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS p(c, o, s)"
             ).format(self._t_decisions),
             (customers, offers, since),
@@ -412,7 +427,7 @@ class PostgresEventLog(EventLog):
         rows = con.execute(
             sql.SQL(
                 "SELECT decision_id, offer_id, customer_id, ts_us FROM {} "
-                "WHERE decision_id = ANY(%s)"
+                "WHERE decision_id = ANY(%s) AND shadow = 0"
             ).format(self._t_decisions),
             (list(decision_ids),),
         ).fetchall()
@@ -435,7 +450,7 @@ class PostgresEventLog(EventLog):
             for customer_id, offer_id, ts_us in con.execute(
                 sql.SQL(
                     "SELECT customer_id, offer_id, ts_us FROM {} "
-                    "WHERE customer_id = ANY(%s) AND ts_us >= %s"
+                    "WHERE customer_id = ANY(%s) AND ts_us >= %s AND shadow = 0"
                 ).format(self._t_decisions),
                 (ids, _us(since)),
             ):
@@ -465,13 +480,15 @@ class PostgresEventLog(EventLog):
                 sql.SQL(
                     "SELECT decision_id, ts_us, touchpoint_id, offer_id, customer_id, position, "
                     "propensity, policy, context, channel, score, explored, fallback, "
-                    "model_name, model_version FROM {} ORDER BY ts_us, decision_id, position"
+                    "model_name, model_version, experiment_id, arm, unit_id, shadow FROM {} "
+                    "ORDER BY ts_us, decision_id, position"
                 ).format(self._t_decisions)
             )
             rows = cur.fetchall()
         out = []
         for record in rows:
             record["ts"] = _from_us(record.pop("ts_us"))
+            record["shadow"] = bool(record["shadow"])
             out.append(record)
         return out
 

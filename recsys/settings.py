@@ -65,6 +65,12 @@ class ServingSettings(_Section):
     epsilon: float = Field(
         default=0.05, ge=0.0, le=1.0, description="epsilon-greedy exploration share; 0 = greedy"
     )
+    experiments_poll_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="how often each worker reads the running experiments from the store (the "
+        "event log's database); 0 = only at start",
+    )
     max_limit: int = Field(default=50, ge=1, description="largest `limit` a request may ask for")
     decision_batch_max: int = Field(
         default=32,

@@ -5,7 +5,8 @@ the tests) decides with.
 event log, model source) and hands them to :func:`assemble_components`, which wires the
 decision pipeline: the online store behind :class:`ResilientFeatures`, the model held by a
 :class:`ModelHolder` (registry alias, last good copy, popularity/rules fallback, breaker) and
-resolved per batch by :class:`HolderArms`. Tests call :func:`assemble_components` with small
+the arm of each request resolved per batch by :class:`ExperimentArms` (running experiments
+from the store, else the champion). Tests call :func:`assemble_components` with small
 real parts.
 """
 
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.definition import ModelRef
+from experiments.store import ExperimentStore, open_experiment_store
 from recsys.arbitration import EpsilonGreedy
 from recsys.catalog import Catalog, load_catalog, now_utc
 from recsys.decision import (
@@ -37,8 +40,15 @@ from recsys.errors import ModelRefused, SpecMismatchError
 from recsys.eventlog import EventLog, SQLiteEventLog, open_event_log
 from recsys.settings import ServingSettings, Settings
 from serving.batching import DecisionBatcher
-from serving.lifecycle import DecisionObserver, HolderArms, ModelHolder, ModelLoader
-from serving.model_sources import LocalDirSource, ModelSource, RegistrySource, compiled_model_dir
+from serving.experiment_arms import ExperimentArms, PinnedVersion
+from serving.lifecycle import DecisionObserver, ModelHolder, ModelLoader
+from serving.model_sources import (
+    LocalDirSource,
+    ModelSource,
+    NoChampion,
+    RegistrySource,
+    compiled_model_dir,
+)
 from serving.resilience import PopularityScorer, ResilientFeatures, popularity_rates
 
 logger = logging.getLogger(__name__)
@@ -53,7 +63,7 @@ class Components:
 
     pipeline: DecisionPipeline
     holder: ModelHolder
-    arms: HolderArms
+    arms: ExperimentArms
     event_log: EventLog
     settings: Settings
     observer: DecisionObserver | None = None
@@ -103,6 +113,7 @@ class Components:
     def close(self) -> None:
         if self._batcher is not None:
             self._batcher.close()  # queued decisions are finished and logged first
+        self.arms.stop()
         self.holder.stop()
         if self.features is not None:
             self.features.stop()
@@ -136,6 +147,7 @@ def assemble_components(
     clock: Callable[[], datetime] = now_utc,
     closers: tuple[Callable[[], None], ...] = (),
     start: bool = True,
+    experiment_store: ExperimentStore | None = None,
 ) -> Components:
     """Wire the pipeline on these parts and start the model holder (``start``).
 
@@ -147,6 +159,9 @@ def assemble_components(
     source : ModelSource or None
         Where the model comes from (None: the fallback only).
     rates : acceptance rates of the popularity fallback (empty: the rules fallback)
+    experiment_store : ExperimentStore, optional
+        Where running experiments are read from (polled every
+        ``serving.experiments_poll_seconds``); None = no experiments.
 
     Raises
     ------
@@ -170,7 +185,36 @@ def assemble_components(
         settings.model_name,
         observer,
     )
-    arms = HolderArms(holder, EpsilonGreedy(settings.serving.epsilon))
+
+    def make_holder(ref: ModelRef) -> ModelHolder:
+        """A holder of an arm's model (another alias or a version of the registry)."""
+        assert isinstance(source, RegistrySource)
+        arm_source = (
+            RegistrySource(source.tracking_uri, source.name, ref.alias)
+            if ref.alias is not None
+            else PinnedVersion(source, str(ref.version))
+        )
+        # its own name: its last good copy must never stand in for the champion's
+        arm_holder = ModelHolder(load_model, trial, PopularityScorer(rates or {}), arm_source,
+                                 settings.lifecycle, f"{settings.model_name}{ref.key}")  # fmt: skip
+        try:
+            served = arm_holder.start()
+        except NoChampion:
+            raise ModelRefused(f"model {ref.key} names no version of the registry") from None
+        if served.is_fallback:
+            raise ModelRefused(f"model {ref.key} is not servable: {arm_holder.last_error}")
+        arm_holder.start_polling()
+        return arm_holder
+
+    arms = ExperimentArms(
+        holder,
+        EpsilonGreedy(settings.serving.epsilon),
+        catalog,
+        experiment_store,
+        poll_seconds=settings.serving.experiments_poll_seconds,
+        make_holder=make_holder if isinstance(source, RegistrySource) else None,
+        followed_alias=settings.model_alias,
+    )
     pipeline = DecisionPipeline(
         catalog=catalog,
         features=resilient,
@@ -189,6 +233,7 @@ def assemble_components(
         return components
     try:
         served = holder.start()
+        arms.start_polling()
     except BaseException:
         components.close()
         raise
@@ -293,6 +338,12 @@ def build_components(
         logger.warning("the online store does not answer (%s): serving cold starts until it "
                        "does", type(exc).__name__)  # fmt: skip
     event_log = open_service_event_log(settings.event_log_url, serving)
+    experiment_store: ExperimentStore | None = None
+    try:
+        experiment_store = open_experiment_store(settings.event_log_url)
+    except Exception as exc:  # the service decides without experiments rather than not at all
+        logger.error("experiment store unavailable (%s): serving without experiments",
+                     type(exc).__name__)  # fmt: skip
     if wrap_event_log is not None:
         event_log = wrap_event_log(event_log)
     return assemble_components(
@@ -306,4 +357,5 @@ def build_components(
         rates=popularity_rates(settings.warehouse_path),
         observer=observer,
         closers=(store.close,),
+        experiment_store=experiment_store,
     )

@@ -97,6 +97,7 @@ _EXPECTED = {
     "json_invalid": lambda ctx: "a valid JSON document",
     "string_pattern_mismatch": lambda ctx: "printable text (no control characters)",
     "string_unicode": lambda ctx: "valid Unicode text",
+    # a model's own check (e.g. an experiment definition): its message says what is expected
     "value_error": lambda ctx: str(ctx.get("error", "a valid value")),
 }
 

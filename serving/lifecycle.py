@@ -363,6 +363,11 @@ class HolderArms:
     policy: Policy
     name: str = "champion"
 
-    def resolve(self, requests: Sequence[DecisionRequest]) -> Sequence[Arm]:
+    def resolve(self, requests: Sequence[DecisionRequest], now: datetime) -> Sequence[Arm]:
         arm = Arm(self.name, self.holder.current.model, self.policy)
         return [arm] * len(requests)
+
+    def shadows(
+        self, requests: Sequence[DecisionRequest], now: datetime
+    ) -> Sequence[tuple[int, Arm]]:
+        return ()  # no experiments: the service resolves arms with ExperimentArms

@@ -19,7 +19,15 @@ from fastapi import FastAPI
 
 from recsys.errors import RecsysError
 from recsys.settings import ServingSettings, Settings, load_settings
-from serving.api.routes import admin, decisions, events, health, offers, touchpoints
+from serving.api.routes import (
+    admin,
+    admin_experiments,
+    decisions,
+    events,
+    health,
+    offers,
+    touchpoints,
+)
 from serving.components import Components, build_components
 from serving.connections import configure_connections
 from serving.errors import install_error_handlers
@@ -119,6 +127,7 @@ def create_app(
     app.include_router(touchpoints.router)
     app.include_router(health.router)
     app.include_router(admin.router)
+    app.include_router(admin_experiments.router)
     if hardened:
         install_hardening(app, loaded, metrics=metrics)
     return app

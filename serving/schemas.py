@@ -57,6 +57,11 @@ class DecisionRequestBody(BaseModel):
     exclude_offers: Annotated[list[Id], Field(max_length=200)] = Field(
         default_factory=list, description="Offers not to show (e.g. already on the page)."
     )
+    unit_id: Id | None = Field(
+        default=None,
+        description="Experiment assignment unit (e.g. an anonymous visitor's first-party "
+        "cookie id): the same unit always gets the same experiment arm. Default: customer_id.",
+    )
 
 
 class BatchDecisionRequestBody(BaseModel):

@@ -36,6 +36,7 @@ from recsys.decision.ports import (
 from recsys.decision.rows import served_rows
 from recsys.decision.trace import explain
 from recsys.decision.types import (
+    Decision,
     DecisionBatch,
     DecisionRequest,
     DecisionTrace,
@@ -136,6 +137,9 @@ class DecisionPipeline:
             if o.cap_per_customer is not None and o.cap_window_days is not None
         }
         self.cap_lookback_days = max((w for _, w in self.caps.values()), default=0)
+        self._arm_caps: dict[
+            tuple[int, ...], tuple[list[Catalog], dict[str, tuple[int, int]], int]
+        ] = {}
 
     # ------------------------------------------------------------------ public
 
@@ -194,21 +198,67 @@ class DecisionPipeline:
     ) -> DecisionBatch:
         self._validate(requests)
         now_us = int(now.timestamp() * 1_000_000)
-        groups = self._groups(requests, arms.resolve(requests), now, now_us)
-        scores = self._score(groups, requests, now)
+        served_arms = list(arms.resolve(requests, now))
+        # Shadow arms decide copies of their requests in the same groups and scoring calls;
+        # their decisions are only logged (once: not again when a cap race is retried).
+        shadows = list(arms.shadows(requests, now)) if record and attempt == 0 else []
+        everything = requests + tuple(requests[i] for i, _ in shadows)
+        all_arms = served_arms + [arm for _, arm in shadows]
+        groups = self._groups(everything, all_arms, now, now_us)
+        scores = self._score(groups, everything, now)
         parts = [
-            self._decide_group(g, requests, s, now, now_us, trace)
+            self._decide_group(g, everything, s, now, now_us, trace)
             for g, s in zip(groups, scores, strict=True)
         ]
         position = {row: k for k, row in enumerate(r for g in groups for r in g.rows)}
+        decided = concat(parts) if parts else DecisionBatch.empty(everything, now)
         batch = (
-            concat(parts).take([position[i] for i in range(len(requests))])
+            decided.take([position[i] for i in range(len(requests))])
             if parts
             else DecisionBatch.empty(requests, now)
         )
         if record and self.sink is not None:
-            batch = self._record(batch, trace, now, arms, attempt)
+            shadow_decisions = [
+                replace(d, shadow=True)
+                for d in decided.take(
+                    [position[i] for i in range(len(requests), len(everything))]
+                ).decisions()
+            ]
+            caps, _ = self._caps_of(served_arms)
+            batch = self._record(batch, trace, now, arms, attempt, caps, shadow_decisions)
         return batch
+
+    def _caps_of(self, arms: Sequence[Arm]) -> tuple[dict[str, tuple[int, int]], int]:
+        """The contact caps re-checked when decisions of ``arms`` are recorded, and how many
+        days of contact history their eligibility needs.
+
+        Caps: the catalogue's, or for an offer whose cap an arm's levers change, the loosest
+        of them (each arm's own cap was applied by eligibility when it decided). Days: the
+        longest cap window of any of their catalogues."""
+        catalogs = {id(a.catalog): a.catalog for a in arms if a.catalog is not None}
+        if not catalogs:
+            return self.caps, self.cap_lookback_days
+        key = tuple(sorted(catalogs))
+        cached = self._arm_caps.get(key)
+        if cached is not None:
+            return cached[1], cached[2]
+        if len(self._arm_caps) >= 64:  # arms' catalogues change with experiments: forget old
+            self._arm_caps.clear()
+        caps = dict(self.caps)
+        days = self.cap_lookback_days
+        for catalog in catalogs.values():
+            for offer in catalog.offers.values():
+                cap = (offer.cap_per_customer, offer.cap_window_days)
+                days = max(days, cap[1] or 0)
+                if cap[0] is None or cap[1] is None:
+                    caps.pop(offer.offer_id, None)  # uncapped in one arm: not re-checked
+                    continue
+                have = caps.get(offer.offer_id)
+                if have is not None and (cap[0] >= have[0] and cap[1] <= have[1]):
+                    caps[offer.offer_id] = (cap[0], cap[1])
+        # the catalogues are kept with their caps: their ids stay theirs while cached
+        self._arm_caps[key] = (list(catalogs.values()), caps, days)
+        return caps, days
 
     def _validate(self, requests: Sequence[DecisionRequest]) -> None:
         for request in requests:
@@ -243,12 +293,13 @@ class DecisionPipeline:
             for model in {arm.model for arm in arms}:
                 _check_spec(model.info, block.spec_version)
         at = {c: i for i, c in enumerate(customer_ids)}
-        # Read even without caps: "already accepted" needs the history too.
-        since = now - timedelta(days=max(self.cap_lookback_days, 1))
+        # Read even without caps: "already accepted" needs the history too. An arm's levers
+        # may cap an offer over a longer window than the catalogue does.
+        since = now - timedelta(days=max(self._caps_of(arms)[1], 1))
         histories = self.history.contact_history(customer_ids, since)
         groups = []
         for (tp_id, arm), rows in by_group.items():
-            offers = self.catalog.for_touchpoint(tp_id)
+            offers = (arm.catalog or self.catalog).for_touchpoint(tp_id)
             mine = [requests[i] for i in rows]
             features = block.take([at[r.customer_id] for r in mine])
             eligibility = check_eligibility(
@@ -394,7 +445,14 @@ class DecisionPipeline:
         )
 
     def _record(
-        self, batch: DecisionBatch, trace: bool, now: datetime, arms: ArmResolver, attempt: int
+        self,
+        batch: DecisionBatch,
+        trace: bool,
+        now: datetime,
+        arms: ArmResolver,
+        attempt: int,
+        caps: dict[str, tuple[int, int]],
+        shadow_decisions: list[Decision],
     ) -> DecisionBatch:
         """Record decisions; decide again those that lost a race for a contact cap.
 
@@ -407,7 +465,7 @@ class DecisionPipeline:
         decisions = batch.decisions()
         last_resort = attempt > MAX_CAP_RETRIES
         refused = self.sink.record_decisions_within_caps(
-            decisions, {} if last_resort else self.caps
+            [*decisions, *shadow_decisions], {} if last_resort else caps
         )
         if not refused:
             return batch
@@ -415,7 +473,7 @@ class DecisionPipeline:
         redo_at = [i for i, d in enumerate(decisions) if d.decision_id in refused]
         redo = tuple(batch.requests[i] for i in redo_at)
         if attempt >= MAX_CAP_RETRIES:
-            redo = tuple(replace(r, exclude_offers=(*r.exclude_offers, *self.caps)) for r in redo)
+            redo = tuple(replace(r, exclude_offers=(*r.exclude_offers, *caps)) for r in redo)
         again = self._run(redo, now, trace, True, arms, attempt + 1)
         return batch.replaced(redo_at, again)
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from recsys.catalog import TouchpointOffers
+from recsys.catalog import Catalog, TouchpointOffers
 from recsys.decision.types import ModelInfo
 from recsys.eligibility.base import ContactHistory
 
@@ -278,24 +278,37 @@ class DecisionSink(Protocol):
         ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Arm:
-    """The recipe a request is decided by: a model and a policy.
+    """The recipe a request is decided by: a model, a policy and the catalogue it sees.
 
-    ``experiment_id`` is None outside any experiment (the default arm).
+    ``experiment_id`` is None outside any experiment (the default arm). ``catalog`` is the
+    catalogue with the arm's levers applied (offer weights, contact caps, excluded offers),
+    None = the pipeline's. A ``shadow`` arm's decisions are logged but never served.
+    Arms compare by identity: resolvers hand out the same object for the same recipe.
     """
 
     name: str
     model: ServedModel
     policy: Policy
     experiment_id: str | None = None
+    catalog: Catalog | None = None
+    shadow: bool = False
 
 
 class ArmResolver(Protocol):
-    """Which arm decides each request."""
+    """Which arm decides each request, and which shadow arms also decide it."""
 
-    def resolve(self, requests: Sequence[DecisionRequest]) -> Sequence[Arm]:
-        """One arm per request, in request order."""
+    def resolve(self, requests: Sequence[DecisionRequest], now: datetime) -> Sequence[Arm]:
+        """One arm per request, in request order, for decisions at ``now`` (an experiment's
+        dates are checked against the decision time, not the wall clock)."""
+        ...
+
+    def shadows(
+        self, requests: Sequence[DecisionRequest], now: datetime
+    ) -> Sequence[tuple[int, Arm]]:
+        """(position of a request, shadow arm) for every shadow decision to log besides
+        the served ones (empty outside experiments with shadow arms)."""
         ...
 
 
@@ -307,6 +320,11 @@ class SingleArm:
     policy: Policy
     name: str = "champion"
 
-    def resolve(self, requests: Sequence[DecisionRequest]) -> Sequence[Arm]:
+    def resolve(self, requests: Sequence[DecisionRequest], now: datetime) -> Sequence[Arm]:
         arm = Arm(self.name, self.model, self.policy)
         return [arm] * len(requests)
+
+    def shadows(
+        self, requests: Sequence[DecisionRequest], now: datetime
+    ) -> Sequence[tuple[int, Arm]]:
+        return ()

@@ -33,6 +33,13 @@ class DecisionRequest:
     context: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     limit: int | None = None  # None = the touchpoint's slots
     exclude_offers: tuple[str, ...] = ()
+    unit_id: str | None = None  # experiment assignment unit (None = the customer id)
+
+    @property
+    def unit(self) -> str:
+        """Who is assigned to experiment arms: ``unit_id`` (e.g. an anonymous visitor's
+        cookie) or else the customer."""
+        return self.unit_id if self.unit_id is not None else self.customer_id
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,8 @@ class Decision:
     arm: str = "champion"
     experiment_id: str | None = None
     fallback_reason: str | None = None  # why a fallback stood in for the model or features
+    unit_id: str | None = None  # the request's experiment unit, when it named one
+    shadow: bool = False  # decided by a shadow arm: logged, never served, never a contact
 
 
 def new_decision_ids(n: int) -> list[str]:
@@ -290,6 +299,7 @@ class DecisionBatch:
                     arm=self.arm[i],
                     experiment_id=self.experiment_id[i],
                     fallback_reason=self.fallback_reason[i],
+                    unit_id=request.unit_id,
                 )
             )
         return tuple(out)

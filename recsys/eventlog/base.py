@@ -155,7 +155,7 @@ def within_caps(
     probes = {
         (d.customer_id, o.offer_id, _cap_since(d, caps[o.offer_id]))
         for d in decisions
-        if d.customer_id
+        if d.customer_id and not d.shadow
         for o in d.offers
         if o.offer_id in caps
     }
@@ -164,6 +164,9 @@ def within_caps(
     keep: list[Decision] = []
     refused: set[str] = set()
     for d in decisions:
+        if d.shadow:  # never served: never refused, never a contact
+            keep.append(d)
+            continue
         if d.customer_id and _breaks_cap(d, caps, logged, added):
             refused.add(d.decision_id)
             continue
@@ -195,8 +198,27 @@ def _cap_since(decision: Decision, cap: tuple[int, int]) -> int:
     return _us(decision.ts) - cap[1] * 86_400 * 1_000_000
 
 
+#: The columns of the ``decisions`` table, in the order of :func:`_decision_rows`. The last four
+#: came with experiments (issue 28) and are added in place to older logs.
+DECISION_COLUMNS = (
+    "decision_id", "offer_id", "ts_us", "touchpoint_id", "channel", "customer_id", "position",
+    "propensity", "policy", "score", "explored", "fallback", "model_name", "model_version",
+    "context", "experiment_id", "arm", "unit_id", "shadow",
+)  # fmt: skip
+#: Columns added after the first release: name -> SQL type (the same in SQLite and PostgreSQL).
+ADDED_DECISION_COLUMNS = {
+    "experiment_id": "TEXT NULL",
+    "arm": "TEXT NULL",
+    "unit_id": "TEXT NULL",
+    "shadow": "INTEGER NOT NULL DEFAULT 0",
+}
+
+
 def _decision_rows(decisions: Sequence[Decision]) -> list[tuple]:
-    """One row per served offer, in the column order of the ``decisions`` table."""
+    """One row per offer of each decision, in the order of :data:`DECISION_COLUMNS`.
+
+    Shadow decisions (``shadow`` 1) are logged but were never served: contact caps, already
+    accepted offers and feedback events ignore them."""
     return [
         (
             d.decision_id,
@@ -214,6 +236,10 @@ def _decision_rows(decisions: Sequence[Decision]) -> list[tuple]:
             d.model.name,
             d.model.version,
             json.dumps(dict(d.context), sort_keys=True, default=str) if d.context else None,
+            d.experiment_id,
+            d.arm,
+            d.unit_id,
+            int(d.shadow),
         )
         for d in decisions
         for o in d.offers

@@ -21,6 +21,8 @@ class ExportSummary:
     decision_rows: int
     outcome_rows: int
     anonymised_customers: int
+    shadow_path: Path | None = None
+    shadow_rows: int = 0
 
 
 def export_contract(
@@ -29,6 +31,11 @@ def export_contract(
     known_customers: Collection[str] | None = None,
 ) -> ExportSummary:
     """Write the log as contract files ``decisions.parquet`` and ``outcomes.parquet``.
+
+    ``decisions.parquet`` holds the served offers (exposures) with their ``experiment_id``,
+    ``arm`` and ``unit_id``; the decisions of shadow arms, never served, go to
+    ``shadow_decisions.parquet`` (same columns), which ``recsys data load`` does not read, so
+    they never become training examples.
 
     ``recsys data load OUT_DIR`` then appends the new rows to the warehouse (loading twice
     adds nothing: both tables are keyed), so the next training sees what was served.
@@ -47,12 +54,14 @@ def export_contract(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    decisions = log.decision_rows()
+    logged = log.decision_rows()
+    decisions = [r for r in logged if not r["shadow"]]
+    shadows = [r for r in logged if r["shadow"]]
     outcomes = log.outcome_rows()
     anonymised: set[str] = set()
     if known_customers is not None:
         known = set(known_customers)
-        for row in decisions:
+        for row in logged:
             if row["customer_id"] is not None and row["customer_id"] not in known:
                 anonymised.add(row["customer_id"])
                 row["customer_id"] = None
@@ -60,19 +69,24 @@ def export_contract(
     def naive(ts: datetime) -> datetime:
         return to_utc(ts).replace(tzinfo=None)
 
-    decisions_table = pa.table(
-        {
-            "decision_id": pa.array([r["decision_id"] for r in decisions], pa.string()),
-            "ts": pa.array([naive(r["ts"]) for r in decisions], pa.timestamp("us")),
-            "touchpoint_id": pa.array([r["touchpoint_id"] for r in decisions], pa.string()),
-            "offer_id": pa.array([r["offer_id"] for r in decisions], pa.string()),
-            "customer_id": pa.array([r["customer_id"] for r in decisions], pa.string()),
-            "position": pa.array([r["position"] for r in decisions], pa.int64()),
-            "propensity": pa.array([r["propensity"] for r in decisions], pa.float64()),
-            "policy": pa.array([r["policy"] for r in decisions], pa.string()),
-            "context": pa.array([r["context"] for r in decisions], pa.string()),
-        }
-    )
+    def decisions_table(rows: list[dict]) -> pa.Table:
+        return pa.table(
+            {
+                "decision_id": pa.array([r["decision_id"] for r in rows], pa.string()),
+                "ts": pa.array([naive(r["ts"]) for r in rows], pa.timestamp("us")),
+                "touchpoint_id": pa.array([r["touchpoint_id"] for r in rows], pa.string()),
+                "offer_id": pa.array([r["offer_id"] for r in rows], pa.string()),
+                "customer_id": pa.array([r["customer_id"] for r in rows], pa.string()),
+                "position": pa.array([r["position"] for r in rows], pa.int64()),
+                "propensity": pa.array([r["propensity"] for r in rows], pa.float64()),
+                "policy": pa.array([r["policy"] for r in rows], pa.string()),
+                "context": pa.array([r["context"] for r in rows], pa.string()),
+                "experiment_id": pa.array([r["experiment_id"] for r in rows], pa.string()),
+                "arm": pa.array([r["arm"] for r in rows], pa.string()),
+                "unit_id": pa.array([r["unit_id"] for r in rows], pa.string()),
+            }
+        )
+
     outcomes_table = pa.table(
         {
             "decision_id": pa.array([r["decision_id"] for r in outcomes], pa.string()),
@@ -84,7 +98,11 @@ def export_contract(
     )
     decisions_path = out / "decisions.parquet"
     outcomes_path = out / "outcomes.parquet"
-    pq.write_table(decisions_table, decisions_path)
+    pq.write_table(decisions_table(decisions), decisions_path)
+    shadow_path = None
+    if shadows:
+        shadow_path = out / "shadow_decisions.parquet"
+        pq.write_table(decisions_table(shadows), shadow_path)
     pq.write_table(outcomes_table, outcomes_path)
     logger.info(
         "event log exported: %d decision rows, %d outcomes -> %s",
@@ -93,5 +111,11 @@ def export_contract(
         out,
     )
     return ExportSummary(
-        decisions_path, outcomes_path, len(decisions), len(outcomes), len(anonymised)
+        decisions_path,
+        outcomes_path,
+        len(decisions),
+        len(outcomes),
+        len(anonymised),
+        shadow_path,
+        len(shadows),
     )

@@ -20,7 +20,9 @@ import numpy as np
 from recsys.eligibility import ContactHistory
 from recsys.errors import ConfigError, EventLogUnavailable
 from recsys.eventlog.base import (
+    ADDED_DECISION_COLUMNS,
     CAP_PROBES_PER_QUERY,
+    DECISION_COLUMNS,
     OUTCOME_TYPES,
     CapProbe,
     Event,
@@ -42,7 +44,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-_INSERT_DECISION = "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_DECISION = (
+    f"INSERT INTO decisions ({', '.join(DECISION_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(DECISION_COLUMNS))})"
+)
 _INSERT_EMPTY = "INSERT INTO decisions_without_offers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
@@ -63,6 +68,10 @@ _SCHEMA = (
         model_name TEXT,
         model_version TEXT,
         context TEXT,
+        experiment_id TEXT NULL,
+        arm TEXT NULL,
+        unit_id TEXT NULL,
+        shadow INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (decision_id, offer_id)
     ) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS decisions_customer_ts ON decisions (customer_id, ts_us)",
@@ -155,6 +164,7 @@ class SQLiteEventLog(EventLog):
         with self._write():
             for statement in _SCHEMA:
                 self._con.execute(statement)
+            self._add_missing_columns()
 
     def _reopen(self) -> None:
         """A fresh connection (the file may have been replaced, or been read-only)."""
@@ -201,6 +211,14 @@ class SQLiteEventLog(EventLog):
             self._last_fault = fault.kind
             raise fault from exc
         self._last_fault = None
+
+    def _add_missing_columns(self) -> None:
+        """Migrate a log written by an older release in place (columns added since)."""
+        have = {row[1] for row in self._con.execute("PRAGMA table_info(decisions)")}
+        for name, kind in ADDED_DECISION_COLUMNS.items():
+            if name not in have:
+                self._con.execute(f"ALTER TABLE decisions ADD COLUMN {name} {kind}")
+                logger.info("event log %s: added column decisions.%s", self.path, name)
 
     def checkpoint_in_background(self, every_s: float) -> None:
         """Move WAL checkpoints off the write path: a thread checkpoints every ``every_s``.
@@ -314,7 +332,7 @@ class SQLiteEventLog(EventLog):
                 f"WITH p(customer_id, offer_id, since) AS (VALUES {values}) "
                 "SELECT p.customer_id, p.offer_id, p.since, (SELECT count(*) FROM decisions d "
                 "WHERE d.customer_id = p.customer_id AND d.offer_id = p.offer_id "
-                "AND d.ts_us >= p.since) FROM p",
+                "AND d.ts_us >= p.since AND d.shadow = 0) FROM p",
                 [value for probe in chunk for value in probe],
             ).fetchall()
         return {(c, o, since): n for c, o, since, n in rows}
@@ -358,7 +376,7 @@ class SQLiteEventLog(EventLog):
             marks = ",".join("?" * len(chunk))
             for decision_id, offer_id, customer_id, ts_us in self._con.execute(
                 "SELECT decision_id, offer_id, customer_id, ts_us FROM decisions "
-                f"WHERE decision_id IN ({marks})",
+                f"WHERE decision_id IN ({marks}) AND shadow = 0",
                 chunk,
             ):
                 served[decision_id][offer_id] = (customer_id, ts_us)
@@ -382,7 +400,7 @@ class SQLiteEventLog(EventLog):
                 # One statement (one read transaction): contacts (ts_us set) and acceptances.
                 for customer_id, offer_id, ts_us in self._con.execute(
                     "SELECT customer_id, offer_id, ts_us FROM decisions "
-                    f"WHERE customer_id IN ({marks}) AND ts_us >= ? "
+                    f"WHERE customer_id IN ({marks}) AND ts_us >= ? AND shadow = 0 "
                     "UNION ALL SELECT customer_id, offer_id, NULL FROM events "
                     f"WHERE customer_id IN ({marks}) AND type IN ('accept', 'convert')",
                     [*chunk, since_us, *chunk],
@@ -407,7 +425,8 @@ class SQLiteEventLog(EventLog):
             cursor = self._con.execute(
                 "SELECT decision_id, ts_us, touchpoint_id, offer_id, customer_id, position, "
                 "propensity, policy, context, channel, score, explored, fallback, model_name, "
-                "model_version FROM decisions ORDER BY ts_us, decision_id, position"
+                "model_version, experiment_id, arm, unit_id, shadow FROM decisions "
+                "ORDER BY ts_us, decision_id, position"
             )
             names = [d[0] for d in cursor.description]
             rows = cursor.fetchall()
@@ -417,6 +436,7 @@ class SQLiteEventLog(EventLog):
             record["ts"] = _from_us(record.pop("ts_us"))
             record["explored"] = bool(record["explored"])
             record["fallback"] = bool(record["fallback"])
+            record["shadow"] = bool(record["shadow"])
             out.append(record)
         return out
 

@@ -106,6 +106,9 @@ def test_export_writes_contract_files_that_the_loader_reads(served, tmp_path):
         "propensity",
         "policy",
         "context",
+        "experiment_id",
+        "arm",
+        "unit_id",
     ]
     # the unknown customer's decision is exported as anonymous (the warehouse lacks it)
     assert decisions.loc[decisions.decision_id == d2.decision_id, "customer_id"].isna().all()

@@ -325,8 +325,11 @@ def test_requests_of_two_arms_are_decided_by_their_own_model_and_policy():
     explore = Arm("treatment", tiny_model(), EpsilonGreedy(1.0), "exp-1")
 
     class Alternate:
-        def resolve(self, requests):
+        def resolve(self, requests, now):
             return [greedy if i % 2 == 0 else explore for i in range(len(requests))]
+
+        def shadows(self, requests, now):
+            return ()
 
     pipeline = make_pipeline(None)
     pipeline.arms = Alternate()

@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from experiments.store import ExperimentStore
 from recsys.catalog import Catalog
 from recsys.decision import FeatureBlock, MatrixScorer, ServedModel
 from recsys.eventlog import EventLog
@@ -122,6 +123,7 @@ def make_components(
     load_model: ModelLoader | None = None,
     event_log: EventLog | None = None,
     start: bool = True,
+    experiment_store: ExperimentStore | None = None,
     **serving: Any,
 ) -> Components:
     """The service's components on small real parts (``source=None``: no model at all)."""
@@ -140,6 +142,7 @@ def make_components(
         observer=observer,
         clock=clock or FixedClock(),
         start=start,
+        experiment_store=experiment_store,
     )
 
 

@@ -133,6 +133,7 @@ async def decide(
         context=MappingProxyType(dict(body.context or {})),
         limit=body.limit,
         exclude_offers=tuple(body.exclude_offers),
+        unit_id=body.unit_id,
     )
     decision = await components.batcher.decide(decision_request, trace=trace)
     return json_response(decision_dict(decision))

@@ -28,6 +28,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from experiments.store import open_experiment_store
 from recsys.eventlog import EventLog, SQLiteEventLog
 from recsys.settings import (
     ApiKeyRecord,
@@ -144,6 +145,7 @@ def build_stack(
     serving: ServingSettings | None = None,
     start: bool = True,
     rates: dict | None = None,
+    experiment_store: Any = None,
 ) -> Stack:
     metrics = ServiceMetrics()
     raw_log = log if log is not None else SQLiteEventLog(tmp_path / "events.sqlite")
@@ -165,6 +167,9 @@ def build_stack(
         load_model=model_loader(scorer_wrapper),
         start=start,
         rates=rates,
+        # as in production: experiments live beside the decisions
+        experiment_store=experiment_store
+        or open_experiment_store(f"sqlite:///{tmp_path / 'events.sqlite'}"),
     )
     holder = components.holder
     app = create_app(components=components, hardened=False)
@@ -197,6 +202,7 @@ def stack_factory(tmp_path, keys):
 
     yield factory
     for made in stacks:
+        made.app.state.components.arms.stop()  # its store poller
         made.holder.stop()
         made.client.__exit__(None, None, None)
         made.log.close()
