@@ -210,7 +210,7 @@ def test_a_reload_slower_than_the_request_timeout_answers_202_then_swaps(
 def test_the_last_good_copy_that_fails_its_checksum_is_not_served(
     stack_factory, registry, tmp_path, monkeypatch
 ):
-    reg, versions = registry
+    _, versions = registry
     cache = tmp_path / "cache"
     first = registry_stack(stack_factory, registry, cache)
     pointer = json.loads((cache / NAME / "last_good.json").read_text())
