@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -119,24 +120,34 @@ def check_model_files(
     return CheckReport(plain.name, reason, seconds, LoadOptions())
 
 
-def _run_child(
-    flavour: str, files: ModelFiles, options: LoadOptions, timeout: float
-) -> tuple[list[tuple[Any, ...]], int | None]:
-    """The child's messages, and its exit code (None: killed at ``timeout``).
+@dataclass
+class _Child:
+    """A checking process waiting for its job on stdin; its messages come on ``reader``."""
 
-    A subprocess of this interpreter, not a multiprocessing child: ``spawn`` would run the
-    parent's ``__main__`` again, which a script without a main guard does not survive.
+    process: subprocess.Popen[bytes]
+    reader: int
+
+    def discard(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        os.close(self.reader)
+
+
+_spare: _Child | None = None
+_spare_lock = threading.Lock()
+
+
+def _spawn() -> _Child:
+    """A fresh interpreter of this code that imports the scorers, then waits for a job.
+
+    A subprocess, not a multiprocessing child: ``spawn`` would run the parent's
+    ``__main__`` again, which a script without a main guard does not survive.
     """
-    job = {
-        "flavour": flavour,
-        "model_file": str(files.model_file),
-        "columns": list(files.columns),
-        "compiled_dir": None if options.compiled_dir is None else str(options.compiled_dir),
-    }
     read_end, write_end = os.pipe()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     try:
-        child = subprocess.Popen(
+        process = subprocess.Popen(
             [
                 sys.executable,
                 "-c",
@@ -147,20 +158,68 @@ def _run_child(
             pass_fds=(write_end,),
             env=env,
         )
+    except BaseException:
+        os.close(read_end)
+        raise
     finally:
         os.close(write_end)
-    with os.fdopen(read_end, "rb") as reader:
-        assert child.stdin is not None
-        child.stdin.write(json.dumps(job).encode("utf-8"))
-        child.stdin.close()
-        exitcode: int | None
-        try:
-            exitcode = child.wait(timeout)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-            exitcode = None
-        messages = [tuple(json.loads(line)) for line in reader.read().splitlines() if line]
+    return _Child(process, read_end)
+
+
+def _take_child() -> _Child:
+    """The spare child (its imports done while idle), or a new one."""
+    global _spare
+    with _spare_lock:
+        child, _spare = _spare, None
+    if child is not None and child.process.poll() is None:
+        return child
+    if child is not None:
+        child.discard()
+    return _spawn()
+
+
+def _keep_spare() -> None:
+    """Start the next check's process now: importing the scorers takes seconds, and a
+    version promoted to fix a bad one should be checked without them. One per process;
+    it exits when this process does (its stdin closes)."""
+    global _spare
+    with _spare_lock:
+        if _spare is None:
+            _spare = _spawn()
+
+
+def _run_child(
+    flavour: str, files: ModelFiles, options: LoadOptions, timeout: float
+) -> tuple[list[tuple[Any, ...]], int | None]:
+    """The child's messages, and its exit code (None: killed at ``timeout``). Each check
+    runs in a process of its own (never one that checked another model)."""
+    job = {
+        "flavour": flavour,
+        "model_file": str(files.model_file),
+        "columns": list(files.columns),
+        "compiled_dir": None if options.compiled_dir is None else str(options.compiled_dir),
+    }
+    child = _take_child()
+    process = child.process
+    try:
+        with os.fdopen(child.reader, "rb", closefd=False) as reader:
+            assert process.stdin is not None
+            try:
+                process.stdin.write(json.dumps(job).encode("utf-8"))
+                process.stdin.close()
+            except BrokenPipeError:  # it died waiting; its exit code says how
+                pass
+            exitcode: int | None
+            try:
+                exitcode = process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()  # before reading: its end of the pipe closes with it
+                process.wait()
+                exitcode = None
+            messages = [tuple(json.loads(line)) for line in reader.read().splitlines() if line]
+    finally:
+        child.discard()
+        _keep_spare()
     return messages, exitcode
 
 
@@ -184,8 +243,14 @@ def _why(messages: list[tuple[Any, ...]], exitcode: int | None, timeout: float) 
 
 def child_main() -> None:
     """The child's entry point: the job as JSON on stdin, messages as JSON lines to the file
-    descriptor in ``argv[1]``."""
-    job = json.loads(sys.stdin.read())
+    descriptor in ``argv[1]``. The scorers are imported before the job is read (a spare
+    child waits with them loaded); no job (the parent exited): nothing to do."""
+    import recsys.scoring  # noqa: F401  (the slow part, done while waiting)
+
+    raw = sys.stdin.read()
+    if not raw:
+        return
+    job = json.loads(raw)
     with os.fdopen(int(sys.argv[1]), "w", buffering=1, encoding="utf-8") as out:
 
         def send(*message: Any) -> None:
