@@ -220,3 +220,75 @@ def test_a_truncated_champion_is_refused_by_every_worker_without_a_crash(service
     assert log.count(f"refusing model {NAME} v{bad}") == WORKERS  # once per worker, no retry
     assert "the process crashed (SIG" in log
     assert recovery < RECOVERY_LIMIT_S
+
+
+def damage_cached_copy(cache: Path, version: str) -> None:
+    """Truncate the cached copy of ``version`` and rewrite its checksum to match: damage the
+    checksum cannot see, so the child check has to catch it."""
+    (entry,) = cache.glob(f"*/v{version}")
+    truncated(entry / "artifacts", 0.5)
+    entry.with_name(entry.name + ".sha256").write_text(read_model_dir(entry).digest())
+
+
+def run_until(service: Service, key: str, until, timeout: float = 120.0) -> tuple[Tally, float]:
+    """Load from launch until ``until(tally)``; the tally (answers only) and the seconds
+    from launch (worker start-up included)."""
+    launched = time.monotonic()
+    tally, stop = Tally(), threading.Event()
+    clients = [threading.Thread(target=load, args=(service, key, tally, stop)) for _ in range(2)]
+    for client in clients:
+        client.start()
+    try:
+        while not until(tally):
+            assert time.monotonic() - launched < timeout, service.log()[-4000:]
+            assert service.proc.poll() is None, service.log()[-4000:]
+            time.sleep(0.2)
+        took = time.monotonic() - launched
+    finally:
+        stop.set()
+        for client in clients:
+            client.join()
+        service.stop()
+    tally.seen = [entry for entry in tally.seen if entry[1] != 0]  # before the port opened
+    return tally, took
+
+
+def test_a_damaged_cache_entry_never_stops_the_start(service_env, tmp_path):
+    reg, env, key = service_env
+    good = register(reg, write_model_dir(tmp_path / "good"))
+    reg.promote(good)
+    cache = Path(env["RECSYS_TEST_MODEL_CACHE"])
+    first = Service(env, LOG_DIR / "model-faults-cache-1.log")
+    try:
+        first.wait_ready(key)
+    finally:
+        first.stop()
+
+    def serves(version: str):
+        return lambda t: sum(1 for _, s, v, _ in t.seen if s == 200 and v == version) >= 20
+
+    damage_cached_copy(cache, good)
+    again = Service(env, LOG_DIR / "model-faults-cache-2.log")
+    tally, took = run_until(again, key, serves(good))
+    print("\n| fault | requests | 200 | fallback | 503 | 500 | seconds to recover |")
+    print(tally.row("damaged cache entry at start, registry up (s from launch)", took))
+    assert {s for _, s, _, _ in tally.seen} == {200}
+    assert again.worker_starts() == WORKERS
+    assert "discarding it and downloading it again" in again.log()
+
+    damage_cached_copy(cache, good)
+    down = dict(env, RECSYS_TEST_REGISTRY_URI="http://127.0.0.1:9",
+                MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="3")  # fmt: skip
+    unreachable = Service(down, LOG_DIR / "model-faults-cache-3.log")
+    answered = 40
+
+    def answers(t: Tally) -> bool:
+        return sum(1 for _, s, _, _ in t.seen if s != 0) >= answered
+
+    tally, took = run_until(unreachable, key, answers)
+    print(tally.row("damaged last good copy at start, registry down (serves the fallback)", took))
+    assert len(tally.seen) >= answered
+    assert {s for _, s, _, _ in tally.seen} == {200}
+    assert all(fallback for _, _, _, fallback in tally.seen)
+    assert unreachable.worker_starts() == WORKERS
+    assert "the process crashed (SIG" in unreachable.log()
