@@ -235,6 +235,19 @@ class LifecycleSettings(_Section):
         description="when the registry has no model under the alias: serve the popularity/"
         "rules fallback until one is promoted (default: refuse to start, it is a setup error)",
     )
+    model_check_timeout_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="a candidate model is loaded and test-scored in a child process first "
+        "(a file that crashes there is refused); longer than this: refused too",
+    )
+    reload_wait_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="POST /admin/model/reload and /follow answer with the outcome when the "
+        "swap is done within this; else 202 with a status URL (keep below "
+        "limits.request_timeout_seconds)",
+    )
 
 
 class ObservabilitySettings(_Section):

@@ -304,7 +304,11 @@ def build_components(
 
     def load_model(path: Path, version: str) -> ServedModel:
         loaded = load_model_dir(
-            path, name=settings.model_name, version=version, compiled_dir=compiled_dir
+            path,
+            name=settings.model_name,
+            version=version,
+            compiled_dir=compiled_dir,
+            check_timeout=settings.lifecycle.model_check_timeout_seconds,
         )
         if "encoding" not in loaded.spec:
             raise SpecMismatchError(

@@ -3,12 +3,21 @@
 - :class:`ModelHolder` holds the served model (its matrix builder and scorer, swapped
   together by one attribute assignment: a request in flight keeps the model it started
   with). It follows a registry alias by polling (``model_poll_seconds``) and on demand
-  (``POST /admin/model/reload``). A candidate that fails to load, whose feature spec does
-  not match the online store, or whose trial decisions fail or score outside [0, 1], is
-  refused: the previous model stays and the refusal is logged and counted.
-- Every model accepted from the registry is kept in ``model_cache_dir`` with a
-  ``last_good.json`` pointer; when the registry is unreachable at start, the last good
-  local copy is served (``source: cache``).
+  (``POST /admin/model/reload``). A candidate is first loaded and test-scored in a child
+  process (:mod:`recsys.scoring.check`: a file that crashes LightGBM or LLVM kills only
+  that child). A candidate that crashes or fails there, fails its checksum, whose feature
+  spec does not match the online store, or whose trial decisions fail or score outside
+  [0, 1], is refused: the previous model stays and the refusal is logged ("refusing model
+  NAME vN ...") and counted. A refused version is remembered (a marker in the model cache,
+  seen by every worker) and not tried again until an admin reload asks for it.
+- Every version downloaded from the registry is kept in ``model_cache_dir`` with its
+  checksum beside it (and compared with the registry's ``recsys.model_sha256`` tag); a
+  copy that fails its checksum or its check is discarded and downloaded once more. A
+  ``last_good.json`` pointer names the last version served; when the registry is
+  unreachable (or its version refused) at start, that copy is served (``source: cache``).
+- Reloads and alias changes are transactional: the followed alias changes only when its
+  version is swapped in; :meth:`ModelHolder.start_swap` runs one in the background for the
+  admin routes.
 - No model at all: the popularity/rules fallback (:mod:`serving.resilience`), responses
   ``fallback: true``, status 200, ``model: {name: "fallback", version: "popularity"|"rules"}``.
 - The accepted model's scorer sits behind the circuit breaker (:class:`ResilientScorer`);
@@ -25,17 +34,19 @@ import os
 import shutil
 import tempfile
 import threading
+import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from recsys.arbitration import Policy
 from recsys.decision import Arm, Decision, DecisionRequest, ServedModel
-from recsys.errors import ModelRefused, SpecMismatchError
+from recsys.errors import ModelRefused, NotFoundError, RecsysError, SpecMismatchError
 from recsys.settings import LifecycleSettings
 from serving.errors import unavailable_types
+from serving.model import read_model_dir
 from serving.model_sources import LocalDirSource, ModelSource, NoChampion
 from serving.resilience import CircuitBreaker, NoMatrix, PopularityScorer, ResilientScorer
 
@@ -63,6 +74,33 @@ class SwapResult:
     previous: str
     current: str
     detail: str = ""
+
+
+#: Background swaps each process remembers (for ``GET /admin/model/swaps/{id}``).
+KEPT_SWAP_JOBS = 32
+
+
+@dataclass
+class SwapJob:
+    """A reload or follow running in the background; :meth:`wait` for its outcome."""
+
+    id: str
+    action: str  # reload | follow
+    alias: str | None
+    started_at: datetime
+    outcome: SwapResult | None = None
+    finished_at: datetime | None = None
+    _done: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def finish(self, outcome: SwapResult) -> None:
+        self.outcome = outcome
+        self.finished_at = datetime.now(UTC)
+        self._done.set()
+
+    def wait(self, seconds: float) -> SwapResult | None:
+        """The outcome once done, or None if the swap still runs after ``seconds``."""
+        self._done.wait(seconds)
+        return self.outcome
 
 
 class DecisionObserver(Protocol):
@@ -127,7 +165,9 @@ class ModelHolder:
         self.fallback_model = ServedModel(fallback.model, NoMatrix(), fallback)
         self._current = Served(self.fallback_model, "none", datetime.now(UTC))
         self._refresh_lock = threading.Lock()
-        self._refused: set[str] = set()
+        self._refused: dict[str, str] = {}  # version -> why
+        self._jobs: dict[str, SwapJob] = {}
+        self._jobs_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
@@ -167,7 +207,7 @@ class ModelHolder:
             logger.warning("no model source: serving the %s fallback", fallback)
             self._publish(self._current)
             return self._current
-        outcome = self.refresh(force=True)
+        outcome = self.refresh()  # a version refused before (by any worker) is not retried
         if outcome.result == "swapped":
             return self._current
         if outcome.result == "missing":
@@ -193,11 +233,13 @@ class ModelHolder:
             self._publish(self._current)
         return self._current
 
-    def refresh(self, force: bool = False) -> SwapResult:
-        """Check the followed alias; load, check and swap in a new version.
+    def refresh(self, force: bool = False, alias: str | None = None) -> SwapResult:
+        """Check an alias (None: the followed one); load, check and swap in a new version.
 
-        ``force`` reloads the alias's version even when it is the one being served or was
-        refused before (an operator asked for it).
+        A version refused before (by this process, or by another worker: a marker in the
+        model cache) is not tried again unless ``force``: an operator asked for it. ``force``
+        also reloads the version being served. With ``alias``, the holder follows it from
+        now on if, and only if, its version is swapped in.
         """
         version_now = self._current.model.info.version
         if self.source is None:
@@ -206,29 +248,38 @@ class ModelHolder:
             previous = self._current
             before = previous.model.info.version
             try:
-                version = self.source.resolve()
+                version = self.source.resolve(alias)
             except NoChampion as exc:
                 return self._failed("missing", before, str(exc))
             except Exception as exc:
                 return self._failed("unreachable", before, f"registry unreachable: {exc}")
             same = not previous.is_fallback and before == version
-            if not force and (same or version in self._refused):
+            if not force and same:
                 return SwapResult("unchanged", before, before)
+            refused_before = None if force else self._refusal(version)
+            if refused_before is not None:
+                detail = (
+                    f"version {version} was refused before ({refused_before}); "
+                    "POST /admin/model/reload tries it again"
+                )
+                return SwapResult("refused" if previous.is_fallback else "unchanged", before,
+                                  before, detail)  # fmt: skip
             try:
-                path = self._fetch(version)
-                model = self._candidate(path, version)
+                model, path = self._checked_candidate(version)
             except unavailable_types() as exc:
                 logger.warning("model %s v%s not loaded: %s", self.model_name, version, exc)
                 detail = f"version {version} not checked: {type(exc).__name__}: {exc}"
                 return self._failed("unreachable", before, detail)
             except Exception as exc:
-                self._refused.add(version)
-                logger.error("refusing model %s v%s (keeping v%s): %s", self.model_name,
-                             version, before, exc)  # fmt: skip
+                self._remember_refusal(version, str(exc))
+                logger.error("refusing model %s v%s (keeping %s v%s): %s", self.model_name,
+                             version, previous.model.info.name, before, exc)  # fmt: skip
                 return self._failed("refused", before, f"version {version} refused: {exc}")
             source = "local" if isinstance(self.source, LocalDirSource) else "registry"
             self._publish(Served(model, source, datetime.now(UTC)))
-            self._refused.discard(version)
+            if alias is not None:
+                self.source.follow(alias)  # only now: a refused alias changes nothing
+            self._forget_refusal(version)
             self.last_error = None
             if source == "registry":
                 self._remember(path, version)
@@ -239,14 +290,67 @@ class ModelHolder:
 
     def follow(self, alias: str) -> SwapResult:
         """Follow another alias of the registered model (e.g. challenger) and load it; a
-        refused or unresolvable alias leaves the followed one as it was."""
-        assert self.source is not None
-        was = self.source.alias
-        self.source.follow(alias)
-        outcome = self.refresh(force=True)
-        if outcome.result != "swapped":
-            self.source.follow(was)
-        return outcome
+        refused or unresolvable alias leaves the followed one (and the served model) as they
+        were.
+
+        Raises
+        ------
+        NotFoundError
+            The model source follows no aliases (a local model folder, or none).
+        """
+        self.check_followable(alias)
+        return self.refresh(force=True, alias=alias)
+
+    def check_followable(self, alias: str) -> None:
+        """Raise NotFoundError unless the model source can follow ``alias``."""
+        if self.source is None:
+            raise NotFoundError("`alias` can only be followed with a registry model source")
+        if isinstance(self.source, LocalDirSource):
+            self.source.follow(alias)  # raises: a local folder has no aliases
+
+    # ---------------------------------------------------------------- swaps in the background
+
+    def start_swap(self, alias: str | None = None) -> SwapJob:
+        """Reload the followed alias (or follow ``alias``) in a background thread; the job
+        tells when it is done and how it went (``POST /admin/model/reload`` and ``/follow``
+        wait a little for it, then answer 202 with its status URL)."""
+        if alias is not None:
+            self.check_followable(alias)
+        job = SwapJob(uuid.uuid4().hex[:16], "follow" if alias else "reload", alias,
+                      datetime.now(UTC))  # fmt: skip
+
+        def run() -> None:
+            try:
+                outcome = self.refresh(force=True, alias=alias)
+            except Exception as exc:  # refresh reports failures as results; never lose a job
+                logger.exception("model %s failed", job.action)
+                current = self._current.model.info.version
+                outcome = SwapResult("unreachable", current, current, f"{type(exc).__name__}")
+            job.finish(outcome)
+
+        with self._jobs_lock:
+            self._jobs[job.id] = job
+            while len(self._jobs) > KEPT_SWAP_JOBS:
+                self._jobs.pop(next(iter(self._jobs)))
+        threading.Thread(target=run, name=f"model-{job.action}", daemon=True).start()
+        return job
+
+    def swap_job(self, job_id: str) -> SwapJob:
+        """A swap started here (the last :data:`KEPT_SWAP_JOBS`).
+
+        Raises
+        ------
+        NotFoundError
+            No such job in this process.
+        """
+        with self._jobs_lock:
+            job = self._jobs.get(job_id)
+        if job is None:
+            raise NotFoundError(
+                f"no model swap {job_id!r} in this process (pid {os.getpid()}; each worker "
+                f"keeps its last {KEPT_SWAP_JOBS})"
+            )
+        return job
 
     def _failed(self, result: str, version: str, detail: str) -> SwapResult:
         self.last_error = detail
@@ -267,36 +371,129 @@ class ModelHolder:
         """The last good copy this service served, whichever source it came from."""
         return Path(self.settings.model_cache_dir) / self.model_name / LAST_GOOD
 
-    def _fetch(self, version: str) -> Path:
+    def _checked_candidate(self, version: str) -> tuple[ServedModel, Path]:
+        """The candidate ``version``, fetched, checked and tried; a cached copy whose files
+        fail is discarded and downloaded once more."""
+        path, fresh = self._fetch(version)
+        try:
+            return self._candidate(path, version), path
+        except _FilesRefused as exc:
+            if fresh:
+                raise
+            logger.warning("model %s v%s: the cached copy fails (%s): discarding it and "
+                           "downloading it again", self.model_name, version, exc)  # fmt: skip
+            self._discard(version)
+        path, _ = self._fetch(version)
+        return self._candidate(path, version), path
+
+    def _entry(self, version: str) -> tuple[Path, Path]:
+        """The cache folder of ``version`` and the checksum file beside it."""
+        root = self._cache_root()
+        return root / f"v{version}", root / f"v{version}.sha256"
+
+    def _fetch(self, version: str) -> tuple[Path, bool]:
+        """The folder of ``version`` and whether it was just downloaded.
+
+        A cached copy is used if its checksum matches the one written beside it (and the
+        registry's); else it is discarded and downloaded again. A download whose checksum
+        differs from the registry's is refused.
+        """
         assert self.source is not None
         if isinstance(self.source, LocalDirSource):
-            return self.source.path
-        root = self._cache_root()
-        final = root / f"v{version}"
+            return self.source.path, True
+        final, digest_file = self._entry(version)
+        expected = self.source.expected_digest(version)
         if final.is_dir():
-            return final
-        root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".v{version}-", dir=root))
+            problem = _digest_problem(final, digest_file, expected)
+            if problem is None:
+                return final, False
+            logger.warning("model %s v%s: the cached copy %s: discarding it and downloading "
+                           "it again", self.model_name, version, problem)  # fmt: skip
+            self._discard(version)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".v{version}-", dir=final.parent))
         try:
             self.source.download(version, staging)
-            os.replace(staging, final)  # a half-downloaded copy is never under its final name
-        except BaseException:
+            digest = read_model_dir(staging).digest()
+            if expected is not None and digest != expected:
+                raise _FilesRefused(
+                    f"checksum mismatch: the registry records {expected}, the downloaded "
+                    f"files give {digest}"
+                )
+            _write_atomic(digest_file, digest)
+            try:
+                os.replace(staging, final)  # a half-downloaded copy is never under its name
+            except OSError:
+                if not final.is_dir():  # another worker published it first: use theirs
+                    raise
+        finally:
             shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return final
+        return final, True
+
+    def _discard(self, version: str) -> None:
+        final, digest_file = self._entry(version)
+        shutil.rmtree(final, ignore_errors=True)
+        digest_file.unlink(missing_ok=True)
 
     def _candidate(self, path: Path, version: str) -> ServedModel:
-        """Load ``path``, try it, and put its scorer behind the breaker and the fallback."""
+        """Load ``path`` (checked in a child process first), try it, and put its scorer
+        behind the breaker and the fallback."""
         try:
             model = self.load(path, version)
+        except unavailable_types():
+            raise
         except Exception as exc:
-            raise ModelRefused(f"cannot load the model files: {type(exc).__name__}: {exc}") from exc
+            raise _FilesRefused(
+                f"cannot load the model files: {type(exc).__name__}: {exc}"
+            ) from exc
         try:
             self.trial(model)
         except SpecMismatchError as exc:
             raise ModelRefused(f"feature spec mismatch: {exc}") from exc
         scorer = ResilientScorer(model.scorer, self.fallback, self.breaker)
         return ServedModel(model.info, model.matrix, scorer)
+
+    # ---------------------------------------------------------------- refused versions
+
+    def _refusal_file(self, version: str) -> Path | None:
+        """Where a refusal of ``version`` is remembered for every worker (registry only: a
+        local folder has no versions)."""
+        if isinstance(self.source, LocalDirSource):
+            return None
+        return self._cache_root() / "refused" / f"v{version}.json"
+
+    def _refusal(self, version: str) -> str | None:
+        """Why ``version`` was refused before (here or by another worker), or None."""
+        if version in self._refused:
+            return self._refused[version]
+        marker = self._refusal_file(version)
+        if marker is None or not marker.is_file():
+            return None
+        try:
+            return str(json.loads(marker.read_text(encoding="utf-8"))["reason"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return "reason unreadable"
+
+    def _remember_refusal(self, version: str, reason: str) -> None:
+        """Remember in the model cache (every worker sees it; an admin reload that succeeds
+        anywhere clears it), or in this process where there is no marker."""
+        marker = self._refusal_file(version)
+        if marker is None:
+            self._refused[version] = reason
+            return
+        record = {"version": version, "reason": reason, "at": datetime.now(UTC).isoformat()}
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            _write_atomic(marker, json.dumps(record))
+        except OSError as exc:
+            logger.warning("cannot record the refusal of v%s in %s: %s", version, marker, exc)
+            self._refused[version] = reason
+
+    def _forget_refusal(self, version: str) -> None:
+        self._refused.pop(version, None)
+        marker = self._refusal_file(version)
+        if marker is not None:
+            marker.unlink(missing_ok=True)
 
     def _remember(self, path: Path, version: str) -> None:
         pointer = self._pointer()
@@ -307,9 +504,7 @@ class ModelHolder:
             "path": str(path.resolve()),
             "saved_at": datetime.now(UTC).isoformat(),
         }
-        tmp = pointer.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record), encoding="utf-8")
-        os.replace(tmp, pointer)
+        _write_atomic(pointer, json.dumps(record))
 
     def _load_last_good(self) -> None:
         pointer = self._pointer()
@@ -320,6 +515,9 @@ class ModelHolder:
             path, version = Path(record["path"]), str(record["version"])
         except (ValueError, KeyError) as exc:
             raise ModelRefused(f"{pointer} is unreadable: {exc}") from exc
+        problem = _digest_problem(path, path.with_name(path.name + ".sha256"), None)
+        if problem is not None:
+            raise ModelRefused(f"the last good copy {path} {problem}")
         try:
             model = self._candidate(path, version)
         except unavailable_types() as exc:
@@ -351,6 +549,39 @@ class ModelHolder:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+
+
+class _FilesRefused(ModelRefused):
+    """The candidate's files fail (checksum, child-process check, load): a cached copy of
+    them is worth downloading again, unlike a model that loads and is refused."""
+
+
+def _digest_problem(folder: Path, digest_file: Path, expected: str | None) -> str | None:
+    """What is wrong with the checksum of a cached model folder, or None."""
+    try:
+        digest = read_model_dir(folder).digest()
+    except (OSError, RecsysError) as exc:
+        return f"is unreadable ({exc})"
+    if not digest_file.is_file():
+        return f"has no checksum beside it ({digest_file.name})"
+    recorded = digest_file.read_text(encoding="utf-8").strip()
+    if digest != recorded:
+        return f"fails its checksum (recorded {recorded}, files give {digest})"
+    if expected is not None and digest != expected:
+        return f"differs from the registry's checksum ({expected}, files give {digest})"
+    return None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the new, never a part."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@ LightGBM text model (flavour ``lightgbm``) or a scikit-learn estimator in a skop
 (``sklearn``). Serving reads them with mlflow (download) and the flavour's scorer from
 :data:`recsys.scoring.SCORERS`: no training code, no pyfunc wrapper and no pandas on the hot
 path. With a compile folder, a LightGBM model is served compiled by lleaves (checked against
-LightGBM at load, LightGBM if that fails; see :mod:`recsys.scoring.lleaves`).
+LightGBM at load, LightGBM if that fails; see :mod:`recsys.scoring.lleaves`). Every model is
+loaded and test-scored in a child process before this process loads it
+(:mod:`recsys.scoring.check`): a file that crashes the library is refused, not served.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from typing import Any
 from recsys.decision import ModelInfo
 from recsys.errors import NotFoundError, SpecMismatchError
 from recsys.scoring import LightGBMScorer, LoadOptions, ModelFiles, ModelScorer, load_scorer
+from recsys.scoring.check import check_model_files
+from recsys.scoring.digest import model_digest
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +31,8 @@ SPEC_FILE = "feature_spec.json"
 #: The flavour of a model folder whose feature spec records none (written before flavours
 #: were recorded, when every registered model was LightGBM).
 UNRECORDED_FLAVOUR = "lightgbm"
+#: Seconds the child process may take to check a model (compiling a large one takes tens).
+CHECK_TIMEOUT_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -37,16 +43,63 @@ class LoadedModel:
     path: Path
 
 
+@dataclass(frozen=True)
+class ModelFolder:
+    """A model folder as read (not loaded): its feature spec and the model file it names."""
+
+    spec_file: Path
+    spec: dict[str, Any]
+    flavour: str
+    files: ModelFiles
+
+    def digest(self) -> str:
+        """The model's checksum (:func:`recsys.scoring.digest.model_digest`)."""
+        return model_digest(self.spec_file, self.files.model_file)
+
+
+def read_model_dir(path: str | Path) -> ModelFolder:
+    """Read the feature spec of a model folder and find its model file (nothing is loaded).
+
+    Raises
+    ------
+    NotFoundError
+        No ``feature_spec.json``, or no model file where it says.
+    SpecMismatchError
+        The spec is not JSON or lacks ``columns``.
+    """
+    root = Path(path)
+    spec_files = sorted(root.rglob(SPEC_FILE))
+    if not spec_files:
+        raise NotFoundError(f"model folder must contain {SPEC_FILE}, got none under {root}")
+    spec_path = spec_files[0]
+    try:
+        spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise SpecMismatchError(f"{SPEC_FILE} must be a JSON object, got: {exc}") from None
+    if not isinstance(spec, dict):
+        raise SpecMismatchError(f"{SPEC_FILE} must be a JSON object, got {type(spec).__name__}")
+    columns = spec.get("columns")
+    if not columns:
+        raise SpecMismatchError(f"{SPEC_FILE} must list the model's `columns`, got {columns!r}")
+    flavour = str(spec.get("flavour", UNRECORDED_FLAVOUR))
+    files = ModelFiles(_model_file(spec_path.parent, spec.get("model_file")), tuple(columns))
+    return ModelFolder(spec_path, spec, flavour, files)
+
+
 def load_model_dir(
     path: str | Path,
     name: str = "offer-ranker",
     version: str = "local",
     compiled_dir: Path | None = None,
+    check_timeout: float = CHECK_TIMEOUT_SECONDS,
 ) -> LoadedModel:
-    """Load a downloaded model folder (``feature_spec.json`` + the model file it names).
+    """Check a downloaded model folder in a child process, then load it here.
 
-    With ``compiled_dir`` a flavour with a compiled scorer is served compiled (binaries
-    cached there).
+    The model file is loaded and test-scored in a child process first
+    (:func:`recsys.scoring.check.check_model_files`): a file that crashes LightGBM or LLVM
+    there is refused and never loaded by this process. With ``compiled_dir`` a flavour with
+    a compiled scorer is served compiled (binaries cached there) if its compiled copy passes
+    the check too, else by its plain scorer.
 
     Raises
     ------
@@ -55,33 +108,32 @@ def load_model_dir(
     SpecMismatchError
         The spec lacks ``columns``, records an unknown ``flavour``, or the model reads
         another number of columns than it lists.
+    ModelRefused
+        The model crashed, failed or hung (``check_timeout`` seconds) in the child process.
     """
-    root = Path(path)
-    spec_files = sorted(root.rglob(SPEC_FILE))
-    if not spec_files:
-        raise NotFoundError(f"model folder must contain {SPEC_FILE}, got none under {root}")
-    spec_path = spec_files[0]
-    spec = json.loads(spec_path.read_text(encoding="utf-8"))
-    columns = spec.get("columns")
-    if not columns:
-        raise SpecMismatchError(f"{SPEC_FILE} must list the model's `columns`, got {columns!r}")
-    flavour = str(spec.get("flavour", UNRECORDED_FLAVOUR))
-    files = ModelFiles(_model_file(spec_path.parent, spec.get("model_file")), tuple(columns))
+    folder = read_model_dir(path)
     options = LoadOptions(compiled_dir=None if compiled_dir is None else Path(compiled_dir))
-    scorer = load_scorer(flavour, files, options)
+    report = check_model_files(folder.flavour, folder.files, options, check_timeout)
+    if report.compiled_failed is not None:
+        logger.warning("model %s v%s: compiled copy refused (%s): scored by %s", name, version,
+                       report.compiled_failed, report.scorer)  # fmt: skip
+    scorer = load_scorer(folder.flavour, folder.files, report.options)
     info = ModelInfo(
-        name=name, version=str(version), feature_spec_version=spec.get("feature_spec_version")
+        name=name,
+        version=str(version),
+        feature_spec_version=folder.spec.get("feature_spec_version"),
     )
     logger.info(
-        "model %s v%s loaded from %s (%s, %d columns, scored by %s)",
+        "model %s v%s loaded from %s (%s, %d columns, scored by %s; checked in %.1f s)",
         name,
         version,
-        files.model_file,
-        flavour,
-        len(files.columns),
+        folder.files.model_file,
+        folder.flavour,
+        len(folder.files.columns),
         scorer.name,
+        report.seconds,
     )
-    return LoadedModel(scorer, info, spec, root)
+    return LoadedModel(scorer, info, folder.spec, Path(path))
 
 
 def _model_file(folder: Path, named: str | None) -> Path:
@@ -125,6 +177,8 @@ __all__ = [
     "SPEC_FILE",
     "LightGBMScorer",
     "LoadedModel",
+    "ModelFolder",
     "load_model_dir",
     "load_registered_model",
+    "read_model_dir",
 ]

@@ -31,6 +31,7 @@ from mlflow.models import infer_signature
 
 import recsys
 from recsys.errors import ConfigError, NotFoundError
+from recsys.scoring.digest import MODEL_DIGEST_TAG, model_digest
 from recsys.settings import Settings
 from training import plots
 from training.encoding import feature_spec
@@ -195,6 +196,13 @@ def log_training(
             else None,
         )
         version = info.registered_model_version
+        if version is not None:  # serving refuses a download whose checksum differs
+            MlflowClient().set_model_version_tag(
+                settings.model_name,
+                str(version),
+                MODEL_DIGEST_TAG,
+                model_digest(spec_file, model_file),
+            )
         logger.info("logged run %s (model version %s)", run.info.run_id, version)
         return LoggedRun(
             run.info.run_id,

@@ -89,6 +89,31 @@ class ModelScorer(ABC):
             The model reads another number of columns than ``files.columns`` lists.
         """
 
+    @classmethod
+    def load_strict(cls, files: ModelFiles, options: LoadOptions) -> ModelScorer:
+        """:meth:`load`, raising where :meth:`load` would fall back to another scorer (what
+        the model check runs, to learn why)."""
+        return cls.load(files, options)
+
+    @classmethod
+    def discard_cache(cls, files: ModelFiles, options: LoadOptions) -> None:
+        """Delete what :meth:`load` cached for ``files`` (a compiled binary that failed its
+        check); nothing for a flavour that caches nothing."""
+        return None
+
+    def check_matrix(self, n: int, seed: int = 0) -> np.ndarray:
+        """Rows the model check scores: zeros, ones and random values of either sign.
+
+        Returns
+        -------
+        ndarray, shape (n, len(self.columns))
+        """
+        rng = np.random.default_rng(seed)
+        rows = rng.normal(0.0, 100.0, size=(n, len(self.columns)))
+        rows[0] = 0.0
+        rows[min(1, n - 1)] = 1.0
+        return rows
+
     @abstractmethod
     def _score(self, matrix: np.ndarray) -> np.ndarray: ...
 

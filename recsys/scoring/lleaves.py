@@ -17,24 +17,19 @@ import tempfile
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
 
-import lightgbm as lgb
 import lleaves
 import llvmlite.binding as llvm
 import numpy as np
 
 from recsys.scoring.base import LoadOptions, ModelFiles, ModelScorer, check_width
-from recsys.scoring.lightgbm import LightGBMScorer
+from recsys.scoring.lightgbm import LightGBMScorer, check_rows
 
 logger = logging.getLogger(__name__)
 
 #: Largest |compiled - LightGBM| accepted on the check rows (the two agree to ~1e-15).
 COMPILED_TOLERANCE = 1e-9
 CHECK_ROWS = 512
-#: LightGBM's ``kZeroThreshold`` (the float 1e-35): when it predicts, LightGBM reads any
-#: |x| <= this as 0, and it puts a split "at zero" at -this or +this.
-LIGHTGBM_ZERO = float(np.float32(1e-35))
 
 
 @dataclass
@@ -66,8 +61,7 @@ class LleavesScorer(ModelScorer):
         fails or the two disagree (one warning line says why)."""
         reference = LightGBMScorer.load(files, options)
         try:
-            compiled = cls(_compile(files.model_file, options.compiled_dir), files.columns)
-            compiled.verify(reference)
+            compiled = cls._compiled(files, options, reference)
         except Exception as exc:  # any compiler failure: LightGBM still scores correctly
             logger.warning(
                 "model file %s: compiled scoring unavailable, using LightGBM: %s: %s",
@@ -77,6 +71,29 @@ class LleavesScorer(ModelScorer):
             )
             return reference
         return compiled
+
+    @classmethod
+    def load_strict(cls, files: ModelFiles, options: LoadOptions) -> ModelScorer:
+        """The compiled scorer, checked against LightGBM; raises why where :meth:`load`
+        would fall back."""
+        return cls._compiled(files, options, LightGBMScorer.load(files, options))
+
+    @classmethod
+    def _compiled(
+        cls, files: ModelFiles, options: LoadOptions, reference: LightGBMScorer
+    ) -> LleavesScorer:
+        compiled = cls(_compile(files.model_file, options.compiled_dir), files.columns)
+        compiled.verify(reference)
+        return compiled
+
+    @classmethod
+    def discard_cache(cls, files: ModelFiles, options: LoadOptions) -> None:
+        """Delete the cached binary of ``files`` (and its digest): the next load compiles."""
+        if options.compiled_dir is None:
+            return
+        cached = cache_file(files.model_file, options.compiled_dir)
+        for path in (cached, cached.with_name(cached.name + ".sha256")):
+            path.unlink(missing_ok=True)
 
     def verify(self, reference: LightGBMScorer) -> None:
         """Raise ValueError unless this model scores :func:`check_rows` as ``reference`` does."""
@@ -144,41 +161,4 @@ def _publish(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def check_rows(booster: lgb.Booster, n: int, seed: int = 0) -> np.ndarray:
-    """Rows that exercise the model: every cell is a split value of its feature (just
-    below, at or above a numeric threshold; in or out of a category set) or missing.
-
-    Returns
-    -------
-    ndarray, shape (n, booster.num_feature())
-    """
-    values: list[set[float]] = [set() for _ in range(booster.num_feature())]
-
-    def walk(node: dict[str, Any]) -> None:
-        if "split_feature" not in node:
-            return
-        feature = node["split_feature"]
-        threshold = node["threshold"]
-        if isinstance(threshold, str):  # categorical: "1||4||7"
-            cats = [float(c) for c in threshold.split("||") if c]
-            values[feature].update(cats)
-            values[feature].update(c + 1 for c in cats)
-        else:
-            values[feature].update((threshold, np.nextafter(threshold, np.inf), threshold - 1))
-        walk(node["left_child"])
-        walk(node["right_child"])
-
-    for tree in booster.dump_model()["tree_info"]:
-        walk(tree["tree_structure"])
-    rng = np.random.default_rng(seed)
-    rows = np.empty((n, len(values)))
-    for j, seen in enumerate(values):
-        # A split at zero (threshold -1e-35 or 1e-35) is checked at 0 and on either side, not
-        # at 1e-35 itself: LightGBM reads that as 0 and lleaves does not, so the two differ
-        # there, and only there: on values within 1e-35 of zero, which the features here
-        # (counts, days, amounts, rates) do not take.
-        seen = {0.0 if abs(v) <= LIGHTGBM_ZERO else v for v in seen}
-        pool = np.array(sorted(seen) or [0.0])
-        rows[:, j] = rng.choice(pool, size=n)
-    rows[rng.random(rows.shape) < 0.05] = np.nan
-    return rows
+__all__ = ["COMPILED_TOLERANCE", "LleavesScorer", "cache_file", "check_rows"]

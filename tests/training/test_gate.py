@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 import yaml
@@ -14,8 +15,10 @@ from typer.testing import CliRunner
 from recsys.cli import app
 from recsys.loading import load_directory
 from recsys.obd import import_obd
+from recsys.scoring.digest import MODEL_DIGEST_TAG
 from recsys.settings import Settings
 from recsys.warehouse import connect
+from serving.model import read_model_dir
 from tests.training.factories import frame_encoder, make_world
 from training.config import build_config
 from training.gate import quality_gate
@@ -149,6 +152,12 @@ def test_refused_models_are_logged_not_registered_and_forced_ones_are(constant, 
     forced = log_training(constant, settings, force=True)
     assert forced.model_version is not None
     assert client.get_run(forced.run_id).data.tags["quality_gate"] == "forced"
+    # The registered version carries the checksum serving verifies its download against.
+    version = client.get_model_version(settings.model_name, forced.model_version)
+    local = mlflow.artifacts.download_artifacts(
+        f"models:/{settings.model_name}/{forced.model_version}"
+    )
+    assert version.tags[MODEL_DIGEST_TAG] == read_model_dir(local).digest()
 
 
 def test_the_registered_model_is_refit_on_every_row_and_the_run_says_so(good, settings):

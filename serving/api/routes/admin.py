@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from recsys.errors import InvalidRequestError
 from serving.deps import ComponentsDep
-from serving.lifecycle import ModelHolder, SwapResult
+from serving.lifecycle import ModelHolder, SwapJob, SwapResult
 from serving.schemas import ErrorOut
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -35,11 +35,30 @@ class ModelStatusOut(BaseModel):
 
 
 class SwapOut(BaseModel):
-    result: str = Field(description="swapped | unchanged | refused | unreachable | missing")
+    result: str = Field(
+        description="swapped | unchanged | refused | unreachable | missing, or pending (202: "
+        "still running; its outcome at status_url)"
+    )
     previous: str
     current: str
     detail: str
     model: ModelStatusOut
+    status_url: str | None = Field(
+        default=None, description="GET it for the outcome of this swap (202 only)"
+    )
+
+
+class SwapJobOut(BaseModel):
+    id: str
+    action: str = Field(description="reload | follow")
+    alias: str | None
+    state: str = Field(description="running | done")
+    started_at: str
+    finished_at: str | None
+    status_code: int | None = Field(
+        description="the status POST would have answered with the outcome (200, 409, 503)"
+    )
+    outcome: SwapOut | None
 
 
 class FollowBody(BaseModel):
@@ -51,28 +70,52 @@ class FollowBody(BaseModel):
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    202: {
+        "model": SwapOut,
+        "description": "The swap still runs after lifecycle.reload_wait_seconds: poll "
+        "status_url (GET /admin/model/swaps/{id}) for its outcome",
+    },
     401: {"model": ErrorOut, "description": "No or unknown API key"},
     403: {"model": ErrorOut, "description": "Not an admin key"},
     409: {
         "model": SwapOut,
         "description": "The candidate was refused, or the alias names no version; "
-        "the served model stays",
+        "the served model and the followed alias stay",
     },
     422: {"model": ErrorOut, "description": "Invalid body, or no registry to follow an alias in"},
     503: {"model": SwapOut, "description": "The registry is unreachable"},
 }
+_STATUS = {"refused": 409, "missing": 409, "unreachable": 503}
 
 
-def _swap_response(holder: ModelHolder, outcome: SwapResult) -> JSONResponse:
-    body = SwapOut(
+def _swap_out(holder: ModelHolder, outcome: SwapResult) -> SwapOut:
+    return SwapOut(
         result=outcome.result,
         previous=outcome.previous,
         current=outcome.current,
         detail=outcome.detail,
         model=ModelStatusOut(**holder.status()),
     )
-    status = {"refused": 409, "missing": 409, "unreachable": 503}.get(outcome.result, 200)
-    return JSONResponse(body.model_dump(mode="json"), status_code=status)
+
+
+def _answer(holder: ModelHolder, job: SwapJob) -> JSONResponse:
+    """The outcome if the swap is done within ``reload_wait_seconds``, else 202 + where to
+    poll (a compile can outlast the request timeout; the swap goes on either way)."""
+    outcome = job.wait(holder.settings.reload_wait_seconds)
+    if outcome is not None:
+        body = _swap_out(holder, outcome)
+        return JSONResponse(body.model_dump(mode="json"), _STATUS.get(outcome.result, 200))
+    url = f"/admin/model/swaps/{job.id}"
+    version = holder.current.model.info.version
+    pending = SwapOut(
+        result="pending",
+        previous=version,
+        current=version,
+        detail=f"the {job.action} still runs; GET {url} for its outcome",
+        model=ModelStatusOut(**holder.status()),
+        status_url=url,
+    )
+    return JSONResponse(pending.model_dump(mode="json"), 202, headers={"Location": url})
 
 
 @router.get("/model", response_model=ModelStatusOut, responses=_ERRORS, summary="Served model")
@@ -87,8 +130,9 @@ def model_status(holder: HolderDep) -> ModelStatusOut:
     summary="Load the version the followed alias names now",
 )
 def reload_model(holder: HolderDep) -> JSONResponse:
-    """Reload from the registry; a refused candidate leaves the served model in place."""
-    return _swap_response(holder, holder.refresh(force=True))
+    """Reload from the registry (even a version refused before); a refused candidate leaves
+    the served model in place. Answers when the swap is done, or 202 with a status URL."""
+    return _answer(holder, holder.start_swap())
 
 
 @router.post(
@@ -98,10 +142,33 @@ def reload_model(holder: HolderDep) -> JSONResponse:
     summary="Follow another registry alias (e.g. challenger) and load it",
 )
 def follow_alias(body: FollowBody, holder: HolderDep) -> JSONResponse:
+    """Follow ``alias`` if its version is swapped in; a refused or unknown alias changes
+    nothing. Answers when the swap is done, or 202 with a status URL."""
     try:
-        outcome = holder.follow(body.alias)
+        job = holder.start_swap(alias=body.alias)
     except LookupError as exc:
         raise InvalidRequestError(
             "alias", "a registry model source", body.alias, str(exc)
         ) from None
-    return _swap_response(holder, outcome)
+    return _answer(holder, job)
+
+
+@router.get(
+    "/model/swaps/{job_id}",
+    response_model=SwapJobOut,
+    responses={401: _ERRORS[401], 403: _ERRORS[403], 404: {"model": ErrorOut}},
+    summary="The state and outcome of a reload or follow that answered 202",
+)
+def swap_status(job_id: str, holder: HolderDep) -> SwapJobOut:
+    job = holder.swap_job(job_id)
+    outcome = job.outcome
+    return SwapJobOut(
+        id=job.id,
+        action=job.action,
+        alias=job.alias,
+        state="running" if outcome is None else "done",
+        started_at=job.started_at.isoformat(),
+        finished_at=None if job.finished_at is None else job.finished_at.isoformat(),
+        status_code=None if outcome is None else _STATUS.get(outcome.result, 200),
+        outcome=None if outcome is None else _swap_out(holder, outcome),
+    )

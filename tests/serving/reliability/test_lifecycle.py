@@ -84,6 +84,34 @@ def decide(stack, body=DECIDE):
     return stack.client.post("/v1/decisions", json=body, headers=stack.keys.headers("secret"))
 
 
+class SwapAnswer:
+    """The outcome of an admin reload or follow, polled to the end when it answered 202."""
+
+    def __init__(self, status_code: int, body: dict, first_status: int):
+        self.status_code = status_code
+        self._body = body
+        self.first_status = first_status
+
+    def json(self) -> dict:
+        return self._body
+
+
+def admin_swap(stack, path: str = "/admin/model/reload", body=None, timeout: float = 120.0):
+    headers = stack.keys.headers("admin")
+    response = stack.client.post(path, json=body, headers=headers)
+    if response.status_code != 202:
+        return SwapAnswer(response.status_code, response.json(), response.status_code)
+    url = response.json()["status_url"]
+    assert response.headers["location"] == url
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = stack.client.get(url, headers=headers).json()
+        if job["state"] == "done":
+            return SwapAnswer(job["status_code"], job["outcome"], 202)
+        time.sleep(0.2)
+    raise AssertionError(f"{path}: the swap did not finish within {timeout} s")
+
+
 def test_the_service_follows_the_alias_and_names_the_version(stack_factory, registry, tmp_path):
     reg, versions = registry
     reg.promote(versions["v1"])
@@ -153,7 +181,7 @@ def test_a_corrupt_model_is_refused_and_the_previous_one_stays(stack_factory, re
     stack = registry_stack(stack_factory, registry, tmp_path)
     reg.promote(versions["corrupt"])
     try:
-        response = stack.client.post("/admin/model/reload", headers=stack.keys.headers("admin"))
+        response = admin_swap(stack)
     finally:
         reg.promote(versions["v1"])
     assert response.status_code == 409
@@ -173,7 +201,7 @@ def test_a_model_of_another_feature_spec_is_refused(stack_factory, registry, tmp
     stack = registry_stack(stack_factory, registry, tmp_path)
     reg.promote(versions["other_spec"])
     try:
-        response = stack.client.post("/admin/model/reload", headers=stack.keys.headers("admin"))
+        response = admin_swap(stack)
     finally:
         reg.promote(versions["v1"])
     assert response.status_code == 409 and "feature spec" in response.json()["detail"]
@@ -186,9 +214,7 @@ def test_follow_another_alias(stack_factory, registry, tmp_path):
     reg.promote(versions["v1"])
     reg.promote(versions["v2"], alias="challenger")
     stack = registry_stack(stack_factory, registry, tmp_path)
-    response = stack.client.post(
-        "/admin/model/follow", json={"alias": "challenger"}, headers=stack.keys.headers("admin")
-    )
+    response = admin_swap(stack, "/admin/model/follow", {"alias": "challenger"})
     assert response.status_code == 200 and response.json()["result"] == "swapped"
     assert response.json()["model"]["alias"] == "challenger"
     assert decide(stack).json()["model"]["version"] == versions["v2"]
@@ -211,7 +237,7 @@ def test_registry_down_at_start_serves_the_last_good_local_copy(
     assert status["source"] == "cache" and status["version"] == versions["v2"]
     body = decide(down).json()
     assert body["model"]["version"] == versions["v2"] and body["fallback"] is False
-    reload = down.client.post("/admin/model/reload", headers=down.keys.headers("admin"))
+    reload = admin_swap(down)
     assert reload.status_code == 503 and reload.json()["result"] == "unreachable"
 
 
@@ -416,7 +442,7 @@ def test_no_champion_refuses_to_start_unless_told_to_serve_the_fallback(
     assert decide(stack).json()["fallback"] is True
     reg.promote(versions["v2"], alias="no-such-alias")
     try:
-        reload = stack.client.post("/admin/model/reload", headers=stack.keys.headers("admin"))
+        reload = admin_swap(stack)
     finally:
         reg.client.delete_registered_model_alias(NAME, "no-such-alias")
     assert reload.json()["result"] == "swapped"
