@@ -61,11 +61,16 @@ class PinnedVersion:
         self.alias = f"v{version}"
         self.cache_key = registry.cache_key
 
-    def resolve(self) -> str:
+    def resolve(self, alias: str | None = None) -> str:
+        if alias is not None and alias != self.alias:
+            raise NotFoundError(f"an arm's pinned model version follows no alias, got {alias!r}")
         return self.version
 
     def download(self, version: str, dst: Path) -> Path:
         return self.registry.download(version, dst)
+
+    def expected_digest(self, version: str) -> str | None:
+        return self.registry.expected_digest(version)
 
     def follow(self, alias: str) -> None:
         raise NotFoundError("an arm's pinned model version follows no alias")
