@@ -18,16 +18,17 @@ Nothing loops over units in Python; everything after the query works on a few do
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from experiments.metrics import METRICS, QUANTITIES, Metric, metric
 from experiments.stats import (
-    ArmEstimate,
     Interval,
     Lift,
     Moments,
@@ -38,6 +39,7 @@ from experiments.stats import (
     sample_ratio_mismatch,
     units_needed,
 )
+from recsys.errors import ConfigError
 
 Segment = Literal["all", "touchpoint", "offer"]
 _SEGMENT_SQL: dict[str, str] = {
@@ -222,7 +224,11 @@ def moments_query(src: SQLSource, segment: Segment, peeks: int) -> str:
     def dbl(expr: str) -> str:
         return f"CAST(SUM({expr}) AS DOUBLE PRECISION)"
 
-    sums = [f"{dbl(first)} AS units", f"{dbl('n')} AS s_n", f"{dbl('c_n * c_n - (c_n - n) * (c_n - n)')} AS s_nn"]
+    sums = [
+        f"{dbl(first)} AS units",
+        f"{dbl('n')} AS s_n",
+        f"{dbl('c_n * c_n - (c_n - n) * (c_n - n)')} AS s_nn",
+    ]
     for q in qs:
         sums += [
             f"{dbl(q)} AS {q}_q",
@@ -293,8 +299,18 @@ class SegmentMoments:
         if metric_.per == "unit":
             # n = 1 per unit: sum(n) = sum(n^2) = units, products with n are plain sums
             u = self.units[peek]
-            return Moments(u, u, u, s["q"][peek], s["qq"][peek], s["q"][peek],
-                           s["x"][peek], s["xx"][peek], s["xq"][peek], s["x"][peek])
+            return Moments(
+                u,
+                u,
+                u,
+                s["q"][peek],
+                s["qq"][peek],
+                s["q"][peek],
+                s["x"][peek],
+                s["xx"][peek],
+                s["xq"][peek],
+                s["x"][peek],
+            )
         return Moments(
             self.units[peek], self.n[peek], self.nn[peek],
             s["q"][peek], s["qq"][peek], s["qn"][peek],
@@ -538,8 +554,9 @@ def _verdict(
     cs = primary.lift.sequence_relative
     interval = f"{_pct(primary.lift.relative)} [{_pct(cs.lower)}, {_pct(cs.upper)}]"
     breached = [g.metric for g in guardrails if g.status == "breach"]
-    better = primary.lift.sequence.lower > 0
-    worse = primary.lift.sequence.upper < 0
+    # the interval shown is the relative one, so the verdict reads the same interval
+    better = cs.lower > 0
+    worse = cs.upper < 0
     if not METRICS[plan.primary_metric].higher_is_better:
         better, worse = worse, better
     if better and not breached:
@@ -631,7 +648,7 @@ def analyse(
         secondary = [r for r in results if r.arm == arm and r.role == "secondary"]
         adjusted = adjust_p_values([r.lift.p_value for r in secondary], plan.correction)
         for r, p in zip(secondary, adjusted, strict=True):
-            results[results.index(r)] = _replace(r, adjusted_p_value=p)
+            results[results.index(r)] = replace(r, adjusted_p_value=p)
 
     timeline: list[TimelinePoint] = []
     primary_metric = METRICS[plan.primary_metric]
@@ -690,12 +707,6 @@ def analyse(
         verdicts=verdicts,
         screening=dict(screening or {}),
     )
-
-
-def _replace(result: MetricResult, **changes: Any) -> MetricResult:
-    from dataclasses import replace
-
-    return replace(result, **changes)
 
 
 def _summaries(
@@ -767,11 +778,82 @@ def _segments(
     return out
 
 
-def estimates_for(
-    plan: AnalysisPlan, moments: Mapping[str, SegmentMoments], metric_name: str
-) -> dict[str, ArmEstimate]:
-    """Each arm's estimate of ``metric_name`` from final moments (CUPED per the plan)."""
-    metric_ = METRICS[metric_name]
-    names = [a.name for a in plan.arms]
-    ests = estimate_arms([moments[a].moments(metric_) for a in names], cuped=plan.cuped)
-    return dict(zip(names, ests, strict=True))
+@contextmanager
+def open_event_log(url: str) -> Iterator[SQLSource]:
+    """The event log at ``url`` (settings ``event_log_url``) as a source for :func:`analyse`.
+
+    ``postgresql://...?schema=S``: queried in place. ``sqlite:///PATH``: its two tables are
+    copied into an in-memory DuckDB (the embedded warehouse engine) and queried there.
+
+    Raises
+    ------
+    ConfigError
+        If the URL is neither, or the SQLite file does not exist.
+    """
+    if url.startswith(("postgresql://", "postgresql+psycopg://")):
+        import psycopg
+
+        from recsys.eventlog_postgres import parse_url
+
+        conninfo, schema = parse_url(url)
+        pg = psycopg.connect(conninfo, autocommit=True)
+        try:
+            yield SQLSource.postgres(pg, schema)
+        finally:
+            pg.close()
+        return
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        raise ConfigError(
+            f"`event_log_url` must start with sqlite:/// or postgresql://, got {url!r}"
+        )
+    path = url.removeprefix(prefix)
+    if not Path(path).is_file():
+        raise ConfigError(f"`event_log_url` names no event log file: {path!r} does not exist")
+    import sqlite3
+
+    import duckdb
+    import pandas as pd
+
+    lite = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    con = duckdb.connect()
+    try:
+        for table in ("decisions", "events"):
+            frame = pd.read_sql_query(f"SELECT * FROM {table}", lite)
+            con.register(f"_{table}", frame)
+            con.execute(f"CREATE TABLE {table} AS SELECT * FROM _{table}")
+            con.unregister(f"_{table}")
+        lite.close()
+        yield SQLSource(con, "duckdb")
+    finally:
+        con.close()
+
+
+def load_plan(path: str | Path | None = None, **options: Any) -> AnalysisPlan:
+    """The analysis plan from a YAML file, with ``options`` (not None) overriding its fields.
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing or a field is invalid (the message names the field).
+    """
+    import yaml
+    from pydantic import ValidationError
+
+    data: dict[str, Any] = {}
+    if path is not None:
+        if not Path(path).is_file():
+            raise ConfigError(f"`plan` must name a YAML file, got {str(path)!r}")
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"`plan` {path} must hold a mapping, got {type(loaded).__name__}")
+        data.update(loaded)
+    data.update({k: v for k, v in options.items() if v is not None})
+    try:
+        return AnalysisPlan(**data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"`{'.'.join(str(p) for p in e['loc']) or 'plan'}`: {e['msg']} (got {e.get('input')!r})"
+            for e in exc.errors()
+        )
+        raise ConfigError(f"invalid experiment plan: {problems}") from None

@@ -219,9 +219,7 @@ def welch(
     se = math.sqrt(var_t + var_c)
     if se == 0:
         return Interval(diff, diff), (1.0 if diff == 0 else 0.0)
-    df = (var_t + var_c) ** 2 / (
-        var_t**2 / (treatment.units - 1) + var_c**2 / (control.units - 1)
-    )
+    df = (var_t + var_c) ** 2 / (var_t**2 / (treatment.units - 1) + var_c**2 / (control.units - 1))
     q = float(sps.t.ppf(1 - alpha / 2, df))
     p = float(2 * sps.t.sf(abs(diff) / se, df))
     return Interval(diff - q * se, diff + q * se), p
@@ -251,7 +249,9 @@ def normal_mixture_radius(
     rho2 = (-2 * math.log(alpha) + math.log(-2 * math.log(alpha) + 1)) / planned
     t = samples
     sigma = se * math.sqrt(t)
-    return sigma * math.sqrt(2 * (t * rho2 + 1) / (t * t * rho2) * math.log(math.sqrt(t * rho2 + 1) / alpha))
+    return sigma * math.sqrt(
+        2 * (t * rho2 + 1) / (t * t * rho2) * math.log(math.sqrt(t * rho2 + 1) / alpha)
+    )
 
 
 def lift(

@@ -91,7 +91,7 @@ FROM _rows
 """
     )
     con.execute(
-        f"""
+        """
 INSERT INTO decisions
 SELECT decision_id, offer_id, ts_us, touchpoint_id, 'web', customer_id, 1, 1.0, 'greedy', p,
        0, 0, 'offer-ranker', CASE arm WHEN 'B' THEN '2' ELSE '1' END, NULL,

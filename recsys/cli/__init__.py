@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-from recsys.cli import data, evaluate_logs, features, models, serve, train
+from recsys.cli import data, evaluate_logs, experiments, features, models, serve, train
 
 app = typer.Typer(
     help="recsys: next-best-offer engine for every customer touchpoint.",
@@ -16,6 +16,7 @@ app = typer.Typer(
 app.add_typer(data.app, name="data", help="Generate, validate, load and summarise data.")
 app.add_typer(features.app, name="features", help="Build, materialise and inspect features.")
 app.add_typer(models.app, name="models", help="List and promote registered models.")
+app.add_typer(experiments.app, name="experiments", help="Analyse and report experiments.")
 train.register(app)
 evaluate_logs.register(app)
 serve.register(app)
