@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from experiments.metrics import METRICS, QUANTITIES, Metric, metric
@@ -41,12 +42,6 @@ from experiments.stats import (
 )
 from recsys.errors import ConfigError
 
-Segment = Literal["all", "touchpoint", "offer"]
-_SEGMENT_SQL: dict[str, str] = {
-    "all": "'all'",
-    "touchpoint": "d.touchpoint_id",
-    "offer": "d.offer_id",
-}
 _QUANTITY_NAMES = tuple(QUANTITIES)
 _SUMS = ("q", "qq", "qn", "x", "xx", "xq", "xn")
 
@@ -171,28 +166,13 @@ def _flag(types: Sequence[str]) -> str:
     return f"MAX(CASE WHEN e.type IN ({listed}) THEN 1 ELSE 0 END)"
 
 
-def _decision_quantities(prefix: str) -> str:
-    """Per decision: its quantities from the per-offer ``hits`` (``prefix`` = base alias)."""
-    cols = []
-    for q, types in QUANTITIES.items():
-        if q == "offers":
-            cols.append("COUNT(*) AS offers")
-        elif types is None:
-            cols.append(f"SUM(COALESCE(h.{q}, 0)) AS {q}")
-        else:
-            cols.append(f"MAX(COALESCE(h.{q}, 0)) AS {q}")
-    return ", ".join(cols)
-
-
 def _hits(base: str, src: SQLSource) -> str:
-    """Per (decision, offer) of ``base``: which quantities its events made count."""
-    cols = []
-    for q, types in QUANTITIES.items():
-        if q == "offers":
-            continue
-        cols.append(
-            f"SUM(COALESCE(e.revenue, 0)) AS {q}" if types is None else f"{_flag(types)} AS {q}"
-        )
+    """Per (decision, offer) of ``base`` with events: which quantities its events made count."""
+    cols = [
+        f"SUM(COALESCE(e.revenue, 0)) AS {q}" if types is None else f"{_flag(types)} AS {q}"
+        for q, types in QUANTITIES.items()
+        if q != "offers"
+    ]
     return (
         f"SELECT b.decision_id, b.offer_id, {', '.join(cols)} "
         f"FROM {base} b JOIN {src.events} e "
@@ -203,10 +183,29 @@ def _hits(base: str, src: SQLSource) -> str:
     )
 
 
-def moments_query(src: SQLSource, segment: Segment, peeks: int) -> str:
-    """The SQL returning, per (arm, segment, peek), ``units``, ``s_n``, ``s_nn`` and for each
-    quantity ``q`` the sums ``{q}_q, {q}_qq, {q}_qn, {q}_x, {q}_xx, {q}_xq, {q}_xn`` of the units'
-    cumulative values up to that peek (as increments: the caller takes running sums)."""
+def _offer_columns() -> str:
+    """Per offer served: its quantities (1 offer; 0 where no event made one count)."""
+    return ", ".join(
+        "1 AS offers" if q == "offers" else f"COALESCE(h.{q}, 0) AS {q}" for q in QUANTITIES
+    )
+
+
+def _decision_columns() -> str:
+    """Per decision, from its offers: offers and revenue add up, a flag counts once."""
+    return ", ".join(
+        f"SUM({q}) AS {q}" if types is None else f"MAX({q}) AS {q}"
+        for q, types in QUANTITIES.items()
+    )
+
+
+def moments_query(src: SQLSource, peeks: int) -> str:
+    """The SQL returning, per (kind, arm, segment, peek), ``units``, ``s_n``, ``s_nn`` and for
+    each quantity ``q`` the sums ``{q}_q, {q}_qq, {q}_qn, {q}_x, {q}_xx, {q}_xq, {q}_xn``.
+
+    ``kind`` is ``all`` (one segment, ``peeks`` peeks: increments of the units' cumulative
+    values, the caller takes running sums), ``touchpoint`` or ``offer`` (one peek). Within an
+    offer, a "decision" is a showing of the offer.
+    """
     m = src.marker
     unit = "COALESCE(d.unit_id, d.customer_id)"
     if peeks > 1:
@@ -216,9 +215,9 @@ def moments_query(src: SQLSource, segment: Segment, peeks: int) -> str:
         peek = "0"
     qs = _QUANTITY_NAMES
     unit_sums = ", ".join(f"SUM({q}) AS {q}" for q in qs)
-    running = ", ".join(
-        f"SUM(u.{q}) OVER w AS c_{q}, COALESCE(p.{q}, 0) AS x_{q}, u.{q}" for q in qs
-    )
+    covariates = ", ".join(f"COALESCE(p.{q}, 0) AS x_{q}" for q in qs)
+    running = ", ".join(f"{q}, SUM({q}) OVER w AS c_{q}, x_{q}" for q in qs)
+    single = ", ".join(f"{q}, {q} AS c_{q}, x_{q}" for q in qs)
     first = "CASE WHEN c_n = n THEN 1 ELSE 0 END"
 
     def dbl(expr: str) -> str:
@@ -241,22 +240,31 @@ def moments_query(src: SQLSource, segment: Segment, peeks: int) -> str:
         ]
     return f"""
 WITH base AS (
-    SELECT d.decision_id, d.offer_id, d.ts_us, d.arm, {unit} AS unit,
-           {_SEGMENT_SQL[segment]} AS segment, {peek} AS peek
+    SELECT d.decision_id, d.offer_id, d.ts_us, d.arm, {unit} AS unit, d.touchpoint_id,
+           {peek} AS peek
     FROM {src.decisions} d
     WHERE d.experiment_id = {m("experiment")} AND d.shadow = 0
       AND d.ts_us >= {m("start_us")} AND d.ts_us < {m("end_us")}
       AND {unit} IS NOT NULL AND d.arm IS NOT NULL
 ),
 hits AS ({_hits("base", src)}),
-decided AS (
-    SELECT b.arm, b.unit, b.segment, b.peek, b.decision_id, {_decision_quantities("b")}
+offer_rows AS (
+    SELECT b.arm, b.unit, b.touchpoint_id, b.offer_id, b.peek, b.decision_id, {_offer_columns()}
     FROM base b LEFT JOIN hits h ON h.decision_id = b.decision_id AND h.offer_id = b.offer_id
-    GROUP BY b.arm, b.unit, b.segment, b.peek, b.decision_id
 ),
-unit_peek AS (
-    SELECT arm, unit, segment, peek, COUNT(*) AS n, {unit_sums}
-    FROM decided GROUP BY arm, unit, segment, peek
+decided AS (
+    SELECT arm, unit, touchpoint_id, peek, decision_id, {_decision_columns()}
+    FROM offer_rows GROUP BY arm, unit, touchpoint_id, peek, decision_id
+),
+unit_rows AS (
+    SELECT 'all' AS kind, 'all' AS segment, arm, unit, peek, COUNT(*) AS n, {unit_sums}
+    FROM decided GROUP BY arm, unit, peek
+    UNION ALL
+    SELECT 'touchpoint', touchpoint_id, arm, unit, 0, COUNT(*), {unit_sums}
+    FROM decided GROUP BY arm, unit, touchpoint_id
+    UNION ALL
+    SELECT 'offer', offer_id, arm, unit, 0, COUNT(*), {unit_sums}
+    FROM offer_rows GROUP BY arm, unit, offer_id
 ),
 pre_base AS (
     SELECT d.decision_id, d.offer_id, d.ts_us, {unit} AS unit
@@ -265,21 +273,31 @@ pre_base AS (
       AND {unit} IS NOT NULL
 ),
 pre_hits AS ({_hits("pre_base", src)}),
-pre_decided AS (
-    SELECT b.unit, b.decision_id, {_decision_quantities("b")}
+pre_rows AS (
+    SELECT b.unit, b.decision_id, {_offer_columns()}
     FROM pre_base b LEFT JOIN pre_hits h
       ON h.decision_id = b.decision_id AND h.offer_id = b.offer_id
-    GROUP BY b.unit, b.decision_id
+),
+pre_decided AS (
+    SELECT unit, decision_id, {_decision_columns()} FROM pre_rows GROUP BY unit, decision_id
 ),
 pre AS (SELECT unit, {unit_sums} FROM pre_decided GROUP BY unit),
+with_pre AS (
+    SELECT u.kind, u.segment, u.arm, u.unit, u.peek, u.n, {", ".join(f"u.{q}" for q in qs)},
+           {covariates}
+    FROM unit_rows u LEFT JOIN pre p ON p.unit = u.unit
+),
 cumulative AS (
-    SELECT u.arm, u.segment, u.peek, u.n, SUM(u.n) OVER w AS c_n, {running}
-    FROM unit_peek u LEFT JOIN pre p ON p.unit = u.unit
-    WINDOW w AS (PARTITION BY u.arm, u.segment, u.unit ORDER BY u.peek
+    SELECT kind, segment, arm, peek, n, SUM(n) OVER w AS c_n, {running}
+    FROM with_pre WHERE kind = 'all'
+    WINDOW w AS (PARTITION BY arm, unit ORDER BY peek
                  ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+    UNION ALL
+    SELECT kind, segment, arm, peek, n, n AS c_n, {single}
+    FROM with_pre WHERE kind <> 'all'
 )
-SELECT arm, segment, peek, {", ".join(sums)}
-FROM cumulative GROUP BY arm, segment, peek ORDER BY arm, segment, peek
+SELECT kind, arm, segment, peek, {", ".join(sums)}
+FROM cumulative GROUP BY kind, arm, segment, peek ORDER BY kind, arm, segment, peek
 """
 
 
@@ -334,38 +352,35 @@ def _params(plan: AnalysisPlan, as_of: datetime, cutoffs: Sequence[datetime]) ->
 
 
 def read_moments(
-    src: SQLSource,
-    plan: AnalysisPlan,
-    as_of: datetime,
-    segment: Segment = "all",
-    peeks: int = 1,
-) -> tuple[list[datetime], dict[tuple[str, str], SegmentMoments]]:
-    """Cumulative sums per (arm, segment) at ``peeks`` equally spaced times up to ``as_of``.
+    src: SQLSource, plan: AnalysisPlan, as_of: datetime, peeks: int = 1
+) -> tuple[list[datetime], dict[tuple[str, str, str], SegmentMoments]]:
+    """Cumulative sums at ``peeks`` equally spaced times up to ``as_of``, in one query.
 
-    Returns the peek end times and, per (arm, segment), :class:`SegmentMoments` with one
-    value per peek (a peek where the segment had no decision repeats the previous one).
+    Returns the peek end times and, per (kind, arm, segment) — kind ``all`` (segment
+    ``all``), ``touchpoint`` or ``offer`` — :class:`SegmentMoments` with one value per peek (a
+    peek without decisions repeats the previous one; touchpoints and offers have only the
+    total, repeated).
     """
     end = min(plan.end, as_of) if plan.end else as_of
     step = (end - plan.start) / peeks
     cutoffs = [plan.start + step * (i + 1) for i in range(peeks)]
-    rows = src.rows(moments_query(src, segment, peeks), _params(plan, as_of, cutoffs[:-1]))
+    rows = src.rows(moments_query(src, peeks), _params(plan, as_of, cutoffs[:-1]))
     width = 3 + len(_SUMS) * len(_QUANTITY_NAMES)
-    by_key: dict[tuple[str, str], list[list[float]]] = {}
+    by_key: dict[tuple[str, str, str], list[list[float]]] = {}
     for row in rows:
-        arm, seg, peek = str(row[0]), str(row[1]), int(row[2])
-        table = by_key.setdefault((arm, seg), [[0.0] * width for _ in range(peeks)])
-        table[peek] = [float(v or 0.0) for v in row[3:]]
-    out: dict[tuple[str, str], SegmentMoments] = {}
-    for (arm, seg), table in by_key.items():
-        running = [list(col) for col in zip(*table, strict=True)]
-        for col in running:
-            for i in range(1, len(col)):
-                col[i] += col[i - 1]
+        key = (str(row[0]), str(row[1]), str(row[2]))
+        table = by_key.setdefault(key, [[0.0] * width for _ in range(peeks)])
+        table[int(row[3])] = [float(v or 0.0) for v in row[4:]]
+    out: dict[tuple[str, str, str], SegmentMoments] = {}
+    for (kind, arm, seg), table in by_key.items():
+        running = np.cumsum(np.asarray(table), axis=0).T.tolist()
         quantity = {
             q: {s: running[3 + j * len(_SUMS) + k] for k, s in enumerate(_SUMS)}
             for j, q in enumerate(_QUANTITY_NAMES)
         }
-        out[(arm, seg)] = SegmentMoments(arm, seg, running[0], running[1], running[2], quantity)
+        out[(kind, arm, seg)] = SegmentMoments(
+            arm, seg, running[0], running[1], running[2], quantity
+        )
     return cutoffs, out
 
 
@@ -597,8 +612,8 @@ def analyse(
     as_of = (as_of or clock()).astimezone(UTC)
     arm_names = [a.name for a in plan.arms]
     treatments = [a for a in arm_names if a != plan.control]
-    cutoffs, timeline_moments = read_moments(src, plan, as_of, "all", plan.peeks)
-    totals = {arm: timeline_moments.get((arm, "all")) for arm in arm_names}
+    cutoffs, moments = read_moments(src, plan, as_of, plan.peeks)
+    totals = {arm: moments.get(("all", arm, "all")) for arm in arm_names}
     missing = [arm for arm, mo in totals.items() if mo is None or mo.units[-1] < 2]
     if missing:
         raise ValueError(
@@ -673,7 +688,7 @@ def analyse(
                 )
             )
 
-    segments = _segments(src, plan, as_of, treatments, primary_metric)
+    segments = _segments(moments, plan, treatments, primary_metric)
     summaries = _summaries(src, plan, as_of, final)
 
     more_units: dict[str, float] = {}
@@ -732,15 +747,14 @@ def _summaries(
 
 
 def _segments(
-    src: SQLSource,
+    all_moments: Mapping[tuple[str, str, str], SegmentMoments],
     plan: AnalysisPlan,
-    as_of: datetime,
     treatments: Sequence[str],
     primary_metric: Metric,
 ) -> list[SegmentResult]:
     out: list[SegmentResult] = []
     for kind in ("touchpoint", "offer"):
-        _, moments = read_moments(src, plan, as_of, kind, 1)  # type: ignore[arg-type]
+        moments = {(arm, seg): mo for (k, arm, seg), mo in all_moments.items() if k == kind}
         for segment in sorted({seg for _, seg in moments}):
             control = moments.get((plan.control, segment))
             for arm in [plan.control, *treatments]:

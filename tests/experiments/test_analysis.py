@@ -57,12 +57,12 @@ def close(a, b) -> bool:
 @pytest.mark.parametrize("peek", [1, 3])
 def test_sql_sums_equal_per_unit_sums_computed_in_pandas(duck, source, peek):
     plan = plan_for(SPEC, peeks=4)
-    cutoffs, moments = read_moments(source, plan, SPEC.end, "all", plan.peeks)
+    cutoffs, moments = read_moments(source, plan, SPEC.end, plan.peeks)
     start_us = int(SPEC.start.timestamp() * 1e6)
     until_us = int(cutoffs[peek].timestamp() * 1e6)
     units = _per_unit(duck, start_us, until_us, "accept")
     expected = Moments.of_units(units.y.to_numpy(), units.n.to_numpy(), units.x.to_numpy())
-    got = moments[("B", "all")].moments(METRICS["acceptance"], peek)
+    got = moments[("all", "B", "all")].moments(METRICS["acceptance"], peek)
     assert got == pytest.approx(expected)
     assert got.x > 0  # the pre-period is read
 
