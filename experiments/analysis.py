@@ -198,13 +198,14 @@ def _decision_columns() -> str:
     )
 
 
-def moments_query(src: SQLSource, peeks: int) -> str:
+def moments_query(src: SQLSource, peeks: int, timeline_quantity: str) -> str:
     """The SQL returning, per (kind, arm, segment, peek), ``units``, ``s_n``, ``s_nn`` and for
     each quantity ``q`` the sums ``{q}_q, {q}_qq, {q}_qn, {q}_x, {q}_xx, {q}_xq, {q}_xn``.
 
-    ``kind`` is ``all`` (one segment, ``peeks`` peeks: increments of the units' cumulative
-    values, the caller takes running sums), ``touchpoint`` or ``offer`` (one peek). Within an
-    offer, a "decision" is a showing of the offer.
+    ``kind`` is ``total`` (every quantity, segment ``all``), ``timeline`` (``peeks`` peeks of
+    ``timeline_quantity`` only, the others 0: increments of the units' cumulative values, the
+    caller takes running sums), ``touchpoint`` or ``offer`` (totals per segment; within an
+    offer, a "decision" is a showing of the offer).
     """
     m = src.marker
     unit = "COALESCE(d.unit_id, d.customer_id)"
@@ -216,7 +217,16 @@ def moments_query(src: SQLSource, peeks: int) -> str:
     qs = _QUANTITY_NAMES
     unit_sums = ", ".join(f"SUM({q}) AS {q}" for q in qs)
     covariates = ", ".join(f"COALESCE(p.{q}, 0) AS x_{q}" for q in qs)
-    running = ", ".join(f"{q}, SUM({q}) OVER w AS c_{q}, x_{q}" for q in qs)
+    # the running sums (a window) only for the timeline's quantity: windows are the costly part
+    running = ", ".join(
+        f"{q}, SUM({q}) OVER w AS c_{q}, x_{q}"
+        if q == timeline_quantity
+        else f"0 AS {q}, 0 AS c_{q}, 0 AS x_{q}"
+        for q in qs
+    )
+    timeline_sums = ", ".join(
+        f"SUM({q}) AS {q}" if q == timeline_quantity else f"0 AS {q}" for q in qs
+    )
     single = ", ".join(f"{q}, {q} AS c_{q}, x_{q}" for q in qs)
     first = "CASE WHEN c_n = n THEN 1 ELSE 0 END"
 
@@ -253,12 +263,18 @@ offer_rows AS (
     FROM base b LEFT JOIN hits h ON h.decision_id = b.decision_id AND h.offer_id = b.offer_id
 ),
 decided AS (
-    SELECT arm, unit, touchpoint_id, peek, decision_id, {_decision_columns()}
-    FROM offer_rows GROUP BY arm, unit, touchpoint_id, peek, decision_id
+    -- arm, unit, touchpoint and peek are the decision's: one key to group by
+    SELECT MIN(arm) AS arm, MIN(unit) AS unit, MIN(touchpoint_id) AS touchpoint_id,
+           MIN(peek) AS peek, decision_id, {_decision_columns()}
+    FROM offer_rows GROUP BY decision_id
 ),
 unit_rows AS (
-    SELECT 'all' AS kind, 'all' AS segment, arm, unit, peek, COUNT(*) AS n, {unit_sums}
+    SELECT 'timeline' AS kind, 'all' AS segment, arm, unit, peek, COUNT(*) AS n,
+           {timeline_sums}
     FROM decided GROUP BY arm, unit, peek
+    UNION ALL
+    SELECT 'total', 'all', arm, unit, 0, COUNT(*), {unit_sums}
+    FROM decided GROUP BY arm, unit
     UNION ALL
     SELECT 'touchpoint', touchpoint_id, arm, unit, 0, COUNT(*), {unit_sums}
     FROM decided GROUP BY arm, unit, touchpoint_id
@@ -289,12 +305,12 @@ with_pre AS (
 ),
 cumulative AS (
     SELECT kind, segment, arm, peek, n, SUM(n) OVER w AS c_n, {running}
-    FROM with_pre WHERE kind = 'all'
+    FROM with_pre WHERE kind = 'timeline'
     WINDOW w AS (PARTITION BY arm, unit ORDER BY peek
                  ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
     UNION ALL
     SELECT kind, segment, arm, peek, n, n AS c_n, {single}
-    FROM with_pre WHERE kind <> 'all'
+    FROM with_pre WHERE kind <> 'timeline'
 )
 SELECT kind, arm, segment, peek, {", ".join(sums)}
 FROM cumulative GROUP BY kind, arm, segment, peek ORDER BY kind, arm, segment, peek
@@ -356,15 +372,15 @@ def read_moments(
 ) -> tuple[list[datetime], dict[tuple[str, str, str], SegmentMoments]]:
     """Cumulative sums at ``peeks`` equally spaced times up to ``as_of``, in one query.
 
-    Returns the peek end times and, per (kind, arm, segment) — kind ``all`` (segment
-    ``all``), ``touchpoint`` or ``offer`` — :class:`SegmentMoments` with one value per peek (a
-    peek without decisions repeats the previous one; touchpoints and offers have only the
-    total, repeated).
+    Returns the peek end times and, per (kind, arm, segment) — kinds of :func:`moments_query`
+    — :class:`SegmentMoments` with one value per peek (a peek without decisions repeats the
+    previous one; all kinds but ``timeline`` have only the total, repeated).
     """
     end = min(plan.end, as_of) if plan.end else as_of
     step = (end - plan.start) / peeks
     cutoffs = [plan.start + step * (i + 1) for i in range(peeks)]
-    rows = src.rows(moments_query(src, peeks), _params(plan, as_of, cutoffs[:-1]))
+    query = moments_query(src, peeks, METRICS[plan.primary_metric].quantity)
+    rows = src.rows(query, _params(plan, as_of, cutoffs[:-1]))
     width = 3 + len(_SUMS) * len(_QUANTITY_NAMES)
     by_key: dict[tuple[str, str, str], list[list[float]]] = {}
     for row in rows:
@@ -613,7 +629,7 @@ def analyse(
     arm_names = [a.name for a in plan.arms]
     treatments = [a for a in arm_names if a != plan.control]
     cutoffs, moments = read_moments(src, plan, as_of, plan.peeks)
-    totals = {arm: moments.get(("all", arm, "all")) for arm in arm_names}
+    totals = {arm: moments.get(("total", arm, "all")) for arm in arm_names}
     missing = [arm for arm, mo in totals.items() if mo is None or mo.units[-1] < 2]
     if missing:
         raise ValueError(
@@ -668,9 +684,9 @@ def analyse(
     timeline: list[TimelinePoint] = []
     primary_metric = METRICS[plan.primary_metric]
     for i, ts in enumerate(cutoffs):
-        c = final[plan.control].moments(primary_metric, i)
+        c = moments[("timeline", plan.control, "all")].moments(primary_metric, i)
         for arm in treatments:
-            t = final[arm].moments(primary_metric, i)
+            t = moments[("timeline", arm, "all")].moments(primary_metric, i)
             if c.units < 2 or t.units < 2 or c.n <= 0 or t.n <= 0 or c.y <= 0:
                 continue
             est_c, est_t = estimate_arms([c, t], cuped=plan.cuped)

@@ -62,7 +62,7 @@ def test_sql_sums_equal_per_unit_sums_computed_in_pandas(duck, source, peek):
     until_us = int(cutoffs[peek].timestamp() * 1e6)
     units = _per_unit(duck, start_us, until_us, "accept")
     expected = Moments.of_units(units.y.to_numpy(), units.n.to_numpy(), units.x.to_numpy())
-    got = moments[("all", "B", "all")].moments(METRICS["acceptance"], peek)
+    got = moments[("timeline", "B", "all")].moments(METRICS["acceptance"], peek)
     assert got == pytest.approx(expected)
     assert got.x > 0  # the pre-period is read
 
