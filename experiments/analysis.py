@@ -47,10 +47,40 @@ _SUMS = ("q", "qq", "qn", "x", "xx", "xq", "xn")
 
 
 class ArmPlan(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """A served arm: its name, planned share and kind (the recipe is the experiment's)."""
+
+    # model, policy and levers belong to the experiment definition; the readout reads none
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     name: str = Field(min_length=1)
     share: float = Field(gt=0, description="planned share of the units (any scale)")
+    kind: str = "treatment"
+
+
+class GuardrailPlan(BaseModel):
+    """A metric that must not get worse: bounds on the arm's value and/or on its change.
+
+    ``max`` / ``min``: the arm's value must stay at or below / above (breach when its point
+    estimate is beyond). ``max_relative_change``: the largest relative worsening against the
+    control (breach when the whole confidence sequence is beyond it, warning when the point
+    estimate is).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    metric: str
+    max: float | None = None
+    min: float | None = None
+    max_relative_change: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> GuardrailPlan:
+        metric(self.metric)
+        if self.max is None and self.min is None and self.max_relative_change is None:
+            raise ValueError(
+                f"guardrail `{self.metric}` must set `max`, `min` or `max_relative_change`"
+            )
+        return self
 
 
 class AnalysisPlan(BaseModel):
@@ -63,19 +93,20 @@ class AnalysisPlan(BaseModel):
         default=None, description="decisions.experiment_id (default: name)"
     )
     arms: tuple[ArmPlan, ...] = Field(min_length=2)
-    control: str
+    control: str = Field(default="", description="default: the arm of kind control")
     start: datetime
     end: datetime | None = None
-    primary_metric: str = "acceptance"
+    primary_metric: str = "acceptance_rate"
     secondary_metrics: tuple[str, ...] = (
-        "click",
-        "conversion",
+        "click_rate",
+        "conversion_rate",
         "revenue_per_decision",
-        "revenue_per_unit",
+        "revenue_per_customer",
     )
-    guardrails: Mapping[str, float] = Field(
-        default_factory=lambda: {"dismiss": 0.10, "complaint": 0.10, "contacts_per_unit": 0.10},
-        description="metric -> the largest relative worsening allowed (0.1 = 10%)",
+    guardrails: tuple[GuardrailPlan, ...] = (
+        GuardrailPlan(metric="dismiss_rate", max_relative_change=0.10),
+        GuardrailPlan(metric="complaint_rate", max_relative_change=0.10),
+        GuardrailPlan(metric="contacts_per_customer", max_relative_change=0.10),
     )
     pre_period_days: float = Field(default=28.0, ge=0)
     attribution_days: float = Field(default=7.0, gt=0)
@@ -99,11 +130,19 @@ class AnalysisPlan(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> AnalysisPlan:
         names = [a.name for a in self.arms]
+        if not self.control:
+            controls = [a.name for a in self.arms if a.kind == "control"]
+            if len(controls) != 1:
+                raise ValueError(
+                    f"`control` must name the control arm (or exactly one arm must have kind "
+                    f"control), got {len(controls)} arms of kind control"
+                )
+            object.__setattr__(self, "control", controls[0])
         if len(set(names)) != len(names):
             raise ValueError(f"`arms` names must be unique, got {names}")
         if self.control not in names:
             raise ValueError(f"`control` must be one of the arms {names}, got {self.control!r}")
-        for name in (self.primary_metric, *self.secondary_metrics, *self.guardrails):
+        for name in (self.primary_metric, *self.secondary_metrics):
             metric(name)
         if self.end is not None and self.end <= self.start:
             raise ValueError(f"`end` must be after `start` ({self.start}), got {self.end}")
@@ -425,7 +464,7 @@ class MetricResult:
     variance_reduction: float  # CUPED, on the treatment arm's estimate
     lift: Lift
     adjusted_p_value: float | None = None  # secondary metrics: after Holm / BH
-    threshold: float | None = None  # guardrails: the largest relative worsening allowed
+    guardrail: GuardrailPlan | None = None
     status: Literal["ok", "warning", "breach"] | None = None
 
 
@@ -530,6 +569,8 @@ def _jsonable(value: Any) -> Any:
         return [_jsonable(v) for v in value]
     if isinstance(value, datetime):
         return value.isoformat()
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
@@ -551,14 +592,23 @@ ORDER BY arm, model
     return src.rows(query, _params(plan, as_of, []))
 
 
-def _guardrail_status(metric_: Metric, result: Lift, threshold: float) -> str:
-    # "worse" is up for a lower-is-better metric: breach when the whole confidence sequence
-    # is beyond the threshold, warning when the point estimate is.
-    sign = 1.0 if not metric_.higher_is_better else -1.0
-    worst_sure = min(sign * result.sequence_relative.lower, sign * result.sequence_relative.upper)
-    if math.isfinite(worst_sure) and worst_sure > threshold:
+def _guardrail_status(
+    metric_: Metric, result: Lift, value: float, guardrail: GuardrailPlan
+) -> Literal["ok", "warning", "breach"]:
+    if guardrail.max is not None and value > guardrail.max:
         return "breach"
-    if math.isfinite(result.relative) and sign * result.relative > threshold:
+    if guardrail.min is not None and value < guardrail.min:
+        return "breach"
+    limit = guardrail.max_relative_change
+    if limit is None:
+        return "ok"
+    # "worse" is up for a lower-is-better metric: breach when the whole confidence sequence
+    # is beyond the limit, warning when the point estimate is.
+    sign = -1.0 if metric_.higher_is_better else 1.0
+    worst_sure = min(sign * result.sequence_relative.lower, sign * result.sequence_relative.upper)
+    if math.isfinite(worst_sure) and worst_sure > limit:
+        return "breach"
+    if math.isfinite(result.relative) and sign * result.relative > limit:
         return "warning"
     return "ok"
 
@@ -644,10 +694,10 @@ def analyse(
     planned = plan.planned_units or max(int(sum(mo.units[-1] for mo in final.values())), 2)
 
     results: list[MetricResult] = []
-    roles = [(plan.primary_metric, "primary", None)]
+    roles: list[tuple[str, str, GuardrailPlan | None]] = [(plan.primary_metric, "primary", None)]
     roles += [(name, "secondary", None) for name in plan.secondary_metrics]
-    roles += [(name, "guardrail", t) for name, t in plan.guardrails.items()]
-    for name, role, threshold in roles:
+    roles += [(g.metric, "guardrail", g) for g in plan.guardrails]
+    for name, role, guardrail in roles:
         metric_ = METRICS[name]
         control_m = final[plan.control].moments(metric_)
         for arm in treatments:
@@ -669,10 +719,10 @@ def analyse(
                     raw_control_value=est_c.raw_value,
                     variance_reduction=est_t.variance_reduction,
                     lift=lifted,
-                    threshold=threshold,
-                    status=_guardrail_status(metric_, lifted, threshold)  # type: ignore[arg-type]
-                    if threshold is not None
-                    else None,
+                    guardrail=guardrail,
+                    status=None
+                    if guardrail is None
+                    else _guardrail_status(metric_, lifted, est_t.value, guardrail),
                 )
             )
     for arm in treatments:
@@ -859,6 +909,10 @@ def open_event_log(url: str) -> Iterator[SQLSource]:
         con.close()
 
 
+#: Fields of an experiment definition (docs/experiments.md) that the readout does not use.
+_DEFINITION_ONLY = ("hypothesis", "touchpoints", "layer", "traffic", "salt", "status")
+
+
 def load_plan(path: str | Path | None = None, **options: Any) -> AnalysisPlan:
     """The analysis plan from a YAML file, with ``options`` (not None) overriding its fields.
 
@@ -879,6 +933,14 @@ def load_plan(path: str | Path | None = None, **options: Any) -> AnalysisPlan:
             raise ConfigError(f"`plan` {path} must hold a mapping, got {type(loaded).__name__}")
         data.update(loaded)
     data.update({k: v for k, v in options.items() if v is not None})
+    # an experiment definition file works as a plan: what only decides is not read here, and
+    # shadow arms are never served (no exposure to analyse)
+    for key in _DEFINITION_ONLY:
+        data.pop(key, None)
+    if isinstance(data.get("arms"), list):
+        data["arms"] = [
+            a for a in data["arms"] if not (isinstance(a, dict) and a.get("kind") == "shadow")
+        ]
     try:
         return AnalysisPlan(**data)
     except ValidationError as exc:

@@ -38,14 +38,14 @@ class Metric:
 METRICS: dict[str, Metric] = {
     m.name: m
     for m in (
-        Metric("acceptance", "accept", "decision", "acceptance rate per decision"),
-        Metric("click", "click", "decision", "click rate per decision"),
-        Metric("conversion", "convert", "decision", "conversion rate per decision"),
+        Metric("acceptance_rate", "accept", "decision", "acceptance rate per decision"),
+        Metric("click_rate", "click", "decision", "click rate per decision"),
+        Metric("conversion_rate", "convert", "decision", "conversion rate per decision"),
         Metric("revenue_per_decision", "revenue", "decision", "revenue per decision"),
-        Metric("revenue_per_unit", "revenue", "unit", "revenue per customer"),
-        Metric("dismiss", "dismiss", "decision", "dismiss rate per decision", False),
-        Metric("complaint", "complaint", "decision", "complaint rate per decision", False),
-        Metric("contacts_per_unit", "offers", "unit", "offers shown per customer", False),
+        Metric("revenue_per_customer", "revenue", "unit", "revenue per customer"),
+        Metric("dismiss_rate", "dismiss", "decision", "dismiss rate per decision", False),
+        Metric("complaint_rate", "complaint", "decision", "complaint rate per decision", False),
+        Metric("contacts_per_customer", "offers", "unit", "offers shown per customer", False),
     )
 }
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import plotly.graph_objects as go
 
-from experiments.analysis import ExperimentAnalysis
+from experiments.analysis import ExperimentAnalysis, GuardrailPlan
 
 if TYPE_CHECKING:
     from recsys.settings import Settings
@@ -36,6 +36,19 @@ def _num(value: float | None) -> str:
     if value is None or not math.isfinite(value):
         return "n/a"
     return f"{value:,.4g}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
+def _limit(guardrail: GuardrailPlan | None) -> str:
+    if guardrail is None:
+        return ""
+    parts = []
+    if guardrail.max is not None:
+        parts.append(f"at most {_num(guardrail.max)}")
+    if guardrail.min is not None:
+        parts.append(f"at least {_num(guardrail.min)}")
+    if guardrail.max_relative_change is not None:
+        parts.append(f"worse by at most {guardrail.max_relative_change:.0%}")
+    return "; ".join(parts)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -181,7 +194,7 @@ def render_html(analysis: ExperimentAnalysis) -> str:
             _num(r.value),
             _pct(r.lift.relative),
             f"[{_pct(r.lift.sequence_relative.lower)}, {_pct(r.lift.sequence_relative.upper)}]",
-            f"worse by at most {r.threshold:.0%}" if r.threshold is not None else "",
+            _limit(r.guardrail),
             (r.status or "").upper(),
         ]
         for r in analysis.metrics
@@ -283,7 +296,7 @@ def log_to_mlflow(
     The run is in the MLflow experiment ``<settings.mlflow_experiment>-experiments`` of the
     project's tracking server. Params: the experiment and, per arm, the model versions seen
     in its decisions (``arm.B.models = offer-ranker:7``); metrics: per treatment arm and
-    metric, the lift and both intervals (``B.acceptance.relative_lift``, ...).
+    metric, the lift and both intervals (``B.acceptance_rate.relative_lift``, ...).
     """
     import mlflow
 

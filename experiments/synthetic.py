@@ -57,6 +57,9 @@ def generate(con: duckdb.DuckDBPyConnection, spec: SyntheticExperiment) -> None:
     con.execute(EVENTS_DDL.format(events="events"))
     start_us = int(spec.start.timestamp() * 1_000_000)
     span_us = spec.days * 86_400 * 1_000_000
+    # microseconds between two decisions (as a float: row x span overflows 64-bit integers)
+    step_us = span_us / max(spec.decisions, 1)
+    pre_step_us = span_us / max(spec.pre_decisions, 1)
     s = spec.seed
     total = spec.decisions + spec.pre_decisions
     con.execute(
@@ -74,8 +77,8 @@ CREATE OR REPLACE TEMP TABLE _decided AS
 SELECT 'd' || CAST(i AS VARCHAR) AS decision_id,
        'o' || CAST(hash(i, {s}, 4) % 10 AS VARCHAR) AS offer_id,
        CASE WHEN in_experiment
-            THEN {start_us} + CAST(((i - {spec.pre_decisions}) * {span_us}) / {max(spec.decisions, 1)} AS BIGINT)
-            ELSE {start_us} - 1 - CAST((i * {span_us}) / {max(spec.pre_decisions, 1)} AS BIGINT)
+            THEN {start_us} + CAST((i - {spec.pre_decisions}) * {step_us} AS BIGINT)
+            ELSE {start_us} - 1 - CAST(i * {pre_step_us} AS BIGINT)
        END AS ts_us,
        CASE hash(i, {s}, 5) % 3 WHEN 0 THEN 'web_home' WHEN 1 THEN 'email' ELSE 'app_cart' END
            AS touchpoint_id,

@@ -56,10 +56,10 @@ def _plan_options(
 
 _PLAN = typer.Option(None, "--plan", help="YAML file of the experiment (arms, start, metrics).")
 _ARM = typer.Option(None, "--arm", help="Arm and planned share, e.g. B=0.5 (repeatable).")
-_CONTROL = typer.Option(None, "--control", help="The control arm.")
+_CONTROL = typer.Option(None, "--control", help="The control arm (default: kind control).")
 _START = typer.Option(None, "--start", help="Start of the experiment (UTC).")
 _END = typer.Option(None, "--end", help="End of the experiment (UTC; default: now).")
-_PRIMARY = typer.Option(None, "--primary-metric", help="e.g. acceptance (default).")
+_PRIMARY = typer.Option(None, "--primary-metric", help="e.g. acceptance_rate (default).")
 _EVENT_LOG = typer.Option(None, "--event-log", help="Event log URL (default: settings).")
 _AS_OF = typer.Option(None, "--as-of", help="Analyse the data up to this time (UTC).")
 

@@ -62,7 +62,7 @@ def test_sql_sums_equal_per_unit_sums_computed_in_pandas(duck, source, peek):
     until_us = int(cutoffs[peek].timestamp() * 1e6)
     units = _per_unit(duck, start_us, until_us, "accept")
     expected = Moments.of_units(units.y.to_numpy(), units.n.to_numpy(), units.x.to_numpy())
-    got = moments[("timeline", "B", "all")].moments(METRICS["acceptance"], peek)
+    got = moments[("timeline", "B", "all")].moments(METRICS["acceptance_rate"], peek)
     assert got == pytest.approx(expected)
     assert got.x > 0  # the pre-period is read
 
@@ -142,11 +142,11 @@ def test_guardrail_breach_is_flagged_and_stops_the_rollout():
         "WHERE arm = 'B' AND hash(decision_id) % 3 = 0"
     )
     result = analyse(SQLSource(con, "duckdb"), plan_for(small), as_of=small.end)
-    dismiss = next(m for m in result.metrics if m.metric == "dismiss")
+    dismiss = next(m for m in result.metrics if m.metric == "dismiss_rate")
     assert dismiss.status == "breach" and dismiss.lift.relative > 1.0
-    contacts = next(m for m in result.metrics if m.metric == "contacts_per_unit")
+    contacts = next(m for m in result.metrics if m.metric == "contacts_per_customer")
     assert contacts.status == "ok"
-    assert "guardrails are breached (dismiss); do not roll out." in result.verdicts["B"]
+    assert "guardrails are breached (dismiss_rate); do not roll out." in result.verdicts["B"]
 
 
 def test_no_difference_asks_to_keep_running_with_the_decisions_needed():
@@ -171,7 +171,7 @@ def test_an_arm_without_units_is_refused(source):
     ("options", "message"),
     [
         ({"control": "C"}, "`control` must be one of the arms"),
-        ({"primary_metric": "ctr"}, "`metric` must be one of acceptance, click"),
+        ({"primary_metric": "ctr"}, "`metric` must be one of acceptance_rate, click_rate"),
         ({"arms": [{"name": "A", "share": 1}]}, "`arms`: Tuple should have at least 2 items"),
         ({"arms": [{"name": "A", "share": 0}, {"name": "B", "share": 1}]},
          r"`arms.0.share`: Input should be greater than 0 \(got 0\)"),
@@ -228,3 +228,47 @@ def test_as_of_cuts_decisions_and_events(source):
         sum(a.decisions for a in full.arms) / 2, rel=0.01
     )
     assert np.isfinite(early.primary("B").lift.relative)
+
+
+def test_an_experiment_definition_file_reads_as_a_plan(tmp_path, source):
+    definition = tmp_path / "exp.yaml"
+    definition.write_text(
+        f"""name: exp
+hypothesis: B raises acceptance.
+touchpoints: [web_home, email, app_cart]
+layer: default
+salt: exp-1
+start: {SPEC.start.isoformat()}
+end: {SPEC.end.isoformat()}
+primary_metric: acceptance_rate
+secondary_metrics: [click_rate, revenue_per_decision]
+guardrails:
+  - {{metric: dismiss_rate, max: 0.5}}
+  - {{metric: contacts_per_customer, max_relative_change: 0.2}}
+arms:
+  - {{name: A, kind: control, share: 0.5}}
+  - {{name: B, kind: treatment, share: 0.5, model: {{alias: challenger}}}}
+  - {{name: B-shadow, kind: shadow, policy: {{epsilon: 0.0}}}}
+"""
+    )
+    plan = load_plan(definition)
+    assert plan.control == "A" and [a.name for a in plan.arms] == ["A", "B"]
+    result = analyse(source, plan, as_of=SPEC.end)
+    guards = {m.metric: m.status for m in result.metrics if m.role == "guardrail"}
+    assert guards == {"dismiss_rate": "ok", "contacts_per_customer": "ok"}
+    strict = load_plan(definition, guardrails=[{"metric": "dismiss_rate", "max": 0.01}])
+    dismiss = next(
+        m for m in analyse(source, strict, as_of=SPEC.end).metrics if m.role == "guardrail"
+    )
+    assert dismiss.status == "breach"  # about 10% of decisions are dismissed
+
+
+def test_a_guardrail_needs_a_bound():
+    with pytest.raises(ConfigError, match="guardrail `dismiss_rate` must set `max`, `min`"):
+        load_plan(
+            None,
+            name="exp",
+            arms=[{"name": "A", "kind": "control", "share": 1}, {"name": "B", "share": 1}],
+            start="2026-01-01",
+            guardrails=[{"metric": "dismiss_rate"}],
+        )

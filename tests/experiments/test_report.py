@@ -31,7 +31,7 @@ def test_json_and_csv_carry_the_numbers_of_the_analysis(report, source):
     data = json.loads(report["json"].read_text())
     assert data["srm"]["alarm"] is False
     primary = next(m for m in data["metrics"] if m["role"] == "primary")
-    assert primary["metric"] == "acceptance" and primary["arm"] == "B"
+    assert primary["metric"] == "acceptance_rate" and primary["arm"] == "B"
     with report["csv"].open() as f:
         rows = list(csv.DictReader(f))
     row = next(r for r in rows if r["section"] == "primary")
@@ -144,8 +144,8 @@ def test_cli_report_writes_the_files_and_logs_an_mlflow_run(duck, tmp_path, monk
     assert params["arm.B.models"] == "offer-ranker:2" and params["arm.A.models"] == "offer-ranker:1"
     report = json.loads((out / "exp.json").read_text())
     primary = next(m for m in report["metrics"] if m["role"] == "primary")
-    assert metrics["B.acceptance.relative_lift"] == pytest.approx(primary["lift"]["relative"])
-    assert metrics["B.acceptance.relative_lower"] == pytest.approx(
+    assert metrics["B.acceptance_rate.relative_lift"] == pytest.approx(primary["lift"]["relative"])
+    assert metrics["B.acceptance_rate.relative_lower"] == pytest.approx(
         primary["lift"]["sequence_relative"]["lower"]
     )
 
