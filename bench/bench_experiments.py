@@ -20,6 +20,7 @@ Usage: python bench/bench_experiments.py [--simulations 500] [--decisions 100000
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import subprocess
 import sys
@@ -180,8 +181,12 @@ def scale(args: argparse.Namespace) -> None:
             peeks=20,
         )
         t0 = time.perf_counter()
+        cpu0 = resource.getrusage(resource.RUSAGE_SELF)
         result = analyse(SQLSource(con, "duckdb"), plan, as_of=spec.end)
         seconds = time.perf_counter() - t0
+        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+        # CPU seconds tell the work apart from the waiting on a host shared with other jobs
+        cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
         peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
         con.close()
     assert rows is not None and events is not None
@@ -192,7 +197,8 @@ def scale(args: argparse.Namespace) -> None:
     )
     print(
         f"  analysis (20 peeks, per touchpoint, per offer) on DuckDB: {seconds:.1f} s "
-        f"(goal <= 60 s), peak memory {peak_gb:.2f} GB (goal <= 4 GB; DuckDB memory_limit "
+        f"(goal <= 60 s; {cpu:.0f} CPU s on {os.cpu_count()} cores, load average "
+        f"{os.getloadavg()[0]:.1f}), peak memory {peak_gb:.2f} GB (goal <= 4 GB; DuckDB memory_limit "
         f"{args.memory_limit})"
     )
     print(
