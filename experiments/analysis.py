@@ -205,15 +205,26 @@ def _flag(types: Sequence[str]) -> str:
     return f"MAX(CASE WHEN e.type IN ({listed}) THEN 1 ELSE 0 END)"
 
 
-def _hits(base: str, src: SQLSource) -> str:
-    """Per (decision, offer) of ``base`` with events: which quantities its events made count."""
-    cols = [
+def _event_columns() -> list[str]:
+    """Per (decision, offer), from its events: a flag per counted type, the revenue summed."""
+    return [
         f"SUM(COALESCE(e.revenue, 0)) AS {q}" if types is None else f"{_flag(types)} AS {q}"
         for q, types in QUANTITIES.items()
         if q != "offers"
     ]
+
+
+def _event_quantities() -> list[str]:
+    return [q for q in QUANTITIES if q != "offers"]
+
+
+def _hits(base: str, src: SQLSource, keys: Sequence[str]) -> str:
+    """Per (decision, offer) of ``base`` with events in the attribution window: the flags and
+    revenue of :func:`_event_columns`, and ``keys`` (columns of ``base``, the same on every
+    row of a decision)."""
+    carried = "".join(f", MIN(b.{k}) AS {k}" for k in keys)
     return (
-        f"SELECT b.decision_id, b.offer_id, {', '.join(cols)} "
+        f"SELECT b.decision_id, b.offer_id{carried}, {', '.join(_event_columns())} "
         f"FROM {base} b JOIN {src.events} e "
         "ON e.decision_id = b.decision_id AND e.offer_id = b.offer_id "
         f"WHERE e.ts_us <= b.ts_us + {src.marker('attribution_us')} "
@@ -222,18 +233,43 @@ def _hits(base: str, src: SQLSource) -> str:
     )
 
 
-def _offer_columns() -> str:
-    """Per offer served: its quantities (1 offer; 0 where no event made one count)."""
-    return ", ".join(
-        "1 AS offers" if q == "offers" else f"COALESCE(h.{q}, 0) AS {q}" for q in QUANTITIES
+def _per_decision(hits: str, keys: Sequence[str]) -> str:
+    """Per decision with events: a flag counts once, revenue adds up over its offers."""
+    carried = "".join(f", MIN({k}) AS {k}" for k in keys)
+    cols = ", ".join(
+        f"SUM({q}) AS {q}" if QUANTITIES[q] is None else f"MAX({q}) AS {q}"
+        for q in _event_quantities()
     )
+    return f"SELECT decision_id{carried}, {cols} FROM {hits} GROUP BY decision_id"
 
 
-def _decision_columns() -> str:
-    """Per decision, from its offers: offers and revenue add up, a flag counts once."""
-    return ", ".join(
-        f"SUM({q}) AS {q}" if types is None else f"MAX({q}) AS {q}"
-        for q, types in QUANTITIES.items()
+def _unit_rows(
+    kind: str,
+    segment: str,
+    peek: str,
+    key: str | None,
+    quantities: Sequence[str],
+    decisions: str,
+    hits: str,
+) -> str:
+    """One kind of unit rows, per (arm, unit[, ``key``]): the counts from ``base`` (``n``
+    decisions by ``decisions``, ``offers``) added to the event quantities from ``hits``; the
+    quantities not in ``quantities`` are 0."""
+    keys = "arm, unit" + (f", {key}" if key else "")
+    events = ", ".join(
+        (f"SUM({q})" if q in quantities else "0") + f" AS {q}" for q in _event_quantities()
+    )
+    zeros = ", ".join(f"0 AS {q}" for q in _event_quantities())
+    offers = "COUNT(*)" if "offers" in quantities else "0"
+    merged = ", ".join(f"SUM({q}) AS {q}" for q in _QUANTITY_NAMES)
+    return (
+        f"SELECT '{kind}' AS kind, {segment} AS segment, arm, unit, {peek} AS peek, "
+        f"SUM(n) AS n, {merged} FROM (\n"
+        f"        SELECT {keys}, {decisions} AS n, {offers} AS offers, {zeros} "
+        f"FROM base GROUP BY {keys}\n"
+        f"        UNION ALL\n"
+        f"        SELECT {keys}, 0, 0, {events} FROM {hits} GROUP BY {keys}\n"
+        f"    ) {kind}_parts GROUP BY {keys}"
     )
 
 
@@ -245,6 +281,10 @@ def moments_query(src: SQLSource, peeks: int, timeline_quantity: str) -> str:
     ``timeline_quantity`` only, the others 0: increments of the units' cumulative values, the
     caller takes running sums), ``touchpoint`` or ``offer`` (totals per segment; within an
     offer, a "decision" is a showing of the offer).
+
+    A decision is counted by its first-ranked offer (``position = 1``, which every logged
+    decision has), its offers by its rows: no grouping by decision over all exposures, only
+    over the decisions that have events.
     """
     m = src.marker
     unit = "COALESCE(d.unit_id, d.customer_id)"
@@ -254,7 +294,19 @@ def moments_query(src: SQLSource, peeks: int, timeline_quantity: str) -> str:
     else:
         peek = "0"
     qs = _QUANTITY_NAMES
+    first_rank = "SUM(first_rank)"
+    parts = [
+        _unit_rows("timeline", "'all'", "peek", "peek", [timeline_quantity],
+                    first_rank, "decision_hits"),
+        _unit_rows("total", "'all'", "0", None, qs, first_rank, "decision_hits"),
+        _unit_rows("touchpoint", "touchpoint_id", "0", "touchpoint_id", qs,
+                    first_rank, "decision_hits"),
+        _unit_rows("offer", "offer_id", "0", "offer_id", qs, "COUNT(*)",
+                    "offer_hits"),
+    ]  # fmt: skip
     unit_sums = ", ".join(f"SUM({q}) AS {q}" for q in qs)
+    event_sums = ", ".join(f"SUM({q}) AS {q}" for q in _event_quantities())
+    zeros = ", ".join(f"0 AS {q}" for q in _event_quantities())
     covariates = ", ".join(f"COALESCE(p.{q}, 0) AS x_{q}" for q in qs)
     # the running sums (a window) only for the timeline's quantity: windows are the costly part
     running = ", ".join(
@@ -262,9 +314,6 @@ def moments_query(src: SQLSource, peeks: int, timeline_quantity: str) -> str:
         if q == timeline_quantity
         else f"0 AS {q}, 0 AS c_{q}, 0 AS x_{q}"
         for q in qs
-    )
-    timeline_sums = ", ".join(
-        f"SUM({q}) AS {q}" if q == timeline_quantity else f"0 AS {q}" for q in qs
     )
     single = ", ".join(f"{q}, {q} AS c_{q}, x_{q}" for q in qs)
     first = "CASE WHEN c_n = n THEN 1 ELSE 0 END"
@@ -287,56 +336,39 @@ def moments_query(src: SQLSource, peeks: int, timeline_quantity: str) -> str:
             f"{dbl(f'x_{q} * {q}')} AS {q}_xq",
             f"{dbl(f'x_{q} * n')} AS {q}_xn",
         ]
+    keys = ("arm", "unit", "touchpoint_id", "peek")
+    union = "\n    UNION ALL\n    ".join(parts)
     return f"""
 WITH base AS (
     SELECT d.decision_id, d.offer_id, d.ts_us, d.arm, {unit} AS unit, d.touchpoint_id,
-           {peek} AS peek
+           {peek} AS peek, CASE WHEN d.position = 1 THEN 1 ELSE 0 END AS first_rank
     FROM {src.decisions} d
     WHERE d.experiment_id = {m("experiment")} AND d.shadow = 0
       AND d.ts_us >= {m("start_us")} AND d.ts_us < {m("end_us")}
       AND {unit} IS NOT NULL AND d.arm IS NOT NULL
 ),
-hits AS ({_hits("base", src)}),
-offer_rows AS (
-    SELECT b.arm, b.unit, b.touchpoint_id, b.offer_id, b.peek, b.decision_id, {_offer_columns()}
-    FROM base b LEFT JOIN hits h ON h.decision_id = b.decision_id AND h.offer_id = b.offer_id
-),
-decided AS (
-    -- arm, unit, touchpoint and peek are the decision's: one key to group by
-    SELECT MIN(arm) AS arm, MIN(unit) AS unit, MIN(touchpoint_id) AS touchpoint_id,
-           MIN(peek) AS peek, decision_id, {_decision_columns()}
-    FROM offer_rows GROUP BY decision_id
-),
+offer_hits AS ({_hits("base", src, keys)}),
+decision_hits AS ({_per_decision("offer_hits", keys)}),
 unit_rows AS (
-    SELECT 'timeline' AS kind, 'all' AS segment, arm, unit, peek, COUNT(*) AS n,
-           {timeline_sums}
-    FROM decided GROUP BY arm, unit, peek
-    UNION ALL
-    SELECT 'total', 'all', arm, unit, 0, COUNT(*), {unit_sums}
-    FROM decided GROUP BY arm, unit
-    UNION ALL
-    SELECT 'touchpoint', touchpoint_id, arm, unit, 0, COUNT(*), {unit_sums}
-    FROM decided GROUP BY arm, unit, touchpoint_id
-    UNION ALL
-    SELECT 'offer', offer_id, arm, unit, 0, COUNT(*), {unit_sums}
-    FROM offer_rows GROUP BY arm, unit, offer_id
+    {union}
 ),
 pre_base AS (
-    SELECT d.decision_id, d.offer_id, d.ts_us, {unit} AS unit
+    SELECT d.decision_id, d.offer_id, d.ts_us, {unit} AS unit,
+           CASE WHEN d.position = 1 THEN 1 ELSE 0 END AS first_rank
     FROM {src.decisions} d
     WHERE d.shadow = 0 AND d.ts_us >= {m("pre_start_us")} AND d.ts_us < {m("start_us")}
       AND {unit} IS NOT NULL
 ),
-pre_hits AS ({_hits("pre_base", src)}),
-pre_rows AS (
-    SELECT b.unit, b.decision_id, {_offer_columns()}
-    FROM pre_base b LEFT JOIN pre_hits h
-      ON h.decision_id = b.decision_id AND h.offer_id = b.offer_id
+pre_offer_hits AS ({_hits("pre_base", src, ("unit",))}),
+pre_decision_hits AS ({_per_decision("pre_offer_hits", ("unit",))}),
+pre AS (
+    SELECT unit, SUM(n) AS n, {unit_sums} FROM (
+        SELECT unit, SUM(first_rank) AS n, COUNT(*) AS offers, {zeros}
+        FROM pre_base GROUP BY unit
+        UNION ALL
+        SELECT unit, 0, 0, {event_sums} FROM pre_decision_hits GROUP BY unit
+    ) pre_parts GROUP BY unit
 ),
-pre_decided AS (
-    SELECT unit, decision_id, {_decision_columns()} FROM pre_rows GROUP BY unit, decision_id
-),
-pre AS (SELECT unit, {unit_sums} FROM pre_decided GROUP BY unit),
 with_pre AS (
     SELECT u.kind, u.segment, u.arm, u.unit, u.peek, u.n, {", ".join(f"u.{q}" for q in qs)},
            {covariates}
