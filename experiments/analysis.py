@@ -2,10 +2,12 @@
 
 The warehouse does the heavy part. One SQL query (the same text on DuckDB and on PostgreSQL,
 only the parameter markers differ) reads the exposures — decisions of the experiment with
-``shadow = 0``, one row per offer served — joins their events within the attribution window,
-collapses them to one row per decision, then to one row per (arm, segment, unit, peek), where
+``shadow = 0``, one row per offer served — joins their events within the attribution window
+(per offer, then per decision, for the decisions that have events), aggregates to one row per
+(arm, unit) (and per (arm, unit, peek), (arm, unit, touchpoint), (arm, unit, offer)), where
 the unit is ``unit_id`` or else ``customer_id``, and returns for each (arm, segment, peek) the
-sums that :class:`experiments.stats.Moments` needs. Running sums over the peeks are exact: a
+sums that :class:`experiments.stats.Moments` needs. A decision is counted by its first-ranked
+offer (``position = 1``). Running sums over the peeks are exact: a
 unit's contribution to ``sum(y^2)`` at a peek is the increment of its cumulative value squared,
 so one pass gives every peek of the cumulative readout.
 
