@@ -126,6 +126,22 @@ def test_confidence_sequence_keeps_the_false_positive_rate_over_peeks():
     assert false_positives / runs <= 0.05
 
 
+def test_confidence_sequence_covers_a_true_lift_at_every_peek_at_once():
+    rng = np.random.default_rng(8)
+    peeks, units, runs = 10, 4_000, 200
+    covered = 0
+    for _ in range(runs):
+        a = rng.binomial(1, 0.1, size=units)
+        b = rng.binomial(1, 0.12, size=units)  # +20%
+        ok = True
+        for k in range(1, peeks + 1):
+            m = units * k // peeks
+            est_a, est_b = estimate_arms([Moments.of_units(a[:m]), Moments.of_units(b[:m])])
+            ok &= lift(est_b, est_a, planned_units=2 * units).sequence_relative.contains(0.2)
+        covered += ok
+    assert covered / runs >= 0.95
+
+
 def test_confidence_sequence_is_wider_than_the_fixed_interval():
     z = sps.norm.ppf(0.975)
     for samples in (100, 10_000, 1_000_000):
