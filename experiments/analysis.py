@@ -309,15 +309,15 @@ def moments_query(src: SQLSource, peeks: int, timeline_quantity: str) -> str:
     unit_sums = ", ".join(f"SUM({q}) AS {q}" for q in qs)
     event_sums = ", ".join(f"SUM({q}) AS {q}" for q in _event_quantities())
     zeros = ", ".join(f"0 AS {q}" for q in _event_quantities())
-    covariates = ", ".join(f"COALESCE(p.{q}, 0) AS x_{q}" for q in qs)
     # the running sums (a window) only for the timeline's quantity: windows are the costly part
     running = ", ".join(
-        f"{q}, SUM({q}) OVER w AS c_{q}, x_{q}"
+        f"u.{q}, SUM(u.{q}) OVER w AS c_{q}, COALESCE(p.{q}, 0) AS x_{q}"
         if q == timeline_quantity
         else f"0 AS {q}, 0 AS c_{q}, 0 AS x_{q}"
         for q in qs
     )
-    single = ", ".join(f"{q}, {q} AS c_{q}, x_{q}" for q in qs)
+    single = ", ".join(f"u.{q}, u.{q} AS c_{q}, COALESCE(p.{q}, 0) AS x_{q}" for q in qs)
+    no_covariate = ", ".join(f"u.{q}, u.{q} AS c_{q}, 0 AS x_{q}" for q in qs)
     first = "CASE WHEN c_n = n THEN 1 ELSE 0 END"
 
     def dbl(expr: str) -> str:
@@ -339,7 +339,6 @@ def moments_query(src: SQLSource, peeks: int, timeline_quantity: str) -> str:
             f"{dbl(f'x_{q} * n')} AS {q}_xn",
         ]
     keys = ("arm", "unit", "touchpoint_id", "peek")
-    union = "\n    UNION ALL\n    ".join(parts)
     return f"""
 WITH base AS (
     SELECT d.decision_id, d.offer_id, d.ts_us, d.arm, {unit} AS unit, d.touchpoint_id,
@@ -351,8 +350,12 @@ WITH base AS (
 ),
 offer_hits AS ({_hits("base", src, keys)}),
 decision_hits AS ({_per_decision("offer_hits", keys)}),
-unit_rows AS (
-    {union}
+timeline_rows AS ({parts[0]}),
+total_rows AS ({parts[1]}),
+segment_rows AS (
+    {parts[2]}
+    UNION ALL
+    {parts[3]}
 ),
 pre_base AS (
     SELECT d.decision_id, d.offer_id, d.ts_us, {unit} AS unit,
@@ -371,19 +374,19 @@ pre AS (
         SELECT unit, 0, 0, {event_sums} FROM pre_decision_hits GROUP BY unit
     ) pre_parts GROUP BY unit
 ),
-with_pre AS (
-    SELECT u.kind, u.segment, u.arm, u.unit, u.peek, u.n, {", ".join(f"u.{q}" for q in qs)},
-           {covariates}
-    FROM unit_rows u LEFT JOIN pre p ON p.unit = u.unit
-),
 cumulative AS (
-    SELECT kind, segment, arm, peek, n, SUM(n) OVER w AS c_n, {running}
-    FROM with_pre WHERE kind = 'timeline'
-    WINDOW w AS (PARTITION BY arm, unit ORDER BY peek
+    -- each kind of unit rows is read once (none is materialised); only the timeline and the
+    -- totals need the pre-period covariate (CUPED), only the timeline the running sums
+    SELECT u.kind, u.segment, u.arm, u.peek, u.n, SUM(u.n) OVER w AS c_n, {running}
+    FROM timeline_rows u LEFT JOIN pre p ON p.unit = u.unit
+    WINDOW w AS (PARTITION BY u.arm, u.unit ORDER BY u.peek
                  ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
     UNION ALL
-    SELECT kind, segment, arm, peek, n, n AS c_n, {single}
-    FROM with_pre WHERE kind <> 'timeline'
+    SELECT u.kind, u.segment, u.arm, u.peek, u.n, u.n AS c_n, {single}
+    FROM total_rows u LEFT JOIN pre p ON p.unit = u.unit
+    UNION ALL
+    SELECT u.kind, u.segment, u.arm, u.peek, u.n, u.n AS c_n, {no_covariate}
+    FROM segment_rows u
 )
 SELECT kind, arm, segment, peek, {", ".join(sums)}
 FROM cumulative GROUP BY kind, arm, segment, peek ORDER BY kind, arm, segment, peek
