@@ -339,8 +339,10 @@ def moments_query(src: SQLSource, peeks: int, timeline_quantity: str) -> str:
             f"{dbl(f'x_{q} * n')} AS {q}_xn",
         ]
     keys = ("arm", "unit", "touchpoint_id", "peek")
+    # base is read five times: scanning the table again is cheaper than materialising 10M
+    # exposures (which spills to disk); NOT MATERIALIZED is PostgreSQL's syntax as well
     return f"""
-WITH base AS (
+WITH base AS NOT MATERIALIZED (
     SELECT d.decision_id, d.offer_id, d.ts_us, d.arm, {unit} AS unit, d.touchpoint_id,
            {peek} AS peek, CASE WHEN d.position = 1 THEN 1 ELSE 0 END AS first_rank
     FROM {src.decisions} d
