@@ -620,7 +620,7 @@ def _arm_summaries(src: SQLSource, plan: AnalysisPlan, as_of: datetime) -> list[
     unit = "COALESCE(unit_id, customer_id)"
     query = f"""
 SELECT arm, COALESCE(model_name, '') || ':' || COALESCE(model_version, '') AS model,
-       COUNT(DISTINCT decision_id) AS decisions, COUNT(*) AS offers
+       SUM(CASE WHEN position = 1 THEN 1 ELSE 0 END) AS decisions, COUNT(*) AS offers
 FROM {src.decisions}
 WHERE experiment_id = {m("experiment")} AND shadow = 0
   AND ts_us >= {m("start_us")} AND ts_us < {m("end_us")} AND {unit} IS NOT NULL
