@@ -9,7 +9,7 @@ DEMO_DAYS ?= 90
 SEED ?= 7
 
 .PHONY: setup run test lint bench bench-data bench-features bench-training bench-serving bench-score \
-	bench-quality clean
+	bench-quality bench-experiments clean
 
 setup: $(STAMP)
 
@@ -42,7 +42,7 @@ lint: setup
 	$(BIN)/mypy
 
 # ARGS passes options to a bench, e.g. make bench-serving ARGS="--baseline REF" (bench/RESULTS.md)
-bench: bench-data bench-features bench-training bench-serving bench-score bench-quality
+bench: bench-data bench-features bench-training bench-serving bench-score bench-quality bench-experiments
 
 bench-data: setup
 	$(BIN)/python bench/bench_data.py $(ARGS)
@@ -69,6 +69,11 @@ $(BENCH_STAMP): $(STAMP)
 # recsys's served policy against LightGBM, LinUCB and VW on the demo's ground truth (bench/RESULTS.md)
 bench-quality: $(BENCH_STAMP)
 	$(BIN)/python bench/bench_quality.py $(ARGS)
+
+# experiment readout: A/A and A/B simulations (false positives, power, coverage, SRM) and the
+# analysis of 10M decisions over 1M customers on DuckDB (bench/RESULTS.md)
+bench-experiments: setup
+	$(BIN)/python bench/bench_experiments.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(DATA_DIR) mlruns mlflow.db .pytest_cache

@@ -32,23 +32,13 @@ from pydantic import (
     model_validator,
 )
 
+from experiments.metrics import METRICS
 from recsys.errors import ConfigError
 
 #: How many buckets units are hashed into (as GrowthBook, Eppo and Statsig do).
 BUCKETS = 10_000
 #: Tolerance of "served shares sum to 1".
 SHARE_TOLERANCE = 1e-6
-#: Metrics an experiment may name (the analysis computes them per arm and touchpoint).
-METRICS = (
-    "acceptance_rate",
-    "click_rate",
-    "conversion_rate",
-    "revenue_per_decision",
-    "revenue_per_customer",
-    "dismiss_rate",
-    "complaint_rate",
-    "contacts_per_customer",
-)
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 _NAME_RULE = "1-63 lowercase letters, digits, '_', '.' or '-', starting with a letter or digit"

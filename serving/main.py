@@ -42,7 +42,7 @@ Next-best-offer decisions for every touchpoint, and the feedback that trains the
 
 * `POST /v1/decisions` — offers for one customer at one touchpoint (`?trace=true` explains).
 * `POST /v1/decisions/batch` — the same for many customers (email campaigns).
-* `POST /v1/events` — impressions, clicks, accepts, conversions, dismissals (idempotent).
+* `POST /v1/events` — impressions, clicks, accepts, conversions, dismissals, complaints (idempotent).
 * `GET /v1/offers`, `GET /v1/touchpoints` — the catalogue.
 
 Errors are 4xx with `{"detail", "errors": [{"field", "expected", "received", "message"}]}`.

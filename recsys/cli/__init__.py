@@ -17,7 +17,9 @@ app.add_typer(data.app, name="data", help="Generate, validate, load and summaris
 app.add_typer(features.app, name="features", help="Build, materialise and inspect features.")
 app.add_typer(models.app, name="models", help="List and promote registered models.")
 app.add_typer(
-    experiments.app, name="experiments", help="Define, start, stop and promote experiments."
+    experiments.app,
+    name="experiments",
+    help="Define, start, stop, screen, analyse, report and promote experiments.",
 )
 train.register(app)
 evaluate_logs.register(app)

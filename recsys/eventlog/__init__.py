@@ -5,7 +5,7 @@ Three tables, all append-only:
 - ``decisions``: one row per offer served (the contract's ``decisions`` table plus model,
   score, explored and fallback flags). Decisions are the contact history: an offer served
   counts toward its cap from the moment the decision is committed, on every channel.
-- ``events``: impression / click / accept / convert / dismiss, keyed by ``event_id``; the
+- ``events``: impression / click / accept / convert / dismiss / complaint, keyed by ``event_id``; the
   same id twice is stored once. ``record_events`` returns only after the commit, with
   ``synchronous=FULL`` so an acknowledged event survives a crash of the process or the OS.
 - ``decisions_without_offers``: one row per decision that served no offer (no eligible

@@ -29,6 +29,8 @@ class EventType(StrEnum):
     ACCEPT = "accept"
     CONVERT = "convert"
     DISMISS = "dismiss"
+    #: the customer objected to the offer (marked it as spam, unsubscribed from it, ...)
+    COMPLAINT = "complaint"
 
 
 #: Event types that mean the customer took the offer (it is not offered again).

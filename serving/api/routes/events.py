@@ -1,4 +1,4 @@
-"""POST /v1/events — feedback (impression, click, accept, convert, dismiss), idempotent."""
+"""POST /v1/events — feedback (impression, click, accept, convert, dismiss, complaint), idempotent."""
 
 from __future__ import annotations
 
