@@ -117,6 +117,9 @@ class AnalysisPlan(BaseModel):
         default=None, gt=0, description="units where the confidence sequence is tightest"
     )
     relative_mde: float = Field(default=0.05, gt=0)
+    min_units: int = Field(
+        default=100, ge=2, description="units each arm needs before a verdict is given"
+    )
     alpha: float = Field(default=0.05, gt=0, lt=1)
     power: float = Field(default=0.8, gt=0, lt=1)
     correction: Literal["holm", "fdr_bh"] = "holm"
@@ -663,6 +666,7 @@ def _verdict(
     guardrails: Sequence[MetricResult],
     srm: SampleRatio,
     decisions_more: float,
+    units: Mapping[str, int],
 ) -> str:
     label = METRICS[plan.primary_metric].label
     if srm.alarm:
@@ -670,6 +674,14 @@ def _verdict(
             f"Do not read the results: the split of customers between arms is not the "
             f"planned one (sample-ratio mismatch, p = {srm.p_value:.2g}); fix the assignment "
             "or the logging first."
+        )
+    few = {a: units.get(a, 0) for a in (arm, plan.control) if units.get(a, 0) < plan.min_units}
+    if few:
+        counts = ", ".join(f"{a} {n:,}" for a, n in few.items())
+        # an interval from a handful of customers (say none accepted) is no evidence
+        return (
+            f"Keep running: too few customers yet for a verdict on {arm} against "
+            f"{plan.control} ({counts}; at least {plan.min_units:,} per arm)."
         )
     cs = primary.lift.sequence_relative
     interval = f"{_pct(primary.lift.relative)} [{_pct(cs.lower)}, {_pct(cs.upper)}]"
@@ -690,7 +702,8 @@ def _verdict(
         return f"{arm} is worse than {plan.control} on {label}: {interval}; do not roll out."
     if math.isfinite(decisions_more) and decisions_more > 0:
         return (
-            f"Keep running: no difference yet on {label} ({interval}); about "
+            f"Keep running: no difference yet between {arm} and {plan.control} on {label} "
+            f"({interval}); about "
             f"{decisions_more:,.0f} more decisions needed for the minimum detectable effect "
             f"of {plan.relative_mde:.0%}."
         )
@@ -813,7 +826,8 @@ def analyse(
         more_decisions[arm] = more * (1 + ratio) * decisions_per_unit
         primary = next(r for r in results if r.arm == arm and r.role == "primary")
         guards = [r for r in results if r.arm == arm and r.role == "guardrail"]
-        verdicts[arm] = _verdict(arm, plan, primary, guards, srm, more_decisions[arm])
+        units = {s.arm: s.units for s in summaries}
+        verdicts[arm] = _verdict(arm, plan, primary, guards, srm, more_decisions[arm], units)
     return ExperimentAnalysis(
         plan=plan,
         as_of=as_of,

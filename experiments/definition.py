@@ -378,8 +378,9 @@ def parse_experiment(data: Any, source: str = "experiment") -> Experiment:
         raise ExperimentDefinitionError(source, problems) from None
 
 
-def load_experiment(path: str | Path) -> Experiment:
-    """Read and validate an experiment YAML file.
+def load_experiment(path: str | Path, **overrides: Any) -> Experiment:
+    """Read and validate an experiment YAML file; ``overrides`` (not None) replace its fields
+    (e.g. ``start`` given on the command line).
 
     Raises
     ------
@@ -393,4 +394,6 @@ def load_experiment(path: str | Path) -> Experiment:
         raise ExperimentDefinitionError(str(path), [f"cannot read the file: {exc}"]) from None
     except yaml.YAMLError as exc:
         raise ExperimentDefinitionError(str(path), [f"not valid YAML: {exc}"]) from None
+    if isinstance(data, dict):
+        data.update({k: v for k, v in overrides.items() if v is not None})
     return parse_experiment(data, str(path))

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import typer
 
 from recsys.cli import data, evaluate_logs, experiments, features, models, serve, train
+
+# A model download is one log line; MLflow's per-file progress bar would flood service logs.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 app = typer.Typer(
     help="recsys: next-best-offer engine for every customer touchpoint.",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import getpass
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,13 @@ def _fail(exc: Exception) -> typer.Exit:
     return typer.Exit(code=1)
 
 
+def _utc(when: datetime | None) -> datetime | None:
+    """A time from the command line: naive means UTC."""
+    if when is None:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
 def _who() -> str:
     return f"cli:{getpass.getuser()}"
 
@@ -47,15 +54,20 @@ URL = typer.Option(None, "--event-log-url", help="Database of the store (default
 def create(
     path: Path = typer.Argument(..., help="Experiment YAML file (docs/experiments.md)."),
     replace: bool = typer.Option(False, "--replace", help="Overwrite a draft of that name."),
+    start: datetime = typer.Option(None, "--start", help="Replaces the file's start (UTC)."),
+    end: datetime = typer.Option(None, "--end", help="Replaces the file's end (UTC)."),
     event_log_url: str = URL,
 ) -> None:
-    """Validate a YAML definition against the catalogue and store it as a draft."""
+    """Validate a YAML definition against the catalogue and store it as a draft.
+
+    Example: recsys experiments create examples/experiments/demo-live.yaml --start 2026-12-01
+    """
     from experiments.definition import load_experiment
     from recsys.catalog import load_catalog
 
     settings = load_settings(event_log_url=event_log_url)
     try:
-        experiment = load_experiment(path)
+        experiment = load_experiment(path, start=_utc(start), end=_utc(end))
         catalog = load_catalog(settings.serving.catalog_source or settings.warehouse_path)
         experiment.check_catalog(set(catalog.offers), set(catalog.touchpoints))
         store = _store(event_log_url)
@@ -238,8 +250,6 @@ def _run(
     as_of: datetime | None,
     screening: Path | None = None,
 ) -> Any:
-    from datetime import UTC
-
     from experiments.analysis import analyse, open_event_log
 
     settings = load_settings(event_log_url=event_log)
@@ -250,7 +260,7 @@ def _run(
         screened = None
         if screening is not None:
             screened = {str(k): float(v) for k, v in json.loads(screening.read_text()).items()}
-        when = None if as_of is None else as_of.replace(tzinfo=as_of.tzinfo or UTC)
+        when = _utc(as_of)
         with open_event_log(settings.event_log_url) as source:
             return settings, analyse(source, readout_plan, as_of=when, screening=screened)
     except (RecsysError, ValueError, OSError) as exc:
@@ -310,3 +320,60 @@ def report_command(
         typer.echo(f"MLflow run {run_id}")
     for kind, path in paths.items():
         typer.echo(f"{kind}: {path}")
+
+
+# --- the demo business, live ---
+
+
+@app.command()
+def simulate(
+    name: str = typer.Argument(..., help="A running experiment."),
+    dataset: Path = typer.Option(
+        Path("data/demo"), "--dataset", help="The generated demo data (its ground_truth/)."
+    ),
+    days: int = typer.Option(7, "--days", min=1, help="Whole days to play, ending today."),
+    seed: int = typer.Option(0, "--seed", help="Draws of visits and responses."),
+    event_log_url: str = URL,
+) -> None:
+    """Play the demo's customers for DAYS days through the decision path, then read out NAME.
+
+    Each day the demo customers visit the realtime touchpoints; the service's own pipeline
+    decides every visit (the running experiments pick the arms) and logs it; the customers
+    answer with the demo's hidden preferences and their clicks, accepts, conversions and
+    dismissals go to the event log. Example:
+    recsys experiments simulate demo-live --dataset data/demo --days 7
+    """
+    from recsys.catalog import now_utc
+    from recsys.datagen.customers import DemoCustomers
+    from serving.components import build_components
+    from serving.demo_traffic import drive_demo_traffic
+
+    settings = load_settings(event_log_url=event_log_url)
+    store = _store(event_log_url)
+    try:
+        stored = store.get(name)
+    except RecsysError as exc:
+        raise _fail(exc) from None
+    finally:
+        store.close()
+    if stored.status != "running":
+        raise _fail(
+            ValueError(
+                f"experiment {name} must be running to get traffic, got {stored.status} "
+                f"(recsys experiments start {name})"
+            )
+        )
+    try:
+        customers = DemoCustomers.from_dataset(dataset)
+        components = build_components(settings)
+    except RecsysError as exc:
+        raise _fail(exc) from None
+    try:
+        components.arms.refresh()  # the running experiments now, not at the next poll
+        summary = drive_demo_traffic(components, customers, days, now_utc(), seed=seed)
+    finally:
+        components.close()
+    typer.echo(summary.format())
+    _, result = _run(name, None, None, None, None, None, None, event_log_url, None)
+    for text in result.verdicts.values():
+        typer.echo(text)

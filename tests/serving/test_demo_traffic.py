@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +45,45 @@ def test_every_visit_is_decided_logged_and_answered_before_the_end(components, d
         assert shown[(o["decision_id"], o["offer_id"])]["ts"] <= o["ts"] < end
     assert summary.by_arm == {"champion": summary.decisions}
     assert "decisions" in summary.format()
+
+
+def test_a_live_demo_experiment_from_the_command_line(demo_env, tmp_path, monkeypatch):
+    """create --start, start, simulate (days before the start go to the champion), report
+    from the store: what `make run` does."""
+    from typer.testing import CliRunner
+
+    from recsys.cli import app
+
+    settings = demo_env["settings"]
+    for name, value in {
+        "RECSYS_WAREHOUSE_PATH": settings.warehouse_path,
+        "RECSYS_ONLINE_SQLITE_PATH": settings.online_sqlite_path,
+        "RECSYS_EVENT_LOG_URL": f"sqlite:///{tmp_path / 'events.sqlite'}",
+        "RECSYS_MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "RECSYS_SERVING__MODEL_DIR": demo_env["model_dir"],
+    }.items():
+        monkeypatch.setenv(name, str(value))
+    start = (now_utc() - timedelta(days=2)).strftime("%Y-%m-%d")
+    runner = CliRunner()
+
+    def run(*args: str) -> str:
+        result = runner.invoke(app, ["experiments", *args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    definition = Path(__file__).parents[2] / "examples" / "experiments" / "demo-live.yaml"
+    run("create", str(definition), "--start", start)
+    draft = runner.invoke(app, ["experiments", "simulate", "demo-live", "--days", "1"])
+    assert draft.exit_code == 1 and "must be running" in draft.output
+    run("start", "demo-live")
+    out = run("simulate", "demo-live", "--dataset", str(demo_env["root"] / "demo"), "--days", "4")
+    summary = next(line for line in out.splitlines() if "4 days: " in line)
+    for arm in ("champion", "control", "greedy"):  # the days before the start: the champion
+        assert f"{arm}: " in summary
+    assert "too few customers yet for a verdict on greedy against control" in out
+    run("report", "demo-live", "--out", str(tmp_path / "reports"), "--no-mlflow")
+    report = json.loads((tmp_path / "reports" / "demo-live.json").read_text())
+    assert {a["name"] for a in report["plan"]["arms"]} == {
+        "control", "greedy", "popularity", "random"
+    }  # fmt: skip
+    assert (tmp_path / "reports" / "demo-live.html").stat().st_size > 100_000
