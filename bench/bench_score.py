@@ -96,7 +96,7 @@ def in_process(env: dict[str, str], n_customers: int | None, chunk: int, out: Pa
     import duckdb
     import numpy as np
 
-    import recsys.cli.serve as cli
+    import recsys.cli.score as cli
     from recsys.settings import load_settings
     from serving.components import build_components
 

@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-from recsys.cli import data, evaluate_logs, features, models, serve, train
+from recsys.cli import data, evaluate_logs, features, models, score, serve, train
 
 app = typer.Typer(
     help="recsys: next-best-offer engine for every customer touchpoint.",
@@ -19,6 +19,7 @@ app.add_typer(models.app, name="models", help="List and promote registered model
 train.register(app)
 evaluate_logs.register(app)
 serve.register(app)
+score.register(app)
 
 
 @app.callback()
