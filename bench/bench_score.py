@@ -18,6 +18,11 @@ Steps (data under ``--work``, default ``data/bench_score/``; built once, reused)
    time includes start-up: model load, customer ids) unless ``--skip-cli``; with
    ``--record`` also a run that logs every decision to a fresh SQLite event log.
 
+``--compare-layouts`` instead runs ``recsys score --dry-run`` end to end with ``--layout
+offers`` (one row per offer) and ``--layout recipients`` (one row per recipient, the email
+list), alternating, ``--rounds`` times each on the same data and model, and prints both
+medians and recipients/offers.
+
 ``--baseline REF`` instead alternates REF (a temporary git worktree) and this checkout,
 ``recsys score`` end to end on the same data and model (``--record`` adds the logged run),
 and prints both sides' medians and new/old (``bench/baseline.py``).
@@ -170,16 +175,18 @@ def cli_score(
     *,
     record: bool,
     customers: int | None,
+    layout: str = "offers",
 ) -> float:
     """``recsys score`` of ``side`` end to end (wall seconds, start-up included), the first
-    ``customers`` (all when None); a logged run starts from an empty event log."""
+    ``customers`` (all when None), in ``layout``; a logged run starts from an empty log."""
     work: Path = args.work
-    cmd = [str(BIN / "recsys"), "score", "--touchpoint", TOUCHPOINT, "--chunk", str(args.chunk)]
+    cmd = [str(BIN / "recsys"), "score", "--touchpoint", TOUCHPOINT, "--chunk", str(args.chunk),
+           "--layout", layout]  # fmt: skip
     if customers:
         cmd += ["--max-customers", str(customers)]
     if record:
         forget_event_log(work / "events.sqlite")
-    out = work / f"email_{side.name}{'_rec' if record else ''}.parquet"
+    out = work / f"email_{side.name}_{layout}{'_rec' if record else ''}.parquet"
     return run([*cmd, "--out", str(out), "--record" if record else "--dry-run"], side.process(env))
 
 
@@ -220,6 +227,29 @@ def compare_with_baseline(args: argparse.Namespace, env: dict[str, str]) -> None
     )
 
 
+def compare_layouts(args: argparse.Namespace, env: dict[str, str]) -> None:
+    """``recsys score --dry-run`` per layout, alternating; medians and recipients/offers."""
+    import statistics
+
+    side = baseline.current()
+    env_side = {**env, **model_cache_env(args.work, side.name)}
+    cli_score(side, env_side, args, record=False, customers=100)  # compiles the model once
+    seconds: dict[str, list[float]] = {"offers": [], "recipients": []}
+    for _ in range(args.rounds):
+        for layout in seconds:
+            seconds[layout].append(
+                cli_score(side, env_side, args, record=False, customers=args.score, layout=layout)
+            )
+    median = {layout: statistics.median(values) for layout, values in seconds.items()}
+    n = args.score or args.customers
+    print(f"\nrecsys score --dry-run {TOUCHPOINT}, {n:,} customers, {args.rounds} round(s), "
+          f"{os.cpu_count()} CPUs (wall, start-up included)")  # fmt: skip
+    for layout, values in seconds.items():
+        print(f"  --layout {layout:<11} median {median[layout]:7.1f} s   runs {values}")
+    print(f"  recipients / offers: {median['recipients'] / median['offers']:.3f}")
+    (args.work / "layouts.json").write_text(json.dumps({"seconds": seconds, "median": median}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -238,6 +268,11 @@ def main() -> None:
     parser.add_argument("--skip-cli", action="store_true", help="no end-to-end CLI run")
     parser.add_argument("--record", action="store_true", help="also a CLI run that logs")
     parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--compare-layouts",
+        action="store_true",
+        help="recsys score end to end per --layout (offers, recipients), --rounds times",
+    )
     baseline.add_arguments(parser)
     args = parser.parse_args()
     args.work, args.model_db = args.work.resolve(), args.model_db.resolve()
@@ -255,6 +290,10 @@ def main() -> None:
         baseline.emit_result(
             in_process(env, args.score, args.chunk, work / "score_inprocess.parquet")
         )
+        return
+    if args.compare_layouts:
+        forget_event_log(events)
+        compare_layouts(args, env)
         return
     if args.baseline:
         compare_with_baseline(args, env)

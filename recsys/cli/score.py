@@ -196,7 +196,12 @@ def score(
     """
     import duckdb
 
-    from recsys.cli.stores import check_online_store, check_tracking_store, existing_warehouse
+    from recsys.cli.stores import (
+        check_online_store,
+        check_tracking_store,
+        existing_warehouse,
+        writable_out,
+    )
     from recsys.settings import load_settings
     from serving.components import build_components
 
@@ -213,6 +218,7 @@ def score(
         serving=None if epsilon is None else {"epsilon": epsilon},
         lifecycle={"start_without_model": True},
     )
+    writable_out(out)
     warehouse_path = existing_warehouse(settings)
     check_online_store(settings)
     if settings.serving.model_dir is None:

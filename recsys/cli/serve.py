@@ -13,8 +13,10 @@ logger = logging.getLogger(__name__)
 
 def register(app: typer.Typer) -> None:
     """Add the top-level ``serve`` and ``export-events`` commands to ``app``."""
-    app.command("serve")(serve)
-    app.command("export-events")(export_events)
+    app.command("serve", epilog="Example: recsys serve --port 8000 --workers 2")(serve)
+    app.command("export-events", epilog="Example: recsys export-events data/feedback")(
+        export_events
+    )
 
 
 def export_events(
@@ -27,7 +29,10 @@ def export_events(
     from recsys.eventlog import export_contract, open_event_log
     from recsys.settings import load_settings
 
+    from recsys.cli.stores import check_event_log
+
     settings = load_settings()
+    check_event_log(settings)
     warehouse_path = db or settings.warehouse_path
     known = None
     if Path(warehouse_path).exists():
@@ -81,6 +86,7 @@ def serve(
         if value is not None:
             os.environ[f"RECSYS_SERVING__{name}"] = str(value)
     settings = load_settings()
+    ensure_port_free(settings.serving.host, settings.serving.port)
     base = f"http://{settings.serving.host}:{settings.serving.port}"
     typer.echo(
         f"recsys decision service on {base}  (docs: {base}/docs)\n"
@@ -90,3 +96,22 @@ def serve(
         f"  curl -s '{base}/v1/offers?touchpoint=web_home'"
     )
     run_server(settings)
+
+
+def ensure_port_free(host: str, port: int) -> None:
+    """Refuse to start on an address another process listens on, in one line, before the
+    banner and the model load (uvicorn would fail after both, with a page of logs)."""
+    import socket
+
+    from recsys.errors import ConfigError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(
+                f"`--port` must be free on {host}, got {port}, which is in use "
+                f"({exc.strerror}); stop the other server or choose another --port"
+            ) from None

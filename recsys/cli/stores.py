@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from recsys.errors import NotFoundError
+from recsys.errors import FieldError, NotFoundError
 from recsys.settings import Settings, sqlite_path_of
 
 WHERE = "(settings are read relative to the project root {root}; set RECSYS_PROJECT_ROOT)"
@@ -63,3 +63,23 @@ def check_event_log(settings: Settings) -> None:
             "event log", path, settings, "serve or score decisions first, "
             "or name it with RECSYS_EVENT_LOG_URL"
         )  # fmt: skip
+
+
+def writable_out(path: Path, option: str = "--out") -> Path:
+    """``path`` with its folder created; a place that cannot be written is a one-line
+    error naming ``option`` (before any work is done)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        existed = path.exists()
+        with path.open("ab"):
+            pass
+        if not existed:
+            path.unlink()
+    except OSError as exc:
+        raise FieldError(
+            option,
+            "a writable file",
+            str(path),
+            f"`{option}` must be a writable file, got {path} ({exc.strerror or exc})",
+        ) from None
+    return path
