@@ -6,8 +6,8 @@ import logging
 
 import typer
 
-from recsys.cli.errors import OneLineErrors
 from recsys.cli import data, evaluate_logs, features, keys, models, score, serve, train
+from recsys.cli.errors import OneLineErrors
 
 app = typer.Typer(
     help="recsys: next-best-offer engine for every customer touchpoint.",

@@ -10,6 +10,7 @@ full traceback only with ``recsys --debug ...`` (or ``RECSYS_DEBUG=1``), as in g
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import typer
 from pydantic import ValidationError
@@ -42,7 +43,7 @@ def one_line(exc: BaseException) -> str:
 class OneLineErrors(TyperGroup):
     """The root command group: user mistakes as one line on stderr, exit code 1."""
 
-    def invoke(self, ctx: typer.Context):
+    def invoke(self, ctx: Any) -> Any:  # click's Context (typer vendors click privately)
         try:
             return super().invoke(ctx)
         except (typer.TyperException, typer.Exit, typer.Abort):

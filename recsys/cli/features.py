@@ -22,7 +22,6 @@ CONFIG_HELP = (
 
 def _open_warehouse(db: Path | None):
     from recsys import warehouse
-
     from recsys.cli.stores import existing_warehouse
 
     settings = load_settings()

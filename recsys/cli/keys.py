@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -33,8 +34,8 @@ def new(
     ),
 ) -> None:
     """Make a new random key: the key on stdout (shown once), its record {id, scope, hash}."""
-    from serving.credentials import ApiKeyRecord, new_key
     from recsys.settings import hash_key
+    from serving.credentials import ApiKeyRecord, new_key
 
     if scope not in SCOPES:
         raise typer.BadParameter(f"must be one of {', '.join(SCOPES)}, got {scope!r}",
@@ -50,7 +51,7 @@ def new(
 
 
 def _add_to_file(path: Path, record: dict) -> None:
-    document = {"keys": []}
+    document: dict[str, Any] = {"keys": []}
     if path.exists():
         document = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(document, dict) or not isinstance(document.get("keys"), list):

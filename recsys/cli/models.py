@@ -24,9 +24,8 @@ def list_models(
     ),
 ) -> None:
     """Every version of the registered model, newest first, with aliases and headline metrics."""
-    from training.tracking import list_versions
-
     from recsys.cli.stores import check_tracking_store
+    from training.tracking import list_versions
 
     settings = load_settings(mlflow_tracking_uri=tracking_uri)
     check_tracking_store(settings)
@@ -66,10 +65,9 @@ def promote(
     ),
 ) -> None:
     """Point an alias (champion or challenger) at a model version; serving loads the champion."""
+    from recsys.cli.stores import check_tracking_store
     from training.tracking import ensure_champion
     from training.tracking import promote as set_alias
-
-    from recsys.cli.stores import check_tracking_store
 
     settings = load_settings(mlflow_tracking_uri=tracking_uri)
     check_tracking_store(settings)

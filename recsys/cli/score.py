@@ -195,6 +195,7 @@ def score(
     email's tracking links (events name it).
     """
     import duckdb
+    from rich.console import Console
 
     from recsys.cli.stores import (
         check_online_store,
@@ -223,7 +224,12 @@ def score(
     check_online_store(settings)
     if settings.serving.model_dir is None:
         check_tracking_store(settings)
-    components = build_components(settings)
+    # A spinner on a terminal: the first load of a model compiles it to native code.
+    with Console(stderr=True).status(
+        "loading the model, features and catalogue (a model's first load compiles it, "
+        "up to a minute)"
+    ):
+        components = build_components(settings)
     try:
         catalog = components.pipeline.catalog
         tp_id = resolve_touchpoint(catalog, touchpoint)

@@ -26,10 +26,9 @@ def export_events(
     """Write the event log as contract files; then `recsys data load OUT_DIR` (closed loop)."""
     import duckdb
 
+    from recsys.cli.stores import check_event_log
     from recsys.eventlog import export_contract, open_event_log
     from recsys.settings import load_settings
-
-    from recsys.cli.stores import check_event_log
 
     settings = load_settings()
     check_event_log(settings)

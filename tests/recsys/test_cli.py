@@ -4,8 +4,8 @@ the project's stores from any folder, every problem at once, one-line errors, ex
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import shutil
 import socket
 from pathlib import Path
