@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 SCORE_CHUNK = 5_000
 #: Chunks ``recsys score`` decides at once, in threads (the model's predict releases the GIL).
 IN_FLIGHT = 2
+#: A scoring of one chunk slower than this counts as failed for the circuit breaker.
+BATCH_SLOW_SCORING_MS = 600_000.0
 #: ``recsys score`` runs Python's cyclic garbage collector once per this many chunks.
 GC_EVERY_CHUNKS = 20
 
@@ -217,7 +219,9 @@ def score(
         )
     settings = load_settings(
         serving=None if epsilon is None else {"epsilon": epsilon},
-        lifecycle={"start_without_model": True},
+        # A batch has no caller waiting: a slow scoring of a big chunk is no reason to switch
+        # to the fallback (only failures open the circuit breaker).
+        lifecycle={"start_without_model": True, "breaker_slow_ms": BATCH_SLOW_SCORING_MS},
     )
     writable_out(out)
     warehouse_path = existing_warehouse(settings)

@@ -123,3 +123,15 @@ def test_without_a_champion_score_serves_the_fallback_and_says_so(score_env, mon
     assert result.exit_code == 0, result.output
     assert "no champion model" in result.stderr and "fallback" in result.stderr
     assert pd.read_csv(out).offer_1_id.notna().all()
+
+
+def test_slow_chunks_do_not_switch_a_batch_to_the_fallback(score_env, monkeypatch, caplog):
+    import logging
+
+    monkeypatch.setenv("RECSYS_LIFECYCLE__BREAKER_SLOW_MS", "0.001")  # every scoring is slow
+    out = score_env / "slow.csv"
+    args = ["score", "--touchpoint", "email_newsletter", "--out", str(out), "--dry-run"]
+    with caplog.at_level(logging.WARNING):
+        result = CliRunner().invoke(app, [*args, "--chunk", "20"])
+    assert result.exit_code == 0, result.output
+    assert not [r for r in caplog.records if "circuit breaker open" in r.getMessage()]
