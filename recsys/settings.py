@@ -431,7 +431,11 @@ def load_settings(**overrides: Any) -> Settings:
     environment and files, to the project root.
     """
     given = {k: _from_here(v) for k, v in overrides.items() if v is not None}
-    return Settings(**given)
+    root = given.get("project_root") or os.environ.get("RECSYS_PROJECT_ROOT")
+    root = Path(root) if root else default_project_root()
+    # The project's .env is read from any folder; one in the current folder wins over it.
+    env_files = (root / ".env", Path(".env"))
+    return Settings(_env_file=env_files, **given)
 
 
 def _from_here(value: Any) -> Any:

@@ -79,6 +79,16 @@ def test_relative_store_paths_are_under_the_project_root_not_the_current_folder(
     assert load_settings(warehouse_path=Path("w.duckdb")).warehouse_path == tmp_path / "w.duckdb"
 
 
+def test_the_project_env_file_is_read_from_another_folder(tmp_path, monkeypatch):
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / ".env").write_text("RECSYS_MODEL_NAME=from-project-env\n")
+    monkeypatch.setenv("RECSYS_PROJECT_ROOT", str(tmp_path / "proj"))
+    monkeypatch.chdir(tmp_path)
+    assert load_settings().model_name == "from-project-env"
+    (tmp_path / ".env").write_text("RECSYS_MODEL_NAME=from-here\n")
+    assert load_settings().model_name == "from-here"
+
+
 def test_models_list_from_another_folder_says_there_is_no_registry_and_creates_none(project):
     result = run("models", "list")
     assert result.exit_code == 1
