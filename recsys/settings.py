@@ -435,7 +435,8 @@ def load_settings(**overrides: Any) -> Settings:
     root = Path(root) if root else default_project_root()
     # The project's .env is read from any folder; one in the current folder wins over it.
     env_files = (root / ".env", Path(".env"))
-    return Settings(_env_file=env_files, **given)
+    arguments: dict[str, Any] = {"_env_file": env_files, **given}
+    return Settings(**arguments)
 
 
 def _from_here(value: Any) -> Any:

@@ -48,6 +48,11 @@ class OneLineErrors(TyperGroup):
             return super().invoke(ctx)
         except (typer.TyperException, typer.Exit, typer.Abort):
             raise
+        except KeyboardInterrupt:
+            if debug_requested(ctx):
+                raise
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
         except (RecsysError, OSError, ValidationError) as exc:
             if debug_requested(ctx):
                 raise
