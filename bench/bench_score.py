@@ -175,18 +175,20 @@ def cli_score(
     *,
     record: bool,
     customers: int | None,
-    layout: str = "offers",
+    layout: str | None = None,
 ) -> float:
     """``recsys score`` of ``side`` end to end (wall seconds, start-up included), the first
-    ``customers`` (all when None), in ``layout``; a logged run starts from an empty log."""
+    ``customers`` (all when None), in ``layout`` (None: the side's default, so that a REF
+    from before ``--layout`` runs too); a logged run starts from an empty log."""
     work: Path = args.work
-    cmd = [str(BIN / "recsys"), "score", "--touchpoint", TOUCHPOINT, "--chunk", str(args.chunk),
-           "--layout", layout]  # fmt: skip
+    cmd = [str(BIN / "recsys"), "score", "--touchpoint", TOUCHPOINT, "--chunk", str(args.chunk)]
+    if layout is not None:
+        cmd += ["--layout", layout]
     if customers:
         cmd += ["--max-customers", str(customers)]
     if record:
         forget_event_log(work / "events.sqlite")
-    out = work / f"email_{side.name}_{layout}{'_rec' if record else ''}.parquet"
+    out = work / f"email_{side.name}_{layout or 'default'}{'_rec' if record else ''}.parquet"
     return run([*cmd, "--out", str(out), "--record" if record else "--dry-run"], side.process(env))
 
 
@@ -288,7 +290,7 @@ def compare_layouts(args: argparse.Namespace, env: dict[str, str]) -> None:
 
     side = baseline.current()
     env_side = {**env, **model_cache_env(args.work, side.name)}
-    cli_score(side, env_side, args, record=False, customers=100)  # compiles the model once
+    cli_score(side, env_side, args, record=False, customers=100, layout="offers")  # compiles
     seconds: dict[str, list[float]] = {"offers": [], "recipients": []}
     for _ in range(args.rounds):
         for layout in seconds:
