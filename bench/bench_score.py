@@ -18,6 +18,11 @@ Steps (data under ``--work``, default ``data/bench_score/``; built once, reused)
    time includes start-up: model load, customer ids) unless ``--skip-cli``; with
    ``--record`` also a run that logs every decision to a fresh SQLite event log.
 
+``--compare-layouts`` instead runs ``recsys score --dry-run`` end to end with ``--layout
+offers`` (one row per offer) and ``--layout recipients`` (one row per recipient, the email
+list), alternating, ``--rounds`` times each on the same data and model, and prints both
+medians and recipients/offers.
+
 ``--baseline REF`` instead alternates REF (a temporary git worktree) and this checkout,
 ``recsys score`` end to end on the same data and model (``--record`` adds the logged run),
 and prints both sides' medians and new/old (``bench/baseline.py``).
@@ -96,7 +101,7 @@ def in_process(env: dict[str, str], n_customers: int | None, chunk: int, out: Pa
     import duckdb
     import numpy as np
 
-    import recsys.cli.serve as cli
+    import recsys.cli.score as cli
     from recsys.settings import load_settings
     from serving.components import build_components
 
@@ -170,16 +175,20 @@ def cli_score(
     *,
     record: bool,
     customers: int | None,
+    layout: str | None = None,
 ) -> float:
     """``recsys score`` of ``side`` end to end (wall seconds, start-up included), the first
-    ``customers`` (all when None); a logged run starts from an empty event log."""
+    ``customers`` (all when None), in ``layout`` (None: the side's default, so that a REF
+    from before ``--layout`` runs too); a logged run starts from an empty log."""
     work: Path = args.work
     cmd = [str(BIN / "recsys"), "score", "--touchpoint", TOUCHPOINT, "--chunk", str(args.chunk)]
+    if layout is not None:
+        cmd += ["--layout", layout]
     if customers:
         cmd += ["--max-customers", str(customers)]
     if record:
         forget_event_log(work / "events.sqlite")
-    out = work / f"email_{side.name}{'_rec' if record else ''}.parquet"
+    out = work / f"email_{side.name}_{layout or 'default'}{'_rec' if record else ''}.parquet"
     return run([*cmd, "--out", str(out), "--record" if record else "--dry-run"], side.process(env))
 
 
@@ -220,6 +229,101 @@ def compare_with_baseline(args: argparse.Namespace, env: dict[str, str]) -> None
     )
 
 
+def layout_costs(env: dict[str, str], n_customers: int | None, chunk: int, rounds: int) -> dict:
+    """In process: the chunks decided once (dry run), then written in each layout,
+    alternating ``rounds`` times: the layouts' own cost, apart from the deciding."""
+    os.environ.update(env)
+    import tempfile
+
+    import duckdb
+    import pyarrow.parquet as pq
+
+    from recsys.cli.score import LAYOUTS
+    from recsys.decision import DecisionRequest
+    from recsys.settings import load_settings
+    from serving.components import build_components
+
+    settings = load_settings(lifecycle={"breaker_slow_ms": 600_000.0})
+    components = build_components(settings)
+    con = duckdb.connect(str(settings.warehouse_path), read_only=True)
+    query = "SELECT customer_id FROM customers ORDER BY customer_id"
+    if n_customers:
+        query += f" LIMIT {int(n_customers)}"
+    ids = [r[0] for r in con.execute(query).fetchall()]
+    con.close()
+    pipeline = components.pipeline
+    slots = pipeline.catalog.touchpoints[TOUCHPOINT].slots
+    now = pipeline.clock()
+    started = time.perf_counter()
+    batches = [
+        pipeline.run(
+            [DecisionRequest(c, TOUCHPOINT, limit=slots) for c in ids[i : i + chunk]],
+            now,
+            record=False,
+        )
+        for i in range(0, len(ids), chunk)
+    ]
+    decide = time.perf_counter() - started
+    seconds: dict[str, list[float]] = {name: [] for name in ("offers", "recipients")}
+    rows: dict[str, int] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(rounds):
+            for name in seconds:
+                layout = LAYOUTS[name](pipeline.catalog, TOUCHPOINT, slots)
+                t0 = time.perf_counter()
+                writer = pq.ParquetWriter(Path(tmp) / f"{name}.parquet", layout.schema())
+                rows[name] = 0
+                for batch in batches:
+                    table = layout.to_arrow(batch)
+                    rows[name] += table.num_rows
+                    writer.write_table(table)
+                writer.close()
+                seconds[name].append(time.perf_counter() - t0)
+    components.close()
+    return {"customers": len(ids), "decide_seconds": decide, "write_seconds": seconds,
+            "rows": rows}  # fmt: skip
+
+
+def compare_layouts(args: argparse.Namespace, env: dict[str, str]) -> None:
+    """``recsys score --dry-run`` per layout, alternating; medians and recipients/offers."""
+    import statistics
+
+    side = baseline.current()
+    env_side = {**env, **model_cache_env(args.work, side.name)}
+    cli_score(side, env_side, args, record=False, customers=100, layout="offers")  # compiles
+    seconds: dict[str, list[float]] = {"offers": [], "recipients": []}
+    for _ in range(args.rounds):
+        for layout in seconds:
+            seconds[layout].append(
+                cli_score(side, env_side, args, record=False, customers=args.score, layout=layout)
+            )
+    median = {layout: statistics.median(values) for layout, values in seconds.items()}
+    n = args.score or args.customers
+    print(f"\nrecsys score --dry-run {TOUCHPOINT}, {n:,} customers, {args.rounds} round(s), "
+          f"{os.cpu_count()} CPUs (wall, start-up included)")  # fmt: skip
+    for layout, values in seconds.items():
+        print(f"  --layout {layout:<11} median {median[layout]:7.1f} s   runs {values}")
+    print(f"  recipients / offers: {median['recipients'] / median['offers']:.3f}")
+    out = subprocess.run(
+        [sys.executable, __file__, "--in-process", "--layout-costs", "--work", str(args.work),
+         "--model-db", str(args.model_db), "--chunk", str(args.chunk), "--rounds",
+         str(args.rounds)] + (["--score", str(args.score)] if args.score else []),
+        **side.process(env_side), check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    costs = baseline.parse_result(out)
+    write = {name: statistics.median(v) for name, v in costs["write_seconds"].items()}
+    decide = costs["decide_seconds"]
+    print(f"in process, {costs['customers']:,} customers decided once in {decide:.1f} s, then "
+          f"written (Parquet) in each layout, {args.rounds} round(s), medians:")  # fmt: skip
+    for name, value in write.items():
+        print(f"  --layout {name:<11} write {value:6.2f} s  ({costs['rows'][name]:,} rows)")
+    ratio = (decide + write["recipients"]) / (decide + write["offers"])
+    print(f"  recipients / offers, decide + write: {ratio:.3f}")
+    (args.work / "layouts.json").write_text(
+        json.dumps({"seconds": seconds, "median": median, "in_process": costs})
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -238,6 +342,12 @@ def main() -> None:
     parser.add_argument("--skip-cli", action="store_true", help="no end-to-end CLI run")
     parser.add_argument("--record", action="store_true", help="also a CLI run that logs")
     parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--layout-costs", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--compare-layouts",
+        action="store_true",
+        help="recsys score end to end per --layout (offers, recipients), --rounds times",
+    )
     baseline.add_arguments(parser)
     args = parser.parse_args()
     args.work, args.model_db = args.work.resolve(), args.model_db.resolve()
@@ -251,10 +361,17 @@ def main() -> None:
     prepare(work, args.customers, args.offers, args.days, args.seed, new.process(env))
     if args.prepare_only:
         return
+    if args.in_process and args.layout_costs:
+        baseline.emit_result(layout_costs(env, args.score, args.chunk, args.rounds))
+        return
     if args.in_process:  # child: one clean process per measurement
         baseline.emit_result(
             in_process(env, args.score, args.chunk, work / "score_inprocess.parquet")
         )
+        return
+    if args.compare_layouts:
+        forget_event_log(events)
+        compare_layouts(args, env)
         return
     if args.baseline:
         compare_with_baseline(args, env)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 import pyarrow as pa
+import yaml
 
 
 class ColumnType(StrEnum):
@@ -320,3 +322,28 @@ class Report:
         if rest > 0:
             lines.append(f"... and {rest} more problem{'s' if rest > 1 else ''}")
         return "\n".join(lines)
+
+
+class ContractYamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader whose bad dates name the value and where it is.
+
+    A value that looks like a date (``start_at: 2026-13-45``) is a timestamp to YAML; the
+    safe loader fails on an impossible one with a bare ``month must be in 1..12``. This one
+    raises a :class:`yaml.constructor.ConstructorError` with the value, line and column.
+    """
+
+    def construct_checked_timestamp(self, node: yaml.ScalarNode) -> Any:
+        try:
+            return self.construct_yaml_timestamp(node)
+        except ValueError as exc:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"{node.value!r} is not a valid ISO 8601 date or time ({exc})",
+                node.start_mark,
+            ) from None
+
+
+ContractYamlLoader.add_constructor(
+    "tag:yaml.org,2002:timestamp", ContractYamlLoader.construct_checked_timestamp
+)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +33,15 @@ import pyarrow.parquet as pq
 import yaml
 
 from recsys import warehouse
-from recsys.contract import ARROW_TYPES, TABLES, ColumnType, Problem, Report, TableSpec
+from recsys.contract import (
+    ARROW_TYPES,
+    TABLES,
+    ColumnType,
+    ContractYamlLoader,
+    Problem,
+    Report,
+    TableSpec,
+)
 from recsys.errors import ContractError
 from recsys.validation import validate_frame
 
@@ -139,6 +147,15 @@ def find_table_files(directory: Path) -> dict[str, Path]:
     return found
 
 
+def yaml_problem(path: Path, err: yaml.YAMLError) -> Problem:
+    """A YAML error as one line naming the file, the line and what is wrong."""
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:
+        reason = " ".join(f"{err.context or ''} {err.problem or ''}".split())
+        return Problem(f"{path}, line {err.problem_mark.line + 1}", None, None,
+                       f"not valid YAML: {reason}")  # fmt: skip
+    return Problem(str(path), None, None, f"not valid YAML: {' '.join(str(err).split())}")
+
+
 def _utf8_problem(path: Path) -> Problem:
     data = path.read_bytes()
     try:
@@ -211,12 +228,10 @@ def read_chunks(path: Path, spec: TableSpec) -> Iterator[pd.DataFrame]:
             problem = _utf8_problem(path)
             raise ContractError(str(problem), problems=[problem]) from err
         try:
-            records = yaml.safe_load(text)
+            records = yaml.load(text, Loader=ContractYamlLoader)
         except yaml.YAMLError as err:
-            raise ContractError(
-                f"{path}: not valid YAML ({err})",
-                problems=[Problem(str(path), None, None, "not valid YAML")],
-            ) from err
+            problem = yaml_problem(path, err)
+            raise ContractError(str(problem), problems=[problem]) from err
         if isinstance(records, dict) and spec.name in records:
             records = records[spec.name]
         if records is None:
@@ -268,18 +283,21 @@ def _stage_name(table: str) -> str:
 
 def _stage_file(
     con: duckdb.DuckDBPyConnection, spec: TableSpec, path: Path, problems: _Problems
-) -> int:
-    """Validate ``path`` and copy its rows into a temp staging table; returns rows read."""
+) -> tuple[int, bool]:
+    """Validate ``path`` and copy its rows into a temp staging table; returns rows read and
+    whether it was staged (a file with problems is read to its end, not staged)."""
     stage = _stage_name(spec.name)
     rows = 0
     created = False
+    refused = False
     for chunk in read_chunks(path, spec):
         typed, found = validate_frame(
             chunk, spec, str(path), first_row=rows + 1, check_unique=False
         )
         if typed is None:
             problems.extend(found)
-        elif problems.total == 0:
+            refused = True
+        elif not refused:
             table = to_arrow(typed, spec)
             row_numbers = pa.array(range(rows + 1, rows + 1 + len(typed)), type=pa.int64())
             table = table.append_column("_row", row_numbers)
@@ -291,11 +309,11 @@ def _stage_file(
                 con.execute(f"INSERT INTO {stage} BY NAME SELECT * FROM _chunk")
             con.unregister("_chunk")
         rows += len(chunk)
-    if not created and problems.total == 0:
+    if not created and not refused:
         # A header-only file: an empty batch of this table.
         cols = ", ".join(f"{_quote(c.name)} {warehouse.DUCKDB_TYPES[c.type]}" for c in spec.columns)
         con.execute(f"CREATE OR REPLACE TABLE {stage} ({cols}, _row BIGINT)")
-    return rows
+    return rows, not refused
 
 
 def _key_condition(spec: TableSpec, left: str, right: str) -> str:
@@ -342,9 +360,14 @@ def _check_references(
     file: str,
     staged: set[str],
     problems: _Problems,
+    unchecked: set[str] = frozenset(),  # type: ignore[assignment]
 ) -> None:
+    """Rows naming keys found neither in the warehouse nor in the staged files; references
+    to a table in ``unchecked`` (its file was refused) are not checked."""
     stage = _stage_name(spec.name)
     for ref in spec.references:
+        if ref.target in unchecked:
+            continue
         target_cols = ", ".join(_quote(c) for c in ref.target_columns)
         sources = [f"SELECT {target_cols} FROM {_quote(ref.target)}"]
         if ref.target in staged:
@@ -557,13 +580,30 @@ def _append_by_content(
 # ---------------------------------------------------------------- entry point
 
 
-def load_directory(directory: str | Path, con: duckdb.DuckDBPyConnection) -> LoadSummary:
+#: A check of the loaded state before it is committed (e.g. rule features against the
+#: feature spec): sees the warehouse with the new rows, returns the problems found.
+LoadCheck = Callable[[duckdb.DuckDBPyConnection], list[Problem]]
+
+
+def load_directory(
+    directory: str | Path,
+    con: duckdb.DuckDBPyConnection,
+    *,
+    dry_run: bool = False,
+    checks: Sequence[LoadCheck] = (),
+) -> LoadSummary:
     """Validate and load every contract table in ``directory`` in one transaction.
+
+    Every problem is reported at once: each file is validated, and the duplicate and
+    reference checks run on every file that passed (against the warehouse and the other
+    files). ``checks`` then see the warehouse with the new rows, before the commit.
+    ``dry_run`` does all of it and rolls back: the summary says what a load would add.
 
     Raises
     ------
     ContractError
-        If any file breaks the contract; the warehouse is left exactly as it was.
+        If any file breaks the contract or a check finds a problem; the warehouse is left
+        exactly as it was.
     """
     started = time.perf_counter()
     directory = Path(directory)
@@ -571,6 +611,7 @@ def load_directory(directory: str | Path, con: duckdb.DuckDBPyConnection) -> Loa
     warehouse.create_tables(con)
     problems = _Problems()
     summary = LoadSummary()
+    what = f"{'validation' if dry_run else 'load'} of {directory}"
     # Rows are validated and staged in a separate, throw-away database; the warehouse itself
     # changes only in the final merge transaction, so a refused load keeps nothing, and the
     # staging can spill to disk instead of living in one huge open transaction.
@@ -580,22 +621,29 @@ def load_directory(directory: str | Path, con: duckdb.DuckDBPyConnection) -> Loa
         con.execute(f"ATTACH '{staging_file}' AS {STAGING}")
         try:
             rows_read: dict[str, int] = {}
+            staged: set[str] = set()
             for name, path in files.items():
-                rows_read[name] = _stage_file(con, TABLES[name], path, problems)
-            problems.raise_if_any(f"load of {directory}")
-            staged = set(files)
-            for name, path in files.items():
-                _check_duplicates(con, TABLES[name], str(path), problems)
-            for name, path in files.items():
-                _check_references(con, TABLES[name], str(path), staged, problems)
-            problems.raise_if_any(f"load of {directory}")
+                rows_read[name], ok = _stage_file(con, TABLES[name], path, problems)
+                if ok:
+                    staged.add(name)
+            refused = set(files) - staged
+            for name in staged:
+                _check_duplicates(con, TABLES[name], str(files[name]), problems)
+            for name in staged:
+                _check_references(
+                    con, TABLES[name], str(files[name]), staged, problems, unchecked=refused
+                )
+            problems.raise_if_any(what)
             con.execute("BEGIN TRANSACTION")
             try:
                 for name, path in files.items():
                     load = TableLoad(name, path.name, rows_read[name])
                     _merge(con, TABLES[name], load)
                     summary.tables.append(load)
-                con.execute("COMMIT")
+                for check in checks:
+                    problems.extend(check(con))
+                problems.raise_if_any(what)
+                con.execute("ROLLBACK" if dry_run else "COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
@@ -603,5 +651,6 @@ def load_directory(directory: str | Path, con: duckdb.DuckDBPyConnection) -> Loa
             con.execute(f"USE {_quote(database)}")
             con.execute(f"DETACH {STAGING}")
     summary.seconds = time.perf_counter() - started
-    log.info("loaded %s tables from %s in %.1f s", len(files), directory, summary.seconds)
+    log.info("%s %s tables from %s in %.1f s", "validated" if dry_run else "loaded", len(files),
+             directory, summary.seconds)  # fmt: skip
     return summary

@@ -26,7 +26,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -328,6 +328,12 @@ class Settings(BaseSettings):
     model_name: str = "offer-ranker"
     model_alias: str = "champion"
     seed: int = 7
+    project_root: Path | None = Field(
+        default=None,
+        description="folder that relative store paths (warehouse, online store, event log, "
+        "MLflow database, model cache) are relative to; default: the recsys checkout that "
+        "is installed, else the current folder",
+    )
 
     serving: ServingSettings = Field(default_factory=ServingSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
@@ -354,8 +360,68 @@ class Settings(BaseSettings):
             if not Path(path).is_file():
                 raise ConfigError(f"`{SETTINGS_FILE_VAR}` must name a TOML file, got {path!r}")
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(path)))
+        sources.append(MlflowTrackingUri(settings_cls))
         sources.append(file_secret_settings)
         return tuple(sources)
+
+    @model_validator(mode="after")
+    def _stores_under_the_project_root(self) -> Settings:
+        """Relative store paths are relative to the project root, not the current folder: a
+        command run from another folder reads the project's stores."""
+        root = (self.project_root or default_project_root()).absolute()
+        self.project_root = root
+        for name in ("data_dir", "warehouse_path", "online_sqlite_path", "features_config"):
+            setattr(self, name, _under(root, getattr(self, name)))
+        self.event_log_url = _sqlite_under(root, self.event_log_url)
+        self.mlflow_tracking_uri = _sqlite_under(root, self.mlflow_tracking_uri)
+        self.lifecycle.model_cache_dir = root / self.lifecycle.model_cache_dir
+        self.serving.catalog_source = _under(root, self.serving.catalog_source)
+        self.serving.model_dir = _under(root, self.serving.model_dir)
+        self.security.api_keys_file = _under(root, self.security.api_keys_file)
+        return self
+
+
+#: The standard MLflow variable, read when ``RECSYS_MLFLOW_TRACKING_URI`` is not set.
+MLFLOW_TRACKING_VAR = "MLFLOW_TRACKING_URI"
+SQLITE_PREFIX = "sqlite:///"
+
+
+class MlflowTrackingUri(PydanticBaseSettingsSource):
+    """``MLFLOW_TRACKING_URI`` (what every MLflow tool reads) as ``mlflow_tracking_uri``,
+    under every ``RECSYS_`` source: the recsys setting wins when both are set."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # read in __call__
+
+    def __call__(self) -> dict[str, Any]:
+        value = os.environ.get(MLFLOW_TRACKING_VAR)
+        return {"mlflow_tracking_uri": value} if value else {}
+
+
+def default_project_root() -> Path:
+    """The recsys checkout this code runs from (it holds ``pyproject.toml``), else the
+    current folder (an installed package: set ``RECSYS_PROJECT_ROOT``)."""
+    checkout = Path(__file__).resolve().parent.parent
+    return checkout if (checkout / "pyproject.toml").is_file() else Path.cwd()
+
+
+def sqlite_path_of(url: str) -> Path | None:
+    """The file of a ``sqlite:///PATH`` URL (None for other stores, or in memory)."""
+    if not url.startswith(SQLITE_PREFIX):
+        return None
+    path = url.removeprefix(SQLITE_PREFIX).split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def _under(root: Path, path: Path | None) -> Path | None:
+    return None if path is None else root / path  # an absolute ``path`` stays as it is
+
+
+def _sqlite_under(root: Path, url: str) -> str:
+    path = sqlite_path_of(url)
+    if path is None or path.is_absolute():
+        return url
+    return SQLITE_PREFIX + str(root / url.removeprefix(SQLITE_PREFIX))
 
 
 class LegacySectionNames(PydanticBaseSettingsSource):
@@ -411,6 +477,22 @@ def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment, with explicit overrides (e.g. from CLI flags).
 
     ``overrides`` set fields (None = not given); a section given as a dict
-    (``serving={"epsilon": 0.1}``) is merged with what the environment says for it.
+    (``serving={"epsilon": 0.1}``) is merged with what the environment says for it. Paths
+    given here (command-line flags) are relative to the current folder; those from the
+    environment and files, to the project root.
     """
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    given = {k: _from_here(v) for k, v in overrides.items() if v is not None}
+    root = given.get("project_root") or os.environ.get("RECSYS_PROJECT_ROOT")
+    root = Path(root) if root else default_project_root()
+    # The project's .env is read from any folder; one in the current folder wins over it.
+    env_files = (root / ".env", Path(".env"))
+    arguments: dict[str, Any] = {"_env_file": env_files, **given}
+    return Settings(**arguments)
+
+
+def _from_here(value: Any) -> Any:
+    if isinstance(value, Path):
+        return value.absolute()
+    if isinstance(value, str):
+        return _sqlite_under(Path.cwd(), value)
+    return value

@@ -53,7 +53,10 @@ def _encodable(text: str) -> str:
 
 
 def _received(value: Any) -> Any:
-    """The received value, made JSON-safe and short (never echo a megabyte back)."""
+    """The received value, made JSON-safe and short (never echo a megabyte back); a raw
+    body as the text it is, not as Python's ``b'...'``."""
+    if isinstance(value, bytes | bytearray):
+        value = bytes(value).decode("utf-8", errors="replace")
     if value is None or isinstance(value, bool | int | str):
         if isinstance(value, str):
             value = _encodable(value)

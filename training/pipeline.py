@@ -32,6 +32,7 @@ from training.policy_eval import (
     evaluate_policies,
     first_shown,
 )
+from training.progress import progress_bar
 from training.served import SERVED, ReplayBuilder, ServedRounds, served_rounds
 from training.split import TimeSplit, time_split
 
@@ -123,6 +124,9 @@ class TrainingResult:
     offers: pd.DataFrame | None = None
     source: str = ""
     sizes: dict[str, int] = field(default_factory=dict)
+    #: The first and last decision time of the examples (the data window).
+    data_start: pd.Timestamp | None = None
+    data_end: pd.Timestamp | None = None
     #: The served policy replayed on the test rounds (None without ``inputs.replay``).
     served: ServedRounds | None = None
     #: Off-policy estimates that rest on too little (``evaluation.min_*``), one line each.
@@ -238,8 +242,10 @@ def train_and_evaluate(inputs: TrainingInputs, config: TrainingConfig) -> Traini
     offline: dict[str, dict[str, float]] = {}
     test_scores: dict[str, np.ndarray] = {}
     calibration: dict[str, Reliability] = {}
+    models_bar = progress_bar("models (fit + offline evaluation)", len(scorers), "model")
     for name, scorer in scorers.items():
         logger.info("fitting %s", name)
+        models_bar.set_postfix_str(name)
         scorer.fit(examples["train"], examples["valid"])
         if config.model.refit_before_test and isinstance(scorer, ServableScorer):
             scorer = scorer.refit(before_test)  # early stopping's size, on train + valid
@@ -258,6 +264,8 @@ def train_and_evaluate(inputs: TrainingInputs, config: TrainingConfig) -> Traini
         )
         if scorer.probabilistic:
             calibration[name] = reliability(test.y, scores, config.evaluation.calibration_bins)
+        models_bar.update()
+    models_bar.close()
 
     policy, by_touchpoint, served = None, {}, None
     if inputs.candidates is not None:
@@ -295,6 +303,8 @@ def train_and_evaluate(inputs: TrainingInputs, config: TrainingConfig) -> Traini
         offers=inputs.offers,
         source=inputs.source,
         sizes=sizes,
+        data_start=frame["ts"].min(),
+        data_end=frame["ts"].max(),
         served=served,
         registered=registered,
         ope_warnings=ope_warnings,
@@ -380,10 +390,13 @@ def _policy_evaluation(
         **kwargs,
     )
     by_touchpoint = {}
+    touchpoints = sorted(logged["touchpoint_id"].unique())
+    bar = progress_bar("off-policy evaluation per touchpoint", len(touchpoints), "touchpoint")
     cand_tp = (
         candidates["decision_id"].map(logged.set_index("decision_id")["touchpoint_id"]).to_numpy()
     )
-    for tp in sorted(logged["touchpoint_id"].unique()):
+    for tp in touchpoints:
+        bar.update()
         mask, cmask = (logged["touchpoint_id"] == tp).to_numpy(), cand_tp == tp
         if mask.sum() < 2:
             continue
@@ -399,6 +412,7 @@ def _policy_evaluation(
             truth=inputs.truth,
             **kwargs,
         )
+    bar.close()
     return overall, by_touchpoint, served
 
 

@@ -14,7 +14,7 @@ from training.config import TrainingConfig
 from training.ope import Estimate
 from training.pipeline import TrainingResult, train_and_evaluate
 from training.served import SERVED
-from training.tracking import LoggedRun, format_policy_table, log_training
+from training.tracking import LoggedRun, format_policy_table, log_training, training_run
 
 logger = logging.getLogger(__name__)
 
@@ -157,11 +157,12 @@ def run_training(
             f"warehouse {str(path)!r} does not exist; load data first with "
             f"`recsys data load DIR --db {path}`"
         )
-    con = connect(path, read_only=True, memory_limit=settings.duckdb_memory_limit)
-    try:
-        inputs = build_inputs(con, config, warehouse_path=path)
-        result = train_and_evaluate(inputs, config)
-    finally:
-        con.close()
-    logged = log_training(result, settings, artifact_location=artifact_location, force=force)
+    with training_run(settings, config.model.kind, artifact_location):
+        con = connect(path, read_only=True, memory_limit=settings.duckdb_memory_limit)
+        try:
+            inputs = build_inputs(con, config, warehouse_path=path)
+            result = train_and_evaluate(inputs, config)
+        finally:
+            con.close()
+        logged = log_training(result, settings, artifact_location=artifact_location, force=force)
     return RunOutcome(result, logged)

@@ -15,10 +15,13 @@ directory; serving loads the model file with the scorer its flavour names
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import subprocess
 import tempfile
+import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,10 +153,19 @@ def log_training(
     if result.ope_warnings:
         tags["ope_warnings"] = "\n".join(result.ope_warnings)
     model = registered.scorer
+    active = mlflow.active_run()  # the run of the whole training (``training_run``)
     with (
-        mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run,
+        (
+            contextlib.nullcontext(active)
+            if active is not None
+            else mlflow.start_run(
+                experiment_id=experiment_id, run_name=run_name or run_title(result)
+            )
+        ) as run,
         tempfile.TemporaryDirectory() as tmp,
     ):
+        if active is not None:
+            MlflowClient().update_run(run.info.run_id, name=run_name or run_title(result))
         mlflow.log_params(params)
         mlflow.set_tags(tags)
         mlflow.log_metrics({k: v for k, v in result.metrics.items() if np.isfinite(v)})
@@ -211,6 +223,35 @@ def log_training(
             None if version is None else str(version),
             verdict,
         )
+
+
+def run_title(result: TrainingResult) -> str:
+    """What a training did, as its MLflow run name: model kind, data window and size, e.g.
+    ``lightgbm 2026-01-01..2026-03-31 (49,944 rows)``."""
+    window = ""
+    if result.data_start is not None and result.data_end is not None:
+        window = f" {result.data_start:%Y-%m-%d}..{result.data_end:%Y-%m-%d}"
+    rows = sum(result.sizes.values())
+    return f"{result.config.model.kind}{window} ({rows:,} rows)"
+
+
+@contextlib.contextmanager
+def training_run(settings: Settings, kind: str, artifact_location: str | None = None) -> Iterator:
+    """One MLflow run around a whole training, from data preparation to registration.
+
+    Named ``<kind> (preparing data)`` until :func:`log_training` names it after what it did
+    (:func:`run_title`). A training that fails leaves the run FAILED, with the error as tag
+    ``error`` (one line) and artifact ``error.txt`` (the traceback).
+    """
+    experiment_id = setup(settings, artifact_location)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{kind} (preparing data)") as run:
+        try:
+            yield run
+        except BaseException as exc:
+            line = " ".join(f"{type(exc).__name__}: {exc}".split())[:5000]
+            mlflow.set_tag("error", line)
+            mlflow.log_text("".join(traceback.format_exception(exc)), "error.txt")
+            raise  # MLflow ends the run as FAILED
 
 
 #: What ``recsys.scoring`` needs besides mlflow (every flavour's library).

@@ -48,6 +48,7 @@ from features.pipeline import (
 from features.spec import FEATURE_SPEC_VERSION
 from features.training_set import with_cached_offer_log
 from recsys.errors import ConfigError
+from recsys.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -197,13 +198,16 @@ def _duckdb_vectors(
     # events of [as_of - horizon, as_of), what a point at as_of sees). 1/8 of it per range
     # cost 1.5x the CPU of building it whole; reading a range of it costs next to nothing.
     src, offer_log = with_cached_offer_log(src, as_of, as_of)
+    bar = progress_bar("materialising (customer-id ranges)", None, "range")
     try:
         ranges = id_ranges(con, range_customers)
         log.debug("offer log built in %.1f s", time.perf_counter() - started)
         # The SQL is compiled once per shape, with sentinel bounds (Ibis takes ~0.8 s of
         # Python per compilation; per range that competed with the writer thread).
         compiled: dict[tuple[bool, bool], dict[str, str]] = {}
+        bar.reset(total=len(ranges))
         for i, (lo, hi) in enumerate(ranges):
+            bar.update()
             started = time.perf_counter()
             shape = (len(ranges) > 1, hi is not None)
             if shape not in compiled:
@@ -221,6 +225,7 @@ def _duckdb_vectors(
             yield vectors
     finally:
         offer_log.release()
+        bar.close()
 
 
 _LO = "__recsys_range_lo__"  # sentinels for an id range's bounds, replaced per range

@@ -10,6 +10,7 @@ from types import MappingProxyType
 from features.definitions import ATTRIBUTE_PREFIX, CONSENT_COLUMNS
 from features.online.base import OnlineStore
 from features.online.block import decode_block
+from features.rule_features import unknown_rule_features
 from features.spec import FEATURE_SPEC_VERSION
 from recsys.catalog import Catalog
 from recsys.decision.ports import FeatureBlock
@@ -86,6 +87,8 @@ class StoreFeatureSource:
         self, store: OnlineStore, catalog: Catalog, aliases: Mapping[str, str] = DEFAULT_ALIASES
     ):
         self.store = store
+        self._catalog = catalog
+        self._aliases = aliases
         self._named = CatalogNames(catalog, aliases)
 
     def read(self, customer_ids: Sequence[str]) -> FeatureBlock:
@@ -100,8 +103,17 @@ class StoreFeatureSource:
         return self._named(decode_block(ids, [None] * len(ids), FEATURE_SPEC_VERSION, None))
 
     def spec_version(self) -> str:
-        """The store's feature-spec version; refuses a store this code cannot read."""
+        """The store's feature-spec version; refuses a store this code cannot read.
+
+        Logs (as errors) the eligibility rules naming a feature the store's customers do
+        not have: such a rule hides its offer from everyone.
+        """
         version = self.store.spec_version()
+        layout = self.store.layout()
+        if layout is not None:
+            names = (*layout.numeric, *layout.text)
+            for unknown in unknown_rule_features(self._catalog, names, self._aliases):
+                logger.error("%s", unknown.message)
         if version is not None and version != FEATURE_SPEC_VERSION:
             raise SpecMismatchError(
                 f"the online store holds vectors of feature spec {version}, this code computes "

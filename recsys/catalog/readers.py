@@ -218,8 +218,14 @@ def _read_table_file(directory: Path, table: str) -> list[dict[str, Any]]:
     if suffix in (".yaml", ".yml", ".json"):
         import yaml
 
+        from recsys.contract import ContractYamlLoader
+        from recsys.loading import yaml_problem
+
         with path.open(encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
+            try:
+                data = yaml.load(fh, Loader=ContractYamlLoader)
+            except yaml.YAMLError as exc:
+                raise ContractError(str(yaml_problem(path, exc))) from None
         if isinstance(data, Mapping):
             data = data.get(table)
         if not isinstance(data, list):

@@ -7,7 +7,18 @@ import os
 
 import typer
 
-from recsys.cli import data, evaluate_logs, experiments, features, models, serve, train
+from recsys.cli import (
+    data,
+    evaluate_logs,
+    experiments,
+    features,
+    keys,
+    models,
+    score,
+    serve,
+    train,
+)
+from recsys.cli.errors import OneLineErrors
 
 # A model download is one log line; MLflow's per-file progress bar would flood service logs.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -16,6 +27,9 @@ app = typer.Typer(
     help="recsys: next-best-offer engine for every customer touchpoint.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=OneLineErrors,
+    epilog="Example: recsys data generate && recsys data load data/demo && recsys train. "
+    "Add --debug for tracebacks.",
 )
 app.add_typer(data.app, name="data", help="Generate, validate, load and summarise data.")
 app.add_typer(features.app, name="features", help="Build, materialise and inspect features.")
@@ -25,13 +39,22 @@ app.add_typer(
     name="experiments",
     help="Define, start, stop, screen, analyse, report and promote experiments.",
 )
+app.add_typer(keys.app, name="keys", help="Make, hash and list API keys.")
 train.register(app)
 evaluate_logs.register(app)
 serve.register(app)
+score.register(app)
 
 
 @app.callback()
-def _configure(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")):
+def _configure(
+    ctx: typer.Context,
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    debug: bool = typer.Option(
+        False, "--debug", help="Show the full traceback of an error (default: one line)."
+    ),
+):
+    ctx.meta["recsys.debug"] = debug
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

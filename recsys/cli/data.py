@@ -11,7 +11,7 @@ from recsys.settings import load_settings
 app = typer.Typer(no_args_is_help=True)
 
 
-@app.command()
+@app.command(epilog="Example: recsys data generate --customers 10000 --days 90 --out data/demo")
 def generate(
     customers: int = typer.Option(10_000, min=1, help="Number of customers."),
     days: int = typer.Option(90, min=1, help="Days of history to simulate."),
@@ -49,7 +49,9 @@ def generate(
     typer.echo(summary.format())
 
 
-@app.command("import-obd")
+@app.command(
+    "import-obd", epilog="Example: recsys data import-obd data/obd/random/men data/obd_men"
+)
 def import_obd(
     path: Path = typer.Argument(
         ...,
@@ -80,21 +82,24 @@ def import_obd(
 
 
 def _warehouse_path(db: Path | None) -> Path:
-    return db if db is not None else load_settings().warehouse_path
+    return db.absolute() if db is not None else load_settings().warehouse_path
 
 
-@app.command()
+@app.command(epilog="Example: recsys data load data/demo")
 def load(
     directory: Path = typer.Argument(..., help="Folder with contract files (CSV/Parquet/YAML)."),
     db: Path | None = typer.Option(
-        None, help="DuckDB warehouse file [default: data/warehouse.duckdb]."
+        None, help="DuckDB warehouse file [default: settings warehouse_path]."
     ),
 ) -> None:
     """Validate every contract table in DIRECTORY and load it into the warehouse, atomically.
 
-    Loading the same files again adds nothing; a newer batch adds only its new rows.
+    Loading the same files again adds nothing; a newer batch adds only its new rows. Every
+    problem is reported at once, and nothing of a refused load is kept; eligibility rules
+    must name a feature customers have.
     """
     from features.config import active_config
+    from features.rule_features import rule_feature_check
     from features.vocabulary import unused_event_types
     from recsys import warehouse
     from recsys.errors import ContractError, RecsysError
@@ -103,7 +108,7 @@ def load(
     con = warehouse.connect(_warehouse_path(db), memory_limit=load_settings().duckdb_memory_limit)
     unused = None
     try:
-        summary = load_directory(directory, con)
+        summary = load_directory(directory, con, checks=[rule_feature_check])
         try:
             unused = unused_event_types(con, active_config())
         except RecsysError as err:  # the data is loaded; only the vocabulary check is off
@@ -118,26 +123,42 @@ def load(
         typer.echo(unused.format())
 
 
-@app.command()
+@app.command(epilog="Example: recsys data validate data/new_batch")
 def validate(
     directory: Path = typer.Argument(..., help="Folder with contract files (CSV/Parquet/YAML)."),
+    db: Path | None = typer.Option(
+        None, help="Validate against this warehouse [default: settings warehouse_path]."
+    ),
 ) -> None:
-    """Validate the contract files in DIRECTORY without keeping anything (dry-run load)."""
+    """Validate the contract files in DIRECTORY against the warehouse, keeping nothing.
+
+    Runs the whole load (references to what the warehouse holds, eligibility rules against
+    the features) and rolls it back; reports every problem at once and what a load would
+    add. Without a warehouse the files are checked on their own.
+    """
+    from features.rule_features import rule_feature_check
     from recsys import warehouse
     from recsys.errors import ContractError
     from recsys.loading import load_directory
 
-    con = warehouse.connect(":memory:")
+    path = _warehouse_path(db)
+    if path.exists():
+        con = warehouse.connect(path, memory_limit=load_settings().duckdb_memory_limit)
+    else:
+        typer.echo(f"no warehouse at {path}: checking the files on their own", err=True)
+        con = warehouse.connect(":memory:")
     try:
-        summary = load_directory(directory, con)
+        summary = load_directory(directory, con, dry_run=True, checks=[rule_feature_check])
     except ContractError as err:
         typer.echo(str(err), err=True)
         raise typer.Exit(code=1) from err
-    typer.echo(summary.format())
-    typer.echo("valid")
+    finally:
+        con.close()
+    typer.echo(summary.format().replace("loaded in", "validated in"))
+    typer.echo(f"valid: a load would add the rows counted as new (nothing written to {path})")
 
 
-@app.command()
+@app.command(epilog="Example: recsys data summary")
 def summary(
     db: Path | None = typer.Option(
         None, help="DuckDB warehouse file [default: data/warehouse.duckdb]."

@@ -69,4 +69,6 @@ def evaluate_logs(
 
 def register(app: typer.Typer) -> None:
     """Add the top-level ``evaluate-logs`` command to ``app``."""
-    app.command("evaluate-logs")(evaluate_logs)
+    app.command("evaluate-logs", epilog="Example: recsys evaluate-logs bts random --outcome click")(
+        evaluate_logs
+    )

@@ -83,7 +83,10 @@ def create(
 
 @app.command("list")
 def list_experiments(event_log_url: str = URL) -> None:
-    """Every experiment with its status, layer and arms."""
+    """Every experiment with its status, layer and arms.
+
+    Example: recsys experiments list
+    """
     store = _store(event_log_url)
     try:
         stored = store.experiments()
@@ -103,7 +106,10 @@ def list_experiments(event_log_url: str = URL) -> None:
 
 @app.command()
 def show(name: str = typer.Argument(...), event_log_url: str = URL) -> None:
-    """An experiment's definition, status and history, as JSON."""
+    """An experiment's definition, status and history, as JSON.
+
+    Example: recsys experiments show demo-live
+    """
     store = _store(event_log_url)
     try:
         stored = store.get(name)
@@ -128,19 +134,28 @@ def _transition(name: str, action: str, event_log_url: str | None) -> None:
 
 @app.command()
 def start(name: str = typer.Argument(...), event_log_url: str = URL) -> None:
-    """Start serving a draft: running services apply it at their next poll."""
+    """Start serving a draft: running services apply it at their next poll.
+
+    Example: recsys experiments start demo-live
+    """
     _transition(name, "start", event_log_url)
 
 
 @app.command()
 def stop(name: str = typer.Argument(...), event_log_url: str = URL) -> None:
-    """Stop a running experiment: its traffic goes back to the default."""
+    """Stop a running experiment: its traffic goes back to the default.
+
+    Example: recsys experiments stop demo-live
+    """
     _transition(name, "stop", event_log_url)
 
 
 @app.command()
 def archive(name: str = typer.Argument(...), event_log_url: str = URL) -> None:
-    """Archive a draft or stopped experiment (kept, never started again)."""
+    """Archive a draft or stopped experiment (kept, never started again).
+
+    Example: recsys experiments archive demo-live
+    """
     _transition(name, "archive", event_log_url)
 
 
@@ -154,6 +169,8 @@ def promote(
     """Roll out ARM: champion alias -> its model version, its levers -> the default levers.
 
     Recorded with the experiment (who, when, what), which stops if it was running.
+
+    Example: recsys experiments promote demo-live greedy
     """
     from experiments.rollout import promote_arm
 
@@ -280,7 +297,10 @@ def analyse_command(
     event_log: str | None = _EVENT_LOG,
     as_of: datetime | None = _AS_OF,
 ) -> None:
-    """Print the readout of experiment NAME as JSON (sample-ratio check first)."""
+    """Print the readout of experiment NAME as JSON (sample-ratio check first).
+
+    Example: recsys experiments analyse demo-live
+    """
     _, result = _run(name, plan, arm, control, start, end, primary_metric, event_log, as_of)
     data = result.to_dict()
     ordered = {"srm": data.pop("srm"), "verdicts": data.pop("verdicts"), **data}
@@ -304,7 +324,10 @@ def report_command(
     ),
     mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log the readout to MLflow."),
 ) -> None:
-    """Write NAME.html (self-contained), NAME.json and NAME.csv; log the readout to MLflow."""
+    """Write NAME.html (self-contained), NAME.json and NAME.csv; log the readout to MLflow.
+
+    Example: recsys experiments report demo-live --out data/reports
+    """
     from experiments.report import log_to_mlflow, write_report
 
     settings, result = _run(
@@ -340,8 +363,9 @@ def simulate(
     Each day the demo customers visit the realtime touchpoints; the service's own pipeline
     decides every visit (the running experiments pick the arms) and logs it; the customers
     answer with the demo's hidden preferences and their clicks, accepts, conversions and
-    dismissals go to the event log. Example:
-    recsys experiments simulate demo-live --dataset data/demo --days 7
+    dismissals go to the event log.
+
+    Example: recsys experiments simulate demo-live --dataset data/demo --days 14
     """
     from recsys.catalog import now_utc
     from recsys.datagen.customers import DemoCustomers

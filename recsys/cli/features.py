@@ -22,13 +22,10 @@ CONFIG_HELP = (
 
 def _open_warehouse(db: Path | None):
     from recsys import warehouse
+    from recsys.cli.stores import existing_warehouse
 
     settings = load_settings()
-    path = db or settings.warehouse_path
-    if not Path(path).exists():
-        raise typer.BadParameter(
-            f"`--db` must be an existing warehouse file, got {path} (run `recsys data load` first)"
-        )
+    path = existing_warehouse(settings, db)
     return warehouse.connect(path, read_only=True, memory_limit=settings.duckdb_memory_limit)
 
 
@@ -52,7 +49,11 @@ def _report_unused_event_types(con, config) -> None:
 
 
 def _write(frame, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
+    from recsys.cli.stores import writable_out
+
+    if out.suffix not in (".csv", ".parquet"):
+        raise typer.BadParameter(f"`--out` must end in .parquet or .csv, got {out.name}")
+    writable_out(out)
     if out.suffix == ".csv":
         frame.to_csv(out, index=False)
     elif out.suffix == ".parquet":
@@ -61,7 +62,7 @@ def _write(frame, out: Path) -> None:
         raise typer.BadParameter(f"`--out` must end in .parquet or .csv, got {out.name}")
 
 
-@app.command()
+@app.command(epilog="Example: recsys features build --as-of 2026-03-01 --out features.parquet")
 def build(
     as_of: str | None = typer.Option(None, "--as-of", help=AS_OF_HELP),
     db: Path | None = typer.Option(None, "--db", help=DB_HELP),
@@ -74,6 +75,9 @@ def build(
     config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP),
 ) -> None:
     """Compute every customer's features as of a point in time and write them to a file."""
+    from recsys.cli.stores import writable_out
+
+    writable_out(out)  # before the work, not after it
     chosen = _use_config(config)
     from features.pipeline import customer_features
 
@@ -89,7 +93,10 @@ def build(
     )
 
 
-@app.command("training-set")
+@app.command(
+    "training-set",
+    epilog="Example: recsys features training-set --start 2026-01-01 --out train.parquet",
+)
 def training_set(
     out: Path = typer.Option(
         Path("data/features/training_set.parquet"), "--out", help="Output file (.parquet or .csv)."
@@ -102,6 +109,9 @@ def training_set(
     config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP),
 ) -> None:
     """One row per logged decision: label, revenue and every model input."""
+    from recsys.cli.stores import writable_out
+
+    writable_out(out)
     _use_config(config)
     from features.training_set import build_training_set, write_training_set
 
@@ -129,7 +139,7 @@ def _store(store: str | None):
     return open_online_store(load_settings(**overrides))
 
 
-@app.command()
+@app.command(epilog="Example: recsys features materialize --store sqlite")
 def materialize(
     store: str | None = typer.Option(None, help="sqlite or redis (default: settings)."),
     db: Path | None = typer.Option(None, "--db", help=DB_HELP),
@@ -168,23 +178,35 @@ def materialize(
     )
 
 
-@app.command()
+@app.command(epilog="Example: recsys features get C0000001")
 def get(
     customer_id: str = typer.Argument(..., help="Customer id."),
     store: str | None = typer.Option(None, help="sqlite or redis (default: settings)."),
 ) -> None:
-    """Print a customer's features from the online store as JSON (unknown: the cold start)."""
-    from features.online import describe_row
+    """Print a customer's features from the online store as JSON.
 
+    A customer the store does not hold prints the cold-start values and says so on stderr;
+    a store that does not exist is an error (nothing is created).
+    """
+    from features.online import describe_row
+    from recsys.cli.stores import check_online_store
+
+    overrides = {"online_store": store} if store else {}
+    check_online_store(load_settings(**overrides))
     online = _store(store)
     try:
         row = describe_row(online.read_block([customer_id]), 0)
     finally:
         online.close()
+    if row["cold_start"]:
+        typer.echo(
+            f"customer {customer_id!r} is not in the online store: the cold-start values",
+            err=True,
+        )
     typer.echo(json.dumps(row, indent=2, sort_keys=False, default=str))
 
 
-@app.command()
+@app.command(epilog="Example: recsys features describe --json")
 def describe(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     db: Path | None = typer.Option(None, "--db", help="Also list this warehouse's attributes."),

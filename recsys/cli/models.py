@@ -15,14 +15,20 @@ def _fail(exc: Exception) -> typer.Exit:
     return typer.Exit(code=1)
 
 
-@app.command("list")
+@app.command("list", epilog="Example: MLFLOW_TRACKING_URI=http://mlflow:5000 recsys models list")
 def list_models(
-    tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: settings)."),
+    tracking_uri: str = typer.Option(
+        None,
+        help="MLflow tracking URI (default: RECSYS_MLFLOW_TRACKING_URI, else MLFLOW_TRACKING_URI, "
+        "else sqlite:///mlflow.db in the project root).",
+    ),
 ) -> None:
     """Every version of the registered model, newest first, with aliases and headline metrics."""
+    from recsys.cli.stores import check_tracking_store
     from training.tracking import list_versions
 
     settings = load_settings(mlflow_tracking_uri=tracking_uri)
+    check_tracking_store(settings)
     try:
         versions = list_versions(settings)
     except RecsysError as exc:
@@ -42,7 +48,7 @@ def list_models(
         )
 
 
-@app.command()
+@app.command(epilog="Example: recsys models promote 3 --alias champion")
 def promote(
     version: str = typer.Argument(None, help="Model version to promote."),
     alias: str = typer.Option("champion", help="champion or challenger."),
@@ -52,13 +58,19 @@ def promote(
         help="Promote the newest version to champion only if there is no champion yet "
         "(VERSION and --alias are then ignored).",
     ),
-    tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: settings)."),
+    tracking_uri: str = typer.Option(
+        None,
+        help="MLflow tracking URI (default: RECSYS_MLFLOW_TRACKING_URI, else MLFLOW_TRACKING_URI, "
+        "else sqlite:///mlflow.db in the project root).",
+    ),
 ) -> None:
     """Point an alias (champion or challenger) at a model version; serving loads the champion."""
+    from recsys.cli.stores import check_tracking_store
     from training.tracking import ensure_champion
     from training.tracking import promote as set_alias
 
     settings = load_settings(mlflow_tracking_uri=tracking_uri)
+    check_tracking_store(settings)
     try:
         if if_no_champion:
             champion = ensure_champion(settings)

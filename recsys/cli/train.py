@@ -52,4 +52,4 @@ def train(
 
 def register(app) -> None:
     """Add the top-level ``train`` command to ``app``."""
-    app.command("train")(train)
+    app.command("train", epilog="Example: recsys train --promote-if-no-champion")(train)

@@ -218,3 +218,13 @@ def test_bad_catalogue_query(client):
         "at most 128 characters",
         None,
     )
+
+
+def test_a_body_that_is_not_json_is_echoed_as_text_not_python_bytes(client):
+    response = client.post(
+        "/v1/decisions", content=b"customer_id=C1", headers={"content-type": "text/plain"}
+    )
+    assert response.status_code == 422
+    [error] = response.json()["errors"]
+    assert error["received"] == "customer_id=C1"
+    assert "b'" not in response.text

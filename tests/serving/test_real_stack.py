@@ -102,8 +102,10 @@ def test_score_command_writes_top_k_per_eligible_customer(demo_env, tmp_path, mo
     ambiguous = CliRunner().invoke(app, ["score", "--touchpoint", "email", "--out", str(out)])
     assert ambiguous.exit_code == 2 and "email_newsletter" in ambiguous.output
     result = CliRunner().invoke(
-        app, ["score", "--touchpoint", "email_newsletter", "--out", str(out), "--limit", "2"]
-    )
+        app,
+        ["score", "--touchpoint", "email_newsletter", "--out", str(out), "--limit", "2",
+         "--layout", "offers"],
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     rows = pd.read_parquet(out)
     consented = {c for c, ok in demo_env["customers"].items() if ok}
@@ -138,7 +140,8 @@ def test_score_decides_as_of_a_given_time_without_exploring_on_request(
     monkeypatch.setenv("RECSYS_SERVING__MODEL_DIR", str(demo_env["model_dir"]))
     monkeypatch.setenv("RECSYS_SERVING__EPSILON", "1.0")  # the flag must win over it
     out = tmp_path / "email.parquet"
-    args = ["score", "--touchpoint", "email_newsletter", "--out", str(out), "--dry-run"]
+    args = ["score", "--touchpoint", "email_newsletter", "--out", str(out), "--dry-run",
+            "--layout", "offers"]  # fmt: skip
 
     result = CliRunner().invoke(app, [*args, "--as-of", "2030-01-02T03:04:05", "--epsilon", "0"])
 

@@ -13,6 +13,7 @@ import pandas as pd
 from recsys.scoring import LightGBMScorer as LightGBMFlavour
 from training.examples import Examples
 from training.models.base import NotFittedError, ServableScorer
+from training.progress import LightGBMProgress, progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,8 @@ class LightGBMScorer(ServableScorer):
             params.setdefault("metric", "ndcg")
             params.setdefault("eval_at", [1, 3])
         train_set = self._dataset(train)
-        callbacks = [lgb.log_evaluation(period=0)]
+        bar = progress_bar(f"fitting lightgbm ({len(train):,} rows)", self.num_boost_round, "round")
+        callbacks = [lgb.log_evaluation(period=0), LightGBMProgress(bar)]
         valid_sets = []
         if valid is not None and len(valid) > 0:
             valid_sets = [self._dataset(valid, reference=train_set)]
@@ -98,14 +100,17 @@ class LightGBMScorer(ServableScorer):
                     self.early_stopping_rounds, first_metric_only=True, verbose=False
                 )
             )
-        trained = lgb.train(
-            params,
-            train_set,
-            num_boost_round=self.num_boost_round,
-            valid_sets=valid_sets,
-            valid_names=["valid"] * len(valid_sets),
-            callbacks=callbacks,
-        )
+        try:
+            trained = lgb.train(
+                params,
+                train_set,
+                num_boost_round=self.num_boost_round,
+                valid_sets=valid_sets,
+                valid_names=["valid"] * len(valid_sets),
+                callbacks=callbacks,
+            )
+        finally:
+            bar.close()  # early stopping ends the rounds before the total
         self.best_iteration_ = int(trained.best_iteration or trained.current_iteration())
         logger.info("LightGBM stopped at %d trees", self.best_iteration_)
         # The served model: trees up to the best iteration, as saved and loaded by serving.
