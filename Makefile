@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml constraints.txt
 WAREHOUSE := $(DATA_DIR)/warehouse.duckdb
 # The demo history ends a week before today (late outcomes included), so "now" follows it.
 DEMO_START := $(shell date -u -d "-$$(( $(DEMO_DAYS) + 8 )) days" +%F)
+EXPERIMENT_START := $(shell date -u -d "-7 days" +%F)
 
 run: setup
 	$(BIN)/recsys data generate --customers $(DEMO_CUSTOMERS) --days $(DEMO_DAYS) --seed $(SEED) \
@@ -30,6 +31,14 @@ run: setup
 	$(BIN)/recsys data summary --db $(WAREHOUSE)
 	$(BIN)/recsys features materialize --db $(WAREHOUSE) --store sqlite
 	$(BIN)/recsys train --db $(WAREHOUSE) --promote-if-no-champion
+	# A live experiment on the demo's customers (docs/experiments.md): 14 days of traffic,
+	# the last 7 in the experiment; played once, read out on every run.
+	$(BIN)/recsys experiments show demo-live > /dev/null 2>&1 || ( \
+		$(BIN)/recsys experiments create examples/experiments/demo-live.yaml \
+			--start $(EXPERIMENT_START) && \
+		$(BIN)/recsys experiments start demo-live && \
+		$(BIN)/recsys experiments simulate demo-live --dataset $(DATA_DIR)/demo --days 14 )
+	$(BIN)/recsys experiments report demo-live --out $(DATA_DIR)/reports
 	$(BIN)/recsys serve --host 127.0.0.1 --port 8000
 
 test: setup lint

@@ -42,6 +42,7 @@ from experiments.stats import (
     sample_ratio_mismatch,
     units_needed,
 )
+from experiments.store import StoredExperiment
 from recsys.errors import ConfigError
 
 _QUANTITY_NAMES = tuple(QUANTITIES)
@@ -964,6 +965,16 @@ def open_event_log(url: str) -> Iterator[SQLSource]:
 
 #: Fields of an experiment definition (docs/experiments.md) that the readout does not use.
 _DEFINITION_ONLY = ("hypothesis", "touchpoints", "layer", "traffic", "salt", "status")
+
+
+def stored_plan(stored: StoredExperiment, **options: Any) -> AnalysisPlan:
+    """The plan of an experiment from the store: its definition, starting when it was started
+    unless it names its own start; ``options`` (not None) override its fields."""
+    definition = stored.experiment.model_dump(mode="json")
+    if definition.get("start") is None:
+        started = [h["at"] for h in stored.history if h.get("action") == "start"]
+        definition["start"] = started[0] if started else None
+    return load_plan(None, definition, **options)
 
 
 def load_plan(

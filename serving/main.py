@@ -24,6 +24,7 @@ from serving.api.routes import (
     admin_experiments,
     decisions,
     events,
+    experiment_results,
     health,
     offers,
     touchpoints,
@@ -128,6 +129,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(admin.router)
     app.include_router(admin_experiments.router)
+    app.include_router(experiment_results.router)
     if hardened:
         install_hardening(app, loaded, metrics=metrics)
     return app

@@ -72,6 +72,7 @@ class RouteRule:
 DEFAULT_RULES: tuple[RouteRule, ...] = (
     RouteRule("POST", "/v1/decisions", KeyScope.publishable),
     RouteRule("*", "/admin/", KeyScope.admin, prefix=True),
+    RouteRule("*", "/v1/experiments/", KeyScope.admin, prefix=True),
     RouteRule("*", "/admin", KeyScope.admin),
 )
 

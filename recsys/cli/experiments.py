@@ -201,9 +201,8 @@ def _plan_options(
     primary_metric: str | None,
     event_log: str | None,
 ) -> Any:
-    from experiments.analysis import load_plan
+    from experiments.analysis import load_plan, stored_plan
 
-    definition = None if plan is not None else _stored_definition(name, event_log)
     arms = None
     if arm:
         arms = []
@@ -215,32 +214,24 @@ def _plan_options(
                 raise typer.BadParameter(
                     f"must be NAME or NAME=SHARE, got {item!r}", param_hint="--arm"
                 ) from None
-    return load_plan(
-        plan,
-        definition,
-        name=name,
-        arms=arms,
-        control=control,
-        start=start,
-        end=end,
-        primary_metric=primary_metric,
-    )
-
-
-def _stored_definition(name: str, event_log_url: str | None) -> dict[str, Any] | None:
-    """The stored experiment NAME as a plan (its start: when it was started), or None."""
-    store = _store(event_log_url)
+    options = {
+        "name": name,
+        "arms": arms,
+        "control": control,
+        "start": start,
+        "end": end,
+        "primary_metric": primary_metric,
+    }
+    if plan is not None:
+        return load_plan(plan, **options)
+    store = _store(event_log)
     try:
         stored = store.get(name)
-    except RecsysError:
-        return None
+    except RecsysError:  # not stored: the plan comes from the options alone
+        return load_plan(None, **options)
     finally:
         store.close()
-    definition = stored.experiment.model_dump(mode="json")
-    if definition.get("start") is None:
-        started = [h["at"] for h in stored.history if h.get("action") == "start"]
-        definition["start"] = started[0] if started else None
-    return definition
+    return stored_plan(stored, **options)
 
 
 _PLAN = typer.Option(

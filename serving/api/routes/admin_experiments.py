@@ -28,7 +28,7 @@ async def get_arms(components: ComponentsDep) -> ExperimentArms:
 ArmsDep = Annotated[ExperimentArms, Depends(get_arms)]
 
 
-def _store(arms: ExperimentArms) -> ExperimentStore:
+def store_of(arms: ExperimentArms) -> ExperimentStore:
     if arms.store is None:
         raise UnavailableError(
             "the experiment store is not open (see the service log)", expected="a store"
@@ -75,7 +75,7 @@ def _out(arms: ExperimentArms, stored: StoredExperiment) -> dict[str, Any]:
 
 @router.get("", response_model=list[ExperimentOut], responses=_ERRORS, summary="Experiments")
 def list_experiments(arms: ArmsDep) -> list[dict[str, Any]]:
-    return [_out(arms, s) for s in _store(arms).experiments()]
+    return [_out(arms, s) for s in store_of(arms).experiments()]
 
 
 @router.post(
@@ -89,12 +89,12 @@ def create_experiment(
 ) -> dict[str, Any]:
     """Store a draft experiment (the YAML definition as JSON); it serves nothing until started."""
     body.check_catalog(set(arms.catalog.offers), set(arms.catalog.touchpoints))
-    return _out(arms, _store(arms).create(body, _who(request), replace=replace))
+    return _out(arms, store_of(arms).create(body, _who(request), replace=replace))
 
 
 @router.get("/{name}", response_model=ExperimentOut, responses=_ERRORS, summary="One experiment")
 def show_experiment(name: str, arms: ArmsDep) -> dict[str, Any]:
-    return _out(arms, _store(arms).get(name))
+    return _out(arms, store_of(arms).get(name))
 
 
 @router.post(
@@ -107,6 +107,6 @@ def change_experiment(
     name: str, action: Literal["start", "stop", "archive"], request: Request, arms: ArmsDep
 ) -> dict[str, Any]:
     """Starting gives the experiment a free range of its layer; stopping frees it."""
-    stored = _store(arms).transition(name, action, _who(request))
+    stored = store_of(arms).transition(name, action, _who(request))
     arms.refresh()  # this worker at once; the others at their next poll
     return _out(arms, stored)

@@ -159,7 +159,11 @@ def build_stack(
     )
     components = make_components(
         event_log,
-        settings=Settings(serving=serving or ServingSettings(epsilon=epsilon), lifecycle=lifecycle),
+        settings=Settings(
+            serving=serving or ServingSettings(epsilon=epsilon),
+            lifecycle=lifecycle,
+            event_log_url=f"sqlite:///{tmp_path / 'events.sqlite'}",
+        ),
         features=store,
         source=source,
         observer=metrics,

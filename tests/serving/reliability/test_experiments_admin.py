@@ -24,6 +24,7 @@ def admin_stack(stack_factory, tmp_path):
         ("POST", "/admin/experiments/exp-home/start"),
         ("POST", "/admin/experiments/exp-home/stop"),
         ("POST", "/admin/experiments/exp-home/archive"),
+        ("GET", "/v1/experiments/exp-home/results"),
     ],
 )
 def test_experiments_api_requires_an_admin_key(admin_stack, keys, method, path):
@@ -64,3 +65,27 @@ def test_an_admin_runs_an_experiment_over_http(admin_stack, keys):
         "stopped"
     )
     assert client.get("/admin/experiments/nope", headers=admin).status_code == 404
+
+
+def test_an_admin_reads_an_experiments_results_over_http(admin_stack, keys):
+    client, admin = admin_stack.client, keys.headers("admin")
+    # the stack decides at a fixed time in 2026: the experiment starts before it
+    dated = definition(start="2026-05-01T00:00:00Z")
+    assert client.post("/admin/experiments", json=dated, headers=admin).status_code == 201
+    assert client.post("/admin/experiments/exp-home/start", headers=admin).status_code == 200
+    early = client.get("/v1/experiments/exp-home/results", headers=admin)
+    assert early.status_code == 422 and "exposed units" in early.text
+    arms = set()
+    for i in range(200):
+        decision = client.post(
+            "/v1/decisions",
+            json={"customer_id": f"c{i}", "touchpoint": "web_home"},
+            headers=keys.headers("secret"),
+        ).json()
+        arms.add(decision["experiment"]["arm"])
+    response = client.get("/v1/experiments/exp-home/results", headers=admin)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert list(body)[:2] == ["srm", "verdicts"]  # the sample-ratio check comes first
+    assert sum(body["srm"]["observed"]) == 200 and {a["arm"] for a in body["arms"]} == arms
+    assert client.get("/v1/experiments/nope/results", headers=admin).status_code == 404
