@@ -182,7 +182,9 @@ def _arm(policy: PolicyValue, estimator: str, config: TrainingConfig) -> ArmScre
     revenue = policy.estimates.get("snips_revenue")
     # judged on the raw importance weights, as training's evaluation warns
     diagnostics = est.diagnostics or policy.estimates["ips"].diagnostics
-    problems = () if diagnostics is None else diagnostics.problems(config.evaluation.support_limits())
+    problems = (
+        () if diagnostics is None else diagnostics.problems(config.evaluation.support_limits())
+    )
     return ArmScreening(
         value=est.value,
         lower=est.lower,
