@@ -8,7 +8,8 @@ interval, without a restart. A failed poll keeps the last known set (logged).
 Per request, before scoring: the request's unit (``unit_id``, else the customer) is assigned
 by :class:`experiments.assignment.Assigner`; a request outside every running experiment is
 decided by the default arm, which is exactly today's champion with the service's policy (plus
-the default levers once an experiment's arm has been promoted). Arms by kind:
+the default levers once an experiment's arm has been promoted). Arms by kind (the mapping is
+:func:`experiments.recipes.arm_recipe`, shared with the what-if screening):
 
 - ``treatment`` / ``control`` / ``shadow``: the arm's model (registry alias or version; the
   followed alias is the champion holder itself, other models get their own

@@ -3,7 +3,8 @@
 Experiments live in the event log's database (``event_log_url``), so a change made here
 reaches every running service worker at its next poll (``serving.experiments_poll_seconds``).
 The readout (``analyse``, ``report``) reads the experiment from the store, or from a YAML plan
-(``--plan``) and options; see docs/experiments.md, "Reading an experiment".
+(``--plan``) and options; see docs/experiments.md, "Reading an experiment". ``screen`` values
+the arms on logged decisions before rollout ("What-if screening").
 """
 
 from __future__ import annotations

@@ -179,3 +179,19 @@ def test_the_screening_file_is_refused_naming_the_field(tmp_path):
                          "arms": {"A": {"value": "high"}}})  # fmt: skip
     with pytest.raises(ConfigError, match=r"`A`"):
         parse_screening({"A": "high"})
+
+
+def test_an_unknown_estimator_is_refused_naming_the_choices(screened):
+    settings = screened["settings"]
+    result = CliRunner().invoke(
+        app,
+        ["experiments", "screen", "exp-screen", "--estimator", "magic",
+         "--config", str(screened["config"]), "--db", str(settings.warehouse_path),
+         "--tracking-uri", settings.mlflow_tracking_uri,
+         "--event-log-url", settings.event_log_url, "--out", str(screened["root"] / "x.json")],
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "`estimator` must be one of ['dr', 'ips', 'ips_clipped', 'snips', 'switch_dr']" in (
+        result.output
+    )
+    assert not (screened["root"] / "x.json").exists()
