@@ -269,6 +269,8 @@ def screen_command(
     logged decisions of the experiment's touchpoints, and valued off-policy with the logged
     propensities; prints value, lift over logging, diagnostics and support warnings per arm and
     writes the JSON that `recsys experiments report --screening` shows beside the online result.
+
+    Example: recsys experiments screen demo-live --since 2026-11-01 --out reports/demo.json
     """
     import tempfile
 
