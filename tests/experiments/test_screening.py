@@ -195,3 +195,33 @@ def test_an_unknown_estimator_is_refused_naming_the_choices(screened):
         result.output
     )
     assert not (screened["root"] / "x.json").exists()
+
+
+def test_a_plan_not_stored_yet_is_screened_from_a_date_with_another_estimator(screened):
+    settings, root = screened["settings"], screened["root"]
+    since = pd.Timestamp(screened["json"]["start"]) + pd.Timedelta(days=10)
+    arms = [
+        {"name": "greedy", "kind": "control", "share": 0.5, "policy": {"epsilon": 0.0}},
+        {"name": "explore", "share": 0.5, "policy": {"epsilon": 0.5}},
+    ]
+    plan = root / "draft.yaml"
+    # one touchpoint of the demo: only its logged decisions are screened
+    plan.write_text(yaml.safe_dump(definition(name="draft", touchpoints=["web_home"], arms=arms)))
+    out = root / "draft.json"
+    result = CliRunner().invoke(
+        app,
+        ["experiments", "screen", "draft", "--plan", str(plan), "--estimator", "dr",
+         "--since", since.strftime("%Y-%m-%d"), "--config", str(screened["config"]),
+         "--db", str(settings.warehouse_path), "--tracking-uri", settings.mlflow_tracking_uri,
+         "--out", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["experiment"] == "draft" and data["estimator"] == "dr"
+    assert pd.Timestamp(data["start"]) >= since.floor("D")
+    assert 0 < data["rounds"] < screened["json"]["rounds"]
+    assert data["arms"]["explore"]["true_value"] < data["arms"]["greedy"]["true_value"]
+    wrong = CliRunner().invoke(
+        app, ["experiments", "screen", "other", "--plan", str(plan), "--out", str(out)]
+    )
+    assert wrong.exit_code != 0 and "must define experiment 'other', got 'draft'" in wrong.output
