@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -44,6 +44,9 @@ from experiments.stats import (
 )
 from experiments.store import StoredExperiment
 from recsys.errors import ConfigError
+
+if TYPE_CHECKING:  # the screening's types only: analysis needs no model nor replay
+    from experiments.screening import ArmScreening
 
 _QUANTITY_NAMES = tuple(QUANTITIES)
 _SUMS = ("q", "qq", "qn", "x", "xx", "xq", "xn")
@@ -552,7 +555,8 @@ class ExperimentAnalysis:
     units_needed: dict[str, float]  # per treatment arm: more units for the MDE (0 = enough)
     decisions_needed: dict[str, float]
     verdicts: dict[str, str]
-    screening: dict[str, float] = field(default_factory=dict)  # arm -> what-if OPE value
+    #: arm -> its what-if value on logged decisions (``recsys experiments screen``)
+    screening: dict[str, ArmScreening] = field(default_factory=dict)
 
     def primary(self, arm: str) -> MetricResult:
         return next(
@@ -600,6 +604,19 @@ class ExperimentAnalysis:
                     "relative_lift": s.relative_lift,
                     "fixed_relative_lower": s.relative_lower,
                     "fixed_relative_upper": s.relative_upper,
+                }
+            )
+        for arm, s in self.screening.items():
+            rows.append(
+                {
+                    "section": "screening",
+                    "segment": "all",
+                    "arm": arm,
+                    "metric": f"what-if acceptance ({s.estimator})",
+                    "value": s.value,
+                    "relative_lift": None if s.lift is None else s.lift - 1,
+                    "fixed_relative_lower": None if s.lift_lower is None else s.lift_lower - 1,
+                    "fixed_relative_upper": None if s.lift_upper is None else s.lift_upper - 1,
                 }
             )
         return rows
@@ -718,7 +735,7 @@ def analyse(
     src: SQLSource,
     plan: AnalysisPlan,
     as_of: datetime | None = None,
-    screening: Mapping[str, float] | None = None,
+    screening: Mapping[str, ArmScreening] | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> ExperimentAnalysis:
     """Read the experiment ``plan`` from the event log ``src`` and analyse it up to ``as_of``.

@@ -22,6 +22,7 @@ import plotly.graph_objects as go
 from experiments.analysis import ExperimentAnalysis, GuardrailPlan
 
 if TYPE_CHECKING:
+    from experiments.screening import ArmScreening
     from recsys.settings import Settings
 
 #: MLflow experiment of the readouts (one run per analysis), beside the training runs'.
@@ -105,20 +106,86 @@ def _segment_figure(analysis: ExperimentAnalysis, kind: str) -> go.Figure:
     return fig
 
 
-def _screening_figure(analysis: ExperimentAnalysis) -> go.Figure:
+def _online_primary(analysis: ExperimentAnalysis) -> dict[str, float]:
+    """Each arm's online value of the primary metric (the control's too)."""
     online = {r.arm: r.value for r in analysis.metrics if r.role == "primary"}
     online[analysis.plan.control] = next(
         (r.control_value for r in analysis.metrics if r.role == "primary"), math.nan
     )
+    return online
+
+
+def _screening_figure(analysis: ExperimentAnalysis) -> go.Figure:
+    online = _online_primary(analysis)
     arms = list(analysis.screening)
+    what_if = [analysis.screening[a] for a in arms]
+
+    def bound(s: ArmScreening, side: str) -> float:
+        edge = s.upper if side == "upper" else s.lower
+        return 0.0 if edge is None else abs(edge - s.value)
+
     fig = go.Figure(
         [
-            go.Bar(x=arms, y=[analysis.screening[a] for a in arms], name="what-if (OPE)"),
+            go.Bar(
+                x=arms,
+                y=[s.value for s in what_if],
+                error_y={
+                    "type": "data",
+                    "array": [bound(s, "upper") for s in what_if],
+                    "arrayminus": [bound(s, "lower") for s in what_if],
+                },
+                name="what-if (OPE)",
+            ),
             go.Bar(x=arms, y=[online.get(a, math.nan) for a in arms], name="online"),
         ]
     )
     fig.update_layout(barmode="group", title="Screening estimate against the online result")
     return fig
+
+
+def _screening_table(analysis: ExperimentAnalysis) -> str:
+    """Per arm: the online primary metric beside the what-if value, its lift over the logging
+    policy, revenue, what it rests on and its warnings."""
+    online = _online_primary(analysis)
+
+    def interval(low: float | None, high: float | None, fmt=_num) -> str:
+        return "" if low is None or high is None else f"[{fmt(low)}, {fmt(high)}]"
+
+    def relative(ratio: float | None) -> str:
+        return _pct(None if ratio is None else ratio - 1)
+
+    rows = [
+        [
+            arm,
+            _num(online.get(arm)),
+            f"{_num(s.value)} {interval(s.lower, s.upper)} ({s.estimator})",
+            f"{relative(s.lift)} {interval(s.lift_lower, s.lift_upper, relative)}",
+            f"{_num(s.revenue)} {interval(s.revenue_lower, s.revenue_upper)}",
+            "" if s.matched_rounds is None else f"{s.matched_rounds:,}",
+            "" if s.positives is None else f"{s.positives:,}",
+            _num(s.effective_sample_size),
+            _num(s.max_weight),
+            _num(s.true_value),
+            "; ".join(s.warnings) or ("" if s.matched_rounds is None else "ok"),
+        ]
+        for arm, s in analysis.screening.items()
+    ]
+    return _table(
+        [
+            "arm",
+            f"online {analysis.plan.primary_metric}",
+            "what-if acceptance per decision",
+            "lift over logging",
+            "what-if revenue per decision",
+            "matched rounds",
+            "positives",
+            "effective sample size",
+            "largest weight",
+            "true value (generated data)",
+            "support",
+        ],
+        rows,
+    )
 
 
 _STYLE = """
@@ -231,10 +298,7 @@ def render_html(analysis: ExperimentAnalysis) -> str:
     ]
     if analysis.screening:
         figures.append(_screening_figure(analysis))
-        screening = _table(
-            ["arm", "what-if value (OPE)"],
-            [[arm, _num(v)] for arm, v in analysis.screening.items()],
-        )
+        screening = _screening_table(analysis)
     else:
         screening = "<p>No screening estimate was given (<code>--screening FILE</code>).</p>"
     charts = [

@@ -8,7 +8,8 @@ interval, without a restart. A failed poll keeps the last known set (logged).
 Per request, before scoring: the request's unit (``unit_id``, else the customer) is assigned
 by :class:`experiments.assignment.Assigner`; a request outside every running experiment is
 decided by the default arm, which is exactly today's champion with the service's policy (plus
-the default levers once an experiment's arm has been promoted). Arms by kind:
+the default levers once an experiment's arm has been promoted). Arms by kind (the mapping is
+:func:`experiments.recipes.arm_recipe`, shared with the what-if screening):
 
 - ``treatment`` / ``control`` / ``shadow``: the arm's model (registry alias or version; the
   followed alias is the champion holder itself, other models get their own
@@ -35,10 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from experiments.assignment import Assigner, Placement
-from experiments.definition import ArmKind, ArmSpec, Experiment, Levers, ModelRef
-from experiments.levers import apply_levers
+from experiments.definition import ArmKind, ArmSpec, Experiment, ModelRef
+from experiments.recipes import Service, arm_recipe, levers_catalog
 from experiments.store import ExperimentStore, Snapshot
-from recsys.arbitration import EpsilonGreedy, Policy
+from recsys.arbitration import Policy
 from recsys.catalog import Catalog
 from recsys.decision import Arm, DecisionRequest, ServedModel
 from recsys.errors import NotFoundError
@@ -263,7 +264,15 @@ class ExperimentArms:
         return _State(Assigner(placements), recipes, shadows, catalog, snapshot.version, incomplete)
 
     def _recipe(self, exp: Experiment, spec: ArmSpec) -> _Recipe:
-        return RECIPES[spec.kind](self, exp.name, spec)
+        """The arm's recipe (:func:`experiments.recipes.arm_recipe`) with its model's holder;
+        a recipe without a model ranks by the fallback's popularity, a control on purpose, so
+        its decisions are not marked fallback."""
+        made = arm_recipe(spec, Service(self.policy, self.catalog, self.followed_alias))
+        if made.model is None:
+            popular = PopularityScorer(self.holder.fallback.rates, reason=None)
+            served = ServedModel(popular.model, NoMatrix(), popular)
+            return _Recipe(spec, exp.name, made.policy, made.catalog, lambda: served)
+        return _Recipe(spec, exp.name, made.policy, made.catalog, self.model_of(made.model))
 
     def model_of(self, ref: ModelRef) -> Callable[[], ServedModel]:
         """The current model of ``ref``'s holder (loaded now if it is a new one)."""
@@ -321,52 +330,3 @@ class ExperimentArms:
             holder.stop()
         if self.store is not None:
             self.store.close()
-
-
-# ---------------------------------------------------------------- recipes by kind of arm
-#: How an arm of each kind decides: (resolver, experiment id, arm) -> recipe.
-Recipe = Callable[[ExperimentArms, str, ArmSpec], _Recipe]
-
-
-def _as_written(arms: ExperimentArms, experiment_id: str, spec: ArmSpec) -> _Recipe:
-    """treatment, control, shadow: the arm's model, epsilon (default the service's) and levers."""
-    epsilon = spec.policy.epsilon
-    policy = arms.policy if epsilon is None else EpsilonGreedy(epsilon)
-    catalog = levers_catalog(arms.catalog, spec.levers)
-    return _Recipe(spec, experiment_id, policy, catalog, arms.model_of(spec.model))
-
-
-def _random(arms: ExperimentArms, experiment_id: str, spec: ArmSpec) -> _Recipe:
-    """Every slot drawn uniformly among the eligible offers (the champion only scores)."""
-    champion = arms.model_of(ModelRef(alias=arms.followed_alias))
-    return _Recipe(spec, experiment_id, EpsilonGreedy(1.0), None, champion)
-
-
-def _popularity(arms: ExperimentArms, experiment_id: str, spec: ArmSpec) -> _Recipe:
-    """Eligibility + the fallback's popularity ranking, greedy; a control on purpose, so its
-    decisions are not marked fallback."""
-    popular = PopularityScorer(arms.holder.fallback.rates, reason=None)
-    model = ServedModel(popular.model, NoMatrix(), popular)
-    return _Recipe(spec, experiment_id, EpsilonGreedy(0.0), None, lambda: model)
-
-
-def _champion(arms: ExperimentArms, experiment_id: str, spec: ArmSpec) -> _Recipe:
-    """The champion with the service's policy and no levers (not even the default ones)."""
-    champion = arms.model_of(ModelRef(alias=arms.followed_alias))
-    return _Recipe(spec, experiment_id, arms.policy, None, champion)
-
-
-RECIPES: dict[ArmKind, Recipe] = {
-    ArmKind.TREATMENT: _as_written,
-    ArmKind.CONTROL: _as_written,
-    ArmKind.SHADOW: _as_written,
-    ArmKind.HOLDOUT_RANDOM: _random,
-    ArmKind.HOLDOUT_POPULARITY: _popularity,
-    ArmKind.HOLDOUT_CHAMPION: _champion,
-}
-
-
-def levers_catalog(catalog: Catalog, levers: Levers) -> Catalog | None:
-    """The catalogue an arm with ``levers`` decides over: None (the pipeline's, exactly as
-    outside experiments) when there are no levers."""
-    return None if levers.empty else apply_levers(catalog, levers)

@@ -3,7 +3,8 @@
 Experiments live in the event log's database (``event_log_url``), so a change made here
 reaches every running service worker at its next poll (``serving.experiments_poll_seconds``).
 The readout (``analyse``, ``report``) reads the experiment from the store, or from a YAML plan
-(``--plan``) and options; see docs/experiments.md, "Reading an experiment".
+(``--plan``) and options; see docs/experiments.md, "Reading an experiment". ``screen`` values
+the arms on logged decisions before rollout ("What-if screening").
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from recsys.errors import RecsysError
 from recsys.settings import load_settings
 
 if TYPE_CHECKING:
+    from experiments.definition import Experiment, ModelRef
+    from experiments.screening import ExperimentScreening, ModelLoader
     from experiments.store import ExperimentStore
+    from recsys.settings import Settings
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -188,6 +192,161 @@ def promote(
                f"{json.dumps(done.levers)}")  # fmt: skip
 
 
+# --- what-if screening before rollout ---
+
+
+def _experiment(name: str, plan: Path | None, event_log_url: str | None) -> Experiment:
+    """The experiment of ``plan`` (whose name must be NAME), else the stored one."""
+    from experiments.definition import load_experiment
+
+    if plan is None:
+        store = _store(event_log_url)
+        try:
+            return store.get(name).experiment
+        finally:
+            store.close()
+    experiment = load_experiment(plan)
+    if experiment.name != name:
+        raise typer.BadParameter(
+            f"must define experiment {name!r}, got {experiment.name!r}", param_hint="--plan"
+        )
+    return experiment
+
+
+def _registry_models(settings: Settings, folder: Path) -> ModelLoader:
+    """Loads an arm's model from the registry as serving loads it (checked in a child
+    process), with its matrix encoding from its ``feature_spec.json``."""
+    from experiments.screening import ArmModel
+    from features.matrix import Encoding
+    from recsys.errors import SpecMismatchError
+    from serving.model import load_model_dir
+    from serving.model_sources import RegistrySource
+    from training.warehouse_data import FeaturesEncoder
+
+    registry = RegistrySource(
+        settings.mlflow_tracking_uri, settings.model_name, settings.model_alias
+    )
+
+    def load(ref: ModelRef) -> ArmModel:
+        version = registry.resolve(ref.alias) if ref.alias is not None else str(ref.version)
+        path = registry.download(version, folder / f"v{version}")
+        loaded = load_model_dir(path, settings.model_name, version)
+        encoding = loaded.spec.get("encoding")
+        if not isinstance(encoding, dict):
+            raise SpecMismatchError(
+                f"model {ref.key} (version {version}): feature_spec.json must have an "
+                f"`encoding` object to be screened, got {type(encoding).__name__}"
+            )
+        return ArmModel(loaded.info, loaded.scorer, FeaturesEncoder(Encoding.from_dict(encoding)))
+
+    return load
+
+
+def _print_screening(result: ExperimentScreening) -> None:
+    def num(value: float | None, fmt: str = ".4f") -> str:
+        return "n/a" if value is None else format(value, fmt)
+
+    def lift(value: float | None) -> str:
+        return "n/a" if value is None else f"{value - 1:+.1%}"
+
+    typer.echo(
+        f"experiment {result.experiment}: {result.rounds:,} logged decisions "
+        f"{result.start:%Y-%m-%d} .. {result.end:%Y-%m-%d}; logging policy "
+        f"{result.logging_value:.4f} acceptance per decision; estimator {result.estimator}"
+    )
+    for arm, s in result.arms.items():
+        typer.echo(
+            f"  {arm}: {num(s.value)} [{num(s.lower)}, {num(s.upper)}]  lift over logging "
+            f"{lift(s.lift)} [{lift(s.lift_lower)}, {lift(s.lift_upper)}]  revenue "
+            f"{num(s.revenue, '.2f')} [{num(s.revenue_lower, '.2f')}, "
+            f"{num(s.revenue_upper, '.2f')}]  matched {s.matched_rounds:,}  positives "
+            f"{s.positives:,}  ESS {num(s.effective_sample_size, '.1f')}  max weight "
+            f"{num(s.max_weight, '.1f')}  true value {num(s.true_value)}"
+            f" (revenue {num(s.true_revenue, '.2f')})"
+        )
+        for warning in s.warnings:
+            typer.echo(f"    WARNING thin support: {warning}")
+    for arm, reason in result.not_screened.items():
+        typer.echo(f"  {arm}: not screened ({reason})")
+
+
+@app.command("screen")
+def screen_command(
+    name: str = typer.Argument(..., help="The experiment's name."),
+    plan: Path | None = typer.Option(
+        None, "--plan", help="YAML of an experiment not stored yet (default: the stored NAME)."
+    ),
+    since: datetime | None = typer.Option(
+        None, "--since", help="Screen the logged decisions from then on (UTC)."
+    ),
+    estimator: str = typer.Option(
+        "snips", "--estimator", help="ips, snips, dr, ips_clipped or switch_dr."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="JSON for `report --screening` (default: reports/NAME.screening.json)."
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", help="Training YAML (bootstrap, support limits; default: built-in)."
+    ),
+    db: Path | None = typer.Option(None, "--db", help="Warehouse DuckDB file (default: settings)."),
+    tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI (default: settings)."),
+    event_log_url: str | None = URL,
+) -> None:
+    """Value each arm of NAME on the warehouse's logged decisions before any customer sees it.
+
+    Every arm is decided again as the service would decide it (model, policy, levers) on the
+    logged decisions of the experiment's touchpoints, and valued off-policy with the logged
+    propensities; prints value, lift over logging, diagnostics and support warnings per arm and
+    writes the JSON that `recsys experiments report --screening` shows beside the online result.
+
+    Example: recsys experiments screen demo-live --since 2026-11-01 --out reports/demo.json
+    """
+    import tempfile
+
+    from experiments.recipes import Service
+    from experiments.screening import screen_experiment
+    from recsys import warehouse
+    from recsys.arbitration import EpsilonGreedy
+    from recsys.catalog import load_catalog
+    from training.config import load_config
+    from training.warehouse_data import build_inputs
+
+    settings = load_settings(
+        warehouse_path=db, mlflow_tracking_uri=tracking_uri, event_log_url=event_log_url
+    )
+    try:
+        experiment = _experiment(name, plan, event_log_url)
+        training = load_config(config)
+        path = settings.warehouse_path
+        service = Service(
+            EpsilonGreedy(settings.serving.epsilon),
+            load_catalog(settings.serving.catalog_source or path),
+            settings.model_alias,
+        )
+        con = warehouse.connect(path, read_only=True, memory_limit=settings.duckdb_memory_limit)
+        try:
+            inputs = build_inputs(con, training, path)
+            with tempfile.TemporaryDirectory(prefix="recsys-screen-") as folder:
+                result = screen_experiment(
+                    experiment,
+                    inputs,
+                    training,
+                    service,
+                    _registry_models(settings, Path(folder)),
+                    estimator=estimator,
+                    since=since,
+                )
+        finally:
+            con.close()
+    except RecsysError as exc:
+        raise _fail(exc) from None
+    _print_screening(result)
+    target = out if out is not None else Path("reports") / f"{name}.screening.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
+    typer.echo(f"json: {target}")
+
+
 # --- readout: analyse and report ---
 
 
@@ -214,7 +373,7 @@ def _plan_options(
                 raise typer.BadParameter(
                     f"must be NAME or NAME=SHARE, got {item!r}", param_hint="--arm"
                 ) from None
-    options = {
+    options: dict[str, Any] = {
         "name": name,
         "arms": arms,
         "control": control,
@@ -267,7 +426,9 @@ def _run(
         )
         screened = None
         if screening is not None:
-            screened = {str(k): float(v) for k, v in json.loads(screening.read_text()).items()}
+            from experiments.screening import read_screening
+
+            screened = read_screening(screening)
         when = _utc(as_of)
         with open_event_log(settings.event_log_url) as source:
             return settings, analyse(source, readout_plan, as_of=when, screening=screened)
@@ -311,7 +472,9 @@ def report_command(
     as_of: datetime | None = _AS_OF,
     out: Path = typer.Option(Path("reports"), "--out", help="Folder of the report files."),
     screening: Path | None = typer.Option(
-        None, "--screening", help="JSON {arm: what-if value} from the screening, shown beside."
+        None,
+        "--screening",
+        help="JSON of `recsys experiments screen` (or {arm: value}), shown beside the result.",
     ),
     mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log the readout to MLflow."),
 ) -> None:

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from experiments.analysis import analyse
 from experiments.report import MLFLOW_EXPERIMENT_SUFFIX, write_report
+from experiments.screening import parse_screening
 from experiments.synthetic import DECISIONS_DDL, EVENTS_DDL
 from recsys.cli import app
 from tests.experiments.conftest import SPEC, plan_for
@@ -23,7 +24,8 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
 @pytest.fixture(scope="module")
 def report(source, tmp_path_factory) -> dict[str, Path]:
-    result = analyse(source, plan_for(SPEC), as_of=SPEC.end, screening={"A": 0.09, "B": 0.11})
+    screening = parse_screening({"A": 0.09, "B": 0.11})  # the plain {arm: value} file
+    result = analyse(source, plan_for(SPEC), as_of=SPEC.end, screening=screening)
     return write_report(result, tmp_path_factory.mktemp("report"))
 
 
@@ -42,8 +44,9 @@ def test_json_and_csv_carry_the_numbers_of_the_analysis(report, source):
         "guardrail",
         "touchpoint",
         "offer",
+        "screening",
     }
-    assert data["screening"] == {"A": 0.09, "B": 0.11}
+    assert {arm: s["value"] for arm, s in data["screening"].items()} == {"A": 0.09, "B": 0.11}
 
 
 def test_html_embeds_plotly_and_puts_the_sample_ratio_check_before_the_results(report):
