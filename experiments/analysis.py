@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from experiments.definition import Guardrail
 from experiments.metrics import METRICS, QUANTITIES, Metric, metric
 from experiments.stats import (
     Interval,
@@ -63,30 +64,8 @@ class ArmPlan(BaseModel):
     kind: str = "treatment"
 
 
-class GuardrailPlan(BaseModel):
-    """A metric that must not get worse: bounds on the arm's value and/or on its change.
-
-    ``max`` / ``min``: the arm's value must stay at or below / above (breach when its point
-    estimate is beyond). ``max_relative_change``: the largest relative worsening against the
-    control (breach when the whole confidence sequence is beyond it, warning when the point
-    estimate is).
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    metric: str
-    max: float | None = None
-    min: float | None = None
-    max_relative_change: float | None = Field(default=None, ge=0)
-
-    @model_validator(mode="after")
-    def _check(self) -> GuardrailPlan:
-        metric(self.metric)
-        if self.max is None and self.min is None and self.max_relative_change is None:
-            raise ValueError(
-                f"guardrail `{self.metric}` must set `max`, `min` or `max_relative_change`"
-            )
-        return self
+#: A guardrail of the plan: the definition's (one model for both).
+GuardrailPlan = Guardrail
 
 
 class AnalysisPlan(BaseModel):

@@ -187,11 +187,18 @@ class ArmSpec(_Strict):
 
 
 class Guardrail(_Strict):
-    """A metric that must stay on its side of a threshold (e.g. dismiss_rate <= 0.05)."""
+    """A metric that must not get worse: bounds on the arm's value and/or on its change.
+
+    ``max`` / ``min``: the arm's value must stay at or below / above (breach when its point
+    estimate is beyond, e.g. dismiss_rate <= 0.05). ``max_relative_change``: the largest
+    relative worsening against the control (breach when the whole confidence sequence is
+    beyond it, warning when the point estimate is).
+    """
 
     metric: str
     max: float | None = None
     min: float | None = None
+    max_relative_change: float | None = Field(default=None, ge=0)
 
     @field_validator("metric")
     @classmethod
@@ -200,8 +207,8 @@ class Guardrail(_Strict):
 
     @model_validator(mode="after")
     def _threshold(self) -> Guardrail:
-        if self.max is None and self.min is None:
-            raise ValueError("a threshold: `max` and/or `min`")
+        if self.max is None and self.min is None and self.max_relative_change is None:
+            raise ValueError("a threshold: `max`, `min` and/or `max_relative_change`")
         if self.max is not None and self.min is not None and self.min > self.max:
             raise ValueError(f"`min` <= `max` (min {self.min}, max {self.max})")
         return self

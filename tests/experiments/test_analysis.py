@@ -264,7 +264,10 @@ arms:
 
 
 def test_a_guardrail_needs_a_bound():
-    with pytest.raises(ConfigError, match="guardrail `dismiss_rate` must set `max`, `min`"):
+    with pytest.raises(
+        ConfigError,
+        match=r"`guardrails\.0`: .*a threshold: `max`, `min` and/or `max_relative_change`",
+    ):
         load_plan(
             None,
             name="exp",

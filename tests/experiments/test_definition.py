@@ -81,7 +81,7 @@ ARMS = definition()["arms"]
         ),
         (
             {"guardrails": [{"metric": "dismiss_rate"}]},
-            r"`guardrails\[0\]`: expected a threshold: `max` and/or `min`",
+            r"`guardrails\[0\]`: expected a threshold: `max`, `min` and/or `max_relative_change`",
         ),
         (
             {"start": "2026-06-02T00:00:00Z", "end": "2026-06-01T00:00:00Z"},
