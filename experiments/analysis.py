@@ -543,8 +543,10 @@ class ExperimentAnalysis:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """Everything, the sample-ratio check and the verdicts first (read them first)."""
         out = asdict(self)
         out["plan"] = self.plan.model_dump(mode="json")
+        out = {"srm": out.pop("srm"), "verdicts": out.pop("verdicts"), **out}
         return _jsonable(out)
 
     def csv_rows(self) -> list[dict[str, Any]]:

@@ -454,9 +454,7 @@ def analyse_command(
     Example: recsys experiments analyse demo-live
     """
     _, result = _run(name, plan, arm, control, start, end, primary_metric, event_log, as_of)
-    data = result.to_dict()
-    ordered = {"srm": data.pop("srm"), "verdicts": data.pop("verdicts"), **data}
-    typer.echo(json.dumps(ordered, indent=2))
+    typer.echo(json.dumps(result.to_dict(), indent=2))
 
 
 @app.command("report")

@@ -45,5 +45,4 @@ def experiment_results(
             raise InvalidRequestError(
                 "name", "an experiment with exposures in every arm", name, str(exc)
             ) from None
-    data = result.to_dict()
-    return {"srm": data.pop("srm"), "verdicts": data.pop("verdicts"), **data}
+    return result.to_dict()
