@@ -166,6 +166,7 @@ class ModelHolder:
         self._current = Served(self.fallback_model, "none", datetime.now(UTC))
         self._refresh_lock = threading.Lock()
         self._refused: dict[str, str] = {}  # version -> why
+        self._told: set[str] = set()  # versions refused by another worker, logged here once
         self._jobs: dict[str, SwapJob] = {}
         self._jobs_lock = threading.Lock()
         self._stop = threading.Event()
@@ -470,13 +471,19 @@ class ModelHolder:
         if marker is None or not marker.is_file():
             return None
         try:
-            return str(json.loads(marker.read_text(encoding="utf-8"))["reason"])
+            reason = str(json.loads(marker.read_text(encoding="utf-8"))["reason"])
         except (OSError, ValueError, KeyError, TypeError):
-            return "reason unreadable"
+            reason = "reason unreadable"
+        if version not in self._told:  # every worker says once why it keeps its model
+            self._told.add(version)
+            logger.error("refusing model %s v%s (refused by another worker): %s",
+                         self.model_name, version, reason)  # fmt: skip
+        return reason
 
     def _remember_refusal(self, version: str, reason: str) -> None:
         """Remember in the model cache (every worker sees it; an admin reload that succeeds
         anywhere clears it), or in this process where there is no marker."""
+        self._told.add(version)  # this process logged its own refusal
         marker = self._refusal_file(version)
         if marker is None:
             self._refused[version] = reason
@@ -491,6 +498,7 @@ class ModelHolder:
 
     def _forget_refusal(self, version: str) -> None:
         self._refused.pop(version, None)
+        self._told.discard(version)
         marker = self._refusal_file(version)
         if marker is not None:
             marker.unlink(missing_ok=True)

@@ -91,10 +91,19 @@ class PostgresCluster:
         )
 
     def admin(self, *statements: str) -> None:
-        """Run ``statements`` as the superuser, in database ``faults``."""
+        """Run ``statements`` as the superuser, in database ``faults``; a statement that
+        deadlocks with the service's writes (a DROP against inserts) is tried again, as an
+        operator would."""
         with psycopg.connect(self.url, autocommit=True) as con:
             for statement in statements:
-                con.execute(statement)
+                for attempt in range(5):
+                    try:
+                        con.execute(statement)
+                        break
+                    except psycopg.errors.DeadlockDetected:
+                        if attempt == 4:
+                            raise
+                        time.sleep(0.2)
 
     def read_only(self, on: bool) -> None:
         """The whole cluster read-only (``ALTER SYSTEM`` + reload, sessions drop), or not."""
