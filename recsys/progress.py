@@ -2,11 +2,15 @@
 
 A bar writes to stderr and disappears from logs and pipes (``disable=None``: tqdm shows it
 only when stderr is a terminal), so ``recsys train > run.log`` stays readable. Used by
-training, evaluation, materialisation and ``recsys score``.
+training, evaluation, materialisation, ``recsys score`` and model compilation
+(:func:`progress_while`, for one step that reports nothing until it ends).
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import IO
 
 from tqdm import tqdm
@@ -25,3 +29,27 @@ def progress_bar(
         dynamic_ncols=True,
         leave=False,
     )
+
+
+@contextmanager
+def progress_while(
+    desc: str, file: IO[str] | None = None, refresh_seconds: float = 1.0
+) -> Iterator[tqdm]:
+    """A bar with the elapsed time of one step that has no progress of its own to report
+    (an LLVM compile): redrawn every ``refresh_seconds`` until the block ends."""
+    bar = progress_bar(desc, None, "step", file)
+    done = threading.Event()
+
+    def redraw() -> None:
+        while not done.wait(refresh_seconds):
+            bar.refresh()
+
+    ticker = threading.Thread(target=redraw, name="progress-while", daemon=True)
+    ticker.start()
+    try:
+        yield bar
+    finally:
+        done.set()
+        ticker.join()
+        bar.update(1)
+        bar.close()
