@@ -2,8 +2,8 @@
 
 A bar writes to stderr and disappears from logs and pipes (``disable=None``: tqdm shows it
 only when stderr is a terminal), so ``recsys train > run.log`` stays readable. Used by
-training, evaluation, materialisation, ``recsys score`` and model compilation
-(:func:`progress_while`, for one step that reports nothing until it ends).
+training, evaluation, materialisation and ``recsys score`` (its model load, which compiles
+the model on first use: :func:`progress_while`, for a step that reports nothing until it ends).
 """
 
 from __future__ import annotations

@@ -197,7 +197,6 @@ def score(
     email's tracking links (events name it).
     """
     import duckdb
-    from rich.console import Console
 
     from recsys.cli.stores import (
         check_online_store,
@@ -205,6 +204,7 @@ def score(
         existing_warehouse,
         writable_out,
     )
+    from recsys.progress import progress_while
     from recsys.settings import load_settings
     from serving.components import build_components
 
@@ -228,11 +228,8 @@ def score(
     check_online_store(settings)
     if settings.serving.model_dir is None:
         check_tracking_store(settings)
-    # A spinner on a terminal: the first load of a model compiles it to native code.
-    with Console(stderr=True).status(
-        "loading the model, features and catalogue (a model's first load compiles it, "
-        "up to a minute)"
-    ):
+    # The first load of a model compiles it to native code: up to a minute with no output.
+    with progress_while("loading the model, features and catalogue (a first load compiles)"):
         components = build_components(settings)
     try:
         catalog = components.pipeline.catalog

@@ -22,7 +22,6 @@ import lleaves
 import llvmlite.binding as llvm
 import numpy as np
 
-from recsys.progress import progress_while
 from recsys.scoring.base import LoadOptions, ModelFiles, ModelScorer, check_width
 from recsys.scoring.lightgbm import LightGBMScorer, check_rows
 
@@ -126,8 +125,7 @@ def _compile(model_file: Path, cache_dir: Path | None) -> lleaves.Model:
     """
     model = lleaves.Model(model_file=str(model_file))
     if cache_dir is None:
-        with progress_while(f"compiling model {model_file.name}"):
-            model.compile()
+        model.compile()
         return model
     cache_dir.mkdir(parents=True, exist_ok=True)
     cached = cache_file(model_file, cache_dir)
@@ -143,8 +141,7 @@ def _compile(model_file: Path, cache_dir: Path | None) -> lleaves.Model:
     os.close(fd)
     os.unlink(tmp)  # lleaves writes the cache file only when it does not exist
     try:
-        with progress_while(f"compiling model {model_file.name} (cached afterwards)"):
-            model.compile(cache=tmp)
+        model.compile(cache=tmp)
         _publish(digest_file, _sha256(Path(tmp)))
         os.replace(tmp, cached)
     finally:
