@@ -32,7 +32,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.analysis import AnalysisPlan, SQLSource, analyse
+from experiments.analysis import analyse
+from experiments.moments import SQLSource
+from experiments.plan import AnalysisPlan
 from experiments.stats import (
     Moments,
     estimate_arms,

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 
 import plotly.graph_objects as go
 
-from experiments.analysis import ExperimentAnalysis, GuardrailPlan
+from experiments.analysis import ExperimentAnalysis
+from experiments.plan import GuardrailPlan
 
 if TYPE_CHECKING:
     from experiments.screening import ArmScreening

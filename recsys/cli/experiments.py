@@ -360,7 +360,7 @@ def _plan_options(
     primary_metric: str | None,
     event_log: str | None,
 ) -> Any:
-    from experiments.analysis import load_plan, stored_plan
+    from experiments.plan import load_plan, stored_plan
 
     arms = None
     if arm:
@@ -417,7 +417,8 @@ def _run(
     as_of: datetime | None,
     screening: Path | None = None,
 ) -> Any:
-    from experiments.analysis import analyse, open_event_log
+    from experiments.analysis import analyse
+    from experiments.moments import open_event_log
 
     settings = load_settings(event_log_url=event_log)
     try:

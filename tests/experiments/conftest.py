@@ -5,7 +5,8 @@ from __future__ import annotations
 import duckdb
 import pytest
 
-from experiments.analysis import AnalysisPlan, SQLSource
+from experiments.moments import SQLSource
+from experiments.plan import AnalysisPlan
 from experiments.synthetic import SyntheticExperiment, generate
 
 SPEC = SyntheticExperiment(customers=4_000, decisions=30_000, pre_decisions=12_000, lift=0.3)

@@ -14,8 +14,10 @@ import psycopg
 import pytest
 from statsmodels.stats.multitest import multipletests
 
-from experiments.analysis import SQLSource, analyse, load_plan, read_moments
+from experiments.analysis import analyse
 from experiments.metrics import METRICS
+from experiments.moments import SQLSource, read_moments
+from experiments.plan import load_plan
 from experiments.stats import Moments
 from experiments.synthetic import DECISIONS_DDL, EVENTS_DDL, generate
 from recsys.errors import ConfigError

@@ -12,7 +12,9 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 
-from experiments.analysis import analyse, open_event_log, stored_plan
+from experiments.analysis import analyse
+from experiments.moments import open_event_log
+from experiments.plan import stored_plan
 from recsys.errors import InvalidRequestError
 from serving.api.routes.admin_experiments import ArmsDep, store_of
 from serving.deps import ComponentsDep
