@@ -61,6 +61,8 @@ RATES: dict[str, str] = {
     "complaint_rate": "complaints",
 }
 UNKNOWN = "unknown"
+#: The longest attribution window read (ten years).
+MAX_ATTRIBUTION_DAYS = 3650.0
 _DAY_US = 86_400 * 1_000_000
 
 
@@ -68,8 +70,11 @@ def _us(ts: datetime) -> int:
     return int(ts.timestamp() * 1_000_000)
 
 
-def _utc(ts: datetime) -> datetime:
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+def _utc(ts: datetime, field: str) -> datetime:
+    try:
+        return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00+01:00
+        raise InvalidRequestError(field, "a time after year 1 in UTC", ts.isoformat()) from None
 
 
 @dataclass(frozen=True)
@@ -106,7 +111,9 @@ class Segment:
         del out["dimension"], out["confidence"]
         for name in RATES:
             r = self.rate(name)
-            out[name] = None if r is None else {"value": r.value, "lower": r.lower, "upper": r.upper}
+            out[name] = (
+                None if r is None else {"value": r.value, "lower": r.lower, "upper": r.upper}
+            )
         rpi = self.revenue_per_impression
         out["revenue_per_impression"] = rpi if math.isfinite(rpi) else None
         return out
@@ -233,14 +240,16 @@ def offer_performance(
         If ``until`` is not after ``since``, or ``attribution_days`` or ``confidence`` is out of
         range (the message names the parameter).
     """
-    until = _utc(until) if until is not None else clock().astimezone(UTC)
-    since = None if since is None else _utc(since)
+    until = _utc(until, "until") if until is not None else clock().astimezone(UTC)
+    since = None if since is None else _utc(since, "since")
     if since is not None and until <= since:
         raise InvalidRequestError(
             "until", f"a time after `since` ({since.isoformat()})", until.isoformat()
         )
-    if not attribution_days > 0:
-        raise InvalidRequestError("attribution_days", "> 0", attribution_days)
+    if not 0 < attribution_days <= MAX_ATTRIBUTION_DAYS:
+        raise InvalidRequestError(
+            "attribution_days", f"in (0, {MAX_ATTRIBUTION_DAYS}]", attribution_days
+        )
     if not 0 < confidence < 1:
         raise InvalidRequestError("confidence", "in (0, 1)", confidence)
     params = {
@@ -288,7 +297,9 @@ def _segments(rows: list[tuple], catalog: Catalog | None, confidence: float) -> 
         by_dimension[dimension].append(segment)
     if not by_dimension["all"]:  # an engine that returns no total row for no input
         zeros = dict.fromkeys(counts, 0)
-        by_dimension["all"] = [Segment("all", "all", "", revenue=0.0, confidence=confidence, **zeros)]
+        by_dimension["all"] = [
+            Segment("all", "all", "", revenue=0.0, confidence=confidence, **zeros)
+        ]
     by_dimension["stage"] = _stages(by_dimension["touchpoint"], stages)
     for dimension, segments in by_dimension.items():
         if dimension == "day":
@@ -310,7 +321,5 @@ def _stages(touchpoints: list[Segment], stages: Mapping[str, str]) -> list[Segme
         if seen is None:
             out[stage] = base
         else:
-            out[stage] = replace(
-                seen, **{k: getattr(seen, k) + getattr(base, k) for k in summed}
-            )
+            out[stage] = replace(seen, **{k: getattr(seen, k) + getattr(base, k) for k in summed})
     return list(out.values())

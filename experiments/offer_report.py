@@ -148,7 +148,9 @@ def _segment_table(report: OfferPerformance, dimension: Dimension) -> str:
 
 def render_html(report: OfferPerformance) -> str:
     """The report as one HTML document with plotly's JavaScript inside (no network needed)."""
-    since = "the first logged decision" if report.since is None else f"{report.since:%Y-%m-%d %H:%M}"
+    since = (
+        "the first logged decision" if report.since is None else f"{report.since:%Y-%m-%d %H:%M}"
+    )
     figures = [
         _rates_figure(report, "offer"),
         _revenue_figure(report),

@@ -43,7 +43,7 @@ def offers_command(
         Path("reports"), "--out", help="Folder of offers.html and offers.csv."
     ),
     attribution_days: float = typer.Option(
-        7.0, "--attribution-days", min=0.001, help="How long after a decision a response counts."
+        7.0, "--attribution-days", help="How long after a decision a response counts."
     ),
     event_log_url: str | None = typer.Option(
         None, "--event-log-url", help="Event log URL (default: settings)."

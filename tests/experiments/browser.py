@@ -39,7 +39,9 @@ def assert_offline(driver: Any) -> None:
     """The page loaded nothing from the network and links no external script or style."""
     requests = [json.loads(entry["message"])["message"] for entry in driver.get_log("performance")]
     urls = [
-        m["params"]["request"]["url"] for m in requests if m["method"] == "Network.requestWillBeSent"
+        m["params"]["request"]["url"]
+        for m in requests
+        if m["method"] == "Network.requestWillBeSent"
     ]
     assert urls and all(u.startswith(("file:", "data:", "blob:")) for u in urls), urls
     external = driver.execute_script(

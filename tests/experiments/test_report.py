@@ -20,6 +20,7 @@ from recsys.cli import app
 from tests.experiments.browser import assert_offline, headless_chromium
 from tests.experiments.conftest import SPEC, plan_for
 
+
 @pytest.fixture(scope="module")
 def report(source, tmp_path_factory) -> dict[str, Path]:
     screening = parse_screening({"A": 0.09, "B": 0.11})  # the plain {arm: value} file

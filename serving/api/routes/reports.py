@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Query
 
 from experiments.analysis import open_event_log
-from experiments.offer_performance import offer_performance
+from experiments.offer_performance import MAX_ATTRIBUTION_DAYS, offer_performance
 from serving.deps import CatalogDep, ComponentsDep
 from serving.schemas import ErrorOut
 
@@ -39,7 +39,10 @@ def offers_report(
         None, description="End of the window, also of the responses read (default: now)."
     ),
     attribution_days: float = Query(
-        7.0, gt=0, description="How long after its decision a response counts."
+        7.0,
+        gt=0,
+        le=MAX_ATTRIBUTION_DAYS,
+        description="How long after its decision a response counts.",
     ),
 ) -> dict[str, Any]:
     """Totals and per offer, touchpoint, channel, journey stage and day, as ``recsys report
