@@ -129,7 +129,7 @@ def _segment_table(report: OfferPerformance, dimension: Dimension) -> str:
         for s in report.of(dimension)
     ]
     header = [
-        _TITLES.get(dimension, dimension),
+        _TITLES.get(dimension, ""),
         *(["name"] if dimension == "offer" else []),
         "impressions",
         "reported seen",
