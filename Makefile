@@ -39,6 +39,8 @@ run: setup
 		$(BIN)/recsys experiments start demo-live && \
 		$(BIN)/recsys experiments simulate demo-live --dataset $(DATA_DIR)/demo --days 14 )
 	$(BIN)/recsys experiments report demo-live --out $(DATA_DIR)/reports
+	# How every offer performs in the event log (docs/reports.md): offers.html and offers.csv.
+	$(BIN)/recsys report offers --out $(DATA_DIR)/reports
 	$(BIN)/recsys serve --host 127.0.0.1 --port 8000
 
 test: setup lint

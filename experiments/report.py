@@ -14,8 +14,9 @@ import csv
 import html
 import json
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import plotly.graph_objects as go
 
@@ -34,7 +35,8 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value:+.1%}"
 
 
-def _num(value: float | None) -> str:
+def number(value: float | None) -> str:
+    """Four significant digits, thousands separated; ``n/a`` for a missing value."""
     if value is None or not math.isfinite(value):
         return "n/a"
     return f"{value:,.4g}" if abs(value) < 1000 else f"{value:,.0f}"
@@ -45,15 +47,16 @@ def _limit(guardrail: GuardrailPlan | None) -> str:
         return ""
     parts = []
     if guardrail.max is not None:
-        parts.append(f"at most {_num(guardrail.max)}")
+        parts.append(f"at most {number(guardrail.max)}")
     if guardrail.min is not None:
-        parts.append(f"at least {_num(guardrail.min)}")
+        parts.append(f"at least {number(guardrail.min)}")
     if guardrail.max_relative_change is not None:
         parts.append(f"worse by at most {guardrail.max_relative_change:.0%}")
     return "; ".join(parts)
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """An HTML table of already formatted cells (escaped here)."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
@@ -149,7 +152,7 @@ def _screening_table(analysis: ExperimentAnalysis) -> str:
     policy, revenue, what it rests on and its warnings."""
     online = _online_primary(analysis)
 
-    def interval(low: float | None, high: float | None, fmt=_num) -> str:
+    def interval(low: float | None, high: float | None, fmt=number) -> str:
         return "" if low is None or high is None else f"[{fmt(low)}, {fmt(high)}]"
 
     def relative(ratio: float | None) -> str:
@@ -158,20 +161,20 @@ def _screening_table(analysis: ExperimentAnalysis) -> str:
     rows = [
         [
             arm,
-            _num(online.get(arm)),
-            f"{_num(s.value)} {interval(s.lower, s.upper)} ({s.estimator})",
+            number(online.get(arm)),
+            f"{number(s.value)} {interval(s.lower, s.upper)} ({s.estimator})",
             f"{relative(s.lift)} {interval(s.lift_lower, s.lift_upper, relative)}",
-            f"{_num(s.revenue)} {interval(s.revenue_lower, s.revenue_upper)}",
+            f"{number(s.revenue)} {interval(s.revenue_lower, s.revenue_upper)}",
             "" if s.matched_rounds is None else f"{s.matched_rounds:,}",
             "" if s.positives is None else f"{s.positives:,}",
-            _num(s.effective_sample_size),
-            _num(s.max_weight),
-            _num(s.true_value),
+            number(s.effective_sample_size),
+            number(s.max_weight),
+            number(s.true_value),
             "; ".join(s.warnings) or ("" if s.matched_rounds is None else "ok"),
         ]
         for arm, s in analysis.screening.items()
     ]
-    return _table(
+    return table(
         [
             "arm",
             f"online {analysis.plan.primary_metric}",
@@ -189,7 +192,22 @@ def _screening_table(analysis: ExperimentAnalysis) -> str:
     )
 
 
-_STYLE = """
+def embed_charts(figures: Sequence[go.Figure]) -> list[str]:
+    """Each figure as an HTML ``<div>``; the first carries plotly's JavaScript inline (about
+    4 MB, once per page), so the page needs no network (no CDN)."""
+    return [
+        fig.to_html(
+            full_html=False,
+            include_plotlyjs=(i == 0),
+            div_id=f"chart-{i}",
+            config={"displaylogo": False},  # the logo links to plotly.com
+        )
+        for i, fig in enumerate(figures)
+    ]
+
+
+#: The stylesheet of the reports (this one and :mod:`experiments.offer_report`).
+STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
@@ -214,7 +232,7 @@ def render_html(analysis: ExperimentAnalysis) -> str:
         f'<p class="verdict" id="verdict-{html.escape(arm)}">{html.escape(text)}</p>'
         for arm, text in analysis.verdicts.items()
     )
-    arms = _table(
+    arms = table(
         ["arm", "customers", "decisions", "offers shown", "models"],
         [
             [a.arm, f"{a.units:,}", f"{a.decisions:,}", f"{a.offers:,}", ", ".join(a.models)]
@@ -225,9 +243,9 @@ def render_html(analysis: ExperimentAnalysis) -> str:
         [
             f"{r.label} ({r.role})",
             r.arm,
-            _num(r.control_value),
-            _num(r.value),
-            _num(r.lift.absolute),
+            number(r.control_value),
+            number(r.value),
+            number(r.lift.absolute),
             _pct(r.lift.relative),
             f"[{_pct(r.lift.sequence_relative.lower)}, {_pct(r.lift.sequence_relative.upper)}]",
             f"[{_pct(r.lift.fixed_relative.lower)}, {_pct(r.lift.fixed_relative.upper)}]",
@@ -238,7 +256,7 @@ def render_html(analysis: ExperimentAnalysis) -> str:
         for r in analysis.metrics
         if r.role != "guardrail"
     ]
-    metrics = _table(
+    metrics = table(
         [
             "metric",
             "arm",
@@ -258,8 +276,8 @@ def render_html(analysis: ExperimentAnalysis) -> str:
         [
             r.label,
             r.arm,
-            _num(r.control_value),
-            _num(r.value),
+            number(r.control_value),
+            number(r.value),
             _pct(r.lift.relative),
             f"[{_pct(r.lift.sequence_relative.lower)}, {_pct(r.lift.sequence_relative.upper)}]",
             _limit(r.guardrail),
@@ -268,7 +286,7 @@ def render_html(analysis: ExperimentAnalysis) -> str:
         for r in analysis.metrics
         if r.role == "guardrail"
     ]
-    guardrails = _table(
+    guardrails = table(
         ["guardrail", "arm", plan.control, "arm value", "change", "interval", "limit", "status"],
         guard_rows,
     )
@@ -280,7 +298,7 @@ def render_html(analysis: ExperimentAnalysis) -> str:
                 s.arm,
                 f"{s.units:,}",
                 f"{s.decisions:,}",
-                _num(s.value),
+                number(s.value),
                 _pct(s.relative_lift),
                 ""
                 if s.relative_lower is None
@@ -289,7 +307,7 @@ def render_html(analysis: ExperimentAnalysis) -> str:
             for s in analysis.segments
             if s.kind == kind
         ]
-        segment_tables += f"<h3>Per {kind}</h3>" + _table(
+        segment_tables += f"<h3>Per {kind}</h3>" + table(
             [kind, "arm", "customers", "decisions", plan.primary_metric, "lift", "interval"], rows
         )
     figures = [
@@ -302,19 +320,11 @@ def render_html(analysis: ExperimentAnalysis) -> str:
         screening = _screening_table(analysis)
     else:
         screening = "<p>No screening estimate was given (<code>--screening FILE</code>).</p>"
-    charts = [
-        fig.to_html(
-            full_html=False,
-            include_plotlyjs=(i == 0),
-            div_id=f"chart-{i}",
-            config={"displaylogo": False},  # the logo links to plotly.com
-        )
-        for i, fig in enumerate(figures)
-    ]
+    charts = embed_charts(figures)
     title = f"Experiment {plan.name}"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>{_STYLE}</style></head><body>
+<style>{STYLE}</style></head><body>
 <h1>{html.escape(title)}</h1>
 <p>As of {analysis.as_of:%Y-%m-%d %H:%M} UTC, since {plan.start:%Y-%m-%d %H:%M} UTC.
 Control: <b>{html.escape(plan.control)}</b>. Primary metric: <b>{html.escape(plan.primary_metric)}</b>.</p>
@@ -342,15 +352,19 @@ def write_report(analysis: ExperimentAnalysis, out_dir: str | Path) -> dict[str,
     }
     paths["html"].write_text(render_html(analysis), encoding="utf-8")
     paths["json"].write_text(json.dumps(analysis.to_dict(), indent=2), encoding="utf-8")
-    rows = analysis.csv_rows()
+    write_csv(analysis.csv_rows(), paths["csv"])
+    return paths
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """``rows`` as CSV, the columns in order of first appearance (a missing value is empty)."""
     columns: list[str] = []
     for row in rows:
         columns += [c for c in row if c not in columns]
-    with paths["csv"].open("w", newline="", encoding="utf-8") as f:
+    with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    return paths
 
 
 def log_to_mlflow(

@@ -27,6 +27,7 @@ from serving.api.routes import (
     experiment_results,
     health,
     offers,
+    reports,
     touchpoints,
 )
 from serving.components import Components, build_components
@@ -130,6 +131,7 @@ def create_app(
     app.include_router(admin.router)
     app.include_router(admin_experiments.router)
     app.include_router(experiment_results.router)
+    app.include_router(reports.router)
     if hardened:
         install_hardening(app, loaded, metrics=metrics)
     return app

@@ -73,6 +73,7 @@ DEFAULT_RULES: tuple[RouteRule, ...] = (
     RouteRule("POST", "/v1/decisions", KeyScope.publishable),
     RouteRule("*", "/admin/", KeyScope.admin, prefix=True),
     RouteRule("*", "/v1/experiments/", KeyScope.admin, prefix=True),
+    RouteRule("*", "/v1/reports/", KeyScope.admin, prefix=True),
     RouteRule("*", "/admin", KeyScope.admin),
 )
 

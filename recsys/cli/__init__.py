@@ -14,6 +14,7 @@ from recsys.cli import (
     features,
     keys,
     models,
+    report,
     score,
     serve,
     train,
@@ -40,6 +41,7 @@ app.add_typer(
     help="Define, start, stop, screen, analyse, report and promote experiments.",
 )
 app.add_typer(keys.app, name="keys", help="Make, hash and list API keys.")
+app.add_typer(report.app, name="report", help="Reports for marketers: how offers perform.")
 train.register(app)
 evaluate_logs.register(app)
 serve.register(app)

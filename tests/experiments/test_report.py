@@ -17,9 +17,8 @@ from experiments.report import MLFLOW_EXPERIMENT_SUFFIX, write_report
 from experiments.screening import parse_screening
 from experiments.synthetic import DECISIONS_DDL, EVENTS_DDL
 from recsys.cli import app
+from tests.experiments.browser import assert_offline, headless_chromium
 from tests.experiments.conftest import SPEC, plan_for
-
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
 
 @pytest.fixture(scope="module")
@@ -58,22 +57,7 @@ def test_html_embeds_plotly_and_puts_the_sample_ratio_check_before_the_results(r
 
 
 def test_report_renders_in_headless_chromium_without_network(report):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-dev-shm-usage",
-    ):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    try:
+    with headless_chromium() as driver:
         driver.get(report["html"].resolve().as_uri())
         driver.implicitly_wait(10)
         charts = driver.find_elements("css selector", "div.js-plotly-plot")
@@ -85,23 +69,7 @@ def test_report_renders_in_headless_chromium_without_network(report):
             ".map(d => d.data.length)"
         )
         assert traces[0] == 2  # the lift and its confidence sequence
-        requests = [
-            json.loads(entry["message"])["message"] for entry in driver.get_log("performance")
-        ]
-        urls = [
-            m["params"]["request"]["url"]
-            for m in requests
-            if m["method"] == "Network.requestWillBeSent"
-        ]
-        assert urls and all(u.startswith(("file:", "data:", "blob:")) for u in urls), urls
-        external = driver.execute_script(
-            "return Array.from(document.querySelectorAll('[src],[href]'))"
-            ".map(e => e.getAttribute('src') || e.getAttribute('href'))"
-            ".filter(u => /^(https?:)?\\/\\//.test(u))"
-        )
-        assert external == []
-    finally:
-        driver.quit()
+        assert_offline(driver)
 
 
 def _sqlite_log(duck, path: Path) -> None:
