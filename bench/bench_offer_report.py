@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.analysis import SQLSource, open_event_log
+from experiments.moments import SQLSource, open_event_log
 from experiments.offer_performance import offer_performance
 from experiments.offer_report import write_offer_report
 from experiments.synthetic import DECISIONS_DDL, EVENTS_DDL, SyntheticExperiment, generate

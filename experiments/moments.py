@@ -12,7 +12,7 @@ pass gives every peek of the cumulative readout.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -35,7 +35,8 @@ _QUANTITY_NAMES = tuple(QUANTITIES)
 _SUMS = ("q", "qq", "qn", "x", "xx", "xq", "xn")
 
 
-def _us(ts: datetime) -> int:
+def epoch_us(ts: datetime) -> int:
+    """``ts`` in microseconds since the epoch (the event log's ``ts_us``)."""
     return int(ts.timestamp() * 1_000_000)
 
 
@@ -82,7 +83,8 @@ class SQLSource:
             cursor.close()
 
 
-def _flag(types: Sequence[str]) -> str:
+def any_event_of(types: Iterable[str]) -> str:
+    """SQL: 1 when one of the joined events ``e`` has a type in ``types``, else 0."""
     listed = ", ".join("'" + t.replace("'", "''") + "'" for t in types)
     return f"MAX(CASE WHEN e.type IN ({listed}) THEN 1 ELSE 0 END)"
 
@@ -90,7 +92,7 @@ def _flag(types: Sequence[str]) -> str:
 def _event_columns() -> list[str]:
     """Per (decision, offer), from its events: a flag per counted type, the revenue summed."""
     return [
-        f"SUM(COALESCE(e.revenue, 0)) AS {q}" if types is None else f"{_flag(types)} AS {q}"
+        f"SUM(COALESCE(e.revenue, 0)) AS {q}" if types is None else f"{any_event_of(types)} AS {q}"
         for q, types in QUANTITIES.items()
         if q != "offers"
     ]
@@ -314,14 +316,14 @@ def _params(plan: AnalysisPlan, as_of: datetime, cutoffs: Sequence[datetime]) ->
     end = min(plan.end, as_of) if plan.end else as_of
     params: dict[str, Any] = {
         "experiment": plan.experiment,
-        "start_us": _us(plan.start),
-        "end_us": _us(end),
-        "pre_start_us": _us(plan.start - timedelta(days=plan.pre_period_days)),
+        "start_us": epoch_us(plan.start),
+        "end_us": epoch_us(end),
+        "pre_start_us": epoch_us(plan.start - timedelta(days=plan.pre_period_days)),
         "attribution_us": int(plan.attribution_days * 86_400 * 1_000_000),
-        "as_of_us": _us(as_of),
+        "as_of_us": epoch_us(as_of),
     }
     for i, cut in enumerate(cutoffs):
-        params[f"cut{i}"] = _us(cut)
+        params[f"cut{i}"] = epoch_us(cut)
     return params
 
 

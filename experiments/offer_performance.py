@@ -20,7 +20,7 @@ What counts (docs/reports.md says the same to marketers):
   touchpoints' counts.
 
 The warehouse does the heavy part: one SQL text (DuckDB and PostgreSQL alike, through
-:class:`experiments.analysis.SQLSource`) joins the served offers of the window to their events
+:class:`experiments.moments.SQLSource`) joins the served offers of the window to their events
 and returns the sums per offer, touchpoint, channel and day and in total (``GROUPING SETS``);
 everything after it works on a few hundred rows. No I/O here beyond the given connection.
 """
@@ -28,13 +28,13 @@ everything after it works on a few hundred rows. No I/O here beyond the given co
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from experiments.analysis import SQLSource
 from experiments.metrics import QUANTITIES
+from experiments.moments import SQLSource, any_event_of, epoch_us
 from experiments.proportions import Rate
 from recsys.catalog import Catalog
 from recsys.errors import InvalidRequestError
@@ -66,15 +66,34 @@ MAX_ATTRIBUTION_DAYS = 3650.0
 _DAY_US = 86_400 * 1_000_000
 
 
-def _us(ts: datetime) -> int:
-    return int(ts.timestamp() * 1_000_000)
-
-
 def _utc(ts: datetime, field: str) -> datetime:
     try:
         return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
     except OverflowError:  # e.g. 0001-01-01T00:00+01:00
         raise InvalidRequestError(field, "a time after year 1 in UTC", ts.isoformat()) from None
+
+
+def parse_time(value: str | None, field: str) -> datetime | None:
+    """A window bound as given on the command line or in a query (ISO 8601, naive = UTC).
+
+    Raises
+    ------
+    InvalidRequestError
+        If ``value`` is not an ISO 8601 time (the message names ``field``).
+    """
+    if value is None:
+        return None
+    try:
+        ts = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidRequestError(
+            field,
+            "an ISO 8601 time",
+            value,
+            f"`{field}` must be an ISO 8601 time such as 2026-11-01 or 2026-11-01T08:00 "
+            f"(UTC unless it names a zone), got {value!r}",
+        ) from None
+    return _utc(ts, field)
 
 
 @dataclass(frozen=True)
@@ -168,11 +187,6 @@ class OfferPerformance:
         return [s.csv_row() for s in self.segments]
 
 
-def _flag(types: Iterable[str]) -> str:
-    listed = ", ".join("'" + t.replace("'", "''") + "'" for t in types)
-    return f"MAX(CASE WHEN e.type IN ({listed}) THEN 1 ELSE 0 END)"
-
-
 def performance_query(src: SQLSource) -> str:
     """The SQL: per offer, touchpoint, channel and day (UTC day number) and in total, the
     impressions (``COUNT(*)``), the counts of :data:`RESPONSES` and the revenue.
@@ -180,7 +194,7 @@ def performance_query(src: SQLSource) -> str:
     Parameters ``since_us``, ``until_us`` (decisions in [since, until)) and ``attribution_us``.
     """
     m = src.marker
-    flags = ", ".join(f"{_flag(types)} AS {name}" for name, types in RESPONSES.items())
+    flags = ", ".join(f"{any_event_of(types)} AS {name}" for name, types in RESPONSES.items())
     carried = ", ".join(f"COALESCE(r.{name}, 0) AS {name}" for name in RESPONSES)
     sums = ", ".join(f"SUM({name}) AS {name}" for name in RESPONSES)
     keys = ("offer_id", "touchpoint_id", "channel", "day")
@@ -226,7 +240,7 @@ def offer_performance(
 
     Parameters
     ----------
-    src : the event log (:func:`experiments.analysis.open_event_log`)
+    src : the event log (:func:`experiments.moments.open_event_log`)
     catalog : gives offer names and each touchpoint's journey stage (None: names empty,
         stages ``unknown``)
     since : first decision time read (default: the log's first decision)
@@ -253,8 +267,8 @@ def offer_performance(
     if not 0 < confidence < 1:
         raise InvalidRequestError("confidence", "in (0, 1)", confidence)
     params = {
-        "since_us": -(2**62) if since is None else _us(since),
-        "until_us": _us(until),
+        "since_us": -(2**62) if since is None else epoch_us(since),
+        "until_us": epoch_us(until),
         "attribution_us": int(attribution_days * _DAY_US),
     }
     segments = _segments(src.rows(performance_query(src), params), catalog, confidence)

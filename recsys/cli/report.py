@@ -2,33 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
 
-from recsys.errors import FieldError
 from recsys.settings import load_settings
 
 app = typer.Typer(no_args_is_help=True)
-
-
-def _time(value: str | None, option: str) -> datetime | None:
-    """An ISO 8601 time from the command line (naive = UTC); a bad one is a one-line error
-    naming ``option``."""
-    if value is None:
-        return None
-    try:
-        ts = datetime.fromisoformat(value)
-    except ValueError:
-        raise FieldError(
-            option,
-            "an ISO 8601 time",
-            value,
-            f"`{option}` must be an ISO 8601 time such as 2026-11-01 or 2026-11-01T08:00 "
-            f"(UTC unless it names a zone), got {value!r}",
-        ) from None
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
 @app.command("offers")
@@ -55,13 +35,13 @@ def offers_command(
 
     Example: recsys report offers --since 2026-11-01 --until 2026-12-01 --out data/reports
     """
-    from experiments.analysis import open_event_log
-    from experiments.offer_performance import offer_performance
+    from experiments.moments import open_event_log
+    from experiments.offer_performance import offer_performance, parse_time
     from experiments.offer_report import write_offer_report
     from recsys.catalog import load_catalog
     from recsys.cli.stores import check_event_log, writable_out
 
-    window = (_time(since, "--since"), _time(until, "--until"))
+    window = (parse_time(since, "--since"), parse_time(until, "--until"))
     writable_out(out / "offers.html", "--out")
     settings = load_settings(event_log_url=event_log_url)
     check_event_log(settings)

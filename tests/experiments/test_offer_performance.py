@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from statsmodels.stats.proportion import proportion_confint
 
-from experiments.analysis import open_event_log
+from experiments.moments import open_event_log
 from experiments.offer_performance import offer_performance
 from recsys.errors import InvalidRequestError
 from recsys.eventlog import SQLiteEventLog

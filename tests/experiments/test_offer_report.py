@@ -11,7 +11,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from experiments.analysis import open_event_log
+from experiments.moments import open_event_log
 from experiments.offer_performance import RATES, offer_performance
 from experiments.offer_report import write_offer_report
 from recsys.cli import app

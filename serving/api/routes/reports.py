@@ -8,15 +8,18 @@ running catalogue's stage of the touchpoint) and day.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Query
 
-from experiments.analysis import open_event_log
-from experiments.offer_performance import MAX_ATTRIBUTION_DAYS, offer_performance
+from experiments.moments import open_event_log
+from experiments.offer_performance import MAX_ATTRIBUTION_DAYS, offer_performance, parse_time
 from serving.deps import CatalogDep, ComponentsDep
 from serving.schemas import ErrorOut
+
+#: What the query's times look like (ISO 8601 date or date-time, optional zone); the values
+#: themselves are checked by :func:`parse_time`.
+ISO_TIME = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:?\d{2})?)?$"
 
 router = APIRouter(prefix="/v1/reports", tags=["reports"])
 
@@ -32,11 +35,17 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 def offers_report(
     components: ComponentsDep,
     catalog: CatalogDep,
-    since: datetime | None = Query(
-        None, description="First decision time read (ISO 8601, naive = UTC; default: the first)."
+    since: str | None = Query(
+        None,
+        pattern=ISO_TIME,
+        description="First decision time read (ISO 8601, naive = UTC; default: the first).",
+        examples=["2026-11-01"],
     ),
-    until: datetime | None = Query(
-        None, description="End of the window, also of the responses read (default: now)."
+    until: str | None = Query(
+        None,
+        pattern=ISO_TIME,
+        description="End of the window, also of the responses read (ISO 8601; default: now).",
+        examples=["2026-12-01T00:00:00Z"],
     ),
     attribution_days: float = Query(
         7.0,
@@ -49,6 +58,10 @@ def offers_report(
     offers`` writes them."""
     with open_event_log(components.settings.event_log_url) as source:
         report = offer_performance(
-            source, catalog, since=since, until=until, attribution_days=attribution_days
+            source,
+            catalog,
+            since=parse_time(since, "since"),
+            until=parse_time(until, "until"),
+            attribution_days=attribution_days,
         )
     return report.to_dict()
