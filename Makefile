@@ -39,7 +39,12 @@ run: setup
 		$(BIN)/recsys experiments start demo-live && \
 		$(BIN)/recsys experiments simulate demo-live --dataset $(DATA_DIR)/demo --days 14 )
 	$(BIN)/recsys experiments report demo-live --out $(DATA_DIR)/reports
-	$(BIN)/recsys serve --host 127.0.0.1 --port 8000
+	# /demo: the browser client's example page (development only, docs/serving.md "Browsers");
+	# a token secret made for this run signs the demo's customer tokens.
+	RECSYS_SECURITY__DEMO_ENABLED=true \
+	RECSYS_SECURITY__TOKEN_SECRET=$${RECSYS_SECURITY__TOKEN_SECRET:-$$($(BIN)/python -c \
+		'import secrets; print(secrets.token_urlsafe(32))')} \
+		$(BIN)/recsys serve --host 127.0.0.1 --port 8000
 
 test: setup lint
 	$(BIN)/pytest -q
