@@ -9,7 +9,7 @@ DEMO_DAYS ?= 90
 SEED ?= 7
 
 .PHONY: setup run test lint bench bench-data bench-features bench-training bench-serving bench-score \
-	bench-quality bench-experiments clean
+	bench-quality bench-experiments bench-browser clean
 
 setup: $(STAMP)
 
@@ -56,7 +56,8 @@ lint: setup
 	$(BIN)/mypy
 
 # ARGS passes options to a bench, e.g. make bench-serving ARGS="--baseline REF" (bench/RESULTS.md)
-bench: bench-data bench-features bench-training bench-serving bench-score bench-quality bench-experiments
+bench: bench-data bench-features bench-training bench-serving bench-browser bench-score bench-quality \
+	bench-experiments
 
 bench-data: setup
 	$(BIN)/python bench/bench_data.py $(ARGS)
@@ -69,6 +70,10 @@ bench-training: setup
 
 bench-serving: setup
 	$(BIN)/python bench/bench_serving.py $(ARGS)
+
+# browser decisions/s from 1,000 customer tokens under one publishable key (bench-serving's data)
+bench-browser: setup
+	$(BIN)/python bench/bench_browser.py $(ARGS)
 
 # recsys score of 1M customers (data built once under data/bench_score; needs bench-serving's model)
 bench-score: setup
