@@ -149,7 +149,7 @@ def test_the_demo_never_runs_in_production():
     security = SecuritySettings(demo_enabled=True, token_secret=secrets.token_urlsafe(48))
     with pytest.raises(ConfigError, match="demo_enabled` must be false in production"):
         build_authenticator(Settings(environment="production", security=security))
-    with pytest.raises(ConfigError, match="needs `security.token_secret`"):
+    with pytest.raises(ConfigError, match=r"needs `security\.token_secret`"):
         build_authenticator(Settings(security=SecuritySettings(demo_enabled=True)))
 
 
