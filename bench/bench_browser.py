@@ -34,8 +34,7 @@ URL = f"http://127.0.0.1:{PORT}"
 WRK_BROWSERS = r"""
 math.randomseed(%(seed)d)
 wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["X-API-Key"] = "%(key)s"
+local key = "%(key)s"
 local visitors = {%(visitors)s}
 local threads = {}
 setup = function(thread) table.insert(threads, thread) end
@@ -46,7 +45,10 @@ end
 request = function()
   local v = visitors[math.random(1, #visitors)]
   local body = string.format('{"customer_id": "%%s", "touchpoint": "web_home"}', v[1])
-  return wrk.format(nil, "/v1/decisions", {["X-Customer-Token"] = v[2]}, body)
+  -- wrk.format's headers replace wrk.headers: all of them here
+  local headers = {["Content-Type"] = "application/json", ["X-API-Key"] = key,
+                   ["X-Customer-Token"] = v[2]}
+  return wrk.format(nil, "/v1/decisions", headers, body)
 end
 """
 
@@ -125,7 +127,7 @@ def main() -> None:
     forget_event_log(events)
     server = base.start([str(BIN / "recsys"), "serve"], {"env": env}, work / "serve_browser.log")
     try:
-        base.wait_ready(f"{URL}/readyz", server)
+        base.wait_ready(f"{URL}/readyz", server, timeout=600)  # a first model compile
         base.wrk(script, URL, 5, args.connections, args.threads)  # warm up
         counted.unlink(missing_ok=True)
         result = base.wrk(script, URL, args.duration, args.connections, args.threads)
