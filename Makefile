@@ -9,7 +9,7 @@ DEMO_DAYS ?= 90
 SEED ?= 7
 
 .PHONY: setup run test lint bench bench-data bench-features bench-training bench-serving bench-score \
-	bench-quality bench-experiments clean
+	bench-quality bench-experiments bench-browser clean
 
 setup: $(STAMP)
 
@@ -41,7 +41,12 @@ run: setup
 	$(BIN)/recsys experiments report demo-live --out $(DATA_DIR)/reports
 	# How every offer performs in the event log (docs/reports.md): offers.html and offers.csv.
 	$(BIN)/recsys report offers --out $(DATA_DIR)/reports
-	$(BIN)/recsys serve --host 127.0.0.1 --port 8000
+	# /demo: the browser client's example page (development only, docs/serving.md "Browsers");
+	# a token secret made for this run signs the demo's customer tokens.
+	RECSYS_SECURITY__DEMO_ENABLED=true \
+	RECSYS_SECURITY__TOKEN_SECRET=$${RECSYS_SECURITY__TOKEN_SECRET:-$$($(BIN)/python -c \
+		'import secrets; print(secrets.token_urlsafe(32))')} \
+		$(BIN)/recsys serve --host 127.0.0.1 --port 8000
 
 test: setup lint
 	$(BIN)/pytest -q
@@ -53,7 +58,8 @@ lint: setup
 	$(BIN)/mypy
 
 # ARGS passes options to a bench, e.g. make bench-serving ARGS="--baseline REF" (bench/RESULTS.md)
-bench: bench-data bench-features bench-training bench-serving bench-score bench-quality bench-experiments
+bench: bench-data bench-features bench-training bench-serving bench-browser bench-score bench-quality \
+	bench-experiments
 
 bench-data: setup
 	$(BIN)/python bench/bench_data.py $(ARGS)
@@ -66,6 +72,10 @@ bench-training: setup
 
 bench-serving: setup
 	$(BIN)/python bench/bench_serving.py $(ARGS)
+
+# browser decisions/s from 1,000 customer tokens under one publishable key (bench-serving's data)
+bench-browser: setup
+	$(BIN)/python bench/bench_browser.py $(ARGS)
 
 # recsys score of 1M customers (data built once under data/bench_score; needs bench-serving's model)
 bench-score: setup

@@ -437,6 +437,21 @@ class PostgresEventLog(EventLog):
 
     # ------------------------------------------------------------------ reads
 
+    def decision_customers(self, decision_ids: Collection[str]) -> dict[str, str]:
+        ids = list(dict.fromkeys(decision_ids))
+        if not ids:
+            return {}
+        _no_nul("decision_id", ids)
+        with self._connection() as con:
+            rows = con.execute(
+                sql.SQL(
+                    "SELECT DISTINCT decision_id, customer_id FROM {} "
+                    "WHERE decision_id = ANY(%s) AND shadow = 0"
+                ).format(self._t_decisions),
+                (ids,),
+            ).fetchall()
+        return {d: c for d, c in rows}
+
     def contact_history(
         self, customer_ids: Sequence[str], since: datetime
     ) -> dict[str, ContactHistory]:

@@ -191,6 +191,16 @@ class SecuritySettings(_Section):
         default_factory=list, description="site origins allowed to call from a browser"
     )
     cors_allow_credentials: bool = False
+    browser_full_response: bool = Field(
+        default=False,
+        description="publishable-key (browser) decisions carry score, priority, propensity and "
+        "reasons too; by default only what a page needs (ids, names, ranks)",
+    )
+    demo_enabled: bool = Field(
+        default=False,
+        description="serve the example page at /demo and mint customer tokens for anyone "
+        "who asks (POST /demo/token): development only, refused in production",
+    )
 
 
 class LimitSettings(_Section):
@@ -201,8 +211,27 @@ class LimitSettings(_Section):
         default=10.0, gt=0, description="503 when no response is ready in time"
     )
     rate_limit_enabled: bool = True
-    rate_publishable_per_second: float = Field(default=20.0, gt=0)
-    rate_publishable_burst: int = Field(default=40, ge=1)
+    rate_publishable_per_second: float = Field(
+        default=5.0, gt=0, description="publishable keys: per customer token"
+    )
+    rate_publishable_burst: int = Field(default=20, ge=1)
+    rate_publishable_address_per_second: float = Field(
+        default=20.0,
+        gt=0,
+        description="publishable keys: per client address, calls without a token",
+    )
+    rate_publishable_address_burst: int = Field(default=40, ge=1)
+    rate_publishable_site_per_second: float = Field(
+        default=2_000.0,
+        gt=0,
+        description="publishable keys: site-wide ceiling per key (a key record's rate sets its own)",
+    )
+    rate_publishable_site_burst: int = Field(default=4_000, ge=1)
+    rate_buckets: int = Field(
+        default=100_000,
+        ge=100,
+        description="buckets kept per process (least recently used dropped)",
+    )
     rate_secret_per_second: float = Field(default=2_000.0, gt=0)
     rate_secret_burst: int = Field(default=4_000, ge=1)
     rate_admin_per_second: float = Field(default=5.0, gt=0)

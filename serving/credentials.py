@@ -2,8 +2,9 @@
 
 Three key scopes, each including the ones before it:
 
-- ``publishable``: ``POST /v1/decisions`` only, from a browser, and only with a customer
-  token (``X-Customer-Token``) whose ``sub`` is the requested ``customer_id``;
+- ``publishable``: from a browser, and only with a customer token (``X-Customer-Token``):
+  ``POST /v1/decisions`` for the token's ``sub`` and ``POST /v1/events`` (impressions,
+  clicks, dismissals) about that customer's decisions;
 - ``secret``: every ``/v1`` endpoint for any customer (batch, events, catalogue);
 - ``admin``: also ``/admin`` (model reload, alias to follow).
 
@@ -12,6 +13,10 @@ their SHA-256 hashes are configured (``security.api_keys`` or ``security.api_key
 compared in constant time. Customer tokens are JWTs (HS256) with ``sub`` = customer id and
 ``exp``, issued by the site's server with the shared ``security.token_secret`` (see
 docs/operations.md). Where these are checked on a request: :mod:`serving.security`.
+
+The example page (``/demo``, ``security.demo_enabled``, refused in production) needs what
+a site's server would give it: :class:`DemoIssuer` mints tokens for any customer and holds
+a publishable key derived from the token secret (the same in every worker process).
 """
 
 from __future__ import annotations
@@ -221,9 +226,20 @@ class Authenticator:
         Needed when publishable keys exist.
     """
 
-    def __init__(self, keys: KeyStore | None, tokens: TokenVerifier | None):
+    def __init__(
+        self,
+        keys: KeyStore | None,
+        tokens: TokenVerifier | None,
+        *,
+        open_without_key: bool = False,
+        demo: DemoIssuer | None = None,
+    ):
         self.keys = keys
         self.tokens = tokens
+        #: development with only the demo's key: calls without a key stay open (as without
+        #: keys), calls with a key are checked like in production
+        self.open_without_key = open_without_key
+        self.demo = demo
 
     @property
     def enabled(self) -> bool:
@@ -246,6 +262,8 @@ class Authenticator:
             auth = headers.get("authorization", "")
             if auth[:7].lower() == "bearer " and auth[7:].startswith("rk_"):
                 key = auth[7:].strip()
+        if not key and self.open_without_key:
+            return ANONYMOUS
         if not key:
             raise AuthenticationError(
                 "X-API-Key", "an API key", None, "an API key is required (header X-API-Key)"
@@ -293,6 +311,8 @@ def build_authenticator(settings: Settings) -> Authenticator:
     security = settings.security
     records = load_key_records(security)
     production = settings.environment == "production"
+    if security.demo_enabled:
+        return _demo_authenticator(settings, records)
     if not records:
         if production:
             raise ConfigError(
@@ -333,3 +353,68 @@ def build_authenticator(settings: Settings) -> Authenticator:
         )
     logger.info("authentication on: %d keys (%s)", len(keys), ", ".join(sorted(keys.scopes())))
     return Authenticator(keys, tokens)
+
+
+# ------------------------------------------------------------------------- demo
+
+
+def mint_token(secret: str, customer_id: str, ttl_seconds: int, audience: str | None = None) -> str:
+    """A customer token as a site's server issues it: HS256, ``sub`` and ``exp``."""
+    claims: dict[str, object] = {"sub": customer_id, "exp": int(time.time()) + ttl_seconds}
+    if audience is not None:
+        claims["aud"] = audience
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+@dataclass(frozen=True)
+class DemoIssuer:
+    """The example page's stand-in for a site's server: a publishable key and tokens for
+    any customer (development only: anyone who asks gets a token)."""
+
+    publishable_key: str
+    secret: str
+    audience: str | None
+    ttl_seconds: int = 900
+
+    def token(self, customer_id: str) -> str:
+        return mint_token(self.secret, customer_id, self.ttl_seconds, self.audience)
+
+
+DEMO_KEY_ID = "demo-web"
+
+
+def _demo_authenticator(settings: Settings, records: list[ApiKeyRecord]) -> Authenticator:
+    security = settings.security
+    if settings.environment == "production":
+        raise ConfigError(
+            "`security.demo_enabled` must be false in production, got true: the demo mints "
+            "customer tokens for anyone who asks"
+        )
+    if security.token_secret is None:
+        raise ConfigError(
+            "`security.demo_enabled` needs `security.token_secret` "
+            "(RECSYS_SECURITY__TOKEN_SECRET) to sign the demo's customer tokens, got none"
+        )
+    secret = security.token_secret.get_secret_value()
+    # Derived, not random: every worker process has the same demo key.
+    digest = hmac.new(secret.encode(), b"recsys demo publishable key", hashlib.sha256)
+    key = KEY_PREFIXES["publishable"] + "demo_" + digest.hexdigest()[:40]
+    demo = DemoIssuer(key, secret, security.token_audience)
+    keys = KeyStore(
+        [*records, ApiKeyRecord(id=DEMO_KEY_ID, scope="publishable", hash=hash_key(key))]
+    )
+    tokens = TokenVerifier(
+        [
+            s.get_secret_value()
+            for s in (security.token_secret, security.token_secret_previous)
+            if s
+        ],
+        audience=security.token_audience,
+        leeway_seconds=security.token_leeway_seconds,
+        max_ttl_seconds=security.token_max_ttl_seconds,
+    )
+    logger.warning(
+        "the demo is ON (security.demo_enabled): /demo mints customer tokens for anyone; %s",
+        "other calls need no key (no keys configured)" if not records else "keys are checked",
+    )
+    return Authenticator(keys, tokens, open_without_key=not records, demo=demo)

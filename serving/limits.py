@@ -5,7 +5,8 @@
 - slow uploads: 408 when the body does not arrive within the request timeout;
 - request timeout: 503 with ``Retry-After`` when the response is not ready in time (the
   work already started finishes in the background; a decision it logged still counts);
-- rate limit per API key (token bucket, per process): 429 with ``Retry-After``;
+- rate limits (token buckets, per process): per secret/admin key; for publishable keys per
+  customer token (or client address) plus a site-wide ceiling per key; 429 with ``Retry-After``;
 - batch sizes (``max_batch_customers``, ``max_events``: 422) are checked by the routes.
 
 All limits come from the settings' ``limits`` section (:class:`recsys.settings.LimitSettings`).
@@ -42,64 +43,124 @@ class _Bucket:
     updated: float
 
 
+@dataclass(frozen=True)
+class RateRefusal:
+    """A refused call: which limit (for the 429 message) and when a token is back."""
+
+    limit: str
+    retry_after: float
+
+
+@dataclass(frozen=True)
+class _Limit:
+    bucket: str
+    rate: float
+    burst: int
+    label: str
+
+
 class TokenBucketLimiter:
-    """Token buckets per key: ``rate`` tokens per second, at most ``burst`` saved up.
+    """Token buckets: ``rate`` tokens per second, at most ``burst`` saved up.
+
+    Secret and admin keys have one bucket per key. A publishable key is shared by every
+    visitor's browser, so its calls are counted per customer token (per client address for
+    calls without a token) and, separately, against a site-wide ceiling per key: one busy
+    visitor is slowed down, the site as a whole is not (docs/serving.md has the numbers).
 
     Parameters
     ----------
     settings : LimitSettings
-        Default rate and burst per scope; a key record may set its own.
+        Default rate and burst per scope; a key record may set its own (for a publishable
+        key: its site-wide ceiling).
     clock : callable returning monotonic seconds
-    max_buckets : int
-        Buckets kept (least recently used dropped); bounds memory for anonymous callers.
+    max_buckets : int, optional
+        Buckets kept (least recently used dropped); bounds memory for many visitors.
+        Default ``settings.rate_buckets``.
     """
 
     def __init__(
         self,
         settings: LimitSettings,
         clock: Callable[[], float] = time.monotonic,
-        max_buckets: int = 10_000,
+        max_buckets: int | None = None,
     ):
         self.settings = settings
         self.clock = clock
-        self.max_buckets = max_buckets
+        self.max_buckets = max_buckets or settings.rate_buckets
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
         self._lock = threading.Lock()
 
-    def _rate(self, principal: Principal) -> tuple[float, int]:
+    def _limits(self, principal: Principal, client: str) -> tuple[_Limit, ...]:
         s = self.settings
-        if principal.key_id == "anonymous":
-            default = (s.rate_anonymous_per_second, s.rate_anonymous_burst)
-        else:
-            default = {
-                KeyScope.publishable: (s.rate_publishable_per_second, s.rate_publishable_burst),
-                KeyScope.secret: (s.rate_secret_per_second, s.rate_secret_burst),
-                KeyScope.admin: (s.rate_admin_per_second, s.rate_admin_burst),
-            }[principal.scope]
-        return (principal.rate_per_second or default[0], principal.burst or default[1])
+        key = principal.key_id
+        if key == "anonymous":
+            return (
+                _Limit(
+                    f"anonymous:{client}",
+                    s.rate_anonymous_per_second,
+                    s.rate_anonymous_burst,
+                    "per client address",
+                ),
+            )
+        if principal.scope == KeyScope.publishable:
+            if principal.customer_id is not None:
+                own = _Limit(
+                    f"{key}:customer:{principal.customer_id}",
+                    s.rate_publishable_per_second,
+                    s.rate_publishable_burst,
+                    "per customer token",
+                )
+            else:
+                own = _Limit(
+                    f"{key}:address:{client}",
+                    s.rate_publishable_address_per_second,
+                    s.rate_publishable_address_burst,
+                    "per client address",
+                )
+            site = _Limit(
+                f"{key}:site",
+                principal.rate_per_second or s.rate_publishable_site_per_second,
+                principal.burst or s.rate_publishable_site_burst,
+                f"site-wide for key {key!r}",
+            )
+            return (own, site)
+        rate, burst = {
+            KeyScope.secret: (s.rate_secret_per_second, s.rate_secret_burst),
+            KeyScope.admin: (s.rate_admin_per_second, s.rate_admin_burst),
+        }[principal.scope]
+        return (
+            _Limit(
+                key, principal.rate_per_second or rate, principal.burst or burst, f"of key {key!r}"
+            ),
+        )
 
-    def acquire(self, principal: Principal, client: str = "") -> float | None:
-        """Take one token; None if allowed, else the seconds until a token is available."""
-        rate, burst = self._rate(principal)
-        name = principal.key_id if principal.key_id != "anonymous" else f"anonymous:{client}"
+    def acquire(self, principal: Principal, client: str = "") -> RateRefusal | None:
+        """Take one token from each of the caller's buckets; None if allowed.
+
+        A refusal names the limit that was hit; the buckets checked before it keep the
+        token they gave (a refused caller still spends its own allowance).
+        """
         now = self.clock()
         with self._lock:
-            bucket = self._buckets.get(name)
-            if bucket is None:
-                bucket = _Bucket(float(burst), now)
-                self._buckets[name] = bucket
-                if len(self._buckets) > self.max_buckets:
-                    self._buckets.popitem(last=False)
-            else:
-                self._buckets.move_to_end(name)
-                bucket.tokens = min(float(burst), bucket.tokens + (now - bucket.updated) * rate)
-                bucket.updated = now
-            if bucket.tokens >= 1.0:
+            for limit in self._limits(principal, client):
+                bucket = self._buckets.get(limit.bucket)
+                if bucket is None:
+                    bucket = _Bucket(float(limit.burst), now)
+                    self._buckets[limit.bucket] = bucket
+                    if len(self._buckets) > self.max_buckets:
+                        self._buckets.popitem(last=False)
+                else:
+                    self._buckets.move_to_end(limit.bucket)
+                    bucket.tokens = min(
+                        float(limit.burst), bucket.tokens + (now - bucket.updated) * limit.rate
+                    )
+                    bucket.updated = now
+                if bucket.tokens < 1.0:
+                    return RateRefusal(limit.label, (1.0 - bucket.tokens) / limit.rate)
                 bucket.tokens -= 1.0
-                return None
-            return (1.0 - bucket.tokens) / rate
+        return None
 
-    async def __call__(self, principal: Principal, scope: Scope) -> float | None:
+    async def __call__(self, principal: Principal, scope: Scope) -> RateRefusal | None:
         client = scope.get("client") or ("", 0)
         return self.acquire(principal, str(client[0]))
 
@@ -256,6 +317,7 @@ def rate_limiter(settings: LimitSettings) -> TokenBucketLimiter | None:
 
 __all__ = [
     "LimitsMiddleware",
+    "RateRefusal",
     "TokenBucketLimiter",
     "install_limits",
     "rate_limiter",

@@ -22,6 +22,7 @@ from recsys.settings import ServingSettings, Settings, load_settings
 from serving.api.routes import (
     admin,
     admin_experiments,
+    browser,
     decisions,
     events,
     experiment_results,
@@ -46,6 +47,8 @@ Next-best-offer decisions for every touchpoint, and the feedback that trains the
 * `POST /v1/decisions/batch` — the same for many customers (email campaigns).
 * `POST /v1/events` — impressions, clicks, accepts, conversions, dismissals, complaints (idempotent).
 * `GET /v1/offers`, `GET /v1/touchpoints` — the catalogue.
+* `/client/recsys.js` (types: `/client/recsys.d.ts`) — the browser client; `/demo` its example
+  page (development, `security.demo_enabled`).
 
 Errors are 4xx with `{"detail", "errors": [{"field", "expected", "received", "message"}]}`.
 """
@@ -122,6 +125,8 @@ def create_app(
     )
     app.state.components = components
     app.state.access_log = None  # install_hardening sets the JSON access log
+    app.state.authenticator = None  # and the key checks (serving.security)
+    app.state.browser_full_response = False
     install_error_handlers(app)
     app.include_router(decisions.router)
     app.include_router(events.router)
@@ -132,6 +137,7 @@ def create_app(
     app.include_router(admin_experiments.router)
     app.include_router(experiment_results.router)
     app.include_router(reports.router)
+    app.include_router(browser.router)
     if hardened:
         install_hardening(app, loaded, metrics=metrics)
     return app

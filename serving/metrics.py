@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -200,6 +200,13 @@ class MeteredEventLog(EventLog):
         for rejection in result.rejected:
             self.metrics.events.labels(types.get(rejection.event_id, "unknown"), "rejected").inc()
         return result
+
+    def decision_customers(self, decision_ids: Collection[str]) -> dict[str, str]:
+        try:
+            return self.inner.decision_customers(decision_ids)
+        except Exception as exc:
+            self._failed("decision_customers", exc)
+            raise
 
     def contact_history(
         self, customer_ids: Sequence[str], since: datetime

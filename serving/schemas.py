@@ -192,6 +192,22 @@ class DecisionOut(BaseModel):
     trace: TraceOut | None = None
 
 
+class BrowserOfferOut(BaseModel):
+    offer_id: str
+    name: str
+    rank: int
+
+
+class BrowserDecisionOut(BaseModel):
+    """A decision as a publishable (browser) key gets it: what a page shows and reports."""
+
+    decision_id: str
+    customer_id: str
+    touchpoint: str
+    ts: datetime
+    offers: list[BrowserOfferOut]
+
+
 class BatchDecisionOut(BaseModel):
     touchpoint: str
     decisions: list[DecisionOut]

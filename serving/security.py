@@ -7,7 +7,10 @@
 - :data:`CustomerCheckedBody`, a FastAPI dependency of ``POST /v1/decisions``: a publishable
   key's call must carry a valid customer token (401) and ask for no trace (403), and once
   FastAPI has parsed and validated the body, its ``customer_id`` must be the token's ``sub``
-  (403).
+  (403). :data:`BrowserCustomer` is the token's customer for ``POST /v1/events`` (whose
+  route checks the events against it).
+- A publishable key's token is checked in the middleware already: its rate limit counts per
+  customer token (``serving.limits``).
 - :func:`install_cors`: browser calls from the configured site origins only.
 
 In production a service without keys, or with publishable keys but no token secret, refuses
@@ -44,13 +47,27 @@ from serving.credentials import (
     new_key,
 )
 from serving.errors import error_response
+from serving.limits import RateRefusal
 from serving.schemas import DecisionRequestBody
 
 logger = logging.getLogger(__name__)
 
-#: Paths anyone may call (probes, metrics scraped from the private network, docs).
+#: Paths anyone may call (probes, metrics scraped from the private network, docs, the
+#: browser client and the demo page, whose routes answer 404 unless the demo is on).
 PUBLIC_PATHS = frozenset(
-    {"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+    {
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/docs",
+        "/docs/oauth2-redirect",
+        "/redoc",
+        "/openapi.json",
+        "/client/recsys.js",
+        "/client/recsys.d.ts",
+        "/demo",
+        "/demo/token",
+    }
 )
 
 
@@ -71,6 +88,7 @@ class RouteRule:
 #: call must check the customer of the token (:data:`CustomerCheckedBody`).
 DEFAULT_RULES: tuple[RouteRule, ...] = (
     RouteRule("POST", "/v1/decisions", KeyScope.publishable),
+    RouteRule("POST", "/v1/events", KeyScope.publishable),
     RouteRule("*", "/admin/", KeyScope.admin, prefix=True),
     RouteRule("*", "/v1/experiments/", KeyScope.admin, prefix=True),
     RouteRule("*", "/v1/reports/", KeyScope.admin, prefix=True),
@@ -85,7 +103,7 @@ def required_scope(method: str, path: str, rules: Sequence[RouteRule] = DEFAULT_
     return KeyScope.secret
 
 
-RateCheck = Callable[[Principal, Scope], Awaitable[float | None]]
+RateCheck = Callable[[Principal, Scope], Awaitable[RateRefusal | None]]
 
 
 class SecurityMiddleware:
@@ -113,16 +131,22 @@ class SecurityMiddleware:
             principal = self.authenticator.principal(
                 headers, required_scope(method, path), f"{method} {path}"
             )
+            token = headers.get(TOKEN_HEADER)
+            if principal.scope == KeyScope.publishable and token:
+                # Checked here (401 if bad) so the rate limit counts per customer.
+                customer_id = self.authenticator.customer_id(token)
+                principal = replace(principal, customer_id=customer_id)
             scope.setdefault("state", {})["principal"] = principal
             if self.rate_check is not None:
-                retry_after = await self.rate_check(principal, scope)
-                if retry_after is not None:
+                refusal = await self.rate_check(principal, scope)
+                if refusal is not None:
+                    field = "X-Customer-Token" if principal.customer_id else "X-API-Key"
                     raise RateLimitedError(
-                        "X-API-Key",
-                        "fewer requests per second for this key",
-                        f"rate limit of key {principal.key_id!r} exceeded; "
-                        f"retry in {max(1, int(retry_after + 0.999))} s",
-                        retry_after,
+                        field,
+                        f"fewer requests per second ({refusal.limit})",
+                        f"rate limit {refusal.limit} exceeded; "
+                        f"retry in {max(1, int(refusal.retry_after + 0.999))} s",
+                        refusal.retry_after,
                     )
         except RecsysError as exc:
             await error_response(exc)(scope, receive, send)
@@ -130,8 +154,41 @@ class SecurityMiddleware:
         await self.app(scope, receive, send)
 
 
+def browser_principal(request: Request) -> Principal | None:
+    """The caller when it is a browser (a publishable key), else None."""
+    # set by SecurityMiddleware when the service checks keys; absent when it does not
+    principal: Principal | None = request.scope.get("state", {}).get("principal")
+    if principal is None or principal.scope != KeyScope.publishable:
+        return None
+    return principal
+
+
+async def browser_customer(request: Request) -> str | None:
+    """The customer a publishable key's token vouches for; None for other callers.
+
+    Raises
+    ------
+    AuthenticationError
+        A publishable key without a valid customer token (401).
+    """
+    principal = browser_principal(request)
+    if principal is None:
+        return None
+    if principal.customer_id is not None:  # the middleware checked the token
+        return principal.customer_id
+    authenticator: Authenticator = request.app.state.authenticator
+    customer_id = authenticator.customer_id(request.headers.get(TOKEN_HEADER))
+    # The access log hashes the customer of a browser call (never logs the id).
+    request.state.principal = replace(principal, customer_id=customer_id)
+    return customer_id
+
+
+#: The customer of a browser call's token (None for secret and admin keys).
+BrowserCustomer = Annotated[str | None, Depends(browser_customer)]
+
+
 async def token_customer(
-    request: Request,
+    token_customer_id: BrowserCustomer,
     trace: bool = Query(
         False, description="Include the decision trace (why each offer is in or out)."
     ),
@@ -148,22 +205,14 @@ async def token_customer(
     PermissionDeniedError
         A publishable key asking for the trace (403).
     """
-    # set by SecurityMiddleware when the service checks keys; absent when it does not
-    principal: Principal | None = request.scope.get("state", {}).get("principal")
-    if principal is None or principal.scope != KeyScope.publishable:
-        return None
-    authenticator: Authenticator = request.app.state.authenticator
-    customer_id = authenticator.customer_id(request.headers.get(TOKEN_HEADER))
-    if trace:
+    if token_customer_id is not None and trace:
         raise PermissionDeniedError(
             "trace",
             "false (a publishable key gets no trace)",
             None,
             "the decision trace needs a secret key",
         )
-    # The access log hashes the customer of a browser call (never logs the id).
-    request.state.principal = replace(principal, customer_id=customer_id)
-    return customer_id
+    return token_customer_id
 
 
 async def customer_checked_body(
@@ -220,6 +269,7 @@ def install_security(
     authenticator = build_authenticator(settings)
     app.add_middleware(SecurityMiddleware, authenticator=authenticator, rate_check=rate_check)
     app.state.authenticator = authenticator
+    app.state.browser_full_response = settings.security.browser_full_response
     return authenticator
 
 

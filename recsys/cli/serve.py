@@ -94,6 +94,8 @@ def serve(
         '-d \'{"customer_id": "C0000001", "touchpoint": "web_home", "limit": 3}\'\n'
         f"  curl -s '{base}/v1/offers?touchpoint=web_home'"
     )
+    if settings.security.demo_enabled:
+        typer.echo(f"  the browser client's example page: {base}/demo")
     run_server(settings)
 
 

@@ -10,7 +10,7 @@ import functools
 import json
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -109,6 +109,11 @@ class EventLog(ABC):
         Events naming an unknown decision, an offer not served in it, or a time before the
         decision are rejected one by one; the others are stored.
         """
+
+    @abstractmethod
+    def decision_customers(self, decision_ids: Collection[str]) -> dict[str, str]:
+        """decision_id -> the customer it was made for, for the served decisions among
+        ``decision_ids`` (unknown ids are left out): whose decision a browser reports on."""
 
     @abstractmethod
     def contact_history(

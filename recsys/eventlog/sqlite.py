@@ -384,6 +384,22 @@ class SQLiteEventLog(EventLog):
 
     # ---------------------------------------------------------------- reads
 
+    def decision_customers(self, decision_ids: Collection[str]) -> dict[str, str]:
+        ids = list(dict.fromkeys(decision_ids))
+        owners: dict[str, str] = {}
+        with self._read():
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                owners.update(
+                    self._con.execute(
+                        "SELECT DISTINCT decision_id, customer_id FROM decisions "
+                        f"WHERE decision_id IN ({marks}) AND shadow = 0",
+                        chunk,
+                    ).fetchall()
+                )
+        return owners
+
     def contact_history(
         self, customer_ids: Sequence[str], since: datetime
     ) -> dict[str, ContactHistory]:

@@ -19,7 +19,7 @@ from serving.deps import (
 )
 from serving.observability import label_touchpoint
 from serving.schemas import BatchDecisionOut, BatchDecisionRequestBody, DecisionOut, ErrorOut
-from serving.security import CustomerCheckedBody
+from serving.security import CustomerCheckedBody, browser_principal
 
 router = APIRouter(prefix="/v1/decisions", tags=["decisions"])
 
@@ -87,6 +87,20 @@ def decision_dict(decision: Decision) -> dict[str, Any]:
     return body
 
 
+def browser_decision_dict(decision: Decision) -> dict[str, Any]:
+    """What a page needs (the shape of :class:`BrowserDecisionOut`): the ids to report
+    events with and the offers in order; no scores, priorities or reasoning."""
+    return {
+        "decision_id": decision.decision_id,
+        "customer_id": decision.customer_id,
+        "touchpoint": decision.touchpoint_id,
+        "ts": decision.ts,
+        "offers": [
+            {"offer_id": o.offer_id, "name": o.name, "rank": o.rank} for o in decision.offers
+        ],
+    }
+
+
 def json_response(body: dict[str, Any]) -> Response:
     return Response(
         content=orjson.dumps(body, option=orjson.OPT_UTC_Z | orjson.OPT_SERIALIZE_NUMPY),
@@ -123,6 +137,8 @@ async def decide(
     fallback offer comes back with ``fallback: true``. The decision is logged before the
     response is sent (its offers count toward contact caps on every channel from then on).
     Concurrent requests are decided together (one pipeline run, see ``serving.batching``).
+    A publishable (browser) key gets only what a page needs (``BrowserDecisionOut``: ids,
+    names, ranks) unless ``security.browser_full_response`` is on.
     """
     require_touchpoint(components.catalog, body.touchpoint)
     label_touchpoint(request, body.touchpoint)
@@ -136,6 +152,8 @@ async def decide(
         unit_id=body.unit_id,
     )
     decision = await components.batcher.decide(decision_request, trace=trace)
+    if browser_principal(request) is not None and not request.app.state.browser_full_response:
+        return json_response(browser_decision_dict(decision))
     return json_response(decision_dict(decision))
 
 

@@ -89,7 +89,8 @@ def test_token_buckets_refill_at_their_rate():
     web = Principal("web", KeyScope.publishable, "someone")
     assert limiter.acquire(web) is None and limiter.acquire(web) is None
     wait = limiter.acquire(web)
-    assert wait is not None and abs(wait - 0.5) < 1e-9
+    assert wait is not None and abs(wait.retry_after - 0.5) < 1e-9
+    assert wait.limit == "per customer token"
     now[0] += 0.5
     assert limiter.acquire(web) is None
     own = Principal("vip", KeyScope.publishable, "x", rate_per_second=100.0, burst=1)

@@ -90,7 +90,7 @@ def test_no_key_or_an_unknown_key_is_refused(stack, keys):
     "method, path, body",
     [
         ("POST", "/v1/decisions/batch", {"touchpoint": "email_weekly", "customer_ids": [ALICE]}),
-        ("POST", "/v1/events", {"events": []}),
+        ("GET", "/v1/touchpoints", None),
         ("GET", "/v1/offers", None),
         ("GET", "/admin/model", None),
         ("POST", "/admin/model/reload", None),
