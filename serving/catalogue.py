@@ -40,6 +40,7 @@ catalogue or on the new one, never on a mix.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -135,6 +136,7 @@ class LiveCatalogue:
 
     def status(self) -> dict[str, Any]:
         return {
+            "worker": os.getpid(),
             "version": self._catalog.version,
             "offers": len(self._catalog.offers),
             "touchpoints": len(self._catalog.touchpoints),

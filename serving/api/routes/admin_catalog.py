@@ -92,6 +92,7 @@ class OfferIn(BaseModel):
 
 
 class CatalogStatusOut(BaseModel):
+    worker: int = Field(description="process id of the worker that answered")
     version: str = Field(description="fingerprint of the catalogue this worker serves")
     offers: int
     touchpoints: int
