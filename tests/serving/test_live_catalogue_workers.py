@@ -45,9 +45,12 @@ def every_worker_serves(base: str, offer_id: str, name: str) -> float:
         offer = json.loads(call("GET", f"{base}/v1/offers/{offer_id}")[1])
         status = json.loads(call("GET", f"{base}/admin/catalog")[1])
         versions[status["worker"]] = status["version"]
-        if offer["name"] == name and len(set(versions.values())) == 1 and len(versions) == 2:
-            if versions[status["worker"]] == offer["catalog_version"]:
-                break
+        if (
+            offer["name"] == name
+            and len(versions) == 2
+            and set(versions.values()) == {offer["catalog_version"]}
+        ):
+            break
         time.sleep(0.1)
     else:
         raise AssertionError(f"not every worker serves {name!r} within {WITHIN_SECONDS} s")
