@@ -11,8 +11,9 @@ what the warehouse holds), and merges in ONE transaction:
   ``transaction_id`` (interactions without an ``event_id``) are identified by their content
   plus their ordinal among identical rows of the file: two identical purchases stay two.
 
-The summary says, per file, how many rows are new, updated (catalogue), already stored, and
-repeats of another row of the file that the table keeps once (and why).
+The summary says, per file, how many rows are new, updated (a catalogue row whose stored
+values change, a column the file leaves out included), unchanged (already stored as they
+are), and repeats of another row of the file that the table keeps once (and why).
 
 Any problem rolls the whole load back: a refused load keeps nothing of itself.
 """
@@ -55,7 +56,7 @@ SUFFIXES = (".parquet", ".csv", ".yaml", ".yml")
 @dataclass
 class TableLoad:
     """What a load did with one file's rows: each row read is new, updated (a catalogue row
-    whose key was stored with other values), already stored, or a repeat of another row of
+    whose key was stored with other values), unchanged (stored as it is), or a repeat of another row of
     the same file that the table keeps once (``duplicates``, said why in ``duplicate_rule``).
     """
 
@@ -68,7 +69,7 @@ class TableLoad:
     duplicate_rule: str = ""
 
     @property
-    def rows_already_stored(self) -> int:
+    def rows_unchanged(self) -> int:
         return self.rows_read - self.rows_new - self.rows_updated - self.duplicates
 
 
@@ -79,13 +80,13 @@ class LoadSummary:
 
     def format(self) -> str:
         lines = [
-            f"{'table':<14}{'read':>12}{'new':>12}{'updated':>12}{'already stored':>16}"
+            f"{'table':<14}{'read':>12}{'new':>12}{'updated':>12}{'unchanged':>16}"
             f"{'duplicates':>12}  file"
         ]
         for t in self.tables:
             lines.append(
                 f"{t.table:<14}{t.rows_read:>12,}{t.rows_new:>12,}{t.rows_updated:>12,}"
-                f"{t.rows_already_stored:>16,}{t.duplicates:>12,}  {t.file}"
+                f"{t.rows_unchanged:>16,}{t.duplicates:>12,}  {t.file}"
             )
         for t in self.tables:
             if t.duplicates:
@@ -507,7 +508,14 @@ def _upsert(
         f"(SELECT * EXCLUDE (_k) FROM (SELECT *, row_number() OVER (PARTITION BY {keys} "
         f"ORDER BY _row DESC) AS _k FROM {stage}) WHERE _k = 1)"
     )
-    same = " AND ".join(f"t.{_quote(c)} IS NOT DISTINCT FROM s.{_quote(c)}" for c in columns)
+    # A stored row is unchanged only if the file gives every one of its columns the same
+    # value: a column the warehouse has but the file lacks becomes NULL when the row is
+    # replaced, so a stored value there is a change too (e.g. an attribute removed).
+    absent = [c for c in warehouse.existing_columns(con, spec.name) if c not in columns]
+    same = " AND ".join(
+        [f"t.{_quote(c)} IS NOT DISTINCT FROM s.{_quote(c)}" for c in columns]
+        + [f"t.{_quote(c)} IS NULL" for c in absent]
+    )
     new, updated = warehouse.one_row(
         con,
         f"SELECT count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM {target} t "

@@ -71,6 +71,13 @@ class ServingSettings(_Section):
         description="how often each worker reads the running experiments from the store (the "
         "event log's database); 0 = only at start",
     )
+    catalog_poll_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        description="how often each worker looks whether the catalogue's source (warehouse "
+        "file, or catalogue folder) changed, and then reads and swaps in a changed catalogue; "
+        "0 = only at start and after PUT /admin/offers/{id}",
+    )
     max_limit: int = Field(default=50, ge=1, description="largest `limit` a request may ask for")
     decision_batch_max: int = Field(
         default=32,

@@ -7,6 +7,7 @@ named by the contract (customer attributes, ...) are added as they arrive.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -116,3 +117,30 @@ def default_as_of(con: duckdb.DuckDBPyConnection, now: datetime) -> AsOf:
         f"as of {ts.isoformat()}: the warehouse's last event is {days:,.0f} days old "
         "(pass --as-of to choose another time)",
     )
+
+
+def connect_when_free(
+    path: str | Path,
+    wait_seconds: float = 10.0,
+    read_only: bool = False,
+    memory_limit: str | None = DEFAULT_DUCKDB_MEMORY_LIMIT,
+) -> duckdb.DuckDBPyConnection:
+    """:func:`connect`, trying again while another process holds the file's lock.
+
+    DuckDB lets one process write a file, and no other process open it meanwhile; the
+    workers of a running service open the warehouse for a moment when it changed (to read
+    the catalogue), so a writer that starts then waits for them instead of failing.
+
+    Raises
+    ------
+    duckdb.IOException
+        The lock is still held after ``wait_seconds``.
+    """
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            return connect(path, read_only=read_only, memory_limit=memory_limit)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)

@@ -6,7 +6,9 @@ event log, model source) and hands them to :func:`assemble_components`, which wi
 decision pipeline: the online store behind :class:`ResilientFeatures`, the model held by a
 :class:`ModelHolder` (registry alias, last good copy, popularity/rules fallback, breaker) and
 the arm of each request resolved per batch by :class:`ExperimentArms` (running experiments
-from the store, else the champion). Tests call :func:`assemble_components` with small
+from the store, else the champion). The pipeline is rebuilt whole on each new catalogue
+and swapped in by one assignment (:meth:`Components.use_catalog`, driven by
+:class:`serving.catalogue.LiveCatalogue`). Tests call :func:`assemble_components` with small
 real parts.
 """
 
@@ -40,6 +42,14 @@ from recsys.errors import ModelRefused, SpecMismatchError
 from recsys.eventlog import EventLog, SQLiteEventLog, open_event_log
 from recsys.settings import ServingSettings, Settings
 from serving.batching import DecisionBatcher
+from serving.catalogue import (
+    CatalogRefused,
+    CatalogueObserver,
+    LiveCatalogue,
+    Signal,
+    new_unknown_rules,
+    source_signal,
+)
 from serving.experiment_arms import ExperimentArms, PinnedVersion
 from serving.lifecycle import DecisionObserver, ModelHolder, ModelLoader
 from serving.model_sources import (
@@ -70,6 +80,12 @@ class Components:
     closers: tuple[Callable[[], None], ...] = ()
     #: The online store as the pipeline reads it (its state is part of /readyz).
     features: ResilientFeatures | None = None
+    #: Builds the whole pipeline on a catalogue (everything derived from it included).
+    pipeline_on: Callable[[Catalog], DecisionPipeline] | None = None
+    #: Raises CatalogRefused for a catalogue that must not be served (new, old).
+    check_catalog: Callable[[Catalog, Catalog], None] | None = None
+    #: Follows the catalogue's source (None: the catalogue never changes).
+    catalogue: LiveCatalogue | None = None
     _batcher: DecisionBatcher | None = field(default=None, init=False, repr=False)
 
     @property
@@ -99,10 +115,43 @@ class Components:
     def policy_name(self) -> str:
         return self.arms.policy.name
 
+    def use_catalog(self, catalog: Catalog) -> None:
+        """Check ``catalog`` and swap in a pipeline built whole on it (one assignment: a
+        batch decides on the old catalogue or the new, never a mix).
+
+        Raises
+        ------
+        CatalogRefused
+            See :meth:`try_catalog`; the served pipeline stays.
+        """
+        pipeline = self.try_catalog(catalog)
+        self.arms.rebase(catalog)  # the old pipeline's batches keep the arms of theirs
+        self.pipeline = pipeline
+
+    def try_catalog(self, catalog: Catalog) -> DecisionPipeline:
+        """The pipeline built whole on ``catalog``, checked (not served).
+
+        Raises
+        ------
+        CatalogRefused
+            Its rules name features the store lacks, or a trial decision with the served
+            model fails.
+        """
+        if self.pipeline_on is None:
+            raise CatalogRefused("this service was built without a way to change catalogues")
+        if self.check_catalog is not None:
+            self.check_catalog(catalog, self.catalog)
+        pipeline = self.pipeline_on(catalog)
+        try:  # also prepares the model's rows of every touchpoint before the first request
+            trial_decisions(pipeline, self.holder.current.model)
+        except Exception as exc:
+            raise CatalogRefused(f"{type(exc).__name__}: {exc}") from exc
+        return pipeline
+
     def decide(self, requests: Sequence[DecisionRequest], *, trace: bool = False) -> list[Decision]:
         """Decide and record ``requests`` now (what the HTTP routes call), observed."""
         started = time.perf_counter()
-        decisions = self.pipeline.run(requests, trace=trace).decisions()
+        decisions = self.pipeline.run(requests, trace=trace).decisions()  # one read
         if self.observer is not None:
             seconds = time.perf_counter() - started
             for reason in dict.fromkeys(d.fallback_reason for d in decisions):
@@ -113,6 +162,8 @@ class Components:
     def close(self) -> None:
         if self._batcher is not None:
             self._batcher.close()  # queued decisions are finished and logged first
+        if self.catalogue is not None:
+            self.catalogue.stop()
         self.arms.stop()
         self.holder.stop()
         if self.features is not None:
@@ -148,6 +199,10 @@ def assemble_components(
     closers: tuple[Callable[[], None], ...] = (),
     start: bool = True,
     experiment_store: ExperimentStore | None = None,
+    name_features: Callable[[FeatureSource, Catalog], FeatureSource] | None = None,
+    check_catalog: Callable[[Catalog, Catalog], None] | None = None,
+    catalog_source: tuple[Path, Signal] | None = None,
+    catalog_observer: CatalogueObserver | None = None,
 ) -> Components:
     """Wire the pipeline on these parts and start the model holder (``start``).
 
@@ -162,19 +217,26 @@ def assemble_components(
     experiment_store : ExperimentStore, optional
         Where running experiments are read from (polled every
         ``serving.experiments_poll_seconds``); None = no experiments.
+    name_features : callable(FeatureSource, Catalog) -> FeatureSource, optional
+        The feature source as a pipeline on that catalogue reads it (its rules' names).
+    check_catalog : callable(new, old), optional
+        Raises CatalogRefused for a new catalogue that must not be served.
+    catalog_source : (path, signal), optional
+        Where ``catalog`` was read from and the source's signal before it was read: the
+        catalogue is followed from there (polled every ``serving.catalog_poll_seconds``).
 
     Raises
     ------
     NoChampion
         The followed alias names no version and ``start_without_model`` is off.
     """
-    pipeline_ref: list[DecisionPipeline] = []
+    built: list[Components] = []
     resilient = ResilientFeatures(
         features, cold_start, probe_seconds=settings.online_store_probe_seconds
     )
 
     def trial(model: ServedModel) -> None:
-        trial_decisions(pipeline_ref[0], model)
+        trial_decisions(built[0].pipeline, model)  # on the catalogue served now
 
     holder = ModelHolder(
         load_model,
@@ -215,25 +277,40 @@ def assemble_components(
         make_holder=make_holder if isinstance(source, RegistrySource) else None,
         followed_alias=settings.model_alias,
     )
-    pipeline = DecisionPipeline(
-        catalog=catalog,
-        features=resilient,
-        history=event_log,
-        sink=event_log,
-        arms=arms,
-        seed=settings.seed,
-        clock=clock,
-        max_limit=settings.serving.max_limit,
-    )
-    pipeline_ref.append(pipeline)
+
+    def pipeline_on(on: Catalog) -> DecisionPipeline:
+        return DecisionPipeline(
+            catalog=on,
+            features=resilient if name_features is None else name_features(resilient, on),
+            history=event_log,
+            sink=event_log,
+            arms=arms.for_catalog(on),
+            seed=settings.seed,
+            clock=clock,
+            max_limit=settings.serving.max_limit,
+        )
+
     components = Components(
-        pipeline, holder, arms, event_log, settings, observer, closers, features=resilient
-    )
+        pipeline_on(catalog), holder, arms, event_log, settings, observer, closers,
+        features=resilient, pipeline_on=pipeline_on, check_catalog=check_catalog,
+    )  # fmt: skip
+    built.append(components)
+    if catalog_source is not None:
+        components.catalogue = LiveCatalogue(
+            catalog_source[0],
+            catalog,
+            catalog_source[1],
+            components.use_catalog,
+            settings.serving.catalog_poll_seconds,
+            catalog_observer,
+        )
     if not start:
         return components
     try:
         served = holder.start()
         arms.start_polling()
+        if components.catalogue is not None:
+            components.catalogue.start_polling()
     except BaseException:
         components.close()
         raise
@@ -278,6 +355,7 @@ def build_components(
     settings: Settings,
     observer: DecisionObserver | None = None,
     wrap_event_log: Callable[[EventLog], EventLog] | None = None,
+    catalog_observer: CatalogueObserver | None = None,
 ) -> Components:
     """Open catalogue, online store, event log and model source from ``settings``; wire.
 
@@ -295,11 +373,16 @@ def build_components(
     from features.decision_matrix import DecisionMatrixBuilder
     from features.matrix import Encoding
     from features.online import StoreFeatureSource, open_online_store
+    from features.online.source import DEFAULT_ALIASES, NamedFeatures
+    from features.rule_features import unknown_rule_features
     from recsys.decision import MatrixScorer
     from serving.model import load_model_dir
 
     serving = settings.serving
-    catalog = load_catalog(serving.catalog_source or settings.warehouse_path)
+    catalog_path = Path(serving.catalog_source or settings.warehouse_path)
+    seen = source_signal(catalog_path)  # before the read: a write after it is seen
+    catalog = load_catalog(catalog_path)
+    served: list[Components] = []
     compiled_dir = compiled_model_dir(settings.lifecycle)
 
     def load_model(path: Path, version: str) -> ServedModel:
@@ -318,7 +401,7 @@ def build_components(
         encoding = Encoding.from_dict(loaded.spec["encoding"])
         return ServedModel(
             loaded.info,
-            DecisionMatrixBuilder(catalog, encoding),
+            DecisionMatrixBuilder(served[0].catalog if served else catalog, encoding),
             MatrixScorer(loaded.scorer, loaded.info),
         )
 
@@ -350,7 +433,26 @@ def build_components(
                      type(exc).__name__)  # fmt: skip
     if wrap_event_log is not None:
         event_log = wrap_event_log(event_log)
-    return assemble_components(
+
+    def check_catalog(new: Catalog, old: Catalog) -> None:
+        """Refuse a catalogue whose rules name features the online store's customers lack
+        (rules already unknown in the served catalogue were logged at start)."""
+        try:
+            layout = store.store.layout()
+        except Exception as exc:  # the store is down: its names cannot be checked now
+            logger.warning("rule features of catalogue %s not checked: the online store does "
+                           "not answer (%s)", new.version, type(exc).__name__)  # fmt: skip
+            return
+        if layout is None:
+            return
+        names = (*layout.numeric, *layout.text)
+        unknown = new_unknown_rules(
+            new, old, lambda c: unknown_rule_features(c, names, DEFAULT_ALIASES)
+        )
+        if unknown:
+            raise CatalogRefused("; ".join(unknown))
+
+    components = assemble_components(
         settings,
         catalog,
         store,
@@ -362,4 +464,10 @@ def build_components(
         observer=observer,
         closers=(store.close,),
         experiment_store=experiment_store,
+        name_features=NamedFeatures,
+        check_catalog=check_catalog,
+        catalog_source=(catalog_path, seen),
+        catalog_observer=catalog_observer,
     )
+    served.append(components)
+    return components

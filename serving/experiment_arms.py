@@ -23,6 +23,12 @@ the default levers once an experiment's arm has been promoted). Arms by kind (th
 
 Shadow arms decide a copy of every request their experiment's served arms decide; those
 decisions are logged with ``shadow = 1`` and never served nor counted as contacts.
+
+The arms are built on a base catalogue (levers apply to it). When the live catalogue changes
+(:mod:`serving.catalogue`), :meth:`ExperimentArms.rebase` builds them again on the new one
+before the new pipeline is published, and each pipeline resolves through
+:meth:`ExperimentArms.for_catalog`, the arms of *its* catalogue: a batch never mixes the
+catalogue it checks eligibility with and the one its arms' levers were applied to.
 """
 
 from __future__ import annotations
@@ -115,6 +121,7 @@ class _State:
     shadows: dict[int, tuple[_Recipe, ...]]  # placement -> its shadow arms
     default_catalog: Catalog | None
     version: tuple | None
+    catalog: Catalog  # the base catalogue the arms were built on
     incomplete: bool = False  # an experiment was left out (its model did not load): retried
 
 
@@ -160,7 +167,9 @@ class ExperimentArms:
         self.make_holder = make_holder
         self.followed_alias = followed_alias
         self._holders: dict[str, ModelHolder] = {}
-        self._state = _State(Assigner([]), {}, {}, None, None)
+        self._state = _State(Assigner([]), {}, {}, None, None, catalog)
+        self._previous: _State | None = None  # the arms of the catalogue before a rebase
+        self._snapshot: Snapshot | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -169,7 +178,28 @@ class ExperimentArms:
     # ------------------------------------------------------------ resolver port
 
     def resolve(self, requests: Sequence[DecisionRequest], now: datetime) -> Sequence[Arm]:
-        state = self._state  # one read: a swap applies from the next batch on
+        return self._resolve(self._state, requests, now)  # one read: a swap applies next batch
+
+    def shadows(
+        self, requests: Sequence[DecisionRequest], now: datetime
+    ) -> Sequence[tuple[int, Arm]]:
+        return self._shadows(self._state, requests, now)
+
+    def for_catalog(self, catalog: Catalog) -> CatalogArms:
+        """The resolver of a pipeline deciding on ``catalog``: the arms built on it."""
+        return CatalogArms(self, catalog)
+
+    def state_for(self, catalog: Catalog) -> _State:
+        """The arms built on ``catalog`` (the current or the previous one); for an older
+        catalogue, whose pipeline still finishes a batch, the default arm alone."""
+        for state in (self._state, self._previous):
+            if state is not None and state.catalog is catalog:
+                return state
+        return _State(Assigner([]), {}, {}, None, None, catalog)
+
+    def _resolve(
+        self, state: _State, requests: Sequence[DecisionRequest], now: datetime
+    ) -> Sequence[Arm]:
         default = Arm(self.name, self.holder.current.model, self.policy,
                       catalog=state.default_catalog)  # fmt: skip
         if not state.assigner:
@@ -188,10 +218,9 @@ class ExperimentArms:
             out.append(arm)
         return out
 
-    def shadows(
-        self, requests: Sequence[DecisionRequest], now: datetime
+    def _shadows(
+        self, state: _State, requests: Sequence[DecisionRequest], now: datetime
     ) -> Sequence[tuple[int, Arm]]:
-        state = self._state
         if not state.shadows:
             return ()
         arms: dict[tuple[int, str], Arm] = {}
@@ -231,13 +260,29 @@ class ExperimentArms:
         with self._lock:
             if snapshot.version == self._state.version and not self._state.incomplete:
                 return False
-            self._state = self._build(snapshot)
+            self._snapshot = snapshot
+            if self._previous is not None:
+                self._previous = self._build(snapshot, self._previous.catalog)
+            self._state = self._build(snapshot, self.catalog)
             self._drop_unused_holders()
         running = [p.experiment.name for p in self._state.assigner.placements]
         logger.info("experiments running: %s", ", ".join(running) or "none")
         return True
 
-    def _build(self, snapshot: Snapshot) -> _State:
+    def rebase(self, catalog: Catalog) -> None:
+        """Build the arms on ``catalog`` (the last read experiments, levers applied to it);
+        the arms of the catalogue before stay for the batches its pipeline still decides."""
+        with self._lock:
+            snapshot = self._snapshot
+            state = (
+                self._build(snapshot, catalog)
+                if snapshot is not None
+                else _State(Assigner([]), {}, {}, None, None, catalog)
+            )
+            self._previous, self._state, self.catalog = self._state, state, catalog
+            self._drop_unused_holders()
+
+    def _build(self, snapshot: Snapshot, base: Catalog) -> _State:
         placements: list[Placement] = []
         incomplete = False
         recipes: dict[tuple[int, str], _Recipe] = {}
@@ -245,7 +290,7 @@ class ExperimentArms:
         for placement in snapshot.placements:
             exp = placement.experiment
             try:
-                mine = [self._recipe(exp, spec) for spec in exp.arms]
+                mine = [self._recipe(exp, spec, base) for spec in exp.arms]
             except Exception as exc:  # one bad experiment does not stop the others
                 self.last_error = f"experiment {exp.name} not applied: {exc}"
                 logger.error("%s (retried at the next poll)", self.last_error)
@@ -258,16 +303,17 @@ class ExperimentArms:
             shadow = tuple(r for r in mine if r.spec.kind == ArmKind.SHADOW)
             if shadow:
                 shadows[k] = shadow
-        catalog = levers_catalog(self.catalog, snapshot.default_levers)
+        catalog = levers_catalog(base, snapshot.default_levers)
         if not incomplete:
             self.last_error = None
-        return _State(Assigner(placements), recipes, shadows, catalog, snapshot.version, incomplete)
+        return _State(Assigner(placements), recipes, shadows, catalog, snapshot.version, base,
+                      incomplete)  # fmt: skip
 
-    def _recipe(self, exp: Experiment, spec: ArmSpec) -> _Recipe:
+    def _recipe(self, exp: Experiment, spec: ArmSpec, base: Catalog) -> _Recipe:
         """The arm's recipe (:func:`experiments.recipes.arm_recipe`) with its model's holder;
         a recipe without a model ranks by the fallback's popularity, a control on purpose, so
         its decisions are not marked fallback."""
-        made = arm_recipe(spec, Service(self.policy, self.catalog, self.followed_alias))
+        made = arm_recipe(spec, Service(self.policy, base, self.followed_alias))
         if made.model is None:
             popular = PopularityScorer(self.holder.fallback.rates, reason=None)
             served = ServedModel(popular.model, NoMatrix(), popular)
@@ -330,3 +376,24 @@ class ExperimentArms:
             holder.stop()
         if self.store is not None:
             self.store.close()
+
+
+@dataclass(frozen=True)
+class CatalogArms:
+    """The arm resolver of a pipeline on one catalogue (:meth:`ExperimentArms.for_catalog`):
+    the experiments as the shared resolver follows them, arms built on that catalogue."""
+
+    arms: ExperimentArms
+    catalog: Catalog
+
+    @property
+    def policy(self) -> Policy:
+        return self.arms.policy
+
+    def resolve(self, requests: Sequence[DecisionRequest], now: datetime) -> Sequence[Arm]:
+        return self.arms._resolve(self.arms.state_for(self.catalog), requests, now)
+
+    def shadows(
+        self, requests: Sequence[DecisionRequest], now: datetime
+    ) -> Sequence[tuple[int, Arm]]:
+        return self.arms._shadows(self.arms.state_for(self.catalog), requests, now)

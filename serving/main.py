@@ -21,6 +21,7 @@ from recsys.errors import RecsysError
 from recsys.settings import ServingSettings, Settings, load_settings
 from serving.api.routes import (
     admin,
+    admin_catalog,
     admin_experiments,
     browser,
     decisions,
@@ -101,6 +102,7 @@ def create_app(
                 loaded,
                 observer=metrics if hardened else None,
                 wrap_event_log=(lambda log: MeteredEventLog(log, metrics)) if hardened else None,
+                catalog_observer=metrics if hardened else None,
             )
         except Exception as exc:
             # One clear line for the operator (StartupFailureFilter keeps uvicorn's copy of
@@ -134,6 +136,7 @@ def create_app(
     app.include_router(touchpoints.router)
     app.include_router(health.router)
     app.include_router(admin.router)
+    app.include_router(admin_catalog.router)
     app.include_router(admin_experiments.router)
     app.include_router(experiment_results.router)
     app.include_router(reports.router)

@@ -2,7 +2,7 @@
 
 Request latency histograms by route, method, status and touchpoint; decisions, offers served
 and explored (explored share = explored / served), fallbacks by reason, the model version
-being served, model swaps, circuit-breaker state, event ingestion (new, duplicate, rejected)
+being served, model swaps, catalogue swaps, circuit-breaker state, event ingestion (new, duplicate, rejected)
 and event-log errors. With several uvicorn workers the exposition sums over the worker
 processes (prometheus-client's multiprocess mode, ``PROMETHEUS_MULTIPROC_DIR``).
 """
@@ -94,6 +94,12 @@ class ServiceMetrics:
         self.model_swaps = Counter(
             "recsys_model_swaps", "Model reload attempts by result", ["result"], registry=r
         )
+        self.catalog_swaps = Counter(
+            "recsys_catalog_swaps",
+            "Looks at a changed catalogue source by result (swapped, refused, unreadable)",
+            ["result"],
+            registry=r,
+        )
         self.breaker_open = Gauge(
             "recsys_circuit_breaker_open",
             "1 while the model circuit breaker is open",
@@ -140,6 +146,9 @@ class ServiceMetrics:
 
     def swap_attempt(self, result: str) -> None:
         self.model_swaps.labels(result).inc()
+
+    def catalog_swap(self, result: str) -> None:
+        self.catalog_swaps.labels(result).inc()
 
     def breaker(self, is_open: bool) -> None:
         self.breaker_open.set(1 if is_open else 0)

@@ -13,7 +13,7 @@ from features.online.block import decode_block
 from features.rule_features import unknown_rule_features
 from features.spec import FEATURE_SPEC_VERSION
 from recsys.catalog import Catalog
-from recsys.decision.ports import FeatureBlock
+from recsys.decision.ports import FeatureBlock, FeatureSource
 from recsys.errors import SpecMismatchError
 
 logger = logging.getLogger(__name__)
@@ -66,6 +66,33 @@ class CatalogNames:
             )
             self._aliases[columns] = aliases
         return dataclasses.replace(block, aliases=aliases)
+
+
+class NamedFeatures:
+    """A feature source whose blocks carry one catalogue's names (:class:`CatalogNames`).
+
+    The service builds one per catalogue it serves, over the same (resilient) store, so a
+    pipeline swapped in for a new catalogue reads the names of *its* rules and consent
+    columns, never those of the catalogue before.
+
+    Parameters
+    ----------
+    inner : FeatureSource
+    catalog : Catalog
+    aliases : mapping of catalogue name -> feature name
+    """
+
+    def __init__(
+        self, inner: FeatureSource, catalog: Catalog, aliases: Mapping[str, str] = DEFAULT_ALIASES
+    ):
+        self.inner = inner
+        self._named = CatalogNames(catalog, aliases)
+
+    def read(self, customer_ids: Sequence[str]) -> FeatureBlock:
+        return self._named(self.inner.read(customer_ids))
+
+    def spec_version(self) -> str:
+        return self.inner.spec_version()
 
 
 class StoreFeatureSource:

@@ -8,6 +8,7 @@ means UTC (contract).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -312,6 +313,7 @@ class Catalog:
                     f"offer {offer.offer_id}: `touchpoints` must name known touchpoints, "
                     f"got unknown {', '.join(unknown)}"
                 )
+        self._version: str | None = None
         self._by_touchpoint = {
             tp_id: TouchpointOffers.build(tp, self.offers.values())
             for tp_id, tp in self.touchpoints.items()
@@ -319,6 +321,21 @@ class Catalog:
 
     def __repr__(self) -> str:
         return f"Catalog({len(self.offers)} offers, {len(self.touchpoints)} touchpoints)"
+
+    @property
+    def version(self) -> str:
+        """A fingerprint of the offers and touchpoints (12 hex digits): equal catalogues have
+        the same, any change of a field gives another (what a service compares to decide
+        whether a catalogue it read is new)."""
+        if self._version is None:
+            text = repr(
+                (
+                    sorted((o.offer_id, repr(o)) for o in self.offers.values()),
+                    sorted((t.touchpoint_id, repr(t)) for t in self.touchpoints.values()),
+                )
+            )
+            self._version = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+        return self._version
 
     def touchpoint(self, touchpoint_id: str) -> Touchpoint:
         """The touchpoint ``touchpoint_id``; raises :class:`NotFoundError` naming it."""

@@ -105,7 +105,10 @@ def load(
     from recsys.errors import ContractError, RecsysError
     from recsys.loading import load_directory
 
-    con = warehouse.connect(_warehouse_path(db), memory_limit=load_settings().duckdb_memory_limit)
+    # a running service's workers read the warehouse for a moment after it changes: wait
+    con = warehouse.connect_when_free(
+        _warehouse_path(db), memory_limit=load_settings().duckdb_memory_limit
+    )
     unused = None
     try:
         summary = load_directory(directory, con, checks=[rule_feature_check])

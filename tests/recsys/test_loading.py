@@ -334,9 +334,9 @@ def test_identical_purchases_without_an_id_are_all_kept_and_a_reload_adds_nothin
     first = load_directory(folder, con).tables[0]
     again = load_directory(folder, con).tables[0]
 
-    assert (first.rows_read, first.rows_new, first.rows_already_stored) == (4, 4, 0)
+    assert (first.rows_read, first.rows_new, first.rows_unchanged) == (4, 4, 0)
     assert first.duplicates == 0
-    assert (again.rows_new, again.rows_already_stored, again.duplicates) == (0, 4, 0)
+    assert (again.rows_new, again.rows_unchanged, again.duplicates) == (0, 4, 0)
     coffees = con.execute(
         "SELECT count(*), sum(amount) FROM transactions WHERE customer_id = 'C1' "
         "AND transaction_id IS NULL"
@@ -352,7 +352,7 @@ def test_a_later_file_with_one_more_identical_purchase_adds_one(tmp_path, valid_
     more = PURCHASES + "C1,2025-03-01,4.50\n"
     summary = load_directory(write_folder(tmp_path / "b", {"transactions.csv": more}), con)
 
-    assert (summary.tables[0].rows_new, summary.tables[0].rows_already_stored) == (1, 4)
+    assert (summary.tables[0].rows_new, summary.tables[0].rows_unchanged) == (1, 4)
     assert "1" in summary.format().splitlines()[1]
 
 
@@ -371,7 +371,28 @@ def test_identical_interactions_without_an_event_id_are_kept(tmp_path, valid_fol
     assert again.tables[0].rows_new == 0
 
 
-def test_the_summary_tells_new_updated_already_stored_and_duplicates(tmp_path, valid_folder):
+def test_an_offer_whose_attribute_is_left_out_is_counted_updated(tmp_path, valid_folder):
+    """The stored row loses the attribute: a change, not an unchanged row."""
+    con = warehouse.connect(":memory:")
+    load_directory(valid_folder, con)
+    with_headline = {
+        "offers.yaml": "- {offer_id: O2, name: Style guide, offer_type: content, fallback: true, "
+        "headline: Read me}\n"
+    }
+    first = load_directory(write_folder(tmp_path / "a", with_headline), con).tables[0]
+    plain = {
+        "offers.yaml": "- {offer_id: O2, name: Style guide, offer_type: content, fallback: true}\n"
+    }
+    second = load_directory(write_folder(tmp_path / "b", plain), con).tables[0]
+    again = load_directory(write_folder(tmp_path / "c", plain), con).tables[0]
+
+    assert (first.rows_new, first.rows_updated, first.rows_unchanged) == (0, 1, 0)
+    assert (second.rows_new, second.rows_updated, second.rows_unchanged) == (0, 1, 0)
+    assert (again.rows_new, again.rows_updated, again.rows_unchanged) == (0, 0, 1)
+    assert con.execute("SELECT headline FROM offers WHERE offer_id = 'O2'").fetchone() == (None,)
+
+
+def test_the_summary_tells_new_updated_unchanged_and_duplicates(tmp_path, valid_folder):
     con = warehouse.connect(":memory:")
     load_directory(valid_folder, con)
     newer = {
@@ -384,9 +405,9 @@ def test_the_summary_tells_new_updated_already_stored_and_duplicates(tmp_path, v
     by_table = {t.table: t for t in summary.tables}
 
     offers = by_table["offers"]
-    assert (offers.rows_new, offers.rows_updated, offers.rows_already_stored) == (0, 1, 1)
+    assert (offers.rows_new, offers.rows_updated, offers.rows_unchanged) == (0, 1, 1)
     outcomes = by_table["outcomes"]
-    assert (outcomes.rows_new, outcomes.duplicates, outcomes.rows_already_stored) == (1, 1, 1)
+    assert (outcomes.rows_new, outcomes.duplicates, outcomes.rows_unchanged) == (1, 1, 1)
     text = summary.format()
     assert "updated" in text and "duplicates" in text
     assert "outcomes: 1 rows stored once: repeated (decision_id, offer_id, outcome, ts)" in text

@@ -15,6 +15,7 @@ from recsys.catalog import Catalog
 from recsys.decision import FeatureBlock, MatrixScorer, ServedModel
 from recsys.eventlog import EventLog
 from recsys.settings import Settings
+from serving.catalogue import CatalogueObserver, Signal
 from serving.components import Components, assemble_components
 from serving.lifecycle import DecisionObserver, ModelLoader
 from serving.model import load_model_dir
@@ -124,6 +125,8 @@ def make_components(
     event_log: EventLog | None = None,
     start: bool = True,
     experiment_store: ExperimentStore | None = None,
+    catalog_source: tuple[Path, Signal] | None = None,
+    catalog_observer: CatalogueObserver | None = None,
     **serving: Any,
 ) -> Components:
     """The service's components on small real parts (``source=None``: no model at all)."""
@@ -143,6 +146,8 @@ def make_components(
         clock=clock or FixedClock(),
         start=start,
         experiment_store=experiment_store,
+        catalog_source=catalog_source,
+        catalog_observer=catalog_observer,
     )
 
 
