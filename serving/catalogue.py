@@ -50,6 +50,7 @@ from typing import Any, Protocol
 
 from recsys.catalog import Catalog, load_catalog
 from recsys.errors import RecsysError
+from serving.polling import Poller
 
 logger = logging.getLogger(__name__)
 
@@ -126,8 +127,7 @@ class LiveCatalogue:
         self._seen = seen
         self._loaded_at = datetime.now(UTC)
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._poller = Poller("catalogue-poller", self.refresh, self._poll_failed)
         self.last_error: str | None = None
 
     @property
@@ -190,25 +190,14 @@ class LiveCatalogue:
         return swap
 
     def start_polling(self) -> None:
-        if self.poll_seconds <= 0 or self._thread is not None:
-            return
-        self._stop.clear()
+        self._poller.start(self.poll_seconds)
 
-        def loop() -> None:
-            while not self._stop.wait(self.poll_seconds):
-                try:
-                    self.refresh()
-                except Exception:  # never let the poller die; the next tick retries
-                    logger.exception("catalogue poll failed")
-
-        self._thread = threading.Thread(target=loop, name="catalogue-poller", daemon=True)
-        self._thread.start()
+    @staticmethod
+    def _poll_failed(exc: Exception) -> None:
+        logger.error("catalogue poll failed", exc_info=exc)
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self._poller.stop()
 
 
 def new_unknown_rules(

@@ -51,6 +51,7 @@ from recsys.decision import Arm, DecisionRequest, ServedModel
 from recsys.errors import NotFoundError
 from serving.lifecycle import ModelHolder
 from serving.model_sources import RegistrySource
+from serving.polling import Poller
 from serving.resilience import NoMatrix, PopularityScorer
 
 logger = logging.getLogger(__name__)
@@ -171,8 +172,7 @@ class ExperimentArms:
         self._previous: _State | None = None  # the arms of the catalogue before a rebase
         self._snapshot: Snapshot | None = None
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._poller = Poller("experiment-poller", self.refresh, self._poll_failed)
         self.last_error: str | None = None
 
     # ------------------------------------------------------------ resolver port
@@ -349,29 +349,15 @@ class ExperimentArms:
             self.refresh()
         except Exception as exc:
             self._poll_failed(exc)
-        if self.store is None or self.poll_seconds <= 0 or self._thread is not None:
-            return
-        self._stop.clear()
-
-        def loop() -> None:
-            while not self._stop.wait(self.poll_seconds):
-                try:
-                    self.refresh()
-                except Exception as exc:  # keep the last known set; the next tick retries
-                    self._poll_failed(exc)
-
-        self._thread = threading.Thread(target=loop, name="experiment-poller", daemon=True)
-        self._thread.start()
+        if self.store is not None:
+            self._poller.start(self.poll_seconds)
 
     def _poll_failed(self, exc: Exception) -> None:
         self.last_error = f"experiment store unreadable: {type(exc).__name__}: {exc}"
         logger.warning("%s (keeping the last known experiments)", self.last_error)
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self._poller.stop()
         for holder in self._holders.values():
             holder.stop()
         if self.store is not None:

@@ -48,6 +48,7 @@ from recsys.settings import LifecycleSettings
 from serving.errors import unavailable_types
 from serving.model import read_model_dir
 from serving.model_sources import LocalDirSource, ModelSource, NoChampion
+from serving.polling import Poller
 from serving.resilience import CircuitBreaker, NoMatrix, PopularityScorer, ResilientScorer
 
 logger = logging.getLogger(__name__)
@@ -169,8 +170,7 @@ class ModelHolder:
         self._told: set[str] = set()  # versions refused by another worker, logged here once
         self._jobs: dict[str, SwapJob] = {}
         self._jobs_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._poller = Poller("model-poller", self.refresh, self._poll_failed)
         self.last_error: str | None = None
 
     # ---------------------------------------------------------------- state
@@ -540,23 +540,14 @@ class ModelHolder:
         interval = self.settings.model_poll_seconds
         if interval <= 0 or self.source is None or isinstance(self.source, LocalDirSource):
             return
-        self._stop.clear()
+        self._poller.start(interval)
 
-        def loop() -> None:
-            while not self._stop.wait(interval):
-                try:
-                    self.refresh()
-                except Exception:  # never let the poller die; the next tick retries
-                    logger.exception("model poll failed")
-
-        self._thread = threading.Thread(target=loop, name="model-poller", daemon=True)
-        self._thread.start()
+    @staticmethod
+    def _poll_failed(exc: Exception) -> None:
+        logger.error("model poll failed", exc_info=exc)
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self._poller.stop()
 
 
 class _FilesRefused(ModelRefused):
