@@ -99,10 +99,16 @@ class Components:
     def policy_name(self) -> str:
         return self.arms.policy.name
 
-    def decide(self, requests: Sequence[DecisionRequest], *, trace: bool = False) -> list[Decision]:
-        """Decide and record ``requests`` now (what the HTTP routes call), observed."""
+    def decide(
+        self, requests: Sequence[DecisionRequest], *, trace: bool = False, record: bool = True
+    ) -> list[Decision]:
+        """Decide and record ``requests`` now (what the HTTP routes call), observed.
+
+        ``record=False`` is a preview: decided alike but not logged, so it is no contact
+        (caps, training data and experiment readouts never see it).
+        """
         started = time.perf_counter()
-        decisions = self.pipeline.run(requests, trace=trace).decisions()
+        decisions = self.pipeline.run(requests, trace=trace, record=record).decisions()
         if self.observer is not None:
             seconds = time.perf_counter() - started
             for reason in dict.fromkeys(d.fallback_reason for d in decisions):

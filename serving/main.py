@@ -19,6 +19,7 @@ from fastapi import FastAPI
 
 from recsys.errors import RecsysError
 from recsys.settings import ServingSettings, Settings, load_settings
+from serving.api_docs import install_docs
 from serving.api.routes import (
     admin,
     admin_experiments,
@@ -45,6 +46,9 @@ Next-best-offer decisions for every touchpoint, and the feedback that trains the
 * `POST /v1/decisions/batch` — the same for many customers (email campaigns).
 * `POST /v1/events` — impressions, clicks, accepts, conversions, dismissals, complaints (idempotent).
 * `GET /v1/offers`, `GET /v1/touchpoints` — the catalogue.
+
+Authorize with an API key (`X-API-Key`); publishable keys also send the customer's token
+(`X-Customer-Token`). The request examples use the demo data of `make run`.
 
 Errors are 4xx with `{"detail", "errors": [{"field", "expected", "received", "message"}]}`.
 """
@@ -118,6 +122,9 @@ def create_app(
         version="1",
         description=DESCRIPTION,
         lifespan=lifespan,
+        # /docs and /redoc come from install_docs, with their files served here (offline)
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.components = components
     app.state.access_log = None  # install_hardening sets the JSON access log
@@ -130,6 +137,7 @@ def create_app(
     app.include_router(admin.router)
     app.include_router(admin_experiments.router)
     app.include_router(experiment_results.router)
+    install_docs(app)
     if hardened:
         install_hardening(app, loaded, metrics=metrics)
     return app
