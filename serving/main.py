@@ -19,7 +19,6 @@ from fastapi import FastAPI
 
 from recsys.errors import RecsysError
 from recsys.settings import ServingSettings, Settings, load_settings
-from serving.api_docs import install_docs
 from serving.api.routes import (
     admin,
     admin_experiments,
@@ -30,6 +29,7 @@ from serving.api.routes import (
     offers,
     touchpoints,
 )
+from serving.api_docs import install_docs
 from serving.components import Components, build_components
 from serving.connections import configure_connections
 from serving.errors import install_error_handlers

@@ -116,3 +116,61 @@ def test_a_publishable_key_cannot_preview(stack, keys):
         assert allowed.status_code == 200, allowed.text
         assert allowed.json()["preview"] is True and allowed.json()["trace"] is not None
     assert stack.log.counts()["decision_rows"] == 0
+
+
+@pytest.fixture
+def served(stack):
+    """The hardened stack's app on a real port (uvicorn in a thread), for a browser."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from tests.serving.reliability.servers import free_port
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(stack.app, host="127.0.0.1", port=port, lifespan="off", log_level="error")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_docs_render_in_headless_chromium_without_internet(served):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-dev-shm-usage",
+        # no name resolves but the service's address: a CDN would fail to load
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    wait = WebDriverWait(driver, 20)
+    try:
+        driver.get(f"{served}/docs")
+        title = wait.until(lambda d: d.find_elements("css selector", ".swagger-ui .info .title"))
+        assert "recsys decision service" in title[0].text
+        assert driver.find_elements("css selector", ".swagger-ui button.authorize")
+        operations = driver.find_elements("css selector", ".swagger-ui .opblock")
+        assert len(operations) >= 10
+        driver.get(f"{served}/redoc")
+        heading = wait.until(lambda d: d.find_elements("css selector", ".api-content h1"))
+        assert "recsys decision service" in heading[0].text
+    finally:
+        driver.quit()
