@@ -65,7 +65,7 @@ def test_the_spec_has_the_key_and_token_schemes(stack):
     assert paths["/healthz"]["get"]["security"] == []
 
 
-def test_every_route_documents_its_errors_with_the_error_body(stack):
+def test_every_route_documents_its_errors_with_the_error_body(stack, keys):
     spec = stack.client.get("/openapi.json").json()
     error_ref = "#/components/schemas/ErrorOut"
     operations = [
@@ -93,10 +93,7 @@ def test_every_route_documents_its_errors_with_the_error_body(stack):
     decisions = spec["paths"]["/v1/decisions"]["post"]["responses"]
     assert "404" in decisions and "Retry-After" in decisions["429"]["headers"]
     assert "HTTPValidationError" not in spec["components"]["schemas"]  # not what we send
-
-
-def test_the_documented_errors_are_the_ones_sent(stack, keys):
-    """The spec's error body is what the layers before the routes answer with."""
+    # the documented body is what the layers before the routes answer with
     no_key = stack.client.post("/v1/events", json={"events": []})
     assert no_key.status_code == 401 and set(no_key.json()) == {"detail", "errors"}
     too_big = stack.client.post(
@@ -116,6 +113,16 @@ def test_a_publishable_key_cannot_preview(stack, keys):
         assert allowed.status_code == 200, allowed.text
         assert allowed.json()["preview"] is True and allowed.json()["trace"] is not None
     assert stack.log.counts()["decision_rows"] == 0
+    assert decisions_counted(stack) == 0  # nor in the served-decision metrics
+    assert decide(stack, keys.headers("secret")).status_code == 200
+    assert decisions_counted(stack) == 1
+
+
+def decisions_counted(stack) -> float:
+    metrics = stack.client.get("/metrics").text.splitlines()
+    return sum(
+        float(m.rsplit(" ", 1)[1]) for m in metrics if m.startswith("recsys_decisions_total{")
+    )
 
 
 @pytest.fixture
