@@ -36,11 +36,13 @@ DEFAULT_MAX_BATCH = 32
 class _Waiting:
     request: DecisionRequest
     trace: bool
+    record: bool
     future: asyncio.Future[Decision]
     loop: asyncio.AbstractEventLoop
 
 
-#: Decides and records requests: ``decide(requests, trace=...) -> decisions`` (in order).
+#: Decides (and records) requests: ``decide(requests, trace=..., record=...) -> decisions``
+#: (in order).
 Decide = Callable[..., list[Decision]]
 
 
@@ -50,7 +52,7 @@ class DecisionBatcher:
 
     Parameters
     ----------
-    decide : callable(requests, *, trace) -> list of Decision
+    decide : callable(requests, *, trace, record) -> list of Decision
         ``serving.components.Components.decide``.
     max_batch : int
         Most requests decided in one call.
@@ -74,10 +76,15 @@ class DecisionBatcher:
         self.batches = 0
         self.decided = 0
 
-    async def decide(self, request: DecisionRequest, *, trace: bool = False) -> Decision:
-        """Queue ``request``; returns its decision (or raises what deciding it raised)."""
+    async def decide(
+        self, request: DecisionRequest, *, trace: bool = False, record: bool = True
+    ) -> Decision:
+        """Queue ``request``; returns its decision (or raises what deciding it raised).
+
+        ``record=False`` (a preview) decides it without logging it.
+        """
         loop = asyncio.get_running_loop()
-        waiting = _Waiting(request, trace, loop.create_future(), loop)
+        waiting = _Waiting(request, trace, record, loop.create_future(), loop)
         with self._ready:
             if self._closed:
                 raise RuntimeError("the decision batcher is closed")
@@ -128,14 +135,14 @@ class DecisionBatcher:
 
     def _decide(self, batch: list[_Waiting]) -> list[Decision | BaseException]:
         decide = self._decide_many
-        groups: dict[bool, list[int]] = defaultdict(list)
+        groups: dict[tuple[bool, bool], list[int]] = defaultdict(list)
         for i, waiting in enumerate(batch):
-            groups[waiting.trace].append(i)
+            groups[waiting.trace, waiting.record].append(i)
         outcomes: list[Decision | BaseException] = [None] * len(batch)  # type: ignore[list-item]
-        for trace, positions in groups.items():
+        for (trace, record), positions in groups.items():
             requests = [batch[i].request for i in positions]
             try:
-                decisions = decide(requests, trace=trace)
+                decisions = decide(requests, trace=trace, record=record)
             except Exception as exc:
                 if len(positions) == 1:
                     outcomes[positions[0]] = exc
@@ -143,7 +150,7 @@ class DecisionBatcher:
                 # Find the request that failed: the others still get their decision.
                 for i in positions:
                     try:
-                        outcomes[i] = decide([batch[i].request], trace=trace)[0]
+                        outcomes[i] = decide([batch[i].request], trace=trace, record=record)[0]
                     except Exception as single:
                         outcomes[i] = single
                 continue

@@ -148,11 +148,18 @@ class Components:
             raise CatalogRefused(f"{type(exc).__name__}: {exc}") from exc
         return pipeline
 
-    def decide(self, requests: Sequence[DecisionRequest], *, trace: bool = False) -> list[Decision]:
-        """Decide and record ``requests`` now (what the HTTP routes call), observed."""
+    def decide(
+        self, requests: Sequence[DecisionRequest], *, trace: bool = False, record: bool = True
+    ) -> list[Decision]:
+        """Decide and record ``requests`` now (what the HTTP routes call), observed.
+
+        ``record=False`` is a preview: decided alike but not logged, so it is no contact
+        (caps, training data and experiment readouts never see it), and not counted in the
+        decision metrics (offers served) either; the HTTP metrics still see its request.
+        """
         started = time.perf_counter()
-        decisions = self.pipeline.run(requests, trace=trace).decisions()  # one read
-        if self.observer is not None:
+        decisions = self.pipeline.run(requests, trace=trace, record=record).decisions()  # one read
+        if self.observer is not None and record:
             seconds = time.perf_counter() - started
             for reason in dict.fromkeys(d.fallback_reason for d in decisions):
                 mine = [d for d in decisions if d.fallback_reason == reason]

@@ -32,6 +32,7 @@ from serving.api.routes import (
     reports,
     touchpoints,
 )
+from serving.api_docs import install_docs
 from serving.components import Components, build_components
 from serving.connections import configure_connections
 from serving.errors import install_error_handlers
@@ -50,6 +51,9 @@ Next-best-offer decisions for every touchpoint, and the feedback that trains the
 * `GET /v1/offers`, `GET /v1/touchpoints` — the catalogue.
 * `/client/recsys.js` (types: `/client/recsys.d.ts`) — the browser client; `/demo` its example
   page (development, `security.demo_enabled`).
+
+Authorize with an API key (`X-API-Key`); publishable keys also send the customer's token
+(`X-Customer-Token`). The request examples use the demo data of `make run`.
 
 Errors are 4xx with `{"detail", "errors": [{"field", "expected", "received", "message"}]}`.
 """
@@ -124,6 +128,9 @@ def create_app(
         version="1",
         description=DESCRIPTION,
         lifespan=lifespan,
+        # /docs and /redoc come from install_docs, with their files served here (offline)
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.components = components
     app.state.access_log = None  # install_hardening sets the JSON access log
@@ -141,6 +148,7 @@ def create_app(
     app.include_router(experiment_results.router)
     app.include_router(reports.router)
     app.include_router(browser.router)
+    install_docs(app)
     if hardened:
         install_hardening(app, loaded, metrics=metrics)
     return app

@@ -1,4 +1,9 @@
-"""Pydantic models of the HTTP API v1 (requests strict, with examples for the OpenAPI docs)."""
+"""Pydantic models of the HTTP API v1 (requests strict, with examples for the OpenAPI docs).
+
+The examples use ids of ``make run``'s demo data (recsys.datagen: customers C0000001..,
+offers OF001..OF045, touchpoints web_home, email_newsletter, ...), so "Try it out" works
+against the demo service; a test sends each of them to a service on demo data.
+"""
 
 from __future__ import annotations
 
@@ -36,11 +41,11 @@ class DecisionRequestBody(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "customer_id": "c000042",
+                    "customer_id": "C0000042",
                     "touchpoint": "web_home",
-                    "context": {"device": "mobile", "page_category": "electronics"},
+                    "context": {"device": "mobile", "page_category": "apparel"},
                     "limit": 3,
-                    "exclude_offers": ["o017"],
+                    "exclude_offers": ["OF041"],
                 }
             ]
         },
@@ -72,8 +77,8 @@ class BatchDecisionRequestBody(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "touchpoint": "email_weekly",
-                    "customer_ids": ["c000042", "c000043"],
+                    "touchpoint": "email_newsletter",
+                    "customer_ids": ["C0000042", "C0000043"],
                     "limit": 2,
                 }
             ]
@@ -153,19 +158,19 @@ class DecisionOut(BaseModel):
             "examples": [
                 {
                     "decision_id": "5f0c3a9e2b7d4c1e9a8b7c6d5e4f3a2b",
-                    "customer_id": "c000042",
+                    "customer_id": "C0000042",
                     "touchpoint": "web_home",
                     "ts": "2026-11-22T10:15:00Z",
                     "offers": [
                         {
-                            "offer_id": "o003",
-                            "name": "10% off headphones",
+                            "offer_id": "OF019",
+                            "name": "Designer collection preview",
                             "rank": 1,
-                            "score": 0.124,
-                            "priority": 0.248,
+                            "score": 0.048,
+                            "priority": 0.868,
                             "propensity": 0.9625,
                             "explored": False,
-                            "reasons": ["P(accept) 0.1240 x value 2 x weight 1 = priority 0.2480"],
+                            "reasons": ["P(accept) 0.0482 x value 18 x weight 1 = priority 0.8676"],
                         }
                     ],
                     "model": {"name": "offer-ranker", "version": "3"},
@@ -173,6 +178,7 @@ class DecisionOut(BaseModel):
                     "fallback": False,
                     "cold_start": False,
                     "policy": "epsilon_greedy(epsilon=0.05)",
+                    "preview": False,
                     "trace": None,
                 }
             ]
@@ -189,6 +195,9 @@ class DecisionOut(BaseModel):
     fallback: bool
     cold_start: bool
     policy: str
+    preview: bool = Field(
+        default=False, description="true: decided with ?preview=true, not logged, no contact"
+    )
     trace: TraceOut | None = None
 
 
@@ -226,32 +235,33 @@ def _in_utc_range(value: datetime) -> datetime:
 UtcTime = Annotated[AwareDatetime, AfterValidator(_in_utc_range)]
 
 
+#: An event about the offer of :class:`DecisionOut`'s example; send it with the
+#: ``decision_id`` of a decision you got (an unknown one is rejected).
+EVENT_EXAMPLE = {
+    "event_id": "evt-000001",
+    "decision_id": "5f0c3a9e2b7d4c1e9a8b7c6d5e4f3a2b",
+    "offer_id": "OF019",
+    "type": "click",
+    "ts": "2026-11-22T10:15:07Z",
+}
+
+
 class EventIn(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "event_id": "evt-000001",
-                    "decision_id": "5f0c3a9e2b7d4c1e9a8b7c6d5e4f3a2b",
-                    "offer_id": "o003",
-                    "type": "click",
-                    "ts": "2026-11-22T10:15:07Z",
-                }
-            ]
-        },
-    )
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EVENT_EXAMPLE]})
 
     event_id: Id = Field(description="Your unique id of the event; resending it is safe.")
-    decision_id: Id
-    offer_id: Id
+    decision_id: Id = Field(description="The `decision_id` of the decision that served the offer.")
+    offer_id: Id = Field(description="An offer that decision served.")
     type: EventType
     ts: UtcTime = Field(description="When it happened, with a timezone; not in the future.")
     revenue: FiniteFloat | None = Field(default=None, ge=0)
 
 
 class EventsRequestBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"events": [EVENT_EXAMPLE]}]},
+    )
 
     events: Annotated[list[EventIn], Field(min_length=1)]
 

@@ -5,7 +5,8 @@
   (429) before the app reads anything; it never reads the body. Keys, scopes and tokens
   themselves are in :mod:`serving.credentials`.
 - :data:`CustomerCheckedBody`, a FastAPI dependency of ``POST /v1/decisions``: a publishable
-  key's call must carry a valid customer token (401) and ask for no trace (403), and once
+  key's call must carry a valid customer token (401) and ask for no trace or preview (403),
+  and once
   FastAPI has parsed and validated the body, its ``customer_id`` must be the token's ``sub``
   (403). :data:`BrowserCustomer` is the token's customer for ``POST /v1/events`` (whose
   route checks the events against it).
@@ -69,6 +70,8 @@ PUBLIC_PATHS = frozenset(
         "/demo/token",
     }
 )
+#: Where the docs pages' own files are served (serving.api_docs): public like the pages.
+DOCS_ASSETS_PATH = "/docs-assets"
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,7 @@ class SecurityMiddleware:
             await self.app(scope, receive, send)
             return
         method, path = scope["method"], scope["path"]
-        if path in PUBLIC_PATHS or method == "OPTIONS":
+        if path in PUBLIC_PATHS or path.startswith(f"{DOCS_ASSETS_PATH}/") or method == "OPTIONS":
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
@@ -152,6 +155,13 @@ class SecurityMiddleware:
             await error_response(exc)(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+#: What ``?preview=true`` does (the decision routes' documentation of the flag).
+PREVIEW_HELP = (
+    "Decide (and trace) without logging: a preview is no contact (it counts toward no cap, "
+    "is in no training data or experiment readout, and takes no events). Secret or admin keys."
+)
 
 
 def browser_principal(request: Request) -> Principal | None:
@@ -192,18 +202,19 @@ async def token_customer(
     trace: bool = Query(
         False, description="Include the decision trace (why each offer is in or out)."
     ),
+    preview: bool = Query(False, description=PREVIEW_HELP),
 ) -> str | None:
     """The customer a publishable key's customer token vouches for; None for other callers.
 
-    A secret or admin key (or a service without keys) may ask for any customer and for the
-    trace.
+    A secret or admin key (or a service without keys) may ask for any customer, for the
+    trace and for a preview.
 
     Raises
     ------
     AuthenticationError
         A publishable key without a valid customer token (401).
     PermissionDeniedError
-        A publishable key asking for the trace (403).
+        A publishable key asking for the trace or a preview (403).
     """
     if token_customer_id is not None and trace:
         raise PermissionDeniedError(
@@ -211,6 +222,14 @@ async def token_customer(
             "false (a publishable key gets no trace)",
             None,
             "the decision trace needs a secret key",
+        )
+    if token_customer_id is not None and preview:
+        # A browser's preview would be a free, unlogged probe of what any customer gets.
+        raise PermissionDeniedError(
+            "preview",
+            "false (a publishable key gets no preview)",
+            True,
+            "a preview decision needs a secret or admin key",
         )
     return token_customer_id
 

@@ -129,3 +129,18 @@ def demo_env(tmp_path_factory):
         "db": db,
         "customers": customers,
     }
+
+
+@pytest.fixture
+def real_client(demo_env, tmp_path):
+    """The service (``create_app`` from settings) on the demo data, its own event log."""
+    from recsys.settings import ServingSettings
+
+    settings = demo_env["settings"].model_copy(
+        update={"event_log_url": f"sqlite:///{tmp_path / 'events.sqlite'}"}
+    )
+    serving = ServingSettings(model_dir=demo_env["model_dir"], epsilon=0.05)
+    with TestClient(
+        create_app(settings.model_copy(update={"serving": serving})), raise_server_exceptions=False
+    ) as client:
+        yield client

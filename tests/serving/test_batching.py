@@ -32,14 +32,14 @@ class GatedEngine:
         self.calls: list[list[str]] = []
         self.fail_for = fail_for
 
-    def __call__(self, requests, *, trace=False):
+    def __call__(self, requests, *, trace=False, record=True):
         self.calls.append([r.customer_id for r in requests])
         if len(self.calls) == 1:
             self.entered.set()
             self.gate.wait(10)
         if any(r.customer_id == self.fail_for for r in requests):
             raise ValueError(f"cannot decide for {self.fail_for}")
-        return self.decide(requests, trace=trace)
+        return self.decide(requests, trace=trace, record=record)
 
 
 @pytest.fixture
@@ -89,9 +89,9 @@ class RecordingEngine:
         self.decide = decide
         self.calls: list[list[str]] = []
 
-    def __call__(self, requests, *, trace=False):
+    def __call__(self, requests, *, trace=False, record=True):
         self.calls.append([r.customer_id for r in requests])
-        return self.decide(requests, trace=trace)
+        return self.decide(requests, trace=trace, record=record)
 
 
 async def _arrive_apart(batcher, customers, gap_s):

@@ -18,18 +18,6 @@ from serving.components import build_components
 from serving.main import create_app
 
 
-@pytest.fixture
-def real_client(demo_env, tmp_path):
-    settings = demo_env["settings"].model_copy(
-        update={"event_log_url": f"sqlite:///{tmp_path / 'events.sqlite'}"}
-    )
-    serving = ServingSettings(model_dir=demo_env["model_dir"], epsilon=0.05)
-    with TestClient(
-        create_app(settings.model_copy(update={"serving": serving})), raise_server_exceptions=False
-    ) as client:
-        yield client
-
-
 def test_decisions_on_the_real_stack(real_client, demo_env):
     customer = sorted(demo_env["customers"])[0]
     response = real_client.post(

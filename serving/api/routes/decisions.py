@@ -19,7 +19,7 @@ from serving.deps import (
 )
 from serving.observability import label_touchpoint
 from serving.schemas import BatchDecisionOut, BatchDecisionRequestBody, DecisionOut, ErrorOut
-from serving.security import CustomerCheckedBody, browser_principal
+from serving.security import PREVIEW_HELP, CustomerCheckedBody, browser_principal
 
 router = APIRouter(prefix="/v1/decisions", tags=["decisions"])
 
@@ -30,7 +30,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def decision_dict(decision: Decision) -> dict[str, Any]:
+def decision_dict(decision: Decision, preview: bool = False) -> dict[str, Any]:
     """The JSON body of a decision (the shape of :class:`DecisionOut`), built directly.
 
     The hot path skips pydantic serialisation: the values come from typed domain objects,
@@ -63,6 +63,7 @@ def decision_dict(decision: Decision) -> dict[str, Any]:
         "fallback": decision.fallback,
         "cold_start": decision.cold_start,
         "policy": decision.policy,
+        "preview": preview,
         "trace": None,
     }
     t = decision.trace
@@ -119,7 +120,10 @@ def _check_limit(limit: int | None, max_limit: int, field: str = "limit") -> Non
     responses={
         **_ERRORS,
         401: {"model": ErrorOut, "description": "No or unknown API key, or no customer token"},
-        403: {"model": ErrorOut, "description": "Another customer than the token's, or a trace"},
+        403: {
+            "model": ErrorOut,
+            "description": "Another customer than the token's, or a trace or preview",
+        },
     },
     summary="Decide offers for one customer",
 )
@@ -130,12 +134,15 @@ async def decide(
     trace: bool = Query(
         False, description="Include the decision trace (why each offer is in or out)."
     ),
+    preview: bool = Query(False, description=PREVIEW_HELP),
 ) -> Response:
     """The offers to show one customer at one touchpoint now, best first.
 
     Unknown customers get cold-start offers; when nothing is eligible the touchpoint's
     fallback offer comes back with ``fallback: true``. The decision is logged before the
-    response is sent (its offers count toward contact caps on every channel from then on).
+    response is sent (its offers count toward contact caps on every channel from then on),
+    unless it is a preview (``?preview=true``, secret or admin keys): decided alike, not
+    logged, no contact.
     Concurrent requests are decided together (one pipeline run, see ``serving.batching``).
     A publishable (browser) key gets only what a page needs (``BrowserDecisionOut``: ids,
     names, ranks) unless ``security.browser_full_response`` is on.
@@ -151,10 +158,10 @@ async def decide(
         exclude_offers=tuple(body.exclude_offers),
         unit_id=body.unit_id,
     )
-    decision = await components.batcher.decide(decision_request, trace=trace)
+    decision = await components.batcher.decide(decision_request, trace=trace, record=not preview)
     if browser_principal(request) is not None and not request.app.state.browser_full_response:
         return json_response(browser_decision_dict(decision))
-    return json_response(decision_dict(decision))
+    return json_response(decision_dict(decision, preview))
 
 
 @router.post(
@@ -170,6 +177,7 @@ def decide_batch(
     catalog: CatalogDep,
     settings: ServingSettingsDep,
     trace: bool = Query(False, description="Include each decision's trace."),
+    preview: bool = Query(False, description=PREVIEW_HELP),
 ) -> Response:
     """The same decision path as ``POST /v1/decisions``, scored in one model call."""
     require_touchpoint(catalog, body.touchpoint)
@@ -204,7 +212,7 @@ def decide_batch(
         )
         for cid in body.customer_ids
     ]
-    decisions = components.decide(requests, trace=trace)
+    decisions = components.decide(requests, trace=trace, record=not preview)
     return json_response(
-        {"touchpoint": body.touchpoint, "decisions": [decision_dict(d) for d in decisions]}
+        {"touchpoint": body.touchpoint, "decisions": [decision_dict(d, preview) for d in decisions]}
     )

@@ -261,7 +261,7 @@ def test_the_token_is_checked_before_the_body_and_the_customer_after_it(stack, k
 
 def test_the_decision_route_documents_its_body_and_trace_once(stack):
     operation = stack.client.get("/openapi.json").json()["paths"]["/v1/decisions"]["post"]
-    assert [p["name"] for p in operation["parameters"]] == ["trace"]
+    assert [p["name"] for p in operation["parameters"]] == ["trace", "preview"]
     schema = operation["requestBody"]["content"]["application/json"]["schema"]
     assert schema["$ref"].endswith("/DecisionRequestBody")
     assert {"401", "403", "422"} <= set(operation["responses"])
