@@ -60,8 +60,10 @@ def test_the_spec_has_the_key_and_token_schemes(stack):
     assert schemes["CustomerToken"]["name"].lower() == TOKEN_HEADER
     paths = spec["paths"]
     # a browser's publishable key with its customer token, or a secret key alone
-    assert {"ApiKey": [], "CustomerToken": []} in paths["/v1/decisions"]["post"]["security"]
-    assert paths["/v1/events"]["post"]["security"] == [{"ApiKey": []}]
+    for path in ("/v1/decisions", "/v1/events"):  # the browser's calls
+        assert {"ApiKey": [], "CustomerToken": []} in paths[path]["post"]["security"]
+        assert {"ApiKey": []} in paths[path]["post"]["security"]
+    assert paths["/v1/decisions/batch"]["post"]["security"] == [{"ApiKey": []}]
     assert paths["/healthz"]["get"]["security"] == []
 
 
