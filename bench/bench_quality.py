@@ -8,7 +8,7 @@ trained on the same demo logs, on two objectives, from the demo's ground truth.
    and ``training.pipeline``; no MLflow). Its rounds are the test period's logged rounds
    that training evaluates (first shown offer of each test decision, a seeded sample of at
    most ``evaluation.max_ope_rounds``). Its served policy (the decision pipeline: eligibility,
-   caps, priority = P x value x weight, epsilon-greedy with the service's epsilon) is
+   caps, priority = P x value x weight, the service's default policy) is
    replayed on them (``training.served``) with two catalogues: weight = 1 (revenue: priority
    P x value) and weight = 1 / value (acceptance: priority P).
 3. The peers (``quality_peers``) learn from the decisions before the test period (the rows
@@ -120,7 +120,7 @@ class RevenueReplay:
 
 
 def served_acceptance(
-    result: TrainingResult, logged: pd.DataFrame, replay: Replay, epsilon: float
+    result: TrainingResult, logged: pd.DataFrame, replay: Replay, policy: Policy
 ) -> ServedRounds:
     """The served policy replayed on ``logged`` with the acceptance catalogue."""
     model = result.model
@@ -129,7 +129,7 @@ def served_acceptance(
         dataclasses.replace(replay, catalog=weighted(replay.catalog, "acceptance")),
         model.flavour_scorer(),
         ModelInfo(result.main, "candidate", result.encoder.spec_version),
-        EpsilonGreedy(epsilon),
+        policy,
         probabilistic=model.probabilistic,
         seed=result.config.seed,
     )
@@ -309,13 +309,20 @@ def eligibility(served: TargetPolicy, truth: pd.DataFrame) -> dict[str, float]:
 def run(args: argparse.Namespace, work: Path) -> dict:
     seconds: dict[str, float] = {}
     db = warehouse(work, args.customers, args.days, args.seed)
-    epsilon = ServingSettings().epsilon if args.epsilon is None else args.epsilon
+    # the service's default policy, or epsilon-greedy with --epsilon
+    policy = (
+        ServingSettings().slate_policy() if args.epsilon is None else EpsilonGreedy(args.epsilon)
+    )
     config = build_config(
         {
             "seed": args.seed,
             "model": {"params": {"num_threads": args.threads}},
             "baselines": ["random"],
-            "evaluation": {"bootstrap_samples": 50, "served_epsilon": epsilon},
+            "evaluation": {
+                "bootstrap_samples": 50,
+                "served_policy": policy.kind,
+                "served_policy_params": dataclasses.asdict(policy),
+            },
         }
     )
     con = connect(db, read_only=True)
@@ -336,7 +343,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         t0 = time.perf_counter()
         rounds = {
             "revenue": result.served,
-            "acceptance": served_acceptance(result, logged, replay.replay, epsilon),
+            "acceptance": served_acceptance(result, logged, replay.replay, policy),
         }
         served_by = {
             o: {
@@ -410,7 +417,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         "days": args.days,
         "seed": args.seed,
         "rounds": len(logged),
-        "epsilon": epsilon,
+        "served_policy": policy.name,
         "test_start": str(result.split.test_start),
         "train_sizes": result.sizes,
         "policies": table(values),
@@ -443,7 +450,7 @@ def format_table(results: dict) -> str:
         "|---|---|---|---|---|---|",
     ]
     for name, row in results["policies"].items():
-        label = f"{name} (epsilon {results['epsilon']:g})" if name == SERVED else name
+        label = f"{name} ({results['served_policy']})" if name == SERVED else name
         rounds = sorted({row[o]["rounds"] for o in OBJECTIVES})
         lines.append(
             f"| {label} | {cell(row['acceptance'])} | {cell(row['revenue'])} | "
@@ -456,7 +463,7 @@ def format_table(results: dict) -> str:
         "|---|---|---|---|---|",
     ]
     for name, by_objective in results["exploration"].items():
-        label = f"{name} (epsilon {results['epsilon']:g})" if name == SERVED else name
+        label = f"{name} ({results['served_policy']})" if name == SERVED else name
         for objective, e in by_objective.items():
             lines.append(
                 f"| {label} | {objective} | {e['non_greedy_share']:.4f} | "
@@ -474,7 +481,11 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="data folder, kept and reused [default: temp]")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--threads", type=int, default=2, help="LightGBM threads")
-    parser.add_argument("--epsilon", type=float, help="served exploration [serving.epsilon]")
+    parser.add_argument(
+        "--epsilon",
+        type=float,
+        help="serve epsilon-greedy with this exploration [the default serving.policy]",
+    )
     parser.add_argument(
         "--policy",
         type=parse_policy,
