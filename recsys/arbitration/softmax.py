@@ -41,7 +41,7 @@ class Softmax(Policy):
     Parameters
     ----------
     temperature : float > 0
-        Relative priority gap that divides an offer's weight by e (0.05: an offer 5% below
+        Relative priority gap that divides an offer's weight by e (0.02: an offer 2% below
         the best one). Small = close to greedy.
     floor : float in (0, 1]
         Share of every position drawn uniformly among the remaining offers: the guaranteed
@@ -62,7 +62,7 @@ class Softmax(Policy):
         ``temperature`` not > 0 or ``floor`` not in (0, 1].
     """
 
-    temperature: float = 0.05
+    temperature: float = 0.02
     floor: float = 0.01
     kind: ClassVar[str] = "softmax"
 
