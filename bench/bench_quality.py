@@ -8,7 +8,7 @@ trained on the same demo logs, on two objectives, from the demo's ground truth.
    and ``training.pipeline``; no MLflow). Its rounds are the test period's logged rounds
    that training evaluates (first shown offer of each test decision, a seeded sample of at
    most ``evaluation.max_ope_rounds``). Its served policy (the decision pipeline: eligibility,
-   caps, priority = P x value x weight, epsilon-greedy with the service's epsilon) is
+   caps, priority = P x value x weight, the service's default policy) is
    replayed on them (``training.served``) with two catalogues: weight = 1 (revenue: priority
    P x value) and weight = 1 / value (acceptance: priority P).
 3. The peers (``quality_peers``) learn from the decisions before the test period (the rows
@@ -21,6 +21,13 @@ trained on the same demo logs, on two objectives, from the demo's ground truth.
 
     python bench/bench_quality.py [--customers 10000 --days 90 --seed 7] [--quick]
         [--work DIR] [--out results.json] [--threads 2] [--epsilon E]
+        [--policy softmax:temperature=0.05,floor=0.01 ...]
+
+Each ``--policy KIND:NAME=VALUE,...`` (a kind of ``recsys.arbitration.POLICIES``) adds a row:
+the served policy with that exploration instead of epsilon-greedy, on the same replayed
+rounds (what a round finds eligible and the priorities do not depend on the policy), with
+its exploration (``exploration`` in the JSON): the share of rounds whose first offer is not
+the greedy one, the mean propensity of the other eligible offers, the smallest propensity.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ import pandas as pd
 from quality_features import HistoryFeatures
 from quality_peers import OBJECTIVES, LightGBMPeer, LinUCBPeer, Peer, VWPeer, category_levels
 
-from recsys.arbitration import EpsilonGreedy
+from recsys.arbitration import EpsilonGreedy, Policy, make_policy
 from recsys.catalog import Catalog
 from recsys.datagen import generate_dataset
 from recsys.decision import ModelInfo
@@ -51,7 +58,7 @@ from training.encoding import Encoder
 from training.examples import META_COLUMNS
 from training.pipeline import TrainingInputs, TrainingResult, train_and_evaluate
 from training.policy_eval import TargetPolicy, evaluate_policies, first_shown
-from training.served import Replay, ReplayBuilder, served_rounds
+from training.served import Replay, ReplayBuilder, ServedRounds, served_rounds
 from training.warehouse_data import build_inputs
 
 RANDOM, LOGGING, ORACLE = "random", "logging policy (observed)", "oracle"
@@ -113,8 +120,8 @@ class RevenueReplay:
 
 
 def served_acceptance(
-    result: TrainingResult, logged: pd.DataFrame, replay: Replay, epsilon: float
-) -> TargetPolicy:
+    result: TrainingResult, logged: pd.DataFrame, replay: Replay, policy: Policy
+) -> ServedRounds:
     """The served policy replayed on ``logged`` with the acceptance catalogue."""
     model = result.model
     served = served_rounds(
@@ -122,11 +129,40 @@ def served_acceptance(
         dataclasses.replace(replay, catalog=weighted(replay.catalog, "acceptance")),
         model.flavour_scorer(),
         ModelInfo(result.main, "candidate", result.encoder.spec_version),
-        EpsilonGreedy(epsilon),
+        policy,
         probabilistic=model.probabilistic,
         seed=result.config.seed,
     )
-    return served.target
+    return served
+
+
+def parse_policy(text: str) -> Policy:
+    """``KIND:NAME=VALUE,...`` (e.g. ``softmax:temperature=0.05,floor=0.01``) -> the policy."""
+    kind, _, params = text.partition(":")
+    try:
+        values = {k: float(v) for k, v in (p.split("=", 1) for p in params.split(",") if p)}
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"`--policy` must be KIND:NAME=VALUE,..., got {text!r}"
+        ) from None
+    try:
+        return make_policy(kind, **values)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def exploration(target: TargetPolicy) -> dict[str, float]:
+    """How much a served policy explores at the first position: the share of rounds whose
+    offer is not the greedy one, the mean propensity of the non-greedy eligible offers and
+    the smallest propensity (1 / the largest importance weight an evaluation of it meets)."""
+    frame = pd.DataFrame({"decision_id": target.decision_id, "prob": target.prob})
+    top = ~frame["decision_id"].duplicated().to_numpy()  # each round's greedy offer first
+    others = target.prob[~top]
+    return {
+        "non_greedy_share": float(1.0 - target.prob[top].mean()),
+        "mean_non_greedy_propensity": float(others.mean()) if others.size else 0.0,
+        "min_propensity": float(target.prob.min()),
+    }
 
 
 def with_context(frame: pd.DataFrame) -> pd.DataFrame:
@@ -216,14 +252,17 @@ def evaluate(
     logged: pd.DataFrame,
     candidates: pd.DataFrame,
     scores: dict[str, np.ndarray | None],
-    served: TargetPolicy,
+    served_by: dict[str, TargetPolicy],
     truth: pd.DataFrame,
     seed: int,
 ) -> dict[str, dict[str, float | None]]:
-    """Every policy on every round; the served policy on the rounds where the truth knows
-    every offer it may serve (random and oracle of those rounds normalise it)."""
+    """Every policy on every round; the served policies (``SERVED`` first) on the rounds
+    where the truth knows every offer they may serve (random and oracle of those rounds
+    normalise them)."""
     out = true_values(logged, candidates, scores, {}, truth, seed)
-    unknown = outside_truth(served, truth)
+    served = served_by[SERVED]
+    unknown = pd.concat([outside_truth(t, truth) for t in served_by.values()])
+    unknown = unknown.drop_duplicates()
     if len(unknown):
         print(f"{SERVED}: {len(unknown):,} offers outside the ground truth's candidates in "
               f"{unknown['decision_id'].nunique():,} rounds, left out of its row; most "
@@ -234,11 +273,12 @@ def evaluate(
         logged[keep].reset_index(drop=True),
         candidates[candidates["decision_id"].isin(kept)].reset_index(drop=True),
         {},
-        {SERVED: served.of_decisions(kept)},
+        {name: target.of_decisions(kept) for name, target in served_by.items()},
         truth[truth["decision_id"].isin(kept)],
         seed,
     )
-    out[SERVED] = sub[SERVED]
+    for name in served_by:
+        out[name] = sub[name]
     eligible = served.candidates.merge(truth, on=["decision_id", "offer_id"])
     eligible = eligible[eligible["decision_id"].isin(kept)]
     best = eligible.groupby("decision_id")["p_accept"].max().reindex(sorted(kept)).fillna(0.0)
@@ -269,13 +309,20 @@ def eligibility(served: TargetPolicy, truth: pd.DataFrame) -> dict[str, float]:
 def run(args: argparse.Namespace, work: Path) -> dict:
     seconds: dict[str, float] = {}
     db = warehouse(work, args.customers, args.days, args.seed)
-    epsilon = ServingSettings().epsilon if args.epsilon is None else args.epsilon
+    # the service's default policy, or epsilon-greedy with --epsilon
+    policy = (
+        ServingSettings().slate_policy() if args.epsilon is None else EpsilonGreedy(args.epsilon)
+    )
     config = build_config(
         {
             "seed": args.seed,
             "model": {"params": {"num_threads": args.threads}},
             "baselines": ["random"],
-            "evaluation": {"bootstrap_samples": 50, "served_epsilon": epsilon},
+            "evaluation": {
+                "bootstrap_samples": 50,
+                "served_policy": policy.kind,
+                "served_policy_params": dataclasses.asdict(policy),
+            },
         }
     )
     con = connect(db, read_only=True)
@@ -294,10 +341,18 @@ def run(args: argparse.Namespace, work: Path) -> dict:
               f"from {result.split.test_start}")  # fmt: skip
 
         t0 = time.perf_counter()
-        served = {
-            "revenue": result.served.target,
-            "acceptance": served_acceptance(result, logged, replay.replay, epsilon),
+        rounds = {
+            "revenue": result.served,
+            "acceptance": served_acceptance(result, logged, replay.replay, policy),
         }
+        served_by = {
+            o: {
+                SERVED: r.target,
+                **{f"{SERVED}, {p.name}": r.under(p) for p in args.policy},
+            }
+            for o, r in rounds.items()
+        }
+        served = {o: by[SERVED] for o, by in served_by.items()}
         seconds["recsys acceptance replay"] = time.perf_counter() - t0
         candidates, cand_X = inputs.candidates(logged, result.encoder)
         candidates = candidates.reset_index(drop=True)
@@ -355,17 +410,21 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         if objective == "revenue":
             t = truth.assign(p_accept=truth["p_accept"] * truth["offer_id"].map(offer_value))
         values[objective] = evaluate(
-            logged, candidates, scores[objective], served[objective], t, args.seed
+            logged, candidates, scores[objective], served_by[objective], t, args.seed
         )
     return {
         "customers": args.customers,
         "days": args.days,
         "seed": args.seed,
         "rounds": len(logged),
-        "epsilon": epsilon,
+        "served_policy": policy.name,
         "test_start": str(result.split.test_start),
         "train_sizes": result.sizes,
         "policies": table(values),
+        "exploration": {
+            name: {o: exploration(by[name]) for o, by in served_by.items()}
+            for name in served_by["revenue"]
+        },
         "eligibility": eligibility(served["revenue"], truth),
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
     }
@@ -373,7 +432,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
 
 def table(values: dict[str, dict[str, dict]]) -> dict[str, dict]:
     """Policy -> objective -> its values, in the table's order."""
-    first, last = [RANDOM, LOGGING, SERVED, MODEL], [ELIGIBLE_ORACLE, ORACLE]
+    served = [n for n in values["acceptance"] if n.startswith(SERVED)]
+    first, last = [RANDOM, LOGGING, *served, MODEL], [ELIGIBLE_ORACLE, ORACLE]
     names = [*first, *(n for n in values["acceptance"] if n not in (*first, *last)), *last]
     return {name: {o: by_name[name] for o, by_name in values.items()} for name in names}
 
@@ -390,12 +450,25 @@ def format_table(results: dict) -> str:
         "|---|---|---|---|---|---|",
     ]
     for name, row in results["policies"].items():
-        label = f"{name} (epsilon {results['epsilon']:g})" if name == SERVED else name
+        label = f"{name} ({results['served_policy']})" if name == SERVED else name
         rounds = sorted({row[o]["rounds"] for o in OBJECTIVES})
         lines.append(
             f"| {label} | {cell(row['acceptance'])} | {cell(row['revenue'])} | "
             f"{' / '.join(f'{r:,}' for r in rounds)} |"
         )
+    lines += [
+        "",
+        "| served policy | objective | non-greedy share | mean non-greedy propensity | "
+        "min propensity |",
+        "|---|---|---|---|---|",
+    ]
+    for name, by_objective in results["exploration"].items():
+        label = f"{name} ({results['served_policy']})" if name == SERVED else name
+        for objective, e in by_objective.items():
+            lines.append(
+                f"| {label} | {objective} | {e['non_greedy_share']:.4f} | "
+                f"{e['mean_non_greedy_propensity']:.4f} | {e['min_propensity']:.4f} |"
+            )
     return "\n".join(lines)
 
 
@@ -408,7 +481,20 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="data folder, kept and reused [default: temp]")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--threads", type=int, default=2, help="LightGBM threads")
-    parser.add_argument("--epsilon", type=float, help="served exploration [serving.epsilon]")
+    parser.add_argument(
+        "--epsilon",
+        type=float,
+        help="serve epsilon-greedy with this exploration [the default serving.policy]",
+    )
+    parser.add_argument(
+        "--policy",
+        type=parse_policy,
+        action="append",
+        default=[],
+        metavar="KIND:NAME=VALUE,...",
+        help="also the served policy with this exploration (repeatable), e.g. "
+        "softmax:temperature=0.05,floor=0.01",
+    )
     args = parser.parse_args()
     if args.quick:
         args.customers, args.days = 1_500, 45

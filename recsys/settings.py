@@ -37,6 +37,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from recsys.arbitration import Policy, configured_policy
 from recsys.errors import ConfigError
 
 #: DuckDB's memory cap of warehouse connections (DuckDB's own default is 80% of the RAM).
@@ -64,6 +65,17 @@ class ServingSettings(_Section):
     )
     epsilon: float = Field(
         default=0.05, ge=0.0, le=1.0, description="epsilon-greedy exploration share; 0 = greedy"
+    )
+    policy: str = Field(
+        default="epsilon_greedy",
+        description="the slate policy, a kind of recsys.arbitration.POLICIES: epsilon_greedy "
+        "(with `epsilon`) or softmax (docs/serving.md, Exploration)",
+    )
+    policy_params: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="parameters by policy kind beside `epsilon` (softmax: temperature, "
+        'floor), e.g. {"softmax": {"temperature": 0.05, "floor": 0.01}}; only `policy`\'s '
+        "are used",
     )
     experiments_poll_seconds: float = Field(
         default=5.0,
@@ -144,6 +156,18 @@ class ServingSettings(_Section):
     keep_alive_seconds: int = Field(
         default=5, ge=1, description="an idle keep-alive connection is closed after this long"
     )
+
+    @model_validator(mode="after")
+    def _check_policy(self) -> ServingSettings:
+        # an unknown kind or parameters fail at start, naming them
+        for kind in {self.policy, *self.policy_params}:
+            configured_policy(kind, self.epsilon, self.policy_params.get(kind, {}))
+        return self
+
+    def slate_policy(self) -> Policy:
+        """The configured policy: ``policy`` with its ``policy_params`` (and ``epsilon``,
+        which only epsilon-greedy takes)."""
+        return configured_policy(self.policy, self.epsilon, self.policy_params.get(self.policy, {}))
 
 
 class ApiKeyRecord(BaseModel):

@@ -277,7 +277,7 @@ def assemble_components(
 
     arms = ExperimentArms(
         holder,
-        EpsilonGreedy(settings.serving.epsilon),
+        settings.serving.slate_policy(),
         catalog,
         experiment_store,
         poll_seconds=settings.serving.experiments_poll_seconds,

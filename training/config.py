@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from recsys.arbitration import configured_policy
 from recsys.contract import OUTCOMES
 from recsys.errors import ConfigError
 from training.ope import SupportLimits
@@ -127,6 +128,11 @@ class EvaluationConfig(_Strict):
     #: Exploration of the served policy replayed on the test rounds; None = the service's
     #: setting ``serving.epsilon`` (``recsys train`` resolves it; 0 = greedy).
     served_epsilon: float | None = Field(None, ge=0, le=1)
+    #: The served policy's kind (:data:`recsys.arbitration.POLICIES`) and parameters beside
+    #: ``served_epsilon``; None = the service's settings ``serving.policy`` and
+    #: ``serving.policy_params`` (``recsys train`` resolves them).
+    served_policy: str | None = None
+    served_policy_params: dict[str, float] | None = None
     #: What a policy is judged by: ``revenue`` (accepted offers' value; the service ranks by
     #: P(accept) x value x weight) or ``acceptance`` (the share of offers accepted).
     objective: Literal["revenue", "acceptance"] = "revenue"
@@ -137,6 +143,14 @@ class EvaluationConfig(_Strict):
     min_effective_sample_size: float = Field(100.0, ge=0)
     max_weight: float = Field(1000.0, gt=0)
     clip_weight: float = Field(100.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check_served_policy(self) -> EvaluationConfig:
+        if self.served_policy is not None:  # an unknown kind or parameters fail here
+            configured_policy(
+                self.served_policy, self.served_epsilon or 0.0, self.served_policy_params or {}
+            )
+        return self
 
     def support_limits(self) -> SupportLimits:
         return SupportLimits(

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from recsys.arbitration import EpsilonGreedy
+from recsys.arbitration import configured_policy
 from recsys.decision import ModelInfo
 from recsys.errors import ConfigError, DataError
 from recsys.settings import ServingSettings
@@ -433,15 +433,21 @@ def _served(
 ) -> ServedRounds:
     """The registered model served as the service serves it, on the logged rounds."""
     model = main_scorer(scorers, config)
-    epsilon = config.evaluation.served_epsilon
-    if epsilon is None:  # not resolved from the settings (``recsys train`` does): their default
-        epsilon = ServingSettings().epsilon
+    evaluation, service = config.evaluation, ServingSettings()
+    # not resolved from the settings (``recsys train`` does): their defaults
+    policy = configured_policy(
+        service.policy if evaluation.served_policy is None else evaluation.served_policy,
+        service.epsilon if evaluation.served_epsilon is None else evaluation.served_epsilon,
+        service.policy_params.get(evaluation.served_policy or service.policy, {})
+        if evaluation.served_policy_params is None
+        else evaluation.served_policy_params,
+    )
     return served_rounds(
         logged,
         replay(logged, encoder),
         model.flavour_scorer(),
         ModelInfo(config.model.kind, "candidate", encoder.spec_version),
-        EpsilonGreedy(epsilon),
+        policy,
         probabilistic=model.probabilistic,
         seed=config.seed,
     )

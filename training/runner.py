@@ -142,14 +142,23 @@ def run_training(
     The model is registered only if the quality gate lets it through
     (:func:`training.gate.quality_gate`), or with ``force``.
 
-    The served policy is evaluated with ``evaluation.served_epsilon``, or when that is not
-    set with the service's ``serving.epsilon`` (logged as the param either way)."""
+    The served policy is evaluated with ``evaluation.served_policy`` /
+    ``served_policy_params`` / ``served_epsilon``, each when not set the service's
+    ``serving.policy`` / ``policy_params`` / ``epsilon`` (logged as the params either way)."""
     from training.warehouse_data import build_inputs
 
-    if config.evaluation.served_epsilon is None:  # the service's exploration
-        evaluation = config.evaluation.model_copy(
-            update={"served_epsilon": settings.serving.epsilon}
-        )
+    served = {  # the service's exploration where the config does not say
+        "served_epsilon": settings.serving.epsilon,
+        "served_policy": settings.serving.policy,
+        "served_policy_params": dict(
+            settings.serving.policy_params.get(
+                config.evaluation.served_policy or settings.serving.policy, {}
+            )
+        ),
+    }
+    unset = {k: v for k, v in served.items() if getattr(config.evaluation, k) is None}
+    if unset:
+        evaluation = config.evaluation.model_copy(update=unset)
         config = config.model_copy(update={"evaluation": evaluation})
     path = Path(settings.warehouse_path)
     if not path.is_file():

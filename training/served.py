@@ -252,11 +252,23 @@ class ServedRounds:
         The pipeline's trace of each round's decision.
     policy : str
         The policy's name (e.g. ``epsilon_greedy(epsilon=0.05)``).
+    fallback : mapping of decision_id -> offer_id
+        The fallback offer served first in rounds with nothing eligible.
+    probabilistic : bool
+        Whether the model's scores are probabilities (``target.q`` is 0 if not).
     """
 
     target: TargetPolicy
     traces: Mapping[str, DecisionTrace]
     policy: str
+    fallback: Mapping[str, str]
+    probabilistic: bool
+
+    def under(self, policy: Policy) -> TargetPolicy:
+        """The same rounds served by another policy: what each round finds eligible and
+        their priorities do not depend on the policy (a replay records nothing and serves
+        one position), only the probabilities of serving each offer first do."""
+        return _first_position(self.traces, self.fallback, policy, self.probabilistic)
 
 
 def served_rounds(
@@ -334,7 +346,10 @@ def served_rounds(
         policy.name, len(traces), logged["ts"].nunique(),
         float(np.mean([t.eligible for t in traces.values()])) if traces else 0.0,
     )  # fmt: skip
-    return ServedRounds(target, MappingProxyType(traces), policy.name)
+    return ServedRounds(
+        target, MappingProxyType(traces), policy.name, MappingProxyType(fallback_first),
+        probabilistic,
+    )  # fmt: skip
 
 
 def _requests(logged: pd.DataFrame) -> list[DecisionRequest]:

@@ -306,7 +306,6 @@ def screen_command(
     from experiments.recipes import Service
     from experiments.screening import screen_experiment
     from recsys import warehouse
-    from recsys.arbitration import EpsilonGreedy
     from recsys.catalog import load_catalog
     from training.config import load_config
     from training.warehouse_data import build_inputs
@@ -319,7 +318,7 @@ def screen_command(
         training = load_config(config)
         path = settings.warehouse_path
         service = Service(
-            EpsilonGreedy(settings.serving.epsilon),
+            settings.serving.slate_policy(),
             load_catalog(settings.serving.catalog_source or path),
             settings.model_alias,
         )

@@ -186,7 +186,8 @@ def score(
         None,
         min=0.0,
         max=1.0,
-        help="Exploration share (default: settings serving.epsilon; 0 = greedy).",
+        help="Epsilon-greedy exploration share for this run, over the settings serving.policy "
+        "and serving.epsilon (0 = greedy).",
     ),
 ) -> None:
     """Top-k offers for every eligible customer of a batch touchpoint (e.g. an email).
@@ -218,7 +219,7 @@ def score(
             f"must be one of {', '.join(LAYOUTS)}, got {layout!r}", param_hint="--layout"
         )
     settings = load_settings(
-        serving=None if epsilon is None else {"epsilon": epsilon},
+        serving=None if epsilon is None else {"epsilon": epsilon, "policy": "epsilon_greedy"},
         # A batch has no caller waiting: a slow scoring of a big chunk is no reason to switch
         # to the fallback (only failures open the circuit breaker).
         lifecycle={"start_without_model": True, "breaker_slow_ms": BATCH_SLOW_SCORING_MS},

@@ -56,7 +56,11 @@ def serve(
     port: int = typer.Option(None, min=1, max=65535, help="Port (default 8000)."),
     workers: int = typer.Option(None, min=1, help="uvicorn worker processes (default 1)."),
     epsilon: float = typer.Option(
-        None, min=0.0, max=1.0, help="Exploration share (default 0.05); 0 = greedy."
+        None,
+        min=0.0,
+        max=1.0,
+        help="Serve epsilon-greedy with this exploration share (default: the settings "
+        "serving.policy and serving.epsilon, 0.05); 0 = greedy.",
     ),
     model_dir: Path = typer.Option(
         None, help="Serve this local model folder instead of the registry's champion."
@@ -79,6 +83,7 @@ def serve(
         ("PORT", port),
         ("WORKERS", workers),
         ("EPSILON", epsilon),
+        ("POLICY", None if epsilon is None else "epsilon_greedy"),
         ("MODEL_DIR", model_dir),
         ("CATALOG_SOURCE", catalog),
     ):

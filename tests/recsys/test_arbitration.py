@@ -112,7 +112,10 @@ def test_draws_are_uniform():
             ),
             r"one entry per row \(2\)",
         ),
-        (lambda: make_policy("thompson"), "`policy` must be one of epsilon_greedy, got 'thompson'"),
+        (
+            lambda: make_policy("thompson"),
+            "`policy` must be one of epsilon_greedy, softmax, got 'thompson'",
+        ),
         (lambda: make_policy(temperature=2.0), "got unknown parameters"),
     ],
 )

@@ -7,6 +7,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
+from recsys.arbitration import EpsilonGreedy, Softmax
 from recsys.errors import ConfigError
 from recsys.settings import ServingSettings, Settings, hash_key, load_settings
 
@@ -89,6 +90,34 @@ def test_overrides_merge_into_a_section(monkeypatch):
 def test_bad_values_name_the_field(monkeypatch, name, value, field):
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError, match=field):
+        load_settings()
+
+
+def test_the_slate_policy_is_configured_by_kind_and_parameters(monkeypatch):
+    assert load_settings().serving.slate_policy() == EpsilonGreedy(0.05)
+    monkeypatch.setenv("RECSYS_SERVING__POLICY", "softmax")
+    monkeypatch.setenv(
+        "RECSYS_SERVING__POLICY_PARAMS", '{"softmax": {"temperature": 0.02, "floor": 0.02}}'
+    )
+    assert load_settings().serving.slate_policy() == Softmax(temperature=0.02, floor=0.02)
+    # each kind's parameters are its own: `recsys score --epsilon 0` switches kind only
+    greedy = {"epsilon": 0.0, "policy": "epsilon_greedy"}
+    assert load_settings(serving=greedy).serving.slate_policy() == EpsilonGreedy(0.0)
+
+
+@pytest.mark.parametrize(
+    "policy, params, message",
+    [
+        ("thompson", "{}", "`policy` must be one of epsilon_greedy, softmax, got 'thompson'"),
+        ("softmax", '{"softmax": {"floor": 0}}', r"`floor` must be in \(0, 1\], got 0.0"),
+        ("softmax", '{"softmax": {"epsilon": 0.1}}', "policy 'softmax' got unknown parameters"),
+        ("epsilon_greedy", '{"thompson": {}}', "`policy` must be one of"),
+    ],
+)
+def test_a_bad_policy_is_refused_at_start_naming_it(monkeypatch, policy, params, message):
+    monkeypatch.setenv("RECSYS_SERVING__POLICY", policy)
+    monkeypatch.setenv("RECSYS_SERVING__POLICY_PARAMS", params)
+    with pytest.raises(ValidationError, match=message):
         load_settings()
 
 

@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys.arbitration import EpsilonGreedy
+from recsys.arbitration import EpsilonGreedy, Softmax
 from recsys.catalog import Catalog, EligibilityRule, Offer, Touchpoint
 from recsys.decision import ModelInfo
 from recsys.eligibility import Check
+from recsys.errors import ConfigError
 from tests.training.factories import (
     OFFER_VALUE,
     OFFERS,
@@ -174,6 +175,52 @@ def test_with_epsilon_zero_the_served_policy_is_greedy_by_priority_among_eligibl
         expected[r.decision_id] = OFFERS[int(np.argmax(np.where(eligible, priority[i], -np.inf)))]
     got = chosen.set_index("decision_id")["offer_id"].to_dict()
     assert got == expected
+
+
+def test_another_policy_on_the_same_rounds_is_its_replay(world, result, logged):
+    """``under`` re-weights the replayed rounds: what a round finds eligible and the
+    priorities do not depend on the policy, so it equals deciding them again with it."""
+    policy = Softmax(temperature=0.1, floor=0.02)
+    again = served_rounds(
+        logged,
+        world.replay(logged, result.encoder),
+        result.model.flavour_scorer(),
+        ModelInfo("lightgbm", "candidate", result.encoder.spec_version),
+        policy,
+    )
+    under = per_round(result.served.under(policy))
+    pd.testing.assert_frame_equal(under, per_round(again.target))
+    sums = under.groupby("decision_id")["prob"].sum()
+    np.testing.assert_allclose(sums, 1.0)
+    eligible = under.groupby("decision_id")["prob"].transform("size")
+    assert (under["prob"] >= 0.02 / eligible - 1e-12).all()  # every eligible offer
+    assert again.policy == "softmax(temperature=0.1, floor=0.02)"
+
+
+def test_training_replays_the_configured_policy(world):
+    offers = pd.DataFrame({"offer_id": list(OFFERS), "value": OFFER_VALUE})
+    inputs = TrainingInputs(
+        world.frame, frame_encoder, world.candidates, world.truth, offers, replay=world.replay
+    )
+    evaluation = {"served_policy": "softmax", "served_policy_params": {"temperature": 0.1}}
+    config = build_config({**CONFIG, "evaluation": {**CONFIG["evaluation"], **evaluation}})
+    served = train_and_evaluate(inputs, config).served
+    assert served is not None
+    assert served.policy == "softmax(temperature=0.1, floor=0.01)"
+    np.testing.assert_allclose(per_round(served.target).groupby("decision_id")["prob"].sum(), 1)
+
+
+def test_the_config_names_the_served_policy_and_refuses_bad_parameters():
+    config = build_config(
+        {"evaluation": {"served_policy": "softmax", "served_policy_params": {"floor": 0.02}}}
+    )
+    assert config.evaluation.served_policy_params == {"floor": 0.02}
+    with pytest.raises(ConfigError, match=r"`floor` must be in \(0, 1\], got 0.0"):
+        build_config(
+            {"evaluation": {"served_policy": "softmax", "served_policy_params": {"floor": 0}}}
+        )
+    with pytest.raises(ConfigError, match="`policy` must be one of epsilon_greedy, softmax"):
+        build_config({"evaluation": {"served_policy": "thompson"}})
 
 
 def test_history_counts_only_what_happened_before_the_decision():
