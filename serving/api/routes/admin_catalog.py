@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from recsys.catalog import load_catalog_from_warehouse
 from recsys.catalog.edits import store_offer
 from recsys.contract import Problem
-from recsys.errors import ContractError, InvalidRequestError, NotReadyError, UnavailableError
+from recsys.errors import ContractError, InvalidRequestError, NotFoundError, UnavailableError
 from serving.api.routes.offers import OfferOut, offer_fields
 from serving.catalogue import LiveCatalogue
 from serving.deps import ComponentsDep
@@ -35,9 +35,9 @@ WAREHOUSE_WAIT_SECONDS = 10.0
 
 
 async def get_live(components: ComponentsDep) -> LiveCatalogue:
-    if components.catalogue is None:
-        raise NotReadyError(
-            "this service does not follow a catalogue source", expected="a live catalogue"
+    if components.catalogue is None:  # assembled without a catalogue source (embedded use)
+        raise NotFoundError(
+            "this service does not follow a catalogue source: its catalogue cannot change"
         )
     return components.catalogue
 
@@ -126,6 +126,7 @@ def _refused(problems: list[Problem], record: dict[str, Any]) -> JSONResponse:
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "No or unknown API key"},
     403: {"model": ErrorOut, "description": "Not an admin key"},
+    404: {"model": ErrorOut, "description": "This service follows no catalogue source"},
     409: {"model": ErrorOut, "description": "The catalogue is read from files, not the warehouse"},
     422: {"model": ErrorOut, "description": "The offer breaks the data contract (field named)"},
     503: {"model": ErrorOut, "description": "The warehouse is held by another writer; retry"},
