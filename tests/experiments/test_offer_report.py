@@ -16,7 +16,7 @@ from experiments.offer_performance import RATES, offer_performance
 from experiments.offer_report import write_offer_report
 from recsys.cli import app
 from recsys.eventlog import SQLiteEventLog
-from tests.experiments.browser import assert_offline, headless_chromium
+from tests.browser import assert_offline, headless_chromium
 from tests.experiments.offer_log import COUNTS, EXPECTED, T0, UNTIL, record
 from tests.recsys.factories import OFFERS, TOUCHPOINTS, make_catalog
 

@@ -17,7 +17,7 @@ from experiments.report import MLFLOW_EXPERIMENT_SUFFIX, write_report
 from experiments.screening import parse_screening
 from experiments.synthetic import DECISIONS_DDL, EVENTS_DDL
 from recsys.cli import app
-from tests.experiments.browser import assert_offline, headless_chromium
+from tests.browser import assert_offline, headless_chromium
 from tests.experiments.conftest import SPEC, plan_for
 
 

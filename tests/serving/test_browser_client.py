@@ -9,14 +9,12 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from tests.browser import headless_chromium
 from tests.serving.test_workers import ROOT, free_port, wait_ready
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 CUSTOMER = "C0000001"  # the page's default customer
 OTHER = "C0000002"
 
@@ -62,26 +60,8 @@ def demo_service(demo_env, tmp_path):
 
 @pytest.fixture
 def chromium():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-dev-shm-usage",
-    ):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
-    try:
+    with headless_chromium(logs=("browser",)) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def page_settled(driver):

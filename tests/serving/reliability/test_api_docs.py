@@ -10,6 +10,7 @@ from urllib.parse import urljoin
 import pytest
 
 from serving.credentials import KEY_HEADER, TOKEN_HEADER
+from tests.browser import headless_chromium
 from tests.serving.reliability.test_security import ALICE, decide
 
 
@@ -153,25 +154,11 @@ def served(stack):
 
 
 def test_docs_render_in_headless_chromium_without_internet(served):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.support.ui import WebDriverWait
 
-    options = webdriver.ChromeOptions()
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-dev-shm-usage",
-        # no name resolves but the service's address: a CDN would fail to load
-        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-    wait = WebDriverWait(driver, 20)
-    try:
+    # no name resolves but the service's address: a CDN would fail to load
+    with headless_chromium("--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1") as driver:
+        wait = WebDriverWait(driver, 20)
         driver.get(f"{served}/docs")
         title = wait.until(lambda d: d.find_elements("css selector", ".swagger-ui .info .title"))
         assert "recsys decision service" in title[0].text
@@ -181,5 +168,3 @@ def test_docs_render_in_headless_chromium_without_internet(served):
         driver.get(f"{served}/redoc")
         heading = wait.until(lambda d: d.find_elements("css selector", ".api-content h1"))
         assert "recsys decision service" in heading[0].text
-    finally:
-        driver.quit()

@@ -1,4 +1,5 @@
-"""Debian's headless Chromium (selenium + chromedriver) for the self-contained report pages."""
+"""Debian's headless Chromium (selenium + chromedriver) for the report pages, the API docs and
+the browser client's example page."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
 
 @contextmanager
-def headless_chromium() -> Iterator[Any]:
-    """A Chromium driver without background networking that records its network requests."""
+def headless_chromium(*flags: str, logs: tuple[str, ...] = ("performance",)) -> Iterator[Any]:
+    """A Chromium driver without background networking that records ``logs`` (its network
+    requests by default; ``"browser"`` for the page's console), with ``flags`` added."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -25,10 +28,12 @@ def headless_chromium() -> Iterator[Any]:
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-dev-shm-usage",
+        *flags,
     ):
         options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    options.binary_location = str(CHROMIUM)
+    options.set_capability("goog:loggingPrefs", {log: "ALL" for log in logs})
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
     try:
         yield driver
     finally:
