@@ -171,4 +171,6 @@ def test_get_offer_names_an_unknown_id(client):
 def test_put_offer_on_a_service_without_a_catalogue_source_is_refused(client):
     response = client.put("/admin/offers/o_tv", json={"name": "x", "offer_type": "discount"})
 
-    assert response.status_code == 503
+    # not a passing fault to retry: this service's catalogue cannot change
+    assert response.status_code == 404
+    assert "does not follow a catalogue source" in response.json()["detail"]
