@@ -327,25 +327,14 @@ def build_authenticator(settings: Settings) -> Authenticator:
         )
         return Authenticator(None, None)
     keys = KeyStore(records)
-    tokens = None
-    secrets_ = [
-        s.get_secret_value()
-        for s in (security.token_secret, security.token_secret_previous)
-        if s is not None
-    ]
-    if secrets_:
-        short = [s for s in secrets_ if len(s.encode()) < MIN_TOKEN_SECRET_BYTES]
+    tokens = _token_verifier(security)
+    if tokens is not None:
+        short = [s for s in _token_secrets(security) if len(s.encode()) < MIN_TOKEN_SECRET_BYTES]
         if short and production:
             raise ConfigError(
                 f"`token_secret` must be at least {MIN_TOKEN_SECRET_BYTES} bytes in production, "
                 f"got {len(short[0].encode())}"
             )
-        tokens = TokenVerifier(
-            secrets_,
-            audience=security.token_audience,
-            leeway_seconds=security.token_leeway_seconds,
-            max_ttl_seconds=security.token_max_ttl_seconds,
-        )
     elif "publishable" in keys.scopes():
         raise ConfigError(
             "publishable keys need `security.token_secret` (RECSYS_SECURITY__TOKEN_SECRET) to check "
@@ -383,6 +372,28 @@ class DemoIssuer:
 DEMO_KEY_ID = "demo-web"
 
 
+def _token_secrets(security: SecuritySettings) -> list[str]:
+    """The current token secret and the previous one (kept while tokens signed with it live)."""
+    return [
+        s.get_secret_value()
+        for s in (security.token_secret, security.token_secret_previous)
+        if s is not None
+    ]
+
+
+def _token_verifier(security: SecuritySettings) -> TokenVerifier | None:
+    """The customer-token verifier of the settings, or None without a token secret."""
+    secrets_ = _token_secrets(security)
+    if not secrets_:
+        return None
+    return TokenVerifier(
+        secrets_,
+        audience=security.token_audience,
+        leeway_seconds=security.token_leeway_seconds,
+        max_ttl_seconds=security.token_max_ttl_seconds,
+    )
+
+
 def _demo_authenticator(settings: Settings, records: list[ApiKeyRecord]) -> Authenticator:
     security = settings.security
     if settings.environment == "production":
@@ -403,16 +414,7 @@ def _demo_authenticator(settings: Settings, records: list[ApiKeyRecord]) -> Auth
     keys = KeyStore(
         [*records, ApiKeyRecord(id=DEMO_KEY_ID, scope="publishable", hash=hash_key(key))]
     )
-    tokens = TokenVerifier(
-        [
-            s.get_secret_value()
-            for s in (security.token_secret, security.token_secret_previous)
-            if s
-        ],
-        audience=security.token_audience,
-        leeway_seconds=security.token_leeway_seconds,
-        max_ttl_seconds=security.token_max_ttl_seconds,
-    )
+    tokens = _token_verifier(security)
     logger.warning(
         "the demo is ON (security.demo_enabled): /demo mints customer tokens for anyone; %s",
         "other calls need no key (no keys configured)" if not records else "keys are checked",
