@@ -75,8 +75,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         "description": "The swap still runs after lifecycle.reload_wait_seconds: poll "
         "status_url (GET /admin/model/swaps/{id}) for its outcome",
     },
-    401: {"model": ErrorOut, "description": "No or unknown API key"},
-    403: {"model": ErrorOut, "description": "Not an admin key"},
     409: {
         "model": SwapOut,
         "description": "The candidate was refused, or the alias names no version; "
@@ -156,7 +154,7 @@ def follow_alias(body: FollowBody, holder: HolderDep) -> JSONResponse:
 @router.get(
     "/model/swaps/{job_id}",
     response_model=SwapJobOut,
-    responses={401: _ERRORS[401], 403: _ERRORS[403], 404: {"model": ErrorOut}},
+    responses={404: {"model": ErrorOut}},
     summary="The state and outcome of a reload or follow that answered 202",
 )
 def swap_status(job_id: str, holder: HolderDep) -> SwapJobOut:

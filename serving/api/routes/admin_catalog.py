@@ -124,8 +124,6 @@ def _refused(problems: list[Problem], record: dict[str, Any]) -> JSONResponse:
 
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorOut, "description": "No or unknown API key"},
-    403: {"model": ErrorOut, "description": "Not an admin key"},
     404: {"model": ErrorOut, "description": "This service follows no catalogue source"},
     409: {"model": ErrorOut, "description": "The catalogue is read from files, not the warehouse"},
     422: {"model": ErrorOut, "description": "The offer breaks the data contract (field named)"},

@@ -59,8 +59,6 @@ class ExperimentOut(BaseModel):
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorOut, "description": "No or unknown API key"},
-    403: {"model": ErrorOut, "description": "Not an admin key"},
     404: {"model": ErrorOut, "description": "No such experiment"},
     422: {"model": ErrorOut, "description": "Invalid definition, or a change its status forbids"},
     503: {"model": ErrorOut, "description": "The experiment store (event log database) is down"},

@@ -23,8 +23,6 @@ from serving.schemas import ErrorOut
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorOut, "description": "No or unknown API key"},
-    403: {"model": ErrorOut, "description": "Not an admin key"},
     404: {"model": ErrorOut, "description": "No such experiment"},
     422: {"model": ErrorOut, "description": "Nothing to read yet (an arm without exposures)"},
     503: {"model": ErrorOut, "description": "The event log database is down"},

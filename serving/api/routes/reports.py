@@ -24,8 +24,6 @@ ISO_TIME = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}
 router = APIRouter(prefix="/v1/reports", tags=["reports"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorOut, "description": "No or unknown API key"},
-    403: {"model": ErrorOut, "description": "Not an admin key"},
     422: {"model": ErrorOut, "description": "A bad time or `until` not after `since`"},
     503: {"model": ErrorOut, "description": "The event log database is down"},
 }
