@@ -219,7 +219,7 @@ def _read_table_file(directory: Path, table: str) -> list[dict[str, Any]]:
         import yaml
 
         from recsys.contract import ContractYamlLoader
-        from recsys.loading import yaml_problem
+        from recsys.table_files import yaml_problem
 
         with path.open(encoding="utf-8") as fh:
             try:
