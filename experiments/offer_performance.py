@@ -304,7 +304,7 @@ def _segments(rows: list[tuple], catalog: Catalog | None, confidence: float) -> 
             dimension,
             key,
             names.get(key, "") if dimension == "offer" else "",
-            revenue=float(values[-1] or 0.0),
+            revenue=_cents(values[-1]),
             confidence=confidence,
             **numbers,
         )
@@ -336,4 +336,9 @@ def _stages(touchpoints: list[Segment], stages: Mapping[str, str]) -> list[Segme
             out[stage] = base
         else:
             out[stage] = replace(seen, **{k: getattr(seen, k) + getattr(base, k) for k in summed})
-    return list(out.values())
+    return [replace(s, revenue=_cents(s.revenue)) for s in out.values()]
+
+
+def _cents(amount: float | None) -> float:
+    """Money to the cent: a sum of floats carries binary noise (0.1 + 0.2 = 0.30000000000000004)."""
+    return round(float(amount or 0.0), 2)

@@ -12,9 +12,9 @@ from statsmodels.stats.proportion import proportion_confint
 from experiments.moments import open_event_log
 from experiments.offer_performance import offer_performance
 from recsys.errors import InvalidRequestError
-from recsys.eventlog import SQLiteEventLog
+from recsys.eventlog import Event, EventType, SQLiteEventLog
 from recsys.eventlog_postgres import PostgresEventLog
-from tests.experiments.offer_log import COUNTS, EXPECTED, T0, UNTIL, record
+from tests.experiments.offer_log import COUNTS, DECISIONS, EXPECTED, T0, UNTIL, record
 from tests.recsys.factories import make_catalog
 
 PG = "postgresql://127.0.0.1:5432/test"
@@ -96,3 +96,19 @@ def test_an_empty_window_reports_zeros_without_rates(log_url):
     report = _read(log_url, since=T0 - timedelta(days=10), until=T0)
     assert report.total.impressions == 0 and report.total.rate("accept_rate") is None
     assert report.to_dict()["offer"] == [] and report.to_dict()["total"]["accept_rate"] is None
+
+
+def test_revenue_is_reported_to_the_cent(tmp_path):
+    log = SQLiteEventLog(str(tmp_path / "events.sqlite"))
+    decision = next(d for d in DECISIONS if d.decision_id == "d2")
+    log.record_decisions([decision])
+    events = [
+        Event(f"r{n}", "d2", "o_tv", EventType.CONVERT, decision.ts + timedelta(minutes=n), 0.1)
+        for n in range(1, 4)
+    ]  # 0.1 + 0.1 + 0.1 = 0.30000000000000004 in floats
+    assert not log.record_events(events).rejected
+    log.close()
+    report = _read(f"sqlite:///{tmp_path / 'events.sqlite'}", since=T0, until=UNTIL)
+    assert report.total.revenue == 0.3
+    assert {s.revenue for s in report.of("stage")} == {0.3}
+    assert report.total.csv_row()["revenue"] == 0.3
