@@ -10,11 +10,9 @@
   [0, 1], is refused: the previous model stays and the refusal is logged ("refusing model
   NAME vN ...") and counted. A refused version is remembered (a marker in the model cache,
   seen by every worker) and not tried again until an admin reload asks for it.
-- Every version downloaded from the registry is kept in ``model_cache_dir`` with its
-  checksum beside it (and compared with the registry's ``recsys.model_sha256`` tag); a
-  copy that fails its checksum or its check is discarded and downloaded once more. A
-  ``last_good.json`` pointer names the last version served; when the registry is
-  unreachable (or its version refused) at start, that copy is served (``source: cache``).
+- Downloaded versions are kept, checksummed, in ``model_cache_dir``
+  (:mod:`serving.model_cache`); when the registry is unreachable (or its version refused)
+  at start, the last good copy is served (``source: cache``).
 - Reloads and alias changes are transactional: the followed alias changes only when its
   version is swapped in; :meth:`ModelHolder.start_swap` runs one in the background for the
   admin routes.
@@ -28,11 +26,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
-import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -43,17 +38,15 @@ from typing import Any, Protocol
 
 from recsys.arbitration import Policy
 from recsys.decision import Arm, Decision, DecisionRequest, ServedModel
-from recsys.errors import ModelRefused, NotFoundError, RecsysError, SpecMismatchError
+from recsys.errors import ModelRefused, NotFoundError, SpecMismatchError
 from recsys.settings import LifecycleSettings
 from serving.errors import unavailable_types
-from serving.model import read_model_dir
+from serving.model_cache import FilesRefused, ModelCache
 from serving.model_sources import LocalDirSource, ModelSource, NoChampion
 from serving.polling import Poller
 from serving.resilience import CircuitBreaker, NoMatrix, PopularityScorer, ResilientScorer
 
 logger = logging.getLogger(__name__)
-
-LAST_GOOD = "last_good.json"
 
 
 @dataclass(frozen=True)
@@ -166,8 +159,7 @@ class ModelHolder:
         self.fallback_model = ServedModel(fallback.model, NoMatrix(), fallback)
         self._current = Served(self.fallback_model, "none", datetime.now(UTC))
         self._refresh_lock = threading.Lock()
-        self._refused: dict[str, str] = {}  # version -> why
-        self._told: set[str] = set()  # versions refused by another worker, logged here once
+        self.cache = ModelCache(Path(settings.model_cache_dir), source, model_name)
         self._jobs: dict[str, SwapJob] = {}
         self._jobs_lock = threading.Lock()
         self._poller = Poller("model-poller", self.refresh, self._poll_failed)
@@ -257,7 +249,7 @@ class ModelHolder:
             same = not previous.is_fallback and before == version
             if not force and same:
                 return SwapResult("unchanged", before, before)
-            refused_before = None if force else self._refusal(version)
+            refused_before = None if force else self.cache.refusal(version)
             if refused_before is not None:
                 detail = (
                     f"version {version} was refused before ({refused_before}); "
@@ -272,7 +264,7 @@ class ModelHolder:
                 detail = f"version {version} not checked: {type(exc).__name__}: {exc}"
                 return self._failed("unreachable", before, detail)
             except Exception as exc:
-                self._remember_refusal(version, str(exc))
+                self.cache.remember_refusal(version, str(exc))
                 logger.error("refusing model %s v%s (keeping %s v%s): %s", self.model_name,
                              version, previous.model.info.name, before, exc)  # fmt: skip
                 return self._failed("refused", before, f"version {version} refused: {exc}")
@@ -280,10 +272,10 @@ class ModelHolder:
             self._publish(Served(model, source, datetime.now(UTC)))
             if alias is not None:
                 self.source.follow(alias)  # only now: a refused alias changes nothing
-            self._forget_refusal(version)
+            self.cache.forget_refusal(version)
             self.last_error = None
             if source == "registry":
-                self._remember(path, version)
+                self.cache.remember_last_good(path, version)
             self._observe_swap("swapped")
             logger.info("serving model %s v%s (was %s v%s)", model.info.name, model.info.version,
                         previous.model.info.name, before)  # fmt: skip
@@ -362,79 +354,20 @@ class ModelHolder:
         if self.observer is not None:
             self.observer.swap_attempt(result)
 
-    def _cache_root(self) -> Path:
-        """Downloaded versions, one folder per source (v1 of one registry is not v1 of
-        another)."""
-        key = self.source.cache_key if self.source is not None else self.model_name
-        return Path(self.settings.model_cache_dir) / key
-
-    def _pointer(self) -> Path:
-        """The last good copy this service served, whichever source it came from."""
-        return Path(self.settings.model_cache_dir) / self.model_name / LAST_GOOD
-
     def _checked_candidate(self, version: str) -> tuple[ServedModel, Path]:
         """The candidate ``version``, fetched, checked and tried; a cached copy whose files
         fail is discarded and downloaded once more."""
-        path, fresh = self._fetch(version)
+        path, fresh = self.cache.fetch(version)
         try:
             return self._candidate(path, version), path
-        except _FilesRefused as exc:
+        except FilesRefused as exc:
             if fresh:
                 raise
             logger.warning("model %s v%s: the cached copy fails (%s): discarding it and "
                            "downloading it again", self.model_name, version, exc)  # fmt: skip
-            self._discard(version)
-        path, _ = self._fetch(version)
+            self.cache.discard(version)
+        path, _ = self.cache.fetch(version)
         return self._candidate(path, version), path
-
-    def _entry(self, version: str) -> tuple[Path, Path]:
-        """The cache folder of ``version`` and the checksum file beside it."""
-        root = self._cache_root()
-        return root / f"v{version}", root / f"v{version}.sha256"
-
-    def _fetch(self, version: str) -> tuple[Path, bool]:
-        """The folder of ``version`` and whether it was just downloaded.
-
-        A cached copy is used if its checksum matches the one written beside it (and the
-        registry's); else it is discarded and downloaded again. A download whose checksum
-        differs from the registry's is refused.
-        """
-        assert self.source is not None
-        if isinstance(self.source, LocalDirSource):
-            return self.source.path, True
-        final, digest_file = self._entry(version)
-        expected = self.source.expected_digest(version)
-        if final.is_dir():
-            problem = _digest_problem(final, digest_file, expected)
-            if problem is None:
-                return final, False
-            logger.warning("model %s v%s: the cached copy %s: discarding it and downloading "
-                           "it again", self.model_name, version, problem)  # fmt: skip
-            self._discard(version)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".v{version}-", dir=final.parent))
-        try:
-            self.source.download(version, staging)
-            digest = read_model_dir(staging).digest()
-            if expected is not None and digest != expected:
-                raise _FilesRefused(
-                    f"checksum mismatch: the registry records {expected}, the downloaded "
-                    f"files give {digest}"
-                )
-            _write_atomic(digest_file, digest)
-            try:
-                os.replace(staging, final)  # a half-downloaded copy is never under its name
-            except OSError:
-                if not final.is_dir():  # another worker published it first: use theirs
-                    raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return final, True
-
-    def _discard(self, version: str) -> None:
-        final, digest_file = self._entry(version)
-        shutil.rmtree(final, ignore_errors=True)
-        digest_file.unlink(missing_ok=True)
 
     def _candidate(self, path: Path, version: str) -> ServedModel:
         """Load ``path`` (checked in a child process first), try it, and put its scorer
@@ -444,9 +377,7 @@ class ModelHolder:
         except unavailable_types():
             raise
         except Exception as exc:
-            raise _FilesRefused(
-                f"cannot load the model files: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise FilesRefused(f"cannot load the model files: {type(exc).__name__}: {exc}") from exc
         try:
             self.trial(model)
         except SpecMismatchError as exc:
@@ -454,78 +385,8 @@ class ModelHolder:
         scorer = ResilientScorer(model.scorer, self.fallback, self.breaker)
         return ServedModel(model.info, model.matrix, scorer)
 
-    # ---------------------------------------------------------------- refused versions
-
-    def _refusal_file(self, version: str) -> Path | None:
-        """Where a refusal of ``version`` is remembered for every worker (registry only: a
-        local folder has no versions)."""
-        if isinstance(self.source, LocalDirSource):
-            return None
-        return self._cache_root() / "refused" / f"v{version}.json"
-
-    def _refusal(self, version: str) -> str | None:
-        """Why ``version`` was refused before (here or by another worker), or None."""
-        if version in self._refused:
-            return self._refused[version]
-        marker = self._refusal_file(version)
-        if marker is None or not marker.is_file():
-            return None
-        try:
-            reason = str(json.loads(marker.read_text(encoding="utf-8"))["reason"])
-        except (OSError, ValueError, KeyError, TypeError):
-            reason = "reason unreadable"
-        if version not in self._told:  # every worker says once why it keeps its model
-            self._told.add(version)
-            logger.error("refusing model %s v%s (refused by another worker): %s",
-                         self.model_name, version, reason)  # fmt: skip
-        return reason
-
-    def _remember_refusal(self, version: str, reason: str) -> None:
-        """Remember in the model cache (every worker sees it; an admin reload that succeeds
-        anywhere clears it), or in this process where there is no marker."""
-        self._told.add(version)  # this process logged its own refusal
-        marker = self._refusal_file(version)
-        if marker is None:
-            self._refused[version] = reason
-            return
-        record = {"version": version, "reason": reason, "at": datetime.now(UTC).isoformat()}
-        try:
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomic(marker, json.dumps(record))
-        except OSError as exc:
-            logger.warning("cannot record the refusal of v%s in %s: %s", version, marker, exc)
-            self._refused[version] = reason
-
-    def _forget_refusal(self, version: str) -> None:
-        self._refused.pop(version, None)
-        self._told.discard(version)
-        marker = self._refusal_file(version)
-        if marker is not None:
-            marker.unlink(missing_ok=True)
-
-    def _remember(self, path: Path, version: str) -> None:
-        pointer = self._pointer()
-        pointer.parent.mkdir(parents=True, exist_ok=True)
-        record = {
-            "name": self.model_name,
-            "version": version,
-            "path": str(path.resolve()),
-            "saved_at": datetime.now(UTC).isoformat(),
-        }
-        _write_atomic(pointer, json.dumps(record))
-
     def _load_last_good(self) -> None:
-        pointer = self._pointer()
-        if not pointer.is_file():
-            raise ModelRefused(f"no {pointer}")
-        try:
-            record = json.loads(pointer.read_text(encoding="utf-8"))
-            path, version = Path(record["path"]), str(record["version"])
-        except (ValueError, KeyError) as exc:
-            raise ModelRefused(f"{pointer} is unreadable: {exc}") from exc
-        problem = _digest_problem(path, path.with_name(path.name + ".sha256"), None)
-        if problem is not None:
-            raise ModelRefused(f"the last good copy {path} {problem}")
+        path, version = self.cache.last_good()
         try:
             model = self._candidate(path, version)
         except unavailable_types() as exc:
@@ -548,39 +409,6 @@ class ModelHolder:
 
     def stop(self) -> None:
         self._poller.stop()
-
-
-class _FilesRefused(ModelRefused):
-    """The candidate's files fail (checksum, child-process check, load): a cached copy of
-    them is worth downloading again, unlike a model that loads and is refused."""
-
-
-def _digest_problem(folder: Path, digest_file: Path, expected: str | None) -> str | None:
-    """What is wrong with the checksum of a cached model folder, or None."""
-    try:
-        digest = read_model_dir(folder).digest()
-    except (OSError, RecsysError) as exc:
-        return f"is unreadable ({exc})"
-    if not digest_file.is_file():
-        return f"has no checksum beside it ({digest_file.name})"
-    recorded = digest_file.read_text(encoding="utf-8").strip()
-    if digest != recorded:
-        return f"fails its checksum (recorded {recorded}, files give {digest})"
-    if expected is not None and digest != expected:
-        return f"differs from the registry's checksum ({expected}, files give {digest})"
-    return None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the new, never a part."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)
