@@ -32,6 +32,10 @@ def test_decisions_on_the_real_stack(real_client, demo_env):
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["cold_start"] is False and len(body["offers"]) == 3
+    # the default exploration: softmax, every eligible offer at least floor / n at rank 1
+    assert body["policy"] == "softmax(temperature=0.02, floor=0.01)"
+    assert body["trace"]["epsilon"] == 0.01
+    assert 0.01 / body["trace"]["eligible"] <= body["offers"][0]["propensity"] <= 1
     assert all(0 < o["score"] < 1 for o in body["offers"])
     assert body["trace"]["eligible"] == len(body["trace"]["scores"])
     unknown = real_client.post(
