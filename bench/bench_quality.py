@@ -24,8 +24,9 @@ trained on the same demo logs, on two objectives, from the demo's ground truth.
         [--policy softmax:temperature=0.05,floor=0.01 ...]
 
 Each ``--policy KIND:NAME=VALUE,...`` (a kind of ``recsys.arbitration.POLICIES``) adds a row:
-the served policy with that exploration instead of epsilon-greedy, on the same replayed
-rounds (what a round finds eligible and the priorities do not depend on the policy), with
+the served policy with that exploration instead of the service's (softmax by default), on
+the same replayed rounds (what a round finds eligible and the priorities do not depend on the
+policy), with
 its exploration (``exploration`` in the JSON): the share of rounds whose first offer is not
 the greedy one, the mean propensity of the other eligible offers, the smallest propensity.
 """

@@ -19,7 +19,7 @@ import re
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import (
@@ -31,8 +31,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from experiments.metrics import METRICS
+from recsys.arbitration import POLICIES, EpsilonGreedy, make_policy, policy_parameters
 from recsys.errors import ConfigError
 
 #: How many buckets units are hashed into (as GrowthBook, Eppo and Statsig do).
@@ -135,12 +137,71 @@ class ModelRef(_Strict):
 CHAMPION = ModelRef(alias="champion")
 
 
-class PolicySettings(_Strict):
-    """The slate policy of an arm (registered kinds: :data:`recsys.arbitration.POLICIES`);
-    ``epsilon`` None = the service's ``serving.epsilon``."""
+class PolicySettings(BaseModel):
+    """The slate policy of an arm: ``kind``, a policy of :data:`recsys.arbitration.POLICIES`,
+    and that policy's parameters beside it, checked by the policy
+    (``{kind: softmax, temperature: 0.05}``, ``{kind: epsilon_greedy, epsilon: 0.1}``).
 
-    kind: Literal["epsilon_greedy"] = "epsilon_greedy"
-    epsilon: float | None = Field(default=None, ge=0.0, le=1.0)
+    A parameter left out is the service's for that kind (``serving.policy_params``, and
+    ``serving.epsilon`` for epsilon-greedy); no kind and no parameters = the service's policy
+    (``serving.policy``); parameters without a kind are epsilon-greedy's (``{epsilon: 0}``:
+    greedy), as before arms could choose the kind.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    kind: str | None = None
+
+    @model_validator(mode="after")
+    def _check_parameters(self) -> PolicySettings:
+        for name, value in (self.model_extra or {}).items():
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float)
+            ):
+                raise PydanticCustomError(
+                    "policy_parameter", f"`{name}` must be a number, got {value!r}"
+                )
+        kind = self.chosen_kind
+        if kind is None:
+            return self
+        if kind not in POLICIES:
+            raise PydanticCustomError(
+                "policy_kind", f"`kind` must be one of {', '.join(POLICIES)}, got {kind!r}"
+            )
+        unknown = sorted(set(self.params) - set(policy_parameters(kind)))
+        if unknown:
+            raise PydanticCustomError(
+                "policy_parameter",
+                f"policy {kind} takes {', '.join(policy_parameters(kind))}, got "
+                + ", ".join(f"`{name}`" for name in unknown),
+            )
+        try:
+            make_policy(kind, **self.params)
+        except ValueError as exc:  # the policy's own message names the parameter
+            raise PydanticCustomError("policy_parameter", f"policy {kind}: {exc}") from None
+        return self
+
+    @property
+    def params(self) -> dict[str, float]:
+        """The parameters the arm sets (None = the service's: left out)."""
+        return {k: float(v) for k, v in (self.model_extra or {}).items() if v is not None}
+
+    @property
+    def chosen_kind(self) -> str | None:
+        """The kind the arm names (epsilon-greedy when it gives parameters only); None = the
+        service's policy."""
+        if self.kind is None and self.params:
+            return EpsilonGreedy.kind
+        return self.kind
+
+    @property
+    def given(self) -> bool:
+        """Whether the arm says anything about its policy."""
+        return self.chosen_kind is not None
+
+
+#: An arm's policy as stored before arms chose a policy kind (the one kind, no epsilon).
+_STORED_NO_POLICY = {"kind": EpsilonGreedy.kind, "epsilon": None}
 
 
 class ArmSpec(_Strict):
@@ -159,14 +220,25 @@ class ArmSpec(_Strict):
     def _name(cls, value: str) -> str:
         return _check_name(value, "an arm name")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _stored_before_policy_kinds(cls, data: Any) -> Any:
+        # Definitions stored before arms chose a policy kind name one on every arm, holdouts
+        # too: there it said nothing (their recipe is fixed by their kind).
+        if (
+            isinstance(data, dict)
+            and data.get("kind") in FIXED_RECIPES
+            and data.get("policy") == _STORED_NO_POLICY
+        ):
+            return {k: v for k, v in data.items() if k != "policy"}
+        return data
+
     @model_validator(mode="after")
     def _recipe_fits_kind(self) -> ArmSpec:
         if self.kind in FIXED_RECIPES:
-            given = [
-                f
-                for f, default in (("model", CHAMPION), ("policy", PolicySettings()))
-                if getattr(self, f) != default
-            ]
+            given = ["model"] if self.model != CHAMPION else []
+            if self.policy.given:
+                given.append("policy")
             if not self.levers.empty:
                 given.append("levers")
             if given:

@@ -5,8 +5,9 @@ One mapping for every consumer: the service's arm resolver
 (:mod:`experiments.screening`) into the recipe it replays on logged decisions, so a screened
 arm is exactly the arm customers would get. By kind:
 
-- ``treatment`` / ``control`` / ``shadow``: the arm's model, its epsilon (default the
-  service's policy) and its levers;
+- ``treatment`` / ``control`` / ``shadow``: the arm's model, its policy (default the
+  service's; a kind it names takes the service's parameters for those it leaves out) and its
+  levers;
 - ``holdout_random``: the champion scores, every slot is drawn uniformly among the eligible
   offers (epsilon 1);
 - ``holdout_popularity``: eligibility + the popularity ranking of the fallback scorer, greedy
@@ -16,12 +17,12 @@ arm is exactly the arm customers would get. By kind:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
-from experiments.definition import ArmKind, ArmSpec, Levers, ModelRef
+from experiments.definition import ArmKind, ArmSpec, Levers, ModelRef, PolicySettings
 from experiments.levers import apply_levers
-from recsys.arbitration import EpsilonGreedy, Policy
+from recsys.arbitration import EpsilonGreedy, Policy, make_policy
 from recsys.catalog import Catalog
 
 
@@ -46,12 +47,28 @@ class ArmRecipe:
 
 @dataclass(frozen=True)
 class Service:
-    """What an arm's recipe falls back on: the service's policy (``serving.epsilon``), its
-    catalogue and the alias its champion follows (``model_alias``)."""
+    """What an arm's recipe falls back on: the service's policy (``serving.policy``), its
+    catalogue, the alias its champion follows (``model_alias``) and its parameters of every
+    policy kind (:meth:`recsys.settings.ServingSettings.policy_parameters`; a kind missing
+    here takes the policy's defaults)."""
 
     policy: Policy
     catalog: Catalog
     champion_alias: str = "champion"
+    policy_parameters: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+    def policy_of(self, spec: PolicySettings) -> Policy:
+        """The policy an arm's ``spec`` names, the service's where it names none.
+
+        Raises
+        ------
+        ValueError
+            Parameters the policy refuses.
+        """
+        kind = spec.chosen_kind
+        if kind is None:
+            return self.policy
+        return make_policy(kind, **{**self.policy_parameters.get(kind, {}), **spec.params})
 
     @property
     def champion(self) -> ModelRef:
@@ -65,9 +82,8 @@ def levers_catalog(catalog: Catalog, levers: Levers) -> Catalog | None:
 
 
 def _as_written(spec: ArmSpec, service: Service) -> ArmRecipe:
-    """treatment, control, shadow: the arm's model, epsilon (default the service's) and levers."""
-    epsilon = spec.policy.epsilon
-    policy = service.policy if epsilon is None else EpsilonGreedy(epsilon)
+    """treatment, control, shadow: the arm's model, policy (default the service's) and levers."""
+    policy = service.policy_of(spec.policy)
     return ArmRecipe(policy, levers_catalog(service.catalog, spec.levers), spec.model)
 
 

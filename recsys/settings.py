@@ -37,7 +37,14 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from recsys.arbitration import Policy, configured_policy
+from recsys.arbitration import (
+    DEFAULT_POLICY,
+    POLICIES,
+    EpsilonGreedy,
+    Policy,
+    configured_parameters,
+    configured_policy,
+)
 from recsys.errors import ConfigError
 
 #: DuckDB's memory cap of warehouse connections (DuckDB's own default is 80% of the RAM).
@@ -63,19 +70,24 @@ class ServingSettings(_Section):
         ge=1,
         description="uvicorn worker processes (uvicorn's own `workers`; for more, run replicas)",
     )
-    epsilon: float = Field(
-        default=0.05, ge=0.0, le=1.0, description="epsilon-greedy exploration share; 0 = greedy"
-    )
     policy: str = Field(
-        default="epsilon_greedy",
-        description="the slate policy, a kind of recsys.arbitration.POLICIES: epsilon_greedy "
-        "(with `epsilon`) or softmax (docs/serving.md, Exploration)",
+        default=DEFAULT_POLICY,
+        description="the slate policy, a kind of recsys.arbitration.POLICIES: softmax "
+        "(parameters in `policy_params`) or epsilon_greedy (with `epsilon`); docs/serving.md, "
+        "Exploration",
+    )
+    epsilon: float = Field(
+        default=0.05,
+        ge=0.0,
+        le=1.0,
+        description="epsilon-greedy's exploration share (0 = greedy); only with `policy` "
+        "epsilon_greedy (set with another policy it is refused)",
     )
     policy_params: dict[str, dict[str, float]] = Field(
         default_factory=dict,
-        description="parameters by policy kind beside `epsilon` (softmax: temperature, "
-        'floor), e.g. {"softmax": {"temperature": 0.05, "floor": 0.01}}; only `policy`\'s '
-        "are used",
+        description="parameters by policy kind beside `epsilon`, e.g. "
+        '{"softmax": {"temperature": 0.05, "floor": 0.01}} (softmax\'s defaults: '
+        "temperature 0.02, floor 0.01); only `policy`'s are used",
     )
     experiments_poll_seconds: float = Field(
         default=5.0,
@@ -162,12 +174,28 @@ class ServingSettings(_Section):
         # an unknown kind or parameters fail at start, naming them
         for kind in {self.policy, *self.policy_params}:
             configured_policy(kind, self.epsilon, self.policy_params.get(kind, {}))
+        # an exploration share set for a policy that does not read it would be ignored
+        if "epsilon" in self.model_fields_set and self.policy != EpsilonGreedy.kind:
+            raise ValueError(
+                f"`epsilon` is read by policy {EpsilonGreedy.kind} only, got `policy` "
+                f"{self.policy!r}: set `policy` to {EpsilonGreedy.kind} with it (the default "
+                f"policy is {DEFAULT_POLICY}), or leave `epsilon` out"
+            )
         return self
 
     def slate_policy(self) -> Policy:
         """The configured policy: ``policy`` with its ``policy_params`` (and ``epsilon``,
         which only epsilon-greedy takes)."""
         return configured_policy(self.policy, self.epsilon, self.policy_params.get(self.policy, {}))
+
+    def policy_parameters(self) -> dict[str, dict[str, float]]:
+        """The parameters this service gives each registered kind (``policy_params``, and
+        ``epsilon`` to epsilon-greedy): what an experiment's arm naming a kind takes for the
+        parameters it leaves out."""
+        return {
+            kind: configured_parameters(kind, self.epsilon, self.policy_params.get(kind, {}))
+            for kind in POLICIES
+        }
 
 
 class ApiKeyRecord(BaseModel):
@@ -537,7 +565,7 @@ def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment, with explicit overrides (e.g. from CLI flags).
 
     ``overrides`` set fields (None = not given); a section given as a dict
-    (``serving={"epsilon": 0.1}``) is merged with what the environment says for it. Paths
+    (``serving={"workers": 2}``) is merged with what the environment says for it. Paths
     given here (command-line flags) are relative to the current folder; those from the
     environment and files, to the project root.
     """

@@ -283,6 +283,7 @@ def assemble_components(
         poll_seconds=settings.serving.experiments_poll_seconds,
         make_holder=make_holder if isinstance(source, RegistrySource) else None,
         followed_alias=settings.model_alias,
+        policy_parameters=settings.serving.policy_parameters(),
     )
 
     def pipeline_on(on: Catalog) -> DecisionPipeline:

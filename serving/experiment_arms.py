@@ -13,7 +13,7 @@ the default levers once an experiment's arm has been promoted). Arms by kind (th
 
 - ``treatment`` / ``control`` / ``shadow``: the arm's model (registry alias or version; the
   followed alias is the champion holder itself, other models get their own
-  :class:`ModelHolder`), its epsilon (default the service's) and its levers (a catalogue with
+  :class:`ModelHolder`), its policy (default the service's) and its levers (a catalogue with
   the levers applied, so eligibility and priority read them);
 - ``holdout_random``: the champion scores, but every slot is drawn uniformly among the
   eligible offers (epsilon 1);
@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -134,7 +134,7 @@ class ExperimentArms:
     holder : ModelHolder
         The champion (the followed alias).
     policy : Policy
-        The service's policy (``serving.epsilon``).
+        The service's policy (``serving.policy``).
     catalog : Catalog
         The pipeline's catalogue (levers are applied to it).
     store : ExperimentStore or None
@@ -146,6 +146,10 @@ class ExperimentArms:
         (e.g. a local model folder), experiments naming other models are not applied.
     followed_alias : str
         The alias the champion holder follows (``model_alias``).
+    policy_parameters : mapping of kind -> parameters, optional
+        The service's parameters of every policy kind
+        (:meth:`recsys.settings.ServingSettings.policy_parameters`): what an arm naming a
+        kind takes for those it leaves out; a kind missing here takes the policy's defaults.
     """
 
     name = "champion"
@@ -159,9 +163,11 @@ class ExperimentArms:
         poll_seconds: float = 5.0,
         make_holder: HolderFactory | None = None,
         followed_alias: str = "champion",
+        policy_parameters: Mapping[str, Mapping[str, float]] | None = None,
     ):
         self.holder = holder
         self.policy = policy
+        self.policy_parameters = dict(policy_parameters or {})
         self.catalog = catalog
         self.store = store
         self.poll_seconds = poll_seconds
@@ -313,7 +319,9 @@ class ExperimentArms:
         """The arm's recipe (:func:`experiments.recipes.arm_recipe`) with its model's holder;
         a recipe without a model ranks by the fallback's popularity, a control on purpose, so
         its decisions are not marked fallback."""
-        made = arm_recipe(spec, Service(self.policy, base, self.followed_alias))
+        made = arm_recipe(
+            spec, Service(self.policy, base, self.followed_alias, self.policy_parameters)
+        )
         if made.model is None:
             popular = PopularityScorer(self.holder.fallback.rates, reason=None)
             served = ServedModel(popular.model, NoMatrix(), popular)

@@ -177,7 +177,7 @@ class DecisionOut(BaseModel):
                     "experiment": None,
                     "fallback": False,
                     "cold_start": False,
-                    "policy": "epsilon_greedy(epsilon=0.05)",
+                    "policy": "softmax(temperature=0.02, floor=0.01)",
                     "preview": False,
                     "trace": None,
                 }

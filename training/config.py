@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from recsys.arbitration import configured_policy
+from recsys.arbitration import DEFAULT_POLICY, EpsilonGreedy, configured_policy
 from recsys.contract import OUTCOMES
 from recsys.errors import ConfigError
 from training.ope import SupportLimits
@@ -125,12 +125,14 @@ class EvaluationConfig(_Strict):
     confidence: float = Field(0.95, gt=0, lt=1)
     max_ope_rounds: int = Field(10_000, ge=10)
     logging_policy: str | None = None
-    #: Exploration of the served policy replayed on the test rounds; None = the service's
-    #: setting ``serving.epsilon`` (``recsys train`` resolves it; 0 = greedy).
+    #: Exploration share of an epsilon-greedy served policy replayed on the test rounds
+    #: (0 = greedy; set it with ``served_policy: epsilon_greedy``); None = the service's
+    #: setting ``serving.epsilon`` (``recsys train`` resolves it).
     served_epsilon: float | None = Field(None, ge=0, le=1)
     #: The served policy's kind (:data:`recsys.arbitration.POLICIES`) and parameters beside
-    #: ``served_epsilon``; None = the service's settings ``serving.policy`` and
-    #: ``serving.policy_params`` (``recsys train`` resolves them).
+    #: ``served_epsilon``; None = the service's settings ``serving.policy`` (default
+    #: :data:`recsys.arbitration.DEFAULT_POLICY`) and ``serving.policy_params``
+    #: (``recsys train`` resolves them).
     served_policy: str | None = None
     served_policy_params: dict[str, float] | None = None
     #: What a policy is judged by: ``revenue`` (accepted offers' value; the service ranks by
@@ -149,6 +151,14 @@ class EvaluationConfig(_Strict):
         if self.served_policy is not None:  # an unknown kind or parameters fail here
             configured_policy(
                 self.served_policy, self.served_epsilon or 0.0, self.served_policy_params or {}
+            )
+        # an exploration share for a policy that does not read it would be ignored
+        if self.served_epsilon is not None and self.served_policy != EpsilonGreedy.kind:
+            raise ValueError(
+                f"`served_epsilon` is read by policy {EpsilonGreedy.kind} only, got "
+                f"`served_policy` {self.served_policy!r}: set `served_policy` to "
+                f"{EpsilonGreedy.kind} with it (null = the service's policy, "
+                f"{DEFAULT_POLICY} by default), or leave `served_epsilon` out"
             )
         return self
 

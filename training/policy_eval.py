@@ -4,7 +4,7 @@ Rounds are the first shown offer of each test decision. A policy picks, per deci
 the decision's candidate offers: greedy policies the candidate with the highest score (ties go
 to the first candidate in the given order), the random policy any candidate uniformly. A
 :class:`TargetPolicy` brings its own candidates and probabilities (the served policy: the
-eligible offers, epsilon-greedy by priority; see :mod:`training.served`).
+eligible offers, the service's policy by priority; see :mod:`training.served`).
 """
 
 from __future__ import annotations

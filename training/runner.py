@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from recsys.arbitration import EpsilonGreedy
 from recsys.errors import NotFoundError
 from recsys.settings import Settings
 from recsys.warehouse import connect
@@ -143,19 +144,18 @@ def run_training(
     (:func:`training.gate.quality_gate`), or with ``force``.
 
     The served policy is evaluated with ``evaluation.served_policy`` /
-    ``served_policy_params`` / ``served_epsilon``, each when not set the service's
-    ``serving.policy`` / ``policy_params`` / ``epsilon`` (logged as the params either way)."""
+    ``served_policy_params`` / ``served_epsilon`` (epsilon-greedy's), each when not set the
+    service's ``serving.policy`` / ``policy_params`` / ``epsilon`` (logged as the params
+    either way)."""
     from training.warehouse_data import build_inputs
 
-    served = {  # the service's exploration where the config does not say
-        "served_epsilon": settings.serving.epsilon,
+    kind = config.evaluation.served_policy or settings.serving.policy
+    served: dict[str, object] = {  # the service's exploration where the config does not say
         "served_policy": settings.serving.policy,
-        "served_policy_params": dict(
-            settings.serving.policy_params.get(
-                config.evaluation.served_policy or settings.serving.policy, {}
-            )
-        ),
+        "served_policy_params": dict(settings.serving.policy_params.get(kind, {})),
     }
+    if kind == EpsilonGreedy.kind:
+        served["served_epsilon"] = settings.serving.epsilon
     unset = {k: v for k, v in served.items() if getattr(config.evaluation, k) is None}
     if unset:
         evaluation = config.evaluation.model_copy(update=unset)

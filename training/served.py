@@ -4,7 +4,7 @@ The baselines of :mod:`training.policy_eval` rank a round's candidates by a mode
 alone. The service does more: it takes the touchpoint's candidates from the catalogue, keeps
 the eligible ones (date window, consent, exclusions, rules, already accepted, contact caps),
 scores them with the registered model on rows built as serving builds them, ranks by
-priority = P(accept) x value x weight and lets its policy (epsilon-greedy) choose. Here every
+priority = P(accept) x value x weight and lets its policy (softmax by default) choose. Here every
 logged round goes through that same :class:`recsys.decision.DecisionPipeline`, as of the
 round's time:
 
@@ -251,7 +251,7 @@ class ServedRounds:
     traces : mapping of decision_id -> DecisionTrace
         The pipeline's trace of each round's decision.
     policy : str
-        The policy's name (e.g. ``epsilon_greedy(epsilon=0.05)``).
+        The policy's name (e.g. ``softmax(temperature=0.02, floor=0.01)``).
     fallback : mapping of decision_id -> offer_id
         The fallback offer served first in rounds with nothing eligible.
     probabilistic : bool
@@ -293,7 +293,7 @@ def served_rounds(
         The trained model as serving scores it (matrix -> P(accept)).
     model : ModelInfo
     policy : Policy
-        The served policy (e.g. ``EpsilonGreedy(serving epsilon)``).
+        The served policy (e.g. the service's ``Softmax(temperature=0.02, floor=0.01)``).
     probabilistic : bool
         Whether the model's scores are probabilities; if not, DR's reward model is 0.
     seed : int

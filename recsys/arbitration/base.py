@@ -46,11 +46,13 @@ class SlateBatch:
     k: np.ndarray
 
 
+@dataclass(frozen=True)
 class Policy(ABC):
     """A slate policy: which eligible offers each decision shows, with propensities.
 
     A new policy is a module beside its siblings plus one line in
-    ``recsys.arbitration.POLICIES``.
+    ``recsys.arbitration.POLICIES``: a frozen dataclass whose fields are its parameters
+    (:func:`recsys.arbitration.make_policy` builds it from them).
     """
 
     kind: ClassVar[str]

@@ -321,6 +321,7 @@ def screen_command(
             settings.serving.slate_policy(),
             load_catalog(settings.serving.catalog_source or path),
             settings.model_alias,
+            settings.serving.policy_parameters(),
         )
         con = warehouse.connect(path, read_only=True, memory_limit=settings.duckdb_memory_limit)
         try:

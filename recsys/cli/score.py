@@ -186,8 +186,9 @@ def score(
         None,
         min=0.0,
         max=1.0,
-        help="Epsilon-greedy exploration share for this run, over the settings serving.policy "
-        "and serving.epsilon (0 = greedy).",
+        help="Decide this run epsilon-greedy with this exploration share (0 = greedy). "
+        "Default: the settings serving.policy (softmax) and serving.policy_params, as the "
+        "service (docs/serving.md, Exploration).",
     ),
 ) -> None:
     """Top-k offers for every eligible customer of a batch touchpoint (e.g. an email).

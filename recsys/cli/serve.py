@@ -59,8 +59,8 @@ def serve(
         None,
         min=0.0,
         max=1.0,
-        help="Serve epsilon-greedy with this exploration share (default: the settings "
-        "serving.policy and serving.epsilon, 0.05); 0 = greedy.",
+        help="Serve epsilon-greedy with this exploration share (0 = greedy). Default: the "
+        "settings serving.policy (softmax) and serving.policy_params.",
     ),
     model_dir: Path = typer.Option(
         None, help="Serve this local model folder instead of the registry's champion."

@@ -93,11 +93,91 @@ ARMS = definition()["arms"]
         ({"touchpoints": []}, r"`touchpoints`: Tuple should have at least 1 item after validation, not 0, got \[\]"),
         ({"colour": "red"}, r"`colour`: Extra inputs are not permitted, got 'red'"),
         ({"arms": [*ARMS, ARMS[0]]}, r"`arms\[\]\.name`: expected distinct names, got control"),
+        (
+            {"arms": [*ARMS[:1], {"name": "t", "share": 0.5,
+                                  "policy": {"kind": "softmax", "temperature": -1}}]},
+            r"`arms\[1\]\.policy`: policy softmax: `temperature` must be > 0, got -1.0$",
+        ),
+        (
+            {"arms": [*ARMS[:1], {"name": "t", "share": 0.5,
+                                  "policy": {"kind": "softmax", "tempreature": 0.1}}]},
+            r"`arms\[1\]\.policy`: policy softmax takes temperature, floor, got `tempreature`$",
+        ),
+        (
+            {"arms": [*ARMS[:1], {"name": "t", "share": 0.5,
+                                  "policy": {"kind": "softmax", "floor": "high"}}]},
+            r"`arms\[1\]\.policy`: `floor` must be a number, got 'high'$",
+        ),
+        (
+            {"arms": [*ARMS[:1], {"name": "t", "share": 0.5, "policy": {"epsilon": 1.5}}]},
+            r"`arms\[1\]\.policy`: policy epsilon_greedy: `epsilon` must be in \[0, 1\], got 1.5$",
+        ),
+        (
+            {"arms": [*ARMS[:1], {"name": "t", "share": 0.5, "policy": {"kind": "thompson"}}]},
+            r"`arms\[1\]\.policy`: `kind` must be one of epsilon_greedy, softmax, "
+            r"got 'thompson'$",
+        ),
+        (
+            {"arms": [*ARMS[:1], {"name": "r", "kind": "holdout_random", "share": 0.5,
+                                  "policy": {"kind": "softmax"}}]},
+            r"`arms\[1\]`: expected a holdout_random arm without `policy` \(its recipe is fixed",
+        ),
     ],
 )  # fmt: skip
 def test_bad_definitions_name_the_field_expected_and_received(overrides, message):
     with pytest.raises(ExperimentDefinitionError, match=message):
         parse_experiment(definition(**overrides))
+
+
+def test_an_arm_names_any_registered_policy_with_its_parameters(tmp_path):
+    path = tmp_path / "policies.yaml"
+    path.write_text(
+        "name: softmax-vs-epsilon\nhypothesis: softmax explores where it costs little\n"
+        "touchpoints: [web_home]\narms:\n"
+        "  - {name: epsilon, kind: control, share: 0.5, policy: {kind: epsilon_greedy, "
+        "epsilon: 0.05}}\n"
+        "  - {name: softmax, share: 0.5, policy: {kind: softmax, temperature: 0.05}}\n"
+        "  - {name: service, kind: shadow}\n"
+        "  - {name: greedy, kind: shadow, policy: {epsilon: 0}}\n"
+    )
+    exp = load_experiment(path)
+    policies = {a.name: (a.policy.chosen_kind, a.policy.params) for a in exp.arms}
+    assert policies == {
+        "epsilon": ("epsilon_greedy", {"epsilon": 0.05}),
+        "softmax": ("softmax", {"temperature": 0.05}),
+        "service": (None, {}),  # the service's policy
+        "greedy": ("epsilon_greedy", {"epsilon": 0.0}),  # parameters alone: epsilon-greedy's
+    }
+    # stored as JSON and read back unchanged
+    assert parse_experiment(exp.model_dump(mode="json")) == exp
+
+
+def test_the_exploration_example_compares_softmax_with_epsilon_greedy():
+    exp = load_experiment(EXAMPLES / "exploration.yaml")
+    policies = {a.name: (a.policy.chosen_kind, a.policy.params) for a in exp.arms}
+    assert policies == {
+        "epsilon-greedy": ("epsilon_greedy", {"epsilon": 0.05}),
+        "softmax": ("softmax", {"temperature": 0.02, "floor": 0.01}),
+    }
+    exp.check_catalog({o.offer_id for o in OFFERS}, {t.touchpoint_id for t in TOUCHPOINTS})
+    for name in ("web-home-challenger.yaml", "demo-live.yaml"):  # every example loads
+        load_experiment(EXAMPLES / name)
+
+
+def test_a_definition_stored_before_arms_chose_a_policy_kind_still_loads():
+    stored = definition(
+        arms=[
+            {"name": "c", "kind": "control", "share": 0.5,
+             "policy": {"kind": "epsilon_greedy", "epsilon": None}},
+            {"name": "t", "share": 0.25, "policy": {"kind": "epsilon_greedy", "epsilon": 0.0}},
+            {"name": "r", "kind": "holdout_random", "share": 0.25,
+             "policy": {"kind": "epsilon_greedy", "epsilon": None}},
+        ]
+    )  # fmt: skip
+    c, t, r = parse_experiment(stored).arms
+    assert (c.policy.chosen_kind, c.policy.params) == ("epsilon_greedy", {})  # serving.epsilon
+    assert (t.policy.chosen_kind, t.policy.params) == ("epsilon_greedy", {"epsilon": 0.0})
+    assert not r.policy.given
 
 
 def test_a_yaml_file_error_names_the_file_and_every_bad_field(tmp_path):

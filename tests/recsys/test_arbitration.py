@@ -116,7 +116,10 @@ def test_draws_are_uniform():
             lambda: make_policy("thompson"),
             "`policy` must be one of epsilon_greedy, softmax, got 'thompson'",
         ),
-        (lambda: make_policy(temperature=2.0), "got unknown parameters"),
+        (
+            lambda: make_policy("epsilon_greedy", temperature=2.0),
+            r"policy 'epsilon_greedy' got unknown parameters \['temperature'\]; it takes epsilon",
+        ),
     ],
 )
 def test_bad_parameters_are_refused(call, message):

@@ -41,6 +41,7 @@ def test_the_old_flat_names_still_work_and_the_sectioned_name_wins(monkeypatch):
     monkeypatch.setenv("RECSYS_SERVING_API_KEYS", json.dumps([record]))
     monkeypatch.setenv("RECSYS_SERVING_TOKEN_SECRET", "s" * 40)
     monkeypatch.setenv("RECSYS_SERVING_LOG_FORMAT", "json")
+    monkeypatch.setenv("RECSYS_SERVING_POLICY", "epsilon_greedy")
     monkeypatch.setenv("RECSYS_SERVING_EPSILON", "0.2")
     monkeypatch.setenv("RECSYS_SERVING_PORT", "9002")
     monkeypatch.setenv("RECSYS_SERVING__PORT", "9001")
@@ -59,7 +60,10 @@ def test_the_old_names_are_read_from_the_env_file_too(tmp_path):
 
 def test_a_toml_file_gives_defaults_under_the_environment(monkeypatch, tmp_path):
     path = tmp_path / "recsys.toml"
-    path.write_text('model_alias = "challenger"\n[serving]\nworkers = 4\nepsilon = 0.1\n')
+    path.write_text(
+        'model_alias = "challenger"\n[serving]\nworkers = 4\npolicy = "epsilon_greedy"\n'
+        "epsilon = 0.1\n"
+    )
     monkeypatch.setenv("RECSYS_SETTINGS_FILE", str(path))
     monkeypatch.setenv("RECSYS_SERVING__EPSILON", "0.3")
     settings = load_settings()
@@ -75,7 +79,7 @@ def test_a_missing_settings_file_is_named(monkeypatch, tmp_path):
 
 def test_overrides_merge_into_a_section(monkeypatch):
     monkeypatch.setenv("RECSYS_SERVING__WORKERS", "2")
-    settings = load_settings(serving={"epsilon": 0.0}, seed=None)
+    settings = load_settings(serving={"policy": "epsilon_greedy", "epsilon": 0.0}, seed=None)
     assert (settings.serving.workers, settings.serving.epsilon, settings.seed) == (2, 0.0, 7)
 
 
@@ -93,7 +97,43 @@ def test_bad_values_name_the_field(monkeypatch, name, value, field):
         load_settings()
 
 
+def test_the_default_slate_policy_is_softmax_with_temperature_002_and_floor_001():
+    serving = load_settings().serving
+    assert (serving.policy, serving.policy_params) == ("softmax", {})
+    assert serving.slate_policy() == Softmax(temperature=0.02, floor=0.01)
+    assert ServingSettings().slate_policy() == Softmax(temperature=0.02, floor=0.01)
+
+
+def test_epsilon_greedy_is_one_setting_away(monkeypatch):
+    monkeypatch.setenv("RECSYS_SERVING__POLICY", "epsilon_greedy")
+    assert load_settings().serving.slate_policy() == EpsilonGreedy(0.05)
+    monkeypatch.setenv("RECSYS_SERVING__EPSILON", "0.1")
+    assert load_settings().serving.slate_policy() == EpsilonGreedy(0.1)
+
+
+@pytest.mark.parametrize("policy", [None, "softmax"])
+def test_an_epsilon_for_a_policy_that_does_not_read_it_is_refused(monkeypatch, policy):
+    if policy is not None:
+        monkeypatch.setenv("RECSYS_SERVING__POLICY", policy)
+    monkeypatch.setenv("RECSYS_SERVING__EPSILON", "0.1")
+    message = (
+        "`epsilon` is read by policy epsilon_greedy only, got `policy` 'softmax': set "
+        "`policy` to epsilon_greedy with it"
+    )
+    with pytest.raises(ValidationError, match=message):
+        load_settings()
+
+
+def test_each_kind_gets_the_services_parameters(monkeypatch):
+    monkeypatch.setenv("RECSYS_SERVING__POLICY_PARAMS", '{"softmax": {"floor": 0.05}}')
+    assert load_settings().serving.policy_parameters() == {
+        "epsilon_greedy": {"epsilon": 0.05},
+        "softmax": {"floor": 0.05},
+    }
+
+
 def test_the_slate_policy_is_configured_by_kind_and_parameters(monkeypatch):
+    monkeypatch.setenv("RECSYS_SERVING__POLICY", "epsilon_greedy")
     assert load_settings().serving.slate_policy() == EpsilonGreedy(0.05)
     monkeypatch.setenv("RECSYS_SERVING__POLICY", "softmax")
     monkeypatch.setenv(
@@ -137,5 +177,5 @@ def test_no_secret_has_a_default_and_secrets_stay_out_of_reprs(monkeypatch):
 
 
 def test_sections_are_plain_models_to_build_in_code():
-    settings = Settings(serving=ServingSettings(epsilon=0.0, max_limit=5))
+    settings = Settings(serving=ServingSettings(policy="epsilon_greedy", epsilon=0.0, max_limit=5))
     assert (settings.serving.epsilon, settings.serving.max_limit) == (0.0, 5)

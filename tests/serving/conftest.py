@@ -14,7 +14,7 @@ from tests.serving.factories import FixedClock, make_components
 
 
 def make_client(
-    log_path: Path, epsilon: float = 0.0, clock: FixedClock | None = None, **serving
+    log_path: Path, epsilon: float | None = 0.0, clock: FixedClock | None = None, **serving
 ) -> TestClient:
     log = SQLiteEventLog(log_path)
     components = make_components(log, epsilon=epsilon, clock=clock, **serving)
@@ -139,7 +139,7 @@ def real_client(demo_env, tmp_path):
     settings = demo_env["settings"].model_copy(
         update={"event_log_url": f"sqlite:///{tmp_path / 'events.sqlite'}"}
     )
-    serving = ServingSettings(model_dir=demo_env["model_dir"], epsilon=0.05)
+    serving = ServingSettings(model_dir=demo_env["model_dir"])  # the default policy
     with TestClient(
         create_app(settings.model_copy(update={"serving": serving})), raise_server_exceptions=False
     ) as client:

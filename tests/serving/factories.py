@@ -98,10 +98,13 @@ def tiny_model_dir() -> Path:
     return _MODEL_DIR
 
 
-def test_settings(epsilon: float = 0.0, **serving: Any) -> Settings:
-    """Settings of a test service: no polling, no compiled scorer, caches in a temp dir."""
+def test_settings(epsilon: float | None = 0.0, **serving: Any) -> Settings:
+    """Settings of a test service: no polling, no compiled scorer, caches in a temp dir;
+    epsilon-greedy with ``epsilon`` (0: greedy, deterministic), None: the settings' policy
+    (``serving.policy``, softmax by default)."""
+    policy = {} if epsilon is None else {"policy": "epsilon_greedy", "epsilon": epsilon}
     return Settings(
-        serving={"epsilon": epsilon, **serving},
+        serving={**policy, **serving},
         lifecycle={
             "model_poll_seconds": 0,
             "compiled_scorer": False,
@@ -113,7 +116,7 @@ def test_settings(epsilon: float = 0.0, **serving: Any) -> Settings:
 def make_components(
     log: EventLog,
     *,
-    epsilon: float = 0.0,
+    epsilon: float | None = 0.0,
     clock: Callable[[], datetime] | None = None,
     catalog: Catalog | None = None,
     features: DictFeatureSource | None = None,

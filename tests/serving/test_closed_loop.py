@@ -65,7 +65,11 @@ def test_served_decisions_and_events_feed_the_next_training(loop_env, demo_env):
     customers = sorted(demo_env["customers"])
     served = []
     with TestClient(
-        create_app(settings.model_copy(update={"serving": ServingSettings(epsilon=0.1)}))
+        create_app(
+            settings.model_copy(
+                update={"serving": ServingSettings(policy="epsilon_greedy", epsilon=0.1)}
+            )
+        )
     ) as client:
         assert client.get("/readyz").json()["model"]["version"] == str(first.logged.model_version)
         for customer in rng.sample(customers, 120):

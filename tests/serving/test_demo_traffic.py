@@ -20,7 +20,9 @@ def components(demo_env, tmp_path):
     settings = demo_env["settings"].model_copy(
         update={
             "event_log_url": f"sqlite:///{tmp_path / 'events.sqlite'}",
-            "serving": ServingSettings(model_dir=demo_env["model_dir"], epsilon=0.1),
+            "serving": ServingSettings(
+                model_dir=demo_env["model_dir"], policy="epsilon_greedy", epsilon=0.1
+            ),
         }
     )
     built = build_components(settings)

@@ -8,11 +8,13 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.definition import parse_experiment
+from experiments.definition import load_experiment, parse_experiment
 from experiments.store import SQLiteExperimentStore, open_experiment_store
+from recsys.arbitration import Softmax
 from recsys.decision import DecisionRequest
 from recsys.eventlog import Event, EventType, export_contract
 from tests.experiments.factories import definition
@@ -130,6 +132,59 @@ def test_a_shadow_arm_is_logged_never_served_and_never_a_contact(service, tmp_pa
         .decision_id.isin([r["decision_id"] for r in shadow])
         .any()
     )
+
+
+SOFTMAX_VS_EPSILON = """\
+name: softmax-vs-epsilon
+hypothesis: softmax exploration serves more value than epsilon-greedy, exploring as often
+touchpoints: [web_home]
+arms:
+  - name: epsilon
+    kind: control
+    share: 0.5
+    policy: {kind: epsilon_greedy, epsilon: 0.05}
+  - name: softmax
+    share: 0.5
+    policy: {kind: softmax, temperature: 0.5, floor: 0.1}
+"""
+
+
+def test_an_arm_decides_with_the_policy_its_yaml_names_and_logs_its_propensities(service, tmp_path):
+    client, store, _ = service
+    path = tmp_path / "softmax-vs-epsilon.yaml"
+    path.write_text(SOFTMAX_VS_EPSILON)
+    store.create(load_experiment(path), "cli:ana")
+    store.transition("softmax-vs-epsilon", "start", "cli:ana")
+    client.app.state.components.arms.refresh()
+    policy = Softmax(temperature=0.5, floor=0.1)
+    log = client.app.state.components.event_log
+    by_arm: dict[str, int] = {}
+    for c in CUSTOMERS:
+        response = client.post(
+            "/v1/decisions?trace=true", json={"customer_id": c, "touchpoint": "web_home"}
+        )
+        body = response.json()
+        arm = body["experiment"]["arm"]
+        by_arm[arm] = by_arm.get(arm, 0) + 1
+        if arm == "epsilon":
+            assert body["policy"] == "epsilon_greedy(epsilon=0.05)"
+            continue
+        assert body["policy"] == policy.name == "softmax(temperature=0.5, floor=0.1)"
+        # position 1's propensity is the softmax's probability of that offer among the eligible
+        scores = body["trace"]["scores"]
+        assert len(scores) == body["trace"]["eligible"] > 1
+        priority = np.array([[s["priority"] for s in scores]])
+        expected = policy.first_position_probabilities(priority, np.ones_like(priority, bool))[0]
+        first = body["offers"][0]
+        column = [s["offer_id"] for s in scores].index(first["offer_id"])
+        assert first["propensity"] == pytest.approx(expected[column])
+        assert 0.1 / len(scores) <= first["propensity"] < 1
+        logged = [r for r in log.decision_rows() if r["decision_id"] == body["decision_id"]]
+        assert {r["policy"] for r in logged} == {policy.name}
+        assert [r["propensity"] for r in logged] == pytest.approx(
+            [o["propensity"] for o in body["offers"]]
+        )
+    assert set(by_arm) == {"epsilon", "softmax"}
 
 
 def test_holdout_random_draws_uniformly_among_eligible_offers(service):

@@ -32,6 +32,10 @@ def test_decisions_on_the_real_stack(real_client, demo_env):
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["cold_start"] is False and len(body["offers"]) == 3
+    # the default exploration: softmax, every eligible offer at least floor / n at rank 1
+    assert body["policy"] == "softmax(temperature=0.02, floor=0.01)"
+    assert body["trace"]["epsilon"] == 0.01
+    assert 0.01 / body["trace"]["eligible"] <= body["offers"][0]["propensity"] <= 1
     assert all(0 < o["score"] < 1 for o in body["offers"])
     assert body["trace"]["eligible"] == len(body["trace"]["scores"])
     unknown = real_client.post(
@@ -126,7 +130,8 @@ def test_score_decides_as_of_a_given_time_without_exploring_on_request(
     monkeypatch.setenv("RECSYS_ONLINE_SQLITE_PATH", str(settings.online_sqlite_path))
     monkeypatch.setenv("RECSYS_EVENT_LOG_URL", f"sqlite:///{tmp_path / 'events.sqlite'}")
     monkeypatch.setenv("RECSYS_SERVING__MODEL_DIR", str(demo_env["model_dir"]))
-    monkeypatch.setenv("RECSYS_SERVING__EPSILON", "1.0")  # the flag must win over it
+    monkeypatch.setenv("RECSYS_SERVING__POLICY", "epsilon_greedy")  # the flag must win over
+    monkeypatch.setenv("RECSYS_SERVING__EPSILON", "1.0")  # these settings
     out = tmp_path / "email.parquet"
     args = ["score", "--touchpoint", "email_newsletter", "--out", str(out), "--dry-run",
             "--layout", "offers"]  # fmt: skip
@@ -194,7 +199,9 @@ def test_served_scores_equal_lightgbm_on_the_features_matrix(demo_env, tmp_path)
     settings = demo_env["settings"].model_copy(
         update={
             "event_log_url": f"sqlite:///{tmp_path / 'e.sqlite'}",
-            "serving": ServingSettings(model_dir=demo_env["model_dir"], epsilon=0.0),
+            "serving": ServingSettings(
+                model_dir=demo_env["model_dir"], policy="epsilon_greedy", epsilon=0.0
+            ),
         }
     )
     components = build_components(settings)
@@ -269,7 +276,9 @@ def test_the_service_starts_without_redis_and_reads_it_once_it_answers(demo_env,
             "event_log_url": f"sqlite:///{tmp_path / 'events.sqlite'}",
             "online_store": "redis",
             "redis_url": redis_server.url,
-            "serving": ServingSettings(model_dir=demo_env["model_dir"], epsilon=0.0),
+            "serving": ServingSettings(
+                model_dir=demo_env["model_dir"], policy="epsilon_greedy", epsilon=0.0
+            ),
         }
     )
     body = {"customer_id": sorted(demo_env["customers"])[0], "touchpoint": "web_home"}

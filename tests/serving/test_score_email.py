@@ -135,3 +135,24 @@ def test_slow_chunks_do_not_switch_a_batch_to_the_fallback(score_env, monkeypatc
         result = CliRunner().invoke(app, [*args, "--chunk", "20"])
     assert result.exit_code == 0, result.output
     assert not [r for r in caplog.records if "circuit breaker open" in r.getMessage()]
+
+
+def test_score_explores_with_the_settings_policy_and_epsilon_selects_epsilon_greedy(
+    score_env, monkeypatch
+):
+    out = score_env / "offers.parquet"
+    args = ["score", "--touchpoint", "email_newsletter", "--out", str(out), "--limit", "2",
+            "--layout", "offers", "--dry-run"]  # fmt: skip
+    # softmax with floor 1 draws uniformly: propensity 1/n at rank 1, 1/(n - 1) at rank 2
+    monkeypatch.setenv("RECSYS_SERVING__POLICY_PARAMS", '{"softmax": {"floor": 1.0}}')
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = pd.read_parquet(out).pivot(index="decision_id", columns="rank", values="propensity")
+    pairs = rows.dropna()
+    assert len(pairs) > 10
+    assert (1 / pairs[2]).to_numpy() == pytest.approx((1 / pairs[1] - 1).to_numpy())
+    # --epsilon 0: greedy over the same settings, every propensity 1
+    result = CliRunner().invoke(app, [*args, "--epsilon", "0"])
+    assert result.exit_code == 0, result.output
+    greedy = pd.read_parquet(out)
+    assert not greedy.empty and (greedy.propensity == 1.0).all() and not greedy.explored.any()

@@ -76,9 +76,10 @@ def test_the_run_is_reported_per_touchpoint_and_printed(demo):
     )
     assert run.data.params["data.positive_outcomes"] == "accept,convert"
     assert "| lightgbm |" in output and "| oracle |" in output
-    # the served policy, replayed through the decision pipeline with the service's epsilon
+    # the served policy, replayed through the decision pipeline: the service's, softmax
     assert "| served |" in output and "served policy (lightgbm, " in output
-    assert 0 <= float(run.data.params["evaluation.served_epsilon"]) <= 1
+    assert run.data.params["evaluation.served_policy"] == "softmax"
+    assert "softmax(temperature=0.02, floor=0.01)" in output
     assert "served.snips_value" in run.data.metrics and "served.dr_lift" in run.data.metrics
     assert "champion: version 1" in output
     # The demo model passes the quality gate and is registered refit on every row.

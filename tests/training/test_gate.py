@@ -208,7 +208,7 @@ def test_recsys_train_refuses_a_constant_model_and_force_registers_it(tmp_path):
                 "model": {"num_boost_round": 20, "params": {"num_threads": 1,
                                                              "min_data_in_leaf": 10**6}},
                 "evaluation": {"logging_policy": "random", "bootstrap_samples": 50,
-                               "served_epsilon": 0.0},
+                               "served_policy": "epsilon_greedy", "served_epsilon": 0.0},
                 "mlflow": {"log_plots": False},
             }
         )

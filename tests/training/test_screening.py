@@ -17,7 +17,11 @@ from training.screening import Recipe, screen
 CONFIG = {
     "model": {"num_boost_round": 60, "early_stopping_rounds": 10, "params": {"num_threads": 1}},
     "baselines": ["random"],
-    "evaluation": {"bootstrap_samples": 50, "served_epsilon": 0.0},
+    "evaluation": {
+        "bootstrap_samples": 50,
+        "served_policy": "epsilon_greedy",
+        "served_epsilon": 0.0,
+    },
 }
 
 

@@ -32,7 +32,11 @@ EPSILON = 0.1
 CONFIG = {
     "model": {"num_boost_round": 80, "early_stopping_rounds": 10, "params": {"num_threads": 1}},
     "baselines": ["random", "popularity"],
-    "evaluation": {"bootstrap_samples": 50, "served_epsilon": EPSILON},
+    "evaluation": {
+        "bootstrap_samples": 50,
+        "served_policy": "epsilon_greedy",
+        "served_epsilon": EPSILON,
+    },
 }
 
 
@@ -202,12 +206,34 @@ def test_training_replays_the_configured_policy(world):
     inputs = TrainingInputs(
         world.frame, frame_encoder, world.candidates, world.truth, offers, replay=world.replay
     )
-    evaluation = {"served_policy": "softmax", "served_policy_params": {"temperature": 0.1}}
-    config = build_config({**CONFIG, "evaluation": {**CONFIG["evaluation"], **evaluation}})
+    evaluation = {
+        "bootstrap_samples": 50,
+        "served_policy": "softmax",
+        "served_policy_params": {"temperature": 0.1},
+    }
+    config = build_config({**CONFIG, "evaluation": evaluation})
     served = train_and_evaluate(inputs, config).served
     assert served is not None
     assert served.policy == "softmax(temperature=0.1, floor=0.01)"
     np.testing.assert_allclose(per_round(served.target).groupby("decision_id")["prob"].sum(), 1)
+
+
+def test_training_replays_the_services_default_policy_softmax(world):
+    offers = pd.DataFrame({"offer_id": list(OFFERS), "value": OFFER_VALUE})
+    inputs = TrainingInputs(
+        world.frame, frame_encoder, world.candidates, world.truth, offers, replay=world.replay
+    )
+    config = build_config({**CONFIG, "evaluation": {"bootstrap_samples": 50}})
+    served = train_and_evaluate(inputs, config).served
+    assert served is not None
+    assert served.policy == "softmax(temperature=0.02, floor=0.01)"
+
+
+@pytest.mark.parametrize("served_policy", [None, "softmax"])
+def test_a_served_epsilon_for_a_policy_that_does_not_read_it_is_refused(served_policy):
+    evaluation = {"served_epsilon": 0.1, "served_policy": served_policy}
+    with pytest.raises(ConfigError, match="`served_epsilon` is read by policy epsilon_greedy only"):
+        build_config({"evaluation": evaluation})
 
 
 def test_the_config_names_the_served_policy_and_refuses_bad_parameters():

@@ -160,7 +160,7 @@ def build_stack(
     components = make_components(
         event_log,
         settings=Settings(
-            serving=serving or ServingSettings(epsilon=epsilon),
+            serving=serving or ServingSettings(policy="epsilon_greedy", epsilon=epsilon),
             lifecycle=lifecycle,
             event_log_url=f"sqlite:///{tmp_path / 'events.sqlite'}",
         ),

@@ -42,7 +42,9 @@ def create() -> FastAPI:
     )
     components = make_components(
         log,
-        settings=Settings(lifecycle=lifecycle, serving={"epsilon": 0.0}),
+        settings=Settings(
+            lifecycle=lifecycle, serving={"policy": "epsilon_greedy", "epsilon": 0.0}
+        ),
         source=RegistrySource(os.environ["RECSYS_TEST_REGISTRY_URI"], "offer-ranker", "champion"),
         observer=metrics,
         clock=_now,

@@ -58,7 +58,10 @@ def create() -> FastAPI:
         log,
         features=features,
         settings=Settings(
-            lifecycle=lifecycle, serving=settings.serving.model_copy(update={"epsilon": 0.0})
+            lifecycle=lifecycle,
+            serving=settings.serving.model_copy(
+                update={"policy": "epsilon_greedy", "epsilon": 0.0}
+            ),
         ),
         source=LocalDirSource(Path(os.environ["RECSYS_TEST_MODEL_DIR"])),
         observer=metrics,
