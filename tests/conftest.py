@@ -2,7 +2,44 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterator
+
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_files_checked_once() -> Iterator[None]:
+    """Each model file's check in a child process runs once per session and file content.
+
+    The service checks every model file it loads in a fresh interpreter (seconds of imports:
+    ``recsys.scoring.check``), and the in-process tests build hundreds of services on the
+    same tiny model. Here a file whose bytes, columns and timeout already passed that real
+    check in this session is not checked again; every other file (damaged, truncated,
+    another spec or timeout) and every compiled copy is checked for real, and the check's
+    own tests call it directly. ``recsys serve`` and uvicorn processes check as always.
+    """
+    from recsys.scoring.base import LoadOptions, ModelFiles
+    from recsys.scoring.check import CheckReport
+    from serving import model
+
+    real = model.check_model_files
+    passed: dict[tuple[str, str, tuple[str, ...], float], CheckReport] = {}
+
+    def check_once(
+        flavour: str, files: ModelFiles, options: LoadOptions, timeout: float
+    ) -> CheckReport:
+        if options.compiled_dir is not None:
+            return real(flavour, files, options, timeout)
+        content = hashlib.sha256(files.model_file.read_bytes()).hexdigest()
+        key = (flavour, content, tuple(files.columns), timeout)
+        if key not in passed:
+            passed[key] = real(flavour, files, options, timeout)  # raises if refused
+        return passed[key]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(model, "check_model_files", check_once)
+        yield
 
 
 @pytest.fixture(scope="session")
