@@ -25,7 +25,6 @@ from recsys.errors import ConfigError
 from tests.experiments.conftest import SPEC
 from tests.experiments.factories import definition
 from tests.experiments.test_report import _sqlite_log
-from tests.serving.conftest import demo_env  # noqa: F401 (the demo, generated once)
 from tests.serving.reliability.test_lifecycle import Registry
 from training.config import build_config
 from training.policy_eval import first_shown
@@ -36,13 +35,20 @@ TRAINING = {"evaluation": {"bootstrap_samples": 60, "max_ope_rounds": 1500}}
 
 
 @pytest.fixture(scope="module")
-def screened(demo_env, tmp_path_factory):  # noqa: F811
+def screened(demo_env, tmp_path_factory):
     """The demo's model registered as champion; a stored experiment whose treatment excludes
     the two offers the champion serves most; the command's output and JSON."""
     root = tmp_path_factory.mktemp("screen")
     registry = Registry(root)
     registry.promote(registry.register(demo_env["model_dir"]))
-    settings = demo_env["settings"].model_copy(update={"mlflow_tracking_uri": registry.uri})
+    # the session's demo (tests/conftest.py) is shared read-only: the experiment goes to a log
+    # of this module's own
+    settings = demo_env["settings"].model_copy(
+        update={
+            "mlflow_tracking_uri": registry.uri,
+            "event_log_url": f"sqlite:///{root / 'events.sqlite'}",
+        }
+    )
     db = demo_env["db"]
     config = build_config(TRAINING)
     con = warehouse.connect(db, read_only=True)

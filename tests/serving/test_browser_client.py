@@ -3,17 +3,13 @@
 
 from __future__ import annotations
 
-import os
 import secrets
-import signal
 import sqlite3
-import subprocess
-import sys
 
 import pytest
 
 from tests.browser import headless_chromium
-from tests.serving.test_workers import ROOT, free_port, wait_ready
+from tests.serving.services import running_service
 
 CUSTOMER = "C0000001"  # the page's default customer
 OTHER = "C0000002"
@@ -21,41 +17,15 @@ OTHER = "C0000002"
 
 @pytest.fixture
 def demo_service(demo_env, tmp_path):
-    settings = demo_env["settings"]
-    port = free_port()
-    events = tmp_path / "events.sqlite"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
-    env.update(
-        PYTHONPATH=str(ROOT),
+    with running_service(
+        demo_env,
+        tmp_path,
         RECSYS_ENVIRONMENT="development",
-        RECSYS_WAREHOUSE_PATH=str(settings.warehouse_path),
-        RECSYS_ONLINE_SQLITE_PATH=str(settings.online_sqlite_path),
-        RECSYS_EVENT_LOG_URL=f"sqlite:///{events}",
-        RECSYS_LIFECYCLE__MODEL_CACHE_DIR=str(tmp_path / "cache"),
-        RECSYS_LIFECYCLE__COMPILED_SCORER="false",
-        RECSYS_LIFECYCLE__MODEL_POLL_SECONDS="0",
         # what `make run` sets
         RECSYS_SECURITY__DEMO_ENABLED="true",
         RECSYS_SECURITY__TOKEN_SECRET=secrets.token_urlsafe(32),
-    )
-    command = [sys.executable, "-m", "recsys", "serve", "--port", str(port)]
-    command += ["--model-dir", str(demo_env["model_dir"])]
-    proc = subprocess.Popen(
-        command,
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base, proc)
-        yield base, events
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.communicate(timeout=60)
+    ) as service:
+        yield service.base, tmp_path / "events.sqlite"
 
 
 @pytest.fixture

@@ -4,36 +4,17 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import yaml
 
-from tests.serving.test_workers import ROOT, call, free_port, wait_ready
+from tests.serving.services import call, running_service
 
 #: How long every worker may take to serve a change (the poll is 0.5 s here).
 WITHIN_SECONDS = 20.0
-
-
-def service_env(settings, warehouse: Path, tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
-    env.update(
-        PYTHONPATH=str(ROOT),
-        RECSYS_ENVIRONMENT="test",
-        RECSYS_WAREHOUSE_PATH=str(warehouse),
-        RECSYS_ONLINE_SQLITE_PATH=str(settings.online_sqlite_path),
-        RECSYS_EVENT_LOG_URL=f"sqlite:///{tmp_path / 'events.sqlite'}",
-        RECSYS_LIFECYCLE__MODEL_CACHE_DIR=str(tmp_path / "cache"),
-        RECSYS_LIFECYCLE__COMPILED_SCORER="false",
-        RECSYS_LIFECYCLE__MODEL_POLL_SECONDS="0",
-        RECSYS_SERVING__CATALOG_POLL_SECONDS="0.5",
-    )
-    return env
 
 
 def every_worker_serves(base: str, offer_id: str, name: str) -> float:
@@ -61,21 +42,19 @@ def every_worker_serves(base: str, offer_id: str, name: str) -> float:
 
 
 def test_offers_edited_by_data_load_and_put_reach_every_worker(demo_env, tmp_path):
-    settings = demo_env["settings"]
     warehouse = tmp_path / "warehouse.duckdb"
     shutil.copy(demo_env["db"], warehouse)  # the session's warehouse stays as it was
     offers = yaml.safe_load((demo_env["root"] / "demo" / "offers.yaml").read_text())
     edited, same = dict(offers[0]), offers[1]
     offer_id = edited["offer_id"]
-    port = free_port()
-    env = service_env(settings, warehouse, tmp_path)
-    command = [sys.executable, "-m", "recsys", "serve", "--workers", "2", "--port", str(port)]
-    command += ["--model-dir", str(demo_env["model_dir"])]
-    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base, proc)
+    with running_service(
+        demo_env,
+        tmp_path,
+        workers=2,
+        RECSYS_WAREHOUSE_PATH=str(warehouse),
+        RECSYS_SERVING__CATALOG_POLL_SECONDS="0.5",
+    ) as service:
+        base, env = service.base, service.env
         assert json.loads(call("GET", f"{base}/v1/offers/{offer_id}")[1])["name"] == edited["name"]
 
         # 1. recsys data load of an edited offer, an unchanged one and a new one
@@ -125,7 +104,4 @@ def test_offers_edited_by_data_load_and_put_reach_every_worker(demo_env, tmp_pat
         assert json.loads(answer)["version"] == version
         missing = call("GET", f"{base}/v1/offers/NO_SUCH")
         assert missing[0] == 404 and "NO_SUCH" in json.loads(missing[1])["detail"]
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        output, _ = proc.communicate(timeout=60)
-    assert "Traceback" not in output, output[-3000:]
+    assert "Traceback" not in service.output, service.output[-3000:]
