@@ -18,6 +18,12 @@ trained on the same demo logs, on two objectives, from the demo's ground truth.
 4. Every policy's true value (``training.policy_eval``): acceptance = p_accept of the chosen
    offer, revenue = p_accept x the offer's value; normalised so that random (the mean over
    the round's candidates) = 0 and the oracle (the best candidate) = 1.
+5. Information ceilings (``quality_ceiling``, bench rows, not a product feature): the true
+   acceptance model with the customer's hidden taste replaced by its posterior mean given the
+   categories of the customer's purchases and views before the round, and price sensitivity
+   by its prior mean ("oracle from observed history"); and with one of the two known. With
+   them, where the greedy regret of the model and of the ceilings comes from, by the offer
+   type of each round's best candidate (``regret_by_type`` in the JSON).
 
     python bench/bench_quality.py [--customers 10000 --days 90 --seed 7] [--quick]
         [--work DIR] [--out results.json] [--threads 2] [--epsilon E]
