@@ -18,6 +18,12 @@ trained on the same demo logs, on two objectives, from the demo's ground truth.
 4. Every policy's true value (``training.policy_eval``): acceptance = p_accept of the chosen
    offer, revenue = p_accept x the offer's value; normalised so that random (the mean over
    the round's candidates) = 0 and the oracle (the best candidate) = 1.
+5. Information ceilings (``quality_ceiling``, bench rows, not a product feature): the true
+   acceptance model with the customer's hidden taste replaced by its posterior mean given the
+   categories of the customer's purchases and views before the round, and price sensitivity
+   by its prior mean ("oracle from observed history"); and with one of the two known. With
+   them, where the greedy regret of the model and of the ceilings comes from, by the offer
+   type of each round's best candidate (``regret_by_type`` in the JSON).
 
     python bench/bench_quality.py [--customers 10000 --days 90 --seed 7] [--quick]
         [--work DIR] [--out results.json] [--threads 2] [--epsilon E]
@@ -44,6 +50,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from quality_ceiling import ROWS as CEILING_ROWS
+from quality_ceiling import HistoryOracle
 from quality_features import HistoryFeatures
 from quality_peers import OBJECTIVES, LightGBMPeer, LinUCBPeer, Peer, VWPeer, category_levels
 
@@ -293,6 +301,39 @@ def evaluate(
     return out
 
 
+def regret_by_type(
+    candidates: pd.DataFrame, score: np.ndarray, truth: pd.DataFrame, offer_type: pd.Series
+) -> dict[str, dict[str, float]]:
+    """Where a greedy policy's regret (the oracle's value - its choice's, summed over rounds)
+    comes from, by the offer type of each round's best candidate: that type's share of the
+    rounds, of the regret, and how often the policy chose an offer of that type there."""
+    frame = candidates[["decision_id", "offer_id"]].assign(score=score)
+    frame = frame.merge(truth[["decision_id", "offer_id", "p_accept"]], how="left")
+    frame = frame.reset_index(drop=True)
+    chosen = frame.loc[frame.groupby("decision_id", sort=True)["score"].idxmax()]
+    best = frame.loc[frame.groupby("decision_id", sort=True)["p_accept"].idxmax()]
+    rounds = pd.DataFrame(
+        {
+            "type": best["offer_id"].map(offer_type).to_numpy(),
+            "same_type": (
+                chosen["offer_id"].map(offer_type).to_numpy()
+                == best["offer_id"].map(offer_type).to_numpy()
+            ),
+            "regret": best["p_accept"].to_numpy() - chosen["p_accept"].to_numpy(),
+        }
+    )
+    total = rounds["regret"].sum()
+    by = rounds.groupby("type")
+    return {
+        str(t): {
+            "rounds": float(len(g) / len(rounds)),
+            "regret": float(g["regret"].sum() / total),
+            "same_type": float(g["same_type"].mean()),
+        }
+        for t, g in by
+    }
+
+
 def eligibility(served: TargetPolicy, truth: pd.DataFrame) -> dict[str, float]:
     """How the offers the service finds eligible compare with the truth's candidates."""
     pairs = truth[["decision_id", "offer_id"]]
@@ -370,6 +411,10 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         test_rows = features.rows(requests[list(CONTEXT)], requests["offer_id"])
         test_rows["decision_id"] = requests["decision_id"].to_numpy()
         seconds["peer features"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        ceiling = HistoryOracle(db.parent / "demo").scores(con, logged, candidates, inputs.truth)
+        seconds["information ceilings"] = time.perf_counter() - t0
     finally:
         con.close()
     context = features.context_columns()
@@ -402,10 +447,14 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         for name, score in list(scores[objective].items()):
             assert score is not None
             scores[objective][f"{name}{ELIGIBLE}"] = np.where(eligible, score, -np.inf)
+        for name, p_estimate in ceiling.items():
+            scores[objective][name] = p_estimate * (value if objective == "revenue" else 1.0)
 
     truth = inputs.truth[inputs.truth["decision_id"].isin(set(logged["decision_id"]))]
     offer_value = features.offers.set_index("offer_id")["value"]
-    values = {}
+    offer_type = features.offers.set_index("offer_id")["offer_type"]
+    values: dict[str, dict] = {}
+    regret: dict[str, dict] = {}
     for objective in OBJECTIVES:
         t = truth
         if objective == "revenue":
@@ -413,6 +462,10 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         values[objective] = evaluate(
             logged, candidates, scores[objective], served_by[objective], t, args.seed
         )
+        regret[objective] = {
+            name: regret_by_type(candidates, scores[objective][name], t, offer_type)
+            for name in (MODEL, *CEILING_ROWS)
+        }
     return {
         "customers": args.customers,
         "days": args.days,
@@ -427,6 +480,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
             for name in served_by["revenue"]
         },
         "eligibility": eligibility(served["revenue"], truth),
+        "regret_by_type": regret,
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
     }
 
@@ -434,7 +488,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
 def table(values: dict[str, dict[str, dict]]) -> dict[str, dict]:
     """Policy -> objective -> its values, in the table's order."""
     served = [n for n in values["acceptance"] if n.startswith(SERVED)]
-    first, last = [RANDOM, LOGGING, *served, MODEL], [ELIGIBLE_ORACLE, ORACLE]
+    first, last = [RANDOM, LOGGING, *served, MODEL], [*CEILING_ROWS, ELIGIBLE_ORACLE, ORACLE]
     names = [*first, *(n for n in values["acceptance"] if n not in (*first, *last)), *last]
     return {name: {o: by_name[name] for o, by_name in values.items()} for name in names}
 
@@ -470,6 +524,19 @@ def format_table(results: dict) -> str:
                 f"| {label} | {objective} | {e['non_greedy_share']:.4f} | "
                 f"{e['mean_non_greedy_propensity']:.4f} | {e['min_propensity']:.4f} |"
             )
+    lines += [
+        "",
+        "| policy | objective | best offer's type: share of rounds / of regret / chosen "
+        "of that type |",
+        "|---|---|---|",
+    ]
+    for objective, by_name in results["regret_by_type"].items():
+        for name, by_type in by_name.items():
+            cells = ", ".join(
+                f"{t} {v['rounds']:.2f} / {v['regret']:.2f} / {v['same_type']:.2f}"
+                for t, v in sorted(by_type.items(), key=lambda kv: -kv[1]["regret"])
+            )
+            lines.append(f"| {name} | {objective} | {cells} |")
     return "\n".join(lines)
 
 

@@ -126,7 +126,31 @@ def _offer_history_derived() -> list[DerivedDef]:
                 ),
             )
         )
+    out.append(
+        DerivedDef(
+            num(
+                "hist_discount_over_upsell",
+                "Price-sensitivity proxy: smoothed log-odds of accepting a 'discount' offer minus "
+                "that of an 'upsell' offer (365 days); each side log((accepts + "
+                f"{PRIOR_POSITIVES}) / (impressions - accepts + {_PRIOR_NEGATIVES})); 0 without "
+                "history.",
+                _OH,
+                default=0.0,
+            ),
+            lambda t: _log_odds(t, "discount") - _log_odds(t, "upsell"),
+        )
+    )
     return out
+
+
+_PRIOR_NEGATIVES = PRIOR_IMPRESSIONS - PRIOR_POSITIVES
+
+
+def _log_odds(t: ir.Table, offer_type: str) -> ir.FloatingValue:
+    """Smoothed log-odds of accepting an offer of ``offer_type`` (365 days)."""
+    accepts = t[f"hist_{offer_type}_accepts_365d"]
+    rejects = ibis.greatest(t[f"hist_{offer_type}_impressions_365d"] - accepts, 0)
+    return ((accepts + PRIOR_POSITIVES) / (rejects + _PRIOR_NEGATIVES)).ln()
 
 
 # --- static attributes, consent, journey stage -------------------------------------------------

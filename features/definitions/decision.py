@@ -26,6 +26,7 @@ from features.definitions.base import (
 #: Customer features the crosses read besides the statistics (0 when missing: anonymous).
 CROSS_CUSTOMER_INPUTS = (
     "purch_amount_365d",
+    "purch_count_365d",
     "int_count_90d",
     "int_category_events_365d",
     "int_category_views_365d",
@@ -66,6 +67,19 @@ def _days(secs: Any, o: Ops) -> Any:
 
 def _share(part: Any, whole: Any, o: Ops) -> Any:
     return part / o.greatest(whole, 1.0)
+
+
+#: The category taste estimate's prior: ``TASTE_PRIOR_EVENTS`` pseudo-events spread evenly
+#: over ``1 / TASTE_PRIOR_SHARE`` categories (a Dirichlet(0.4) prior over 10 categories).
+TASTE_PRIOR_EVENTS = 4.0
+TASTE_PRIOR_SHARE = 0.1
+
+
+def _taste(s: Any, o: Ops) -> Any:
+    """Posterior mean share of the offer's category in the customer's purchases and views."""
+    events = s["cat_count_365d"] + s["ci_views_365d"]
+    total = s["purch_count_365d"] + s["int_category_views_365d"]
+    return (events + TASTE_PRIOR_EVENTS * TASTE_PRIOR_SHARE) / (total + TASTE_PRIOR_EVENTS)
 
 
 CROSSES = (
@@ -132,6 +146,19 @@ CROSSES = (
             0.0,
         ),
         lambda s, o: _share(s["ci_events_365d"], s["int_category_events_365d"], o),
+    ),
+    CrossDef(
+        _cross(
+            "x_category_taste_365d",
+            "The customer's taste for the offer's category: purchases and views in it over all "
+            f"purchases and category-tagged views (365 days), smoothed towards "
+            f"{TASTE_PRIOR_SHARE} with {TASTE_PRIOR_EVENTS:g} pseudo-events: (purchases + views "
+            f"+ {TASTE_PRIOR_EVENTS * TASTE_PRIOR_SHARE:g}) / (all purchases + all views + "
+            f"{TASTE_PRIOR_EVENTS:g}).",
+            "transactions + interactions x offers.category",
+            TASTE_PRIOR_EVENTS * TASTE_PRIOR_SHARE / TASTE_PRIOR_EVENTS,
+        ),
+        _taste,
     ),
     CrossDef(
         _cross(

@@ -112,6 +112,8 @@ CROSSES = {  # (shoes, bags) at web_product
     "x_category_days_since_view": (2.0, 10.0),
     "x_category_days_since_interaction": (2.0, 3.0),
     "x_category_units_365d": (2.0, 0.0),
+    # (purchases + views in the category + 0.4) / (1 purchase + 3 category views + 4)
+    "x_category_taste_365d": ((1 + 2 + 0.4) / 8, (0 + 1 + 0.4) / 8),
     "x_channel_interaction_share_90d": (5 / 8, 5 / 8),
     "x_channel_days_since_interaction": (1.0, 1.0),
     "x_touchpoint_interaction_share_90d": (3 / 8, 3 / 8),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta as td
 
 import pandas as pd
@@ -62,6 +63,8 @@ def test_hand_computed_customer_with_history(story):
         "hist_discount_days_since_shown": 10.0,
         "hist_response_rate": (1 + 0.5) / (1 + 5),
         "hist_upsell_days_since_shown": float(HORIZON_DAYS),
+        # discount: 1 shown, 1 accepted; upsell: none shown
+        "hist_discount_over_upsell": math.log((1 + 0.5) / (0 + 4.5)) - math.log(0.5 / 4.5),
         "journey_stage": "post_purchase",
         "tenure_days": 100.0,
         "consent_email": 1.0,
