@@ -200,7 +200,7 @@ class PolicySettings(BaseModel):
         return self.chosen_kind is not None
 
 
-#: An arm's policy as stored before arms chose a policy kind (the one kind, no epsilon).
+#: An arm's policy as stored before arms chose a policy kind when it set none.
 _STORED_NO_POLICY = {"kind": EpsilonGreedy.kind, "epsilon": None}
 
 
@@ -223,13 +223,9 @@ class ArmSpec(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _stored_before_policy_kinds(cls, data: Any) -> Any:
-        # Definitions stored before arms chose a policy kind name one on every arm, holdouts
-        # too: there it said nothing (their recipe is fixed by their kind).
-        if (
-            isinstance(data, dict)
-            and data.get("kind") in FIXED_RECIPES
-            and data.get("policy") == _STORED_NO_POLICY
-        ):
+        # Definitions stored before arms chose a policy kind name this one on every arm: it
+        # said "the service's policy" (whatever `serving.policy` is), as no policy says now.
+        if isinstance(data, dict) and data.get("policy") == _STORED_NO_POLICY:
             return {k: v for k, v in data.items() if k != "policy"}
         return data
 

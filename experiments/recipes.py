@@ -18,7 +18,7 @@ arm is exactly the arm customers would get. By kind:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from experiments.definition import ArmKind, ArmSpec, Levers, ModelRef, PolicySettings
 from experiments.levers import apply_levers
@@ -54,8 +54,8 @@ class Service:
 
     policy: Policy
     catalog: Catalog
+    policy_parameters: Mapping[str, Mapping[str, float]]
     champion_alias: str = "champion"
-    policy_parameters: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     def policy_of(self, spec: PolicySettings) -> Policy:
         """The policy an arm's ``spec`` names, the service's where it names none.

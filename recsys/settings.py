@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import typing
@@ -46,6 +47,8 @@ from recsys.arbitration import (
     configured_policy,
 )
 from recsys.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 #: DuckDB's memory cap of warehouse connections (DuckDB's own default is 80% of the RAM).
 DEFAULT_DUCKDB_MEMORY_LIMIT = "4GB"
@@ -80,14 +83,15 @@ class ServingSettings(_Section):
         default=0.05,
         ge=0.0,
         le=1.0,
-        description="epsilon-greedy's exploration share (0 = greedy); only with `policy` "
-        "epsilon_greedy (set with another policy it is refused)",
+        description="epsilon-greedy's exploration share (0 = greedy): with `policy` "
+        "epsilon_greedy, and for experiment arms naming epsilon_greedy",
     )
     policy_params: dict[str, dict[str, float]] = Field(
         default_factory=dict,
         description="parameters by policy kind beside `epsilon`, e.g. "
         '{"softmax": {"temperature": 0.05, "floor": 0.01}} (softmax\'s defaults: '
-        "temperature 0.02, floor 0.01); only `policy`'s are used",
+        "temperature 0.02, floor 0.01); `policy`'s decide the service's traffic, an experiment "
+        "arm naming another kind takes that kind's",
     )
     experiments_poll_seconds: float = Field(
         default=5.0,
@@ -174,12 +178,16 @@ class ServingSettings(_Section):
         # an unknown kind or parameters fail at start, naming them
         for kind in {self.policy, *self.policy_params}:
             configured_policy(kind, self.epsilon, self.policy_params.get(kind, {}))
-        # an exploration share set for a policy that does not read it would be ignored
         if "epsilon" in self.model_fields_set and self.policy != EpsilonGreedy.kind:
-            raise ValueError(
-                f"`epsilon` is read by policy {EpsilonGreedy.kind} only, got `policy` "
-                f"{self.policy!r}: set `policy` to {EpsilonGreedy.kind} with it (the default "
-                f"policy is {DEFAULT_POLICY}), or leave `epsilon` out"
+            # still read by experiment arms naming epsilon-greedy; said once at start, as a
+            # deployment that set it before softmax became the default explores differently
+            logger.warning(
+                "serving.epsilon %s is epsilon-greedy's (serving.policy=%s, and experiment "
+                "arms naming %s); this service's traffic explores with %s",
+                self.epsilon,
+                EpsilonGreedy.kind,
+                EpsilonGreedy.kind,
+                self.policy,
             )
         return self
 

@@ -377,7 +377,7 @@ def _token_secrets(security: SecuritySettings) -> list[str]:
     return [
         s.get_secret_value()
         for s in (security.token_secret, security.token_secret_previous)
-        if s is not None
+        if s is not None and s.get_secret_value()  # an empty variable sets no secret
     ]
 
 

@@ -146,7 +146,7 @@ class ExperimentArms:
         (e.g. a local model folder), experiments naming other models are not applied.
     followed_alias : str
         The alias the champion holder follows (``model_alias``).
-    policy_parameters : mapping of kind -> parameters, optional
+    policy_parameters : mapping of kind -> parameters
         The service's parameters of every policy kind
         (:meth:`recsys.settings.ServingSettings.policy_parameters`): what an arm naming a
         kind takes for those it leaves out; a kind missing here takes the policy's defaults.
@@ -160,14 +160,14 @@ class ExperimentArms:
         policy: Policy,
         catalog: Catalog,
         store: ExperimentStore | None,
+        policy_parameters: Mapping[str, Mapping[str, float]],
         poll_seconds: float = 5.0,
         make_holder: HolderFactory | None = None,
         followed_alias: str = "champion",
-        policy_parameters: Mapping[str, Mapping[str, float]] | None = None,
     ):
         self.holder = holder
         self.policy = policy
-        self.policy_parameters = dict(policy_parameters or {})
+        self.policy_parameters = dict(policy_parameters)
         self.catalog = catalog
         self.store = store
         self.poll_seconds = poll_seconds
@@ -320,7 +320,7 @@ class ExperimentArms:
         a recipe without a model ranks by the fallback's popularity, a control on purpose, so
         its decisions are not marked fallback."""
         made = arm_recipe(
-            spec, Service(self.policy, base, self.followed_alias, self.policy_parameters)
+            spec, Service(self.policy, base, self.policy_parameters, self.followed_alias)
         )
         if made.model is None:
             popular = PopularityScorer(self.holder.fallback.rates, reason=None)

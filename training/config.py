@@ -22,9 +22,10 @@ from pydantic import (
     model_validator,
 )
 
-from recsys.arbitration import DEFAULT_POLICY, EpsilonGreedy, configured_policy
+from recsys.arbitration import DEFAULT_POLICY, EpsilonGreedy, Policy, configured_policy
 from recsys.contract import OUTCOMES
 from recsys.errors import ConfigError
+from recsys.settings import ServingSettings
 from training.ope import SupportLimits
 
 logger = logging.getLogger(__name__)
@@ -152,15 +153,29 @@ class EvaluationConfig(_Strict):
             configured_policy(
                 self.served_policy, self.served_epsilon or 0.0, self.served_policy_params or {}
             )
-        # an exploration share for a policy that does not read it would be ignored
-        if self.served_epsilon is not None and self.served_policy != EpsilonGreedy.kind:
+        # an exploration share for a policy that does not read it would be ignored (with no
+        # `served_policy`, the service's policy decides; `recsys train` says if it ignores it)
+        served = self.served_policy
+        if self.served_epsilon is not None and served not in (None, EpsilonGreedy.kind):
             raise ValueError(
                 f"`served_epsilon` is read by policy {EpsilonGreedy.kind} only, got "
-                f"`served_policy` {self.served_policy!r}: set `served_policy` to "
+                f"`served_policy` {served!r}: set `served_policy` to "
                 f"{EpsilonGreedy.kind} with it (null = the service's policy, "
                 f"{DEFAULT_POLICY} by default), or leave `served_epsilon` out"
             )
         return self
+
+    def served_slate_policy(self, serving: ServingSettings) -> Policy:
+        """The policy the served replay uses: ``served_policy`` / ``served_epsilon`` /
+        ``served_policy_params``, each where not set the service's (``serving``)."""
+        kind = self.served_policy or serving.policy
+        return configured_policy(
+            kind,
+            serving.epsilon if self.served_epsilon is None else self.served_epsilon,
+            serving.policy_params.get(kind, {})
+            if self.served_policy_params is None
+            else self.served_policy_params,
+        )
 
     def support_limits(self) -> SupportLimits:
         return SupportLimits(

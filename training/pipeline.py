@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from recsys.arbitration import configured_policy
 from recsys.decision import ModelInfo
 from recsys.errors import ConfigError, DataError
 from recsys.settings import ServingSettings
@@ -433,15 +432,8 @@ def _served(
 ) -> ServedRounds:
     """The registered model served as the service serves it, on the logged rounds."""
     model = main_scorer(scorers, config)
-    evaluation, service = config.evaluation, ServingSettings()
     # not resolved from the settings (``recsys train`` does): their defaults
-    policy = configured_policy(
-        service.policy if evaluation.served_policy is None else evaluation.served_policy,
-        service.epsilon if evaluation.served_epsilon is None else evaluation.served_epsilon,
-        service.policy_params.get(evaluation.served_policy or service.policy, {})
-        if evaluation.served_policy_params is None
-        else evaluation.served_policy_params,
-    )
+    policy = config.evaluation.served_slate_policy(ServingSettings())
     return served_rounds(
         logged,
         replay(logged, encoder),

@@ -156,6 +156,14 @@ def run_training(
     }
     if kind == EpsilonGreedy.kind:
         served["served_epsilon"] = settings.serving.epsilon
+    elif config.evaluation.served_epsilon is not None:
+        logger.warning(
+            "evaluation.served_epsilon %s is not read: the served policy is %s (the "
+            "service's); set evaluation.served_policy: %s to replay epsilon-greedy",
+            config.evaluation.served_epsilon,
+            kind,
+            EpsilonGreedy.kind,
+        )
     unset = {k: v for k, v in served.items() if getattr(config.evaluation, k) is None}
     if unset:
         evaluation = config.evaluation.model_copy(update=unset)

@@ -320,8 +320,8 @@ def screen_command(
         service = Service(
             settings.serving.slate_policy(),
             load_catalog(settings.serving.catalog_source or path),
-            settings.model_alias,
             settings.serving.policy_parameters(),
+            settings.model_alias,
         )
         con = warehouse.connect(path, read_only=True, memory_limit=settings.duckdb_memory_limit)
         try:

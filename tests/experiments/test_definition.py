@@ -175,7 +175,7 @@ def test_a_definition_stored_before_arms_chose_a_policy_kind_still_loads():
         ]
     )  # fmt: skip
     c, t, r = parse_experiment(stored).arms
-    assert (c.policy.chosen_kind, c.policy.params) == ("epsilon_greedy", {})  # serving.epsilon
+    assert not c.policy.given  # the service's policy, whichever `serving.policy` names
     assert (t.policy.chosen_kind, t.policy.params) == ("epsilon_greedy", {"epsilon": 0.0})
     assert not r.policy.given
 

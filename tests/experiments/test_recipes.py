@@ -35,7 +35,7 @@ def test_an_arm_takes_the_services_parameters_for_those_it_leaves_out(policy, ex
         ]
     )
     service = Service(
-        SERVING.slate_policy(), make_catalog(), "champion", SERVING.policy_parameters()
+        SERVING.slate_policy(), make_catalog(), SERVING.policy_parameters(), "champion"
     )
     assert arm_recipe(exp.arm("t"), service).policy == expected
     assert arm_recipe(exp.arm("control"), service).policy == EpsilonGreedy(0.1)

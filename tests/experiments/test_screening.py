@@ -125,7 +125,7 @@ def test_the_command_prints_each_arm_with_interval_diagnostics_and_truth(screene
 def test_a_random_holdout_screens_as_the_service_decides_it(screened):
     """The screening's recipe of each kind is the service's (one mapping)."""
     settings = screened["settings"]
-    service = Service(EpsilonGreedy(0.05), load_catalog(settings.warehouse_path), "champion")
+    service = Service(EpsilonGreedy(0.05), load_catalog(settings.warehouse_path), {}, "champion")
     spec = parse_experiment(
         definition(arms=[{"name": "r", "kind": "holdout_random", "share": 0.5},
                          {"name": "c", "kind": "control", "share": 0.5,

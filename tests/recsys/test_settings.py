@@ -112,16 +112,17 @@ def test_epsilon_greedy_is_one_setting_away(monkeypatch):
 
 
 @pytest.mark.parametrize("policy", [None, "softmax"])
-def test_an_epsilon_for_a_policy_that_does_not_read_it_is_refused(monkeypatch, policy):
+def test_an_epsilon_beside_softmax_is_epsilon_greedy_arms_and_said_at_start(
+    monkeypatch, caplog, policy
+):
     if policy is not None:
         monkeypatch.setenv("RECSYS_SERVING__POLICY", policy)
     monkeypatch.setenv("RECSYS_SERVING__EPSILON", "0.1")
-    message = (
-        "`epsilon` is read by policy epsilon_greedy only, got `policy` 'softmax': set "
-        "`policy` to epsilon_greedy with it"
-    )
-    with pytest.raises(ValidationError, match=message):
-        load_settings()
+    with caplog.at_level("WARNING", logger="recsys.settings"):
+        serving = load_settings().serving
+    assert serving.slate_policy() == Softmax()
+    assert serving.policy_parameters()["epsilon_greedy"] == {"epsilon": 0.1}
+    assert "this service's traffic explores with softmax" in caplog.text
 
 
 def test_each_kind_gets_the_services_parameters(monkeypatch):

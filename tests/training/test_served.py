@@ -14,6 +14,7 @@ from recsys.catalog import Catalog, EligibilityRule, Offer, Touchpoint
 from recsys.decision import ModelInfo
 from recsys.eligibility import Check
 from recsys.errors import ConfigError
+from recsys.settings import ServingSettings
 from tests.training.factories import (
     OFFER_VALUE,
     OFFERS,
@@ -229,11 +230,17 @@ def test_training_replays_the_services_default_policy_softmax(world):
     assert served.policy == "softmax(temperature=0.02, floor=0.01)"
 
 
-@pytest.mark.parametrize("served_policy", [None, "softmax"])
-def test_a_served_epsilon_for_a_policy_that_does_not_read_it_is_refused(served_policy):
-    evaluation = {"served_epsilon": 0.1, "served_policy": served_policy}
+def test_a_served_epsilon_for_a_policy_that_does_not_read_it_is_refused():
+    evaluation = {"served_epsilon": 0.1, "served_policy": "softmax"}
     with pytest.raises(ConfigError, match="`served_epsilon` is read by policy epsilon_greedy only"):
         build_config({"evaluation": evaluation})
+
+
+def test_a_served_epsilon_without_a_served_policy_follows_the_services_policy():
+    evaluation = build_config({"evaluation": {"served_epsilon": 0.1}}).evaluation
+    greedy_service = ServingSettings(policy="epsilon_greedy", epsilon=0.3)
+    assert evaluation.served_slate_policy(greedy_service) == EpsilonGreedy(0.1)
+    assert evaluation.served_slate_policy(ServingSettings()) == Softmax()
 
 
 def test_the_config_names_the_served_policy_and_refuses_bad_parameters():
