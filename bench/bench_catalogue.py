@@ -36,6 +36,7 @@ import urllib.request
 from pathlib import Path
 
 import yaml
+from workload import policy_env
 
 ROOT = Path(__file__).resolve().parents[1]
 CUSTOMER_TOUCHPOINT = "web_home"
@@ -104,7 +105,9 @@ def main() -> None:
         RECSYS_EVENT_LOG_URL=f"sqlite:///{work / 'events.sqlite'}",
         RECSYS_LIFECYCLE__MODEL_CACHE_DIR=str(work / "model_cache"),
         RECSYS_LIFECYCLE__START_WITHOUT_MODEL="true",
-        RECSYS_SERVING__EPSILON="0",
+        # greedy (epsilon-greedy with no exploration), so a customer's first offer is the
+        # same every round: the default policy samples its slates
+        **policy_env(0),
     )
     build(work, env, args.customers)
     if args.poll is not None:

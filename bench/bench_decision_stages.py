@@ -41,7 +41,7 @@ from pathlib import Path
 
 import baseline
 import numpy as np
-from workload import REALTIME, ROOT, data_env, model_cache_env
+from workload import REALTIME, ROOT, data_env, model_cache_env, policy_env
 
 #: Diagnostic timers: the pipeline's stages (``_groups`` includes the feature read, the
 #: history read and eligibility; ``_score`` includes the matrix, ``_rows``).
@@ -111,7 +111,7 @@ def measure(args: argparse.Namespace, conditions: Sequence[str]) -> dict:
         {
             **data_env(args.work, scratch / "events.sqlite"),
             **model_cache_env(args.work, "this"),
-            "RECSYS_SERVING_EPSILON": "0.05",
+            **policy_env(args.epsilon),
         }
     )
     from recsys.decision import DecisionRequest
@@ -243,6 +243,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--customers", type=int, default=5_000)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--epsilon",
+        type=float,
+        default=None,
+        help="decide epsilon-greedy with this exploration share [the default serving.policy]",
+    )
     parser.add_argument(
         "--conditions",
         default=",".join(CONDITIONS),

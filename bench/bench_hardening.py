@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import contextlib
 
 import bench_serving as base
+from workload import policy_env
 
 ROOT = Path(__file__).resolve().parents[1]
 PORT = 8711
@@ -164,6 +165,12 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=5_000)
     parser.add_argument("--offers", type=int, default=200)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--epsilon",
+        type=float,
+        default=None,
+        help="serve epsilon-greedy with this exploration share [the default serving.policy]",
+    )
     parser.add_argument("--work", type=Path, default=ROOT / "data" / "bench_hardening")
     parser.add_argument("--fresh", action="store_true", help="rebuild data, features and model")
     parser.add_argument("--off-factory", default="bench_hardening:unhardened_app")
@@ -186,7 +193,7 @@ def main() -> None:
         "RECSYS_ONLINE_SQLITE_PATH": str(work / "online.sqlite"),
         "RECSYS_MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
         "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
-        "RECSYS_SERVING__EPSILON": "0.05",
+        **policy_env(args.epsilon),
         "PYTHONUNBUFFERED": "1",
         "RECSYS_SERVING__PORT": str(PORT),
         "RECSYS_SERVING__WORKERS": str(args.workers),

@@ -62,6 +62,7 @@ from workload import (
     extend_catalogue,
     forget_event_log,
     model_cache_env,
+    policy_env,
 )
 
 PORT = 8701
@@ -521,7 +522,12 @@ def main() -> None:
         "--rate", type=int, default=1000, help="decisions/s of the paced run (0 = skip it)"
     )
     parser.add_argument("--rate-connections", type=int, default=32)
-    parser.add_argument("--epsilon", type=float, default=0.05)
+    parser.add_argument(
+        "--epsilon",
+        type=float,
+        default=None,
+        help="serve epsilon-greedy with this exploration share [the default serving.policy]",
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--skip-mlflow", action="store_true")
     parser.add_argument("--skip-score", action="store_true")
@@ -548,7 +554,7 @@ def main() -> None:
         # `mlflow models serve` runs `uvicorn` from the PATH: use this environment's.
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         **data_env(work, work / "events.sqlite"),
-        "RECSYS_SERVING_EPSILON": str(args.epsilon),
+        **policy_env(args.epsilon),
         "RECSYS_SERVING_WORKERS": str(args.workers),
         "RECSYS_SERVING_PORT": str(PORT),
     }

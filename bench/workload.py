@@ -73,3 +73,12 @@ def model_cache_env(work: Path, side: str) -> dict[str, str]:
     """Where a side (``old``, ``new``) keeps its compiled model and last good model copies:
     under ``work``, apart from the other side's and from the checkout's ``data/``."""
     return {"RECSYS_SERVING_MODEL_CACHE_DIR": str(work / "model_cache" / side)}
+
+
+def policy_env(epsilon: float | None) -> dict[str, str]:
+    """The settings that choose the slate policy: none (the service's default
+    ``serving.policy``) without ``epsilon``, else epsilon-greedy with that exploration share
+    (0 = greedy). ``serving.epsilon`` is refused with any other policy, so both are set."""
+    if epsilon is None:
+        return {}
+    return {"RECSYS_SERVING__POLICY": "epsilon_greedy", "RECSYS_SERVING__EPSILON": str(epsilon)}
