@@ -22,27 +22,34 @@ def find_table_files(directory: Path) -> dict[str, Path]:
     """The contract files present in ``directory`` (one per table)."""
     if not directory.is_dir():
         raise ContractError(f"{directory}: expected a folder of contract files, got no such folder")
-    found: dict[str, Path] = {}
-    for name, spec in TABLES.items():
-        candidates = [
-            directory / f"{name}{suffix}"
-            for suffix in SUFFIXES
-            if suffix in (".parquet", ".csv") or spec.yaml_allowed
-        ]
-        present = [p for p in candidates if p.is_file()]
-        if len(present) > 1:
-            raise ContractError(
-                f"{directory}: table '{name}' given twice ({', '.join(p.name for p in present)}); "
-                "expected one file per table"
-            )
-        if present:
-            found[name] = present[0]
+    found = {name: path for name in TABLES if (path := table_file(directory, name)) is not None}
     if not found:
         expected = ", ".join(f"{n}.csv|parquet" for n in TABLES)
         raise ContractError(
             f"{directory}: no contract table found; expected files named {expected}"
         )
     return found
+
+
+def table_file(directory: Path, name: str) -> Path | None:
+    """The file of contract table ``name`` in ``directory`` (CSV, Parquet, and YAML where the
+    table allows it), or None.
+
+    Raises ContractError if the table is given in more than one file.
+    """
+    spec = TABLES[name]
+    candidates = [
+        directory / f"{name}{suffix}"
+        for suffix in SUFFIXES
+        if suffix in (".parquet", ".csv") or spec.yaml_allowed
+    ]
+    present = [p for p in candidates if p.is_file()]
+    if len(present) > 1:
+        raise ContractError(
+            f"{directory}: table '{name}' given twice ({', '.join(p.name for p in present)}); "
+            "expected one file per table"
+        )
+    return present[0] if present else None
 
 
 def yaml_problem(path: Path, err: yaml.YAMLError) -> Problem:

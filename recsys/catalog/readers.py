@@ -203,35 +203,19 @@ def _fetch_records(con: Any, table: str) -> list[dict[str, Any]]:
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
-_FILE_SUFFIXES = (".yaml", ".yml", ".parquet", ".csv", ".json")
-
-
 def _read_table_file(directory: Path, table: str) -> list[dict[str, Any]]:
-    for suffix in _FILE_SUFFIXES:
-        path = directory / f"{table}{suffix}"
-        if path.exists():
-            break
-    else:
+    """The rows of ``offers`` or ``touchpoints`` in ``directory``, read as ``data load`` reads
+    them (:mod:`recsys.table_files`)."""
+    from recsys.contract import TABLES
+    from recsys.table_files import read_chunks, table_file
+
+    path = table_file(directory, table)
+    if path is None:
         raise NotFoundError(
-            f"catalogue file {table}.{{yaml,parquet,csv}} must exist in {str(directory)!r}"
+            f"catalogue file {table}.{{yaml,yml,parquet,csv}} must exist in "
+            f"{str(directory)!r}, found none"
         )
-    if suffix in (".yaml", ".yml", ".json"):
-        import yaml
-
-        from recsys.contract import ContractYamlLoader
-        from recsys.table_files import yaml_problem
-
-        with path.open(encoding="utf-8") as fh:
-            try:
-                data = yaml.load(fh, Loader=ContractYamlLoader)
-            except yaml.YAMLError as exc:
-                raise ContractError(str(yaml_problem(path, exc))) from None
-        if isinstance(data, Mapping):
-            data = data.get(table)
-        if not isinstance(data, list):
-            raise ContractError(f"{path}: expected a list of {table} (or {{{table}: [...]}})")
-        return [dict(r) for r in data]
-    frame = pd.read_parquet(path) if suffix == ".parquet" else pd.read_csv(path, dtype=str)
+    frame = pd.concat(list(read_chunks(path, TABLES[table])), ignore_index=True)
     return [
         {str(k): v.tolist() if isinstance(v, np.ndarray) else v for k, v in record.items()}
         for record in frame.to_dict(orient="records")
@@ -239,7 +223,15 @@ def _read_table_file(directory: Path, table: str) -> list[dict[str, Any]]:
 
 
 def load_catalog_from_files(directory: str | Path) -> Catalog:
-    """Read ``offers.*`` and ``touchpoints.*`` (YAML, Parquet or CSV) from ``directory``."""
+    """Read ``offers.*`` and ``touchpoints.*`` (YAML, Parquet or CSV) from ``directory``.
+
+    Raises
+    ------
+    NotFoundError
+        A table has no file.
+    ContractError
+        A file that cannot be read, or a table given in two files.
+    """
     directory = Path(directory)
     catalog = catalog_from_records(
         _read_table_file(directory, "offers"), _read_table_file(directory, "touchpoints")
