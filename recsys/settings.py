@@ -19,16 +19,13 @@ No secret has a default: without keys a production service refuses to start
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
-import typing
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
@@ -47,6 +44,7 @@ from recsys.arbitration import (
     configured_policy,
 )
 from recsys.errors import ConfigError
+from recsys.settings_sources import LegacySectionNames, MlflowTrackingUri
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +53,6 @@ DEFAULT_DUCKDB_MEMORY_LIMIT = "4GB"
 #: The environment variable naming the optional TOML settings file.
 SETTINGS_FILE_VAR = "RECSYS_SETTINGS_FILE"
 #: Prefix of the service's settings before they had sections (``RECSYS_SERVING_<FIELD>``).
-LEGACY_SECTION_PREFIX = "RECSYS_SERVING_"
 _HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
@@ -450,7 +447,7 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
         if isinstance(env_settings, EnvSettingsSource):
             dotenv = dotenv_settings if isinstance(dotenv_settings, DotEnvSettingsSource) else None
-            sources.append(LegacySectionNames(settings_cls, env_settings, dotenv))
+            sources.append(LegacySectionNames(settings_cls, SECTIONS, env_settings, dotenv))
         path = os.environ.get(SETTINGS_FILE_VAR)
         if path:
             if not Path(path).is_file():
@@ -477,21 +474,7 @@ class Settings(BaseSettings):
         return self
 
 
-#: The standard MLflow variable, read when ``RECSYS_MLFLOW_TRACKING_URI`` is not set.
-MLFLOW_TRACKING_VAR = "MLFLOW_TRACKING_URI"
 SQLITE_PREFIX = "sqlite:///"
-
-
-class MlflowTrackingUri(PydanticBaseSettingsSource):
-    """``MLFLOW_TRACKING_URI`` (what every MLflow tool reads) as ``mlflow_tracking_uri``,
-    under every ``RECSYS_`` source: the recsys setting wins when both are set."""
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False  # read in __call__
-
-    def __call__(self) -> dict[str, Any]:
-        value = os.environ.get(MLFLOW_TRACKING_VAR)
-        return {"mlflow_tracking_uri": value} if value else {}
 
 
 def default_project_root() -> Path:
@@ -518,55 +501,6 @@ def _sqlite_under(root: Path, url: str) -> str:
     if path is None or path.is_absolute():
         return url
     return SQLITE_PREFIX + str(root / url.removeprefix(SQLITE_PREFIX))
-
-
-class LegacySectionNames(PydanticBaseSettingsSource):
-    """``RECSYS_SERVING_<FIELD>`` (the names before the sections) into the section of FIELD.
-
-    Read from the environment and the ``.env`` file; list values are JSON, as for every
-    other settings source.
-    """
-
-    def __init__(
-        self,
-        settings_cls: type[BaseSettings],
-        env: EnvSettingsSource,
-        dotenv: DotEnvSettingsSource | None,
-    ):
-        super().__init__(settings_cls)
-        self.env = env
-        self.dotenv = dotenv
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False  # everything is read in __call__
-
-    def __call__(self) -> dict[str, Any]:
-        found: dict[str, str | None] = {}
-        if self.dotenv is not None:
-            found.update(self.dotenv.env_vars)
-        found.update(self.env.env_vars)  # the environment wins over the file
-        prefix = LEGACY_SECTION_PREFIX.lower()
-        out: dict[str, dict[str, Any]] = {}
-        for section, model in SECTIONS.items():
-            for name, info in model.model_fields.items():
-                raw = found.get(prefix + name)
-                if raw is None:
-                    continue
-                out.setdefault(section, {})[name] = _decode(name, info, raw)
-        return out
-
-
-def _decode(name: str, info: FieldInfo, raw: str) -> Any:
-    if typing.get_origin(info.annotation) not in (list, dict):
-        return raw
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as exc:
-        # Without the value: it may hold a secret.
-        raise ConfigError(
-            f"`{LEGACY_SECTION_PREFIX}{name.upper()}` must be JSON, got {len(raw)} characters "
-            f"that are not ({exc.msg})"
-        ) from None
 
 
 def load_settings(**overrides: Any) -> Settings:
